@@ -1,0 +1,42 @@
+"""taskmesh: Ray Core's programming model with Redis as the whole control plane.
+
+`import taskmesh as ray` runs typical Ray Core task programs unchanged.
+"""
+
+from . import exceptions
+from .api import (
+    ClientContext,
+    available_resources,
+    cluster_resources,
+    get,
+    get_runtime_context,
+    init,
+    is_initialized,
+    nodes,
+    put,
+    remote,
+    shutdown,
+    wait,
+)
+from .objects import ObjectRef
+from .remote_function import RemoteFunction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClientContext",
+    "ObjectRef",
+    "RemoteFunction",
+    "available_resources",
+    "cluster_resources",
+    "exceptions",
+    "get",
+    "get_runtime_context",
+    "init",
+    "is_initialized",
+    "nodes",
+    "put",
+    "remote",
+    "shutdown",
+    "wait",
+]

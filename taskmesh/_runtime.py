@@ -1,0 +1,411 @@
+"""The per-process runtime: submits tasks, tracks the objects this process owns, and
+answers get/put/wait. A driver has one after `init()`; every worker has one too, so tasks
+can submit tasks.
+
+Submission is buffered and flushed by one background thread in pipelined batches, so a
+loop of `.remote()` calls costs one round trip per batch, not per task. Completion notices
+for this process's tasks arrive on its `done` stream, read by one listener thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from . import objects
+from .exceptions import GetTimeoutError, RayError, RayTaskError
+from .objects import KIND_ERROR, ObjectRef
+from .store import Store
+
+# Values up to this size travel inside the completion notice, saving a fetch in `get`.
+NOTICE_INLINE_LIMIT = 64 * 1024
+_LISTEN_BLOCK_MS = 1000
+
+
+@dataclass(slots=True)
+class _PendingTask:
+    shape: str
+    fields: dict[str, Any]
+    deps: set[str]
+
+
+@dataclass(slots=True)
+class TaskContext:
+    """What the runtime context reports while a task runs in this process."""
+
+    job_id: str | None = None
+    task_id: str | None = None
+    task_name: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+
+def encode_notice(task_id: str, objs: Sequence[tuple[str, bytes, bytes]]) -> bytes:
+    return msgpack.packb(
+        [task_id, [[oid, kind, data if len(data) <= NOTICE_INLINE_LIMIT else None]
+                   for oid, kind, data in objs]],
+        use_bin_type=True,
+    )
+
+
+class Runtime:
+    """Everything one process needs to talk to the cluster."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        job_id: str | None,
+        namespace: str | None,
+        node_id: str | None = None,
+        is_worker: bool = False,
+        owner: str | None = None,
+    ):
+        self.store = store
+        self.job_id = job_id
+        self.namespace = namespace
+        self.node_id = node_id
+        self.is_worker = is_worker
+        self.owner = owner or objects.new_owner_tag()
+        self.context = TaskContext(job_id=job_id)
+        # Hooks a worker sets to tell its agent it blocks in get (its CPU is lent out).
+        self.on_block: Callable[[], None] | None = None
+        self.on_unblock: Callable[[], None] | None = None
+
+        self._cond = threading.Condition()
+        self._results: dict[str, tuple[bytes, bytes | None]] = {}
+        self._pending: set[str] = set()
+        self._waiting: dict[str, list[_PendingTask]] = {}
+        self._discard: set[str] = set()
+        self._buffer: list[tuple[str, dict[str, Any]]] = []
+        self._free: list[str] = []
+        self._exported: set[str] = set()
+        self._shapes: set[str] = set()
+
+        self._counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
+        self._decrefs: collections.deque[str] = collections.deque()
+        self._escaped: set[str] = set()
+
+        self._closing = False
+        self._wake = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="taskmesh-flush", daemon=True)
+        self._flusher.start()
+        self._listener: threading.Thread | None = None
+        self._listen_client = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        objects.set_tracker(self)
+
+    # ---- reference tracking (objects.RefTracker) ------------------------------------
+
+    def incref(self, object_id: str) -> None:
+        with self._counts_lock:
+            self._counts[object_id] = self._counts.get(object_id, 0) + 1
+
+    def decref(self, object_id: str) -> None:
+        # Called from __del__, possibly inside any lock of any thread: never block here.
+        self._decrefs.append(object_id)
+        if len(self._decrefs) > 512:
+            self._wake.set()
+
+    def escaped(self, object_id: str) -> None:
+        self._escaped.add(object_id)
+
+    def future_for(self, ref: ObjectRef) -> concurrent.futures.Future:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=8, thread_name_prefix="taskmesh-future")
+        return self._executor.submit(lambda: self.get([ref], None)[0])
+
+    def _release_dropped(self) -> None:
+        """Free owned objects whose last local ref is gone and that never left this
+        process (a ref that was passed on may be read elsewhere until the job ends)."""
+        dropped = []
+        with self._counts_lock:
+            while self._decrefs:
+                oid = self._decrefs.popleft()
+                n = self._counts.get(oid, 0) - 1
+                if n > 0:
+                    self._counts[oid] = n
+                else:
+                    self._counts.pop(oid, None)
+                    dropped.append(oid)
+        if not dropped:
+            return
+        with self._cond:
+            for oid in dropped:
+                if oid[:8] != self.owner or oid in self._escaped:
+                    self._results.pop(oid, None)
+                    continue
+                if oid in self._pending:
+                    self._discard.add(oid)
+                else:
+                    self._results.pop(oid, None)
+                    self._free.append(oid)
+
+    # ---- submission -----------------------------------------------------------------
+
+    def export_function(self, fn_id: str, blob_fn: Callable[[], bytes]) -> None:
+        if fn_id not in self._exported:
+            self.store.export_function(fn_id, blob_fn())
+            self._exported.add(fn_id)
+
+    def ensure_shape(self, shape: str) -> None:
+        if shape not in self._shapes:
+            self.store.register_shape(shape)
+            self._shapes.add(shape)
+
+    def submit(self, shape: str, fields: dict[str, Any], deps: Sequence[str], returns: Sequence[str]) -> None:
+        """Queue a task; it is sent once every dependency this process owns is ready."""
+        with self._cond:
+            self._pending.update(returns)
+            waiting_on = {d for d in deps if d in self._pending}
+            if waiting_on:
+                task = _PendingTask(shape, fields, waiting_on)
+                for d in waiting_on:
+                    self._waiting.setdefault(d, []).append(task)
+            else:
+                self._buffer.append((shape, fields))
+        if self._listener is None:
+            self._start_listener()
+        if not waiting_on:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Send everything buffered now (used at shutdown and by tests)."""
+        self._flush_once()
+
+    def _flush_loop(self) -> None:
+        while not self._closing:
+            self._wake.wait(1.0)
+            self._wake.clear()
+            try:
+                self._flush_once()
+            except Exception as e:  # keep flushing; the error is reported once per batch
+                _log_background_error("flushing submissions", e)
+                time.sleep(0.1)
+
+    def _flush_once(self) -> None:
+        self._release_dropped()
+        with self._cond:
+            batch, self._buffer = self._buffer, []
+            free, self._free = self._free, []
+        if batch:
+            self.store.submit_tasks(batch)
+        if free:
+            self.store.delete_objects(free)
+
+    # ---- completions ----------------------------------------------------------------
+
+    def _start_listener(self) -> None:
+        with self._cond:
+            if self._listener is not None:
+                return
+            self._listen_client = self.store.dedicated()
+            self._listener = threading.Thread(target=self._listen_loop, name="taskmesh-done", daemon=True)
+            self._listener.start()
+
+    def _listen_loop(self) -> None:
+        last = b"0-0"
+        trim: bytes | None = None
+        while not self._closing:
+            try:
+                notices = self.store.read_done(self._listen_client, self.owner, last, _LISTEN_BLOCK_MS, trim)
+            except Exception as e:
+                if self._closing:
+                    return
+                _log_background_error("reading completions", e)
+                time.sleep(0.2)
+                continue
+            trim = None
+            if notices:
+                last = notices[-1][0]
+                ms, _, seq = last.partition(b"-")
+                trim = ms + b"-" + str(int(seq) + 1).encode()
+                self._on_notices([n for _, n in notices])
+
+    def _on_notices(self, notices: list[bytes]) -> None:
+        ready_tasks: list[_PendingTask] = []
+        with self._cond:
+            for raw in notices:
+                _, objs = msgpack.unpackb(raw, raw=False)
+                for oid, kind, data in objs:
+                    if oid not in self._pending:
+                        continue  # a duplicate notice from a retried attempt
+                    self._pending.discard(oid)
+                    if oid in self._discard:
+                        self._discard.discard(oid)
+                        self._free.append(oid)
+                    else:
+                        self._results[oid] = (kind, data)
+                    for task in self._waiting.pop(oid, ()):
+                        task.deps.discard(oid)
+                        if not task.deps:
+                            ready_tasks.append(task)
+            for task in ready_tasks:
+                self._buffer.append((task.shape, task.fields))
+            self._cond.notify_all()
+        if ready_tasks or self._free:
+            self._wake.set()
+
+    # ---- objects --------------------------------------------------------------------
+
+    def put(self, value: Any, owner_task: str | None = None) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want "
+                            "to do this, you can wrap the ObjectRef in a list and call 'put' on it.")
+        oid = objects.object_id(objects.new_task_id(self.owner), 0)
+        data = objects.serialize(value)
+        self.store.put_object(oid, objects.KIND_VALUE, data)
+        ref = ObjectRef(oid)
+        with self._cond:
+            self._results[oid] = (objects.KIND_VALUE, data)
+        return ref
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        raw = self._fetch([r.hex() for r in refs], timeout)
+        return [_decode(raw[r.hex()]) for r in refs]
+
+    def get_raw(self, object_ids: Sequence[str], timeout: float | None) -> dict[str, tuple[bytes, bytes]]:
+        return self._fetch(object_ids, timeout)
+
+    def _fetch(self, ids: Sequence[str], timeout: float | None) -> dict[str, tuple[bytes, bytes]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        found: dict[str, tuple[bytes, bytes]] = {}
+        blocked = False
+        delay = 0.001
+        try:
+            while True:
+                remote = self._take_local(ids, found)
+                if remote:
+                    for oid, value in zip(remote, self.store.get_objects(remote)):
+                        if value is not None:
+                            found[oid] = value
+                missing = [oid for oid in ids if oid not in found]
+                if not missing:
+                    return found
+                if not blocked and self.on_block is not None:
+                    self.on_block()
+                    blocked = True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise GetTimeoutError(
+                        f"Get timed out: some object(s) not ready after {timeout} s: "
+                        f"{missing[:3]}{'...' if len(missing) > 3 else ''}")
+                with self._cond:
+                    if any(oid in self._pending for oid in missing):
+                        self._cond.wait(remaining)
+                        continue
+                # Objects owned elsewhere: nobody notifies us, so poll with backoff.
+                time.sleep(min(delay, remaining) if remaining is not None else delay)
+                delay = min(delay * 2, 0.05)
+        finally:
+            if blocked and self.on_unblock is not None:
+                self.on_unblock()
+
+    def _take_local(self, ids: Sequence[str], found: dict[str, tuple[bytes, bytes]]) -> list[str]:
+        """Fill `found` from this process's results; return ids to look up in Redis."""
+        remote = []
+        with self._cond:
+            for oid in ids:
+                if oid in found:
+                    continue
+                hit = self._results.get(oid)
+                if hit is not None and hit[1] is not None:
+                    found[oid] = hit  # type: ignore[assignment]
+                elif oid not in self._pending:
+                    remote.append(oid)
+        return remote
+
+    def wait(
+        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        known_ready: set[str] = set()
+        while True:
+            with self._cond:
+                unknown = []
+                for ref in refs:
+                    oid = ref.hex()
+                    if oid in self._results:
+                        known_ready.add(oid)
+                    elif oid not in self._pending and oid not in known_ready:
+                        unknown.append(oid)
+            if unknown:
+                for oid, ok in zip(unknown, self.store.objects_exist(unknown)):
+                    if ok:
+                        known_ready.add(oid)
+            if len(known_ready) >= num_returns:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            with self._cond:
+                if not unknown:
+                    self._cond.wait(remaining)
+                    continue
+            time.sleep(min(delay, remaining) if remaining is not None else delay)
+            delay = min(delay * 2, 0.05)
+        ready, not_ready = [], []
+        for ref in refs:
+            if ref.hex() in known_ready and len(ready) < num_returns:
+                ready.append(ref)
+            else:
+                not_ready.append(ref)
+        return ready, not_ready
+
+    # ---- shutdown -------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Send what is buffered, stop the threads, free what this process owns."""
+        try:
+            self._flush_once()
+        except Exception as e:
+            _log_background_error("flushing at shutdown", e)
+        self._closing = True
+        self._wake.set()
+        if self._listener is not None and self._listen_client is not None:
+            try:
+                client_id = self._listen_client.client_id()
+                self.store.redis.client_unblock(client_id)
+            except Exception:
+                pass
+            self._listener.join(timeout=2)
+        self._flusher.join(timeout=2)
+        with self._cond:
+            owned = [oid for oid in set(self._results) | self._escaped | set(self._counts)
+                     if oid[:8] == self.owner]
+        try:
+            if owned:
+                self.store.delete_objects(owned)
+            self.store.delete_done(self.owner)
+        except Exception as e:
+            _log_background_error("freeing objects at shutdown", e)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        objects.set_tracker(None)
+
+
+def _decode(value: tuple[bytes, bytes]) -> Any:
+    kind, data = value
+    result = objects.deserialize(data)
+    if kind == KIND_ERROR:
+        if isinstance(result, RayTaskError):
+            raise result.as_instanceof_cause()
+        if isinstance(result, BaseException):
+            raise result
+        raise RayError(f"Malformed error object: {result!r}")
+    return result
+
+
+def _log_background_error(what: str, error: BaseException) -> None:
+    import logging
+
+    logging.getLogger("taskmesh").warning("taskmesh: error while %s: %r", what, error)

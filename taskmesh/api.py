@@ -1,0 +1,392 @@
+"""The public API: init/shutdown, remote, get/put/wait, and cluster introspection."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, overload
+
+import msgpack
+import psutil
+
+from . import _options, _services
+from ._runtime import Runtime
+from .objects import ObjectRef
+from .remote_function import RemoteFunction
+from .store import Store
+
+_lock = threading.RLock()
+_runtime: Runtime | None = None
+_cluster: _LocalCluster | None = None
+_log_thread: Any = None
+
+
+@dataclass
+class _LocalCluster:
+    """Processes `init()` started, stopped again by `shutdown()`."""
+
+    redis: _services.RedisServer | None
+    agent: Any
+    session_dir: Path
+
+    def stop(self) -> None:
+        if self.agent is not None:
+            from ._process import stop_processes
+
+            stop_processes([self.agent.pid], timeout_s=10)
+        if self.redis is not None:
+            self.redis.stop()
+
+
+@dataclass
+class ClientContext:
+    """What `init()` returns (usable as a context manager that shuts down)."""
+
+    address_info: dict[str, Any] = field(default_factory=dict)
+    dashboard_url: str | None = None
+
+    def __enter__(self) -> ClientContext:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutdown()
+
+    def __getitem__(self, key: str) -> Any:
+        return self.address_info[key]
+
+
+def get_runtime(auto_init: bool = False) -> Runtime:
+    """The process's runtime; raises before `init()` unless `auto_init` (as Ray's
+    `.remote()`/`put` do, which start a local cluster on first use)."""
+    runtime = _runtime
+    if runtime is None:
+        if not auto_init:
+            raise RuntimeError("taskmesh is not initialized: call taskmesh.init() first.")
+        init()
+        runtime = _runtime
+        assert runtime is not None
+    return runtime
+
+
+def _set_worker_runtime(runtime: Runtime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def is_initialized() -> bool:
+    return _runtime is not None
+
+
+def init(
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    namespace: str | None = None,
+    ignore_reinit_error: bool = False,
+    log_to_driver: bool = True,
+    include_dashboard: bool | None = None,
+    logging_level: Any = None,
+    configure_logging: bool = True,
+    _temp_dir: str | None = None,
+) -> ClientContext:
+    """Connect to a cluster, or start a local one (embedded Redis + one node agent).
+
+    Address: argument, else $TASKMESH_ADDRESS, else the cluster `taskmesh start --head`
+    recorded on this machine; with none of those, a local cluster is started.
+    `"auto"` requires an existing cluster.
+    """
+    global _runtime, _cluster
+    with _lock:
+        if _runtime is not None:
+            if ignore_reinit_error:
+                return ClientContext({"address": _runtime.store.url})
+            raise RuntimeError("Maybe you called taskmesh.init twice by accident? This error "
+                               "can be suppressed by passing in 'ignore_reinit_error=True'.")
+        _check_init_resources(num_cpus, num_gpus, resources)
+        if _temp_dir:
+            os.environ[_services.ENV_TEMP_DIR] = _temp_dir
+        url = _resolve_address(address)
+        if url is not None and (num_cpus is not None or num_gpus is not None or resources):
+            raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus and "
+                             "resources must not be provided.")
+        cluster = None
+        node_id = None
+        if url is None:
+            cluster, url, node_id = _start_local(num_cpus, num_gpus, resources)
+        try:
+            store = Store(url)
+            store.ping()
+            job_id = store.new_job({"driver_pid": str(os.getpid()), "host": os.uname().nodename,
+                                    "start_ms": str(int(time.time() * 1000)),
+                                    "namespace": namespace or ""})
+        except Exception:
+            if cluster is not None:
+                cluster.stop()
+            raise
+        _cluster = cluster
+        _runtime = Runtime(store, job_id=job_id, namespace=namespace or str(uuid.uuid4()),
+                           node_id=node_id)
+        if log_to_driver:
+            _start_log_printer(store, job_id)
+        return ClientContext({"address": _services.mask_password(url), "redis_address": url,
+                              "node_id": node_id, "job_id": job_id,
+                              "session_dir": str(cluster.session_dir) if cluster else None})
+
+
+def _check_init_resources(num_cpus: Any, num_gpus: Any, resources: Any) -> None:
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None:
+            _options.COMMON_OPTIONS[name].validate(name, value)
+    if resources is not None:
+        _options.COMMON_OPTIONS["resources"].validate("resources", resources)
+
+
+def _resolve_address(address: str | None) -> str | None:
+    if address is None:
+        address = os.environ.get(_services.ENV_ADDRESS) or None
+    if address in (None, "local"):
+        return _services.current_cluster_address() if address is None else None
+    if address == "auto":
+        found = _services.current_cluster_address()
+        if found is None:
+            raise ConnectionError("Could not find any running taskmesh cluster on this machine: "
+                                  "start one with 'taskmesh start --head' or pass an address.")
+        return found
+    return _services.canonicalize_address(address)
+
+
+def _start_local(
+    num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None
+) -> tuple[_LocalCluster, str, str]:
+    session = _services.temp_root() / f"session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+    server = _services.start_redis(data_dir=session / "redis")
+    node_resources = dict(resources or {})
+    if num_gpus:
+        node_resources["GPU"] = num_gpus
+    try:
+        agent, node_id = _services.start_agent(
+            server.url, num_cpus=num_cpus if num_cpus is not None else os.cpu_count(),
+            resources=node_resources, log_path=session / "logs" / "agent.log", fate_share=True)
+    except Exception:
+        server.stop()
+        raise
+    return _LocalCluster(server, agent, session), server.url, node_id
+
+
+def _start_log_printer(store: Store, job_id: str) -> None:
+    global _log_thread
+
+    def on_message(message: dict) -> None:
+        data = msgpack.unpackb(message["data"], raw=False)
+        pid = data["pid"]
+        for name, stream, line in data["lines"]:
+            out = sys.stderr if stream == "stderr" else sys.stdout
+            print(f"({name} pid={pid}) {line}", file=out)
+
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(**{store.keys.chan_log(job_id): on_message})
+    _log_thread = pubsub.run_in_thread(sleep_time=0.1, daemon=True)
+
+
+def shutdown() -> None:
+    """Disconnect; stop the local cluster `init()` started, if any."""
+    global _runtime, _cluster, _log_thread
+    with _lock:
+        runtime, cluster, log_thread = _runtime, _cluster, _log_thread
+        _runtime, _cluster, _log_thread = None, None, None
+        if runtime is None:
+            return
+        runtime.shutdown()
+        if log_thread is not None:
+            time.sleep(0.05)  # let lines already published reach the terminal
+            log_thread.stop()
+            log_thread.join(timeout=1)
+        try:
+            if runtime.job_id is not None and not runtime.is_worker:
+                runtime.store.end_job(runtime.job_id)
+        except Exception:
+            pass
+        runtime.store.close()
+        if cluster is not None:
+            cluster.stop()
+
+
+atexit.register(shutdown)
+
+
+# ---- remote ------------------------------------------------------------------------------
+
+@overload
+def remote(__function: Callable) -> RemoteFunction: ...
+
+
+@overload
+def remote(**options: Any) -> Callable[[Callable], RemoteFunction]: ...
+
+
+def remote(*args: Any, **options: Any) -> Any:
+    """Make a function a remote task: `@remote` or `@remote(num_cpus=2, ...)`."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError(
+            "The @remote decorator must be applied either with no arguments and no parentheses, "
+            "for example '@taskmesh.remote', or it must be applied using some of the arguments in "
+            f"the list {sorted(_options.TASK_OPTIONS)}, for example "
+            "'@taskmesh.remote(num_returns=2, resources={\"CustomResource\": 1})'.")
+    return lambda fn: _make_remote(fn, options)
+
+
+def _make_remote(target: Any, options: dict[str, Any]) -> Any:
+    if isinstance(target, type):
+        raise NotImplementedError("Actors (@remote on a class) are not supported by taskmesh yet.")
+    if not callable(target):
+        raise TypeError(f"The @remote decorator must be applied to a function or a class, got "
+                        f"{type(target).__name__}.")
+    return RemoteFunction(target, options)
+
+
+# ---- objects -----------------------------------------------------------------------------
+
+def put(value: Any, *, _owner: Any = None) -> ObjectRef:
+    """Store a value in the cluster and return its ref."""
+    return get_runtime(auto_init=True).put(value)
+
+
+def get(object_refs: Any, *, timeout: float | None = None) -> Any:
+    """The value(s) of a ref or a list of refs; raises the task's error if it failed,
+    GetTimeoutError after `timeout` seconds."""
+    runtime = get_runtime(auto_init=True)
+    _check_timeout(timeout)
+    if isinstance(object_refs, ObjectRef):
+        return runtime.get([object_refs], timeout)[0]
+    if isinstance(object_refs, (list, tuple)) and all(isinstance(r, ObjectRef) for r in object_refs):
+        return runtime.get(list(object_refs), timeout)
+    raise ValueError("'object_refs' must either be an ObjectRef or a list of ObjectRefs.")
+
+
+def wait(
+    object_refs: Sequence[ObjectRef],
+    *,
+    num_returns: int = 1,
+    timeout: float | None = None,
+    fetch_local: bool = True,
+) -> tuple[list[ObjectRef], list[ObjectRef]]:
+    """Split refs into (ready, not ready) once `num_returns` are ready or `timeout` passes."""
+    runtime = get_runtime(auto_init=True)
+    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs)}")
+    for ref in object_refs:
+        if not isinstance(ref, ObjectRef):
+            raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(ref)}")
+    _check_timeout(timeout)
+    if len(set(object_refs)) != len(object_refs):
+        raise ValueError("Wait requires a list of unique object refs.")
+    if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
+        raise ValueError(f"Invalid number of objects to return {num_returns}.")
+    if num_returns > len(object_refs):
+        raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
+    return runtime.wait(list(object_refs), num_returns, timeout)
+
+
+def _check_timeout(timeout: Any) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"'timeout' must be a number of seconds or None, got {type(timeout).__name__}")
+    if timeout < 0:
+        raise ValueError(f"The 'timeout' argument must be nonnegative. Received {timeout}")
+
+
+# ---- introspection -----------------------------------------------------------------------
+
+def nodes() -> list[dict[str, Any]]:
+    """Every node the cluster has seen, shaped like Ray's `ray.nodes()`."""
+    out = []
+    for n in get_runtime().store.nodes():
+        out.append({
+            "NodeID": n["node_id"], "Alive": n["alive"], "NodeManagerAddress": n.get("ip"),
+            "NodeManagerHostname": n.get("hostname"), "Resources": n["resources_total"],
+            "AvailableResources": n["resources_available"], "AgentPid": int(n.get("pid", 0)),
+        })
+    return out
+
+
+def _sum_resources(field_name: str) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for n in get_runtime().store.nodes():
+        if n["alive"]:
+            for k, v in n[field_name].items():
+                total[k] = total.get(k, 0.0) + float(v)
+    return total
+
+
+def cluster_resources() -> dict[str, float]:
+    return _sum_resources("resources_total")
+
+
+def available_resources() -> dict[str, float]:
+    return {k: v for k, v in _sum_resources("resources_available").items() if v > 0}
+
+
+class RuntimeContext:
+    """What the current process knows about where it runs (Ray's `get_runtime_context()`)."""
+
+    def __init__(self, runtime: Runtime):
+        self._runtime = runtime
+
+    def get_job_id(self) -> str | None:
+        return self._runtime.context.job_id or self._runtime.job_id
+
+    def get_node_id(self) -> str | None:
+        return self._runtime.node_id
+
+    def get_task_id(self) -> str | None:
+        return self._runtime.context.task_id
+
+    def get_worker_id(self) -> str:
+        return self._runtime.owner
+
+    def get_actor_id(self) -> None:
+        return None
+
+    @property
+    def namespace(self) -> str | None:
+        return self._runtime.namespace
+
+    def get_assigned_resources(self) -> dict[str, float]:
+        return dict(self._runtime.context.resources)
+
+    def get(self) -> dict[str, Any]:
+        return {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
+                "task_id": self.get_task_id(), "namespace": self.namespace}
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(get_runtime())
+
+
+def _process_tree_rss() -> int:
+    """RSS of this process's local cluster (used by the benchmarks)."""
+    cluster = _cluster
+    if cluster is None:
+        return 0
+    total = 0
+    roots = [p for p in (cluster.agent, cluster.redis.proc if cluster.redis else None) if p]
+    for root in roots:
+        try:
+            proc = psutil.Process(root.pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total

@@ -1,0 +1,246 @@
+"""The error hierarchy: Ray's class names and relations, so `except` clauses written for
+Ray work unchanged, plus `StoreUnavailableError` for a Redis that cannot be reached."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+
+class RayError(Exception):
+    """Base of every error raised by taskmesh itself."""
+
+
+class CrossLanguageError(RayError):
+    """Kept for name compatibility; taskmesh runs Python only."""
+
+
+class RaySystemError(RayError):
+    """The runtime itself failed (not the user's code)."""
+
+    def __init__(self, client_exc: Any = None, traceback_str: str | None = None):
+        self.client_exc = client_exc
+        self.traceback_str = traceback_str
+        super().__init__(client_exc, traceback_str)
+
+    def __str__(self) -> str:
+        text = f"System error: {self.client_exc}"
+        return f"{text}\ntraceback: {self.traceback_str}" if self.traceback_str else text
+
+
+class StoreUnavailableError(RayError, ConnectionError):
+    """Redis (the control store) could not be reached or timed out."""
+
+
+class RayTaskError(RayError):
+    """A task raised. `get` raises an instance that is also of the user's exception type
+    (see `as_instanceof_cause`), so `except ValueError` catches a remote ValueError."""
+
+    def __init__(
+        self,
+        function_name: str,
+        traceback_str: str,
+        cause: BaseException | None,
+        proctitle: str | None = None,
+        pid: int | None = None,
+        ip: str | None = None,
+    ):
+        self.function_name = function_name
+        self.traceback_str = traceback_str
+        self.cause = cause
+        self.proctitle = proctitle or f"taskmesh::{function_name}"
+        self.pid = os.getpid() if pid is None else pid
+        self.ip = ip or _node_ip()
+        Exception.__init__(self, function_name, traceback_str, cause, self.proctitle, self.pid, self.ip)
+
+    def __reduce__(self) -> tuple:
+        return (
+            RayTaskError,
+            (self.function_name, self.traceback_str, self.cause, self.proctitle, self.pid, self.ip),
+        )
+
+    def __str__(self) -> str:
+        lines = self.traceback_str.strip().splitlines()
+        body = "\n".join("    " + line for line in lines)
+        return f"{self.proctitle}() (pid={self.pid}, ip={self.ip})\n{body}"
+
+    def as_instanceof_cause(self) -> RayTaskError:
+        """Return an equivalent error that is an instance of both RayTaskError and the
+        cause's class; the plain RayTaskError when the cause's class cannot be mixed in."""
+        cause_cls = type(self.cause) if self.cause is not None else None
+        if cause_cls is None or issubclass(cause_cls, RayTaskError):
+            return self
+        try:
+            dual = _dual_class(cause_cls)
+            err = dual.__new__(dual)
+        except TypeError:
+            return self
+        RayTaskError.__init__(
+            err, self.function_name, self.traceback_str, self.cause, self.proctitle, self.pid, self.ip
+        )
+        err.__dict__.update({k: v for k, v in getattr(self.cause, "__dict__", {}).items()
+                             if k not in err.__dict__})
+        return err
+
+
+_DUAL_CLASSES: dict[type, type] = {}
+
+
+def _dual_class(cause_cls: type) -> type:
+    dual = _DUAL_CLASSES.get(cause_cls)
+    if dual is None:
+        name = f"RayTaskError({cause_cls.__name__})"
+
+        def __getattr__(self: Any, attr: str) -> Any:
+            return getattr(self.__dict__.get("cause"), attr)
+
+        dual = type(name, (RayTaskError, cause_cls), {
+            "__init__": RayTaskError.__init__,
+            "__str__": RayTaskError.__str__,
+            "__reduce__": RayTaskError.__reduce__,
+            "__getattr__": __getattr__,
+        })
+        dual.__module__ = RayTaskError.__module__
+        _DUAL_CLASSES[cause_cls] = dual
+    return dual
+
+
+def _node_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+class TaskCancelledError(RayError):
+    def __init__(self, task_id: Any = None, error_message: str | None = None):
+        self.task_id = task_id
+        self.error_message = error_message
+        super().__init__(task_id, error_message)
+
+    def __str__(self) -> str:
+        return self.error_message or f"Task: {self.task_id} was cancelled."
+
+
+class WorkerCrashedError(RayError):
+    def __str__(self) -> str:
+        detail = f" {self.args[0]}" if self.args else ""
+        return "The worker died unexpectedly while executing this task." + detail
+
+
+class LocalRayletDiedError(RayError):
+    """The local node agent died."""
+
+
+class RayActorError(RayError):
+    def __init__(self, actor_id: str | None = None, error_msg: str = "The actor died unexpectedly."):
+        self.actor_id = actor_id
+        self.error_msg = error_msg
+        super().__init__(actor_id, error_msg)
+
+    def __str__(self) -> str:
+        return self.error_msg
+
+
+class ActorDiedError(RayActorError):
+    pass
+
+
+class ActorUnavailableError(RayActorError):
+    pass
+
+
+class ActorUnschedulableError(RayError):
+    pass
+
+
+class TaskUnschedulableError(RayError):
+    pass
+
+
+class ObjectStoreFullError(RayError):
+    pass
+
+
+class OutOfDiskError(RayError):
+    pass
+
+
+class OutOfMemoryError(RayError):
+    pass
+
+
+class NodeDiedError(RayError):
+    pass
+
+
+class ObjectLostError(RayError):
+    def __init__(self, object_ref_hex: str = "", owner_address: str = "", call_site: str = ""):
+        self.object_ref_hex = object_ref_hex
+        self.owner_address = owner_address
+        self.call_site = call_site
+        super().__init__(object_ref_hex, owner_address, call_site)
+
+    def __str__(self) -> str:
+        return f"Failed to retrieve object {self.object_ref_hex}: all copies of it are lost."
+
+
+class ObjectFetchTimedOutError(ObjectLostError):
+    pass
+
+
+class ObjectFreedError(ObjectLostError):
+    pass
+
+
+class OwnerDiedError(ObjectLostError):
+    pass
+
+
+class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
+    pass
+
+
+class ObjectReconstructionFailedError(ObjectLostError):
+    pass
+
+
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectLostError):
+    pass
+
+
+class ObjectReconstructionFailedLineageEvictedError(ObjectLostError):
+    pass
+
+
+class GetTimeoutError(RayError, TimeoutError):
+    """`get` (or a blocking utility) ran past its timeout."""
+
+
+class PlasmaObjectNotAvailable(RayError):
+    pass
+
+
+class AsyncioActorExit(RayError):
+    pass
+
+
+class RuntimeEnvSetupError(RayError):
+    pass
+
+
+class TaskPlacementGroupRemoved(RayError):
+    pass
+
+
+class ActorPlacementGroupRemoved(RayError):
+    pass
+
+
+class PendingCallsLimitExceeded(RayError):
+    pass
+
+
+__all__ = [name for name, obj in list(globals().items())
+           if isinstance(obj, type) and issubclass(obj, BaseException)]

@@ -1,0 +1,146 @@
+"""`@remote` functions: option handling, export and task submission."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar
+
+import cloudpickle
+import msgpack
+
+from . import _options, objects, scheduler
+from .objects import ObjectRef
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class RemoteFunction(Generic[P, R]):
+    """A function that runs as a task: call `.remote(...)` to get ObjectRefs."""
+
+    def __init__(self, function: Callable[P, R], options: dict[str, Any]):
+        if not callable(function):
+            raise TypeError(f"remote() expects a function or a class, got {type(function).__name__}")
+        self._function = function
+        self._options = _options.validate(options, _options.TASK_OPTIONS, "remote functions")
+        self._plan = _TaskPlan(function, self._options)
+        self.__name__ = getattr(function, "__name__", "remote_function")
+        self.__qualname__ = getattr(function, "__qualname__", self.__name__)
+        self.__module__ = getattr(function, "__module__", __name__)
+        self.__doc__ = getattr(function, "__doc__", None)
+        self.__wrapped__ = function
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "Remote functions cannot be called directly. Instead of running "
+            f"'{self.__module__}.{self.__name__}()', try '{self.__module__}.{self.__name__}.remote()'."
+        )
+
+    def options(self, **options: Any) -> _BoundOptions[P, R]:
+        """The same function with some options overridden for the next calls."""
+        merged = {**self._options, **_options.validate(options, _options.TASK_OPTIONS, "remote functions")}
+        return _BoundOptions(self, _TaskPlan(self._function, merged, parent=self._plan))
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self._plan.submit(args, kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"function": self._function, "options": self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["function"], state["options"])  # type: ignore[misc]
+
+
+class _BoundOptions(Generic[P, R]):
+    def __init__(self, parent: RemoteFunction[P, R], plan: _TaskPlan):
+        self._parent = parent
+        self._plan = plan
+
+    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self._plan.submit(args, kwargs)
+
+
+class _TaskPlan:
+    """What every call with one set of options shares: resolved options, shape, the
+    exported function (pickled once per process) and the static part of the spec."""
+
+    def __init__(self, function: Callable, options: dict[str, Any], parent: _TaskPlan | None = None):
+        self.function = function
+        self.options = _options.resolved(options, _options.TASK_OPTIONS)
+        self.name = self.options["name"] or getattr(function, "__qualname__", "task")
+        num_returns = self.options["num_returns"]
+        if num_returns in ("streaming", "dynamic"):
+            raise NotImplementedError(f"num_returns={num_returns!r} (generator tasks) is not "
+                                      "supported by taskmesh yet.")
+        self.num_returns: int = num_returns
+        self.demand = _options.task_demand(self.options)
+        self.shape = scheduler.shape_name(self.demand)
+        retry = self.options["retry_exceptions"]
+        self.retry_exceptions = retry if isinstance(retry, bool) else cloudpickle.dumps(tuple(retry))
+        self._export = parent._export if parent is not None else _Export(function)
+
+    def submit(self, args: tuple, kwargs: dict) -> Any:
+        from .api import get_runtime
+
+        runtime = get_runtime(auto_init=True)
+        fn_id = self._export.fn_id()
+        runtime.export_function(fn_id, self._export.blob)
+        runtime.ensure_shape(self.shape)
+        task_id = objects.new_task_id(runtime.owner)
+        returns = [objects.object_id(task_id, i + 1) for i in range(self.num_returns)]
+        args_blob, deps = _pack_args(runtime, args, kwargs)
+        spec = msgpack.packb({
+            "fn": fn_id, "args": args_blob, "nret": self.num_returns, "owner": runtime.owner,
+            "job": runtime.job_id, "maxr": self.options["max_retries"],
+            "rexc": self.retry_exceptions, "maxc": self.options["max_calls"], "res": self.demand,
+        }, use_bin_type=True)
+        fields = {"task": task_id, "name": self.name, "attempt": 0, "spec": spec}
+        refs = [ObjectRef(oid) for oid in returns]
+        runtime.submit(self.shape, fields, deps, returns)
+        if self.num_returns == 1:
+            return refs[0]
+        return refs if self.num_returns > 1 else None
+
+
+class _Export:
+    """The function pickled once, and its content-addressed id."""
+
+    def __init__(self, function: Callable):
+        self._function = function
+        self._lock = threading.Lock()
+        self._blob: bytes | None = None
+        self._fn_id: str | None = None
+
+    def fn_id(self) -> str:
+        if self._fn_id is None:
+            with self._lock:
+                if self._fn_id is None:
+                    self._blob = cloudpickle.dumps(self._function)
+                    self._fn_id = hashlib.sha1(self._blob).hexdigest()
+        return self._fn_id
+
+    def blob(self) -> bytes:
+        assert self._blob is not None
+        return self._blob
+
+
+def _pack_args(runtime: Any, args: tuple, kwargs: dict) -> tuple[bytes, list[str]]:
+    """Serialize the arguments; large top-level ones are put as objects first (as Ray
+    does above 100 KiB) so that specs in the queues stay small."""
+    blob = objects.serialize((list(args), kwargs))
+    if len(blob) > objects.INLINE_ARG_LIMIT:
+        args = tuple(_promote(runtime, a) for a in args)
+        kwargs = {k: _promote(runtime, v) for k, v in kwargs.items()}
+        blob = objects.serialize((list(args), kwargs))
+    deps = [a.hex() for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
+    return blob, deps
+
+
+def _promote(runtime: Any, value: Any) -> Any:
+    if isinstance(value, ObjectRef):
+        return value
+    if len(objects.serialize(value)) > objects.INLINE_ARG_LIMIT:
+        return runtime.put(value)
+    return value

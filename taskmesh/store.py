@@ -1,0 +1,377 @@
+"""The Redis connection, the key schema and the Lua scripts: the only module that knows
+what a taskmesh key looks like.
+
+Key schema (every key starts with the cluster prefix, `tm` by default; `{owner}` is the
+8-hex-digit tag of the process that owns a task or object, a Redis Cluster hash tag so that
+one Lua script can touch a task's objects and its owner's done stream together):
+
+| key                          | type    | holds                                                 | written by            | TTL |
+|------------------------------|---------|-------------------------------------------------------|-----------------------|-----|
+| tm:node:{node_id}            | hash    | ip, hostname, pid, resources_total/_available (JSON), state, start_ms | node agent | none |
+| tm:nodes:alive               | zset    | node_id scored by last heartbeat (ms)                 | node agent            | none |
+| tm:fn:{fn_id}                | string  | cloudpickled function, exported once per definition   | driver / worker       | none |
+| tm:shapes                    | set     | resource shapes that have a queue ("CPU=1")           | submitter             | none |
+| tm:q:{shape}                 | stream  | pending tasks of one shape; group `agents`, one consumer per node; fields task, name, attempt, spec | submitter; agents ack+delete | none |
+| tm:{owner}:obj:{object_id}   | hash    | kind (value/error), data (serialized), size           | completing agent, put | none |
+| tm:{owner}:done              | stream  | completion notices for the owner's tasks (field n)    | completion script     | owner trims |
+| tm:job:{job_id}              | hash    | driver pid/host, namespace, start_ms, end_ms          | driver                | none |
+| tm:jobs                      | counter | last job number handed out                            | driver                | none |
+| tm:chan:shapes               | pub/sub | a new shape queue exists (agents start reading it)   | submitter             | -   |
+| tm:chan:log:{job_id}         | pub/sub | worker stdout/stderr lines for the job's driver       | worker                | -   |
+
+Ids: a task id is `{owner}` + 16 hex digits; an object id is its task id + 4 hex digits
+(return index, 0 for `put`), so a key builder finds the owner tag in the id itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar
+
+import redis
+
+from .exceptions import StoreUnavailableError
+
+GROUP = b"agents"
+OWNER_TAG_LEN = 8
+
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def translate_errors(fn: F) -> F:
+    """Turn Redis connection/timeout errors into one StoreUnavailableError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _TRANSIENT as e:
+            raise StoreUnavailableError(f"Redis is unavailable: {e}") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Builds every key; the prefix appears nowhere else."""
+
+    prefix: str = "tm"
+
+    def node(self, node_id: str) -> str:
+        return f"{self.prefix}:node:{node_id}"
+
+    def nodes_alive(self) -> str:
+        return f"{self.prefix}:nodes:alive"
+
+    def fn(self, fn_id: str) -> str:
+        return f"{self.prefix}:fn:{fn_id}"
+
+    def shapes(self) -> str:
+        return f"{self.prefix}:shapes"
+
+    def queue(self, shape: str) -> str:
+        return f"{self.prefix}:q:{shape}"
+
+    def obj(self, object_id: str) -> str:
+        return f"{self.prefix}:{{{object_id[:OWNER_TAG_LEN]}}}:obj:{object_id}"
+
+    def done(self, owner: str) -> str:
+        return f"{self.prefix}:{{{owner}}}:done"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    def chan_shapes(self) -> str:
+        return f"{self.prefix}:chan:shapes"
+
+    def chan_log(self, job_id: str) -> str:
+        return f"{self.prefix}:chan:log:{job_id}"
+
+
+def _load_script(name: str) -> str:
+    return resources.files(__package__).joinpath(f"lua/{name}").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One finished task as the agent hands it to `complete_tasks`."""
+
+    owner: str
+    notice: bytes
+    objects: tuple[tuple[str, bytes, bytes], ...]  # (object_id, kind, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """One task entry read from a queue stream."""
+
+    queue: str
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+
+
+class Store:
+    """A pooled connection to the cluster's Redis plus one typed method per operation."""
+
+    def __init__(self, url: str, *, prefix: str = "tm", **connection_kwargs: Any):
+        self.url = url
+        self.keys = Keys(prefix)
+        self.redis = redis.Redis.from_url(
+            url, health_check_interval=30, socket_keepalive=True, **connection_kwargs
+        )
+        self._complete = self.redis.register_script(_load_script("complete.lua"))
+        self._requeue = self.redis.register_script(_load_script("requeue.lua"))
+
+    def close(self) -> None:
+        self.redis.close()
+        self.redis.connection_pool.disconnect()
+
+    def dedicated(self) -> redis.Redis:
+        """A client on its own single connection, for blocking reads that must be woken
+        (CLIENT UNBLOCK) or that would otherwise hold a pooled connection."""
+        return redis.Redis(connection_pool=self.redis.connection_pool, single_connection_client=True)
+
+    @translate_errors
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    # ---- jobs and functions -------------------------------------------------------
+
+    @translate_errors
+    def new_job(self, info: dict[str, str]) -> str:
+        number = self.redis.incr(self.keys.jobs())
+        job_id = f"{number:08x}"
+        self.redis.hset(self.keys.job(job_id), mapping=info)
+        return job_id
+
+    @translate_errors
+    def end_job(self, job_id: str) -> None:
+        self.redis.hset(self.keys.job(job_id), "end_ms", str(_now_ms()))
+
+    @translate_errors
+    def export_function(self, fn_id: str, blob: bytes) -> None:
+        self.redis.set(self.keys.fn(fn_id), blob, nx=True)
+
+    @translate_errors
+    def get_function(self, fn_id: str) -> bytes | None:
+        return self.redis.get(self.keys.fn(fn_id))
+
+    # ---- task queues ----------------------------------------------------------------
+
+    @translate_errors
+    def register_shape(self, shape: str) -> None:
+        """Create the shape's queue and consumer group, and tell agents it exists."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xgroup_create(self.keys.queue(shape), GROUP, id="0", mkstream=True)
+        pipe.sadd(self.keys.shapes(), shape)
+        added = pipe.execute(raise_on_error=False)[1]
+        if added == 1:
+            self.redis.publish(self.keys.chan_shapes(), shape)
+
+    @translate_errors
+    def shapes(self) -> list[str]:
+        return sorted(s.decode() for s in self.redis.smembers(self.keys.shapes()))
+
+    @translate_errors
+    def ensure_groups(self, shapes: Iterable[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for shape in shapes:
+            pipe.xgroup_create(self.keys.queue(shape), GROUP, id="0", mkstream=True)
+        pipe.execute(raise_on_error=False)
+
+    @translate_errors
+    def submit_tasks(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """XADD each (shape, fields) entry, pipelined in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shape, fields in entries:
+            pipe.xadd(self.keys.queue(shape), fields)
+        pipe.execute()
+
+    @translate_errors
+    def lease(
+        self, client: redis.Redis, consumer: str, counts: dict[str, int], block_ms: int | None
+    ) -> list[Leased]:
+        """XREADGROUP new entries from several shape queues at once."""
+        if not counts:
+            return []
+        streams = {self.keys.queue(shape): ">" for shape in counts}
+        try:
+            reply = client.xreadgroup(
+                GROUP, consumer, streams, count=max(counts.values()), block=block_ms
+            )
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            self.ensure_groups(counts)
+            return []
+        out = []
+        for stream, entries in reply or []:
+            queue = stream.decode()
+            for entry_id, fields in entries:
+                if fields is not None:
+                    out.append(Leased(queue, entry_id, fields))
+        return out
+
+    @translate_errors
+    def complete_tasks(
+        self, completions: Sequence[Completion], acks: dict[str, list[bytes]]
+    ) -> None:
+        """Store results + notify owners (one script per task), then ack and delete the
+        queue entries, in one pipelined round trip. A crash between the two only re-runs
+        a task; the script makes the second result a no-op."""
+        pipe = self.redis.pipeline(transaction=False)
+        for c in completions:
+            keys = [self.keys.done(c.owner)] + [self.keys.obj(oid) for oid, _, _ in c.objects]
+            args: list[bytes] = [c.notice]
+            for _, kind, data in c.objects:
+                args += [kind, data]
+            self._complete(keys=keys, args=args, client=pipe)
+        for queue, ids in acks.items():
+            pipe.xack(queue, GROUP, *ids)
+            pipe.xdel(queue, *ids)
+        pipe.execute()
+
+    @translate_errors
+    def requeue(self, queue: str, entry_id: bytes, fields: dict[bytes, Any]) -> None:
+        args: list[Any] = [GROUP, entry_id]
+        for k, v in fields.items():
+            args += [k, v]
+        self._requeue(keys=[queue], args=args)
+
+    @translate_errors
+    def queue_stats(self) -> dict[str, tuple[int, int]]:
+        """shape -> (queued, running): entries not yet leased, and leased not yet acked."""
+        shapes = self.shapes()
+        pipe = self.redis.pipeline(transaction=False)
+        for shape in shapes:
+            pipe.xlen(self.keys.queue(shape))
+            pipe.xpending(self.keys.queue(shape), GROUP)
+        replies = pipe.execute(raise_on_error=False)
+        stats = {}
+        for i, shape in enumerate(shapes):
+            length, pending = replies[2 * i], replies[2 * i + 1]
+            if isinstance(length, Exception):
+                continue
+            running = 0 if isinstance(pending, Exception) else int(pending["pending"])
+            stats[shape] = (max(int(length) - running, 0), running)
+        return stats
+
+    # ---- objects ----------------------------------------------------------------------
+
+    @translate_errors
+    def put_object(self, object_id: str, kind: bytes, data: bytes) -> None:
+        self.redis.hset(
+            self.keys.obj(object_id), mapping={"kind": kind, "data": data, "size": len(data)}
+        )
+
+    @translate_errors
+    def get_objects(self, object_ids: Sequence[str]) -> list[tuple[bytes, bytes] | None]:
+        """(kind, data) for each object, None where it does not exist (yet)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for oid in object_ids:
+            pipe.hmget(self.keys.obj(oid), "kind", "data")
+        out: list[tuple[bytes, bytes] | None] = []
+        for kind, data in pipe.execute():
+            out.append(None if kind is None else (kind, data))
+        return out
+
+    @translate_errors
+    def objects_exist(self, object_ids: Sequence[str]) -> list[bool]:
+        pipe = self.redis.pipeline(transaction=False)
+        for oid in object_ids:
+            pipe.exists(self.keys.obj(oid))
+        return [bool(x) for x in pipe.execute()]
+
+    @translate_errors
+    def delete_objects(self, object_ids: Sequence[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for oid in object_ids:
+            pipe.unlink(self.keys.obj(oid))
+        pipe.execute()
+
+    @translate_errors
+    def read_done(
+        self, client: redis.Redis, owner: str, after: bytes, block_ms: int, trim_below: bytes | None
+    ) -> list[tuple[bytes, bytes]]:
+        """Block for completion notices after `after`, trimming the ones already consumed
+        in the same round trip."""
+        key = self.keys.done(owner)
+        pipe = client.pipeline(transaction=False)
+        if trim_below is not None:
+            pipe.xtrim(key, minid=trim_below, approximate=False)
+        pipe.xread({key: after}, count=10_000, block=block_ms)
+        reply = pipe.execute()[-1]
+        return [(eid, fields[b"n"]) for _, entries in reply or [] for eid, fields in entries]
+
+    @translate_errors
+    def delete_done(self, owner: str) -> None:
+        self.redis.unlink(self.keys.done(owner))
+
+    # ---- nodes --------------------------------------------------------------------------
+
+    @translate_errors
+    def register_node(self, node_id: str, info: dict[str, Any]) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self.keys.node(node_id), mapping=_flat(info))
+        pipe.zadd(self.keys.nodes_alive(), {node_id: _now_ms()})
+        pipe.execute()
+
+    @translate_errors
+    def heartbeat(self, node_id: str, available: dict[str, float] | None) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zadd(self.keys.nodes_alive(), {node_id: _now_ms()})
+        if available is not None:
+            pipe.hset(self.keys.node(node_id), "resources_available", json.dumps(available))
+        pipe.execute()
+
+    @translate_errors
+    def unregister_node(self, node_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(self.keys.nodes_alive(), node_id)
+        pipe.hset(self.keys.node(node_id), mapping={"state": "DEAD", "end_ms": _now_ms()})
+        pipe.execute()
+
+    @translate_errors
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node that has a hash, with `alive` and `last_heartbeat_ms` added."""
+        alive = {m.decode(): int(s) for m, s in self.redis.zrange(
+            self.keys.nodes_alive(), 0, -1, withscores=True)}
+        node_keys = list(self.redis.scan_iter(match=self.keys.node("*"), count=1000))
+        pipe = self.redis.pipeline(transaction=False)
+        for key in node_keys:
+            pipe.hgetall(key)
+        out = []
+        for raw in pipe.execute():
+            info = {k.decode(): v.decode() for k, v in raw.items()}
+            if "node_id" not in info:
+                continue
+            for field in ("resources_total", "resources_available"):
+                info[field] = json.loads(info.get(field, "{}"))
+            info["last_heartbeat_ms"] = alive.get(info["node_id"])
+            info["alive"] = info["node_id"] in alive and info.get("state") == "ALIVE"
+            out.append(info)
+        return sorted(out, key=lambda n: n.get("start_ms", ""))
+
+    # ---- logs ---------------------------------------------------------------------------
+
+    @translate_errors
+    def publish_log(self, job_id: str, payload: bytes) -> None:
+        self.redis.publish(self.keys.chan_log(job_id), payload)
+
+
+def _flat(info: dict[str, Any]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

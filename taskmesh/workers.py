@@ -1,0 +1,392 @@
+"""The node agent: registers the node, leases tasks from the shape queues, runs them on a
+pool of worker processes and stores their results.
+
+Threads: the main thread multiplexes the workers' sockets and flushes completions to
+Redis in pipelined batches; the lease thread blocks in XREADGROUP for as many tasks as
+the node has room for; the heartbeat thread keeps the node alive in `tm:nodes:alive`.
+A new shape queue is announced on a channel; the agent then wakes its blocked lease
+read with CLIENT UNBLOCK, so there is no polling for shapes.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+import msgpack
+
+from . import _process, objects, scheduler
+from ._runtime import encode_notice
+from .exceptions import WorkerCrashedError
+from .store import Completion, Leased, Store
+
+log = logging.getLogger("taskmesh.agent")
+
+LEASE_BLOCK_MS = 2000
+HEARTBEAT_S = 1.0
+
+
+@dataclass(slots=True)
+class _Task:
+    lease: Leased
+    demand: dict[str, float]
+
+
+@dataclass(slots=True, eq=False)
+class _WorkerHandle:
+    proc: subprocess.Popen
+    conn: Connection
+    ready: bool = False
+    task: _Task | None = None
+    blocked: bool = False
+
+
+@dataclass(slots=True)
+class _Outbox:
+    """Completions and acks waiting for the next pipelined flush."""
+
+    completions: list[Completion] = field(default_factory=list)
+    acks: dict[str, list[bytes]] = field(default_factory=dict)
+    requeues: list[tuple[_Task, int]] = field(default_factory=list)
+
+    def ack(self, task: _Task) -> None:
+        self.acks.setdefault(task.lease.queue, []).append(task.lease.entry_id)
+
+
+def detect_node_ip(redis_url: str) -> str:
+    """The local address this machine uses to reach Redis (Ray's trick, aimed at Redis)."""
+    from urllib.parse import urlparse
+
+    host = urlparse(redis_url).hostname or "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        address: str,
+        *,
+        node_id: str | None = None,
+        resources: dict[str, float],
+        prefix: str = "tm",
+        node_ip: str | None = None,
+        max_workers: int | None = None,
+    ):
+        self.address = address
+        self.prefix = prefix
+        self.store = Store(address, prefix=prefix)
+        self.node_id = node_id or os.urandom(8).hex()
+        self.node_ip = node_ip or detect_node_ip(address)
+        self.total = {k: float(v) for k, v in resources.items()}
+        self.available = dict(self.total)
+        cpus = int(self.total.get("CPU", 0))
+        self.pool_size = max(cpus, 1)
+        self.max_workers = max_workers or max(4 * self.pool_size, 16)
+
+        self._cond = threading.Condition()
+        self._backlog: collections.deque[_Task] = collections.deque()
+        self._workers: dict[Connection, _WorkerHandle] = {}
+        self._outbox = _Outbox()
+        self._shapes: list[str] = []
+        self._reload_shapes = True
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._lease_client = self.store.dedicated()
+        self._lease_client_id: int | None = None
+        self._pubsub: Any = None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def run(self, ready_fd: int | None = None) -> None:
+        """Register, serve until SIGTERM/SIGINT or stop(), then hand back work and exit."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self.store.ensure_groups(["CPU=1"])
+        self._lease_client_id = self._lease_client.client_id()
+        with self._cond:
+            for _ in range(self.pool_size):
+                self._spawn_worker()
+        self.store.register_node(self.node_id, {
+            "node_id": self.node_id, "ip": self.node_ip, "hostname": socket.gethostname(),
+            "pid": str(os.getpid()), "state": "ALIVE", "start_ms": str(int(time.time() * 1000)),
+            "resources_total": json.dumps(self.total), "resources_available": json.dumps(self.total),
+        })
+        self._pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(**{self.store.keys.chan_shapes(): self._on_new_shape})
+        self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=1.0, daemon=True)
+        threads = [
+            threading.Thread(target=self._lease_loop, name="taskmesh-lease", daemon=True),
+            threading.Thread(target=self._heartbeat_loop, name="taskmesh-heartbeat", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        log.info("node %s (%s) registered with %s", self.node_id, self.node_ip, self.total)
+        if ready_fd is not None:
+            os.write(ready_fd, f"{self.node_id}\n".encode())
+            os.close(ready_fd)
+        try:
+            self._io_loop()
+        finally:
+            self._shutdown(threads)
+
+    def stop(self) -> None:
+        self._stopping = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _shutdown(self, threads: list[threading.Thread]) -> None:
+        self._stopping = True
+        self._unblock_lease()
+        for t in threads:
+            t.join(timeout=3)
+        with self._cond:
+            handles = list(self._workers.values())
+            give_back = list(self._backlog) + [h.task for h in handles if h.task is not None]
+            self._backlog.clear()
+        _process.stop_processes([h.proc.pid for h in handles], timeout_s=2)
+        for task in give_back:  # unfinished work goes back to its queue, attempt unchanged
+            self._requeue(task, int(task.lease.fields[b"attempt"]))
+        self._flush()
+        try:
+            self._pubsub_thread.stop()
+            self._pubsub.close()
+        except Exception:
+            pass
+        self.store.unregister_node(self.node_id)
+        self.store.close()
+
+    # ---- workers ------------------------------------------------------------------------
+
+    def _spawn_worker(self) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ, TASKMESH_ADDRESS=self.address, TASKMESH_NODE_ID=self.node_id,
+                   TASKMESH_PREFIX=self.prefix)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskmesh._worker", "--fd", str(child.fileno())],
+            pass_fds=(child.fileno(),), env=env, preexec_fn=_process.set_pdeathsig,
+        )
+        child.close()
+        conn = Connection(parent.detach())
+        self._workers[conn] = _WorkerHandle(proc, conn)
+        self._wake_w.send(b"w")
+
+    def _on_worker_exit(self, handle: _WorkerHandle) -> None:
+        with self._cond:
+            self._workers.pop(handle.conn, None)
+            task = handle.task
+            if task is not None:
+                self._release(task, handle.blocked)
+        handle.conn.close()
+        handle.proc.wait()
+        if task is not None:
+            log.warning("worker %d died running task %s", handle.proc.pid, task.lease.fields[b"task"])
+            self._task_failed(task)
+        with self._cond:
+            live = len(self._workers)
+            if not self._stopping and live < self.pool_size:
+                self._spawn_worker()
+            self._dispatch()
+
+    def _task_failed(self, task: _Task) -> None:
+        """The worker running `task` died: retry it while max_retries allows."""
+        fields = task.lease.fields
+        attempt = int(fields[b"attempt"])
+        spec = msgpack.unpackb(fields[b"spec"], raw=False)
+        max_retries = spec.get("maxr", 0)
+        with self._cond:
+            if max_retries == -1 or attempt < max_retries:
+                self._outbox.requeues.append((task, attempt + 1))
+                return
+            task_id = fields[b"task"].decode()
+            error = objects.serialize(WorkerCrashedError(
+                f"(pid of worker unknown to the caller; task {task_id}, attempt {attempt + 1} "
+                f"of {max_retries + 1})"))
+            objs = [(objects.object_id(task_id, i + 1), objects.KIND_ERROR, error)
+                    for i in range(spec["nret"])]
+            self._outbox.completions.append(
+                Completion(spec["owner"], encode_notice(task_id, objs), tuple(objs)))
+            self._outbox.ack(task)
+
+    def _release(self, task: _Task, blocked: bool) -> None:
+        demand = dict(task.demand)
+        if blocked:  # its CPU was already lent out while it blocked in get
+            demand.pop("CPU", None)
+        self.available = scheduler.add(self.available, demand)
+
+    # ---- dispatch (under self._cond) ----------------------------------------------------
+
+    def _dispatch(self) -> None:
+        idle = [h for h in self._workers.values() if h.ready and h.task is None]
+        waiting = 0
+        for task in list(self._backlog):
+            if not scheduler.fits(task.demand, self.available):
+                continue
+            if not idle:
+                waiting += 1
+                continue
+            handle = idle.pop()
+            self._backlog.remove(task)
+            self.available = scheduler.subtract(self.available, task.demand)
+            handle.task = task
+            handle.conn.send_bytes(msgpack.packb(
+                [b"T", task.lease.entry_id, task.lease.fields], use_bin_type=True))
+        starting = sum(1 for h in self._workers.values() if not h.ready)
+        room = self.max_workers - len(self._workers)
+        for _ in range(min(waiting - starting, room)):
+            self._spawn_worker()
+
+    # ---- main loop: worker sockets and result flushing ----------------------------------
+
+    def _io_loop(self) -> None:
+        while not self._stopping:
+            with self._cond:
+                conns = list(self._workers)
+            ready = wait([*conns, self._wake_r], timeout=1.0)
+            for r in ready:
+                if r is self._wake_r:
+                    try:
+                        self._wake_r.recv(4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                handle = self._workers.get(r)  # type: ignore[arg-type]
+                if handle is None:
+                    continue
+                try:
+                    msg = msgpack.unpackb(r.recv_bytes(), raw=True)  # type: ignore[union-attr]
+                except (EOFError, OSError):
+                    self._on_worker_exit(handle)
+                    continue
+                self._on_message(handle, msg)
+            self._flush()
+
+    def _on_message(self, handle: _WorkerHandle, msg: list) -> None:
+        kind = msg[0]
+        with self._cond:
+            if kind == b"D":
+                task = handle.task
+                _, _, owner, notice, objs = msg
+                self._outbox.completions.append(Completion(
+                    owner.decode(), notice, tuple((o.decode(), k, d) for o, k, d in objs)))
+                self._finish(handle)
+                if task is not None:
+                    self._outbox.ack(task)
+            elif kind == b"Q":
+                task = handle.task
+                self._finish(handle)
+                if task is not None:
+                    self._outbox.requeues.append((task, int(task.lease.fields[b"attempt"]) + 1))
+            elif kind == b"B" and handle.task is not None and not handle.blocked:
+                handle.blocked = True
+                cpu = handle.task.demand.get("CPU", 0.0)
+                self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
+                self._dispatch()
+                self._cond.notify_all()
+            elif kind == b"U" and handle.task is not None and handle.blocked:
+                handle.blocked = False
+                cpu = handle.task.demand.get("CPU", 0.0)
+                self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
+            elif kind == b"R":
+                handle.ready = True
+                self._dispatch()
+
+    def _finish(self, handle: _WorkerHandle) -> None:
+        task = handle.task
+        if task is not None:
+            self._release(task, handle.blocked)
+        handle.task, handle.blocked = None, False
+        self._dispatch()
+        self._cond.notify_all()
+
+    def _flush(self) -> None:
+        with self._cond:
+            out, self._outbox = self._outbox, _Outbox()
+        if out.completions or out.acks:
+            self.store.complete_tasks(out.completions, out.acks)
+        for task, attempt in out.requeues:
+            self._requeue(task, attempt)
+
+    def _requeue(self, task: _Task, attempt: int) -> None:
+        fields = dict(task.lease.fields)
+        fields[b"attempt"] = str(attempt).encode()
+        self.store.requeue(task.lease.queue, task.lease.entry_id, fields)
+
+    # ---- leasing ------------------------------------------------------------------------
+
+    def _on_new_shape(self, message: dict) -> None:
+        self._reload_shapes = True
+        self._unblock_lease()
+
+    def _unblock_lease(self) -> None:
+        if self._lease_client_id is not None:
+            try:
+                self.store.redis.client_unblock(self._lease_client_id)
+            except Exception:
+                pass
+
+    def _lease_loop(self) -> None:
+        while not self._stopping:
+            try:
+                self._lease_once()
+            except Exception as e:
+                if self._stopping:
+                    return
+                log.warning("leasing failed: %r", e)
+                time.sleep(0.5)
+
+    def _lease_once(self) -> None:
+        if self._reload_shapes:
+            self._reload_shapes = False
+            self._shapes = [s for s in self.store.shapes()
+                            if scheduler.fits(scheduler.parse_shape(s), self.total)]
+            self.store.ensure_groups(self._shapes)
+        with self._cond:
+            held = {}
+            for task in self._backlog:
+                held = scheduler.add(held, task.demand)
+            counts = scheduler.lease_counts(self._shapes, self.total, self.available, held)
+            if not counts:
+                self._cond.wait(1.0)
+                return
+            block_ms = LEASE_BLOCK_MS if not self._backlog else 20
+        leased = self.store.lease(self._lease_client, self.node_id, counts, block_ms)
+        if not leased:
+            return
+        queue_prefix = len(self.store.keys.queue(""))
+        with self._cond:
+            for entry in leased:
+                demand = scheduler.parse_shape(entry.queue[queue_prefix:])
+                self._backlog.append(_Task(entry, demand))
+            self._dispatch()
+
+    def _heartbeat_loop(self) -> None:
+        last_sent: dict[str, float] | None = None
+        while not self._stopping:
+            with self._cond:
+                available = dict(self.available)
+            try:
+                self.store.heartbeat(self.node_id, available if available != last_sent else None)
+                last_sent = available
+            except Exception as e:
+                log.warning("heartbeat failed: %r", e)
+            time.sleep(HEARTBEAT_S)
