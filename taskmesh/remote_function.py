@@ -69,7 +69,7 @@ class _TaskPlan:
     def __init__(self, function: Callable, options: dict[str, Any], parent: _TaskPlan | None = None):
         self.function = function
         self.options = _options.resolved(options, _options.TASK_OPTIONS)
-        self.name = self.options["name"] or getattr(function, "__qualname__", "task")
+        self.name = self.options["name"] or getattr(function, "__name__", "task")
         num_returns = self.options["num_returns"]
         if num_returns in ("streaming", "dynamic"):
             raise NotImplementedError(f"num_returns={num_returns!r} (generator tasks) is not "

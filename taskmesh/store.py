@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,27 @@ OWNER_TAG_LEN = 8
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def retry_transient(
+    fn: Callable[[], T], *, deadline_s: float = 30.0, base_s: float = 0.05, cap_s: float = 2.0,
+    stop: Callable[[], bool] = lambda: False,
+) -> T:
+    """Call `fn` until it succeeds, retrying only transient (connection/timeout) errors
+    with capped exponential backoff and full jitter; the last error propagates after
+    `deadline_s` or once `stop()` is true. The one retry helper of the code base."""
+    deadline = time.monotonic() + deadline_s
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except (StoreUnavailableError, *_TRANSIENT):
+            attempt += 1
+            delay = random.uniform(0, min(cap_s, base_s * 2 ** attempt))
+            if stop() or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
 
 
 def translate_errors(fn: F) -> F:
@@ -231,6 +253,8 @@ class Store:
         a task; the script makes the second result a no-op."""
         pipe = self.redis.pipeline(transaction=False)
         for c in completions:
+            if not c.objects:  # num_returns=0: nothing to store, nobody to notify
+                continue
             keys = [self.keys.done(c.owner)] + [self.keys.obj(oid) for oid, _, _ in c.objects]
             args: list[bytes] = [c.notice]
             for _, kind, data in c.objects:

@@ -29,7 +29,7 @@ import msgpack
 from . import _process, objects, scheduler
 from ._runtime import encode_notice
 from .exceptions import WorkerCrashedError
-from .store import Completion, Leased, Store
+from .store import Completion, Leased, Store, retry_transient
 
 log = logging.getLogger("taskmesh.agent")
 
@@ -277,7 +277,10 @@ class NodeAgent:
                 except (EOFError, OSError):
                     self._on_worker_exit(handle)
                     continue
-                self._on_message(handle, msg)
+                try:
+                    self._on_message(handle, msg)
+                except Exception:
+                    log.exception("bad message from worker %d: %r", handle.proc.pid, msg[:1])
             self._flush()
 
     def _on_message(self, handle: _WorkerHandle, msg: list) -> None:
@@ -319,12 +322,20 @@ class NodeAgent:
         self._cond.notify_all()
 
     def _flush(self) -> None:
+        """Store finished tasks' results and acks, and requeue retried tasks. Transient
+        Redis errors are retried (the results are kept meanwhile); any other error is a
+        bug, logged, and the affected tasks stay leased until the node is declared dead."""
         with self._cond:
             out, self._outbox = self._outbox, _Outbox()
-        if out.completions or out.acks:
-            self.store.complete_tasks(out.completions, out.acks)
-        for task, attempt in out.requeues:
-            self._requeue(task, attempt)
+        try:
+            if out.completions or out.acks:
+                retry_transient(lambda: self.store.complete_tasks(out.completions, out.acks),
+                                stop=lambda: self._stopping)
+            for task, attempt in out.requeues:
+                retry_transient(lambda: self._requeue(task, attempt), stop=lambda: self._stopping)
+        except Exception:
+            log.exception("storing %d results / %d retries failed", len(out.completions),
+                          len(out.requeues))
 
     def _requeue(self, task: _Task, attempt: int) -> None:
         fields = dict(task.lease.fields)

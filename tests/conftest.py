@@ -1,0 +1,127 @@
+"""Fixtures: a real Redis/Valkey server per test session, flushed clients, and test
+clusters of real node agents that are always torn down (and checked for leaks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+import taskmesh
+from taskmesh import _process, _services
+from taskmesh.store import Store
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Sessions, pid files and logs of this test run live in its own temp dir."""
+    path = tmp_path_factory.mktemp("taskmesh-temp")
+    old = os.environ.get(_services.ENV_TEMP_DIR)
+    os.environ[_services.ENV_TEMP_DIR] = str(path)
+    os.environ.pop(_services.ENV_ADDRESS, None)
+    yield path
+    if old is None:
+        os.environ.pop(_services.ENV_TEMP_DIR, None)
+    else:
+        os.environ[_services.ENV_TEMP_DIR] = old
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_services.RedisServer]:
+    server = _services.start_redis(data_dir=tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(redis_server: _services.RedisServer) -> Iterator[Store]:
+    """A client on a flushed database."""
+    s = Store(redis_server.url)
+    s.redis.flushall()
+    yield s
+    s.close()
+
+
+class TestCluster:
+    """N real node agents (separate processes) on one Redis."""
+
+    __test__ = False
+
+    def __init__(self, url: str, log_dir: Path):
+        self.url = url
+        self.log_dir = log_dir
+        self.agents: dict[str, psutil.Popen] = {}
+
+    def add_node(self, num_cpus: float = 1, resources: dict[str, float] | None = None) -> str:
+        proc, node_id = _services.start_agent(
+            self.url, num_cpus=num_cpus, resources=resources,
+            log_path=self.log_dir / f"agent-{len(self.agents)}.log", fate_share=True)
+        self.agents[node_id] = proc
+        return node_id
+
+    def worker_pids(self, node_id: str) -> list[int]:
+        agent = psutil.Process(self.agents[node_id].pid)
+        return [c.pid for c in agent.children() if "taskmesh._worker" in " ".join(c.cmdline())]
+
+    def kill_node(self, node_id: str) -> None:
+        self.agents.pop(node_id).kill()
+
+    def stop(self) -> None:
+        _process.stop_processes([p.pid for p in self.agents.values()], timeout_s=10)
+        self.agents.clear()
+
+
+@contextlib.contextmanager
+def start_cluster(url: str, log_dir: Path, nodes: int = 1, num_cpus: float = 1) -> Iterator[TestCluster]:
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    cluster = TestCluster(url, log_dir)
+    try:
+        for _ in range(nodes):
+            cluster.add_node(num_cpus=num_cpus)
+        yield cluster
+    finally:
+        cluster.stop()
+        assert_no_leaked_children(before)
+
+
+def assert_no_leaked_children(before: set[int], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        leaked = [c for c in psutil.Process().children(recursive=True)
+                  if c.pid not in before and c.status() != psutil.STATUS_ZOMBIE]
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"leftover processes: {[(p.pid, p.cmdline()) for p in leaked]}"
+
+
+@pytest.fixture
+def cluster_factory(redis_server: _services.RedisServer, tmp_path: Path) -> Iterator:
+    """start_cluster(nodes=..., num_cpus=...) on a flushed server."""
+    Store(redis_server.url).redis.flushall()
+
+    def factory(nodes: int = 1, num_cpus: float = 1) -> contextlib.AbstractContextManager[TestCluster]:
+        return start_cluster(redis_server.url, tmp_path, nodes=nodes, num_cpus=num_cpus)
+
+    yield factory
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(redis_server: _services.RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+    """One 2-CPU node for a whole test module (starting agents is the slow part)."""
+    Store(redis_server.url).redis.flushall()
+    with start_cluster(redis_server.url, tmp_path_factory.mktemp("agents"), nodes=1, num_cpus=2) as c:
+        yield c
+
+
+@pytest.fixture
+def ray(shared_cluster: TestCluster) -> Iterator:
+    """taskmesh connected as a driver to the module's shared cluster."""
+    taskmesh.init(address=shared_cluster.url)
+    yield taskmesh
+    taskmesh.shutdown()

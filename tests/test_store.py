@@ -1,0 +1,106 @@
+"""The key schema and the Lua scripts, on the real server."""
+
+from __future__ import annotations
+
+import re
+
+import msgpack
+import pytest
+
+from taskmesh import store as store_mod
+from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
+from taskmesh.store import GROUP, Completion, Keys, Store
+
+
+def _documented_patterns() -> set[str]:
+    doc = store_mod.__doc__ or ""
+    return {m.group(1) for m in re.finditer(r"^\| (tm:\S+)\s+\|", doc, re.MULTILINE)}
+
+
+def test_every_key_builder_matches_the_documented_table() -> None:
+    keys = Keys()
+    built = {
+        keys.node("{node_id}"), keys.nodes_alive(), keys.fn("{fn_id}"), keys.shapes(),
+        keys.queue("{shape}"), keys.done("owner"), keys.job("{job_id}"), keys.jobs(),
+        keys.chan_shapes(), keys.chan_log("{job_id}"),
+        keys.obj("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
+    }
+    assert built == _documented_patterns()
+
+
+def test_object_keys_carry_the_owner_hash_tag() -> None:
+    owner = new_owner_tag()
+    oid = object_id(new_task_id(owner), 1)
+    keys = Keys(prefix="c1")
+    assert keys.obj(oid) == f"c1:{{{owner}}}:obj:{oid}"
+    assert keys.done(owner) == f"c1:{{{owner}}}:done"
+
+
+def _completion(owner: str, task_id: str, value: bytes) -> Completion:
+    oid = object_id(task_id, 1)
+    return Completion(owner, msgpack.packb([task_id, [[oid, KIND_VALUE, value]]]), ((oid, KIND_VALUE, value),))
+
+
+def test_complete_script_stores_once_and_notifies_once(store: Store) -> None:
+    owner = new_owner_tag()
+    task_id = new_task_id(owner)
+    store.complete_tasks([_completion(owner, task_id, b"first")], {})
+    store.complete_tasks([_completion(owner, task_id, b"second")], {})  # a late retry
+    assert store.get_objects([object_id(task_id, 1)]) == [(KIND_VALUE, b"first")]
+    assert store.redis.xlen(store.keys.done(owner)) == 1
+    assert store.redis.hget(store.keys.obj(object_id(task_id, 1)), "size") == b"5"
+
+
+def test_complete_acks_and_deletes_the_queue_entry(store: Store) -> None:
+    store.register_shape("CPU=1")
+    store.submit_tasks([("CPU=1", {"task": "t", "attempt": 0})])
+    leased = store.lease(store.redis, "node-a", {"CPU=1": 10}, None)
+    assert len(leased) == 1
+    owner = new_owner_tag()
+    store.complete_tasks([_completion(owner, new_task_id(owner), b"v")],
+                         {leased[0].queue: [leased[0].entry_id]})
+    queue = store.keys.queue("CPU=1")
+    assert store.redis.xlen(queue) == 0
+    assert store.redis.xpending(queue, GROUP)["pending"] == 0
+
+
+def test_requeue_is_atomic_and_bumps_the_attempt(store: Store) -> None:
+    store.register_shape("CPU=1")
+    store.submit_tasks([("CPU=1", {"task": "t", "attempt": 0})])
+    (entry,) = store.lease(store.redis, "node-a", {"CPU=1": 1}, None)
+    store.requeue(entry.queue, entry.entry_id, {**entry.fields, b"attempt": b"1"})
+    queue = store.keys.queue("CPU=1")
+    assert store.redis.xpending(queue, GROUP)["pending"] == 0
+    (again,) = store.lease(store.redis, "node-b", {"CPU=1": 1}, None)
+    assert again.fields[b"attempt"] == b"1"
+    assert again.entry_id != entry.entry_id
+
+
+def test_register_shape_announces_new_shapes_only(store: Store) -> None:
+    pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(store.keys.chan_shapes())
+    pubsub.get_message(timeout=1)
+    store.register_shape("CPU=2")
+    store.register_shape("CPU=2")
+    messages = [pubsub.get_message(timeout=0.5) for _ in range(2)]
+    assert [m["data"] for m in messages if m] == [b"CPU=2"]
+    assert store.shapes() == ["CPU=2"]
+    pubsub.close()
+
+
+def test_queue_stats_counts_queued_and_running(store: Store) -> None:
+    store.register_shape("CPU=1")
+    store.submit_tasks([("CPU=1", {"task": str(i)}) for i in range(5)])
+    store.lease(store.redis, "node-a", {"CPU=1": 2}, None)
+    assert store.queue_stats() == {"CPU=1": (3, 2)}
+
+
+def test_unreachable_redis_raises_store_unavailable() -> None:
+    from taskmesh.exceptions import StoreUnavailableError
+    from taskmesh._services import free_port
+
+    dead = Store(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.2)
+    with pytest.raises(StoreUnavailableError):
+        dead.ping()
+    with pytest.raises(ConnectionError):  # also a ConnectionError, for generic handlers
+        dead.shapes()
