@@ -214,6 +214,7 @@ class Runtime:
     def _listen_loop(self) -> None:
         last = b"0-0"
         trim: bytes | None = None
+        consumed, trimmed_at = 0, time.monotonic()
         while not self._closing:
             try:
                 notices = self.store.read_done(self._listen_client, self.owner, last, _LISTEN_BLOCK_MS, trim)
@@ -226,9 +227,13 @@ class Runtime:
             trim = None
             if notices:
                 last = notices[-1][0]
+                self._on_notices([n for _, n in notices])
+                consumed += len(notices)
+            # Trim consumed notices now and then, not on every read (it is a command).
+            if consumed and (consumed >= 1000 or time.monotonic() - trimmed_at > 1.0):
                 ms, _, seq = last.partition(b"-")
                 trim = ms + b"-" + str(int(seq) + 1).encode()
-                self._on_notices([n for _, n in notices])
+                consumed, trimmed_at = 0, time.monotonic()
 
     def _on_notices(self, notices: list[bytes]) -> None:
         ready_tasks: list[_PendingTask] = []

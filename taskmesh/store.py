@@ -153,6 +153,7 @@ class Store:
         )
         self._complete = self.redis.register_script(_load_script("complete.lua"))
         self._requeue = self.redis.register_script(_load_script("requeue.lua"))
+        self._ack = self.redis.register_script(_load_script("ack.lua"))
 
     def close(self) -> None:
         self.redis.close()
@@ -251,19 +252,35 @@ class Store:
         """Store results + notify owners (one script per task), then ack and delete the
         queue entries, in one pipelined round trip. A crash between the two only re-runs
         a task; the script makes the second result a no-op."""
-        pipe = self.redis.pipeline(transaction=False)
-        for c in completions:
-            if not c.objects:  # num_returns=0: nothing to store, nobody to notify
-                continue
-            keys = [self.keys.done(c.owner)] + [self.keys.obj(oid) for oid, _, _ in c.objects]
-            args: list[bytes] = [c.notice]
-            for _, kind, data in c.objects:
-                args += [kind, data]
-            self._complete(keys=keys, args=args, client=pipe)
-        for queue, ids in acks.items():
-            pipe.xack(queue, GROUP, *ids)
-            pipe.xdel(queue, *ids)
-        pipe.execute()
+        def queue_commands(pipe: Any) -> None:
+            for c in completions:
+                if not c.objects:  # num_returns=0: nothing to store, nobody to notify
+                    continue
+                keys = [self.keys.done(c.owner)] + [self.keys.obj(oid) for oid, _, _ in c.objects]
+                args: list[bytes] = [c.notice]
+                for _, kind, data in c.objects:
+                    args += [kind, data]
+                pipe.evalsha(self._complete.sha, len(keys), *keys, *args)
+            for queue, ids in acks.items():
+                pipe.evalsha(self._ack.sha, 1, queue, GROUP, *ids)
+
+        self._run_scripts(queue_commands, (self._complete, self._ack))
+
+    def _run_scripts(self, queue_commands: Callable[[Any], None], scripts: tuple[Any, ...]) -> list:
+        """Run a pipeline of EVALSHAs. redis-py's pipelined Script objects send SCRIPT
+        EXISTS on every execute; we load the scripts only when the server lacks them
+        (a restarted or failed-over Redis) and run the pipeline again."""
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            queue_commands(pipe)
+            try:
+                return pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                for script in scripts:
+                    self.redis.script_load(script.script)
+        return []
 
     @translate_errors
     def requeue(self, queue: str, entry_id: bytes, fields: dict[bytes, Any]) -> None:

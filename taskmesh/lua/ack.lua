@@ -1,0 +1,13 @@
+-- ack.lua: acknowledge finished tasks and delete their queue entries in one command.
+--
+-- KEYS[1]   a queue stream                tm:q:{shape}
+-- ARGV[1]   consumer group name
+-- ARGV[2..] entry ids to acknowledge and delete
+--
+-- XACK alone would leave the entry in the stream, XDEL alone would leave it pending.
+local ids = {}
+for i = 2, #ARGV do
+  ids[#ids + 1] = ARGV[i]
+end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+return redis.call('XDEL', KEYS[1], unpack(ids))
