@@ -224,19 +224,35 @@ class Store:
     def lease(
         self, client: redis.Redis, consumer: str, counts: dict[str, int], block_ms: int | None
     ) -> list[Leased]:
-        """XREADGROUP new entries from several shape queues at once."""
+        """XREADGROUP new entries, at most counts[shape] from each shape queue.
+
+        XREADGROUP's COUNT applies to every stream it reads, so shapes with different
+        counts are first read without blocking, each with its own count, in one
+        pipeline; only when all are empty does one blocking read wait on all of them,
+        with the smallest count (never more than any shape's share).
+        """
         if not counts:
             return []
-        streams = {self.keys.queue(shape): ">" for shape in counts}
         try:
-            reply = client.xreadgroup(
-                GROUP, consumer, streams, count=max(counts.values()), block=block_ms
-            )
+            if len(set(counts.values())) > 1:
+                pipe = client.pipeline(transaction=False)
+                for shape, n in counts.items():
+                    pipe.xreadgroup(GROUP, consumer, {self.keys.queue(shape): ">"}, count=n)
+                leased = [e for reply in pipe.execute() for e in self._entries(reply)]
+                if leased or block_ms is None:
+                    return leased
+            streams = {self.keys.queue(shape): ">" for shape in counts}
+            reply = client.xreadgroup(GROUP, consumer, streams, count=min(counts.values()),
+                                      block=block_ms)
         except redis.ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
             self.ensure_groups(counts)
             return []
+        return self._entries(reply)
+
+    @staticmethod
+    def _entries(reply: Any) -> list[Leased]:
         out = []
         for stream, entries in reply or []:
             queue = stream.decode()
@@ -368,12 +384,15 @@ class Store:
         pipe.execute()
 
     @translate_errors
-    def heartbeat(self, node_id: str, available: dict[str, float] | None) -> None:
+    def heartbeat(self, node_id: str, available: dict[str, float] | None) -> int:
+        """Refresh this node's heartbeat (and free resources when they changed);
+        returns how many nodes are alive."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(self.keys.nodes_alive(), {node_id: _now_ms()})
         if available is not None:
             pipe.hset(self.keys.node(node_id), "resources_available", json.dumps(available))
-        pipe.execute()
+        pipe.zcard(self.keys.nodes_alive())
+        return int(pipe.execute()[-1])
 
     @translate_errors
     def unregister_node(self, node_id: str) -> None:

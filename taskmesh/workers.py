@@ -14,6 +14,7 @@ import collections
 import json
 import logging
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 import msgpack
@@ -35,12 +36,16 @@ log = logging.getLogger("taskmesh.agent")
 
 LEASE_BLOCK_MS = 2000
 HEARTBEAT_S = 1.0
+# A task leased ahead of time that has waited this long for a worker here goes back to
+# its queue, so that a node busy with long tasks does not sit on work others could run.
+HANDBACK_S = 0.5
 
 
 @dataclass(slots=True)
 class _Task:
     lease: Leased
     demand: dict[str, float]
+    leased_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True, eq=False)
@@ -108,9 +113,14 @@ class NodeAgent:
         self._stopping = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        # One selector for the agent's life: worker sockets are added and removed as
+        # workers come and go, not re-registered on every loop.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._lease_client = self.store.dedicated()
         self._lease_client_id: int | None = None
         self._pubsub: Any = None
+        self._alive_nodes = 1
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -188,11 +198,12 @@ class NodeAgent:
         child.close()
         conn = Connection(parent.detach())
         self._workers[conn] = _WorkerHandle(proc, conn)
-        self._wake_w.send(b"w")
+        self._selector.register(conn, selectors.EVENT_READ)
 
     def _on_worker_exit(self, handle: _WorkerHandle) -> None:
         with self._cond:
             self._workers.pop(handle.conn, None)
+            self._selector.unregister(handle.conn)
             task = handle.task
             if task is not None:
                 self._release(task, handle.blocked)
@@ -259,10 +270,8 @@ class NodeAgent:
 
     def _io_loop(self) -> None:
         while not self._stopping:
-            with self._cond:
-                conns = list(self._workers)
-            ready = wait([*conns, self._wake_r], timeout=1.0)
-            for r in ready:
+            for key, _ in self._selector.select(timeout=1.0):
+                r = key.fileobj
                 if r is self._wake_r:
                     try:
                         self._wake_r.recv(4096)
@@ -371,6 +380,7 @@ class NodeAgent:
             self._shapes = [s for s in self.store.shapes()
                             if scheduler.fits(scheduler.parse_shape(s), self.total)]
             self.store.ensure_groups(self._shapes)
+        self._hand_back_stale()
         with self._cond:
             held = {}
             for task in self._backlog:
@@ -390,13 +400,25 @@ class NodeAgent:
                 self._backlog.append(_Task(entry, demand))
             self._dispatch()
 
+    def _hand_back_stale(self) -> None:
+        if self._alive_nodes < 2:
+            return
+        now = time.monotonic()
+        with self._cond:
+            stale = [t for t in self._backlog if now - t.leased_at > HANDBACK_S]
+            for task in stale:
+                self._backlog.remove(task)
+        for task in stale:
+            retry_transient(lambda: self._requeue(task, int(task.lease.fields[b"attempt"])))
+
     def _heartbeat_loop(self) -> None:
         last_sent: dict[str, float] | None = None
         while not self._stopping:
             with self._cond:
                 available = dict(self.available)
             try:
-                self.store.heartbeat(self.node_id, available if available != last_sent else None)
+                self._alive_nodes = self.store.heartbeat(
+                    self.node_id, available if available != last_sent else None)
                 last_sent = available
             except Exception as e:
                 log.warning("heartbeat failed: %r", e)

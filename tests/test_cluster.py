@@ -239,3 +239,26 @@ def test_status_shows_queued_work(store: Store) -> None:
     assert result.exit_code == 0, result.output
     assert "queued: 1  running: 0" in result.output
     assert json.loads(json.dumps(store.queue_stats())) == {"CPU=4": [1, 0]}
+
+
+def test_work_leased_ahead_moves_to_an_idle_node(cluster_factory, tmp_path: Path) -> None:
+    with cluster_factory(nodes=1, num_cpus=1) as cluster:
+        busy_node = next(iter(cluster.agents))
+        taskmesh.init(address=cluster.url)
+        try:
+            @taskmesh.remote
+            def where(seconds, marker=None):
+                if marker:
+                    open(marker, "w").close()
+                time.sleep(seconds)
+                return taskmesh.get_runtime_context().get_node_id()
+
+            marker = tmp_path / "long-started"
+            long_ref = where.remote(8, str(marker))
+            _wait_for(marker.exists, what="the long task to start")
+            short_ref = where.remote(0)  # leased ahead by the busy node, waits there
+            idle_node = cluster.add_node(num_cpus=1)
+            assert taskmesh.get(short_ref, timeout=6) == idle_node
+            assert taskmesh.get(long_ref, timeout=30) == busy_node
+        finally:
+            taskmesh.shutdown()

@@ -104,3 +104,23 @@ def test_unreachable_redis_raises_store_unavailable() -> None:
         dead.ping()
     with pytest.raises(ConnectionError):  # also a ConnectionError, for generic handlers
         dead.shapes()
+
+
+def test_lease_takes_at_most_each_shapes_count(store: Store) -> None:
+    for shape in ("CPU=1", "CPU=2"):
+        store.register_shape(shape)
+        store.submit_tasks([(shape, {"task": f"{shape}-{i}"}) for i in range(5)])
+    leased = store.lease(store.redis, "node-a", {"CPU=1": 4, "CPU=2": 2}, 100)
+    by_queue = {q: sum(1 for e in leased if e.queue == q)
+                for q in (store.keys.queue("CPU=1"), store.keys.queue("CPU=2"))}
+    assert by_queue == {store.keys.queue("CPU=1"): 4, store.keys.queue("CPU=2"): 2}
+
+
+def test_blocking_lease_over_several_shapes_never_exceeds_a_share(store: Store) -> None:
+    store.register_shape("CPU=1")
+    store.register_shape("CPU=2")
+    store.submit_tasks([("CPU=2", {"task": str(i)}) for i in range(3)])
+    # Non-blocking pass finds CPU=2 entries; with an empty CPU=2 queue the blocking
+    # read would use min(counts) = 1.
+    leased = store.lease(store.redis, "node-a", {"CPU=1": 4, "CPU=2": 1}, 100)
+    assert len(leased) == 1
