@@ -4,6 +4,7 @@
 """
 
 from . import exceptions
+from .actor import ActorClass, ActorHandle, get_actor, kill, method
 from .api import (
     ClientContext,
     available_resources,
@@ -24,6 +25,8 @@ from .remote_function import RemoteFunction
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActorClass",
+    "ActorHandle",
     "ClientContext",
     "ObjectRef",
     "RemoteFunction",
@@ -31,9 +34,12 @@ __all__ = [
     "cluster_resources",
     "exceptions",
     "get",
+    "get_actor",
     "get_runtime_context",
     "init",
     "is_initialized",
+    "kill",
+    "method",
     "nodes",
     "put",
     "remote",

@@ -134,16 +134,50 @@ TASK_OPTIONS: dict[str, Option] = {
     "_generator_backpressure_num_objects": Option((int, type(None)), supported=False),
 }
 
+def _check_lifetime(value: Any) -> str | None:
+    if value not in (None, "detached", "non_detached"):
+        return ("actor `lifetime` argument must be one of 'detached', 'non_detached' and "
+                f"'None', got {value!r}.")
+    return None
+
+
+def _check_restarts(name: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value is not None and value < -1:
+            return f"The keyword '{name}' only accepts -1, 0 or a positive integer."
+        return None
+
+    return check
+
+
+def _check_max_concurrency(value: Any) -> str | None:
+    if value is not None and value < 1:
+        return "The keyword 'max_concurrency' must be >= 1."
+    return None
+
+
+def _check_concurrency_groups(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return "The keyword 'concurrency_groups' must be a dict of group name -> max concurrency."
+    for name, limit in value.items():
+        if not isinstance(name, str) or isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            return (f"concurrency_groups[{name!r}] must map a group name to a positive integer, "
+                    f"got {limit!r}.")
+    return None
+
+
 ACTOR_OPTIONS: dict[str, Option] = {
     **COMMON_OPTIONS,
-    "concurrency_groups": Option((dict, list, type(None)), supported=False),
-    "lifetime": Option((str, type(None)), supported=False),
-    "max_concurrency": Option((int, type(None)), supported=False),
-    "max_restarts": Option((int,), supported=False),
-    "max_task_retries": Option((int,), supported=False),
+    "concurrency_groups": Option((dict, list, type(None)), _check_concurrency_groups),
+    "lifetime": Option((str, type(None)), _check_lifetime),
+    "max_concurrency": Option((int, type(None)), _check_max_concurrency),
+    "max_restarts": Option((int,), _check_restarts("max_restarts"), default=0),
+    "max_task_retries": Option((int,), _check_restarts("max_task_retries"), default=0),
     "max_pending_calls": Option((int,), supported=False),
-    "namespace": Option((str, type(None)), supported=False),
-    "get_if_exists": Option((bool,), supported=False),
+    "namespace": Option((str, type(None))),
+    "get_if_exists": Option((bool,), default=False),
     "allow_out_of_order_execution": Option((bool,), supported=False),
 }
 

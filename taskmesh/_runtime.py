@@ -20,9 +20,9 @@ from typing import Any
 import msgpack
 
 from . import objects
-from .exceptions import GetTimeoutError, RayError, RayTaskError
+from .exceptions import ActorDiedError, GetTimeoutError, RayError, RayTaskError
 from .objects import KIND_ERROR, ObjectRef
-from .store import Store
+from .store import Completion, Outgoing, Store
 
 # Values up to this size travel inside the completion notice, saving a fetch in `get`.
 NOTICE_INLINE_LIMIT = 64 * 1024
@@ -31,8 +31,7 @@ _LISTEN_BLOCK_MS = 1000
 
 @dataclass(slots=True)
 class _PendingTask:
-    shape: str
-    fields: dict[str, Any]
+    outgoing: Outgoing
     deps: set[str]
 
 
@@ -44,6 +43,21 @@ class TaskContext:
     task_id: str | None = None
     task_name: str | None = None
     resources: dict[str, float] = field(default_factory=dict)
+    actor_id: str | None = None
+
+
+def call_failures(
+    entries: Sequence[tuple[bytes, dict[bytes, bytes]]], error: BaseException
+) -> list[Completion]:
+    """Completions that fail each drained actor call (or task) entry with `error`."""
+    data = objects.serialize(error)
+    out = []
+    for _, fields in entries:
+        task_id = fields[b"task"].decode()
+        spec = msgpack.unpackb(fields[b"spec"], raw=False)
+        objs = [(objects.object_id(task_id, i + 1), KIND_ERROR, data) for i in range(spec["nret"])]
+        out.append(Completion(spec["owner"], encode_notice(task_id, objs), tuple(objs)))
+    return out
 
 
 def encode_notice(task_id: str, objs: Sequence[tuple[str, bytes, bytes]]) -> bytes:
@@ -83,7 +97,7 @@ class Runtime:
         self._pending: set[str] = set()
         self._waiting: dict[str, list[_PendingTask]] = {}
         self._discard: set[str] = set()
-        self._buffer: list[tuple[str, dict[str, Any]]] = []
+        self._buffer: list[Outgoing] = []
         self._free: list[str] = []
         self._exported: set[str] = set()
         self._shapes: set[str] = set()
@@ -92,6 +106,8 @@ class Runtime:
         self._counts_lock = threading.Lock()
         self._decrefs: collections.deque[str] = collections.deque()
         self._escaped: set[str] = set()
+        self._actor_drops: collections.deque[str] = collections.deque()
+        self._actors_escaped: set[str] = set()
 
         self._closing = False
         self._wake = threading.Event()
@@ -116,6 +132,35 @@ class Runtime:
 
     def escaped(self, object_id: str) -> None:
         self._escaped.add(object_id)
+
+    def actor_escaped(self, actor_id: str) -> None:
+        self._actors_escaped.add(actor_id)
+
+    def actor_dropped(self, actor_id: str) -> None:
+        # From ActorHandle.__del__: never block here.
+        self._actor_drops.append(actor_id)
+        self._wake.set()
+
+    def _terminate_dropped_actors(self) -> None:
+        """An actor whose creating handle is gone, and that was never passed on, is
+        terminated gracefully: a terminate call queued behind its pending calls."""
+        while self._actor_drops:
+            actor_id = self._actor_drops.popleft()
+            if actor_id in self._actors_escaped:
+                continue
+            task_id = objects.new_task_id(self.owner)
+            spec = msgpack.packb({"m": "__ray_terminate__", "args": objects.serialize(([], {})),
+                                  "nret": 0, "owner": self.owner, "job": self.job_id})
+            fields = {"task": task_id, "name": "__ray_terminate__", "attempt": 0, "spec": spec}
+            with self._cond:
+                self._buffer.append(Outgoing("", fields, actor_id))
+
+    def fail_drained_calls(self, actor_id: str, cause: str) -> None:
+        """Declare a not-yet-running actor dead and fail the calls queued for it."""
+        status, entries = self.store.actor_down(actor_id, restart=False, cause=cause)
+        if entries:
+            error = ActorDiedError(actor_id, f"The actor {actor_id} is dead: {cause}")
+            self.store.complete_tasks(call_failures(entries, error), {})
 
     def future_for(self, ref: ObjectRef) -> concurrent.futures.Future:
         if self._executor is None:
@@ -161,17 +206,23 @@ class Runtime:
             self.store.register_shape(shape)
             self._shapes.add(shape)
 
-    def submit(self, shape: str, fields: dict[str, Any], deps: Sequence[str], returns: Sequence[str]) -> None:
-        """Queue a task; it is sent once every dependency this process owns is ready."""
+    def submit(
+        self, shape: str, fields: dict[str, Any], deps: Sequence[str], returns: Sequence[str],
+        actor_id: str | None = None,
+    ) -> None:
+        """Queue a task; it is sent once every dependency this process owns is ready.
+        Actor calls are sent at once, in submission order: the actor resolves their
+        arguments itself, so a call waiting for an argument never overtakes another."""
+        out = Outgoing(shape, fields, actor_id, tuple(returns))
         with self._cond:
             self._pending.update(returns)
-            waiting_on = {d for d in deps if d in self._pending}
+            waiting_on = set() if actor_id else {d for d in deps if d in self._pending}
             if waiting_on:
-                task = _PendingTask(shape, fields, waiting_on)
+                task = _PendingTask(out, waiting_on)
                 for d in waiting_on:
                     self._waiting.setdefault(d, []).append(task)
             else:
-                self._buffer.append((shape, fields))
+                self._buffer.append(out)
         if self._listener is None:
             self._start_listener()
         if not waiting_on:
@@ -193,13 +244,25 @@ class Runtime:
 
     def _flush_once(self) -> None:
         self._release_dropped()
+        self._terminate_dropped_actors()
         with self._cond:
             batch, self._buffer = self._buffer, []
             free, self._free = self._free, []
         if batch:
-            self.store.submit_tasks(batch)
+            dead = self.store.submit(batch)
+            if dead:
+                self._fail_calls([(batch[i], cause) for i, cause in dead])
         if free:
             self.store.delete_objects(free)
+
+    def _fail_calls(self, calls: list[tuple[Outgoing, str]]) -> None:
+        """Calls sent to a dead actor: their results become ActorDiedError."""
+        completions = []
+        for out, cause in calls:
+            error = ActorDiedError(out.actor_id, f"The actor {out.actor_id} is dead: {cause}")
+            entry = (b"", {b"task": out.fields["task"].encode(), b"spec": out.fields["spec"]})
+            completions += call_failures([entry], error)
+        self.store.complete_tasks(completions, {})
 
     # ---- completions ----------------------------------------------------------------
 
@@ -254,7 +317,7 @@ class Runtime:
                         if not task.deps:
                             ready_tasks.append(task)
             for task in ready_tasks:
-                self._buffer.append((task.shape, task.fields))
+                self._buffer.append(task.outgoing)
             self._cond.notify_all()
         if ready_tasks or self._free:
             self._wake.set()
@@ -283,16 +346,17 @@ class Runtime:
     def _fetch(self, ids: Sequence[str], timeout: float | None) -> dict[str, tuple[bytes, bytes]]:
         deadline = None if timeout is None else time.monotonic() + timeout
         found: dict[str, tuple[bytes, bytes]] = {}
+        missing = list(dict.fromkeys(ids))
         blocked = False
         delay = 0.001
         try:
             while True:
-                remote = self._take_local(ids, found)
+                missing, remote = self._take_local(missing, found)
                 if remote:
                     for oid, value in zip(remote, self.store.get_objects(remote)):
                         if value is not None:
                             found[oid] = value
-                missing = [oid for oid in ids if oid not in found]
+                    missing = [oid for oid in missing if oid not in found]
                 if not missing:
                     return found
                 if not blocked and self.on_block is not None:
@@ -304,7 +368,9 @@ class Runtime:
                         f"Get timed out: some object(s) not ready after {timeout} s: "
                         f"{missing[:3]}{'...' if len(missing) > 3 else ''}")
                 with self._cond:
-                    if any(oid in self._pending for oid in missing):
+                    # Wait while the first missing object is still running here; the
+                    # others are checked again only once it is done.
+                    if missing[0] in self._pending:
                         self._cond.wait(remaining)
                         continue
                 # Objects owned elsewhere: nobody notifies us, so poll with backoff.
@@ -314,19 +380,25 @@ class Runtime:
             if blocked and self.on_unblock is not None:
                 self.on_unblock()
 
-    def _take_local(self, ids: Sequence[str], found: dict[str, tuple[bytes, bytes]]) -> list[str]:
-        """Fill `found` from this process's results; return ids to look up in Redis."""
+    def _take_local(
+        self, missing: list[str], found: dict[str, tuple[bytes, bytes]]
+    ) -> tuple[list[str], list[str]]:
+        """Fill `found` from this process's results, in order, up to the first object
+        still running here (the caller waits for that one before looking further, so
+        a get of n refs costs O(n), not O(n) per completion). Returns (still missing,
+        ids to look up in Redis)."""
         remote = []
         with self._cond:
-            for oid in ids:
-                if oid in found:
-                    continue
-                hit = self._results.get(oid)
+            results, pending = self._results, self._pending
+            for i, oid in enumerate(missing):
+                hit = results.get(oid)
                 if hit is not None and hit[1] is not None:
                     found[oid] = hit  # type: ignore[assignment]
-                elif oid not in self._pending:
+                elif oid in pending:
+                    return remote + missing[i:], remote
+                else:
                     remote.append(oid)
-        return remote
+        return remote, remote
 
     def wait(
         self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
@@ -374,6 +446,8 @@ class Runtime:
             self._flush_once()
         except Exception as e:
             _log_background_error("flushing at shutdown", e)
+        if not self.is_worker and self.job_id is not None:
+            self._end_job_actors()
         self._closing = True
         self._wake.set()
         if self._listener is not None and self._listen_client is not None:
@@ -396,6 +470,20 @@ class Runtime:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         objects.set_tracker(None)
+
+
+    def _end_job_actors(self) -> None:
+        """The job ends: its actors die with it, except detached ones (as Ray)."""
+        try:
+            for actor_id in self.store.job_actors(self.job_id):  # type: ignore[arg-type]
+                info = self.store.actor_info(actor_id)
+                if info.get("detached") == "1" or info.get("state") in (None, "DEAD"):
+                    continue
+                state, _ = self.store.kill_actor(actor_id, no_restart=True)
+                if state in ("PENDING", "RESTARTING"):
+                    self.fail_drained_calls(actor_id, "its job ended before it started")
+        except Exception as e:
+            _log_background_error("ending the job's actors", e)
 
 
 def _decode(value: tuple[bytes, bytes]) -> Any:

@@ -134,9 +134,28 @@ class Worker:
             except (EOFError, OSError):
                 return
             msg = msgpack.unpackb(raw, raw=True)
-            if msg[0] == b"T":
+            if msg[0] == b"T" and msg[2].get(b"kind") == b"actor":
+                from ._actor_worker import ActorServer
+
+                ActorServer(self, msg[1], msg[2]).run()  # returns only if creation failed
+            elif msg[0] == b"T":
                 if not self._run(msg[1], msg[2]):
                     return
+
+    def send(self, msg: list) -> None:
+        self._send(msg)
+
+    def end_output(self) -> None:
+        """Flush what the running task printed (called when a task or call ends)."""
+        self._out.finish()
+        self._err.finish()
+        self.flush_logs()
+
+    def function(self, fn_id: str) -> Any:
+        return self._function(fn_id)
+
+    def resolve_args(self, args: list, kwargs: dict) -> bytes | None:
+        return self._resolve_args(args, kwargs)
 
     def _function(self, fn_id: str) -> Any:
         fn = self._functions.get(fn_id)
@@ -164,10 +183,8 @@ class Worker:
         except _Retry:
             objs = None
         finally:
-            self._out.finish()
-            self._err.finish()
             self.runtime.context = TaskContext()
-            self.flush_logs()
+            self.end_output()
         if objs is None:
             self._send(["Q", entry_id])
         else:
@@ -184,12 +201,12 @@ class Worker:
             if upstream_error is not None:
                 return [[oid, KIND_ERROR, upstream_error] for oid in return_ids]
             result = fn(*args, **kwargs)
-            values = _split_returns(result, len(return_ids), name)
+            values = split_returns(result, len(return_ids), name)
             return [[oid, KIND_VALUE, objects.serialize(v)] for oid, v in zip(return_ids, values)]
         except Exception as e:
             if _should_retry(spec, e):
                 raise _Retry() from e
-            data = _serialize_error(name, e)
+            data = serialize_error(name, e)
             return [[oid, KIND_ERROR, data] for oid in return_ids]
 
     def _resolve_args(self, args: list, kwargs: dict) -> bytes | None:
@@ -215,7 +232,7 @@ class _Retry(Exception):
     pass
 
 
-def _split_returns(result: Any, n: int, name: str) -> list[Any]:
+def split_returns(result: Any, n: int, name: str) -> list[Any]:
     if n == 1:
         return [result]
     if n == 0:
@@ -241,7 +258,7 @@ def _should_retry(spec: dict, error: Exception) -> bool:
     return max_retries == -1 or spec.get("attempt", 0) < max_retries
 
 
-def _serialize_error(name: str, error: Exception) -> bytes:
+def serialize_error(name: str, error: Exception) -> bytes:
     tb = traceback.format_exc()
     try:
         return objects.serialize(RayTaskError(name, tb, error))

@@ -248,7 +248,9 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
     if isinstance(target, type):
-        raise NotImplementedError("Actors (@remote on a class) are not supported by taskmesh yet.")
+        from .actor import ActorClass
+
+        return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"The @remote decorator must be applied to a function or a class, got "
                         f"{type(target).__name__}.")

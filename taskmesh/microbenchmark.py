@@ -26,7 +26,6 @@ Step = Callable[[], int]  # does some work, returns how many units (tasks, refs.
 NUM_CPUS = 2
 MIB = 1024 * 1024
 
-STARTUP = "startup to first result"
 IDLE_RSS = "idle cluster RSS"
 TIMED_ROWS = (
     "single client tasks sync",

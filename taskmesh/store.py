@@ -7,20 +7,27 @@ one Lua script can touch a task's objects and its owner's done stream together):
 
 | key                          | type    | holds                                                 | written by            | TTL |
 |------------------------------|---------|-------------------------------------------------------|-----------------------|-----|
-| tm:node:{node_id}            | hash    | ip, hostname, pid, resources_total/_available (JSON), state, start_ms | node agent | none |
+| tm:node:{node_id}            | hash    | ip, hostname, pid, resources_total/_available (JSON), state, start_ms, end_ms, death_cause | node agent; monitor marks DEAD | none |
 | tm:nodes:alive               | zset    | node_id scored by last heartbeat (ms)                 | node agent            | none |
+| tm:monitor                   | string  | node_id of the agent holding the failure-monitor lease | monitor (SET NX PX, renew_lease.lua) | lease_ms |
 | tm:fn:{fn_id}                | string  | cloudpickled function, exported once per definition   | driver / worker       | none |
 | tm:shapes                    | set     | resource shapes that have a queue ("CPU=1")           | submitter             | none |
-| tm:q:{shape}                 | stream  | pending tasks of one shape; group `agents`, one consumer per node; fields task, name, attempt, spec | submitter; agents ack+delete | none |
+| tm:q:{shape}                 | stream  | pending tasks of one shape; group `agents`, one consumer per node (+ `monitor`, holding dead nodes' entries while it settles them); fields task, name, attempt, spec | submitter; agents ack+delete | none |
 | tm:{owner}:obj:{object_id}   | hash    | kind (value/error), data (serialized), size           | completing agent, put | none |
 | tm:{owner}:done              | stream  | completion notices for the owner's tasks (field n)    | completion script     | owner trims |
 | tm:job:{job_id}              | hash    | driver pid/host, namespace, start_ms, end_ms          | driver                | none |
 | tm:jobs                      | counter | last job number handed out                            | driver                | none |
+| tm:actor:{actor_id}          | hash    | class_name, state (PENDING/ALIVE/RESTARTING/DEAD), node_id, pid, restarts, max_restarts, death_cause, name, namespace, shape, spec | driver, agent, actor worker | none |
+| tm:actor:{actor_id}:calls    | stream  | the actor's pending method calls; group `actor`, consumer = actor id | caller; actor worker acks | deleted when the actor dies |
+| tm:named:{namespace}         | hash    | actor name -> actor id                                | create_actor / actor_down scripts | none |
+| tm:job:{job_id}:actors       | set     | actors created by the job (killed when it ends unless detached) | create_actor script | none |
+| tm:chan:node:{node_id}       | pub/sub | orders for one node's agent (kill an actor's worker) | kill                  | -   |
 | tm:chan:shapes               | pub/sub | a new shape queue exists (agents start reading it)   | submitter             | -   |
 | tm:chan:log:{job_id}         | pub/sub | worker stdout/stderr lines for the job's driver       | worker                | -   |
 
 Ids: a task id is `{owner}` + 16 hex digits; an object id is its task id + 4 hex digits
-(return index, 0 for `put`), so a key builder finds the owner tag in the id itself.
+(return index, 0 for `put`), so a key builder finds the owner tag in the id itself. An
+actor id is its creator's tag + 16 hex digits; the actor's keys carry it as hash tag.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, TypeVar
 
+import msgpack
 import redis
 
 from .exceptions import StoreUnavailableError
@@ -92,6 +100,9 @@ class Keys:
     def nodes_alive(self) -> str:
         return f"{self.prefix}:nodes:alive"
 
+    def monitor(self) -> str:
+        return f"{self.prefix}:monitor"
+
     def fn(self, fn_id: str) -> str:
         return f"{self.prefix}:fn:{fn_id}"
 
@@ -119,6 +130,21 @@ class Keys:
     def chan_log(self, job_id: str) -> str:
         return f"{self.prefix}:chan:log:{job_id}"
 
+    def actor(self, actor_id: str) -> str:
+        return f"{self.prefix}:actor:{{{actor_id}}}"
+
+    def actor_calls(self, actor_id: str) -> str:
+        return f"{self.prefix}:actor:{{{actor_id}}}:calls"
+
+    def named(self, namespace: str) -> str:
+        return f"{self.prefix}:named:{namespace}"
+
+    def job_actors(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:actors"
+
+    def chan_node(self, node_id: str) -> str:
+        return f"{self.prefix}:chan:node:{node_id}"
+
 
 def _load_script(name: str) -> str:
     return resources.files(__package__).joinpath(f"lua/{name}").read_text()
@@ -134,12 +160,30 @@ class Completion:
 
 
 @dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A task for a shape queue (target = shape) or a call for an actor (actor_id set)."""
+
+    target: str
+    fields: dict[str, Any]
+    actor_id: str | None = None
+    returns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Leased:
     """One task entry read from a queue stream."""
 
     queue: str
     entry_id: bytes
     fields: dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """Heartbeats and queue consumers read at one instant, for the failure monitor."""
+
+    heartbeats: dict[str, int]  # node_id -> last heartbeat (ms)
+    consumers: dict[str, dict[str, int]]  # shape -> consumer -> pending entries
 
 
 class Store:
@@ -154,6 +198,12 @@ class Store:
         self._complete = self.redis.register_script(_load_script("complete.lua"))
         self._requeue = self.redis.register_script(_load_script("requeue.lua"))
         self._ack = self.redis.register_script(_load_script("ack.lua"))
+        self._renew_lease = self.redis.register_script(_load_script("renew_lease.lua"))
+        self._mark_node_dead = self.redis.register_script(_load_script("mark_node_dead.lua"))
+        self._drop_consumer = self.redis.register_script(_load_script("drop_consumer.lua"))
+        self._create_actor = self.redis.register_script(_load_script("create_actor.lua"))
+        self._actor_call = self.redis.register_script(_load_script("actor_call.lua"))
+        self._actor_down = self.redis.register_script(_load_script("actor_down.lua"))
 
     def close(self) -> None:
         self.redis.close()
@@ -215,10 +265,24 @@ class Store:
     @translate_errors
     def submit_tasks(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
         """XADD each (shape, fields) entry, pipelined in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for shape, fields in entries:
-            pipe.xadd(self.keys.queue(shape), fields)
-        pipe.execute()
+        self.submit([Outgoing(shape, fields) for shape, fields in entries])
+
+    @translate_errors
+    def submit(self, entries: Sequence[Outgoing]) -> list[tuple[int, str]]:
+        """Send tasks to shape queues and method calls to actors, in order, in one
+        pipelined round trip. Returns (index, death cause) of calls to dead actors."""
+        def queue_commands(pipe: Any) -> None:
+            for e in entries:
+                if e.actor_id is None:
+                    pipe.xadd(self.keys.queue(e.target), e.fields)
+                else:
+                    flat = [x for kv in e.fields.items() for x in kv]
+                    pipe.evalsha(self._actor_call.sha, 2, self.keys.actor(e.actor_id),
+                                 self.keys.actor_calls(e.actor_id), *flat)
+
+        replies = self._run_scripts(queue_commands, (self._actor_call,))
+        return [(i, r[1].decode()) for i, (e, r) in enumerate(zip(entries, replies))
+                if e.actor_id is not None and r[0] == 0]
 
     @translate_errors
     def lease(
@@ -263,7 +327,7 @@ class Store:
 
     @translate_errors
     def complete_tasks(
-        self, completions: Sequence[Completion], acks: dict[str, list[bytes]]
+        self, completions: Sequence[Completion], acks: dict[str, list[bytes]], group: bytes = GROUP
     ) -> None:
         """Store results + notify owners (one script per task), then ack and delete the
         queue entries, in one pipelined round trip. A crash between the two only re-runs
@@ -278,7 +342,7 @@ class Store:
                     args += [kind, data]
                 pipe.evalsha(self._complete.sha, len(keys), *keys, *args)
             for queue, ids in acks.items():
-                pipe.evalsha(self._ack.sha, 1, queue, GROUP, *ids)
+                pipe.evalsha(self._ack.sha, 1, queue, group, *ids)
 
         self._run_scripts(queue_commands, (self._complete, self._ack))
 
@@ -360,19 +424,117 @@ class Store:
     def read_done(
         self, client: redis.Redis, owner: str, after: bytes, block_ms: int, trim_below: bytes | None
     ) -> list[tuple[bytes, bytes]]:
-        """Block for completion notices after `after`, trimming the ones already consumed
-        in the same round trip."""
+        """Block for completion notices after `after` (on `client`, a dedicated
+        connection that CLIENT UNBLOCK can wake), trimming the ones already consumed."""
         key = self.keys.done(owner)
-        pipe = client.pipeline(transaction=False)
-        if trim_below is not None:
-            pipe.xtrim(key, minid=trim_below, approximate=False)
-        pipe.xread({key: after}, count=10_000, block=block_ms)
-        reply = pipe.execute()[-1]
+        if trim_below is not None:  # on the shared pool: `client` must stay the blocked one
+            self.redis.xtrim(key, minid=trim_below, approximate=False)
+        reply = client.xread({key: after}, count=10_000, block=block_ms)
         return [(eid, fields[b"n"]) for _, entries in reply or [] for eid, fields in entries]
 
     @translate_errors
     def delete_done(self, owner: str) -> None:
         self.redis.unlink(self.keys.done(owner))
+
+    # ---- actors ---------------------------------------------------------------------
+
+    @translate_errors
+    def create_actor(
+        self, actor_id: str, *, job_id: str, namespace: str, name: str, get_if_exists: bool,
+        fields: dict[str, Any],
+    ) -> tuple[str, str]:
+        """Register an actor; ("created"|"existing"|"taken", actor id)."""
+        keys = [self.keys.actor(actor_id), self.keys.actor_calls(actor_id),
+                self.keys.job_actors(job_id), self.keys.named(namespace)]
+        args = [actor_id, name, "1" if get_if_exists else "0"]
+        args += [x for kv in fields.items() for x in kv]
+        status, found = self._create_actor(keys=keys, args=args)
+        return status.decode(), found.decode()
+
+    @translate_errors
+    def actor_info(self, actor_id: str) -> dict[str, str]:
+        raw = self.redis.hgetall(self.keys.actor(actor_id))
+        return {k.decode(): v.decode(errors="replace") for k, v in raw.items() if k != b"spec"}
+
+    @translate_errors
+    def actor_methods(self, actor_id: str) -> bytes:
+        return self.redis.hget(self.keys.actor(actor_id), "methods") or msgpack.packb({})
+
+    @translate_errors
+    def actor_spec(self, actor_id: str) -> bytes | None:
+        return self.redis.hget(self.keys.actor(actor_id), "spec")
+
+    @translate_errors
+    def set_actor_fields(self, actor_id: str, fields: dict[str, Any]) -> None:
+        self.redis.hset(self.keys.actor(actor_id), mapping=_flat(fields))
+
+    @translate_errors
+    def named_actor(self, namespace: str, name: str) -> str | None:
+        found = self.redis.hget(self.keys.named(namespace), name)
+        return found.decode() if found else None
+
+    @translate_errors
+    def named_actors(self, namespace: str | None) -> list[tuple[str, str]]:
+        """(namespace, name) of live named actors, in one namespace or all of them."""
+        if namespace is not None:
+            return [(namespace, n.decode()) for n in self.redis.hkeys(self.keys.named(namespace))]
+        out = []
+        prefix = len(self.keys.named(""))
+        for key in self.redis.scan_iter(match=self.keys.named("*"), count=1000):
+            out += [(key.decode()[prefix:], n.decode()) for n in self.redis.hkeys(key)]
+        return out
+
+    @translate_errors
+    def job_actors(self, job_id: str) -> list[str]:
+        return [a.decode() for a in self.redis.smembers(self.keys.job_actors(job_id))]
+
+    @translate_errors
+    def actor_down(
+        self, actor_id: str, *, restart: bool, cause: str
+    ) -> tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]:
+        """Restart the actor (when allowed) or declare it dead, draining its calls:
+        ("restarting"|"dead"|"already", drained call entries)."""
+        shape, namespace = self.redis.hmget(self.keys.actor(actor_id), "shape", "namespace")
+        keys = [self.keys.actor(actor_id), self.keys.actor_calls(actor_id),
+                self.keys.queue((shape or b"none").decode()),
+                self.keys.named((namespace or b"").decode())]
+        reply = self._actor_down(keys=keys, args=[actor_id, "restart" if restart else "exit",
+                                                  cause, _now_ms()])
+        status = reply[0].decode()
+        entries = []
+        for i in range(1, len(reply), 2):
+            flat = reply[i + 1]
+            entries.append((reply[i], dict(zip(flat[::2], flat[1::2]))))
+        return status, entries
+
+    @translate_errors
+    def kill_actor(self, actor_id: str, *, no_restart: bool) -> tuple[str | None, str | None]:
+        """Mark the actor killed and tell its node to kill its worker: (state, node)."""
+        pipe = self.redis.pipeline(transaction=True)
+        if no_restart:
+            pipe.hset(self.keys.actor(actor_id), "no_restart", "1")
+        pipe.hmget(self.keys.actor(actor_id), "state", "node_id")
+        state, node = pipe.execute()[-1]
+        state_s = state.decode() if state else None
+        node_s = node.decode() if node else None
+        if node_s and state_s == "ALIVE":
+            self.redis.publish(self.keys.chan_node(node_s), f"kill {actor_id}")
+        return state_s, node_s
+
+    @translate_errors
+    def read_calls(
+        self, client: redis.Redis, actor_id: str, count: int, block_ms: int | None, *, pending: bool = False
+    ) -> list[Leased]:
+        """The actor's next calls; with pending=True, the calls an earlier incarnation
+        of the actor had read but not acknowledged."""
+        key = self.keys.actor_calls(actor_id)
+        reply = client.xreadgroup(b"actor", actor_id, {key: "0" if pending else ">"},
+                                  count=count, block=None if pending else block_ms)
+        return self._entries(reply)
+
+    @translate_errors
+    def ack_calls(self, actor_id: str, completions: Sequence[Completion], ids: list[bytes]) -> None:
+        self.complete_tasks(completions, {self.keys.actor_calls(actor_id): ids}, group=b"actor")
 
     # ---- nodes --------------------------------------------------------------------------
 
@@ -428,6 +590,59 @@ class Store:
     def publish_log(self, job_id: str, payload: bytes) -> None:
         self.redis.publish(self.keys.chan_log(job_id), payload)
 
+    # ---- failure monitor ----------------------------------------------------------------
+
+    @translate_errors
+    def acquire_monitor_lease(self, holder: str, ttl_ms: int) -> bool:
+        return bool(self.redis.set(self.keys.monitor(), holder, nx=True, px=ttl_ms))
+
+    @translate_errors
+    def renew_monitor_lease(self, holder: str, ttl_ms: int) -> bool:
+        """Extend the lease if `holder` still has it; ttl_ms=0 gives it up."""
+        return self._renew_lease(keys=[self.keys.monitor()], args=[holder, ttl_ms]) == 1
+
+    @translate_errors
+    def liveness(self, shapes: Sequence[str]) -> Liveness:
+        """Heartbeats and every queue's consumers in one MULTI, so that a node which
+        registers and then leases is never seen as a consumer without a heartbeat."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrange(self.keys.nodes_alive(), 0, -1, withscores=True)
+        for shape in shapes:
+            pipe.xinfo_consumers(self.keys.queue(shape), GROUP)
+        alive, *replies = pipe.execute(raise_on_error=False)
+        consumers = {}
+        for shape, reply in zip(shapes, replies):
+            if isinstance(reply, Exception):  # no group yet: nobody consumes it
+                continue
+            consumers[shape] = {_text(c["name"]): int(c["pending"]) for c in reply}
+        return Liveness({m.decode(): int(score) for m, score in alive}, consumers)
+
+    @translate_errors
+    def mark_node_dead(self, node_id: str, cutoff_ms: int, cause: str) -> bool:
+        """DEAD if its heartbeat is still at or before cutoff_ms; True if this call did it."""
+        keys = [self.keys.nodes_alive(), self.keys.node(node_id)]
+        return self._mark_node_dead(keys=keys, args=[node_id, cutoff_ms, _now_ms(), cause]) == 1
+
+    @translate_errors
+    def pending_ids(self, shape: str, consumer: str, count: int) -> list[bytes]:
+        """Ids of the oldest `count` entries of a queue pending for one consumer."""
+        rows = self.redis.xpending_range(self.keys.queue(shape), GROUP, "-", "+", count,
+                                         consumername=consumer)
+        return [row["message_id"] for row in rows]
+
+    @translate_errors
+    def claim(self, shape: str, ids: Sequence[bytes], consumer: str, min_idle_ms: int) -> list[Leased]:
+        """XCLAIM the entries idle for at least min_idle_ms. A claim resets the idle time,
+        so of two claimants racing for one entry only the first gets it."""
+        queue = self.keys.queue(shape)
+        reply = self.redis.xclaim(queue, GROUP, consumer, min_idle_ms, list(ids))
+        return [Leased(queue, eid, fields) for eid, fields in reply if fields is not None]
+
+    @translate_errors
+    def drop_consumer(self, shape: str, consumer: str) -> bool:
+        """Delete a consumer from a queue's group if nothing is pending for it."""
+        return self._drop_consumer(keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1
+
 
 def _flat(info: dict[str, Any]) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
@@ -435,3 +650,7 @@ def _flat(info: dict[str, Any]) -> dict[str, str]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -27,9 +27,10 @@ from typing import Any
 
 import msgpack
 
-from . import _process, objects, scheduler
-from ._runtime import encode_notice
-from .exceptions import WorkerCrashedError
+from . import _failure, _process, scheduler
+from ._runtime import call_failures
+from .exceptions import ActorDiedError
+from .monitor import Monitor
 from .store import Completion, Leased, Store, retry_transient
 
 log = logging.getLogger("taskmesh.agent")
@@ -47,6 +48,10 @@ class _Task:
     demand: dict[str, float]
     leased_at: float = field(default_factory=time.monotonic)
 
+    @property
+    def creates_actor(self) -> bool:
+        return self.lease.fields.get(b"kind") == b"actor"
+
 
 @dataclass(slots=True, eq=False)
 class _WorkerHandle:
@@ -55,6 +60,9 @@ class _WorkerHandle:
     ready: bool = False
     task: _Task | None = None
     blocked: bool = False
+    actor_id: str | None = None  # set while this worker is an actor's dedicated process
+    held: dict[str, float] = field(default_factory=dict)
+    exiting: bool = False  # the actor is exiting on purpose: no restart
 
 
 @dataclass(slots=True)
@@ -111,6 +119,7 @@ class NodeAgent:
         self._shapes: list[str] = []
         self._reload_shapes = True
         self._stopping = False
+        self._stopped = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         # One selector for the agent's life: worker sockets are added and removed as
@@ -121,6 +130,7 @@ class NodeAgent:
         self._lease_client_id: int | None = None
         self._pubsub: Any = None
         self._alive_nodes = 1
+        self.monitor = Monitor(self.store, self.node_id)
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -140,7 +150,8 @@ class NodeAgent:
             "resources_total": json.dumps(self.total), "resources_available": json.dumps(self.total),
         })
         self._pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-        self._pubsub.subscribe(**{self.store.keys.chan_shapes(): self._on_new_shape})
+        self._pubsub.subscribe(**{self.store.keys.chan_shapes(): self._on_new_shape,
+                                  self.store.keys.chan_node(self.node_id): self._on_order})
         self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=1.0, daemon=True)
         threads = [
             threading.Thread(target=self._lease_loop, name="taskmesh-lease", daemon=True),
@@ -159,6 +170,7 @@ class NodeAgent:
 
     def stop(self) -> None:
         self._stopping = True
+        self._stopped.set()
         try:
             self._wake_w.send(b"x")
         except OSError:
@@ -166,6 +178,9 @@ class NodeAgent:
 
     def _shutdown(self, threads: list[threading.Thread]) -> None:
         self._stopping = True
+        self._stopped.set()
+        with self._cond:
+            self._cond.notify_all()
         self._unblock_lease()
         for t in threads:
             t.join(timeout=3)
@@ -176,12 +191,20 @@ class NodeAgent:
         _process.stop_processes([h.proc.pid for h in handles], timeout_s=2)
         for task in give_back:  # unfinished work goes back to its queue, attempt unchanged
             self._requeue(task, int(task.lease.fields[b"attempt"]))
+        for h in handles:  # this node's actors restart elsewhere when they may
+            if h.actor_id is not None and not h.exiting:
+                self._actor_lost(h.actor_id, "its node was stopped")
         self._flush()
         try:
             self._pubsub_thread.stop()
+            self._pubsub_thread.join(timeout=2)
             self._pubsub.close()
         except Exception:
             pass
+        try:
+            self.monitor.release()
+        except Exception as e:
+            log.warning("releasing the monitor lease failed: %r", e)
         self.store.unregister_node(self.node_id)
         self.store.close()
 
@@ -207,35 +230,50 @@ class NodeAgent:
             task = handle.task
             if task is not None:
                 self._release(task, handle.blocked)
+            self.available = scheduler.add(self.available, handle.held)
         handle.conn.close()
         handle.proc.wait()
-        if task is not None:
+        if task is not None and task.creates_actor:
+            with self._cond:
+                self._outbox.ack(task)
+            self._actor_lost(task.lease.fields[b"task"].decode(),
+                             f"its worker (pid {handle.proc.pid}) died while creating it")
+        elif task is not None:
             log.warning("worker %d died running task %s", handle.proc.pid, task.lease.fields[b"task"])
             self._task_failed(task)
+        if handle.actor_id is not None and not handle.exiting:
+            self._actor_lost(handle.actor_id, f"its worker process (pid {handle.proc.pid}) died "
+                             f"unexpectedly (exit code {handle.proc.returncode})")
         with self._cond:
-            live = len(self._workers)
-            if not self._stopping and live < self.pool_size:
+            if not self._stopping and self._pool_count() < self.pool_size:
                 self._spawn_worker()
             self._dispatch()
+            self._cond.notify_all()
+
+    def _pool_count(self) -> int:
+        return sum(1 for h in self._workers.values() if h.actor_id is None)
+
+    def _actor_lost(self, actor_id: str, cause: str) -> None:
+        """An actor's process is gone: restart it (max_restarts) or fail its calls."""
+        try:
+            status, entries = retry_transient(
+                lambda: self.store.actor_down(actor_id, restart=True, cause=f"The actor died: {cause}"))
+            if entries:
+                error = ActorDiedError(actor_id, f"The actor {actor_id} died: {cause}")
+                retry_transient(lambda: self.store.complete_tasks(call_failures(entries, error), {}))
+            log.warning("actor %s: %s; %s", actor_id, cause, status)
+        except Exception:
+            log.exception("handling the death of actor %s failed", actor_id)
 
     def _task_failed(self, task: _Task) -> None:
         """The worker running `task` died: retry it while max_retries allows."""
         fields = task.lease.fields
-        attempt = int(fields[b"attempt"])
-        spec = msgpack.unpackb(fields[b"spec"], raw=False)
-        max_retries = spec.get("maxr", 0)
         with self._cond:
-            if max_retries == -1 or attempt < max_retries:
-                self._outbox.requeues.append((task, attempt + 1))
+            if _failure.should_retry(fields):
+                self._outbox.requeues.append((task, int(fields[b"attempt"]) + 1))
                 return
-            task_id = fields[b"task"].decode()
-            error = objects.serialize(WorkerCrashedError(
-                f"(pid of worker unknown to the caller; task {task_id}, attempt {attempt + 1} "
-                f"of {max_retries + 1})"))
-            objs = [(objects.object_id(task_id, i + 1), objects.KIND_ERROR, error)
-                    for i in range(spec["nret"])]
             self._outbox.completions.append(
-                Completion(spec["owner"], encode_notice(task_id, objs), tuple(objs)))
+                _failure.crash_completion(fields, "pid of worker unknown to the caller"))
             self._outbox.ack(task)
 
     def _release(self, task: _Task, blocked: bool) -> None:
@@ -247,7 +285,8 @@ class NodeAgent:
     # ---- dispatch (under self._cond) ----------------------------------------------------
 
     def _dispatch(self) -> None:
-        idle = [h for h in self._workers.values() if h.ready and h.task is None]
+        idle = [h for h in self._workers.values()
+                if h.ready and h.task is None and h.actor_id is None]
         waiting = 0
         for task in list(self._backlog):
             if not scheduler.fits(task.demand, self.available):
@@ -321,6 +360,27 @@ class NodeAgent:
             elif kind == b"R":
                 handle.ready = True
                 self._dispatch()
+            elif kind == b"AR" and handle.task is not None:  # the actor is alive
+                task = handle.task
+                spec = msgpack.unpackb(task.lease.fields[b"spec"], raw=False)
+                handle.actor_id = task.lease.fields[b"task"].decode()
+                handle.held = {k: float(v) for k, v in (spec.get("held") or {}).items()}
+                handle.task = None
+                self._release(task, handle.blocked)  # placement resources back ...
+                handle.blocked = False
+                self.available = scheduler.subtract(self.available, handle.held)  # ... held kept
+                self._outbox.ack(task)
+                if not self._stopping and self._pool_count() < self.pool_size:
+                    self._spawn_worker()
+                self._dispatch()
+                self._cond.notify_all()
+            elif kind == b"AF":  # creation failed (the actor is dead) or was cancelled
+                task = handle.task
+                self._finish(handle)
+                if task is not None:
+                    self._outbox.ack(task)
+            elif kind == b"AX":
+                handle.exiting = True
 
     def _finish(self, handle: _WorkerHandle) -> None:
         task = handle.task
@@ -356,6 +416,19 @@ class NodeAgent:
     def _on_new_shape(self, message: dict) -> None:
         self._reload_shapes = True
         self._unblock_lease()
+        with self._cond:  # the lease thread may be waiting for room rather than in Redis
+            self._cond.notify_all()
+
+    def _on_order(self, message: dict) -> None:
+        """Orders for this node: `kill <actor_id>` (taskmesh.kill)."""
+        verb, _, arg = message["data"].decode().partition(" ")
+        if verb != "kill":
+            log.warning("unknown order %r", message["data"])
+            return
+        with self._cond:
+            victims = [h for h in self._workers.values() if h.actor_id == arg]
+        for h in victims:
+            h.proc.kill()
 
     def _unblock_lease(self) -> None:
         if self._lease_client_id is not None:
@@ -422,4 +495,8 @@ class NodeAgent:
                 last_sent = available
             except Exception as e:
                 log.warning("heartbeat failed: %r", e)
-            time.sleep(HEARTBEAT_S)
+            try:
+                self.monitor.tick()
+            except Exception:
+                log.exception("monitor tick failed")
+            self._stopped.wait(HEARTBEAT_S)

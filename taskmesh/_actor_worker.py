@@ -1,0 +1,309 @@
+"""The actor side of a worker: create the instance, then serve its call stream.
+
+The worker reads `tm:actor:{id}:calls` itself (consumer group `actor`, consumer = actor
+id, so a restarted incarnation finds the calls its predecessor had in flight) and stores
+results with the same completion script as tasks, batched: the agent is not on the path
+of a method call. Sync actors run calls one by one in stream order; threaded actors
+(max_concurrency > 1) and async actors (any `async def` method) start them in order and
+let them overlap, limited per concurrency group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import queue
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from . import objects
+from ._runtime import TaskContext, call_failures, encode_notice
+from .actor import READY, TERMINATE, ActorExitRequest
+from .exceptions import ActorDiedError, RayTaskError
+from .objects import KIND_ERROR, KIND_VALUE
+from .store import Completion, Leased
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+log = logging.getLogger("taskmesh.actor")
+
+_FLUSH_EVERY_S = 0.005
+_READ_COUNT = 100
+
+
+class _Exit(Exception):
+    """The actor leaves its serving loop (terminate call or exit_actor())."""
+
+
+class ActorServer:
+    def __init__(self, worker: Worker, entry_id: bytes, fields: dict[bytes, bytes]):
+        self.worker = worker
+        self.store = worker.store
+        self.entry_id = entry_id
+        self.actor_id = fields[b"task"].decode()
+        self.spec = msgpack.unpackb(fields[b"spec"], raw=False)
+        self.class_name = self.spec["cls"]
+        self.instance: Any = None
+        self._results: queue.Queue[tuple[Leased, list | None]] = queue.Queue()
+        self._client = self.store.dedicated()
+        self._exiting = threading.Event()
+
+    # ---- creation -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Create the actor and serve it until it exits (then the process ends); return
+        only when creation did not happen, leaving the worker to run tasks again."""
+        if self.store.actor_info(self.actor_id).get("state") in (None, "DEAD"):
+            self.worker.send(["AF", self.entry_id])  # killed before it was placed
+            return
+        runtime = self.worker.runtime
+        runtime.job_id = self.spec["job"]
+        runtime.context = TaskContext(self.spec["job"], None, self.class_name,
+                                      dict(self.spec.get("held") or {}), self.actor_id)
+        error = self._create()
+        if error is not None:
+            cause = f"The actor died because of an error raised in its creation task, {error}"
+            self._die(cause)
+            runtime.context = TaskContext()
+            self.worker.send(["AF", self.entry_id])
+            return
+        self.store.set_actor_fields(self.actor_id, {
+            "state": "ALIVE", "node_id": self.worker.node_id, "pid": str(os.getpid()),
+            "start_ms": str(int(time.time() * 1000))})
+        self.worker.send(["AR", self.entry_id])
+        try:
+            self._serve()
+        except _Exit:
+            pass
+        self.worker.end_output()
+        os._exit(0)
+
+    def _create(self) -> RayTaskError | None:
+        try:
+            cls = self.worker.function(self.spec["fn"])
+            args, kwargs = objects.deserialize(self.spec["args"])
+            upstream = self.worker.resolve_args(args, kwargs)
+            if upstream is not None:
+                raise objects.deserialize(upstream)
+            self.instance = cls(*args, **kwargs)
+            return None
+        except Exception as e:
+            return RayTaskError(f"{self.class_name}.__init__", traceback.format_exc(), e)
+        finally:
+            self.worker.end_output()
+
+    def _die(self, cause: str) -> None:
+        """Declare the actor dead for good and fail the calls still queued for it."""
+        _, entries = self.store.actor_down(self.actor_id, restart=False, cause=cause)
+        if entries:
+            error = ActorDiedError(self.actor_id, f"The actor {self.actor_id} is dead: {cause}")
+            self.store.complete_tasks(call_failures(entries, error), {})
+
+    # ---- serving ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        self._retry_in_flight()
+        concurrent = self.spec.get("async") or (self.spec.get("maxc") or 1) > 1
+        if concurrent:
+            runner = _ConcurrentRunner(self)
+            threading.Thread(target=self._flush_loop, name="taskmesh-actor-flush", daemon=True).start()
+        while not self._exiting.is_set():
+            calls = self.store.read_calls(self._client, self.actor_id, _READ_COUNT, 1000)
+            if concurrent:
+                for call in calls:
+                    runner.start(call)
+            else:
+                self._run_in_order(calls)
+
+    def _retry_in_flight(self) -> None:
+        """Calls a previous incarnation read but never finished: run them again while
+        max_task_retries allows, else fail them (Ray: RayActorError)."""
+        pending = self.store.read_calls(self._client, self.actor_id, 10_000, None, pending=True)
+        if not pending:
+            return
+        max_task_retries = self.spec.get("mtr", 0)
+        failed = [c for c in pending if max_task_retries == 0]
+        if failed:
+            error = ActorDiedError(self.actor_id, "The actor died unexpectedly before finishing "
+                                   "this task (max_task_retries=0, so it was not retried).")
+            self.store.ack_calls(self.actor_id, call_failures(
+                [(c.entry_id, c.fields) for c in failed], error), [c.entry_id for c in failed])
+        rest = [c for c in pending if c not in failed]
+        if rest:
+            self._run_in_order(rest)
+
+    def _run_in_order(self, calls: list[Leased]) -> None:
+        done: list[tuple[Leased, list | None]] = []
+        last_flush = time.monotonic()
+        for call in calls:
+            try:
+                done.append((call, self._call(call)))
+            except _Exit:
+                self._flush(done)
+                raise
+            if time.monotonic() - last_flush > _FLUSH_EVERY_S:
+                self._flush(done)
+                done, last_flush = [], time.monotonic()
+        self._flush(done)
+
+    def _flush_loop(self) -> None:
+        while True:
+            batch = [self._results.get()]
+            while True:
+                try:
+                    batch.append(self._results.get_nowait())
+                except queue.Empty:
+                    break
+            self._flush(batch)
+
+    def _flush(self, done: list[tuple[Leased, list | None]]) -> None:
+        if not done:
+            return
+        completions = []
+        for call, objs in done:
+            if objs:
+                spec = msgpack.unpackb(call.fields[b"spec"], raw=False)
+                task_id = call.fields[b"task"].decode()
+                completions.append(Completion(spec["owner"], encode_notice(task_id, objs),
+                                              tuple((o, k, d) for o, k, d in objs)))
+        self.store.ack_calls(self.actor_id, completions, [call.entry_id for call, _ in done])
+
+    # ---- one call -----------------------------------------------------------------------
+
+    def _call(self, call: Leased) -> list | None:
+        """Run one call synchronously; returns its result objects."""
+        method, args, kwargs, return_ids, name, early = self._prepare(call)
+        if early is not None:
+            return early
+        try:
+            result = method(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
+            return self._values(result, return_ids, name)
+        except ActorExitRequest:
+            self._exit_after(call, return_ids, "exit_actor() was called")
+        except Exception as e:
+            return self._error(e, return_ids, name)
+        finally:
+            self.worker.end_output()
+        return None
+
+    def _prepare(self, call: Leased) -> tuple:
+        spec = msgpack.unpackb(call.fields[b"spec"], raw=False)
+        task_id = call.fields[b"task"].decode()
+        name = call.fields[b"name"].decode()
+        return_ids = [objects.object_id(task_id, i + 1) for i in range(spec["nret"])]
+        method_name = spec["m"]
+        if method_name == TERMINATE:
+            self._exit_after(call, return_ids, "the actor was terminated: all handles to it "
+                             "went out of scope, or __ray_terminate__ was called")
+        if method_name == READY:
+            return None, None, None, return_ids, name, self._values(True, return_ids, name)
+        args, kwargs = objects.deserialize(spec["args"])
+        upstream = self.worker.resolve_args(args, kwargs)
+        if upstream is not None:
+            return None, None, None, return_ids, name, [[o, KIND_ERROR, upstream] for o in return_ids]
+        try:
+            method = getattr(self.instance, method_name)
+        except AttributeError as e:
+            return None, None, None, return_ids, name, self._error(e, return_ids, name)
+        return method, args, kwargs, return_ids, name, None
+
+    def _values(self, result: Any, return_ids: list[str], name: str) -> list:
+        from ._worker import split_returns
+
+        values = split_returns(result, len(return_ids), name)
+        return [[oid, KIND_VALUE, objects.serialize(v)] for oid, v in zip(return_ids, values)]
+
+    def _error(self, error: Exception, return_ids: list[str], name: str) -> list:
+        from ._worker import serialize_error
+
+        data = serialize_error(name, error)
+        return [[oid, KIND_ERROR, data] for oid in return_ids]
+
+    def _exit_after(self, call: Leased, return_ids: list[str], cause: str) -> None:
+        """Graceful exit: run __ray_shutdown__, record this call, declare the actor dead
+        (failing the calls behind it), tell the agent not to restart it."""
+        self._exiting.set()
+        shutdown = getattr(self.instance, "__ray_shutdown__", None)
+        if callable(shutdown):
+            try:
+                shutdown()
+            except Exception:
+                log.exception("__ray_shutdown__ of %s failed", self.class_name)
+        error = ActorDiedError(self.actor_id, f"The actor {self.actor_id} exited: {cause}")
+        self.store.ack_calls(self.actor_id, call_failures([(call.entry_id, call.fields)], error),
+                             [call.entry_id])
+        self.worker.send(["AX"])
+        self._die(f"The actor exited: {cause}")
+        raise _Exit()
+
+
+class _ConcurrentRunner:
+    """Starts calls in stream order and lets them overlap: threads for sync methods,
+    one event loop for async ones; a concurrency group bounds its own calls."""
+
+    def __init__(self, server: ActorServer):
+        self.server = server
+        spec = server.spec
+        limit = spec.get("maxc") or 1
+        groups = dict(spec.get("groups") or {})
+        self._executors = {name: ThreadPoolExecutor(n, thread_name_prefix=f"actor-{name}")
+                           for name, n in {None: limit, **groups}.items()}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._limits = {None: limit, **groups}
+        self._semaphores: dict[Any, asyncio.Semaphore] = {}
+        if spec.get("async"):
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="taskmesh-actor-loop", daemon=True).start()
+
+    def start(self, call: Leased) -> None:
+        spec = msgpack.unpackb(call.fields[b"spec"], raw=False)
+        group = spec.get("cg")
+        if group is not None and group not in self._limits:
+            group = None
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._run_async(call, group), self._loop)
+        else:
+            self._executors[group].submit(self._run_sync, call)
+
+    def _run_sync(self, call: Leased) -> None:
+        try:
+            self.server._results.put((call, self.server._call(call)))
+        except _Exit:
+            os._exit(0)
+
+    async def _run_async(self, call: Leased, group: Any) -> None:
+        sem = self._semaphores.get(group)
+        if sem is None:
+            sem = self._semaphores[group] = asyncio.Semaphore(self._limits[group])
+        async with sem:
+            server = self.server
+            try:
+                method, args, kwargs, return_ids, name, early = server._prepare(call)
+            except _Exit:
+                os._exit(0)
+            if early is not None:
+                server._results.put((call, early))
+                return
+            try:
+                result = method(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                objs = server._values(result, return_ids, name)
+            except ActorExitRequest:
+                try:
+                    server._exit_after(call, return_ids, "exit_actor() was called")
+                except _Exit:
+                    os._exit(0)
+            except Exception as e:
+                objs = server._error(e, return_ids, name)
+            server._results.put((call, objs))

@@ -1,0 +1,38 @@
+"""What becomes of a task whose worker or node died: another attempt while max_retries
+allows, else a WorkerCrashedError as each of its results.
+
+The agent (one of its workers died) and the monitor (a whole node died) both decide and
+build the failure here, so a caller sees the same retry count and the same error type
+whichever way its task was lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgpack
+
+from . import objects
+from ._runtime import encode_notice
+from .exceptions import WorkerCrashedError
+from .store import Completion
+
+
+def should_retry(fields: Mapping[bytes, bytes]) -> bool:
+    """True while the task's attempts are not used up (max_retries == -1: forever)."""
+    spec = msgpack.unpackb(fields[b"spec"], raw=False)
+    max_retries = spec.get("maxr", 0)
+    return max_retries == -1 or int(fields[b"attempt"]) < max_retries
+
+
+def crash_completion(fields: Mapping[bytes, bytes], cause: str) -> Completion:
+    """The Completion that stores a WorkerCrashedError as every return object of the
+    task in queue entry `fields` and notifies its owner; `cause` says what died."""
+    attempt = int(fields[b"attempt"])
+    spec = msgpack.unpackb(fields[b"spec"], raw=False)
+    task_id = fields[b"task"].decode()
+    error = objects.serialize(WorkerCrashedError(
+        f"({cause}; task {task_id}, attempt {attempt + 1} of {spec.get('maxr', 0) + 1})"))
+    objs = [(objects.object_id(task_id, i + 1), objects.KIND_ERROR, error)
+            for i in range(spec["nret"])]
+    return Completion(spec["owner"], encode_notice(task_id, objs), tuple(objs))

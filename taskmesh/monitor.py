@@ -1,0 +1,176 @@
+"""The failure monitor: declares nodes dead when their heartbeats stop, and settles the
+tasks they had leased (another attempt elsewhere, or a WorkerCrashedError).
+
+Every agent calls `Monitor.tick()` once per heartbeat; only the holder of the monitor
+lease (`tm:monitor`, SET NX PX, renewed by its holder each tick) does anything, so there
+is one monitor per cluster, and another agent takes over when the holder dies.
+
+Crash safety. The tick derives all its work from Redis, never from memory: a queue
+consumer that is not in `tm:nodes:alive` belongs to a dead (or departed) node, whoever
+declared it dead and whenever; and entries are moved to the consumer `monitor` before
+being settled, and that consumer is drained on every tick. So a monitor killed at any
+point leaves work that the next tick of the next holder finds and finishes.
+
+Why XPENDING (filtered by consumer) + XCLAIM rather than XAUTOCLAIM: XAUTOCLAIM takes
+every entry idle for long enough from any consumer, and an entry whose task runs for an
+hour on a live node is idle for an hour; only the consumer filter tells a dead node's
+entries from a live node's long tasks. XCLAIM's min-idle-time also fences the claim: it
+resets the idle time, so two monitors that overlap (a holder stalled past its lease) can
+never both claim, and so both re-queue, one entry.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+from collections.abc import Collection, Mapping
+
+from . import _failure
+from .store import Leased, Store
+
+log = logging.getLogger("taskmesh.monitor")
+
+ENV_NODE_TIMEOUT_MS = "TASKMESH_NODE_TIMEOUT_MS"
+DEFAULT_NODE_TIMEOUT_MS = 10_000
+DEFAULT_LEASE_MS = 5_000
+# The consumer that holds entries taken from dead nodes until they are settled.
+MONITOR_CONSUMER = "monitor"
+# An entry claimed less than this long ago is left alone (see XCLAIM in the docstring).
+CLAIM_MIN_IDLE_MS = 1_000
+CLAIM_BATCH = 100
+
+
+class Action(str, enum.Enum):
+    RETRY = "retry"  # re-queue with attempt + 1
+    FAIL = "fail"  # store WorkerCrashedError as its results and ack it
+    HAND_BACK = "hand_back"  # not a plain task: re-queue unchanged, lose nothing
+
+
+def stale_nodes(heartbeats: Mapping[str, int], now_ms: int, timeout_ms: int) -> list[str]:
+    """Nodes whose last heartbeat is more than timeout_ms before now_ms, oldest first."""
+    stale = [(ms, node) for node, ms in heartbeats.items() if now_ms - ms > timeout_ms]
+    return [node for _, node in sorted(stale)]
+
+
+def dead_consumers(
+    consumers: Mapping[str, Mapping[str, int]], alive: Collection[str]
+) -> dict[str, list[str]]:
+    """shape -> its consumers whose node is not alive (the monitor's own excluded):
+    their entries are to be settled and the consumers deleted."""
+    out: dict[str, list[str]] = {}
+    for shape, by_name in consumers.items():
+        dead = sorted(c for c in by_name if c not in alive and c != MONITOR_CONSUMER)
+        if dead:
+            out[shape] = dead
+    return out
+
+
+def decide(fields: Mapping[bytes, bytes]) -> Action:
+    """What to do with a queue entry whose node died."""
+    if fields.get(b"kind", b"task") != b"task" or b"spec" not in fields or b"attempt" not in fields:
+        # An actor's creation entry: its restarts are the actor code's to count.
+        return Action.HAND_BACK
+    return Action.RETRY if _failure.should_retry(fields) else Action.FAIL
+
+
+def node_timeout_from_env(default_ms: int = DEFAULT_NODE_TIMEOUT_MS) -> int:
+    raw = os.environ.get(ENV_NODE_TIMEOUT_MS)
+    if not raw:
+        return default_ms
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{ENV_NODE_TIMEOUT_MS}={raw!r}: expected a positive number of milliseconds")
+    return value
+
+
+class Monitor:
+    """One agent's share of failure monitoring: acts only while it holds the lease."""
+
+    def __init__(
+        self, store: Store, node_id: str, *, node_timeout_ms: int | None = None,
+        lease_ms: int = DEFAULT_LEASE_MS,
+    ):
+        self.store = store
+        self.node_id = node_id
+        self.node_timeout_ms = node_timeout_ms or node_timeout_from_env()
+        self.lease_ms = lease_ms
+        self.holding = False
+        self._closed = False
+
+    def tick(self) -> None:
+        """Renew or take the lease; while holding it, settle dead nodes' work."""
+        if self._closed or not self._hold():
+            return
+        shapes = self.store.shapes()
+        seen = self.store.liveness(shapes)
+        now_ms = int(time.time() * 1000)
+        alive = set(seen.heartbeats)
+        for node in stale_nodes(seen.heartbeats, now_ms, self.node_timeout_ms):
+            age_ms = now_ms - seen.heartbeats[node]
+            if self.store.mark_node_dead(node, now_ms - self.node_timeout_ms,
+                                         f"no heartbeat for {age_ms} ms"):
+                log.warning("node %s declared dead: no heartbeat for %d ms", node, age_ms)
+                alive.discard(node)
+        for shape, by_name in seen.consumers.items():
+            if by_name.get(MONITOR_CONSUMER):  # left over by a monitor that died mid-way
+                self._settle_consumer(shape, MONITOR_CONSUMER, "its node died")
+        for shape, names in dead_consumers(seen.consumers, alive).items():
+            for name in names:
+                if seen.consumers[shape][name]:
+                    self._settle_consumer(shape, name, f"node {name} died")
+                self.store.drop_consumer(shape, name)
+
+    def release(self) -> None:
+        """Give the lease up (graceful stop), so another agent takes over at once."""
+        self._closed = True
+        if self.holding:
+            self.holding = False
+            self.store.renew_monitor_lease(self.node_id, 0)
+
+    def _hold(self) -> bool:
+        if self.holding:
+            if self.store.renew_monitor_lease(self.node_id, self.lease_ms):
+                return True
+            log.warning("node %s lost the monitor lease", self.node_id)
+        self.holding = self.store.acquire_monitor_lease(self.node_id, self.lease_ms)
+        if self.holding:
+            log.info("node %s holds the monitor lease", self.node_id)
+        return self.holding
+
+    def _settle_consumer(self, shape: str, consumer: str, cause: str) -> None:
+        """Claim the consumer's entries in batches and settle each batch; entries that
+        could not be claimed yet (claimed too recently) wait for a later tick."""
+        while self.holding:
+            ids = self.store.pending_ids(shape, consumer, CLAIM_BATCH)
+            if not ids:
+                return
+            claimed = self.store.claim(shape, ids, MONITOR_CONSUMER, CLAIM_MIN_IDLE_MS)
+            self._settle(claimed, cause)
+            if len(claimed) < len(ids) or len(ids) < CLAIM_BATCH:
+                return
+            self.holding = self.store.renew_monitor_lease(self.node_id, self.lease_ms)
+
+    def _settle(self, entries: list[Leased], cause: str) -> None:
+        completions, acks = [], {}
+        counts = {action: 0 for action in Action}
+        for entry in entries:
+            action = decide(entry.fields)
+            counts[action] += 1
+            if action is Action.FAIL:
+                completions.append(_failure.crash_completion(entry.fields, cause))
+                acks.setdefault(entry.queue, []).append(entry.entry_id)
+                continue
+            fields = dict(entry.fields)
+            if action is Action.RETRY:
+                fields[b"attempt"] = str(int(fields[b"attempt"]) + 1).encode()
+            self.store.requeue(entry.queue, entry.entry_id, fields)
+        if completions:
+            self.store.complete_tasks(completions, acks)
+        if entries:
+            log.warning("%s: %d tasks retried, %d failed, %d handed back", cause,
+                        counts[Action.RETRY], counts[Action.FAIL], counts[Action.HAND_BACK])
