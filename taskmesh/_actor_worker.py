@@ -111,7 +111,8 @@ class ActorServer:
 
     def _serve(self) -> None:
         self._retry_in_flight()
-        concurrent = self.spec.get("async") or (self.spec.get("maxc") or 1) > 1
+        spec = self.spec
+        concurrent = spec.get("async") or (spec.get("maxc") or 1) > 1 or bool(spec.get("groups"))
         if concurrent:
             runner = _ConcurrentRunner(self)
             threading.Thread(target=self._flush_loop, name="taskmesh-actor-flush", daemon=True).start()
@@ -130,10 +131,14 @@ class ActorServer:
         if not pending:
             return
         max_task_retries = self.spec.get("mtr", 0)
-        failed = [c for c in pending if max_task_retries == 0]
+        failed = []
+        for call in pending:
+            retries = self.store.count_call_retry(self.actor_id, call.entry_id)
+            if max_task_retries != -1 and retries > max_task_retries:
+                failed.append(call)
         if failed:
             error = ActorDiedError(self.actor_id, "The actor died unexpectedly before finishing "
-                                   "this task (max_task_retries=0, so it was not retried).")
+                                   f"this task (max_task_retries={max_task_retries}).")
             self.store.ack_calls(self.actor_id, call_failures(
                 [(c.entry_id, c.fields) for c in failed], error), [c.entry_id for c in failed])
         rest = [c for c in pending if c not in failed]

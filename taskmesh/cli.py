@@ -144,12 +144,8 @@ def stop() -> None:
 @_address_option(required=False)
 def status(address: str | None) -> None:
     """Nodes, resources and queues, read from Redis."""
-    from .store import Store
-
-    url = _canonical(address) or _services.current_cluster_address()
-    if url is None:
-        raise click.UsageError("no cluster found: pass --address or start one with 'taskmesh start --head'")
-    store = Store(url)
+    store = _connect(address)
+    url = store.url
     try:
         nodes = store.nodes()
         queues = store.queue_stats()
@@ -182,6 +178,46 @@ def status(address: str | None) -> None:
 def _usage(node: dict) -> str:
     total, avail = node["resources_total"], node["resources_available"]
     return "  ".join(f"{k} {total[k] - avail.get(k, 0.0):g}/{total[k]:g}" for k in sorted(total))
+
+
+def _connect(address: str | None) -> Any:
+    from .store import Store
+
+    url = _canonical(address) or _services.current_cluster_address()
+    if url is None:
+        raise click.UsageError("no cluster found: pass --address or start one with 'taskmesh start --head'")
+    return Store(url)
+
+
+@main.command(name="list")
+@click.argument("what", type=click.Choice(["actors", "nodes"]))
+@_address_option(required=False)
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only rows whose KEY equals VALUE (repeatable), e.g. --filter state=ALIVE.")
+def list_(what: str, address: str | None, filters: tuple[str, ...]) -> None:
+    """List actors or nodes, read from Redis."""
+    wanted = []
+    for f in filters:
+        key, sep, value = f.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {f!r}", param_hint="--filter")
+        wanted.append((key, value))
+    store = _connect(address)
+    try:
+        if what == "actors":
+            columns = ["actor_id", "class_name", "state", "name", "namespace", "node_id", "pid", "restarts"]
+            rows = store.actors()
+        else:
+            columns = ["node_id", "state", "ip", "hostname", "pid"]
+            rows = [{**n, "state": "ALIVE" if n["alive"] else "DEAD"} for n in store.nodes()]
+    finally:
+        store.close()
+    rows = [r for r in rows if all(str(r.get(k, "")) == v for k, v in wanted)]
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+    click.echo(f"{len(rows)} {what}")
 
 
 @main.command()

@@ -457,6 +457,22 @@ class Store:
         return {k.decode(): v.decode(errors="replace") for k, v in raw.items() if k != b"spec"}
 
     @translate_errors
+    def actors(self) -> list[dict[str, str]]:
+        """Every actor's hash (without its spec), for `taskmesh list actors`."""
+        keys = [k for k in self.redis.scan_iter(match=self.keys.actor("*"), count=1000)
+                if not k.endswith(b":calls")]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        out = []
+        for key, raw in zip(keys, pipe.execute()):
+            info = {k.decode(): v.decode(errors="replace") for k, v in raw.items()
+                    if k not in (b"spec", b"methods") and not k.startswith(b"retry:")}
+            info["actor_id"] = key.decode().rsplit("{", 1)[-1].rstrip("}")
+            out.append(info)
+        return out
+
+    @translate_errors
     def actor_methods(self, actor_id: str) -> bytes:
         return self.redis.hget(self.keys.actor(actor_id), "methods") or msgpack.packb({})
 
@@ -535,6 +551,12 @@ class Store:
     @translate_errors
     def ack_calls(self, actor_id: str, completions: Sequence[Completion], ids: list[bytes]) -> None:
         self.complete_tasks(completions, {self.keys.actor_calls(actor_id): ids}, group=b"actor")
+
+    @translate_errors
+    def count_call_retry(self, actor_id: str, entry_id: bytes) -> int:
+        """How many times a call has now been retried after its actor died (kept in the
+        actor's hash as `retry:{entry_id}` until the actor dies)."""
+        return int(self.redis.hincrby(self.keys.actor(actor_id), f"retry:{entry_id.decode()}", 1))
 
     # ---- nodes --------------------------------------------------------------------------
 

@@ -1,0 +1,19 @@
+"""Utilities with Ray's names (`ray.util`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def list_named_actors(all_namespaces: bool = False) -> list[Any]:
+    """Names of the live named actors in the current namespace; with all_namespaces,
+    dicts {"name", "namespace"} for every namespace (as Ray returns them)."""
+    from ..api import get_runtime
+
+    runtime = get_runtime()
+    if all_namespaces:
+        return [{"name": name, "namespace": ns} for ns, name in runtime.store.named_actors(None)]
+    return [name for _, name in runtime.store.named_actors(runtime.namespace or "")]
+
+
+__all__ = ["list_named_actors"]
