@@ -198,6 +198,7 @@ class Store:
         self._complete = self.redis.register_script(_load_script("complete.lua"))
         self._requeue = self.redis.register_script(_load_script("requeue.lua"))
         self._ack = self.redis.register_script(_load_script("ack.lua"))
+        self._submit = self.redis.register_script(_load_script("submit.lua"))
         self._renew_lease = self.redis.register_script(_load_script("renew_lease.lua"))
         self._mark_node_dead = self.redis.register_script(_load_script("mark_node_dead.lua"))
         self._drop_consumer = self.redis.register_script(_load_script("drop_consumer.lua"))
@@ -269,20 +270,33 @@ class Store:
 
     @translate_errors
     def submit(self, entries: Sequence[Outgoing]) -> list[tuple[int, str]]:
-        """Send tasks to shape queues and method calls to actors, in order, in one
-        pipelined round trip. Returns (index, death cause) of calls to dead actors."""
-        def queue_commands(pipe: Any) -> None:
-            for e in entries:
-                if e.actor_id is None:
-                    pipe.xadd(self.keys.queue(e.target), e.fields)
-                else:
-                    flat = [x for kv in e.fields.items() for x in kv]
-                    pipe.evalsha(self._actor_call.sha, 2, self.keys.actor(e.actor_id),
-                                 self.keys.actor_calls(e.actor_id), *flat)
+        """Send tasks to shape queues and method calls to actors in one pipelined round
+        trip: one script call per queue or actor, entries in submission order within
+        each. Returns (index, death cause) of calls to dead actors (not appended)."""
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for i, e in enumerate(entries):
+            groups.setdefault((e.target, e.actor_id), []).append(i)
 
-        replies = self._run_scripts(queue_commands, (self._actor_call,))
-        return [(i, r[1].decode()) for i, (e, r) in enumerate(zip(entries, replies))
-                if e.actor_id is not None and r[0] == 0]
+        def queue_commands(pipe: Any) -> None:
+            for (target, actor_id), indexes in groups.items():
+                args: list[Any] = []
+                for i in indexes:
+                    fields = entries[i].fields
+                    args.append(len(fields))
+                    for kv in fields.items():
+                        args += kv
+                if actor_id is None:
+                    pipe.evalsha(self._submit.sha, 1, self.keys.queue(target), *args)
+                else:
+                    pipe.evalsha(self._actor_call.sha, 2, self.keys.actor(actor_id),
+                                 self.keys.actor_calls(actor_id), *args)
+
+        replies = self._run_scripts(queue_commands, (self._submit, self._actor_call))
+        dead = []
+        for ((_, actor_id), indexes), reply in zip(groups.items(), replies):
+            if actor_id is not None and reply[0] == 0:
+                dead += [(i, reply[1].decode()) for i in indexes]
+        return dead
 
     @translate_errors
     def lease(
@@ -332,14 +346,20 @@ class Store:
         """Store results + notify owners (one script per task), then ack and delete the
         queue entries, in one pipelined round trip. A crash between the two only re-runs
         a task; the script makes the second result a no-op."""
+        by_owner: dict[str, list[Completion]] = {}
+        for c in completions:
+            if c.objects:  # num_returns=0: nothing to store, nobody to notify
+                by_owner.setdefault(c.owner, []).append(c)
+
         def queue_commands(pipe: Any) -> None:
-            for c in completions:
-                if not c.objects:  # num_returns=0: nothing to store, nobody to notify
-                    continue
-                keys = [self.keys.done(c.owner)] + [self.keys.obj(oid) for oid, _, _ in c.objects]
-                args: list[bytes] = [c.notice]
-                for _, kind, data in c.objects:
-                    args += [kind, data]
+            for owner, batch in by_owner.items():
+                keys = [self.keys.done(owner)]
+                args: list[Any] = []
+                for c in batch:
+                    args += [c.notice, len(c.objects)]
+                    for oid, kind, data in c.objects:
+                        keys.append(self.keys.obj(oid))
+                        args += [kind, data]
                 pipe.evalsha(self._complete.sha, len(keys), *keys, *args)
             for queue, ids in acks.items():
                 pipe.evalsha(self._ack.sha, 1, queue, group, *ids)
@@ -415,9 +435,13 @@ class Store:
 
     @translate_errors
     def delete_objects(self, object_ids: Sequence[str]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
+        """UNLINK the objects: one command per owner (an owner's keys share a slot)."""
+        by_owner: dict[str, list[str]] = {}
         for oid in object_ids:
-            pipe.unlink(self.keys.obj(oid))
+            by_owner.setdefault(oid[:OWNER_TAG_LEN], []).append(self.keys.obj(oid))
+        pipe = self.redis.pipeline(transaction=False)
+        for keys in by_owner.values():
+            pipe.unlink(*keys)
         pipe.execute()
 
     @translate_errors

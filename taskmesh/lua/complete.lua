@@ -1,22 +1,29 @@
--- complete.lua: store one task's return objects and notify their owner, exactly once.
+-- complete.lua: store finished tasks' return objects and notify their owner, once each.
 --
--- KEYS[1]      the owner's done stream            tm:{owner}:done
--- KEYS[2..n]   one object hash per return object   tm:{owner}:obj:{object_id}
--- ARGV[1]      completion notice (msgpack, opaque here) appended to the done stream
--- ARGV[2k]     kind of return object k (k = 1..n-1): "value" or "error"
--- ARGV[2k+1]   serialized data of return object k
+-- KEYS[1]      the owner's done stream                          tm:{owner}:done
+-- KEYS[2..]    the object hashes of every task, in task order   tm:{owner}:obj:{object_id}
+-- ARGV         per task: notice (msgpack, opaque here), n (its number of return
+--              objects), then n pairs: kind ("value" or "error"), serialized data
 --
--- All keys share the owner's hash tag, so this is one slot under Redis Cluster.
--- Returns 1 when the results were stored, 0 when an earlier attempt of the same task
--- already stored them (a retried task whose first attempt finished after all): the
--- first result wins and the owner is notified once.
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  return 0
+-- All keys share the owner's hash tag, so this is one slot under Redis Cluster. A task
+-- whose first object already exists was completed by an earlier attempt (a retried task
+-- whose first attempt finished after all): the first result wins and the owner is
+-- notified once. Returns how many tasks were stored.
+local k, i, stored = 2, 1, 0
+while i <= #ARGV do
+  local notice, n = ARGV[i], tonumber(ARGV[i + 1])
+  i = i + 2
+  if n == 0 or redis.call('EXISTS', KEYS[k]) == 0 then
+    for j = 0, n - 1 do
+      local data = ARGV[i + 2 * j + 1]
+      redis.call('HSET', KEYS[k + j], 'kind', ARGV[i + 2 * j], 'data', data, 'size', #data)
+    end
+    if n > 0 then
+      redis.call('XADD', KEYS[1], '*', 'n', notice)
+      stored = stored + 1
+    end
+  end
+  k = k + n
+  i = i + 2 * n
 end
-for i = 2, #KEYS do
-  local kind = ARGV[2 * (i - 1)]
-  local data = ARGV[2 * (i - 1) + 1]
-  redis.call('HSET', KEYS[i], 'kind', kind, 'data', data, 'size', #data)
-end
-redis.call('XADD', KEYS[1], '*', 'n', ARGV[1])
-return 1
+return stored
