@@ -115,6 +115,7 @@ class Runtime:
         self._flusher.start()
         self._listener: threading.Thread | None = None
         self._listen_client = None
+        self._listen_client_id: int | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         objects.set_tracker(self)
 
@@ -271,6 +272,8 @@ class Runtime:
             if self._listener is not None:
                 return
             self._listen_client = self.store.dedicated()
+            # Asked now: once the listener blocks on this connection, it cannot answer.
+            self._listen_client_id = self._listen_client.client_id()
             self._listener = threading.Thread(target=self._listen_loop, name="taskmesh-done", daemon=True)
             self._listener.start()
 
@@ -452,7 +455,7 @@ class Runtime:
         self._wake.set()
         if self._listener is not None and self._listen_client is not None:
             try:
-                client_id = self._listen_client.client_id()
+                client_id = self._listen_client_id
                 self.store.redis.client_unblock(client_id)
             except Exception:
                 pass
