@@ -75,9 +75,7 @@ class ActorServer:
             runtime.context = TaskContext()
             self.worker.send(["AF", self.entry_id])
             return
-        self.store.set_actor_fields(self.actor_id, {
-            "state": "ALIVE", "node_id": self.worker.node_id, "pid": str(os.getpid()),
-            "start_ms": str(int(time.time() * 1000))})
+        self.store.actor_alive(self.actor_id, self.worker.node_id, os.getpid())
         self.worker.send(["AR", self.entry_id])
         try:
             self._serve()
@@ -102,10 +100,9 @@ class ActorServer:
 
     def _die(self, cause: str) -> None:
         """Declare the actor dead for good and fail the calls still queued for it."""
-        _, entries = self.store.actor_down(self.actor_id, restart=False, cause=cause)
-        if entries:
-            error = ActorDiedError(self.actor_id, f"The actor {self.actor_id} is dead: {cause}")
-            self.store.complete_tasks(call_failures(entries, error), {})
+        from ._failure import actor_down
+
+        actor_down(self.store, self.actor_id, restart=False, cause=cause)
 
     # ---- serving ------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """What becomes of a task whose worker or node died: another attempt while max_retries
-allows, else a WorkerCrashedError as each of its results.
+allows, else a WorkerCrashedError as each of its results; and of an actor whose process
+died: a restart while max_restarts allows, else ActorDiedError for its queued calls.
 
 The agent (one of its workers died) and the monitor (a whole node died) both decide and
 build the failure here, so a caller sees the same retry count and the same error type
@@ -13,9 +14,9 @@ from collections.abc import Mapping
 import msgpack
 
 from . import objects
-from ._runtime import encode_notice
-from .exceptions import WorkerCrashedError
-from .store import Completion
+from ._runtime import call_failures, encode_notice
+from .exceptions import ActorDiedError, WorkerCrashedError
+from .store import Completion, Store
 
 
 def should_retry(fields: Mapping[bytes, bytes]) -> bool:
@@ -36,3 +37,14 @@ def crash_completion(fields: Mapping[bytes, bytes], cause: str) -> Completion:
     objs = [(objects.object_id(task_id, i + 1), objects.KIND_ERROR, error)
             for i in range(spec["nret"])]
     return Completion(spec["owner"], encode_notice(task_id, objs), tuple(objs))
+
+
+def actor_down(store: Store, actor_id: str, *, restart: bool, cause: str, node_id: str = "") -> str:
+    """An actor's process is gone (or must go): restart it when `restart` and its
+    max_restarts allow, else declare it dead and fail every call queued for it with
+    ActorDiedError. Returns "restarting", "dead" or "already" (handled before)."""
+    status, entries = store.actor_down(actor_id, restart=restart, cause=cause, node_id=node_id)
+    if entries:
+        error = ActorDiedError(actor_id, f"The actor {actor_id} is dead: {cause}")
+        store.complete_tasks(call_failures(entries, error), {})
+    return status

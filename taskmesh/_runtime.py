@@ -158,10 +158,9 @@ class Runtime:
 
     def fail_drained_calls(self, actor_id: str, cause: str) -> None:
         """Declare a not-yet-running actor dead and fail the calls queued for it."""
-        status, entries = self.store.actor_down(actor_id, restart=False, cause=cause)
-        if entries:
-            error = ActorDiedError(actor_id, f"The actor {actor_id} is dead: {cause}")
-            self.store.complete_tasks(call_failures(entries, error), {})
+        from ._failure import actor_down
+
+        actor_down(self.store, actor_id, restart=False, cause=cause)
 
     def future_for(self, ref: ObjectRef) -> concurrent.futures.Future:
         if self._executor is None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import time
 from collections.abc import Collection, Mapping
 
 from . import _failure
@@ -108,7 +107,7 @@ class Monitor:
             return
         shapes = self.store.shapes()
         seen = self.store.liveness(shapes)
-        now_ms = int(time.time() * 1000)
+        now_ms = seen.now_ms
         alive = set(seen.heartbeats)
         for node in stale_nodes(seen.heartbeats, now_ms, self.node_timeout_ms):
             age_ms = now_ms - seen.heartbeats[node]
@@ -116,6 +115,8 @@ class Monitor:
                                          f"no heartbeat for {age_ms} ms"):
                 log.warning("node %s declared dead: no heartbeat for %d ms", node, age_ms)
                 alive.discard(node)
+        for node in self.store.lost_nodes():
+            self._recover_actors(node)
         for shape, by_name in seen.consumers.items():
             if by_name.get(MONITOR_CONSUMER):  # left over by a monitor that died mid-way
                 self._settle_consumer(shape, MONITOR_CONSUMER, "its node died")
@@ -141,6 +142,19 @@ class Monitor:
         if self.holding:
             log.info("node %s holds the monitor lease", self.node_id)
         return self.holding
+
+    def _recover_actors(self, node: str) -> None:
+        """Actors that were alive on a dead node restart elsewhere (max_restarts) or die,
+        their queued calls failed. Derived from Redis each tick until done, so a monitor
+        that dies half-way leaves the rest to the next one."""
+        cause = f"its node {node} died"
+        for actor_id, info in self.store.actors_on_node(node):
+            if info["state"] != "ALIVE" or info["node_id"] != node:
+                continue  # already restarted, dead, or moved on
+            status = _failure.actor_down(self.store, actor_id, restart=True,
+                                         cause=f"The actor died: {cause}", node_id=node)
+            log.warning("actor %s: %s; %s", actor_id, cause, status)
+        self.store.node_settled(node)
 
     def _settle_consumer(self, shape: str, consumer: str, cause: str) -> None:
         """Claim the consumer's entries in batches and settle each batch; entries that

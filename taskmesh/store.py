@@ -19,6 +19,8 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:jobs                      | counter | last job number handed out                            | driver                | none |
 | tm:actor:{actor_id}          | hash    | class_name, state (PENDING/ALIVE/RESTARTING/DEAD), node_id, pid, restarts, max_restarts, death_cause, name, namespace, shape, spec | driver, agent, actor worker | none |
 | tm:actor:{actor_id}:calls    | stream  | the actor's pending method calls; group `actor`, consumer = actor id | caller; actor worker acks | deleted when the actor dies |
+| tm:node_actors:{node_id}     | set     | actors that became ALIVE on the node (recovered when it dies) | actor worker | deleted when the node is settled |
+| tm:nodes:lost                | set     | nodes declared dead whose actors the monitor has not recovered yet | mark_node_dead script; monitor | none |
 | tm:named:{namespace}         | hash    | actor name -> actor id                                | create_actor / actor_down scripts | none |
 | tm:job:{job_id}:actors       | set     | actors created by the job (killed when it ends unless detached) | create_actor script | none |
 | tm:chan:node:{node_id}       | pub/sub | orders for one node's agent (kill an actor's worker) | kill                  | -   |
@@ -145,6 +147,12 @@ class Keys:
     def chan_node(self, node_id: str) -> str:
         return f"{self.prefix}:chan:node:{node_id}"
 
+    def node_actors(self, node_id: str) -> str:
+        return f"{self.prefix}:node_actors:{node_id}"
+
+    def nodes_lost(self) -> str:
+        return f"{self.prefix}:nodes:lost"
+
 
 def _load_script(name: str) -> str:
     return resources.files(__package__).joinpath(f"lua/{name}").read_text()
@@ -182,8 +190,9 @@ class Leased:
 class Liveness:
     """Heartbeats and queue consumers read at one instant, for the failure monitor."""
 
-    heartbeats: dict[str, int]  # node_id -> last heartbeat (ms)
+    heartbeats: dict[str, int]  # node_id -> last heartbeat (ms, Redis server time)
     consumers: dict[str, dict[str, int]]  # shape -> consumer -> pending entries
+    now_ms: int = 0  # the Redis server's time when this was read
 
 
 class Store:
@@ -201,6 +210,7 @@ class Store:
         self._submit = self.redis.register_script(_load_script("submit.lua"))
         self._renew_lease = self.redis.register_script(_load_script("renew_lease.lua"))
         self._mark_node_dead = self.redis.register_script(_load_script("mark_node_dead.lua"))
+        self._heartbeat = self.redis.register_script(_load_script("heartbeat.lua"))
         self._drop_consumer = self.redis.register_script(_load_script("drop_consumer.lua"))
         self._create_actor = self.redis.register_script(_load_script("create_actor.lua"))
         self._actor_call = self.redis.register_script(_load_script("actor_call.lua"))
@@ -509,6 +519,38 @@ class Store:
         self.redis.hset(self.keys.actor(actor_id), mapping=_flat(fields))
 
     @translate_errors
+    def actor_alive(self, actor_id: str, node_id: str, pid: int) -> None:
+        """Record the actor ALIVE on a node (and in that node's actor set)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.actor(actor_id), mapping={
+            "state": "ALIVE", "node_id": node_id, "pid": str(pid), "start_ms": str(_now_ms())})
+        pipe.sadd(self.keys.node_actors(node_id), actor_id)
+        pipe.execute()
+
+    @translate_errors
+    def lost_nodes(self) -> list[str]:
+        return [n.decode() for n in self.redis.smembers(self.keys.nodes_lost())]
+
+    @translate_errors
+    def actors_on_node(self, node_id: str) -> list[tuple[str, dict[str, str]]]:
+        """(actor id, info) of the actors recorded on a node."""
+        ids = [a.decode() for a in self.redis.smembers(self.keys.node_actors(node_id))]
+        pipe = self.redis.pipeline(transaction=False)
+        for actor_id in ids:
+            pipe.hmget(self.keys.actor(actor_id), "state", "node_id")
+        out = []
+        for actor_id, (state, node) in zip(ids, pipe.execute()):
+            out.append((actor_id, {"state": (state or b"").decode(), "node_id": (node or b"").decode()}))
+        return out
+
+    @translate_errors
+    def node_settled(self, node_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.unlink(self.keys.node_actors(node_id))
+        pipe.srem(self.keys.nodes_lost(), node_id)
+        pipe.execute()
+
+    @translate_errors
     def named_actor(self, namespace: str, name: str) -> str | None:
         found = self.redis.hget(self.keys.named(namespace), name)
         return found.decode() if found else None
@@ -530,16 +572,17 @@ class Store:
 
     @translate_errors
     def actor_down(
-        self, actor_id: str, *, restart: bool, cause: str
+        self, actor_id: str, *, restart: bool, cause: str, node_id: str = ""
     ) -> tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]:
         """Restart the actor (when allowed) or declare it dead, draining its calls:
-        ("restarting"|"dead"|"already", drained call entries)."""
+        ("restarting"|"dead"|"already", drained call entries). With `node_id`, only
+        if the actor is still recorded on that node (not restarted elsewhere already)."""
         shape, namespace = self.redis.hmget(self.keys.actor(actor_id), "shape", "namespace")
         keys = [self.keys.actor(actor_id), self.keys.actor_calls(actor_id),
                 self.keys.queue((shape or b"none").decode()),
                 self.keys.named((namespace or b"").decode())]
         reply = self._actor_down(keys=keys, args=[actor_id, "restart" if restart else "exit",
-                                                  cause, _now_ms()])
+                                                  cause, _now_ms(), node_id])
         status = reply[0].decode()
         entries = []
         for i in range(1, len(reply), 2):
@@ -586,21 +629,16 @@ class Store:
 
     @translate_errors
     def register_node(self, node_id: str, info: dict[str, Any]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.node(node_id), mapping=_flat(info))
-        pipe.zadd(self.keys.nodes_alive(), {node_id: _now_ms()})
-        pipe.execute()
+        self.redis.hset(self.keys.node(node_id), mapping=_flat(info))
+        self.heartbeat(node_id, None)
 
     @translate_errors
     def heartbeat(self, node_id: str, available: dict[str, float] | None) -> int:
         """Refresh this node's heartbeat (and free resources when they changed);
-        returns how many nodes are alive."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(self.keys.nodes_alive(), {node_id: _now_ms()})
-        if available is not None:
-            pipe.hset(self.keys.node(node_id), "resources_available", json.dumps(available))
-        pipe.zcard(self.keys.nodes_alive())
-        return int(pipe.execute()[-1])
+        returns how many nodes are alive, or -1 when this node was declared dead."""
+        keys = [self.keys.nodes_alive(), self.keys.node(node_id)]
+        return int(self._heartbeat(keys=keys, args=[
+            node_id, "" if available is None else json.dumps(available)]))
 
     @translate_errors
     def unregister_node(self, node_id: str) -> None:
@@ -652,21 +690,23 @@ class Store:
         """Heartbeats and every queue's consumers in one MULTI, so that a node which
         registers and then leases is never seen as a consumer without a heartbeat."""
         pipe = self.redis.pipeline(transaction=True)
+        pipe.time()
         pipe.zrange(self.keys.nodes_alive(), 0, -1, withscores=True)
         for shape in shapes:
             pipe.xinfo_consumers(self.keys.queue(shape), GROUP)
-        alive, *replies = pipe.execute(raise_on_error=False)
+        (seconds, micros), alive, *replies = pipe.execute(raise_on_error=False)
         consumers = {}
         for shape, reply in zip(shapes, replies):
             if isinstance(reply, Exception):  # no group yet: nobody consumes it
                 continue
             consumers[shape] = {_text(c["name"]): int(c["pending"]) for c in reply}
-        return Liveness({m.decode(): int(score) for m, score in alive}, consumers)
+        return Liveness({m.decode(): int(score) for m, score in alive}, consumers,
+                        seconds * 1000 + micros // 1000)
 
     @translate_errors
     def mark_node_dead(self, node_id: str, cutoff_ms: int, cause: str) -> bool:
         """DEAD if its heartbeat is still at or before cutoff_ms; True if this call did it."""
-        keys = [self.keys.nodes_alive(), self.keys.node(node_id)]
+        keys = [self.keys.nodes_alive(), self.keys.node(node_id), self.keys.nodes_lost()]
         return self._mark_node_dead(keys=keys, args=[node_id, cutoff_ms, _now_ms(), cause]) == 1
 
     @translate_errors

@@ -28,8 +28,6 @@ from typing import Any
 import msgpack
 
 from . import _failure, _process, scheduler
-from ._runtime import call_failures
-from .exceptions import ActorDiedError
 from .monitor import Monitor
 from .store import Completion, Leased, Store, retry_transient
 
@@ -237,7 +235,8 @@ class NodeAgent:
             with self._cond:
                 self._outbox.ack(task)
             self._actor_lost(task.lease.fields[b"task"].decode(),
-                             f"its worker (pid {handle.proc.pid}) died while creating it")
+                             f"its worker (pid {handle.proc.pid}) died while creating it",
+                             on_this_node=False)
         elif task is not None:
             log.warning("worker %d died running task %s", handle.proc.pid, task.lease.fields[b"task"])
             self._task_failed(task)
@@ -253,14 +252,12 @@ class NodeAgent:
     def _pool_count(self) -> int:
         return sum(1 for h in self._workers.values() if h.actor_id is None)
 
-    def _actor_lost(self, actor_id: str, cause: str) -> None:
+    def _actor_lost(self, actor_id: str, cause: str, on_this_node: bool = True) -> None:
         """An actor's process is gone: restart it (max_restarts) or fail its calls."""
+        node = self.node_id if on_this_node else ""
         try:
-            status, entries = retry_transient(
-                lambda: self.store.actor_down(actor_id, restart=True, cause=f"The actor died: {cause}"))
-            if entries:
-                error = ActorDiedError(actor_id, f"The actor {actor_id} died: {cause}")
-                retry_transient(lambda: self.store.complete_tasks(call_failures(entries, error), {}))
+            status = retry_transient(lambda: _failure.actor_down(
+                self.store, actor_id, restart=True, cause=f"The actor died: {cause}", node_id=node))
             log.warning("actor %s: %s; %s", actor_id, cause, status)
         except Exception:
             log.exception("handling the death of actor %s failed", actor_id)
@@ -490,8 +487,13 @@ class NodeAgent:
             with self._cond:
                 available = dict(self.available)
             try:
-                self._alive_nodes = self.store.heartbeat(
-                    self.node_id, available if available != last_sent else None)
+                alive = self.store.heartbeat(self.node_id, available if available != last_sent else None)
+                if alive < 0:
+                    log.error("this node was declared dead (no heartbeat reached Redis in time) "
+                              "and its work was handed to other nodes; exiting")
+                    self.stop()
+                    return
+                self._alive_nodes = alive
                 last_sent = available
             except Exception as e:
                 log.warning("heartbeat failed: %r", e)

@@ -24,7 +24,7 @@ def test_every_key_builder_matches_the_documented_table() -> None:
         keys.queue("{shape}"), keys.done("owner"), keys.job("{job_id}"), keys.jobs(),
         keys.chan_shapes(), keys.chan_log("{job_id}"), keys.actor("actor_id"),
         keys.actor_calls("actor_id"), keys.named("{namespace}"), keys.job_actors("{job_id}"),
-        keys.chan_node("{node_id}"),
+        keys.chan_node("{node_id}"), keys.node_actors("{node_id}"), keys.nodes_lost(),
         keys.obj("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
     }
     assert built == _documented_patterns()
@@ -126,3 +126,12 @@ def test_blocking_lease_over_several_shapes_never_exceeds_a_share(store: Store) 
     # read would use min(counts) = 1.
     leased = store.lease(store.redis, "node-a", {"CPU=1": 4, "CPU=2": 1}, 100)
     assert len(leased) == 1
+
+
+def test_requeueing_the_same_entry_twice_adds_it_once(store: Store) -> None:
+    store.register_shape("CPU=1")
+    store.submit_tasks([("CPU=1", {"task": "t", "attempt": 0})])
+    (entry,) = store.lease(store.redis, "node-a", {"CPU=1": 1}, None)
+    for _ in range(2):
+        store.requeue(entry.queue, entry.entry_id, {**entry.fields, b"attempt": b"1"})
+    assert store.redis.xlen(store.keys.queue("CPU=1")) == 1

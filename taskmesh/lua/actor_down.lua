@@ -8,6 +8,8 @@
 -- ARGV[2]   "restart" (restart when max_restarts allows) or "exit" (never restart)
 -- ARGV[3]   death cause, recorded when the actor is declared dead
 -- ARGV[4]   now (ms)
+-- ARGV[5]   node id the caller saw the actor on, or "" for no such condition: an actor
+--           already restarted on another node is then left alone
 --
 -- Returns {"restarting"}; {"dead", e1, f1, e2, f2, ...} with the call entries that were
 -- still pending (entry id, then its flat field/value list); or
@@ -15,9 +17,9 @@
 -- entry (attempt = restart count); dying drains the call stream in the same step, so the
 -- caller fails every drained call and no later call can be appended (actor_call.lua).
 local h = redis.call('HMGET', KEYS[1], 'state', 'restarts', 'max_restarts', 'no_restart',
-                     'spec', 'init_name', 'name')
+                     'spec', 'init_name', 'name', 'node_id')
 local state, restarts, max_restarts = h[1], tonumber(h[2] or '0'), tonumber(h[3] or '0')
-if state == 'DEAD' or not state then
+if state == 'DEAD' or not state or (ARGV[5] ~= '' and h[8] ~= ARGV[5]) then
   return {'already'}
 end
 if ARGV[2] == 'restart' and h[4] ~= '1' and (max_restarts == -1 or restarts < max_restarts) then

@@ -2,6 +2,7 @@
 --
 -- KEYS[1]   the live node set                 tm:nodes:alive
 -- KEYS[2]   the node's hash                   tm:node:{node_id}
+-- KEYS[3]   nodes whose actors await recovery tm:nodes:lost
 -- ARGV[1]   node id
 -- ARGV[2]   cutoff (ms): dead only if its last heartbeat is at or before this
 -- ARGV[3]   now (ms), recorded as end_ms
@@ -16,4 +17,5 @@ if not score or tonumber(score) > tonumber(ARGV[2]) then
 end
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'DEAD', 'end_ms', ARGV[3], 'death_cause', ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[1])
 return 1

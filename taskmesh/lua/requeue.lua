@@ -5,13 +5,12 @@
 -- ARGV[2]   the leased entry id
 -- ARGV[3..] field/value pairs of the new entry (the spec with its attempt bumped)
 --
--- The new entry is added before the old one is acknowledged and deleted, all in one
--- script: a crash can neither lose the task nor leave two live copies of it.
-local fields = {}
-for i = 3, #ARGV do
-  fields[#fields + 1] = ARGV[i]
+-- The entry is acknowledged first and the new one added only if that acknowledgement
+-- took effect, all in one script: a crash can neither lose the task nor leave two live
+-- copies of it, and requeueing the same entry twice adds it once. Returns the new
+-- entry's id, or false when the entry was no longer pending.
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+  return false
 end
-local new_id = redis.call('XADD', KEYS[1], '*', unpack(fields))
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
-return new_id
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))

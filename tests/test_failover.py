@@ -1,0 +1,100 @@
+"""Failures: actors on a killed node are recovered by the monitor; a node declared dead stays dead."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import taskmesh
+from taskmesh import monitor
+from taskmesh.exceptions import ActorDiedError, RayActorError
+
+
+def _node_of(handle) -> str:
+    return taskmesh.get(handle.where.remote(), timeout=30)
+
+
+def _kill_node_and_wait(cluster, node: str, handle) -> None:
+    """SIGKILL the node's agent and wait until the actor's process died with it (it
+    may still answer for the few milliseconds that takes)."""
+    import psutil
+
+    pid = int(taskmesh.api.get_runtime().store.actor_info(handle._actor_id)["pid"])
+    cluster.kill_node(node)
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the actor's worker outlived its agent"
+        time.sleep(0.02)
+
+
+@taskmesh.remote
+class Keeper:
+    def __init__(self):
+        self.calls = 0
+
+    def where(self):
+        self.calls += 1
+        return taskmesh.get_runtime_context().get_node_id()
+
+    def count(self):
+        return self.calls
+
+
+def test_actor_of_a_killed_node_restarts_on_another_node(cluster_factory, monkeypatch) -> None:
+    monkeypatch.setenv(monitor.ENV_NODE_TIMEOUT_MS, "2000")
+    with cluster_factory(nodes=2, num_cpus=1) as cluster:
+        taskmesh.init(address=cluster.url)
+        try:
+            # max_task_retries: a call that reaches Redis before Redis notices the dead
+            # connection is delivered to the dead process, so it is in flight, not lost.
+            keeper = Keeper.options(max_restarts=1, max_task_retries=1).remote()
+            doomed = _node_of(keeper)
+            (survivor,) = set(cluster.agents) - {doomed}
+            _kill_node_and_wait(cluster, doomed, keeper)
+            assert taskmesh.get(keeper.where.remote(), timeout=60) == survivor
+            assert taskmesh.get(keeper.count.remote(), timeout=30) == 1  # __init__ ran again
+            info = taskmesh.api.get_runtime().store.actor_info(keeper._actor_id)
+            assert info["state"] == "ALIVE" and info["restarts"] == "1"
+        finally:
+            taskmesh.shutdown()
+
+
+def test_actor_of_a_killed_node_without_restarts_dies(cluster_factory, monkeypatch) -> None:
+    monkeypatch.setenv(monitor.ENV_NODE_TIMEOUT_MS, "2000")
+    with cluster_factory(nodes=2, num_cpus=1) as cluster:
+        taskmesh.init(address=cluster.url)
+        try:
+            keeper = Keeper.remote()
+            doomed = _node_of(keeper)
+            _kill_node_and_wait(cluster, doomed, keeper)
+            deadline = time.monotonic() + 60
+            store = taskmesh.api.get_runtime().store
+            while store.actor_info(keeper._actor_id).get("state") != "DEAD":
+                assert time.monotonic() < deadline, "the actor was never declared dead"
+                time.sleep(0.1)
+            with pytest.raises(ActorDiedError, match="died") as info:
+                taskmesh.get(keeper.where.remote(), timeout=30)
+            assert isinstance(info.value, RayActorError)
+        finally:
+            taskmesh.shutdown()
+
+
+def test_a_node_declared_dead_does_not_come_back(cluster_factory) -> None:
+    """Fencing: once the monitor handed a node's work to others, that node's agent must
+    not keep leasing; when its heartbeat finds it DEAD, it exits."""
+    from taskmesh.store import Store
+
+    with cluster_factory(nodes=1, num_cpus=1) as cluster:
+        (node,) = cluster.agents
+        store = Store(cluster.url)
+        try:
+            store.redis.hset(store.keys.node(node), "state", "DEAD")  # as mark_node_dead does
+            proc = cluster.agents[node]
+            deadline = time.monotonic() + 15
+            while proc.poll() is None:
+                assert time.monotonic() < deadline, "the dead node's agent kept running"
+                time.sleep(0.05)
+            assert store.heartbeat(node, None) == -1
+        finally:
+            store.close()
