@@ -407,37 +407,30 @@ class Runtime:
     ) -> tuple[list[ObjectRef], list[ObjectRef]]:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.001
-        known_ready: set[str] = set()
+        ids = [ref._id for ref in refs]
+        wanted = set(ids)
+        ready_ids: set[str] = set()
         while True:
-            with self._cond:
-                unknown = []
-                for ref in refs:
-                    oid = ref.hex()
-                    if oid in self._results:
-                        known_ready.add(oid)
-                    elif oid not in self._pending and oid not in known_ready:
-                        unknown.append(oid)
-            if unknown:
-                for oid, ok in zip(unknown, self.store.objects_exist(unknown)):
-                    if ok:
-                        known_ready.add(oid)
-            if len(known_ready) >= num_returns:
+            with self._cond:  # set algebra: C speed for thousands of refs
+                ready_ids |= wanted & self._results.keys()
+                unknown = list(wanted - ready_ids - self._pending)
+            if unknown:  # owned elsewhere, or no longer cached here: ask Redis
+                ready_ids.update(i for i, ok in zip(unknown, self.store.objects_exist(unknown)) if ok)
+            if len(ready_ids) >= num_returns:
                 break
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
-            with self._cond:
-                if not unknown:
-                    self._cond.wait(remaining)
-                    continue
+            if not unknown:
+                with self._cond:  # re-checked under the lock: no wakeup is missed
+                    if not (wanted - ready_ids) & self._results.keys():
+                        self._cond.wait(remaining)
+                continue
             time.sleep(min(delay, remaining) if remaining is not None else delay)
             delay = min(delay * 2, 0.05)
         ready, not_ready = [], []
-        for ref in refs:
-            if ref.hex() in known_ready and len(ready) < num_returns:
-                ready.append(ref)
-            else:
-                not_ready.append(ref)
+        for ref, oid in zip(refs, ids):
+            (ready if oid in ready_ids and len(ready) < num_returns else not_ready).append(ref)
         return ready, not_ready
 
     # ---- shutdown -------------------------------------------------------------------

@@ -287,11 +287,11 @@ def wait(
     runtime = get_runtime(auto_init=True)
     if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs)}")
-    for ref in object_refs:
-        if not isinstance(ref, ObjectRef):
-            raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(ref)}")
+    if not all(isinstance(ref, ObjectRef) for ref in object_refs):
+        bad = next(ref for ref in object_refs if not isinstance(ref, ObjectRef))
+        raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(bad)}")
     _check_timeout(timeout)
-    if len(set(object_refs)) != len(object_refs):
+    if len({ref._id for ref in object_refs}) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
