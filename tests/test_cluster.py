@@ -262,3 +262,17 @@ def test_work_leased_ahead_moves_to_an_idle_node(cluster_factory, tmp_path: Path
             assert taskmesh.get(long_ref, timeout=30) == busy_node
         finally:
             taskmesh.shutdown()
+
+
+def test_init_joins_the_cluster_named_by_taskmesh_address(cluster_factory, monkeypatch) -> None:
+    with cluster_factory(nodes=1) as cluster:
+        monkeypatch.setenv(_services.ENV_ADDRESS, cluster.url.replace("redis://", ""))
+        before = {c.pid for c in psutil.Process().children(recursive=True)}
+        ctx = taskmesh.init()
+        try:
+            started = [c for c in psutil.Process().children(recursive=True) if c.pid not in before]
+            assert started == []  # joined: no Redis, no agent of its own
+            assert ctx.address_info["node_id"] is None
+            assert [n["NodeID"] for n in taskmesh.nodes()] == list(cluster.agents)
+        finally:
+            taskmesh.shutdown()
