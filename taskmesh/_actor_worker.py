@@ -11,6 +11,7 @@ let them overlap, limited per concurrency group.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import os
@@ -26,9 +27,9 @@ import msgpack
 from . import objects
 from ._runtime import TaskContext, call_failures, encode_notice
 from .actor import READY, TERMINATE, ActorExitRequest
-from .exceptions import ActorDiedError, RayTaskError
+from .exceptions import ActorDiedError, RayTaskError, StoreUnavailableError
 from .objects import KIND_ERROR, KIND_VALUE
-from .store import Completion, Leased
+from .store import Completion, Leased, retry_transient
 
 if TYPE_CHECKING:
     from ._worker import Worker
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskmesh.actor")
 
 _FLUSH_EVERY_S = 0.005
+_SEEN_CALLS = 10_000
 _READ_COUNT = 100
 
 
@@ -55,6 +57,9 @@ class ActorServer:
         self._results: queue.Queue[tuple[Leased, list | None]] = queue.Queue()
         self._client = self.store.dedicated()
         self._exiting = threading.Event()
+        # Task ids of recent calls: a caller that re-sends a batch after a Redis error
+        # may have delivered some calls twice; each runs once.
+        self._seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
 
     # ---- creation -----------------------------------------------------------------------
 
@@ -66,6 +71,7 @@ class ActorServer:
             return
         runtime = self.worker.runtime
         runtime.job_id = self.spec["job"]
+        runtime.namespace = self.spec.get("ns")
         runtime.context = TaskContext(self.spec["job"], None, self.class_name,
                                       dict(self.spec.get("held") or {}), self.actor_id)
         error = self._create()
@@ -113,11 +119,21 @@ class ActorServer:
         if concurrent:
             runner = _ConcurrentRunner(self)
             threading.Thread(target=self._flush_loop, name="taskmesh-actor-flush", daemon=True).start()
+        failures = 0
         while not self._exiting.is_set():
-            calls = self.store.read_calls(self._client, self.actor_id, _READ_COUNT, 1000)
+            try:
+                calls = self.store.read_calls(self._client, self.actor_id, _READ_COUNT, 1000)
+                failures = 0
+            except StoreUnavailableError:  # Redis restarting: wait for it, stay alive
+                failures += 1
+                time.sleep(min(0.05 * 2 ** failures, 2.0))
+                continue
             if concurrent:
                 for call in calls:
-                    runner.start(call)
+                    if self._first_time(call):
+                        runner.start(call)
+                    else:
+                        self._results.put((call, None))
             else:
                 self._run_in_order(calls)
 
@@ -142,10 +158,22 @@ class ActorServer:
         if rest:
             self._run_in_order(rest)
 
+    def _first_time(self, call: Leased) -> bool:
+        task_id = call.fields.get(b"task", b"")
+        if task_id in self._seen:
+            return False
+        self._seen[task_id] = None
+        if len(self._seen) > _SEEN_CALLS:
+            self._seen.popitem(last=False)
+        return True
+
     def _run_in_order(self, calls: list[Leased]) -> None:
         done: list[tuple[Leased, list | None]] = []
         last_flush = time.monotonic()
         for call in calls:
+            if not self._first_time(call):
+                done.append((call, None))  # acked, not run again
+                continue
             try:
                 done.append((call, self._call(call)))
             except _Exit:
@@ -176,7 +204,9 @@ class ActorServer:
                 task_id = call.fields[b"task"].decode()
                 completions.append(Completion(spec["owner"], encode_notice(task_id, objs),
                                               tuple((o, k, d) for o, k, d in objs)))
-        self.store.ack_calls(self.actor_id, completions, [call.entry_id for call, _ in done])
+        ids = [call.entry_id for call, _ in done]
+        # Results exist only here until stored: keep trying through a Redis restart.
+        retry_transient(lambda: self.store.ack_calls(self.actor_id, completions, ids), deadline_s=3600)
 
     # ---- one call -----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from typing import Any
 import msgpack
 
 from . import objects
-from .exceptions import ActorDiedError, GetTimeoutError, RayError, RayTaskError
+from .exceptions import ActorDiedError, GetTimeoutError, RayError, RayTaskError, StoreUnavailableError
 from .objects import KIND_ERROR, ObjectRef
 from .store import Completion, Outgoing, Store
 
@@ -233,12 +234,20 @@ class Runtime:
         self._flush_once()
 
     def _flush_loop(self) -> None:
+        failures = 0
         while not self._closing:
-            self._wake.wait(1.0)
+            if not failures:
+                self._wake.wait(1.0)
             self._wake.clear()
             try:
                 self._flush_once()
-            except Exception as e:  # keep flushing; the error is reported once per batch
+                failures = 0
+            except StoreUnavailableError as e:  # Redis restarting: the batch was kept
+                if failures == 0:
+                    _log_background_error("sending submissions (will retry)", e)
+                failures += 1
+                time.sleep(min(0.05 * 2 ** failures, 2.0) * random.uniform(0.5, 1.0))
+            except Exception as e:
                 _log_background_error("flushing submissions", e)
                 time.sleep(0.1)
 
@@ -248,10 +257,17 @@ class Runtime:
         with self._cond:
             batch, self._buffer = self._buffer, []
             free, self._free = self._free, []
-        if batch:
-            dead = self.store.submit(batch)
-            if dead:
-                self._fail_calls([(batch[i], cause) for i, cause in dead])
+        try:
+            dead = self.store.submit(batch) if batch else []
+        except StoreUnavailableError:
+            # Kept for the next try. Part of the batch may have been applied: a task may
+            # then run twice (its first result wins); an actor skips a call it has run.
+            with self._cond:
+                self._buffer[:0] = batch
+                self._free[:0] = free
+            raise
+        if dead:
+            self._fail_calls([(batch[i], cause) for i, cause in dead])
         if free:
             self.store.delete_objects(free)
 

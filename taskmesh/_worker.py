@@ -177,6 +177,7 @@ class Worker:
         owner, nret = spec["owner"], spec["nret"]
         return_ids = [objects.object_id(task_id, i + 1) for i in range(nret)]
         self.runtime.job_id = spec["job"]
+        self.runtime.namespace = spec.get("ns")
         self.runtime.context = TaskContext(spec["job"], task_id, name, spec.get("res", {}))
         try:
             objs = self._execute(spec, name, return_ids)

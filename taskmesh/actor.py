@@ -95,6 +95,12 @@ class ActorClass:
         self.__module__ = cls.__module__
         self.__doc__ = cls.__doc__
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cls": self._cls, "options": self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["cls"], state["options"])  # type: ignore[misc]
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
                         f"use '{self.__name__}.remote()'.")
@@ -122,7 +128,7 @@ class ActorClass:
         args_blob, deps = _pack_args(runtime, args, kwargs)
         spec = msgpack.packb({
             "fn": fn_id, "args": args_blob, "owner": runtime.owner, "job": runtime.job_id,
-            "held": held, "maxc": max_concurrency, "async": is_async, "cls": self.__name__,
+            "ns": runtime.namespace, "held": held, "maxc": max_concurrency, "async": is_async, "cls": self.__name__,
             "mtr": opts["max_task_retries"], "groups": opts["concurrency_groups"] or {},
         }, use_bin_type=True)
         name = opts["name"] or ""

@@ -358,8 +358,8 @@ class RuntimeContext:
     def get_worker_id(self) -> str:
         return self._runtime.owner
 
-    def get_actor_id(self) -> None:
-        return None
+    def get_actor_id(self) -> str | None:
+        return self._runtime.context.actor_id
 
     @property
     def namespace(self) -> str | None:

@@ -283,7 +283,7 @@ def run_all(lib_name: str, quick: bool = False) -> list[Row]:
         for name, (unit, build) in _WORKLOADS.items():
             step = build(kit)
             rows.append(_row(name, _rate(step, settings.duration_s), unit))
-            del step  # drops this row's actor handles: their actors exit
+            del step  # drops this row's actor handles, so its actors can exit
         return rows
     finally:
         lib.shutdown()

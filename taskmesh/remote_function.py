@@ -93,7 +93,7 @@ class _TaskPlan:
         args_blob, deps = _pack_args(runtime, args, kwargs)
         spec = msgpack.packb({
             "fn": fn_id, "args": args_blob, "nret": self.num_returns, "owner": runtime.owner,
-            "job": runtime.job_id, "maxr": self.options["max_retries"],
+            "job": runtime.job_id, "ns": runtime.namespace, "maxr": self.options["max_retries"],
             "rexc": self.retry_exceptions, "maxc": self.options["max_calls"], "res": self.demand,
         }, use_bin_type=True)
         fields = {"task": task_id, "name": self.name, "attempt": 0, "spec": spec}

@@ -395,8 +395,9 @@ class NodeAgent:
             out, self._outbox = self._outbox, _Outbox()
         try:
             if out.completions or out.acks:
+                # Results exist only here until stored: keep trying through a Redis restart.
                 retry_transient(lambda: self.store.complete_tasks(out.completions, out.acks),
-                                stop=lambda: self._stopping)
+                                deadline_s=3600, stop=lambda: self._stopping)
             for task, attempt in out.requeues:
                 retry_transient(lambda: self._requeue(task, attempt), stop=lambda: self._stopping)
         except Exception:

@@ -98,3 +98,44 @@ def test_a_node_declared_dead_does_not_come_back(cluster_factory) -> None:
             assert store.heartbeat(node, None) == -1
         finally:
             store.close()
+
+
+def test_a_redis_restart_loses_no_acknowledged_task(tmp_path) -> None:
+    """Redis is killed (kill -9) with tasks queued, running and done, and restarted
+    from its append-only file on the same port: every task still completes, and the
+    cluster keeps working (clients reconnect by themselves)."""
+    import psutil
+    from conftest import TestCluster, assert_no_leaked_children
+    from taskmesh._services import start_redis
+
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
+    data = tmp_path / "redis"
+    fsync = ("--appendfsync", "always")
+    server = start_redis(data_dir=data, persistent=True, extra_args=fsync)
+    cluster = TestCluster(server.url, tmp_path)
+    try:
+        cluster.add_node(num_cpus=2)
+        taskmesh.init(address=server.url)
+        try:
+            @taskmesh.remote
+            def slow(i):
+                time.sleep(0.02)
+                return i
+
+            counter = Keeper.remote()
+            taskmesh.get(counter.where.remote(), timeout=30)
+            refs = [slow.remote(i) for i in range(150)]
+            time.sleep(0.5)
+            server.proc.kill()
+            server.proc.wait()
+            time.sleep(0.5)
+            server = start_redis(data_dir=data, port=server.port, persistent=True, extra_args=fsync)
+            assert taskmesh.get(refs, timeout=120) == list(range(150))
+            assert taskmesh.get(slow.remote(7), timeout=60) == 7
+            assert taskmesh.get(counter.count.remote(), timeout=60) == 1  # actor state kept
+        finally:
+            taskmesh.shutdown()
+    finally:
+        cluster.stop()
+        server.stop()
+    assert_no_leaked_children(before)

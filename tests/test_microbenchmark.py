@@ -14,6 +14,16 @@ import psutil
 import taskmesh
 from taskmesh import microbenchmark
 
+ACTOR_ROWS = (
+    "1:1 actor calls sync",
+    "1:1 actor calls async",
+    "1:1 actor calls concurrent",
+    "1:n actor calls async",
+    "n:n actor calls async",
+    "1:1 async-actor calls sync",
+    "1:1 async-actor calls async",
+)
+
 
 def test_run_all_quick_reports_every_row() -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -24,6 +34,7 @@ def test_run_all_quick_reports_every_row() -> None:
 
     assert not taskmesh.is_initialized()
     assert [r["name"] for r in rows] == list(microbenchmark.ROW_NAMES)
+    assert set(ACTOR_ROWS) <= set(microbenchmark.ROW_NAMES)
     for row in rows:
         assert isinstance(row["value"], float) and math.isfinite(row["value"]), row
         assert row["value"] > 0, row
@@ -33,6 +44,14 @@ def test_run_all_quick_reports_every_row() -> None:
     while (leaked := _new_children(before)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not leaked, leaked
+
+
+def test_actor_rows_are_named_like_rays() -> None:
+    """The rows `ray microbenchmark` prints for actors, spelled exactly as Ray does, so
+    that the two outputs can be matched row by row."""
+    assert list(microbenchmark.TIMED_ROWS[-len(ACTOR_ROWS):]) == list(ACTOR_ROWS)
+    assert microbenchmark.ROW_NAMES[0] == microbenchmark.IDLE_RSS
+    assert len(set(microbenchmark.ROW_NAMES)) == len(microbenchmark.ROW_NAMES)
 
 
 def _new_children(before: set[int]) -> list[tuple[int, list[str]]]:
