@@ -92,8 +92,10 @@ def ratio(unit: str, ours: float, theirs: float) -> float:
 
 
 def table(results: dict[str, dict[str, dict]]) -> str:
+    """One line per row of any library, in the order taskmesh reports them; a row that a
+    library does not report (e.g. taskmesh's cross-node row for Ray) shows "n/a"."""
     libs = list(results)
-    names = list(results["taskmesh"])
+    names = list(dict.fromkeys(name for rows in results.values() for name in rows))
     lines = []
     if len(libs) > 1:
         lines.append("ratio > 1 means taskmesh is better (taskmesh/ray for rates, "
@@ -102,13 +104,21 @@ def table(results: dict[str, dict[str, dict]]) -> str:
     lines.append(head + (f" {'ratio':>8}" if len(libs) > 1 else ""))
     lines.append("-" * len(lines[-1]))
     for name in names:
-        unit = results["taskmesh"][name]["unit"]
-        values = [results[lib][name]["value"] for lib in libs]
-        line = f"{name:<32} {unit:<8}" + "".join(f" {v:>12,.{2 if unit == 's' else 0}f}" for v in values)
+        unit = next(results[lib][name]["unit"] for lib in libs if name in results[lib])
+        values = [results[lib][name]["value"] if name in results[lib] else None for lib in libs]
+        line = f"{name:<32} {unit:<8}" + "".join(f" {cell(unit, v):>12}" for v in values)
         if len(libs) > 1:
-            line += f" {ratio(unit, values[0], values[1]):>8.2f}"
+            compared = "n/a" if None in values else f"{ratio(unit, values[0], values[1]):.2f}"
+            line += f" {compared:>8}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def cell(unit: str, value: float | None) -> str:
+    """Seconds and GB/s with 2 decimals (they are small numbers), counts without."""
+    if value is None:
+        return "n/a"
+    return f"{value:,.{2 if unit in ('s', 'GB/s') else 0}f}"
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from . import objects
 from ._runtime import TaskContext, call_failures, encode_notice
 from .actor import READY, TERMINATE, ActorExitRequest
 from .exceptions import ActorDiedError, RayTaskError, StoreUnavailableError
-from .objects import KIND_ERROR, KIND_VALUE
+from .objects import KIND_ERROR
 from .store import Completion, Leased, retry_transient
 
 if TYPE_CHECKING:
@@ -205,6 +205,9 @@ class ActorServer:
                 completions.append(Completion(spec["owner"], encode_notice(task_id, objs),
                                               tuple((o, k, d) for o, k, d in objs)))
         ids = [call.entry_id for call, _ in done]
+        # What the calls kept of the refs they were lent is registered before their
+        # callers learn they are done.
+        retry_transient(self.worker.runtime.sync_refs, deadline_s=3600)
         # Results exist only here until stored: keep trying through a Redis restart.
         retry_transient(lambda: self.store.ack_calls(self.actor_id, completions, ids), deadline_s=3600)
 
@@ -253,7 +256,8 @@ class ActorServer:
         from ._worker import split_returns
 
         values = split_returns(result, len(return_ids), name)
-        return [[oid, KIND_VALUE, objects.serialize(v)] for oid, v in zip(return_ids, values)]
+        runtime = self.worker.runtime
+        return [runtime.encode_value(oid, v) for oid, v in zip(return_ids, values)]
 
     def _error(self, error: Exception, return_ids: list[str], name: str) -> list:
         from ._worker import serialize_error

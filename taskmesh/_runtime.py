@@ -21,9 +21,10 @@ from typing import Any
 import msgpack
 
 from . import objects
+from ._object_plane import ObjectPlane, parse_descriptor
 from .exceptions import ActorDiedError, GetTimeoutError, RayError, RayTaskError, StoreUnavailableError
-from .objects import KIND_ERROR, ObjectRef
-from .store import Completion, Outgoing, Store
+from .objects import KIND_ERROR, KIND_SHM, ObjectRef
+from .store import Completion, Outgoing, Release, Store
 
 # Values up to this size travel inside the completion notice, saving a fetch in `get`.
 NOTICE_INLINE_LIMIT = 64 * 1024
@@ -89,6 +90,7 @@ class Runtime:
         self.is_worker = is_worker
         self.owner = owner or objects.new_owner_tag()
         self.context = TaskContext(job_id=job_id)
+        self.plane = ObjectPlane(store, node_id)
         # Hooks a worker sets to tell its agent it blocks in get (its CPU is lent out).
         self.on_block: Callable[[], None] | None = None
         self.on_unblock: Callable[[], None] | None = None
@@ -99,13 +101,24 @@ class Runtime:
         self._waiting: dict[str, list[_PendingTask]] = {}
         self._discard: set[str] = set()
         self._buffer: list[Outgoing] = []
-        self._free: list[str] = []
+        self._free: list[Release] = []
+        # Refs this process passed to its pending tasks, held until each task's notice.
+        self._task_holds: dict[str, Sequence[str]] = {}
+        # Objects just stored that contain refs (they hold them once recorded in Redis).
+        self._containers: dict[str, tuple[str, ...]] = {}
         self._exported: set[str] = set()
         self._shapes: set[str] = set()
 
         self._counts: dict[str, int] = {}
         self._counts_lock = threading.Lock()
         self._decrefs: collections.deque[str] = collections.deque()
+        # Refs of other owners' objects: those held here (registered in Redis as
+        # borrowed by this process), and those newly seen, not registered yet.
+        self._borrowed: set[str] = set()
+        self._new_borrows: collections.deque[str] = collections.deque()
+        self._holder = f"p:{self.owner}"
+        # Own refs that left this process in a way nobody tracks (pickled by hand, an
+        # actor's constructor arguments): kept until this process shuts down.
         self._escaped: set[str] = set()
         self._actor_drops: collections.deque[str] = collections.deque()
         self._actors_escaped: set[str] = set()
@@ -124,12 +137,18 @@ class Runtime:
 
     def incref(self, object_id: str) -> None:
         with self._counts_lock:
-            self._counts[object_id] = self._counts.get(object_id, 0) + 1
+            n = self._counts.get(object_id, 0)
+            self._counts[object_id] = n + 1
+        if n == 0 and object_id[:8] != self.owner:
+            self._new_borrows.append(object_id)
 
     def decref(self, object_id: str) -> None:
         # Called from __del__, possibly inside any lock of any thread: never block here.
         self._decrefs.append(object_id)
-        if len(self._decrefs) > 512:
+        cached = self._results.get(object_id)  # one atomic dict read, no lock
+        # A dropped shared-memory object is freed now, so that the next large put can
+        # reuse its pages; small ones are freed in batches.
+        if len(self._decrefs) > 512 or (cached is not None and cached[0] == KIND_SHM):
             self._wake.set()
 
     def escaped(self, object_id: str) -> None:
@@ -170,9 +189,11 @@ class Runtime:
         return self._executor.submit(lambda: self.get([ref], None)[0])
 
     def _release_dropped(self) -> None:
-        """Free owned objects whose last local ref is gone and that never left this
-        process (a ref that was passed on may be read elsewhere until the job ends)."""
-        dropped = []
+        """Turn ref drops and new borrowed refs into hold changes for the next flush:
+        an own object whose last ref here is gone loses its owner's hold (it is freed
+        unless another process or object holds it); a borrowed ref is registered while
+        this process holds it. Registrations go before releases."""
+        dropped, borrow, unborrow = [], [], []
         with self._counts_lock:
             while self._decrefs:
                 oid = self._decrefs.popleft()
@@ -182,18 +203,52 @@ class Runtime:
                 else:
                     self._counts.pop(oid, None)
                     dropped.append(oid)
-        if not dropped:
-            return
+            for oid in dropped:
+                if oid in self._borrowed:
+                    self._borrowed.discard(oid)
+                    unborrow.append(oid)
+            while self._new_borrows:
+                oid = self._new_borrows.popleft()
+                if self._counts.get(oid, 0) > 0 and oid not in self._borrowed:
+                    self._borrowed.add(oid)
+                    borrow.append(oid)
+        ops = [Release(oid, self._holder, 1) for oid in borrow]
         with self._cond:
             for oid in dropped:
-                if oid[:8] != self.owner or oid in self._escaped:
+                if oid[:8] != self.owner:
                     self._results.pop(oid, None)
+                elif oid in self._escaped:
                     continue
-                if oid in self._pending:
+                elif oid in self._pending:
                     self._discard.add(oid)
                 else:
                     self._results.pop(oid, None)
-                    self._free.append(oid)
+                    ops.append(Release(oid, "owner", -1))
+            ops += [Release(oid, self._holder, -1) for oid in unborrow]
+            self._free[:0] = ops[:len(borrow)]
+            self._free += ops[len(borrow):]
+
+    def encode_value(self, object_id: str, value: Any) -> list:
+        """[object_id, kind, data] of a task's return value, written where it belongs;
+        the refs it contains are held by it from the next `sync_refs`."""
+        kind, data, nested = self.plane.encode(object_id, value)
+        if nested:
+            with self._cond:
+                self._containers[object_id] = nested
+        return [object_id, kind, data]
+
+    def sync_refs(self) -> None:
+        """Bring Redis up to date with the refs this process holds, now. A worker calls
+        it before reporting a task done, since the caller then drops the refs it lent
+        the task: what the task kept must be registered first."""
+        self._release_dropped()
+        with self._cond:
+            ops, self._free = self._free, []
+            containers, self._containers = self._containers, {}
+        if containers:
+            self.store.hold_nested(containers)
+        if ops:
+            self.plane.release(ops)
 
     # ---- submission -----------------------------------------------------------------
 
@@ -209,12 +264,20 @@ class Runtime:
 
     def submit(
         self, shape: str, fields: dict[str, Any], deps: Sequence[str], returns: Sequence[str],
-        actor_id: str | None = None,
+        actor_id: str | None = None, holds: Sequence[str] = (),
     ) -> None:
         """Queue a task; it is sent once every dependency this process owns is ready.
         Actor calls are sent at once, in submission order: the actor resolves their
-        arguments itself, so a call waiting for an argument never overtakes another."""
+        arguments itself, so a call waiting for an argument never overtakes another.
+        `holds` (every ref in the arguments) stay held here until the task's completion
+        notice; a task with no returns sends no notice, so its refs count as escaped."""
         out = Outgoing(shape, fields, actor_id, tuple(returns))
+        if holds:
+            for oid in holds:
+                self.incref(oid) if returns else self.escaped(oid)
+            if returns:
+                with self._cond:
+                    self._task_holds[fields["task"]] = holds
         with self._cond:
             self._pending.update(returns)
             waiting_on = set() if actor_id else {d for d in deps if d in self._pending}
@@ -257,7 +320,11 @@ class Runtime:
         with self._cond:
             batch, self._buffer = self._buffer, []
             free, self._free = self._free, []
+            containers, self._containers = self._containers, {}
         try:
+            if containers:
+                self.store.hold_nested(containers)
+                containers = {}
             dead = self.store.submit(batch) if batch else []
         except StoreUnavailableError:
             # Kept for the next try. Part of the batch may have been applied: a task may
@@ -265,11 +332,12 @@ class Runtime:
             with self._cond:
                 self._buffer[:0] = batch
                 self._free[:0] = free
+                self._containers.update(containers)
             raise
         if dead:
             self._fail_calls([(batch[i], cause) for i, cause in dead])
         if free:
-            self.store.delete_objects(free)
+            self.plane.release(free)
 
     def _fail_calls(self, calls: list[tuple[Outgoing, str]]) -> None:
         """Calls sent to a dead actor: their results become ActorDiedError."""
@@ -320,14 +388,16 @@ class Runtime:
         ready_tasks: list[_PendingTask] = []
         with self._cond:
             for raw in notices:
-                _, objs = msgpack.unpackb(raw, raw=False)
+                task_id, objs = msgpack.unpackb(raw, raw=False)
+                for oid in self._task_holds.pop(task_id, ()):
+                    self.decref(oid)  # the task is done with the refs it was lent
                 for oid, kind, data in objs:
                     if oid not in self._pending:
                         continue  # a duplicate notice from a retried attempt
                     self._pending.discard(oid)
                     if oid in self._discard:
                         self._discard.discard(oid)
-                        self._free.append(oid)
+                        self._free.append(Release(oid, "owner", -1))
                     else:
                         self._results[oid] = (kind, data)
                     for task in self._waiting.pop(oid, ()):
@@ -347,16 +417,33 @@ class Runtime:
             raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want "
                             "to do this, you can wrap the ObjectRef in a list and call 'put' on it.")
         oid = objects.object_id(objects.new_task_id(self.owner), 0)
-        data = objects.serialize(value)
-        self.store.put_object(oid, objects.KIND_VALUE, data)
+        kind, data, nested = self.plane.encode(oid, value)
+        size = parse_descriptor(data)[0] if kind == KIND_SHM else len(data)
+        try:
+            self.store.put_object(oid, kind, data, size, nested)
+        except BaseException:
+            self.plane.release([Release(oid, "owner", -1)])  # nothing half-written stays
+            raise
         ref = ObjectRef(oid)
         with self._cond:
-            self._results[oid] = (objects.KIND_VALUE, data)
+            self._results[oid] = (kind, data)
         return ref
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
         raw = self._fetch([r.hex() for r in refs], timeout)
-        return [_decode(raw[r.hex()]) for r in refs]
+        return [self.decode(r.hex(), raw[r.hex()]) for r in refs]
+
+    def decode(self, object_id: str, value: tuple[bytes, bytes]) -> Any:
+        """The value of a fetched object; a stored error is raised."""
+        kind, data = value
+        result = self.plane.decode(object_id, kind, data)
+        if kind == KIND_ERROR:
+            if isinstance(result, RayTaskError):
+                raise result.as_instanceof_cause()
+            if isinstance(result, BaseException):
+                raise result
+            raise RayError(f"Malformed error object: {result!r}")
+        return result
 
     def get_raw(self, object_ids: Sequence[str], timeout: float | None) -> dict[str, tuple[bytes, bytes]]:
         return self._fetch(object_ids, timeout)
@@ -469,12 +556,17 @@ class Runtime:
                 pass
             self._listener.join(timeout=2)
         self._flusher.join(timeout=2)
+        self._release_dropped()
         with self._cond:
             owned = [oid for oid in set(self._results) | self._escaped | set(self._counts)
                      if oid[:8] == self.owner]
+            ops = [op for op in self._free if op.holder == "owner" or op.delta < 0]
+        with self._counts_lock:
+            ops += [Release(oid, self._holder, -1) for oid in self._borrowed]
+        ops += [Release(oid, "owner", -1) for oid in owned]
         try:
-            if owned:
-                self.store.delete_objects(owned)
+            if ops:  # what other processes or objects hold lives on
+                self.plane.release(ops)
             self.store.delete_done(self.owner)
         except Exception as e:
             _log_background_error("freeing objects at shutdown", e)
@@ -495,18 +587,6 @@ class Runtime:
                     self.fail_drained_calls(actor_id, "its job ended before it started")
         except Exception as e:
             _log_background_error("ending the job's actors", e)
-
-
-def _decode(value: tuple[bytes, bytes]) -> Any:
-    kind, data = value
-    result = objects.deserialize(data)
-    if kind == KIND_ERROR:
-        if isinstance(result, RayTaskError):
-            raise result.as_instanceof_cause()
-        if isinstance(result, BaseException):
-            raise result
-        raise RayError(f"Malformed error object: {result!r}")
-    return result
 
 
 def _log_background_error(what: str, error: BaseException) -> None:

@@ -181,6 +181,8 @@ def start_agent(
     log_path: Path,
     fate_share: bool,
     timeout_s: float = 30.0,
+    object_store_memory: int | None = None,
+    spill_dir: str | Path | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start a node agent process and return (process, node_id) once it is registered.
 
@@ -193,6 +195,10 @@ def start_agent(
         cmd += ["--num-cpus", str(num_cpus)]
     if resources:
         cmd += ["--resources", json.dumps(resources)]
+    if object_store_memory is not None:
+        cmd += ["--object-store-memory", str(int(object_store_memory))]
+    if spill_dir is not None:
+        cmd += ["--spill-dir", str(spill_dir)]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(

@@ -30,8 +30,8 @@ import msgpack
 from . import _process, objects
 from ._runtime import Runtime, TaskContext, encode_notice
 from .exceptions import RayTaskError
-from .objects import KIND_ERROR, KIND_VALUE, ObjectRef
-from .store import Store
+from .objects import KIND_ERROR, ObjectRef
+from .store import Store, retry_transient
 
 
 class _LineForwarder(io.TextIOBase):
@@ -127,7 +127,7 @@ class Worker:
         api._set_worker_runtime(self.runtime)
         threading.Thread(target=self._log_flush_loop, name="taskmesh-logs", daemon=True).start()
         sys.stdout, sys.stderr = self._out, self._err  # type: ignore[assignment]
-        self._send(["R", self.pid])
+        self._send(["R", self.pid, self.runtime.owner])
         while True:
             try:
                 raw = self.conn.recv_bytes()
@@ -141,6 +141,14 @@ class Worker:
             elif msg[0] == b"T":
                 if not self._run(msg[1], msg[2]):
                     return
+
+    def _sync_refs(self) -> None:
+        """Register what the task kept of the refs it was lent (and the refs its results
+        contain) before the caller learns it is done and drops them."""
+        try:
+            retry_transient(self.runtime.sync_refs, deadline_s=60)
+        except Exception as e:
+            print(f"taskmesh worker {self.pid}: could not record held refs: {e!r}", file=sys.__stderr__)
 
     def send(self, msg: list) -> None:
         self._send(msg)
@@ -186,6 +194,7 @@ class Worker:
         finally:
             self.runtime.context = TaskContext()
             self.end_output()
+        self._sync_refs()
         if objs is None:
             self._send(["Q", entry_id])
         else:
@@ -203,7 +212,7 @@ class Worker:
                 return [[oid, KIND_ERROR, upstream_error] for oid in return_ids]
             result = fn(*args, **kwargs)
             values = split_returns(result, len(return_ids), name)
-            return [[oid, KIND_VALUE, objects.serialize(v)] for oid, v in zip(return_ids, values)]
+            return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values)]
         except Exception as e:
             if _should_retry(spec, e):
                 raise _Retry() from e
@@ -222,10 +231,13 @@ class Worker:
         for oid in ids:
             if raw[oid][0] == KIND_ERROR:
                 return raw[oid][1]
+        plane = self.runtime.plane
         for i in positions:
-            args[i] = objects.deserialize(raw[args[i].hex()][1])
+            oid = args[i].hex()
+            args[i] = plane.decode(oid, *raw[oid])
         for k in names:
-            kwargs[k] = objects.deserialize(raw[kwargs[k].hex()][1])
+            oid = kwargs[k].hex()
+            kwargs[k] = plane.decode(oid, *raw[oid])
         return None
 
 

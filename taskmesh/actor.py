@@ -125,7 +125,7 @@ class ActorClass:
         actor_id = runtime.owner + os.urandom(8).hex()
         is_async = any(m.is_async for m in self._methods.values())
         max_concurrency = opts["max_concurrency"] or (1000 if is_async else 1)
-        args_blob, deps = _pack_args(runtime, args, kwargs)
+        args_blob, deps, holds = _pack_args(runtime, args, kwargs)
         spec = msgpack.packb({
             "fn": fn_id, "args": args_blob, "owner": runtime.owner, "job": runtime.job_id,
             "ns": runtime.namespace, "held": held, "maxc": max_concurrency, "async": is_async, "cls": self.__name__,
@@ -153,7 +153,7 @@ class ActorClass:
                              f"taskmesh.get_actor('{name}', namespace='{namespace}').")
         entry = {"task": actor_id, "name": fields["init_name"], "attempt": 0, "kind": "actor",
                  "spec": spec}
-        runtime.submit(shape, entry, deps, ())
+        runtime.submit(shape, entry, deps, (), holds=holds)
         collectable = not (detached or name)
         return ActorHandle(actor_id, self.__name__, self._methods, _original=collectable)
 
@@ -252,14 +252,14 @@ class ActorMethod:
         task_id = objects.new_task_id(runtime.owner)
         n = self._num_returns
         returns = [objects.object_id(task_id, i + 1) for i in range(n)]
-        args_blob, deps = _pack_args(runtime, args, kwargs)
+        args_blob, deps, holds = _pack_args(runtime, args, kwargs)
         spec = msgpack.packb({"m": self._name, "args": args_blob, "nret": n, "owner": runtime.owner,
                               "job": runtime.job_id, "cg": self._meta.concurrency_group},
                              use_bin_type=True)
         fields = {"task": task_id, "name": f"{self._handle._class_name}.{self._name}",
                   "attempt": 0, "spec": spec}
         refs = [ObjectRef(oid) for oid in returns]
-        runtime.submit("", fields, deps, returns, actor_id=self._handle._actor_id)
+        runtime.submit("", fields, deps, returns, actor_id=self._handle._actor_id, holds=holds)
         if n == 1:
             return refs[0]
         return refs if n > 1 else None

@@ -134,12 +134,23 @@ def init(
             raise
         _cluster = cluster
         _runtime = Runtime(store, job_id=job_id, namespace=namespace or str(uuid.uuid4()),
-                           node_id=node_id)
+                           node_id=node_id or _local_node(store))
         if log_to_driver:
             _start_log_printer(store, job_id)
         return ClientContext({"address": _services.mask_password(url), "redis_address": url,
                               "node_id": node_id, "job_id": job_id,
                               "session_dir": str(cluster.session_dir) if cluster else None})
+
+
+def _local_node(store: Store) -> str | None:
+    """A live node agent on this machine (its shared memory is ours to use), if any."""
+    from ._shm import ShmStore
+
+    host = os.uname().nodename
+    for node in store.nodes():
+        if node.get("alive") and node.get("hostname") == host and ShmStore.of_node(node["node_id"]):
+            return node["node_id"]
+    return None
 
 
 def _check_init_resources(num_cpus: Any, num_gpus: Any, resources: Any) -> None:

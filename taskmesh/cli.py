@@ -1,4 +1,4 @@
-"""The `taskmesh` command: start/worker/stop/status/microbenchmark. Commands parse and
+"""The `taskmesh` command: start/worker/stop/status/list/memory/microbenchmark. Commands parse and
 print; the work is done by the modules they call."""
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ def _node_options(fn: Callable) -> Callable:
     @click.option("--num-gpus", type=click.FloatRange(min=0), default=None, help="GPUs this node offers.")
     @click.option("--resources", callback=_parse_resources, default=None,
                   help='Custom resources as JSON, e.g. \'{"disk": 4}\'.')
+    @click.option("--object-store-memory", type=click.IntRange(min=1024 * 1024), default=None,
+                  help="Bytes of shared memory for objects on this node (default: 30% of RAM).")
+    @click.option("--spill-dir", type=click.Path(file_okay=False), default=None,
+                  help="Directory objects are spilled to when shared memory is full "
+                       "(default: under the temp dir).")
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -85,7 +90,8 @@ def main() -> None:
 @click.option("--redis-bind", default="127.0.0.1", show_default=True,
               help="Interface the Redis server started with --head listens on.")
 def start(address: str | None, num_cpus: float | None, num_gpus: float | None,
-          resources: dict, head: bool, port: int, redis_bind: str) -> None:
+          resources: dict, object_store_memory: int | None, spill_dir: str | None,
+          head: bool, port: int, redis_bind: str) -> None:
     """Start this machine's node in the background (with --head: Redis too)."""
     if head == bool(address):
         raise click.UsageError("give either --head (start a new cluster) or --address (join one)")
@@ -102,7 +108,8 @@ def start(address: str | None, num_cpus: float | None, num_gpus: float | None,
     proc, node_id = _services.start_agent(
         url, num_cpus=_node_resources(num_cpus, num_gpus, resources)["CPU"],
         resources={k: v for k, v in _node_resources(num_cpus, num_gpus, resources).items() if k != "CPU"},
-        log_path=root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log", fate_share=False)
+        log_path=root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log", fate_share=False,
+        object_store_memory=object_store_memory, spill_dir=spill_dir)
     pids.append(proc.pid)
     _services.record_started(pids, url if head else None)
     click.echo(f"Started node {node_id}.")
@@ -119,15 +126,17 @@ def start(address: str | None, num_cpus: float | None, num_gpus: float | None,
 @click.option("--node-ip-address", default=None, help="IP to register (default: the one that reaches Redis).")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
 def worker(address: str, num_cpus: float | None, num_gpus: float | None, resources: dict,
+           object_store_memory: int | None, spill_dir: str | None,
            node_ip_address: str | None, ready_fd: int | None) -> None:
     """Run a node agent in the foreground: register this node and run its tasks."""
-    from .workers import NodeAgent
+    from .workers import NodeAgent, object_store_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     url = _canonical(address)
     assert url is not None
     NodeAgent(url, resources=_node_resources(num_cpus, num_gpus, resources),
-              node_ip=node_ip_address).run(ready_fd=ready_fd)
+              node_ip=node_ip_address,
+              object_store=object_store_config(object_store_memory, spill_dir)).run(ready_fd=ready_fd)
 
 
 @main.command()
@@ -173,6 +182,50 @@ def status(address: str | None) -> None:
     click.echo(f"  queued: {queued}  running: {running}")
     for shape, (q, r) in sorted(queues.items()):
         click.echo(f"    {shape}: queued {q}, running {r}")
+
+
+@main.command()
+@_address_option(required=False)
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many of the largest objects to list.")
+def memory(address: str | None, top: int) -> None:
+    """Object-store usage per node and the largest objects, read from Redis."""
+    store = _connect(address)
+    try:
+        nodes = [n for n in store.nodes() if n["alive"]]
+        objs = store.object_summaries()
+    finally:
+        store.close()
+    click.echo(f"{'node':18} {'used':>10} {'capacity':>10} {'objects':>8} {'spilled':>10} "
+               f"{'spilled objs':>12} {'free pool':>10}")
+    for n in nodes:
+        click.echo(f"{n['node_id']:18} {_mib(n.get('store_used'))} {_mib(n.get('store_capacity'))} "
+                   f"{int(n.get('store_objects', 0)):8} {_mib(n.get('store_spilled'))} "
+                   f"{int(n.get('store_spilled_objects', 0)):12} {_mib(n.get('store_free_pool'))}")
+    inline = [o for o in objs if o["kind"] != "shm"]
+    shared = [o for o in objs if o["kind"] == "shm"]
+    click.echo(f"Objects: {len(shared)} in shared memory ({_mib(sum(o['size'] for o in shared)).strip()}), "
+               f"{len(inline)} inline in Redis ({_mib(sum(o['size'] for o in inline)).strip()})")
+    if top and objs:
+        click.echo(f"Largest {min(top, len(objs))}:")
+        click.echo(f"  {'object id':30} {'size':>10} {'kind':6} {'owner':8}  {'nodes':18} held by")
+        for o in sorted(objs, key=lambda o: -o["size"])[:top]:
+            click.echo(f"  {o['object_id']:30} {_mib(o['size'])} {o['kind']:6} {o['owner']:8}  "
+                       f"{','.join(o['nodes']) or '-':18} {_holders(o['holders'])}")
+
+
+def _holders(holders: list[str]) -> str:
+    """The reference kinds holding an object, as `ray memory` lists them."""
+    names = {"owner": "LOCAL_REFERENCE (owner)", "p": "BORROWED by process", "o": "CAPTURED_IN_OBJECT"}
+    out = []
+    for h in holders:
+        kind, _, who = h.partition(":")
+        out.append(names["owner"] if kind == "owner" else f"{names.get(kind, kind)} {who}")
+    return "; ".join(out) or "-"
+
+
+def _mib(value: Any) -> str:
+    return f"{int(value or 0) / 2**20:8.1f}Mi"
 
 
 def _usage(node: dict) -> str:

@@ -8,16 +8,22 @@ imported by name at run time. This module imports nothing but the standard libra
 taskmesh's dependencies (importing `taskmesh.microbenchmark` there would run
 `taskmesh/__init__.py`, which needs psutil, cloudpickle, ...).
 
-Rows are {"name", "value", "unit"}; names follow Ray's rows where one exists.
+Rows are {"name", "value", "unit"}; names follow Ray's rows where one exists. numpy,
+too, is imported only inside the workloads that use it. The one taskmesh-only row
+(cross-node get) starts a two-node cluster with taskmesh's own process helpers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -26,6 +32,9 @@ Step = Callable[[], int]  # does some work, returns how many units (tasks, refs.
 
 NUM_CPUS = 2
 MIB = 1024 * 1024
+GB = 10**9  # object sizes and rates are decimal: "100 MB" is 10**8 bytes
+SIZE_100MB = 100 * 10**6
+SIZE_1GB = GB
 
 IDLE_RSS = "idle cluster RSS"
 TIMED_ROWS = (
@@ -43,7 +52,20 @@ TIMED_ROWS = (
     "1:1 async-actor calls sync",
     "1:1 async-actor calls async",
 )
-ROW_NAMES = (IDLE_RSS, *TIMED_ROWS)  # what run_all returns, in order
+OBJECT_ROWS = (
+    "memcpy 100 MB",
+    "single client put 100 MB",
+    "single client get 100 MB",
+    "single client put 1 GB",
+    "single client get 1 GB",
+)
+CROSS_NODE_ROW = "cross-node get 100 MB"
+# Rows only taskmesh reports: Ray would need a second raylet on this machine.
+TASKMESH_ONLY_ROWS = (CROSS_NODE_ROW,)
+# Rows a quick run skips: writing 1 GB of fresh memory twice takes seconds here.
+FULL_ONLY_ROWS = ("single client put 1 GB", "single client get 1 GB")
+# Every row, in order: what run_all("taskmesh") returns (see row_names for the others).
+ROW_NAMES = (IDLE_RSS, *TIMED_ROWS, *OBJECT_ROWS, CROSS_NODE_ROW)
 
 
 @dataclass(frozen=True)
@@ -51,12 +73,21 @@ class Settings:
     duration_s: float  # measured time per timed workload
     batch: int  # refs per async/get-many/wait-many call
     settle_s: float  # pause before the RSS sample, so start-up work has finished
+    full_only: bool  # also run FULL_ONLY_ROWS
 
 
-FULL = Settings(duration_s=2.0, batch=1000, settle_s=2.0)
+FULL = Settings(duration_s=2.0, batch=1000, settle_s=2.0, full_only=True)
 # A smoke run (tests, `taskmesh microbenchmark --quick`): rates stay per task/ref, so the
 # smaller batches make the "1000 refs" rows noisier, not wrong in kind.
-QUICK = Settings(duration_s=0.3, batch=100, settle_s=0.1)
+QUICK = Settings(duration_s=0.3, batch=100, settle_s=0.1, full_only=False)
+
+
+def row_names(lib_name: str, quick: bool = False) -> tuple[str, ...]:
+    """The rows run_all(lib_name, quick) returns, in order."""
+    skipped = set(FULL_ONLY_ROWS if quick else ())
+    if lib_name != "taskmesh":
+        skipped.update(TASKMESH_ONLY_ROWS)
+    return tuple(name for name in ROW_NAMES if name not in skipped)
 
 
 @dataclass(frozen=True)
@@ -70,6 +101,8 @@ class Kit:
     Actor: Any  # num_cpus=0, sync `small_value()`
     AsyncActor: Any  # default options (placed on 1 CPU, holds none), `async def small_value()`
     Client: Any  # num_cpus=0, holds a target actor and calls it in batches
+    # The object rows' source array, made on first use (see _source) and shared
+    arrays: dict[str, Any] = field(default_factory=dict)
 
 
 def make_kit(lib: ModuleType, batch: int) -> Kit:
@@ -114,11 +147,26 @@ def _run_for(step: Step, duration_s: float) -> tuple[int, float]:
 
 def _rate(step: Step, duration_s: float) -> float:
     """Units per second. A warm-up of a tenth of the time first: the first calls pay for
-    exporting the function, starting workers and opening connections, which is not the
-    steady state these rows are about (start-up has its own row)."""
+    exporting the function, starting workers and opening connections (and, for objects,
+    touching fresh memory), which is not the steady state these rows are about (start-up
+    has its own row)."""
     _run_for(step, duration_s / 10)
     done, elapsed = _run_for(step, duration_s)
     return done / elapsed
+
+
+def _partly_timed_rate(measure: Callable[[], tuple[int, float]], duration_s: float) -> float:
+    """Units per timed second, for steps that time only part of their work: `measure`
+    returns (units, seconds it timed); it runs once as a warm-up, then for `duration_s`
+    of wall time (at least once)."""
+    measure()
+    start = time.perf_counter()
+    done, timed = 0, 0.0
+    while True:
+        units, seconds = measure()
+        done, timed = done + units, timed + seconds
+        if time.perf_counter() - start >= duration_s:
+            return done / timed
 
 
 # ---- workloads: each builds its step (setup is not timed) -----------------------------
@@ -202,6 +250,58 @@ def _n_to_n(k: Kit) -> Step:
     return step
 
 
+# ---- object workloads: steps count bytes ------------------------------------------------
+
+def _source(k: Kit, nbytes: int) -> Any:
+    """The first `nbytes` of one array shared by the object rows, grown when a row needs
+    more: writing 1 GB of fresh memory takes seconds here. All its pages are written
+    (np.zeros would leave them mapped to the kernel's shared zero page, which sits in
+    cache and flatters every copy rate)."""
+    arr = k.arrays.get("source")
+    if arr is None or arr.nbytes < nbytes:
+        import numpy as np
+
+        arr = k.arrays["source"] = np.full(nbytes, 1, dtype=np.uint8)
+    return arr[:nbytes]
+
+
+def _memcpy(k: Kit, nbytes: int) -> Step:
+    """This process's copy bandwidth into an already-touched destination: the yardstick
+    for the put rows, which copy each buffer once."""
+    import numpy as np
+
+    src = _source(k, nbytes)
+    dst = np.full(nbytes, 0, dtype=np.uint8)
+
+    def step() -> int:
+        np.copyto(dst, src)
+        return nbytes
+    return step
+
+
+def _put_large(k: Kit, nbytes: int) -> Step:
+    """`put` an array and drop the ref at once, as Ray's "single client put gigabytes"
+    does and a user's loop would, so the store may reuse that memory for the next put."""
+    arr = _source(k, nbytes)
+
+    def step() -> int:
+        k.lib.put(arr)
+        return nbytes
+    return step
+
+
+def _get_large(k: Kit, nbytes: int) -> Step:
+    """`get` one ref put once, dropping the value each time. On the same node both
+    libraries return a read-only view of their shared memory, so this times the mapping,
+    not a copy."""
+    ref = k.lib.put(_source(k, nbytes))
+
+    def step() -> int:
+        k.lib.get(ref)
+        return nbytes
+    return step
+
+
 _WORKLOADS: dict[str, tuple[str, Callable[[Kit], Step]]] = {
     "single client tasks sync": ("tasks/s", lambda k: _calls_sync(k.lib, k.small_value.remote)),
     "single client tasks async": ("tasks/s", lambda k: _calls_batched(k.lib, [k.small_value.remote], k.batch)),
@@ -218,7 +318,14 @@ _WORKLOADS: dict[str, tuple[str, Callable[[Kit], Step]]] = {
     "1:1 async-actor calls sync": ("calls/s", lambda k: _calls_sync(k.lib, _actor_call(k.AsyncActor.remote()))),
     "1:1 async-actor calls async": ("calls/s", lambda k: _calls_batched(
         k.lib, [_actor_call(k.AsyncActor.remote())], k.batch)),
+    "memcpy 100 MB": ("GB/s", lambda k: _memcpy(k, SIZE_100MB)),
+    "single client put 100 MB": ("GB/s", lambda k: _put_large(k, SIZE_100MB)),
+    "single client get 100 MB": ("GB/s", lambda k: _get_large(k, SIZE_100MB)),
+    "single client put 1 GB": ("GB/s", lambda k: _put_large(k, SIZE_1GB)),
+    "single client get 1 GB": ("GB/s", lambda k: _get_large(k, SIZE_1GB)),
 }
+# Steps of these units count bytes; their rows report them scaled.
+_UNIT_SCALE = {"GB/s": 1 / GB}
 
 
 # ---- memory and start-up ---------------------------------------------------------------
@@ -270,9 +377,19 @@ def startup_to_first_result(lib_name: str) -> float:
 # ---- all of it ---------------------------------------------------------------------------
 
 def run_all(lib_name: str, quick: bool = False) -> list[Row]:
-    """Start a local cluster of `lib_name` ("taskmesh" or "ray") with 2 CPUs, measure
-    the idle RSS after one task, run every timed workload, and always shut down."""
+    """The rows `row_names(lib_name, quick)` names, in order ("taskmesh" or "ray"): those
+    of a local 2-CPU cluster, then, for taskmesh only, the cross-node row on a two-node
+    cluster of its own."""
     settings = QUICK if quick else FULL
+    rows = single_node_rows(lib_name, settings)
+    if lib_name == "taskmesh":
+        rows.append(_row(CROSS_NODE_ROW, cross_node_get_gbps(settings.duration_s), "GB/s"))
+    return rows
+
+
+def single_node_rows(lib_name: str, settings: Settings) -> list[Row]:
+    """Start a local cluster with 2 CPUs, measure the idle RSS after one task, run every
+    timed workload, and always shut down."""
     lib = importlib.import_module(lib_name)
     lib.init(num_cpus=NUM_CPUS)
     try:
@@ -281,12 +398,65 @@ def run_all(lib_name: str, quick: bool = False) -> list[Row]:
         time.sleep(settings.settle_s)
         rows = [_row(IDLE_RSS, cluster_rss_mib(lib_name, lib), "MiB")]
         for name, (unit, build) in _WORKLOADS.items():
+            if name in FULL_ONLY_ROWS and not settings.full_only:
+                continue
             step = build(kit)
-            rows.append(_row(name, _rate(step, settings.duration_s), unit))
-            del step  # drops this row's actor handles, so its actors can exit
+            rate = _rate(step, settings.duration_s) * _UNIT_SCALE.get(unit, 1)
+            rows.append(_row(name, rate, unit))
+            del step  # drops this row's actor handles (or refs), so they can be freed
         return rows
     finally:
         lib.shutdown()
+
+
+# ---- cross-node (taskmesh only) ----------------------------------------------------------
+
+def cross_node_get_gbps(duration_s: float, nbytes: int = SIZE_100MB) -> float:
+    """GB/s of a task on node "a" receiving a fresh `nbytes` array made by a task on node
+    "b": two node agents (1 CPU each, resources {"a": 1} and {"b": 1}) on this machine and
+    one Redis, all started here and always stopped again."""
+    import taskmesh
+    from taskmesh import _process, _services
+
+    with contextlib.ExitStack() as undo:  # stops whatever was started, last first
+        session = Path(tempfile.mkdtemp(prefix="microbenchmark-", dir=_services.temp_root()))
+        undo.callback(shutil.rmtree, session, ignore_errors=True)
+        server = _services.start_redis(data_dir=session / "redis")
+        undo.callback(server.stop)
+        for name in ("a", "b"):
+            agent, _ = _services.start_agent(
+                server.url, num_cpus=1, resources={name: 1},
+                log_path=session / f"agent-{name}.log", fate_share=True)
+            undo.callback(_process.stop_processes, [agent.pid], timeout_s=10)
+        taskmesh.init(address=server.url)
+        undo.callback(taskmesh.shutdown)
+        return _partly_timed_rate(_cross_node_measure(taskmesh, nbytes), duration_s) / GB
+
+
+def _cross_node_measure(lib: ModuleType, nbytes: int) -> Callable[[], tuple[int, float]]:
+    """One fresh object per call: made by a task on "b" and awaited (not timed), then
+    the consumer task on "a" is timed from submission to its result, which covers
+    scheduling it, pulling the bytes from b's transfer server into a's shared memory
+    and mapping them."""
+
+    def make(n: int) -> Any:
+        import numpy as np
+
+        return np.full(n, 1, dtype=np.uint8)
+
+    def size(x: Any) -> int:
+        return x.nbytes
+
+    produce = lib.remote(resources={"b": 1})(make)
+    consume = lib.remote(resources={"a": 1})(size)
+
+    def measure() -> tuple[int, float]:
+        ref = produce.remote(nbytes)
+        lib.wait([ref])
+        start = time.perf_counter()
+        received = lib.get(consume.remote(ref))
+        return received, time.perf_counter() - start
+    return measure
 
 
 def _row(name: str, value: float, unit: str) -> Row:

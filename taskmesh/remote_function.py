@@ -90,7 +90,7 @@ class _TaskPlan:
         runtime.ensure_shape(self.shape)
         task_id = objects.new_task_id(runtime.owner)
         returns = [objects.object_id(task_id, i + 1) for i in range(self.num_returns)]
-        args_blob, deps = _pack_args(runtime, args, kwargs)
+        args_blob, deps, holds = _pack_args(runtime, args, kwargs)
         spec = msgpack.packb({
             "fn": fn_id, "args": args_blob, "nret": self.num_returns, "owner": runtime.owner,
             "job": runtime.job_id, "ns": runtime.namespace, "maxr": self.options["max_retries"],
@@ -98,7 +98,7 @@ class _TaskPlan:
         }, use_bin_type=True)
         fields = {"task": task_id, "name": self.name, "attempt": 0, "spec": spec}
         refs = [ObjectRef(oid) for oid in returns]
-        runtime.submit(self.shape, fields, deps, returns)
+        runtime.submit(self.shape, fields, deps, returns, holds=holds)
         if self.num_returns == 1:
             return refs[0]
         return refs if self.num_returns > 1 else None
@@ -126,21 +126,25 @@ class _Export:
         return self._blob
 
 
-def _pack_args(runtime: Any, args: tuple, kwargs: dict) -> tuple[bytes, list[str]]:
+def _pack_args(runtime: Any, args: tuple, kwargs: dict) -> tuple[bytes, list[str], list[str]]:
     """Serialize the arguments; large top-level ones are put as objects first (as Ray
-    does above 100 KiB) so that specs in the queues stay small."""
-    blob = objects.serialize((list(args), kwargs))
+    does above 100 KiB) so that specs in the queues stay small. Returns the blob, the
+    top-level refs (dependencies) and every ref in the arguments (held while the task
+    is pending)."""
+    with objects.collecting_refs() as found:
+        blob = objects.serialize((list(args), kwargs))
     if len(blob) > objects.INLINE_ARG_LIMIT:
         args = tuple(_promote(runtime, a) for a in args)
         kwargs = {k: _promote(runtime, v) for k, v in kwargs.items()}
-        blob = objects.serialize((list(args), kwargs))
+        with objects.collecting_refs() as found:
+            blob = objects.serialize((list(args), kwargs))
     deps = [a.hex() for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
-    return blob, deps
+    return blob, deps, list(dict.fromkeys(found))
 
 
 def _promote(runtime: Any, value: Any) -> Any:
     if isinstance(value, ObjectRef):
         return value
-    if len(objects.serialize(value)) > objects.INLINE_ARG_LIMIT:
-        return runtime.put(value)
-    return value
+    with objects.collecting_refs():  # only measuring: the refs inside are not sent
+        size = objects.serialize_oob(value).size
+    return runtime.put(value) if size > objects.INLINE_ARG_LIMIT else value

@@ -7,13 +7,17 @@ one Lua script can touch a task's objects and its owner's done stream together):
 
 | key                          | type    | holds                                                 | written by            | TTL |
 |------------------------------|---------|-------------------------------------------------------|-----------------------|-----|
-| tm:node:{node_id}            | hash    | ip, hostname, pid, resources_total/_available (JSON), state, start_ms, end_ms, death_cause | node agent; monitor marks DEAD | none |
+| tm:node:{node_id}            | hash    | ip, hostname, pid, obj_port (object-transfer server), resources_total/_available (JSON), state, start_ms, end_ms, death_cause, object store usage (store_capacity, store_used, store_objects, store_spilled, store_spilled_objects, store_free_pool; bytes) | node agent; monitor marks DEAD | none |
 | tm:nodes:alive               | zset    | node_id scored by last heartbeat (ms)                 | node agent            | none |
 | tm:monitor                   | string  | node_id of the agent holding the failure-monitor lease | monitor (SET NX PX, renew_lease.lua) | lease_ms |
 | tm:fn:{fn_id}                | string  | cloudpickled function, exported once per definition   | driver / worker       | none |
 | tm:shapes                    | set     | resource shapes that have a queue ("CPU=1")           | submitter             | none |
 | tm:q:{shape}                 | stream  | pending tasks of one shape; group `agents`, one consumer per node (+ `monitor`, holding dead nodes' entries while it settles them); fields task, name, attempt, spec | submitter; agents ack+delete | none |
-| tm:{owner}:obj:{object_id}   | hash    | kind (value/error), data (serialized), size           | completing agent, put | none |
+| tm:{owner}:obj:{object_id}   | hash    | kind (value/error/shm), data (serialized value; for shm "<size> <node_id>" of the node that made it), size (bytes), held (1 while the owner holds a ref) | completing agent, put | deleted when nobody holds it |
+| tm:{owner}:obj:{object_id}:loc | set   | other nodes holding a shared-memory copy (fetched there) | the fetching process | deleted with the object |
+| tm:{owner}:obj:{object_id}:refs | hash  | holders besides the owner -> count: `p:<tag>` a process that borrowed a ref, `o:<object_id>` an object containing it | release.lua | deleted when empty |
+| tm:{owner}:obj:{object_id}:nested | set | refs the object contains (it holds them as `o:<object_id>`) | the process that stored it | deleted with the object |
+| tm:{tag}:borrows             | set     | objects the process `tag` holds as a borrower (released for it if it dies) | that process | deleted when it ends |
 | tm:{owner}:done              | stream  | completion notices for the owner's tasks (field n)    | completion script     | owner trims |
 | tm:job:{job_id}              | hash    | driver pid/host, namespace, start_ms, end_ms          | driver                | none |
 | tm:jobs                      | counter | last job number handed out                            | driver                | none |
@@ -23,7 +27,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:nodes:lost                | set     | nodes declared dead whose actors the monitor has not recovered yet | mark_node_dead script; monitor | none |
 | tm:named:{namespace}         | hash    | actor name -> actor id                                | create_actor / actor_down scripts | none |
 | tm:job:{job_id}:actors       | set     | actors created by the job (killed when it ends unless detached) | create_actor script | none |
-| tm:chan:node:{node_id}       | pub/sub | orders for one node's agent (kill an actor's worker) | kill                  | -   |
+| tm:chan:node:{node_id}       | pub/sub | orders for one node's agent: `kill <actor_id>`, `free <object_id> ...` (drop shared-memory copies) | kill, freeing process | -   |
 | tm:chan:shapes               | pub/sub | a new shape queue exists (agents start reading it)   | submitter             | -   |
 | tm:chan:log:{job_id}         | pub/sub | worker stdout/stderr lines for the job's driver       | worker                | -   |
 
@@ -117,6 +121,26 @@ class Keys:
     def obj(self, object_id: str) -> str:
         return f"{self.prefix}:{{{object_id[:OWNER_TAG_LEN]}}}:obj:{object_id}"
 
+    def all_objects(self) -> str:
+        """SCAN pattern matching every object hash (and location set)."""
+        return f"{self.prefix}:{{*}}:obj:*"
+
+    def obj_loc(self, object_id: str) -> str:
+        return f"{self.prefix}:{{{object_id[:OWNER_TAG_LEN]}}}:obj:{object_id}:loc"
+
+    def obj_refs(self, object_id: str) -> str:
+        return f"{self.prefix}:{{{object_id[:OWNER_TAG_LEN]}}}:obj:{object_id}:refs"
+
+    def obj_nested(self, object_id: str) -> str:
+        return f"{self.prefix}:{{{object_id[:OWNER_TAG_LEN]}}}:obj:{object_id}:nested"
+
+    def owned_objects(self, tag: str) -> str:
+        """SCAN pattern matching the object keys of one owner."""
+        return f"{self.prefix}:{{{tag}}}:obj:*"
+
+    def borrows(self, tag: str) -> str:
+        return f"{self.prefix}:{{{tag}}}:borrows"
+
     def done(self, owner: str) -> str:
         return f"{self.prefix}:{{{owner}}}:done"
 
@@ -168,6 +192,25 @@ class Completion:
 
 
 @dataclass(frozen=True, slots=True)
+class Release:
+    """One change of who holds an object (see release.lua): holder "owner", "p:<tag>"
+    or "o:<object_id>"; delta +1/-1, or 0 to drop the holder entirely."""
+
+    object_id: str
+    holder: str
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class Freed:
+    """An object release.lua freed: where its copies are and the refs it contained."""
+
+    object_id: str
+    nodes: tuple[str, ...]
+    nested: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Outgoing:
     """A task for a shape queue (target = shape) or a call for an actor (actor_id set)."""
 
@@ -215,6 +258,7 @@ class Store:
         self._create_actor = self.redis.register_script(_load_script("create_actor.lua"))
         self._actor_call = self.redis.register_script(_load_script("actor_call.lua"))
         self._actor_down = self.redis.register_script(_load_script("actor_down.lua"))
+        self._release = self.redis.register_script(_load_script("release.lua"))
 
     def close(self) -> None:
         self.redis.close()
@@ -420,10 +464,29 @@ class Store:
     # ---- objects ----------------------------------------------------------------------
 
     @translate_errors
-    def put_object(self, object_id: str, kind: bytes, data: bytes) -> None:
-        self.redis.hset(
-            self.keys.obj(object_id), mapping={"kind": kind, "data": data, "size": len(data)}
-        )
+    def put_object(self, object_id: str, kind: bytes, data: bytes, size: int,
+                   nested: Sequence[str] = ()) -> None:
+        """Store an object held by its owner; the refs it contains are held by it."""
+        if not nested:
+            self.redis.hset(self.keys.obj(object_id), mapping={
+                "kind": kind, "data": data, "size": size, "held": 1})
+            return
+        self.hold_nested({object_id: nested}, extra=lambda pipe: pipe.hset(
+            self.keys.obj(object_id), mapping={"kind": kind, "data": data, "size": size, "held": 1}))
+
+    @translate_errors
+    def hold_nested(self, containers: dict[str, Sequence[str]], extra: Callable[[Any], None] | None = None) -> None:
+        """Record the refs each container object holds, and hold them (one round trip)."""
+        ops = [Release(ref, f"o:{container}", 1) for container, refs in containers.items() for ref in refs]
+
+        def queue_commands(pipe: Any) -> None:
+            for container, refs in containers.items():
+                pipe.sadd(self.keys.obj_nested(container), *refs)
+            self._queue_release(pipe, ops)
+            if extra is not None:
+                extra(pipe)
+
+        self._run_scripts(queue_commands, (self._release,))
 
     @translate_errors
     def get_objects(self, object_ids: Sequence[str]) -> list[tuple[bytes, bytes] | None]:
@@ -443,16 +506,92 @@ class Store:
             pipe.exists(self.keys.obj(oid))
         return [bool(x) for x in pipe.execute()]
 
+    def _queue_release(self, pipe: Any, ops: Sequence[Release]) -> list[list[Release]]:
+        """Queue one release.lua call per owner (an owner's keys share a slot), plus the
+        borrowers' index updates; returns the ops of each script call, in order."""
+        by_owner: dict[str, list[Release]] = {}
+        for op in ops:
+            by_owner.setdefault(op.object_id[:OWNER_TAG_LEN], []).append(op)
+        groups = list(by_owner.values())
+        for group in groups:
+            keys, args = [], []
+            for op in group:
+                oid = op.object_id
+                keys += [self.keys.obj(oid), self.keys.obj_loc(oid), self.keys.obj_refs(oid),
+                         self.keys.obj_nested(oid)]
+                args += [op.holder, op.delta]
+            pipe.evalsha(self._release.sha, len(keys), *keys, *args)
+        for op in ops:
+            if op.holder.startswith("p:"):
+                index = self.keys.borrows(op.holder[2:])
+                (pipe.sadd if op.delta > 0 else pipe.srem)(index, op.object_id)
+        return groups
+
     @translate_errors
-    def delete_objects(self, object_ids: Sequence[str]) -> None:
-        """UNLINK the objects: one command per owner (an owner's keys share a slot)."""
-        by_owner: dict[str, list[str]] = {}
-        for oid in object_ids:
-            by_owner.setdefault(oid[:OWNER_TAG_LEN], []).append(self.keys.obj(oid))
+    def release(self, ops: Sequence[Release]) -> list[Freed]:
+        """Apply hold changes in one round trip; returns the objects that were freed."""
+        groups: list[list[Release]] = []
+
+        def queue_commands(pipe: Any) -> None:
+            groups[:] = self._queue_release(pipe, ops)
+
+        replies = self._run_scripts(queue_commands, (self._release,))
+        freed = []
+        for group, reply in zip(groups, replies):
+            for op, result in zip(group, reply):
+                if result:
+                    nodes, nested = result
+                    freed.append(Freed(op.object_id, tuple(_text(n) for n in nodes),
+                                       tuple(_text(n) for n in nested)))
+        return freed
+
+    @translate_errors
+    def process_holds(self, tag: str) -> list[Release]:
+        """What a process that died was holding: its borrowed refs and its own objects."""
+        borrowed = [_text(o) for o in self.redis.smembers(self.keys.borrows(tag))]
+        owned = {_text(k).split(":obj:")[1].partition(":")[0]
+                 for k in self.redis.scan_iter(match=self.keys.owned_objects(tag), count=1000)}
+        self.redis.unlink(self.keys.borrows(tag))
+        return ([Release(oid, f"p:{tag}", 0) for oid in borrowed]
+                + [Release(oid, "owner", -1) for oid in sorted(owned)])
+
+    @translate_errors
+    def publish_orders(self, orders: dict[str, str]) -> None:
+        """Send each node agent one order on its channel (pipelined)."""
         pipe = self.redis.pipeline(transaction=False)
-        for keys in by_owner.values():
-            pipe.unlink(*keys)
+        for node_id, order in orders.items():
+            pipe.publish(self.keys.chan_node(node_id), order)
         pipe.execute()
+
+    @translate_errors
+    def object_holders(self, object_id: str, first: str) -> list[tuple[str, str, int]]:
+        """(node_id, ip, object port) of the live nodes holding a copy: `first` (the
+        node that made it) and then the others of its location set."""
+        nodes = [first] + sorted(_text(n) for n in self.redis.smembers(self.keys.obj_loc(object_id))
+                                 if _text(n) != first)
+        pipe = self.redis.pipeline(transaction=False)
+        for node in nodes:
+            pipe.hmget(self.keys.node(node), "ip", "obj_port", "state")
+        out = []
+        for node, (ip, port, state) in zip(nodes, pipe.execute()):
+            if ip and port and state == b"ALIVE":
+                out.append((node, ip.decode(), int(port)))
+        return out
+
+    @translate_errors
+    def add_location(self, object_id: str, node_id: str) -> bool:
+        """Record a new copy; False when the object was freed meanwhile (the copy must go)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.exists(self.keys.obj(object_id))
+        pipe.sadd(self.keys.obj_loc(object_id), node_id)
+        exists, _ = pipe.execute()
+        if not exists:
+            self.redis.unlink(self.keys.obj_loc(object_id))
+        return bool(exists)
+
+    @translate_errors
+    def existing_objects(self, object_ids: Sequence[str]) -> set[str]:
+        return {oid for oid, ok in zip(object_ids, self.objects_exist(object_ids)) if ok}
 
     @translate_errors
     def read_done(
@@ -639,6 +778,35 @@ class Store:
         keys = [self.keys.nodes_alive(), self.keys.node(node_id)]
         return int(self._heartbeat(keys=keys, args=[
             node_id, "" if available is None else json.dumps(available)]))
+
+    @translate_errors
+    def set_node_fields(self, node_id: str, fields: dict[str, Any]) -> None:
+        self.redis.hset(self.keys.node(node_id), mapping=_flat(fields))
+
+    @translate_errors
+    def object_summaries(self) -> list[dict[str, Any]]:
+        """Every object's id, kind, size, owner tag, nodes and holders (SCAN: for
+        debugging commands, not for hot paths)."""
+        keys = [k for k in self.redis.scan_iter(match=self.keys.all_objects(), count=1000)
+                if b":" not in k.rpartition(b":obj:")[2]]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            oid = _text(key).rpartition(":")[2]
+            pipe.hmget(key, "kind", "size", "data", "held")
+            pipe.smembers(self.keys.obj_loc(oid))
+            pipe.hgetall(self.keys.obj_refs(oid))
+        replies = pipe.execute()
+        out = []
+        for key, (kind, size, data, held), copies, refs in zip(keys, replies[::3], replies[1::3], replies[2::3]):
+            if kind is None:
+                continue
+            oid = _text(key).rpartition(":")[2]
+            nodes = [_text(data).partition(" ")[2]] if kind == b"shm" and data else []
+            holders = (["owner"] if held else []) + sorted(_text(h) for h in refs)
+            out.append({"object_id": oid, "owner": oid[:OWNER_TAG_LEN], "kind": _text(kind),
+                        "size": int(size or 0), "nodes": nodes + sorted(_text(c) for c in copies),
+                        "holders": holders})
+        return out
 
     @translate_errors
     def unregister_node(self, node_id: str) -> None:

@@ -11,6 +11,7 @@ read with CLIENT UNBLOCK, so there is no polling for shapes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -23,11 +24,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from . import _failure, _process, scheduler
+from ._object_plane import sweep_orphans
+from ._services import temp_root
+from ._shm import ShmStore, StoreConfig, reap_dead_stores
+from ._transfer import TransferServer
 from .monitor import Monitor
 from .store import Completion, Leased, Store, retry_transient
 
@@ -38,6 +44,10 @@ HEARTBEAT_S = 1.0
 # A task leased ahead of time that has waited this long for a worker here goes back to
 # its queue, so that a node busy with long tasks does not sit on work others could run.
 HANDBACK_S = 0.5
+# How long a put waits for room in a full object store before ObjectStoreFullError.
+ENV_FULL_WAIT_S = "TASKMESH_OBJECT_STORE_FULL_WAIT_S"
+# Shared-memory objects whose metadata is gone (a lost free order) are removed this often.
+SWEEP_EVERY_S = 10.0
 
 
 @dataclass(slots=True)
@@ -61,6 +71,7 @@ class _WorkerHandle:
     actor_id: str | None = None  # set while this worker is an actor's dedicated process
     held: dict[str, float] = field(default_factory=dict)
     exiting: bool = False  # the actor is exiting on purpose: no restart
+    tag: str | None = None  # the worker runtime's owner tag (its objects and borrows)
 
 
 @dataclass(slots=True)
@@ -88,6 +99,17 @@ def detect_node_ip(redis_url: str) -> str:
         return "127.0.0.1"
 
 
+def object_store_config(capacity_bytes: int | None, spill_dir: str | None) -> StoreConfig:
+    """The node's object-store limits: 30 % of RAM by default (as Ray), spilling under
+    the temp dir unless a directory is given (each node spills into its own subdirectory)."""
+    import psutil
+
+    capacity = capacity_bytes or int(psutil.virtual_memory().total * 0.3)
+    return StoreConfig(capacity_bytes=capacity,
+                       spill_dir=Path(spill_dir) if spill_dir else temp_root() / "spill",
+                       full_wait_s=float(os.environ.get(ENV_FULL_WAIT_S, 10.0)))
+
+
 class NodeAgent:
     def __init__(
         self,
@@ -98,6 +120,7 @@ class NodeAgent:
         prefix: str = "tm",
         node_ip: str | None = None,
         max_workers: int | None = None,
+        object_store: StoreConfig | None = None,
     ):
         self.address = address
         self.prefix = prefix
@@ -129,6 +152,10 @@ class NodeAgent:
         self._pubsub: Any = None
         self._alive_nodes = 1
         self.monitor = Monitor(self.store, self.node_id)
+        self.object_store = object_store or StoreConfig()
+        self.shm: ShmStore | None = None
+        self._reported_usage: dict[str, int] = {}
+        self.transfer: TransferServer | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -139,12 +166,21 @@ class NodeAgent:
             signal.signal(signal.SIGINT, lambda *_: self.stop())
         self.store.ensure_groups(["CPU=1"])
         self._lease_client_id = self._lease_client.client_id()
+        # The object store exists before any worker or registration refers to it; the
+        # transfer server binds port 0 and the port is registered with the node.
+        for root in reap_dead_stores():
+            log.info("removed %s, left by a node agent that died", root)
+        spill = self.object_store.spill_dir
+        self.shm = ShmStore.create_for_node(self.node_id, dataclasses.replace(
+            self.object_store, spill_dir=spill / self.node_id if spill else None))
+        self.transfer = TransferServer(self.shm, host=self.node_ip, port=0)
+        self.transfer.start()
         with self._cond:
             for _ in range(self.pool_size):
                 self._spawn_worker()
         self.store.register_node(self.node_id, {
             "node_id": self.node_id, "ip": self.node_ip, "hostname": socket.gethostname(),
-            "pid": str(os.getpid()), "state": "ALIVE", "start_ms": str(int(time.time() * 1000)),
+            "pid": str(os.getpid()), "obj_port": str(self.transfer.port), "state": "ALIVE", "start_ms": str(int(time.time() * 1000)),
             "resources_total": json.dumps(self.total), "resources_available": json.dumps(self.total),
         })
         self._pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
@@ -187,6 +223,7 @@ class NodeAgent:
             give_back = list(self._backlog) + [h.task for h in handles if h.task is not None]
             self._backlog.clear()
         _process.stop_processes([h.proc.pid for h in handles], timeout_s=2)
+        self._release_holds([h.tag for h in handles if h.tag is not None])
         for task in give_back:  # unfinished work goes back to its queue, attempt unchanged
             self._requeue(task, int(task.lease.fields[b"attempt"]))
         for h in handles:  # this node's actors restart elsewhere when they may
@@ -205,6 +242,10 @@ class NodeAgent:
             log.warning("releasing the monitor lease failed: %r", e)
         self.store.unregister_node(self.node_id)
         self.store.close()
+        if self.transfer is not None:
+            self.transfer.stop()
+        if self.shm is not None:
+            self.shm.destroy()  # this node's copies go with it (readers keep their mappings)
 
     # ---- workers ------------------------------------------------------------------------
 
@@ -231,6 +272,9 @@ class NodeAgent:
             self.available = scheduler.add(self.available, handle.held)
         handle.conn.close()
         handle.proc.wait()
+        if handle.tag is not None:
+            threading.Thread(target=self._release_holds, args=([handle.tag],),
+                             name="taskmesh-release", daemon=True).start()
         if task is not None and task.creates_actor:
             with self._cond:
                 self._outbox.ack(task)
@@ -248,6 +292,19 @@ class NodeAgent:
                 self._spawn_worker()
             self._dispatch()
             self._cond.notify_all()
+
+    def _release_holds(self, tags: list[str]) -> None:
+        """A worker is gone: what it held as a borrower, and its own objects' owner
+        holds, are released (objects others still hold live on)."""
+        from ._object_plane import ObjectPlane
+
+        try:
+            plane = ObjectPlane(self.store, self.node_id)
+            for tag in tags:
+                retry_transient(lambda: plane.release(self.store.process_holds(tag)),
+                                stop=lambda: self._stopping and not tags)
+        except Exception as e:
+            log.warning("releasing the refs of exited workers %s failed: %r", tags, e)
 
     def _pool_count(self) -> int:
         return sum(1 for h in self._workers.values() if h.actor_id is None)
@@ -356,6 +413,7 @@ class NodeAgent:
                 self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
             elif kind == b"R":
                 handle.ready = True
+                handle.tag = msg[2].decode() if len(msg) > 2 else None
                 self._dispatch()
             elif kind == b"AR" and handle.task is not None:  # the actor is alive
                 task = handle.task
@@ -418,8 +476,13 @@ class NodeAgent:
             self._cond.notify_all()
 
     def _on_order(self, message: dict) -> None:
-        """Orders for this node: `kill <actor_id>` (taskmesh.kill)."""
+        """Orders for this node: `kill <actor_id>` (taskmesh.kill), `free <object_id> ...`
+        (objects freed elsewhere that this node holds copies of)."""
         verb, _, arg = message["data"].decode().partition(" ")
+        if verb == "free":
+            if self.shm is not None:
+                self.shm.delete(arg.split())
+            return
         if verb != "kill":
             log.warning("unknown order %r", message["data"])
             return
@@ -482,9 +545,32 @@ class NodeAgent:
         for task in stale:
             retry_transient(lambda: self._requeue(task, int(task.lease.fields[b"attempt"])))
 
+    def _report_store_usage(self) -> None:
+        """Object-store usage into the node's hash (for `taskmesh memory`), when it changed."""
+        if self.shm is None:
+            return
+        u = self.shm.usage()
+        fields = {"store_capacity": self.object_store.capacity_bytes or 0, "store_used": u.used_bytes,
+                  "store_objects": u.objects, "store_spilled": u.spilled_bytes,
+                  "store_spilled_objects": u.spilled_objects, "store_free_pool": u.free_pool_bytes}
+        if fields != self._reported_usage:
+            try:
+                self.store.set_node_fields(self.node_id, fields)
+                self._reported_usage = fields
+            except Exception as e:
+                log.warning("reporting object-store usage failed: %r", e)
+
     def _heartbeat_loop(self) -> None:
         last_sent: dict[str, float] | None = None
+        last_sweep = time.monotonic()
         while not self._stopping:
+            self._report_store_usage()
+            if self.shm is not None and time.monotonic() - last_sweep > SWEEP_EVERY_S:
+                last_sweep = time.monotonic()
+                try:
+                    sweep_orphans(self.store, self.shm, min_age_s=SWEEP_EVERY_S)
+                except Exception as e:
+                    log.warning("sweeping the object store failed: %r", e)
             with self._cond:
                 available = dict(self.available)
             try:

@@ -8,12 +8,13 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
 import taskmesh
-from taskmesh import _process, _services
+from taskmesh import _process, _services, _shm
 from taskmesh.store import Store
 
 
@@ -56,12 +57,18 @@ class TestCluster:
         self.url = url
         self.log_dir = log_dir
         self.agents: dict[str, psutil.Popen] = {}
+        self.started: list[str] = []  # every node id this cluster ever had
 
-    def add_node(self, num_cpus: float = 1, resources: dict[str, float] | None = None) -> str:
+    def add_node(self, num_cpus: float = 1, resources: dict[str, float] | None = None,
+                 **agent_options: Any) -> str:
+        """Start one more agent; `agent_options` go to `_services.start_agent`
+        (object_store_memory=..., spill_dir=...)."""
         proc, node_id = _services.start_agent(
             self.url, num_cpus=num_cpus, resources=resources,
-            log_path=self.log_dir / f"agent-{len(self.agents)}.log", fate_share=True)
+            log_path=self.log_dir / f"agent-{len(self.started)}.log", fate_share=True,
+            **agent_options)
         self.agents[node_id] = proc
+        self.started.append(node_id)
         return node_id
 
     def worker_pids(self, node_id: str) -> list[int]:
@@ -69,7 +76,12 @@ class TestCluster:
         return [c.pid for c in agent.children() if "taskmesh._worker" in " ".join(c.cmdline())]
 
     def kill_node(self, node_id: str) -> None:
-        self.agents.pop(node_id).kill()
+        """kill -9 the node's agent (its workers die with it), then reap its shared memory
+        as the next agent started on this machine would."""
+        proc = self.agents.pop(node_id)
+        proc.kill()
+        proc.wait()
+        _shm.reap_dead_stores()
 
     def stop(self) -> None:
         _process.stop_processes([p.pid for p in self.agents.values()], timeout_s=10)
@@ -87,6 +99,8 @@ def start_cluster(url: str, log_dir: Path, nodes: int = 1, num_cpus: float = 1) 
     finally:
         cluster.stop()
         assert_no_leaked_children(before)
+        leftover = [d for d in map(_shm.node_dir, cluster.started) if d.exists()]
+        assert not leftover, f"shared memory left behind: {leftover}"
 
 
 def assert_no_leaked_children(before: set[int], timeout_s: float = 10.0) -> None:
@@ -125,3 +139,4 @@ def ray(shared_cluster: TestCluster) -> Iterator:
     taskmesh.init(address=shared_cluster.url)
     yield taskmesh
     taskmesh.shutdown()
+

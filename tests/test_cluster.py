@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import taskmesh
-from taskmesh import _services, exceptions
+from taskmesh import _services, _shm, exceptions
 from taskmesh.cli import main as cli
 from taskmesh.store import Store
 
@@ -59,6 +59,7 @@ def test_embedded_init_starts_real_redis_and_shutdown_leaves_nothing() -> None:
         taskmesh.shutdown()
     assert_no_leaked_children(before)
     assert not taskmesh.is_initialized()
+    assert not _shm.node_dir(ctx.address_info["node_id"]).exists()  # its shared memory too
 
 
 def test_init_as_context_manager_and_auto_address_errors() -> None:

@@ -23,6 +23,9 @@ ACTOR_ROWS = (
     "1:1 async-actor calls sync",
     "1:1 async-actor calls async",
 )
+QUICK_OBJECT_ROWS = ("memcpy 100 MB", "single client put 100 MB", "single client get 100 MB")
+LARGE_OBJECT_ROWS = ("single client put 1 GB", "single client get 1 GB")
+CROSS_NODE_ROW = "cross-node get 100 MB"
 
 
 def test_run_all_quick_reports_every_row() -> None:
@@ -33,8 +36,10 @@ def test_run_all_quick_reports_every_row() -> None:
         taskmesh.shutdown()  # a no-op when run_all shut down, as it should
 
     assert not taskmesh.is_initialized()
-    assert [r["name"] for r in rows] == list(microbenchmark.ROW_NAMES)
+    assert [r["name"] for r in rows] == list(microbenchmark.row_names("taskmesh", quick=True))
     assert set(ACTOR_ROWS) <= set(microbenchmark.ROW_NAMES)
+    units = {r["name"]: r["unit"] for r in rows}
+    assert {units[name] for name in (*QUICK_OBJECT_ROWS, CROSS_NODE_ROW)} == {"GB/s"}
     for row in rows:
         assert isinstance(row["value"], float) and math.isfinite(row["value"]), row
         assert row["value"] > 0, row
@@ -52,6 +57,20 @@ def test_actor_rows_are_named_like_rays() -> None:
     assert list(microbenchmark.TIMED_ROWS[-len(ACTOR_ROWS):]) == list(ACTOR_ROWS)
     assert microbenchmark.ROW_NAMES[0] == microbenchmark.IDLE_RSS
     assert len(set(microbenchmark.ROW_NAMES)) == len(microbenchmark.ROW_NAMES)
+
+
+def test_object_rows_exist_for_both_libraries() -> None:
+    """Both libraries run every object row in a full run; a quick run skips only the 1 GB
+    rows (their setup alone takes seconds), and only taskmesh has the cross-node row."""
+    object_rows = (*QUICK_OBJECT_ROWS, *LARGE_OBJECT_ROWS)
+    assert list(microbenchmark.OBJECT_ROWS) == list(object_rows)
+    assert microbenchmark.ROW_NAMES[-1] == CROSS_NODE_ROW
+    assert microbenchmark.row_names("taskmesh") == microbenchmark.ROW_NAMES
+    assert microbenchmark.row_names("ray") == microbenchmark.ROW_NAMES[:-1]
+    quick = microbenchmark.row_names("taskmesh", quick=True)
+    assert set(microbenchmark.ROW_NAMES) - set(quick) == set(LARGE_OBJECT_ROWS)
+    assert microbenchmark.FULL.full_only and not microbenchmark.QUICK.full_only
+    assert set(object_rows) <= set(microbenchmark._WORKLOADS)
 
 
 def _new_children(before: set[int]) -> list[tuple[int, list[str]]]:

@@ -9,7 +9,7 @@ import pytest
 
 from taskmesh import store as store_mod
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
-from taskmesh.store import GROUP, Completion, Keys, Store
+from taskmesh.store import GROUP, Completion, Keys, Release, Store
 
 
 def _documented_patterns() -> set[str]:
@@ -26,6 +26,10 @@ def test_every_key_builder_matches_the_documented_table() -> None:
         keys.actor_calls("actor_id"), keys.named("{namespace}"), keys.job_actors("{job_id}"),
         keys.chan_node("{node_id}"), keys.node_actors("{node_id}"), keys.nodes_lost(),
         keys.obj("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
+        keys.obj_loc("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
+        keys.obj_refs("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
+        keys.obj_nested("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
+        keys.borrows("{tag}").replace("{{tag}}", "{tag}"),
     }
     assert built == _documented_patterns()
 
@@ -135,3 +139,37 @@ def test_requeueing_the_same_entry_twice_adds_it_once(store: Store) -> None:
     for _ in range(2):
         store.requeue(entry.queue, entry.entry_id, {**entry.fields, b"attempt": b"1"})
     assert store.redis.xlen(store.keys.queue("CPU=1")) == 1
+
+
+def test_release_frees_an_object_only_when_its_owner_and_every_holder_let_go(store: Store) -> None:
+    owner = new_owner_tag()
+    inner, outer = object_id(new_task_id(owner), 0), object_id(new_task_id(owner), 0)
+    store.put_object(inner, b"shm", b"1048576 nodeA", 1048576)
+    store.redis.sadd(store.keys.obj_loc(inner), "nodeB")
+    store.put_object(outer, KIND_VALUE, b"x", 1, nested=[inner])  # outer holds inner
+    borrower = "p:" + new_owner_tag()
+
+    assert store.release([Release(inner, borrower, 1), Release(inner, "owner", -1)]) == []
+    assert store.redis.smembers(store.keys.borrows(borrower[2:])) == {inner.encode()}
+    assert store.release([Release(inner, borrower, -1)]) == []  # outer still holds it
+    assert store.redis.hgetall(store.keys.obj_refs(inner)) == {f"o:{outer}".encode(): b"1"}
+
+    (freed,) = store.release([Release(outer, "owner", -1)])
+    assert (freed.object_id, freed.nodes, freed.nested) == (outer, (), (inner,))
+    (freed,) = store.release([Release(inner, f"o:{outer}", -1)])
+    assert (freed.object_id, freed.nodes) == (inner, ("nodeA", "nodeB"))
+    assert not store.redis.keys("*obj*") and not store.redis.smembers(store.keys.borrows(borrower[2:]))
+
+
+def test_a_dead_process_holds_are_found_and_dropped_whatever_their_count(store: Store) -> None:
+    dead, owner = new_owner_tag(), new_owner_tag()
+    borrowed = object_id(new_task_id(owner), 0)
+    own = object_id(new_task_id(dead), 0)
+    store.put_object(borrowed, KIND_VALUE, b"b", 1)
+    store.put_object(own, KIND_VALUE, b"o", 1)
+    store.release([Release(borrowed, f"p:{dead}", 1), Release(borrowed, f"p:{dead}", 1)])
+    ops = store.process_holds(dead)
+    assert set(ops) == {Release(borrowed, f"p:{dead}", 0), Release(own, "owner", -1)}
+    freed = store.release(ops)
+    assert [f.object_id for f in freed] == [own]  # the borrowed one still has its owner
+    assert not store.redis.exists(store.keys.obj_refs(borrowed))
