@@ -122,7 +122,11 @@ class ActorServer:
         failures = 0
         while not self._exiting.is_set():
             try:
-                calls = self.store.read_calls(self._client, self.actor_id, _READ_COUNT, 1000)
+                # After a lost connection, a read's reply may never have arrived while
+                # Redis recorded the delivery: read our unacknowledged calls again (the
+                # ones already run are recognised and only acked).
+                calls = self.store.read_calls(self._client, self.actor_id, _READ_COUNT, 1000,
+                                              pending=failures > 0)
                 failures = 0
             except StoreUnavailableError:  # Redis restarting: wait for it, stay alive
                 failures += 1

@@ -33,8 +33,13 @@ import threading
 import zlib
 from collections.abc import Sequence
 
-from ._shm import ShmStore
-from .exceptions import ObjectFetchTimedOutError, ObjectLostError
+from ._shm import Segment, ShmStore
+from .exceptions import (
+    ObjectFetchTimedOutError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    RaySystemError,
+)
 
 log = logging.getLogger("taskmesh.transfer")
 
@@ -300,12 +305,8 @@ def _receive_into_memory(sock: socket.socket, size: int) -> memoryview:
 
 def _receive_into_store(sock: socket.socket, object_id: str, size: int,
                         shm: ShmStore) -> memoryview | None:
-    st = os.statvfs(shm.root)
-    if size > st.f_bavail * st.f_frsize:
-        raise _HolderFailed(f"announced {size} bytes, more than this node's free shared memory")
-    try:
-        seg = shm.create(object_id, size)
-    except FileExistsError:
+    seg = _claim(shm, object_id, size)
+    if seg is None:
         sock.sendall(SKIP)
         return None
     try:
@@ -314,16 +315,36 @@ def _receive_into_store(sock: socket.socket, object_id: str, size: int,
     except BaseException:
         seg.abort()
         raise
+    return _publish(seg, shm, object_id)
+
+
+def _claim(shm: ShmStore, object_id: str, size: int) -> Segment | None:
+    """A segment for the object, or None when another writer of this node has it. This
+    node's own failures are raised as RayErrors, not OSErrors: another holder would not
+    help, so they must not send `fetch` on to the next one."""
+    st = os.statvfs(shm.root)
+    if size > st.f_bavail * st.f_frsize:
+        raise ObjectStoreFullError(
+            f"object {object_id} ({size} bytes) does not fit in the free shared memory of {shm.root}")
+    try:
+        return shm.create(object_id, size)
+    except FileExistsError:
+        return None
+    except OSError as e:
+        raise RaySystemError(f"cannot create object {object_id} in {shm.root}: {e!r}") from e
+
+
+def _publish(seg: Segment, shm: ShmStore, object_id: str) -> memoryview | None:
+    """Seal the received copy and map it; None when it must be waited for after all."""
     try:
         seg.seal()
     except FileNotFoundError:
         # A waiter on this node took our partial file for a dead writer's and removed it;
         # it is fetching the object again, so wait for that copy like any other waiter.
         return None
-    view = shm.open(object_id)
-    if view is None:
-        raise _HolderFailed("the copy was freed as soon as it was sealed")
-    return view
+    except OSError as e:
+        raise RaySystemError(f"cannot seal object {object_id} in {shm.root}: {e!r}") from e
+    return shm.open(object_id)  # None only if freed at once; then fetch waits and retries
 
 
 def _check_crc(sock: socket.socket, crc: int) -> None:

@@ -127,6 +127,9 @@ class Worker:
         api._set_worker_runtime(self.runtime)
         threading.Thread(target=self._log_flush_loop, name="taskmesh-logs", daemon=True).start()
         sys.stdout, sys.stderr = self._out, self._err  # type: ignore[assignment]
+        # Known to Redis before it can hold anything: if its node dies, the monitor
+        # releases what it held.
+        retry_transient(lambda: self.store.add_node_process(self.node_id, self.runtime.owner))
         self._send(["R", self.pid, self.runtime.owner])
         while True:
             try:

@@ -1,5 +1,6 @@
 """The failure monitor: declares nodes dead when their heartbeats stop, and settles the
-tasks they had leased (another attempt elsewhere, or a WorkerCrashedError).
+tasks they had leased (another attempt elsewhere, or a WorkerCrashedError), their actors
+(restarted or dead) and the refs their workers held.
 
 Every agent calls `Monitor.tick()` once per heartbeat; only the holder of the monitor
 lease (`tm:monitor`, SET NX PX, renewed by its holder each tick) does anything, so there
@@ -154,7 +155,18 @@ class Monitor:
             status = _failure.actor_down(self.store, actor_id, restart=True,
                                          cause=f"The actor died: {cause}", node_id=node)
             log.warning("actor %s: %s; %s", actor_id, cause, status)
+        self._release_holds(node)
         self.store.node_settled(node)
+
+    def _release_holds(self, node: str) -> None:
+        """The node's worker processes died with it: release the refs they borrowed and
+        their own objects' owner holds (objects others hold live on)."""
+        from ._object_plane import ObjectPlane
+
+        plane = ObjectPlane(self.store, None)
+        for tag in self.store.node_processes(node):
+            plane.release(self.store.process_holds(tag))
+            self.store.remove_node_process(node, tag)
 
     def _settle_consumer(self, shape: str, consumer: str, cause: str) -> None:
         """Claim the consumer's entries in batches and settle each batch; entries that

@@ -24,6 +24,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:actor:{actor_id}          | hash    | class_name, state (PENDING/ALIVE/RESTARTING/DEAD), node_id, pid, restarts, max_restarts, death_cause, name, namespace, shape, spec | driver, agent, actor worker | none |
 | tm:actor:{actor_id}:calls    | stream  | the actor's pending method calls; group `actor`, consumer = actor id | caller; actor worker acks | deleted when the actor dies |
 | tm:node_actors:{node_id}     | set     | actors that became ALIVE on the node (recovered when it dies) | actor worker | deleted when the node is settled |
+| tm:node_procs:{node_id}      | set     | owner tags of the node's worker processes (their holds are released when the node dies) | worker at start; agent removes | deleted when the node is settled |
 | tm:nodes:lost                | set     | nodes declared dead whose actors the monitor has not recovered yet | mark_node_dead script; monitor | none |
 | tm:named:{namespace}         | hash    | actor name -> actor id                                | create_actor / actor_down scripts | none |
 | tm:job:{job_id}:actors       | set     | actors created by the job (killed when it ends unless detached) | create_actor script | none |
@@ -173,6 +174,9 @@ class Keys:
 
     def node_actors(self, node_id: str) -> str:
         return f"{self.prefix}:node_actors:{node_id}"
+
+    def node_procs(self, node_id: str) -> str:
+        return f"{self.prefix}:node_procs:{node_id}"
 
     def nodes_lost(self) -> str:
         return f"{self.prefix}:nodes:lost"
@@ -382,6 +386,16 @@ class Store:
             self.ensure_groups(counts)
             return []
         return self._entries(reply)
+
+    @translate_errors
+    def own_pending(self, client: redis.Redis, consumer: str, shapes: Sequence[str]) -> list[Leased]:
+        """Entries delivered to this consumer and not acknowledged (XREADGROUP from id 0):
+        after a lost connection, a read whose reply never arrived left its entries here."""
+        pipe = client.pipeline(transaction=False)
+        for shape in shapes:
+            pipe.xreadgroup(GROUP, consumer, {self.keys.queue(shape): "0"}, count=10_000)
+        return [e for reply in pipe.execute(raise_on_error=False)
+                if not isinstance(reply, Exception) for e in self._entries(reply)]
 
     @staticmethod
     def _entries(reply: Any) -> list[Leased]:
@@ -685,9 +699,21 @@ class Store:
     @translate_errors
     def node_settled(self, node_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.unlink(self.keys.node_actors(node_id))
+        pipe.unlink(self.keys.node_actors(node_id), self.keys.node_procs(node_id))
         pipe.srem(self.keys.nodes_lost(), node_id)
         pipe.execute()
+
+    @translate_errors
+    def add_node_process(self, node_id: str, tag: str) -> None:
+        self.redis.sadd(self.keys.node_procs(node_id), tag)
+
+    @translate_errors
+    def remove_node_process(self, node_id: str, tag: str) -> None:
+        self.redis.srem(self.keys.node_procs(node_id), tag)
+
+    @translate_errors
+    def node_processes(self, node_id: str) -> list[str]:
+        return sorted(_text(t) for t in self.redis.smembers(self.keys.node_procs(node_id)))
 
     @translate_errors
     def named_actor(self, namespace: str, name: str) -> str | None:

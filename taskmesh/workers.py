@@ -137,6 +137,8 @@ class NodeAgent:
         self._backlog: collections.deque[_Task] = collections.deque()
         self._workers: dict[Connection, _WorkerHandle] = {}
         self._outbox = _Outbox()
+        self._acking: set[bytes] = set()  # entry ids of the flush in progress
+        self._recover_own = False
         self._shapes: list[str] = []
         self._reload_shapes = True
         self._stopping = False
@@ -301,8 +303,8 @@ class NodeAgent:
         try:
             plane = ObjectPlane(self.store, self.node_id)
             for tag in tags:
-                retry_transient(lambda: plane.release(self.store.process_holds(tag)),
-                                stop=lambda: self._stopping and not tags)
+                retry_transient(lambda: plane.release(self.store.process_holds(tag)))
+                retry_transient(lambda: self.store.remove_node_process(self.node_id, tag))
         except Exception as e:
             log.warning("releasing the refs of exited workers %s failed: %r", tags, e)
 
@@ -451,6 +453,7 @@ class NodeAgent:
         bug, logged, and the affected tasks stay leased until the node is declared dead."""
         with self._cond:
             out, self._outbox = self._outbox, _Outbox()
+            self._acking = {i for ids in out.acks.values() for i in ids}
         try:
             if out.completions or out.acks:
                 # Results exist only here until stored: keep trying through a Redis restart.
@@ -461,6 +464,9 @@ class NodeAgent:
         except Exception:
             log.exception("storing %d results / %d retries failed", len(out.completions),
                           len(out.requeues))
+        finally:
+            with self._cond:
+                self._acking = set()
 
     def _requeue(self, task: _Task, attempt: int) -> None:
         fields = dict(task.lease.fields)
@@ -501,12 +507,34 @@ class NodeAgent:
     def _lease_loop(self) -> None:
         while not self._stopping:
             try:
+                if self._recover_own:
+                    self._recover_own_entries()
                 self._lease_once()
             except Exception as e:
                 if self._stopping:
                     return
                 log.warning("leasing failed: %r", e)
+                # A read may have been delivered (and recorded) without its reply
+                # reaching us: take back our own unacknowledged entries first.
+                self._recover_own = True
                 time.sleep(0.5)
+
+    def _recover_own_entries(self) -> None:
+        """Add entries pending for this node in Redis that this agent does not know of
+        (neither queued, running, nor done and waiting to be acked)."""
+        pending = self.store.own_pending(self._lease_client, self.node_id, self._shapes)
+        queue_prefix = len(self.store.keys.queue(""))
+        with self._cond:
+            known = {t.lease.entry_id for t in self._backlog}
+            known |= {h.task.lease.entry_id for h in self._workers.values() if h.task is not None}
+            known |= {i for ids in self._outbox.acks.values() for i in ids} | self._acking
+            lost = [e for e in pending if e.entry_id not in known]
+            for entry in lost:
+                self._backlog.append(_Task(entry, scheduler.parse_shape(entry.queue[queue_prefix:])))
+            if lost:
+                log.warning("took back %d entries leased to this node whose delivery was lost", len(lost))
+                self._dispatch()
+        self._recover_own = False
 
     def _lease_once(self) -> None:
         if self._reload_shapes:

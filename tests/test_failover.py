@@ -139,3 +139,88 @@ def test_a_redis_restart_loses_no_acknowledged_task(tmp_path) -> None:
         cluster.stop()
         server.stop()
     assert_no_leaked_children(before)
+
+
+def test_refs_held_on_a_dead_node_are_released_by_the_monitor(cluster_factory, monkeypatch) -> None:
+    """An actor on node B borrows a ref; B is killed (kill -9): once the monitor declares
+    it dead, the borrow is released, so the object is freed when the driver drops it."""
+    import numpy as np
+
+    monkeypatch.setenv(monitor.ENV_NODE_TIMEOUT_MS, "2000")
+
+    @taskmesh.remote
+    class Holder:
+        def keep(self, refs):
+            self.refs = refs
+            return taskmesh.get_runtime_context().get_node_id()
+
+    with cluster_factory(nodes=0) as cluster:
+        cluster.add_node(num_cpus=1, resources={"a": 1})
+        node_b = cluster.add_node(num_cpus=1, resources={"b": 1})
+        taskmesh.init(address=cluster.url)
+        store = taskmesh.api.get_runtime().store
+        try:
+            holder = Holder.options(resources={"b": 1}).remote()
+            ref = taskmesh.put(np.ones(100_000))
+            oid = ref.hex()
+            assert taskmesh.get(holder.keep.remote([ref]), timeout=30) == node_b
+            refs_key = store.keys.obj_refs(oid)
+            _wait_for(lambda: any(h.startswith(b"p:") for h in store.redis.hkeys(refs_key)))
+            cluster.kill_node(node_b)
+            _wait_for(lambda: not store.redis.exists(refs_key), timeout_s=30)  # monitor released it
+            assert store.redis.exists(store.keys.obj(oid))  # the driver still holds it
+            del ref
+            _wait_for(lambda: not store.redis.exists(store.keys.obj(oid)))
+        finally:
+            taskmesh.shutdown()
+
+
+def _wait_for(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_a_lease_whose_reply_was_lost_is_taken_back(cluster_factory) -> None:
+    """Redis records an XREADGROUP delivery even when the reply never reaches the agent
+    (connection lost right then). The agent, once its lease read fails, takes back the
+    entries pending for it that it does not know of, so the task still runs."""
+    import os
+    import signal
+
+    import redis as redis_py
+
+    with cluster_factory(nodes=1, num_cpus=1) as cluster:
+        (node,) = cluster.agents
+        taskmesh.init(address=cluster.url)
+        store = taskmesh.api.get_runtime().store
+        try:
+            @taskmesh.remote
+            def square(x):
+                return x * x
+
+            assert taskmesh.get(square.remote(3), timeout=30) == 9
+            agent = cluster.agents[node]
+            os.kill(agent.pid, signal.SIGSTOP)
+            try:
+                _wait_for(lambda: _blocked_readers(store.redis))
+                for client in _blocked_readers(store.redis):
+                    store.redis.client_kill_filter(_id=client["id"])
+                ref = square.remote(4)
+                queue = store.keys.queue("CPU=1")
+                _wait_for(lambda: store.redis.xlen(queue) > 0)
+                # The delivery the agent will never see: recorded as pending for it.
+                stolen = redis_py.Redis.from_url(cluster.url)
+                got = stolen.xreadgroup("agents", node, {queue: ">"}, count=10)
+                stolen.close()
+                assert got and got[0][1]
+            finally:
+                os.kill(agent.pid, signal.SIGCONT)
+            assert taskmesh.get(ref, timeout=30) == 16
+        finally:
+            taskmesh.shutdown()
+
+
+def _blocked_readers(client) -> list[dict]:
+    return [c for c in client.client_list() if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")]
