@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlparse, urlunparse
@@ -183,6 +184,8 @@ def start_agent(
     timeout_s: float = 30.0,
     object_store_memory: int | None = None,
     spill_dir: str | Path | None = None,
+    node_ip: str | None = None,
+    command_prefix: Sequence[str] = (),
 ) -> tuple[subprocess.Popen, str]:
     """Start a node agent process and return (process, node_id) once it is registered.
 
@@ -190,7 +193,8 @@ def start_agent(
     needs no polling of Redis and no pre-agreed ids.
     """
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "taskmesh.cli", "worker", "--ready-fd", str(write_fd)]
+    # command_prefix runs the agent through another program, e.g. `ip netns exec NS`.
+    cmd = [*command_prefix, sys.executable, "-m", "taskmesh.cli", "worker", "--ready-fd", str(write_fd)]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
     if resources:
@@ -199,6 +203,8 @@ def start_agent(
         cmd += ["--object-store-memory", str(int(object_store_memory))]
     if spill_dir is not None:
         cmd += ["--spill-dir", str(spill_dir)]
+    if node_ip is not None:
+        cmd += ["--node-ip-address", node_ip]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(

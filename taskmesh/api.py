@@ -90,6 +90,7 @@ def init(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
+    object_store_memory: int | None = None,
     namespace: str | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
@@ -115,13 +116,19 @@ def init(
         if _temp_dir:
             os.environ[_services.ENV_TEMP_DIR] = _temp_dir
         url = _resolve_address(address)
-        if url is not None and (num_cpus is not None or num_gpus is not None or resources):
-            raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus and "
-                             "resources must not be provided.")
+        if url is not None and (num_cpus is not None or num_gpus is not None or resources
+                                or object_store_memory is not None):
+            raise ValueError("When connecting to an existing cluster, num_cpus, num_gpus, "
+                             "resources and object_store_memory must not be provided.")
+        if object_store_memory is not None and (
+                isinstance(object_store_memory, bool) or not isinstance(object_store_memory, int)
+                or object_store_memory < 1024 * 1024):
+            raise ValueError(f"object_store_memory must be an int of at least 1 MiB (bytes), "
+                             f"got {object_store_memory!r}")
         cluster = None
         node_id = None
         if url is None:
-            cluster, url, node_id = _start_local(num_cpus, num_gpus, resources)
+            cluster, url, node_id = _start_local(num_cpus, num_gpus, resources, object_store_memory)
         try:
             store = Store(url)
             store.ping()
@@ -176,7 +183,8 @@ def _resolve_address(address: str | None) -> str | None:
 
 
 def _start_local(
-    num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None
+    num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None,
+    object_store_memory: int | None = None,
 ) -> tuple[_LocalCluster, str, str]:
     session = _services.temp_root() / f"session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
     server = _services.start_redis(data_dir=session / "redis")
@@ -186,7 +194,8 @@ def _start_local(
     try:
         agent, node_id = _services.start_agent(
             server.url, num_cpus=num_cpus if num_cpus is not None else os.cpu_count(),
-            resources=node_resources, log_path=session / "logs" / "agent.log", fate_share=True)
+            resources=node_resources, log_path=session / "logs" / "agent.log", fate_share=True,
+            object_store_memory=object_store_memory)
     except Exception:
         server.stop()
         raise

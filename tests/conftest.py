@@ -103,6 +103,14 @@ def start_cluster(url: str, log_dir: Path, nodes: int = 1, num_cpus: float = 1) 
         assert not leftover, f"shared memory left behind: {leftover}"
 
 
+def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
+    """Poll `predicate` until it is true; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
 def assert_no_leaked_children(before: set[int], timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:

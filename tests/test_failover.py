@@ -10,6 +10,8 @@ import taskmesh
 from taskmesh import monitor
 from taskmesh.exceptions import ActorDiedError, RayActorError
 
+from conftest import wait_until
+
 
 def _node_of(handle) -> str:
     return taskmesh.get(handle.where.remote(), timeout=30)
@@ -165,23 +167,14 @@ def test_refs_held_on_a_dead_node_are_released_by_the_monitor(cluster_factory, m
             oid = ref.hex()
             assert taskmesh.get(holder.keep.remote([ref]), timeout=30) == node_b
             refs_key = store.keys.obj_refs(oid)
-            _wait_for(lambda: any(h.startswith(b"p:") for h in store.redis.hkeys(refs_key)))
+            wait_until(lambda: any(h.startswith(b"p:") for h in store.redis.hkeys(refs_key)))
             cluster.kill_node(node_b)
-            _wait_for(lambda: not store.redis.exists(refs_key), timeout_s=30)  # monitor released it
+            wait_until(lambda: not store.redis.exists(refs_key), timeout_s=30)  # monitor released it
             assert store.redis.exists(store.keys.obj(oid))  # the driver still holds it
             del ref
-            _wait_for(lambda: not store.redis.exists(store.keys.obj(oid)))
+            wait_until(lambda: not store.redis.exists(store.keys.obj(oid)))
         finally:
             taskmesh.shutdown()
-
-
-def _wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_a_lease_whose_reply_was_lost_is_taken_back(cluster_factory) -> None:
     """Redis records an XREADGROUP delivery even when the reply never reaches the agent
     (connection lost right then). The agent, once its lease read fails, takes back the
@@ -204,12 +197,12 @@ def test_a_lease_whose_reply_was_lost_is_taken_back(cluster_factory) -> None:
             agent = cluster.agents[node]
             os.kill(agent.pid, signal.SIGSTOP)
             try:
-                _wait_for(lambda: _blocked_readers(store.redis))
+                wait_until(lambda: _blocked_readers(store.redis))
                 for client in _blocked_readers(store.redis):
                     store.redis.client_kill_filter(_id=client["id"])
                 ref = square.remote(4)
                 queue = store.keys.queue("CPU=1")
-                _wait_for(lambda: store.redis.xlen(queue) > 0)
+                wait_until(lambda: store.redis.xlen(queue) > 0)
                 # The delivery the agent will never see: recorded as pending for it.
                 stolen = redis_py.Redis.from_url(cluster.url)
                 got = stolen.xreadgroup("agents", node, {queue: ">"}, count=10)

@@ -10,12 +10,7 @@ Needs root (creating namespaces and links); skipped otherwise.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import select
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +36,7 @@ class NetnsCluster:
 
     pair: NamespacePair
     url: str  # the driver's address for Redis (host loopback)
-    agents: dict[str, psutil.Popen] = field(default_factory=dict)  # node id -> agent
+    agents: dict[str, subprocess.Popen] = field(default_factory=dict)  # node id -> agent
     started: list[str] = field(default_factory=list)
 
 
@@ -57,46 +52,13 @@ def pair() -> Iterator[NamespacePair]:
 
 
 def start_agent_in_namespace(pair: NamespacePair, i: int, redis_port: int,
-                             resources: dict[str, float], log_path: Path) -> tuple[psutil.Popen, str]:
+                             resources: dict[str, float], log_path: Path) -> tuple[subprocess.Popen, str]:
     """Run `taskmesh worker` inside namespace i, registered under the namespace's address,
-    reaching Redis at the host side of its own link. Like `_services.start_agent`, the
-    agent reports its node id over an inherited pipe once it is registered."""
-    read_fd, write_fd = os.pipe()
-    cmd = [*pair.exec_prefix(i), sys.executable, "-m", "taskmesh.cli", "worker",
-           "--ready-fd", str(write_fd), "--num-cpus", "2", "--resources", json.dumps(resources),
-           "--node-ip-address", pair.ns_ip(i)]
-    env = dict(os.environ, **{_services.ENV_ADDRESS: f"redis://{pair.host_ip(i)}:{redis_port}"})
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        proc = psutil.Popen(cmd, pass_fds=(write_fd,), env=env, stdin=subprocess.DEVNULL,
-                            stdout=log_file, stderr=subprocess.STDOUT,
-                            preexec_fn=_process.set_pdeathsig)
-    os.close(write_fd)
-    try:
-        node_id = _read_ready_line(read_fd, AGENT_START_TIMEOUT_S)
-    finally:
-        os.close(read_fd)
-    if not node_id:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError(f"the agent in {pair.ns(i)} did not start; its log ({log_path}) "
-                           f"ends with:\n{log_path.read_text()[-3000:]}")
-    return proc, node_id
-
-
-def _read_ready_line(fd: int, timeout_s: float) -> str:
-    """The line the agent writes to its ready pipe; "" when it exits or times out first."""
-    deadline = time.monotonic() + timeout_s
-    data = b""
-    while not data.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            return ""
-        chunk = os.read(fd, 1024)
-        if not chunk:
-            return ""
-        data += chunk
-    return data.decode().strip()
+    reaching Redis at the host side of its own link."""
+    return _services.start_agent(
+        f"redis://{pair.host_ip(i)}:{redis_port}", num_cpus=2, resources=resources,
+        log_path=log_path, fate_share=True, timeout_s=AGENT_START_TIMEOUT_S,
+        node_ip=pair.ns_ip(i), command_prefix=pair.exec_prefix(i))
 
 
 @contextlib.contextmanager

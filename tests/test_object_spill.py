@@ -13,7 +13,8 @@ import pytest
 import taskmesh
 from taskmesh import _shm, exceptions
 
-from test_object_store import MB, wait_until
+from conftest import wait_until
+from test_object_store import MB
 
 
 def test_full_store_spills_least_recently_used_and_restores_on_get(cluster_factory, tmp_path) -> None:
@@ -61,3 +62,14 @@ def test_put_fails_with_object_store_full_when_nothing_can_be_spilled(
             assert shm.usage().spilled_objects >= 1
         finally:
             taskmesh.shutdown()
+
+
+def test_init_sizes_the_local_object_store_and_rejects_bad_sizes(redis_server) -> None:
+    for bad in (-5, "1GB", True):
+        with pytest.raises(ValueError, match="object_store_memory"):
+            taskmesh.init(num_cpus=1, object_store_memory=bad)
+    with pytest.raises(ValueError, match="object_store_memory"):  # only for a new cluster
+        taskmesh.init(address=redis_server.url, object_store_memory=32 * MB)
+    with taskmesh.init(num_cpus=1, object_store_memory=32 * MB) as ctx:
+        shm = _shm.ShmStore.of_node(ctx.address_info["node_id"])
+        assert shm is not None and shm.config.capacity_bytes == 32 * MB

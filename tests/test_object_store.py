@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 
 import numpy as np
 import pytest
 
-import taskmesh
 from taskmesh import _shm, exceptions
 from taskmesh.store import Store
+
+from conftest import wait_until
 
 MB = 1024 * 1024
 
@@ -42,13 +42,6 @@ def node_store(ray) -> _shm.ShmStore:
     store = _shm.ShmStore.of_node(node_id)
     assert store is not None, "the driver should use its node's shared memory"
     return store
-
-
-def wait_until(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @dataclasses.dataclass

@@ -10,6 +10,8 @@ import taskmesh
 from taskmesh import _shm, exceptions
 from taskmesh.store import Store
 
+from conftest import wait_until
+
 
 def _two_nodes(cluster) -> tuple[str, str]:
     a = cluster.add_node(num_cpus=2, resources={"a": 4})
@@ -52,7 +54,7 @@ def test_a_task_reads_an_object_made_on_another_node(cluster_factory) -> None:
             # The ref was passed to tasks, so it lives as long as its owner: the driver's
             # shutdown frees it, and every node drops its copy.
             stores = [_shm.ShmStore.of_node(n) for n in (node_a, node_b)]
-            _wait(lambda: not any(s.contains(oid) for s in stores))
+            wait_until(lambda: not any(s.contains(oid) for s in stores))
             assert not store.redis.exists(store.keys.obj(oid), store.keys.obj_loc(oid))
         finally:
             store.close()
@@ -78,12 +80,3 @@ def test_an_object_whose_only_holder_died_is_lost(cluster_factory) -> None:
                 taskmesh.get(total.remote(ref), timeout=30)
         finally:
             taskmesh.shutdown()
-
-
-def _wait(predicate, timeout_s: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)

@@ -9,7 +9,7 @@ import numpy as np
 import taskmesh
 from taskmesh.store import Store
 
-from test_object_store import wait_until
+from conftest import wait_until
 
 
 def exists(store: Store, oid: str) -> bool:
