@@ -5,6 +5,8 @@
 
 import time
 
+import numpy as np
+
 import taskmesh as ray
 
 
@@ -30,6 +32,22 @@ def fan_out(n):
     return sum(ray.get([square.remote(i) for i in range(n)]))
 
 
+@ray.remote
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def add(self, k):
+        self.n += k
+        return self.n
+
+
+@ray.remote
+def column_means(matrix):
+    # A large array argument arrives zero-copy: a read-only view of shared memory.
+    return matrix.mean(axis=0), matrix.flags.writeable
+
+
 @ray.remote(max_retries=0)
 def fails():
     raise ValueError("tasks raise like local code")
@@ -48,6 +66,19 @@ def main() -> None:
     print("sum of halves:", ray.get(total.remote(left)) + ray.get(total.remote(right)))
 
     print("nested fan-out:", ray.get(fan_out.remote(20)))
+
+    counter = Counter.remote()
+    ray.get([counter.add.remote(i) for i in range(10)])
+    print("actor state:", ray.get(counter.add.remote(0)))
+
+    matrix = ray.put(np.ones((4000, 5000)))  # 160 MB, written once into shared memory
+    start = time.perf_counter()
+    same = ray.get(matrix)
+    print(f"get of 160 MB: {1000 * (time.perf_counter() - start):.2f} ms, "
+          f"writeable={same.flags.writeable} (zero-copy)")
+    means, writeable = ray.get(column_means.remote(matrix))
+    print(f"column means {means[:3]}... (task saw writeable={writeable})")
+    del same, matrix
 
     ready, pending = ray.wait([square.remote(7), fan_out.remote(5)], num_returns=1, timeout=10)
     print(f"wait: {len(ready)} ready, {len(pending)} pending")
