@@ -8,6 +8,7 @@ from .actor import ActorClass, ActorHandle, get_actor, kill, method
 from .api import (
     ClientContext,
     available_resources,
+    cancel,
     cluster_resources,
     get,
     get_runtime_context,
@@ -31,6 +32,7 @@ __all__ = [
     "ObjectRef",
     "RemoteFunction",
     "available_resources",
+    "cancel",
     "cluster_resources",
     "exceptions",
     "get",

@@ -22,7 +22,14 @@ import msgpack
 
 from . import objects
 from ._object_plane import ObjectPlane, parse_descriptor
-from .exceptions import ActorDiedError, GetTimeoutError, RayError, RayTaskError, StoreUnavailableError
+from .exceptions import (
+    ActorDiedError,
+    GetTimeoutError,
+    RayError,
+    RayTaskError,
+    StoreUnavailableError,
+    TaskCancelledError,
+)
 from .objects import KIND_ERROR, KIND_SHM, ObjectRef
 from .store import Completion, Outgoing, Release, Store
 
@@ -338,6 +345,48 @@ class Runtime:
             self._fail_calls([(batch[i], cause) for i, cause in dead])
         if free:
             self.plane.release(free)
+
+    # ---- cancellation -------------------------------------------------------------------
+
+    def cancel(self, object_id: str, *, force: bool) -> None:
+        """Cancel the task that makes `object_id` (Ray's `cancel`): its results become
+        TaskCancelledError at once (a result stored earlier wins: a finished task stays
+        finished); a task not sent yet is never sent; a sent one is dropped by the agent
+        that has it queued, or interrupted (SIGINT, KeyboardInterrupt in the task) or,
+        with force, killed where it runs."""
+        task_id = object_id[:-4]
+        with self._cond:
+            returns = sorted(o for o in self._pending if o[:-4] == task_id)
+            if not returns:
+                return  # finished already, or not a task of this process
+            out = self._take_unsent(task_id)
+        if force and out is not None and out.actor_id is not None:
+            raise ValueError("force=True is not supported for actor tasks.")
+        data = objects.serialize(TaskCancelledError(task_id))
+        objs = [(oid, KIND_ERROR, data) for oid in returns]
+        self.store.complete_tasks([Completion(self.owner, encode_notice(task_id, objs), tuple(objs))], {})
+        if out is None:
+            self.store.publish_cancel(task_id, force)
+
+    def cancel_children(self) -> None:
+        """Cancel every task this process still waits for (a cancelled task's children)."""
+        with self._cond:
+            task_ids = {oid[:-4] for oid in self._pending}
+        for task_id in task_ids:
+            self.cancel(objects.object_id(task_id, 1), force=False)
+
+    def _take_unsent(self, task_id: str) -> Outgoing | None:
+        """Remove a task not sent yet (buffered or waiting for its arguments); returns
+        it, or None when it was sent already. Called under self._cond."""
+        for i, out in enumerate(self._buffer):
+            if out.fields["task"] == task_id:
+                return self._buffer.pop(i)
+        for waiters in self._waiting.values():
+            for task in waiters:
+                if task.outgoing.fields["task"] == task_id:
+                    waiters.remove(task)
+                    return task.outgoing
+        return None
 
     def _fail_calls(self, calls: list[tuple[Outgoing, str]]) -> None:
         """Calls sent to a dead actor: their results become ActorDiedError."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import sys
 import threading
 import time
@@ -29,7 +30,7 @@ import msgpack
 
 from . import _process, objects
 from ._runtime import Runtime, TaskContext, encode_notice
-from .exceptions import RayTaskError
+from .exceptions import RayTaskError, TaskCancelledError
 from .objects import KIND_ERROR, ObjectRef
 from .store import Store, retry_transient
 
@@ -76,6 +77,7 @@ class Worker:
         self.runtime.on_unblock = lambda: self._send(["U"])
         self._send_lock = threading.Lock()
         self._functions: dict[str, Any] = {}
+        self._interruptible = False  # a task is running: SIGINT cancels it
         self._calls: dict[str, int] = {}
         self._log_lock = threading.Lock()
         self._log_lines: list[list[str]] = []
@@ -130,6 +132,7 @@ class Worker:
         # Known to Redis before it can hold anything: if its node dies, the monitor
         # releases what it held.
         retry_transient(lambda: self.store.add_node_process(self.node_id, self.runtime.owner))
+        signal.signal(signal.SIGINT, self._on_sigint)
         self._send(["R", self.pid, self.runtime.owner])
         while True:
             try:
@@ -152,6 +155,11 @@ class Worker:
             retry_transient(self.runtime.sync_refs, deadline_s=60)
         except Exception as e:
             print(f"taskmesh worker {self.pid}: could not record held refs: {e!r}", file=sys.__stderr__)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT is how the agent cancels the running task; between tasks it is ignored."""
+        if self._interruptible:
+            raise KeyboardInterrupt
 
     def send(self, msg: list) -> None:
         self._send(msg)
@@ -191,10 +199,14 @@ class Worker:
         self.runtime.namespace = spec.get("ns")
         self.runtime.context = TaskContext(spec["job"], task_id, name, spec.get("res", {}))
         try:
+            self._interruptible = True
             objs = self._execute(spec, name, return_ids)
         except _Retry:
             objs = None
+        except KeyboardInterrupt:  # taskmesh.cancel, arriving between the task and here
+            objs = self._cancelled(return_ids)
         finally:
+            self._interruptible = False
             self.runtime.context = TaskContext()
             self.end_output()
         self._sync_refs()
@@ -216,11 +228,24 @@ class Worker:
             result = fn(*args, **kwargs)
             values = split_returns(result, len(return_ids), name)
             return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values)]
+        except KeyboardInterrupt:  # taskmesh.cancel interrupted it
+            self._interruptible = False
+            return self._cancelled(return_ids)
         except Exception as e:
             if _should_retry(spec, e):
                 raise _Retry() from e
             data = serialize_error(name, e)
             return [[oid, KIND_ERROR, data] for oid in return_ids]
+
+    def _cancelled(self, return_ids: list[str]) -> list[list]:
+        """The task was cancelled: so are the tasks it submitted (Ray's recursive=True)."""
+        task_id = return_ids[0][:-4] if return_ids else ""
+        try:
+            self.runtime.cancel_children()
+        except Exception as e:
+            print(f"taskmesh worker {self.pid}: cancelling child tasks failed: {e!r}", file=sys.__stderr__)
+        data = objects.serialize(TaskCancelledError(task_id))
+        return [[oid, KIND_ERROR, data] for oid in return_ids]
 
     def _resolve_args(self, args: list, kwargs: dict) -> bytes | None:
         """Replace top-level refs by their values, in place; nested refs stay refs.

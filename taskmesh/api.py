@@ -284,6 +284,18 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
     return get_runtime(auto_init=True).put(value)
 
 
+def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task that makes `object_ref`: `get` then raises TaskCancelledError. A
+    running task gets KeyboardInterrupt (the tasks it submitted are cancelled too), or
+    with force=True its worker is killed; a finished task is left alone."""
+    if not isinstance(object_ref, ObjectRef):
+        raise TypeError("taskmesh.cancel() only supported for object refs. For actors, try "
+                        f"taskmesh.kill(). Got: {type(object_ref)}.")
+    if not isinstance(force, bool) or not isinstance(recursive, bool):
+        raise TypeError("'force' and 'recursive' must be booleans.")
+    get_runtime().cancel(object_ref.hex(), force=force)
+
+
 def get(object_refs: Any, *, timeout: float | None = None) -> Any:
     """The value(s) of a ref or a list of refs; raises the task's error if it failed,
     GetTimeoutError after `timeout` seconds."""

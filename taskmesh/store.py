@@ -29,6 +29,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:named:{namespace}         | hash    | actor name -> actor id                                | create_actor / actor_down scripts | none |
 | tm:job:{job_id}:actors       | set     | actors created by the job (killed when it ends unless detached) | create_actor script | none |
 | tm:chan:node:{node_id}       | pub/sub | orders for one node's agent: `kill <actor_id>`, `free <object_id> ...` (drop shared-memory copies) | kill, freeing process | -   |
+| tm:chan:cancel               | pub/sub | `<task_id> <force 0/1>`: agents drop the task if queued, interrupt (SIGINT) or kill its worker if running | taskmesh.cancel | -   |
 | tm:chan:shapes               | pub/sub | a new shape queue exists (agents start reading it)   | submitter             | -   |
 | tm:chan:log:{job_id}         | pub/sub | worker stdout/stderr lines for the job's driver       | worker                | -   |
 
@@ -153,6 +154,9 @@ class Keys:
 
     def chan_shapes(self) -> str:
         return f"{self.prefix}:chan:shapes"
+
+    def chan_cancel(self) -> str:
+        return f"{self.prefix}:chan:cancel"
 
     def chan_log(self, job_id: str) -> str:
         return f"{self.prefix}:chan:log:{job_id}"
@@ -568,6 +572,10 @@ class Store:
         self.redis.unlink(self.keys.borrows(tag))
         return ([Release(oid, f"p:{tag}", 0) for oid in borrowed]
                 + [Release(oid, "owner", -1) for oid in sorted(owned)])
+
+    @translate_errors
+    def publish_cancel(self, task_id: str, force: bool) -> None:
+        self.redis.publish(self.keys.chan_cancel(), f"{task_id} {int(force)}")
 
     @translate_errors
     def publish_orders(self, orders: dict[str, str]) -> None:

@@ -138,6 +138,9 @@ class NodeAgent:
         self._workers: dict[Connection, _WorkerHandle] = {}
         self._outbox = _Outbox()
         self._acking: set[bytes] = set()  # entry ids of the flush in progress
+        # Task ids cancelled recently (their results are stored already): skipped when
+        # leased, acked rather than retried when their worker dies.
+        self._cancelled: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._recover_own = False
         self._shapes: list[str] = []
         self._reload_shapes = True
@@ -187,7 +190,8 @@ class NodeAgent:
         })
         self._pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(**{self.store.keys.chan_shapes(): self._on_new_shape,
-                                  self.store.keys.chan_node(self.node_id): self._on_order})
+                                  self.store.keys.chan_node(self.node_id): self._on_order,
+                                  self.store.keys.chan_cancel(): self._on_cancel})
         self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=1.0, daemon=True)
         threads = [
             threading.Thread(target=self._lease_loop, name="taskmesh-lease", daemon=True),
@@ -322,9 +326,13 @@ class NodeAgent:
             log.exception("handling the death of actor %s failed", actor_id)
 
     def _task_failed(self, task: _Task) -> None:
-        """The worker running `task` died: retry it while max_retries allows."""
+        """The worker running `task` died: retry it while max_retries allows (not when
+        it was killed by taskmesh.cancel: its results are stored already)."""
         fields = task.lease.fields
         with self._cond:
+            if fields.get(b"task") in self._cancelled:
+                self._outbox.ack(task)
+                return
             if _failure.should_retry(fields):
                 self._outbox.requeues.append((task, int(fields[b"attempt"]) + 1))
                 return
@@ -497,6 +505,25 @@ class NodeAgent:
         for h in victims:
             h.proc.kill()
 
+    def _on_cancel(self, message: dict) -> None:
+        """`<task_id> <force>` (taskmesh.cancel): drop the task if it waits here,
+        interrupt its worker (SIGINT: KeyboardInterrupt in the task) or kill it (force)."""
+        task_id, _, force = message["data"].partition(b" ")
+        with self._cond:
+            self._cancelled[task_id] = None
+            while len(self._cancelled) > 10_000:
+                self._cancelled.popitem(last=False)
+            for task in [t for t in self._backlog if t.lease.fields.get(b"task") == task_id]:
+                self._backlog.remove(task)
+                self._outbox.ack(task)
+            running = [h for h in self._workers.values()
+                       if h.task is not None and h.task.lease.fields.get(b"task") == task_id]
+        for handle in running:
+            try:
+                os.kill(handle.proc.pid, signal.SIGKILL if force == b"1" else signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
     def _unblock_lease(self) -> None:
         if self._lease_client_id is not None:
             try:
@@ -559,6 +586,9 @@ class NodeAgent:
         with self._cond:
             for entry in leased:
                 demand = scheduler.parse_shape(entry.queue[queue_prefix:])
+                if entry.fields.get(b"task") in self._cancelled:
+                    self._outbox.ack(_Task(entry, demand))
+                    continue
                 self._backlog.append(_Task(entry, demand))
             self._dispatch()
 
