@@ -132,6 +132,7 @@ class ActorServer:
                 failures += 1
                 time.sleep(min(0.05 * 2 ** failures, 2.0))
                 continue
+            calls = self._set_aside_malformed(calls)
             if concurrent:
                 for call in calls:
                     if self._first_time(call):
@@ -161,6 +162,18 @@ class ActorServer:
         rest = [c for c in pending if c not in failed]
         if rest:
             self._run_in_order(rest)
+
+    def _set_aside_malformed(self, calls: list[Leased]) -> list[Leased]:
+        """Calls that no taskmesh process wrote go to the dead-letter stream."""
+        from ._failure import entry_problem
+
+        bad = [(c, p) for c in calls if (p := entry_problem(c.fields, actor_call=True)) is not None]
+        if not bad:
+            return calls
+        for call, problem in bad:
+            log.warning("malformed call %s moved to the dead-letter stream: %s", call.entry_id, problem)
+        retry_transient(lambda: self.store.dead_letter(bad, group=b"actor"))
+        return [c for c in calls if all(c is not b for b, _ in bad)]
 
     def _first_time(self, call: Leased) -> bool:
         task_id = call.fields.get(b"task", b"")

@@ -19,6 +19,34 @@ from .exceptions import ActorDiedError, WorkerCrashedError
 from .store import Completion, Store
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def entry_problem(fields: Mapping[bytes, bytes], *, actor_call: bool = False) -> str | None:
+    """What is wrong with a queue entry that did not come from taskmesh (written by hand,
+    or by another version), or None when it is well-formed. Such entries go to the
+    dead-letter stream instead of reaching (and crashing) a worker."""
+    try:
+        task = fields[b"task"].decode()
+        if not task or not set(task) <= _HEX:
+            return f"field 'task' must be a hex id, got {task[:40]!r}"
+        fields[b"name"].decode()
+        int(fields[b"attempt"])
+        spec = msgpack.unpackb(fields[b"spec"], raw=False)
+    except KeyError as e:
+        return f"missing field {e.args[0].decode()!r}"
+    except (ValueError, TypeError, UnicodeDecodeError, msgpack.exceptions.ExtraData) as e:
+        return f"unreadable entry: {type(e).__name__}: {e}"
+    if not isinstance(spec, dict):
+        return "field 'spec' is not a msgpack map"
+    wanted = {"m": str, "args": bytes} if actor_call else {"fn": str, "args": bytes}
+    wanted |= {"owner": str} if fields.get(b"kind") == b"actor" else {"owner": str, "nret": int}
+    for key, kind in wanted.items():
+        if not isinstance(spec.get(key), kind):
+            return f"spec field {key!r} missing or not a {kind.__name__}"
+    return None
+
+
 def should_retry(fields: Mapping[bytes, bytes]) -> bool:
     """True while the task's attempts are not used up (max_retries == -1: forever)."""
     spec = msgpack.unpackb(fields[b"spec"], raw=False)

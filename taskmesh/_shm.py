@@ -105,14 +105,19 @@ class Segment:
         self.buf = memoryview(self._mm) if self._mm is not None else memoryview(b"")
 
     def seal(self) -> None:
-        """Publish the object: readers see it complete or not at all."""
-        self._close()
-        os.rename(self._store.partial_path(self.object_id), self._store.path(self.object_id))
+        """Publish the object: readers see it complete or not at all. The writer's lock
+        is released only after the rename, so nobody takes the writer for dead."""
+        try:
+            os.rename(self._store.partial_path(self.object_id), self._store.path(self.object_id))
+        finally:
+            self._close()
 
     def abort(self) -> None:
-        self._close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._store.partial_path(self.object_id))
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._store.partial_path(self.object_id))
+        finally:
+            self._close()
 
     def _close(self) -> None:
         self.buf.release()
@@ -180,29 +185,32 @@ class ShmStore:
         if self.path(object_id).exists():
             raise FileExistsError(errno.EEXIST, "object exists", str(self.path(object_id)))
         self._make_room(object_id, size)
-        partial = self.partial_path(object_id)
+        # The segment is prepared and locked under a name of our own, then published
+        # as `{id}.partial` with link(): that name never exists without a live writer's
+        # lock, so a waiter never mistakes a writer that is starting for a dead one.
+        private = self.root / f".{object_id}-{os.getpid()}-{os.urandom(4).hex()}{PARTIAL}"
         recycled = self._take_free(size)
         if recycled is not None:
-            try:
-                os.link(recycled, partial)  # atomic: fails when someone else writes it
-            except FileExistsError:
-                self._return_free(recycled)
-                raise
-            os.unlink(recycled)
-            fd = os.open(partial, os.O_RDWR)
+            os.rename(recycled, private)
+            fd = os.open(private, os.O_RDWR)
         else:
-            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(private, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            # Marks a live writer. Blocking: the process that freed a recycled segment
-            # may still hold its lock for a moment after moving it to the pool.
+            # Blocking: the process that freed a recycled segment may still hold its
+            # lock for a moment after moving it to the pool.
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, size)
+            os.link(private, self.partial_path(object_id))  # fails while another writes it
             return Segment(self, object_id, fd, size)
-        except BaseException:
+        except BaseException as e:
             os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial)
+            if recycled is not None and isinstance(e, FileExistsError):
+                with contextlib.suppress(OSError):
+                    self._return_free(private)  # keep the touched pages for the next object
             raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(private)
 
     def _take_free(self, size: int) -> Path | None:
         """Claim the smallest free segment that holds `size` bytes (or else the largest),

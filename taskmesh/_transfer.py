@@ -16,9 +16,9 @@ request is malformed or incomplete after `request_timeout_s`, logging one line.
 Why this shape: the sender sends slices of its read-only mapping and the receiver
 `recv_into`s slices of its destination segment, so neither copies the object in user
 space and memory stays bounded; the crc is computed a chunk at a time while the chunk is
-hot in cache. Why a checksum over TCP: a holder that crashes or runs out of memory while
-writing can close cleanly mid-object, and a wrong copy sealed here would be believed by
-every reader of this node.
+hot in cache. Why a checksum on top of TCP's: TCP's 16-bit sum lets rare corruption
+through on long paths, and a bad copy sealed here would be read by every process of this
+node and served on to other nodes.
 """
 
 from __future__ import annotations
@@ -104,13 +104,6 @@ class TransferServer:
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-
-    def __enter__(self) -> TransferServer:
-        self.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     def _accept_loop(self) -> None:
         while True:
@@ -233,7 +226,9 @@ def fetch(holders: Sequence[tuple[str, int]], object_id: str, shm: ShmStore | No
     waits for that copy instead of transferring it twice. Without `shm` the bytes are
     received into memory. `timeout_s` bounds connecting and each wait for data from a
     holder (a slow but steady holder is not cut off). Raises ObjectLostError when no
-    holder supplies it; the holders tried and why each failed are logged.
+    holder supplies it (the holders tried and why each failed are logged), its subclass
+    ObjectFetchTimedOutError when another local fetch of it does not finish within
+    `timeout_s`, and ObjectStoreFullError or RaySystemError when this node's store fails.
     """
     if not (0 < len(object_id) <= MAX_ID_BYTES and _HEX.issuperset(object_id.encode())):
         raise ValueError(f"object id must be 1 to {MAX_ID_BYTES} hex digits, got {object_id!r}")
@@ -296,7 +291,8 @@ def _receive_into_memory(sock: socket.socket, size: int) -> memoryview:
         try:
             buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _POPULATE)
         except OSError as e:
-            raise _HolderFailed(f"announced {size} bytes, more than this process can map: {e}") from None
+            raise _HolderFailed(f"announced {size} bytes, more than this process can map: {e}") \
+                from None
     sock.sendall(GO)
     view = memoryview(buf)
     _check_crc(sock, _recv_payload(sock, view))
@@ -324,8 +320,8 @@ def _claim(shm: ShmStore, object_id: str, size: int) -> Segment | None:
     help, so they must not send `fetch` on to the next one."""
     st = os.statvfs(shm.root)
     if size > st.f_bavail * st.f_frsize:
-        raise ObjectStoreFullError(
-            f"object {object_id} ({size} bytes) does not fit in the free shared memory of {shm.root}")
+        raise ObjectStoreFullError(f"object {object_id} ({size} bytes) does not fit in "
+                                   f"the free shared memory of {shm.root}")
     try:
         return shm.create(object_id, size)
     except FileExistsError:

@@ -9,6 +9,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 |------------------------------|---------|-------------------------------------------------------|-----------------------|-----|
 | tm:node:{node_id}            | hash    | ip, hostname, pid, obj_port (object-transfer server), resources_total/_available (JSON), state, start_ms, end_ms, death_cause, object store usage (store_capacity, store_used, store_objects, store_spilled, store_spilled_objects, store_free_pool; bytes) | node agent; monitor marks DEAD | none |
 | tm:nodes:alive               | zset    | node_id scored by last heartbeat (ms)                 | node agent            | none |
+| tm:deadletter                | stream  | malformed queue entries, moved out of their queue: queue, entry, reason, fields (msgpack) | agent, actor worker | capped ~10,000 |
 | tm:monitor                   | string  | node_id of the agent holding the failure-monitor lease | monitor (SET NX PX, renew_lease.lua) | lease_ms |
 | tm:fn:{fn_id}                | string  | cloudpickled function, exported once per definition   | driver / worker       | none |
 | tm:shapes                    | set     | resource shapes that have a queue ("CPU=1")           | submitter             | none |
@@ -107,6 +108,9 @@ class Keys:
 
     def nodes_alive(self) -> str:
         return f"{self.prefix}:nodes:alive"
+
+    def deadletter(self) -> str:
+        return f"{self.prefix}:deadletter"
 
     def monitor(self) -> str:
         return f"{self.prefix}:monitor"
@@ -390,6 +394,19 @@ class Store:
             self.ensure_groups(counts)
             return []
         return self._entries(reply)
+
+    @translate_errors
+    def dead_letter(self, entries: Sequence[tuple[Leased, str]], group: bytes = GROUP) -> None:
+        """Move malformed entries to the dead-letter stream (with the reason), and ack and
+        delete them where they were, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry, reason in entries:
+            pipe.xadd(self.keys.deadletter(), {
+                "queue": entry.queue, "entry": entry.entry_id, "reason": reason,
+                "fields": msgpack.packb(entry.fields, use_bin_type=True)}, maxlen=10_000, approximate=True)
+            pipe.xack(entry.queue, group, entry.entry_id)
+            pipe.xdel(entry.queue, entry.entry_id)
+        pipe.execute()
 
     @translate_errors
     def own_pending(self, client: redis.Redis, consumer: str, shapes: Sequence[str]) -> list[Leased]:

@@ -580,6 +580,7 @@ class NodeAgent:
                 return
             block_ms = LEASE_BLOCK_MS if not self._backlog else 20
         leased = self.store.lease(self._lease_client, self.node_id, counts, block_ms)
+        leased = self._set_aside_malformed(leased)
         if not leased:
             return
         queue_prefix = len(self.store.keys.queue(""))
@@ -591,6 +592,17 @@ class NodeAgent:
                     continue
                 self._backlog.append(_Task(entry, demand))
             self._dispatch()
+
+    def _set_aside_malformed(self, leased: list[Leased]) -> list[Leased]:
+        """Entries that no taskmesh process wrote go to the dead-letter stream."""
+        bad = [(e, p) for e in leased if (p := _failure.entry_problem(e.fields)) is not None]
+        if not bad:
+            return leased
+        for entry, problem in bad:
+            log.warning("malformed entry %s in %s moved to the dead-letter stream: %s",
+                        entry.entry_id, entry.queue, problem)
+        retry_transient(lambda: self.store.dead_letter(bad))
+        return [e for e in leased if all(e is not b for b, _ in bad)]
 
     def _hand_back_stale(self) -> None:
         if self._alive_nodes < 2:

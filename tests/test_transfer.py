@@ -222,9 +222,9 @@ def test_missing_everywhere_raises_and_logs_why(dst: ShmStore, server: TransferS
                                                 caplog: pytest.LogCaptureFixture) -> None:
     oid = os.urandom(20).hex()
     refused = (LOCAL, closed_port())
-    with caplog.at_level(logging.WARNING, logger="taskmesh.transfer"):
-        with pytest.raises(ObjectLostError) as info:
-            fetch([holder(server), refused], oid, dst)
+    with (caplog.at_level(logging.WARNING, logger="taskmesh.transfer"),
+          pytest.raises(ObjectLostError) as info):
+        fetch([holder(server), refused], oid, dst)
     assert info.value.object_ref_hex == oid
     assert f"{LOCAL}:{server.port} (does not have it)" in caplog.text
     assert f"{LOCAL}:{refused[1]} (ConnectionRefusedError" in caplog.text
