@@ -3,7 +3,7 @@
 `import taskmesh as ray` runs typical Ray Core task programs unchanged.
 """
 
-from . import exceptions
+from . import dag, exceptions, util
 from .actor import ActorClass, ActorHandle, get_actor, kill, method
 from .api import (
     ClientContext,

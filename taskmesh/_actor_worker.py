@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import inspect
 import logging
 import os
@@ -57,6 +58,11 @@ class ActorServer:
         self._results: queue.Queue[tuple[Leased, list | None]] = queue.Queue()
         self._client = self.store.dedicated()
         self._exiting = threading.Event()
+        self._exit_done = threading.Event()  # the exiting thread recorded the death
+        self._done: list[tuple[Leased, list | None]] = []  # in-order results not stored yet
+        self._on_block = worker.runtime.on_block
+        worker.runtime.on_block = self._before_blocking
+        self._flush_lock = threading.Lock()
         # Task ids of recent calls: a caller that re-sends a batch after a Redis error
         # may have delivered some calls twice; each runs once.
         self._seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
@@ -87,6 +93,8 @@ class ActorServer:
             self._serve()
         except _Exit:
             pass
+        else:  # another thread is exiting the actor: let it record the death first
+            self._exit_done.wait(60)
         self.worker.end_output()
         os._exit(0)
 
@@ -135,10 +143,13 @@ class ActorServer:
             calls = self._set_aside_malformed(calls)
             if concurrent:
                 for call in calls:
-                    if self._first_time(call):
-                        runner.start(call)
-                    else:
+                    if not self._first_time(call):
                         self._results.put((call, None))
+                    elif _is_terminate(call):  # as Ray: after the calls before it finish
+                        runner.drain()
+                        self._call(call)  # raises _Exit
+                    else:
+                        runner.start(call)
             else:
                 self._run_in_order(calls)
 
@@ -185,7 +196,7 @@ class ActorServer:
         return True
 
     def _run_in_order(self, calls: list[Leased]) -> None:
-        done: list[tuple[Leased, list | None]] = []
+        done = self._done
         last_flush = time.monotonic()
         for call in calls:
             if not self._first_time(call):
@@ -194,22 +205,43 @@ class ActorServer:
             try:
                 done.append((call, self._call(call)))
             except _Exit:
-                self._flush(done)
+                self._flush_done()
                 raise
             if time.monotonic() - last_flush > _FLUSH_EVERY_S:
-                self._flush(done)
-                done, last_flush = [], time.monotonic()
+                self._flush_done()
+                last_flush = time.monotonic()
+        self._flush_done()
+
+    def _flush_done(self) -> None:
+        done, self._done[:] = list(self._done), []
         self._flush(done)
+
+    def _before_blocking(self) -> None:
+        """A call waits in get (e.g. for an argument): store the results of the calls
+        before it first, since it may be waiting for one of them."""
+        if self._done:
+            self._flush_done()
+        if self._on_block is not None:
+            self._on_block()
 
     def _flush_loop(self) -> None:
         while True:
             batch = [self._results.get()]
-            while True:
-                try:
-                    batch.append(self._results.get_nowait())
-                except queue.Empty:
-                    break
-            self._flush(batch)
+            with self._flush_lock:
+                self._flush(batch + self._take_results())
+
+    def _take_results(self) -> list[tuple[Leased, list | None]]:
+        batch = []
+        while True:
+            try:
+                batch.append(self._results.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _flush_results_now(self) -> None:
+        """Store what finished calls returned (before the actor goes away)."""
+        with self._flush_lock:
+            self._flush(self._take_results())
 
     def _flush(self, done: list[tuple[Leased, list | None]]) -> None:
         if not done:
@@ -293,11 +325,21 @@ class ActorServer:
             except Exception:
                 log.exception("__ray_shutdown__ of %s failed", self.class_name)
         error = ActorDiedError(self.actor_id, f"The actor {self.actor_id} exited: {cause}")
-        self.store.ack_calls(self.actor_id, call_failures([(call.entry_id, call.fields)], error),
-                             [call.entry_id])
-        self.worker.send(["AX"])
-        self._die(f"The actor exited: {cause}")
+        try:
+            self._flush_done()  # calls that ran before this one keep their results
+            self._flush_results_now()
+            self.store.ack_calls(self.actor_id, call_failures([(call.entry_id, call.fields)], error),
+                                 [call.entry_id])
+            self.worker.send(["AX"])
+            self._die(f"The actor exited: {cause}")
+        finally:
+            self._exit_done.set()
         raise _Exit()
+
+
+def _is_terminate(call: Leased) -> bool:
+    spec = call.fields.get(b"spec", b"")
+    return TERMINATE.encode() in spec and msgpack.unpackb(spec, raw=False).get("m") == TERMINATE
 
 
 class _ConcurrentRunner:
@@ -314,6 +356,8 @@ class _ConcurrentRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limits = {None: limit, **groups}
         self._semaphores: dict[Any, asyncio.Semaphore] = {}
+        self._lock = threading.Lock()
+        self._running: set[concurrent.futures.Future] = set()
         if spec.get("async"):
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, name="taskmesh-actor-loop", daemon=True).start()
@@ -324,9 +368,22 @@ class _ConcurrentRunner:
         if group is not None and group not in self._limits:
             group = None
         if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._run_async(call, group), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._run_async(call, group), self._loop)
         else:
-            self._executors[group].submit(self._run_sync, call)
+            future = self._executors[group].submit(self._run_sync, call)
+        with self._lock:
+            self._running.add(future)
+        future.add_done_callback(self._finished)
+
+    def _finished(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._running.discard(future)
+
+    def drain(self) -> None:
+        """Wait for the calls started so far to finish."""
+        with self._lock:
+            running = list(self._running)
+        concurrent.futures.wait(running)
 
     def _run_sync(self, call: Leased) -> None:
         try:

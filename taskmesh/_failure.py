@@ -67,6 +67,17 @@ def crash_completion(fields: Mapping[bytes, bytes], cause: str) -> Completion:
     return Completion(spec["owner"], encode_notice(task_id, objs), tuple(objs))
 
 
+def end_job_actors(store: Store, job_id: str, cause: str) -> None:
+    """The job ended: its actors die with it, except detached ones (as Ray)."""
+    for actor_id in store.job_actors(job_id):
+        info = store.actor_info(actor_id)
+        if info.get("detached") == "1" or info.get("state") in (None, "DEAD"):
+            continue
+        state, _ = store.kill_actor(actor_id, no_restart=True)
+        if state in ("PENDING", "RESTARTING"):
+            actor_down(store, actor_id, restart=False, cause=cause)
+
+
 def actor_down(store: Store, actor_id: str, *, restart: bool, cause: str, node_id: str = "") -> str:
     """An actor's process is gone (or must go): restart it when `restart` and its
     max_restarts allow, else declare it dead and fail every call queued for it with

@@ -305,11 +305,15 @@ class Runtime:
 
     def _flush_loop(self) -> None:
         failures = 0
+        last_beat = 0.0
         while not self._closing:
             if not failures:
                 self._wake.wait(1.0)
             self._wake.clear()
             try:
+                if self.job_id is not None and not self.is_worker and time.monotonic() - last_beat >= 1.0:
+                    self.store.driver_alive(self.owner, self.job_id)  # see monitor.py
+                    last_beat = time.monotonic()
                 self._flush_once()
                 failures = 0
             except StoreUnavailableError as e:  # Redis restarting: the batch was kept
@@ -606,6 +610,11 @@ class Runtime:
             self._listener.join(timeout=2)
         self._flusher.join(timeout=2)
         self._release_dropped()
+        if self.job_id is not None and not self.is_worker:
+            try:
+                self.store.driver_gone(self.owner, self.job_id)
+            except Exception as e:
+                _log_background_error("unregistering the driver", e)
         with self._cond:
             owned = [oid for oid in set(self._results) | self._escaped | set(self._counts)
                      if oid[:8] == self.owner]
@@ -626,14 +635,10 @@ class Runtime:
 
     def _end_job_actors(self) -> None:
         """The job ends: its actors die with it, except detached ones (as Ray)."""
+        from ._failure import end_job_actors
+
         try:
-            for actor_id in self.store.job_actors(self.job_id):  # type: ignore[arg-type]
-                info = self.store.actor_info(actor_id)
-                if info.get("detached") == "1" or info.get("state") in (None, "DEAD"):
-                    continue
-                state, _ = self.store.kill_actor(actor_id, no_restart=True)
-                if state in ("PENDING", "RESTARTING"):
-                    self.fail_drained_calls(actor_id, "its job ended before it started")
+            end_job_actors(self.store, self.job_id, "its job ended before it started")  # type: ignore[arg-type]
         except Exception as e:
             _log_background_error("ending the job's actors", e)
 

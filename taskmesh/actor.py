@@ -12,13 +12,16 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from . import _options, objects, scheduler
 from .objects import ObjectRef
 from .remote_function import _Export, _pack_args
+
+if TYPE_CHECKING:
+    from .dag import ClassMethodNode, ClassNode
 
 TERMINATE = "__ray_terminate__"
 READY = "__ray_ready__"
@@ -112,6 +115,12 @@ class ActorClass:
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._create(self._options, args, kwargs)
 
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        """A DAG node that creates this actor on each `execute()` (Ray's DAG API)."""
+        from .dag import ClassNode
+
+        return ClassNode(self, self._methods, args, kwargs, self._options)
+
     def _create(self, options: dict[str, Any], args: tuple, kwargs: dict) -> ActorHandle:
         from .api import get_runtime
 
@@ -165,6 +174,12 @@ class _ActorOptions:
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
         return self._actor_class._create(self._opts, args, kwargs)
+
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        """A DAG node that creates this actor, with these options, on each `execute()`."""
+        from .dag import ClassNode
+
+        return ClassNode(self, self._actor_class._methods, args, kwargs, self._opts)
 
 
 def actor_demand(opts: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
@@ -244,6 +259,13 @@ class ActorMethod:
         meta = MethodMeta(n, options.get("concurrency_group", self._meta.concurrency_group),
                           self._meta.is_async)
         return ActorMethod(self._handle, self._name, meta, n)
+
+    def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
+        """A DAG node for a call on this live actor, made by each `execute()`."""
+        from .dag import ClassMethodNode
+
+        options = {"num_returns": self._num_returns, "concurrency_group": self._meta.concurrency_group}
+        return ClassMethodNode(self._handle, self._name, args, kwargs, options)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         from .api import get_runtime

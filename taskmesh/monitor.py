@@ -34,6 +34,11 @@ log = logging.getLogger("taskmesh.monitor")
 
 ENV_NODE_TIMEOUT_MS = "TASKMESH_NODE_TIMEOUT_MS"
 DEFAULT_NODE_TIMEOUT_MS = 10_000
+# A driver that stops heartbeating this long (it crashed without shutdown()) has its refs
+# released and its job's actors ended. Longer than a node's: a driver busy in native code
+# may starve its heartbeat thread for a while.
+ENV_DRIVER_TIMEOUT_MS = "TASKMESH_DRIVER_TIMEOUT_MS"
+DEFAULT_DRIVER_TIMEOUT_MS = 30_000
 DEFAULT_LEASE_MS = 5_000
 # The consumer that holds entries taken from dead nodes until they are settled.
 MONITOR_CONSUMER = "monitor"
@@ -99,6 +104,7 @@ class Monitor:
         self.node_id = node_id
         self.node_timeout_ms = node_timeout_ms or node_timeout_from_env()
         self.lease_ms = lease_ms
+        self.driver_timeout_ms = int(os.environ.get(ENV_DRIVER_TIMEOUT_MS, DEFAULT_DRIVER_TIMEOUT_MS))
         self.holding = False
         self._closed = False
 
@@ -118,6 +124,8 @@ class Monitor:
                 alive.discard(node)
         for node in self.store.lost_nodes():
             self._recover_actors(node)
+        for tag, job_id in self.store.silent_drivers(now_ms, self.driver_timeout_ms):
+            self._settle_driver(tag, job_id)
         for shape, by_name in seen.consumers.items():
             if by_name.get(MONITOR_CONSUMER):  # left over by a monitor that died mid-way
                 self._settle_consumer(shape, MONITOR_CONSUMER, "its node died")
@@ -157,6 +165,20 @@ class Monitor:
             log.warning("actor %s: %s; %s", actor_id, cause, status)
         self._release_holds(node)
         self.store.node_settled(node)
+
+    def _settle_driver(self, tag: str, job_id: str) -> None:
+        """A driver died without shutting down: release its refs (objects others hold
+        live on), end its job's actors but detached ones, and forget it. Idempotent,
+        so a monitor that dies half-way leaves the rest to the next one."""
+        from ._object_plane import ObjectPlane
+
+        log.warning("driver %s of job %s stopped heartbeating: releasing its refs and actors",
+                    tag, job_id)
+        ObjectPlane(self.store, None).release(self.store.process_holds(tag))
+        _failure.end_job_actors(self.store, job_id, "its driver died")
+        self.store.end_job(job_id)
+        self.store.delete_done(tag)
+        self.store.driver_gone(tag, job_id)
 
     def _release_holds(self, node: str) -> None:
         """The node's worker processes died with it: release the refs they borrowed and

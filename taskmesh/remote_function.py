@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import cloudpickle
 import msgpack
 
 from . import _options, objects, scheduler
 from .objects import ObjectRef
+
+if TYPE_CHECKING:
+    from .dag import FunctionNode
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,6 +49,12 @@ class RemoteFunction(Generic[P, R]):
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self._plan.submit(args, kwargs)
 
+    def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
+        """A DAG node for this call, submitted by its DAG's `execute()` (Ray's DAG API)."""
+        from .dag import FunctionNode
+
+        return FunctionNode(self, args, kwargs, self._plan.options)
+
     def __getstate__(self) -> dict[str, Any]:
         return {"function": self._function, "options": self._options}
 
@@ -60,6 +69,12 @@ class _BoundOptions(Generic[P, R]):
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self._plan.submit(args, kwargs)
+
+    def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
+        """A DAG node for this call that keeps these options."""
+        from .dag import FunctionNode
+
+        return FunctionNode(self, args, kwargs, self._plan.options)
 
 
 class _TaskPlan:

@@ -10,6 +10,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:node:{node_id}            | hash    | ip, hostname, pid, obj_port (object-transfer server), resources_total/_available (JSON), state, start_ms, end_ms, death_cause, object store usage (store_capacity, store_used, store_objects, store_spilled, store_spilled_objects, store_free_pool; bytes) | node agent; monitor marks DEAD | none |
 | tm:nodes:alive               | zset    | node_id scored by last heartbeat (ms)                 | node agent            | none |
 | tm:deadletter                | stream  | malformed queue entries, moved out of their queue: queue, entry, reason, fields (msgpack) | agent, actor worker | capped ~10,000 |
+| tm:drivers                   | zset    | "<owner tag> <job id>" of live drivers, scored by last heartbeat (ms, Redis clock) | driver (driver_alive.lua); removed at shutdown or by the monitor | none |
 | tm:monitor                   | string  | node_id of the agent holding the failure-monitor lease | monitor (SET NX PX, renew_lease.lua) | lease_ms |
 | tm:fn:{fn_id}                | string  | cloudpickled function, exported once per definition   | driver / worker       | none |
 | tm:shapes                    | set     | resource shapes that have a queue ("CPU=1")           | submitter             | none |
@@ -108,6 +109,9 @@ class Keys:
 
     def nodes_alive(self) -> str:
         return f"{self.prefix}:nodes:alive"
+
+    def drivers(self) -> str:
+        return f"{self.prefix}:drivers"
 
     def deadletter(self) -> str:
         return f"{self.prefix}:deadletter"
@@ -266,6 +270,7 @@ class Store:
         self._renew_lease = self.redis.register_script(_load_script("renew_lease.lua"))
         self._mark_node_dead = self.redis.register_script(_load_script("mark_node_dead.lua"))
         self._heartbeat = self.redis.register_script(_load_script("heartbeat.lua"))
+        self._driver_alive = self.redis.register_script(_load_script("driver_alive.lua"))
         self._drop_consumer = self.redis.register_script(_load_script("drop_consumer.lua"))
         self._create_actor = self.redis.register_script(_load_script("create_actor.lua"))
         self._actor_call = self.redis.register_script(_load_script("actor_call.lua"))
@@ -903,6 +908,20 @@ class Store:
     def renew_monitor_lease(self, holder: str, ttl_ms: int) -> bool:
         """Extend the lease if `holder` still has it; ttl_ms=0 gives it up."""
         return self._renew_lease(keys=[self.keys.monitor()], args=[holder, ttl_ms]) == 1
+
+    @translate_errors
+    def driver_alive(self, tag: str, job_id: str) -> None:
+        self._driver_alive(keys=[self.keys.drivers()], args=[f"{tag} {job_id}"])
+
+    @translate_errors
+    def driver_gone(self, tag: str, job_id: str) -> None:
+        self.redis.zrem(self.keys.drivers(), f"{tag} {job_id}")
+
+    @translate_errors
+    def silent_drivers(self, now_ms: int, timeout_ms: int) -> list[tuple[str, str]]:
+        """(owner tag, job id) of drivers whose last heartbeat is older than the timeout."""
+        members = self.redis.zrangebyscore(self.keys.drivers(), "-inf", now_ms - timeout_ms)
+        return [tuple(_text(m).split(" ", 1)) for m in members]  # type: ignore[misc]
 
     @translate_errors
     def liveness(self, shapes: Sequence[str]) -> Liveness:

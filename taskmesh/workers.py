@@ -95,7 +95,9 @@ def detect_node_ip(redis_url: str) -> str:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((host, 9))
             return s.getsockname()[0]
-    except OSError:
+    except OSError as e:
+        log.warning("could not find the address that reaches Redis at %s (%s); registering "
+                    "127.0.0.1, which other machines cannot reach: pass --node-ip-address", host, e)
         return "127.0.0.1"
 
 

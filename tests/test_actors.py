@@ -854,3 +854,71 @@ def test_actor_with_unavailable_resource_stays_pending(ray) -> None:
     ray.kill(a)
     with pytest.raises(exceptions.RayActorError):
         ray.get(ref, timeout=10)
+
+
+def test_a_dropped_handle_lets_an_async_actors_running_calls_finish(ray) -> None:
+    """As Ray: an actor whose last handle is gone exits after the calls sent before."""
+    import asyncio
+
+    @ray.remote
+    class Slow:
+        async def f(self):
+            await asyncio.sleep(0.3)
+            return "done"
+
+    assert ray.get(Slow.remote().f.remote(), timeout=30) == "done"
+
+
+def test_an_async_actor_that_exits_is_dead_for_every_later_call(ray) -> None:
+    """exit_actor() in an async method: the death is recorded before the process goes,
+    so later calls fail instead of hanging."""
+
+    @ray.remote
+    class Leaver:
+        async def ping(self):
+            return "pong"
+
+        async def leave(self):
+            taskmesh.actor.exit_actor()
+
+    for _ in range(5):
+        actor = Leaver.remote()
+        assert ray.get(actor.ping.remote(), timeout=30) == "pong"
+        ray.wait([actor.leave.remote()], timeout=10)
+        with pytest.raises(exceptions.RayActorError):
+            ray.get(actor.ping.remote(), timeout=20)
+
+
+def test_a_call_can_take_the_result_of_an_earlier_call_on_the_same_actor(ray) -> None:
+    @ray.remote
+    class Acc:
+        def __init__(self):
+            self.total = 0
+
+        def add(self, x):
+            self.total += x
+            return self.total
+
+    acc = Acc.remote()
+    first = acc.add.remote(1)
+    second = acc.add.remote(first)  # runs after `first`, on its result
+    third = acc.add.remote(second)
+    assert ray.get([first, second, third], timeout=30) == [1, 2, 4]
+
+
+def test_calls_sent_before_the_last_handle_is_dropped_keep_their_results(ray) -> None:
+    @ray.remote
+    class Counter:
+        def __init__(self):
+            self.n = 0
+
+        def incr(self, k):
+            self.n += k
+            return self.n
+
+    for _ in range(5):
+        counter = Counter.remote()
+        refs = [counter.incr.remote(3), counter.incr.remote(4)]
+        del counter
+        gc.collect()
+        assert ray.get(refs, timeout=30) == [3, 7]

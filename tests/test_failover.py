@@ -217,3 +217,57 @@ def test_a_lease_whose_reply_was_lost_is_taken_back(cluster_factory) -> None:
 
 def _blocked_readers(client) -> list[dict]:
     return [c for c in client.client_list() if c.get("cmd") == "xreadgroup" and "b" in c.get("flags", "")]
+
+
+_CRASHING_DRIVER = """
+import sys, time
+import numpy as np
+import taskmesh
+
+@taskmesh.remote
+class Box:
+    def __init__(self, refs=None):
+        self.refs = refs
+    def ping(self):
+        return "pong"
+
+taskmesh.init(address=sys.argv[1])
+mine = taskmesh.put(np.ones(100_000))            # held by this driver only
+lent = taskmesh.put(np.ones(100_000))            # also held by a detached actor
+keeper = Box.options(name="keeper", lifetime="detached", namespace="crash").remote([lent])
+temp = Box.remote()                              # dies with the job
+taskmesh.get([keeper.ping.remote(), temp.ping.remote()])
+print(mine.hex(), lent.hex(), temp._actor_id, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_crashed_drivers_refs_and_actors_are_released(cluster_factory, monkeypatch, tmp_path) -> None:
+    """kill -9 of a driver: once its heartbeat is older than the driver timeout, the
+    monitor frees what only it held, keeps what a detached actor borrowed, and ends its
+    job's other actors."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv(monitor.ENV_DRIVER_TIMEOUT_MS, "2000")
+    with cluster_factory(nodes=1, num_cpus=2) as cluster:
+        script = tmp_path / "driver.py"
+        script.write_text(_CRASHING_DRIVER)
+        driver = subprocess.Popen([sys.executable, str(script), cluster.url], stdout=subprocess.PIPE, text=True)
+        try:
+            mine, lent, temp = driver.stdout.readline().split()
+        finally:
+            driver.kill()
+            driver.wait()
+        taskmesh.init(address=cluster.url)
+        store = taskmesh.api.get_runtime().store
+        try:
+            wait_until(lambda: not store.redis.exists(store.keys.obj(mine)), timeout_s=30)
+            wait_until(lambda: store.actor_info(temp).get("state") == "DEAD", timeout_s=30)
+            assert store.redis.exists(store.keys.obj(lent))  # the detached actor holds it
+            keeper = taskmesh.get_actor("keeper", namespace="crash")
+            assert taskmesh.get(keeper.ping.remote(), timeout=30) == "pong"
+            assert store.redis.zcard(store.keys.drivers()) == 1  # only this driver now
+            taskmesh.kill(keeper)
+        finally:
+            taskmesh.shutdown()

@@ -20,7 +20,7 @@ def _documented_patterns() -> set[str]:
 def test_every_key_builder_matches_the_documented_table() -> None:
     keys = Keys()
     built = {
-        keys.node("{node_id}"), keys.nodes_alive(), keys.monitor(), keys.deadletter(), keys.fn("{fn_id}"), keys.shapes(),
+        keys.node("{node_id}"), keys.nodes_alive(), keys.monitor(), keys.deadletter(), keys.drivers(), keys.fn("{fn_id}"), keys.shapes(),
         keys.queue("{shape}"), keys.done("owner"), keys.job("{job_id}"), keys.jobs(),
         keys.chan_shapes(), keys.chan_cancel(), keys.chan_log("{job_id}"), keys.actor("actor_id"),
         keys.actor_calls("actor_id"), keys.named("{namespace}"), keys.job_actors("{job_id}"),

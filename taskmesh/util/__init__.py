@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .actor_pool import ActorPool
+
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     """Names of the live named actors in the current namespace; with all_namespaces,
@@ -16,4 +18,4 @@ def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     return [name for _, name in runtime.store.named_actors(runtime.namespace or "")]
 
 
-__all__ = ["list_named_actors"]
+__all__ = ["ActorPool", "list_named_actors"]
