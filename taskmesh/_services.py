@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlparse, urlunparse
+from urllib.parse import (
+    parse_qs,
+    quote,
+    unquote,
+    urlencode,
+    urlparse,
+    urlsplit,
+    urlunparse,
+    urlunsplit,
+)
 
 import redis
 
@@ -25,7 +35,9 @@ from . import _process
 
 ENV_ADDRESS = "TASKMESH_ADDRESS"
 ENV_TEMP_DIR = "TASKMESH_TEMP_DIR"
-_SCHEMES = ("redis", "rediss", "unix")
+SENTINEL_SCHEME = "redis+sentinel"
+_SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
+_SENTINEL_PORT = 26379
 
 
 def temp_root() -> Path:
@@ -36,7 +48,8 @@ def temp_root() -> Path:
 
 
 def canonicalize_address(address: str) -> str:
-    """`host:port`, `redis://[:password@]host:port[/db]`, `rediss://...` -> a Redis URL.
+    """`host:port`, `redis://[:password@]host:port[/db]`, `rediss://...` and
+    `redis+sentinel://[:password@]host:port[,host:port...]/MASTER[/db]` -> a Redis URL.
 
     Raises ValueError naming the address when it is malformed.
     """
@@ -45,6 +58,8 @@ def canonicalize_address(address: str) -> str:
         raise ValueError("Invalid address '': expected host:port or redis://host:port")
     if "://" not in address:
         address = "redis://" + address
+    if address.startswith(f"{SENTINEL_SCHEME}://"):
+        return parse_sentinel_address(address).url()
     parsed = urlparse(address)
     if parsed.scheme not in _SCHEMES:
         raise ValueError(f"Invalid address {mask_password(address)!r}: scheme must be one of "
@@ -63,12 +78,98 @@ def canonicalize_address(address: str) -> str:
 
 
 def mask_password(url: str) -> str:
-    parsed = urlparse(url)
-    if parsed.password is None:
-        return url
-    user = parsed.username or ""
-    host = parsed.netloc.rpartition("@")[2]
-    return urlunparse(parsed._replace(netloc=f"{user}:***@{host}"))
+    """The URL with its password (and a sentinel password in the query) as `***`, for
+    messages and logs."""
+    try:
+        parsed = urlsplit(url)
+    except ValueError:  # unparseable, but may still carry a password
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    masked = parsed
+    userinfo, at, host = parsed.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        masked = masked._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}")
+    if "sentinel_password=" in parsed.query:
+        query = [(k, "***" if k == "sentinel_password" else v)
+                 for k, vs in parse_qs(parsed.query, keep_blank_values=True).items() for v in vs]
+        masked = masked._replace(query=urlencode(query, safe="*"))
+    return url if masked == parsed else urlunsplit(masked)
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelAddress:
+    """A parsed `redis+sentinel://` address: where the Sentinels are, the name of the
+    primary they watch, and the credentials and database to use on it."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    sentinel_password: str | None = None
+
+    def url(self) -> str:
+        """The canonical form: every Sentinel with its port, the db spelled out."""
+        userinfo = ""
+        if self.password is not None or self.username:
+            userinfo = quote(self.username or "", safe="")
+            if self.password is not None:
+                userinfo += ":" + quote(self.password, safe="")
+            userinfo += "@"
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+        query = "" if self.sentinel_password is None else "?" + urlencode(
+            {"sentinel_password": self.sentinel_password})
+        return f"{SENTINEL_SCHEME}://{userinfo}{hosts}/{quote(self.master_name, safe='')}/{self.db}{query}"
+
+
+def parse_sentinel_address(address: str) -> SentinelAddress:
+    """Parse `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/MASTER[/db]
+    [?sentinel_password=...]` (Sentinel port 26379 by default). urlparse cannot: the
+    netloc holds several hosts. Raises ValueError naming the (masked) address."""
+
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"Invalid address {mask_password(address)!r}: {reason}")
+
+    try:
+        parsed = urlsplit(address.strip())
+    except ValueError as e:
+        raise bad(str(e)) from None
+    if parsed.scheme != SENTINEL_SCHEME:
+        raise bad(f"expected {SENTINEL_SCHEME}://")
+    userinfo, at, hosts = parsed.netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if colon else None
+    if not hosts:
+        raise bad("no Sentinel host (expected host:port[,host:port...])")
+    sentinels = tuple(_parse_endpoint(h, bad) for h in hosts.split(","))
+    path = [unquote(part) for part in parsed.path.split("/")[1:]]
+    if not path or not path[0] or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise bad("expected /MASTER_NAME or /MASTER_NAME/DB after the Sentinel hosts")
+    query = parse_qs(parsed.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"sentinel_password"})
+    if unknown:
+        raise bad(f"unknown option(s) {', '.join(unknown)}; only sentinel_password is accepted")
+    sentinel_password = query["sentinel_password"][-1] if "sentinel_password" in query else None
+    return SentinelAddress(sentinels, path[0], username, password,
+                           int(path[1]) if len(path) == 2 else 0, sentinel_password)
+
+
+def _parse_endpoint(text: str, bad: Callable[[str], ValueError]) -> tuple[str, int]:
+    """`host[:port]` or `[v6-address][:port]` -> (host, port)."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    else:
+        host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host:
+        raise bad(f"Sentinel {text!r} has no host name")
+    if not port_text:
+        return host, _SENTINEL_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise bad(f"Sentinel {text!r}: the port is not a number in 1-65535")
+    return host, int(port_text)
 
 
 def with_password(url: str, password: str | None) -> str:
@@ -138,11 +239,7 @@ def start_redis(
         if password:
             args += ["--requirepass", password]
         args += list(extra_args)
-        proc = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=_process.set_pdeathsig if fate_share else None,
-            start_new_session=not fate_share,
-        )
+        proc = _spawn_server(args, fate_share)
         url = with_password(f"redis://{host}:{chosen}", password)
         if _wait_for_redis(url, proc, timeout_s):
             return RedisServer(proc, host, chosen, url)
@@ -153,6 +250,98 @@ def start_redis(
     log_file = data_dir / "redis.log"
     tail = log_file.read_text()[-2000:] if log_file.exists() else ""
     raise RuntimeError(f"The Redis server did not start ({binary}).\n{tail}")
+
+
+def _spawn_server(args: list[str], fate_share: bool) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=_process.set_pdeathsig if fate_share else None,
+        start_new_session=not fate_share,
+    )
+
+
+def start_replica(
+    primary: RedisServer, *, data_dir: Path, password: str | None = None, timeout_s: float = 10.0,
+) -> RedisServer:
+    """Start a replica of `primary` (same password) and return once its initial sync
+    is done, so that a failover right after it has a complete copy to promote."""
+    # The primary would otherwise wait seconds for more replicas before a diskless sync.
+    with redis.Redis.from_url(primary.url, socket_timeout=1.0) as client:
+        client.config_set("repl-diskless-sync-delay", 0)
+    extra = ("--replicaof", primary.host, str(primary.port))
+    if password:
+        extra += ("--masterauth", password)
+    replica = start_redis(data_dir=data_dir, host=primary.host, password=password,
+                          extra_args=extra, timeout_s=timeout_s)
+    client = redis.Redis.from_url(replica.url, socket_timeout=1.0)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while client.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                replica.stop()
+                raise RuntimeError(f"The replica on port {replica.port} did not sync with "
+                                   f"the primary on port {primary.port}")
+            time.sleep(0.02)
+    finally:
+        client.close()
+    return replica
+
+
+def start_sentinels(
+    primary: RedisServer,
+    master_name: str,
+    *,
+    count: int = 3,
+    quorum: int = 2,
+    data_dir: Path,
+    password: str | None = None,
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 5000,
+    timeout_s: float = 10.0,
+) -> list[RedisServer]:
+    """Start `count` Sentinels watching `primary` as `master_name`; each one's `url`
+    reaches the Sentinel itself. A Sentinel rewrites its config file, which therefore
+    lives in its own directory; its port must be in that file (not on the command line)."""
+    sentinels: list[RedisServer] = []
+    try:
+        for i in range(count):
+            sentinels.append(_start_sentinel(
+                primary, master_name, quorum=quorum, data_dir=data_dir / f"sentinel-{i}",
+                password=password, down_after_ms=down_after_ms,
+                failover_timeout_ms=failover_timeout_ms, timeout_s=timeout_s))
+    except BaseException:
+        for sentinel in sentinels:
+            sentinel.stop()
+        raise
+    return sentinels
+
+
+def _start_sentinel(
+    primary: RedisServer, master_name: str, *, quorum: int, data_dir: Path, password: str | None,
+    down_after_ms: int, failover_timeout_ms: int, timeout_s: float,
+) -> RedisServer:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "sentinel.conf"
+    for _ in range(5):
+        port = free_port(primary.host)
+        lines = [f"port {port}", f"bind {primary.host}", "protected-mode no", f"dir {data_dir}",
+                 f"logfile {data_dir / 'sentinel.log'}",
+                 f"sentinel monitor {master_name} {primary.host} {primary.port} {quorum}",
+                 f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
+                 f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
+                 f"sentinel parallel-syncs {master_name} 1"]
+        if password:
+            lines.append(f"sentinel auth-pass {master_name} {password}")
+        config.write_text("\n".join(lines) + "\n")
+        proc = _spawn_server([find_server_binary(), str(config), "--sentinel"], fate_share=True)
+        url = f"redis://{primary.host}:{port}"
+        if _wait_for_redis(url, proc, timeout_s):
+            return RedisServer(proc, primary.host, port, url)
+        proc.kill()
+        proc.wait()
+    log_file = data_dir / "sentinel.log"
+    tail = log_file.read_text()[-2000:] if log_file.exists() else ""
+    raise RuntimeError(f"The Sentinel did not start.\n{tail}")
 
 
 def _wait_for_redis(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:

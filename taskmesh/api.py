@@ -20,7 +20,7 @@ from . import _options, _services
 from ._runtime import Runtime
 from .objects import ObjectRef
 from .remote_function import RemoteFunction
-from .store import Store
+from .store import Store, keep_listening
 
 _lock = threading.RLock()
 _runtime: Runtime | None = None
@@ -214,7 +214,7 @@ def _start_log_printer(store: Store, job_id: str) -> None:
 
     pubsub = store.redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(**{store.keys.chan_log(job_id): on_message})
-    _log_thread = pubsub.run_in_thread(sleep_time=0.1, daemon=True)
+    _log_thread = pubsub.run_in_thread(sleep_time=0.1, daemon=True, exception_handler=keep_listening)
 
 
 def shutdown() -> None:

@@ -35,6 +35,21 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:chan:shapes               | pub/sub | a new shape queue exists (agents start reading it)   | submitter             | -   |
 | tm:chan:log:{job_id}         | pub/sub | worker stdout/stderr lines for the job's driver       | worker                | -   |
 
+Replication and failover: with a `redis+sentinel://` address every client (driver,
+agent, worker) asks the Sentinels for the primary and asks again after losing it, so after
+a failover it follows the promoted replica; until then calls fail with
+StoreUnavailableError and callers retry. Replication is asynchronous, so a write the primary
+acknowledged can be lost if the primary dies before a replica received it. The pipelines
+that make work durable for other processes (task submission, results and acks, `put`) end
+with `WAIT 1 <timeout>` (TASKMESH_WAIT_REPLICAS, TASKMESH_WAIT_TIMEOUT_MS; 1 and 100 ms by
+default) in the same round trip: when it returns, the writes reached at least one replica,
+which a failover then promotes. WAIT does not make the write durable on disk, and on timeout
+we continue: the window remains open for that write (a lagging or disconnected replica). A
+primary without connected replicas (for instance right after a failover) is not waited for:
+after a shortfall the store checks ROLE and skips WAIT for a second when there is no
+replica. Other writes (heartbeats, actor state, refcounts) are not waited for: a failover
+may roll them back by a few milliseconds. Plain `redis://` addresses never WAIT.
+
 Ids: a task id is `{owner}` + 16 hex digits; an object id is its task id + 4 hex digits
 (return index, 0 for `put`), so a key builder finds the owner tag in the id itself. An
 actor id is its creator's tag + 16 hex digits; the actor's keys carry it as hash tag.
@@ -44,6 +59,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -53,13 +69,24 @@ from typing import Any, TypeVar
 
 import msgpack
 import redis
+import redis.sentinel
 
+from . import _services
 from .exceptions import StoreUnavailableError
 
 GROUP = b"agents"
 OWNER_TAG_LEN = 8
+ENV_WAIT_REPLICAS = "TASKMESH_WAIT_REPLICAS"
+ENV_WAIT_TIMEOUT_MS = "TASKMESH_WAIT_TIMEOUT_MS"
+SENTINEL_TIMEOUT_S = 0.5
+# How long a primary found without replicas is not waited for, before asking again.
+_NO_REPLICA_BACKOFF_S = 1.0
 
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+# ReadOnlyError: a write reached a primary that was demoted to a replica. Through a
+# Sentinel pool it arrives as a ConnectionError (the pool drops the connection and asks the
+# Sentinels again); on a plain address it is still a Redis that cannot take writes now.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+              ConnectionError, TimeoutError)
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -83,6 +110,13 @@ def retry_transient(
             if stop() or time.monotonic() + delay > deadline:
                 raise
             time.sleep(delay)
+
+
+def keep_listening(error: BaseException, pubsub: Any, thread: Any) -> None:
+    """Exception handler for pub/sub listener threads: a lost connection (Redis
+    restarting, a failover) is waited out, and the next read reconnects and subscribes
+    again, instead of the thread ending silently."""
+    time.sleep(0.5)
 
 
 def translate_errors(fn: F) -> F:
@@ -260,9 +294,18 @@ class Store:
     def __init__(self, url: str, *, prefix: str = "tm", **connection_kwargs: Any):
         self.url = url
         self.keys = Keys(prefix)
-        self.redis = redis.Redis.from_url(
-            url, health_check_interval=30, socket_keepalive=True, **connection_kwargs
-        )
+        self._sentinel: redis.sentinel.Sentinel | None = None
+        self._wait_replicas = 0
+        self._wait_timeout_ms = 0
+        self._skip_wait_until = 0.0
+        if url.startswith(f"{_services.SENTINEL_SCHEME}://"):
+            self._sentinel, self.redis = _sentinel_client(url, connection_kwargs)
+            self._wait_replicas = int(os.environ.get(ENV_WAIT_REPLICAS, "1"))
+            self._wait_timeout_ms = int(os.environ.get(ENV_WAIT_TIMEOUT_MS, "100"))
+        else:
+            self.redis = redis.Redis.from_url(
+                url, health_check_interval=30, socket_keepalive=True, **connection_kwargs
+            )
         self._complete = self.redis.register_script(_load_script("complete.lua"))
         self._requeue = self.redis.register_script(_load_script("requeue.lua"))
         self._ack = self.redis.register_script(_load_script("ack.lua"))
@@ -280,6 +323,8 @@ class Store:
     def close(self) -> None:
         self.redis.close()
         self.redis.connection_pool.disconnect()
+        if self._sentinel is not None:
+            self._sentinel.close()
 
     def dedicated(self) -> redis.Redis:
         """A client on its own single connection, for blocking reads that must be woken
@@ -362,7 +407,7 @@ class Store:
                     pipe.evalsha(self._actor_call.sha, 2, self.keys.actor(actor_id),
                                  self.keys.actor_calls(actor_id), *args)
 
-        replies = self._run_scripts(queue_commands, (self._submit, self._actor_call))
+        replies = self._run_scripts(queue_commands, (self._submit, self._actor_call), durable=True)
         dead = []
         for ((_, actor_id), indexes), reply in zip(groups.items(), replies):
             if actor_id is not None and reply[0] == 0:
@@ -458,23 +503,49 @@ class Store:
             for queue, ids in acks.items():
                 pipe.evalsha(self._ack.sha, 1, queue, group, *ids)
 
-        self._run_scripts(queue_commands, (self._complete, self._ack))
+        self._run_scripts(queue_commands, (self._complete, self._ack), durable=True)
 
-    def _run_scripts(self, queue_commands: Callable[[Any], None], scripts: tuple[Any, ...]) -> list:
+    def _run_scripts(
+        self, queue_commands: Callable[[Any], None], scripts: tuple[Any, ...], *, durable: bool = False,
+    ) -> list:
         """Run a pipeline of EVALSHAs. redis-py's pipelined Script objects send SCRIPT
         EXISTS on every execute; we load the scripts only when the server lacks them
-        (a restarted or failed-over Redis) and run the pipeline again."""
+        (a restarted or failed-over Redis) and run the pipeline again.
+
+        `durable`: other processes act on these writes, so in replicated mode the
+        pipeline ends with WAIT (see the module docstring); its reply is not returned."""
         for attempt in range(2):
             pipe = self.redis.pipeline(transaction=False)
             queue_commands(pipe)
+            waits = durable and self._should_wait()
+            if waits:
+                pipe.wait(self._wait_replicas, self._wait_timeout_ms)
             try:
-                return pipe.execute()
+                replies = pipe.execute()
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
                 for script in scripts:
                     self.redis.script_load(script.script)
+                continue
+            if waits:
+                self._note_replicated(int(replies.pop()))
+            return replies
         return []
+
+    def _should_wait(self) -> bool:
+        return self._wait_replicas > 0 and time.monotonic() >= self._skip_wait_until
+
+    def _note_replicated(self, replicas: int) -> None:
+        """After a WAIT that timed out, ask the primary how many replicas it has: with
+        fewer than we wait for, every WAIT would only cost its full timeout, so skip
+        WAIT for a while (a replica that reconnects is waited for again after that)."""
+        if replicas >= self._wait_replicas:
+            return
+        role = self.redis.execute_command("ROLE")
+        connected = len(role[2]) if role and role[0] == b"master" else 0
+        if connected < self._wait_replicas:
+            self._skip_wait_until = time.monotonic() + _NO_REPLICA_BACKOFF_S
 
     @translate_errors
     def requeue(self, queue: str, entry_id: bytes, fields: dict[bytes, Any]) -> None:
@@ -507,16 +578,18 @@ class Store:
     def put_object(self, object_id: str, kind: bytes, data: bytes, size: int,
                    nested: Sequence[str] = ()) -> None:
         """Store an object held by its owner; the refs it contains are held by it."""
-        if not nested:
-            self.redis.hset(self.keys.obj(object_id), mapping={
-                "kind": kind, "data": data, "size": size, "held": 1})
+        mapping = {"kind": kind, "data": data, "size": size, "held": 1}
+        if not nested and not self._should_wait():
+            self.redis.hset(self.keys.obj(object_id), mapping=mapping)
             return
-        self.hold_nested({object_id: nested}, extra=lambda pipe: pipe.hset(
-            self.keys.obj(object_id), mapping={"kind": kind, "data": data, "size": size, "held": 1}))
+        self.hold_nested({object_id: nested} if nested else {}, durable=True,
+                         extra=lambda pipe: pipe.hset(self.keys.obj(object_id), mapping=mapping))
 
     @translate_errors
-    def hold_nested(self, containers: dict[str, Sequence[str]], extra: Callable[[Any], None] | None = None) -> None:
-        """Record the refs each container object holds, and hold them (one round trip)."""
+    def hold_nested(self, containers: dict[str, Sequence[str]], extra: Callable[[Any], None] | None = None,
+                    *, durable: bool = False) -> None:
+        """Record the refs each container object holds, and hold them (one round trip);
+        `durable` as in `_run_scripts`."""
         ops = [Release(ref, f"o:{container}", 1) for container, refs in containers.items() for ref in refs]
 
         def queue_commands(pipe: Any) -> None:
@@ -526,7 +599,7 @@ class Store:
             if extra is not None:
                 extra(pipe)
 
-        self._run_scripts(queue_commands, (self._release,))
+        self._run_scripts(queue_commands, (self._release,), durable=durable)
 
     @translate_errors
     def get_objects(self, object_ids: Sequence[str]) -> list[tuple[bytes, bytes] | None]:
@@ -966,6 +1039,39 @@ class Store:
     def drop_consumer(self, shape: str, consumer: str) -> bool:
         """Delete a consumer from a queue's group if nothing is pending for it."""
         return self._drop_consumer(keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1
+
+
+class _FollowingConnection(redis.sentinel.SentinelManagedConnection):
+    """A Sentinel-managed connection that also asks the Sentinels where the primary is
+    when it reconnects on its own. redis-py reconnects a dropped connection inside
+    `send_packed_command` straight to its last host, so a connection held for good (a
+    `dedicated()` client) would keep dialing a dead primary; the pool's own connect path
+    asks the Sentinels, and this routes the reconnect through it."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()
+        super().send_packed_command(command, check_health)
+
+
+def _sentinel_client(
+    url: str, connection_kwargs: dict[str, Any]
+) -> tuple[redis.sentinel.Sentinel, redis.Redis]:
+    """A client of the primary the Sentinels of a `redis+sentinel://` address name.
+    Its pool asks them again whenever it opens a connection after losing one (and drops
+    a connection that hits a demoted primary), so the client follows a failover. The
+    Sentinels get a short timeout of their own: one that is down is skipped quickly."""
+    address = _services.parse_sentinel_address(url)
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": SENTINEL_TIMEOUT_S,
+                                       "socket_connect_timeout": SENTINEL_TIMEOUT_S}
+    if address.sentinel_password is not None:
+        sentinel_kwargs["password"] = address.sentinel_password
+    sentinel = redis.sentinel.Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_kwargs)
+    client = sentinel.master_for(
+        address.master_name, username=address.username, password=address.password,
+        db=address.db, health_check_interval=30, socket_keepalive=True,
+        connection_class=_FollowingConnection, **connection_kwargs)
+    return sentinel, client
 
 
 def _flat(info: dict[str, Any]) -> dict[str, str]:

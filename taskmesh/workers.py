@@ -35,7 +35,7 @@ from ._services import temp_root
 from ._shm import ShmStore, StoreConfig, reap_dead_stores
 from ._transfer import TransferServer
 from .monitor import Monitor
-from .store import Completion, Leased, Store, retry_transient
+from .store import Completion, Leased, Store, keep_listening, retry_transient
 
 log = logging.getLogger("taskmesh.agent")
 
@@ -194,7 +194,8 @@ class NodeAgent:
         self._pubsub.subscribe(**{self.store.keys.chan_shapes(): self._on_new_shape,
                                   self.store.keys.chan_node(self.node_id): self._on_order,
                                   self.store.keys.chan_cancel(): self._on_cancel})
-        self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=1.0, daemon=True)
+        self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=1.0, daemon=True,
+                                                         exception_handler=keep_listening)
         threads = [
             threading.Thread(target=self._lease_loop, name="taskmesh-lease", daemon=True),
             threading.Thread(target=self._heartbeat_loop, name="taskmesh-heartbeat", daemon=True),

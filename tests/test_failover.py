@@ -135,6 +135,9 @@ def test_a_redis_restart_loses_no_acknowledged_task(tmp_path) -> None:
             assert taskmesh.get(refs, timeout=120) == list(range(150))
             assert taskmesh.get(slow.remote(7), timeout=60) == 7
             assert taskmesh.get(counter.count.remote(), timeout=60) == 1  # actor state kept
+            # The agent still hears announcements (its pub/sub listener reconnected):
+            # a task of a shape that did not exist before runs.
+            assert taskmesh.get(slow.options(num_cpus=0.5).remote(8), timeout=60) == 8
         finally:
             taskmesh.shutdown()
     finally:
