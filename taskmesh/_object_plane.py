@@ -50,21 +50,29 @@ class ObjectPlane:
         """(kind, data, refs it contains) of `value` stored as `object_id`: a large
         value is written into this node's shared memory now (each buffer copied once)
         and `data` names it."""
+        ser, nested = self.serialize(value)
+        return (*self.store_serialized(object_id, ser), nested)
+
+    def serialize(self, value: Any) -> tuple[objects.Serialized, tuple[str, ...]]:
+        """The value pickled (buffers not copied yet) and the refs it contains."""
         try:
             with objects.collecting_refs() as found:
                 ser = objects.serialize_oob(value)
         except Exception as e:
             raise TypeError(f"Could not serialize the object of type {type(value).__name__}: "
                             f"{type(e).__name__}: {e}") from e
-        nested = tuple(dict.fromkeys(found))
+        return ser, tuple(dict.fromkeys(found))
+
+    def store_serialized(self, object_id: str, ser: objects.Serialized) -> tuple[bytes, bytes]:
+        """(kind, data): inline bytes, or the value written into shared memory."""
         size = ser.size
         if size <= objects.INLINE_LIMIT or self.shm is None:
-            return KIND_VALUE, ser.to_bytes(), nested
+            return KIND_VALUE, ser.to_bytes()
         descriptor = shm_descriptor(size, self.node_id)  # type: ignore[arg-type]
         try:
             segment = self.shm.create(object_id, size)
         except FileExistsError:  # a retried task wrote this return before: same value
-            return KIND_SHM, descriptor, nested
+            return KIND_SHM, descriptor
         except ObjectStoreFullError:
             raise
         except OSError as e:
@@ -73,7 +81,7 @@ class ObjectPlane:
                 f"memory ({self.shm.root}): {e}") from e
         with segment:
             ser.write_into(segment.buf)
-        return KIND_SHM, descriptor, nested
+        return KIND_SHM, descriptor
 
     # ---- reading ----------------------------------------------------------------------
 

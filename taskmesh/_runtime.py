@@ -109,6 +109,7 @@ class Runtime:
         self._discard: set[str] = set()
         self._buffer: list[Outgoing] = []
         self._free: list[Release] = []
+        self._release_lock = threading.Lock()
         # Refs this process passed to its pending tasks, held until each task's notice.
         self._task_holds: dict[str, Sequence[str]] = {}
         # Objects just stored that contain refs (they hold them once recorded in Redis).
@@ -248,14 +249,7 @@ class Runtime:
         """Bring Redis up to date with the refs this process holds, now. A worker calls
         it before reporting a task done, since the caller then drops the refs it lent
         the task: what the task kept must be registered first."""
-        self._release_dropped()
-        with self._cond:
-            ops, self._free = self._free, []
-            containers, self._containers = self._containers, {}
-        if containers:
-            self.store.hold_nested(containers)
-        if ops:
-            self.plane.release(ops)
+        self._send_holds()
 
     # ---- submission -----------------------------------------------------------------
 
@@ -326,29 +320,41 @@ class Runtime:
                 time.sleep(0.1)
 
     def _flush_once(self) -> None:
-        self._release_dropped()
         self._terminate_dropped_actors()
         with self._cond:
             batch, self._buffer = self._buffer, []
-            free, self._free = self._free, []
-            containers, self._containers = self._containers, {}
         try:
-            if containers:
-                self.store.hold_nested(containers)
-                containers = {}
             dead = self.store.submit(batch) if batch else []
         except StoreUnavailableError:
             # Kept for the next try. Part of the batch may have been applied: a task may
             # then run twice (its first result wins); an actor skips a call it has run.
             with self._cond:
                 self._buffer[:0] = batch
-                self._free[:0] = free
-                self._containers.update(containers)
             raise
         if dead:
             self._fail_calls([(batch[i], cause) for i, cause in dead])
-        if free:
-            self.plane.release(free)
+        self._send_holds()
+
+    def _send_holds(self) -> None:
+        """Send the hold changes gathered so far: what objects contain first, then
+        borrows and releases. One sender at a time, so that a large put waiting here
+        finds the memory of the objects just freed (see `put`)."""
+        with self._release_lock:
+            self._release_dropped()
+            with self._cond:
+                ops, self._free = self._free, []
+                containers, self._containers = self._containers, {}
+            try:
+                if containers:
+                    self.store.hold_nested(containers)
+                    containers = {}
+            except StoreUnavailableError:
+                with self._cond:  # holds only add: sending them again is safe
+                    self._containers.update(containers)
+                    self._free[:0] = ops
+                raise
+            if ops:
+                self.plane.release(ops)
 
     # ---- cancellation -------------------------------------------------------------------
 
@@ -470,7 +476,10 @@ class Runtime:
             raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want "
                             "to do this, you can wrap the ObjectRef in a list and call 'put' on it.")
         oid = objects.object_id(objects.new_task_id(self.owner), 0)
-        kind, data, nested = self.plane.encode(oid, value)
+        ser, nested = self.plane.serialize(value)
+        if ser.size > objects.INLINE_LIMIT and self.plane.shm is not None:
+            self.sync_refs()  # free what was just dropped: this put may reuse its memory
+        kind, data = self.plane.store_serialized(oid, ser)
         size = parse_descriptor(data)[0] if kind == KIND_SHM else len(data)
         try:
             self.store.put_object(oid, kind, data, size, nested)

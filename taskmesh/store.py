@@ -364,7 +364,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         pipe.xgroup_create(self.keys.queue(shape), GROUP, id="0", mkstream=True)
         pipe.sadd(self.keys.shapes(), shape)
-        added = pipe.execute(raise_on_error=False)[1]
+        added = _forget_frames(pipe.execute(raise_on_error=False))[1]
         if added == 1:
             self.redis.publish(self.keys.chan_shapes(), shape)
 
@@ -377,7 +377,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for shape in shapes:
             pipe.xgroup_create(self.keys.queue(shape), GROUP, id="0", mkstream=True)
-        pipe.execute(raise_on_error=False)
+        _forget_frames(pipe.execute(raise_on_error=False))
 
     @translate_errors
     def submit_tasks(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
@@ -465,7 +465,7 @@ class Store:
         pipe = client.pipeline(transaction=False)
         for shape in shapes:
             pipe.xreadgroup(GROUP, consumer, {self.keys.queue(shape): "0"}, count=10_000)
-        return [e for reply in pipe.execute(raise_on_error=False)
+        return [e for reply in _forget_frames(pipe.execute(raise_on_error=False))
                 if not isinstance(reply, Exception) for e in self._entries(reply)]
 
     @staticmethod
@@ -522,9 +522,10 @@ class Store:
                 pipe.wait(self._wait_replicas, self._wait_timeout_ms)
             try:
                 replies = pipe.execute()
-            except redis.exceptions.NoScriptError:
+            except redis.exceptions.NoScriptError as e:
                 if attempt:
                     raise
+                _forget_frames([e])
                 for script in scripts:
                     self.redis.script_load(script.script)
                 continue
@@ -562,7 +563,7 @@ class Store:
         for shape in shapes:
             pipe.xlen(self.keys.queue(shape))
             pipe.xpending(self.keys.queue(shape), GROUP)
-        replies = pipe.execute(raise_on_error=False)
+        replies = _forget_frames(pipe.execute(raise_on_error=False))
         stats = {}
         for i, shape in enumerate(shapes):
             length, pending = replies[2 * i], replies[2 * i + 1]
@@ -1005,7 +1006,7 @@ class Store:
         pipe.zrange(self.keys.nodes_alive(), 0, -1, withscores=True)
         for shape in shapes:
             pipe.xinfo_consumers(self.keys.queue(shape), GROUP)
-        (seconds, micros), alive, *replies = pipe.execute(raise_on_error=False)
+        (seconds, micros), alive, *replies = _forget_frames(pipe.execute(raise_on_error=False))
         consumers = {}
         for shape, reply in zip(shapes, replies):
             if isinstance(reply, Exception):  # no group yet: nobody consumes it
@@ -1072,6 +1073,18 @@ def _sentinel_client(
         db=address.db, health_check_interval=30, socket_keepalive=True,
         connection_class=_FollowingConnection, **connection_kwargs)
     return sentinel, client
+
+
+def _forget_frames(replies: Any) -> Any:
+    """Drop the tracebacks of error replies we handle: redis-py keeps error objects in
+    reference cycles, and a traceback keeps every frame up to our caller's alive until
+    the cycle collector runs, with the caller's ObjectRefs and actor handles in them (so
+    objects and actors would outlive the user's last reference)."""
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            reply.__traceback__ = None
+            reply.__context__ = None
+    return replies
 
 
 def _flat(info: dict[str, Any]) -> dict[str, str]:
