@@ -34,6 +34,7 @@ __all__ = [
     "available_resources",
     "cancel",
     "cluster_resources",
+    "dag",
     "exceptions",
     "get",
     "get_actor",
@@ -46,5 +47,6 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "util",
     "wait",
 ]

@@ -57,79 +57,46 @@ actor id is its creator's tag + 16 hex digits; the actor's keys carry it as hash
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any
 
 import msgpack
 import redis
 import redis.sentinel
 
 from . import _services
-from .exceptions import StoreUnavailableError
+from ._store_base import (
+    _NO_REPLICA_BACKOFF_S,
+    ENV_WAIT_REPLICAS,
+    ENV_WAIT_TIMEOUT_MS,
+    GROUP,
+    OWNER_TAG_LEN,
+    Completion,
+    Freed,
+    Leased,
+    Liveness,
+    Outgoing,
+    Release,
+    _flat,
+    _forget_frames,
+    _now_ms,
+    _sentinel_client,
+    _text,
+    keep_listening,
+    retry_transient,
+    translate_errors,
+)
+from ._store_objects import ObjectMethods
 
-GROUP = b"agents"
-OWNER_TAG_LEN = 8
-ENV_WAIT_REPLICAS = "TASKMESH_WAIT_REPLICAS"
-ENV_WAIT_TIMEOUT_MS = "TASKMESH_WAIT_TIMEOUT_MS"
-SENTINEL_TIMEOUT_S = 0.5
-# How long a primary found without replicas is not waited for, before asking again.
-_NO_REPLICA_BACKOFF_S = 1.0
-
-# ReadOnlyError: a write reached a primary that was demoted to a replica. Through a
-# Sentinel pool it arrives as a ConnectionError (the pool drops the connection and asks the
-# Sentinels again); on a plain address it is still a Redis that cannot take writes now.
-_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
-              ConnectionError, TimeoutError)
-
-F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
-
-
-def retry_transient(
-    fn: Callable[[], T], *, deadline_s: float = 30.0, base_s: float = 0.05, cap_s: float = 2.0,
-    stop: Callable[[], bool] = lambda: False,
-) -> T:
-    """Call `fn` until it succeeds, retrying only transient (connection/timeout) errors
-    with capped exponential backoff and full jitter; the last error propagates after
-    `deadline_s` or once `stop()` is true. The one retry helper of the code base."""
-    deadline = time.monotonic() + deadline_s
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except (StoreUnavailableError, *_TRANSIENT):
-            attempt += 1
-            delay = random.uniform(0, min(cap_s, base_s * 2 ** attempt))
-            if stop() or time.monotonic() + delay > deadline:
-                raise
-            time.sleep(delay)
-
-
-def keep_listening(error: BaseException, pubsub: Any, thread: Any) -> None:
-    """Exception handler for pub/sub listener threads: a lost connection (Redis
-    restarting, a failover) is waited out, and the next read reconnects and subscribes
-    again, instead of the thread ending silently."""
-    time.sleep(0.5)
-
-
-def translate_errors(fn: F) -> F:
-    """Turn Redis connection/timeout errors into one StoreUnavailableError."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except _TRANSIENT as e:
-            raise StoreUnavailableError(f"Redis is unavailable: {e}") from e
-
-    return wrapper  # type: ignore[return-value]
+__all__ = [
+    "GROUP", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased", "Liveness", "Outgoing",
+    "Release", "Store", "keep_listening", "retry_transient", "translate_errors",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,63 +199,7 @@ def _load_script(name: str) -> str:
     return resources.files(__package__).joinpath(f"lua/{name}").read_text()
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """One finished task as the agent hands it to `complete_tasks`."""
-
-    owner: str
-    notice: bytes
-    objects: tuple[tuple[str, bytes, bytes], ...]  # (object_id, kind, data)
-
-
-@dataclass(frozen=True, slots=True)
-class Release:
-    """One change of who holds an object (see release.lua): holder "owner", "p:<tag>"
-    or "o:<object_id>"; delta +1/-1, or 0 to drop the holder entirely."""
-
-    object_id: str
-    holder: str
-    delta: int
-
-
-@dataclass(frozen=True, slots=True)
-class Freed:
-    """An object release.lua freed: where its copies are and the refs it contained."""
-
-    object_id: str
-    nodes: tuple[str, ...]
-    nested: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A task for a shape queue (target = shape) or a call for an actor (actor_id set)."""
-
-    target: str
-    fields: dict[str, Any]
-    actor_id: str | None = None
-    returns: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Leased:
-    """One task entry read from a queue stream."""
-
-    queue: str
-    entry_id: bytes
-    fields: dict[bytes, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Liveness:
-    """Heartbeats and queue consumers read at one instant, for the failure monitor."""
-
-    heartbeats: dict[str, int]  # node_id -> last heartbeat (ms, Redis server time)
-    consumers: dict[str, dict[str, int]]  # shape -> consumer -> pending entries
-    now_ms: int = 0  # the Redis server's time when this was read
-
-
-class Store:
+class Store(ObjectMethods):
     """A pooled connection to the cluster's Redis plus one typed method per operation."""
 
     def __init__(self, url: str, *, prefix: str = "tm", **connection_kwargs: Any):
@@ -576,140 +487,8 @@ class Store:
     # ---- objects ----------------------------------------------------------------------
 
     @translate_errors
-    def put_object(self, object_id: str, kind: bytes, data: bytes, size: int,
-                   nested: Sequence[str] = ()) -> None:
-        """Store an object held by its owner; the refs it contains are held by it."""
-        mapping = {"kind": kind, "data": data, "size": size, "held": 1}
-        if not nested and not self._should_wait():
-            self.redis.hset(self.keys.obj(object_id), mapping=mapping)
-            return
-        self.hold_nested({object_id: nested} if nested else {}, durable=True,
-                         extra=lambda pipe: pipe.hset(self.keys.obj(object_id), mapping=mapping))
-
-    @translate_errors
-    def hold_nested(self, containers: dict[str, Sequence[str]], extra: Callable[[Any], None] | None = None,
-                    *, durable: bool = False) -> None:
-        """Record the refs each container object holds, and hold them (one round trip);
-        `durable` as in `_run_scripts`."""
-        ops = [Release(ref, f"o:{container}", 1) for container, refs in containers.items() for ref in refs]
-
-        def queue_commands(pipe: Any) -> None:
-            for container, refs in containers.items():
-                pipe.sadd(self.keys.obj_nested(container), *refs)
-            self._queue_release(pipe, ops)
-            if extra is not None:
-                extra(pipe)
-
-        self._run_scripts(queue_commands, (self._release,), durable=durable)
-
-    @translate_errors
-    def get_objects(self, object_ids: Sequence[str]) -> list[tuple[bytes, bytes] | None]:
-        """(kind, data) for each object, None where it does not exist (yet)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for oid in object_ids:
-            pipe.hmget(self.keys.obj(oid), "kind", "data")
-        out: list[tuple[bytes, bytes] | None] = []
-        for kind, data in pipe.execute():
-            out.append(None if kind is None else (kind, data))
-        return out
-
-    @translate_errors
-    def objects_exist(self, object_ids: Sequence[str]) -> list[bool]:
-        pipe = self.redis.pipeline(transaction=False)
-        for oid in object_ids:
-            pipe.exists(self.keys.obj(oid))
-        return [bool(x) for x in pipe.execute()]
-
-    def _queue_release(self, pipe: Any, ops: Sequence[Release]) -> list[list[Release]]:
-        """Queue one release.lua call per owner (an owner's keys share a slot), plus the
-        borrowers' index updates; returns the ops of each script call, in order."""
-        by_owner: dict[str, list[Release]] = {}
-        for op in ops:
-            by_owner.setdefault(op.object_id[:OWNER_TAG_LEN], []).append(op)
-        groups = list(by_owner.values())
-        for group in groups:
-            keys, args = [], []
-            for op in group:
-                oid = op.object_id
-                keys += [self.keys.obj(oid), self.keys.obj_loc(oid), self.keys.obj_refs(oid),
-                         self.keys.obj_nested(oid)]
-                args += [op.holder, op.delta]
-            pipe.evalsha(self._release.sha, len(keys), *keys, *args)
-        for op in ops:
-            if op.holder.startswith("p:"):
-                index = self.keys.borrows(op.holder[2:])
-                (pipe.sadd if op.delta > 0 else pipe.srem)(index, op.object_id)
-        return groups
-
-    @translate_errors
-    def release(self, ops: Sequence[Release]) -> list[Freed]:
-        """Apply hold changes in one round trip; returns the objects that were freed."""
-        groups: list[list[Release]] = []
-
-        def queue_commands(pipe: Any) -> None:
-            groups[:] = self._queue_release(pipe, ops)
-
-        replies = self._run_scripts(queue_commands, (self._release,))
-        freed = []
-        for group, reply in zip(groups, replies):
-            for op, result in zip(group, reply):
-                if result:
-                    nodes, nested = result
-                    freed.append(Freed(op.object_id, tuple(_text(n) for n in nodes),
-                                       tuple(_text(n) for n in nested)))
-        return freed
-
-    @translate_errors
-    def process_holds(self, tag: str) -> list[Release]:
-        """What a process that died was holding: its borrowed refs and its own objects."""
-        borrowed = [_text(o) for o in self.redis.smembers(self.keys.borrows(tag))]
-        owned = {_text(k).split(":obj:")[1].partition(":")[0]
-                 for k in self.redis.scan_iter(match=self.keys.owned_objects(tag), count=1000)}
-        self.redis.unlink(self.keys.borrows(tag))
-        return ([Release(oid, f"p:{tag}", 0) for oid in borrowed]
-                + [Release(oid, "owner", -1) for oid in sorted(owned)])
-
-    @translate_errors
     def publish_cancel(self, task_id: str, force: bool) -> None:
         self.redis.publish(self.keys.chan_cancel(), f"{task_id} {int(force)}")
-
-    @translate_errors
-    def publish_orders(self, orders: dict[str, str]) -> None:
-        """Send each node agent one order on its channel (pipelined)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for node_id, order in orders.items():
-            pipe.publish(self.keys.chan_node(node_id), order)
-        pipe.execute()
-
-    @translate_errors
-    def object_holders(self, object_id: str, first: str) -> list[tuple[str, str, int]]:
-        """(node_id, ip, object port) of the live nodes holding a copy: `first` (the
-        node that made it) and then the others of its location set."""
-        nodes = [first] + sorted(_text(n) for n in self.redis.smembers(self.keys.obj_loc(object_id))
-                                 if _text(n) != first)
-        pipe = self.redis.pipeline(transaction=False)
-        for node in nodes:
-            pipe.hmget(self.keys.node(node), "ip", "obj_port", "state")
-        out = []
-        for node, (ip, port, state) in zip(nodes, pipe.execute()):
-            if ip and port and state == b"ALIVE":
-                out.append((node, ip.decode(), int(port)))
-        return out
-
-    @translate_errors
-    def add_location(self, object_id: str, node_id: str) -> bool:
-        """Record a new copy; False when the object was freed meanwhile (the copy must go)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.exists(self.keys.obj(object_id))
-        pipe.sadd(self.keys.obj_loc(object_id), node_id)
-        exists, _ = pipe.execute()
-        if not exists:
-            self.redis.unlink(self.keys.obj_loc(object_id))
-        return bool(exists)
-
-    @translate_errors
-    def existing_objects(self, object_ids: Sequence[str]) -> set[str]:
-        return {oid for oid, ok in zip(object_ids, self.objects_exist(object_ids)) if ok}
 
     @translate_errors
     def read_done(
@@ -914,31 +693,6 @@ class Store:
         self.redis.hset(self.keys.node(node_id), mapping=_flat(fields))
 
     @translate_errors
-    def object_summaries(self) -> list[dict[str, Any]]:
-        """Every object's id, kind, size, owner tag, nodes and holders (SCAN: for
-        debugging commands, not for hot paths)."""
-        keys = [k for k in self.redis.scan_iter(match=self.keys.all_objects(), count=1000)
-                if b":" not in k.rpartition(b":obj:")[2]]
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            oid = _text(key).rpartition(":")[2]
-            pipe.hmget(key, "kind", "size", "data", "held")
-            pipe.smembers(self.keys.obj_loc(oid))
-            pipe.hgetall(self.keys.obj_refs(oid))
-        replies = pipe.execute()
-        out = []
-        for key, (kind, size, data, held), copies, refs in zip(keys, replies[::3], replies[1::3], replies[2::3]):
-            if kind is None:
-                continue
-            oid = _text(key).rpartition(":")[2]
-            nodes = [_text(data).partition(" ")[2]] if kind == b"shm" and data else []
-            holders = (["owner"] if held else []) + sorted(_text(h) for h in refs)
-            out.append({"object_id": oid, "owner": oid[:OWNER_TAG_LEN], "kind": _text(kind),
-                        "size": int(size or 0), "nodes": nodes + sorted(_text(c) for c in copies),
-                        "holders": holders})
-        return out
-
-    @translate_errors
     def unregister_node(self, node_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(self.keys.nodes_alive(), node_id)
@@ -1040,60 +794,3 @@ class Store:
     def drop_consumer(self, shape: str, consumer: str) -> bool:
         """Delete a consumer from a queue's group if nothing is pending for it."""
         return self._drop_consumer(keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1
-
-
-class _FollowingConnection(redis.sentinel.SentinelManagedConnection):
-    """A Sentinel-managed connection that also asks the Sentinels where the primary is
-    when it reconnects on its own. redis-py reconnects a dropped connection inside
-    `send_packed_command` straight to its last host, so a connection held for good (a
-    `dedicated()` client) would keep dialing a dead primary; the pool's own connect path
-    asks the Sentinels, and this routes the reconnect through it."""
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        if not self._sock:
-            self.connect()
-        super().send_packed_command(command, check_health)
-
-
-def _sentinel_client(
-    url: str, connection_kwargs: dict[str, Any]
-) -> tuple[redis.sentinel.Sentinel, redis.Redis]:
-    """A client of the primary the Sentinels of a `redis+sentinel://` address name.
-    Its pool asks them again whenever it opens a connection after losing one (and drops
-    a connection that hits a demoted primary), so the client follows a failover. The
-    Sentinels get a short timeout of their own: one that is down is skipped quickly."""
-    address = _services.parse_sentinel_address(url)
-    sentinel_kwargs: dict[str, Any] = {"socket_timeout": SENTINEL_TIMEOUT_S,
-                                       "socket_connect_timeout": SENTINEL_TIMEOUT_S}
-    if address.sentinel_password is not None:
-        sentinel_kwargs["password"] = address.sentinel_password
-    sentinel = redis.sentinel.Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_kwargs)
-    client = sentinel.master_for(
-        address.master_name, username=address.username, password=address.password,
-        db=address.db, health_check_interval=30, socket_keepalive=True,
-        connection_class=_FollowingConnection, **connection_kwargs)
-    return sentinel, client
-
-
-def _forget_frames(replies: Any) -> Any:
-    """Drop the tracebacks of error replies we handle: redis-py keeps error objects in
-    reference cycles, and a traceback keeps every frame up to our caller's alive until
-    the cycle collector runs, with the caller's ObjectRefs and actor handles in them (so
-    objects and actors would outlive the user's last reference)."""
-    for reply in replies:
-        if isinstance(reply, BaseException):
-            reply.__traceback__ = None
-            reply.__context__ = None
-    return replies
-
-
-def _flat(info: dict[str, Any]) -> dict[str, str]:
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
