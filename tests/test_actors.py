@@ -48,6 +48,21 @@ def _pid_gone(pid: int) -> bool:
 # `ray` fixture) exists; pytest creates that module-scoped cluster at its first use.
 
 
+
+@taskmesh.remote(max_restarts=1)
+class Phoenix:
+    """Counts its calls; restarted once after a kill (its count starts over)."""
+
+    def __init__(self):
+        self.value = 0
+
+    def increment(self):
+        self.value += 1
+        return self.value
+
+    def pid(self):
+        return os.getpid()
+
 def test_actor_holds_its_cpus_until_killed(cluster_factory) -> None:
     with cluster_factory(nodes=1, num_cpus=2) as cluster:
         taskmesh.init(address=cluster.url)
@@ -80,18 +95,6 @@ def test_restart_after_sigkill_then_die_when_restarts_exhausted(cluster_factory)
     with cluster_factory(nodes=1, num_cpus=2) as cluster:
         taskmesh.init(address=cluster.url)
         try:
-            @taskmesh.remote(max_restarts=1)
-            class Phoenix:
-                def __init__(self):
-                    self.value = 0
-
-                def increment(self):
-                    self.value += 1
-                    return self.value
-
-                def pid(self):
-                    return os.getpid()
-
             p = Phoenix.remote()
             assert taskmesh.get([p.increment.remote() for _ in range(3)]) == [1, 2, 3]
             pid = taskmesh.get(p.pid.remote())
@@ -745,18 +748,6 @@ def test_kill_rejects_non_actors(ray) -> None:
 
 
 def test_kill_with_no_restart_false_restarts_the_actor(ray) -> None:
-    @ray.remote(max_restarts=1)
-    class Phoenix:
-        def __init__(self):
-            self.value = 0
-
-        def increment(self):
-            self.value += 1
-            return self.value
-
-        def pid(self):
-            return os.getpid()
-
     p = Phoenix.remote()
     assert ray.get([p.increment.remote(), p.increment.remote()]) == [1, 2]
     pid = ray.get(p.pid.remote())
