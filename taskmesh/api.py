@@ -132,6 +132,7 @@ def init(
         try:
             store = Store(url)
             store.ping()
+            store.check_server()
             job_id = store.new_job({"driver_pid": str(os.getpid()), "host": os.uname().nodename,
                                     "start_ms": str(int(time.time() * 1000)),
                                     "namespace": namespace or ""})

@@ -134,9 +134,13 @@ def worker(address: str, num_cpus: float | None, num_gpus: float | None, resourc
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     url = _canonical(address)
     assert url is not None
-    NodeAgent(url, resources=_node_resources(num_cpus, num_gpus, resources),
-              node_ip=node_ip_address,
-              object_store=object_store_config(object_store_memory, spill_dir)).run(ready_fd=ready_fd)
+    agent = NodeAgent(url, resources=_node_resources(num_cpus, num_gpus, resources),
+                      node_ip=node_ip_address,
+                      object_store=object_store_config(object_store_memory, spill_dir))
+    try:
+        agent.run(ready_fd=ready_fd)
+    except ValueError as e:  # a Redis taskmesh must not use (see Store.check_server)
+        raise click.ClickException(str(e)) from None
 
 
 @main.command()

@@ -246,6 +246,20 @@ class Store(ObjectMethods):
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
+    @translate_errors
+    def check_server(self) -> None:
+        """Refuse a Redis that may evict keys: an evicted queue entry, result or actor
+        record is lost work. Servers that forbid CONFIG (managed services) are trusted."""
+        try:
+            policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis.ResponseError:
+            return
+        if policy not in (None, "noeviction"):
+            raise ValueError(
+                f"The Redis at {_services.mask_password(self.url)} has maxmemory-policy "
+                f"{policy!r}: it may evict taskmesh's keys and lose tasks and objects. Set "
+                "'maxmemory-policy noeviction' (CONFIG SET maxmemory-policy noeviction).")
+
     # ---- jobs and functions -------------------------------------------------------
 
     @translate_errors

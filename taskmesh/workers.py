@@ -171,6 +171,7 @@ class NodeAgent:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
+        self.store.check_server()
         self.store.ensure_groups(["CPU=1"])
         self._lease_client_id = self._lease_client.client_id()
         # The object store exists before any worker or registration refers to it; the

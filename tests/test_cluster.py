@@ -293,3 +293,21 @@ def test_the_readme_demo_runs() -> None:
     assert "writeable=False (zero-copy)" in done.stdout
     assert "caught: RayTaskError(ValueError)" in done.stdout
     assert_no_leaked_children(before)
+
+
+def test_a_redis_that_may_evict_keys_is_refused(tmp_path) -> None:
+    """An evicted key is lost work: drivers and agents refuse a Redis whose
+    maxmemory-policy is not noeviction, with an error naming the setting."""
+    server = _services.start_redis(data_dir=tmp_path / "redis",
+                                   extra_args=("--maxmemory-policy", "allkeys-lru"))
+    try:
+        with pytest.raises(ValueError, match="maxmemory-policy 'allkeys-lru'"):
+            taskmesh.init(address=server.url)
+        assert not taskmesh.is_initialized()
+        result = CliRunner().invoke(cli, ["worker", "--address", server.url, "--num-cpus", "1"])
+        assert result.exit_code != 0 and "noeviction" in result.output
+        Store(server.url).redis.config_set("maxmemory-policy", "noeviction")
+        with taskmesh.init(address=server.url):
+            assert taskmesh.is_initialized()
+    finally:
+        server.stop()
