@@ -247,12 +247,12 @@ def _connect(address: str | None) -> Any:
 
 
 @main.command(name="list")
-@click.argument("what", type=click.Choice(["actors", "nodes"]))
+@click.argument("what", type=click.Choice(["actors", "nodes", "objects", "jobs"]))
 @_address_option(required=False)
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Only rows whose KEY equals VALUE (repeatable), e.g. --filter state=ALIVE.")
 def list_(what: str, address: str | None, filters: tuple[str, ...]) -> None:
-    """List actors or nodes, read from Redis."""
+    """List actors, nodes, objects or jobs, read from Redis."""
     wanted = []
     for f in filters:
         key, sep, value = f.partition("=")
@@ -264,9 +264,16 @@ def list_(what: str, address: str | None, filters: tuple[str, ...]) -> None:
         if what == "actors":
             columns = ["actor_id", "class_name", "state", "name", "namespace", "node_id", "pid", "restarts"]
             rows = store.actors()
-        else:
+        elif what == "nodes":
             columns = ["node_id", "state", "ip", "hostname", "pid"]
             rows = [{**n, "state": "ALIVE" if n["alive"] else "DEAD"} for n in store.nodes()]
+        elif what == "objects":
+            columns = ["object_id", "kind", "size", "owner", "nodes", "holders"]
+            rows = [{**o, "nodes": ",".join(o["nodes"]), "holders": ",".join(o["holders"])}
+                    for o in store.object_summaries()]
+        else:
+            columns = ["job_id", "state", "namespace", "driver_pid", "host", "start_ms", "end_ms"]
+            rows = store.job_infos()
     finally:
         store.close()
     rows = [r for r in rows if all(str(r.get(k, "")) == v for k, v in wanted)]

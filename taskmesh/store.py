@@ -158,6 +158,10 @@ class Keys:
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
 
+    def all_jobs(self) -> str:
+        """SCAN pattern matching every job hash (and each job's actor set)."""
+        return f"{self.prefix}:job:*"
+
     def jobs(self) -> str:
         return f"{self.prefix}:jobs"
 
@@ -268,6 +272,22 @@ class Store(ObjectMethods):
         job_id = f"{number:08x}"
         self.redis.hset(self.keys.job(job_id), mapping=info)
         return job_id
+
+    @translate_errors
+    def job_infos(self) -> list[dict[str, str]]:
+        """Every job's hash with its id and state (SCAN: for the CLI, not hot paths)."""
+        keys = [k for k in self.redis.scan_iter(match=self.keys.all_jobs(), count=1000)
+                if not k.endswith(b":actors")]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        out = []
+        for key, raw in zip(keys, pipe.execute()):
+            info = {_text(k): _text(v) for k, v in raw.items()}
+            info["job_id"] = _text(key).rpartition(":")[2]
+            info["state"] = "FINISHED" if info.get("end_ms") else "RUNNING"
+            out.append(info)
+        return sorted(out, key=lambda j: j["job_id"])
 
     @translate_errors
     def end_job(self, job_id: str) -> None:

@@ -65,3 +65,21 @@ def test_list_named_actors_per_namespace(ray) -> None:
     everywhere = list_named_actors(all_namespaces=True)
     assert {"name": "listed-two", "namespace": "elsewhere"} in everywhere
     taskmesh.kill(other)
+
+
+def test_list_objects_and_jobs(ray) -> None:
+    import numpy as np
+
+    url = get_runtime().store.url
+    big = ray.put(np.ones(200_000))
+    small = ray.put("small")
+    result = CliRunner().invoke(cli, ["list", "objects", "--address", url, "--filter", "kind=shm"])
+    assert result.exit_code == 0, result.output
+    line = next(ln for ln in result.output.splitlines() if big.hex() in ln)
+    assert "owner" in line and ray.get_runtime_context().get_node_id() in line
+    assert small.hex() not in result.output  # inline, filtered out
+
+    job_id = ray.get_runtime_context().get_job_id()
+    jobs = CliRunner().invoke(cli, ["list", "jobs", "--address", url, "--filter", "state=RUNNING"])
+    assert jobs.exit_code == 0, jobs.output
+    assert any(ln.startswith(job_id) for ln in jobs.output.splitlines())
