@@ -31,7 +31,7 @@ from .exceptions import (
     TaskCancelledError,
 )
 from .objects import KIND_ERROR, KIND_SHM, ObjectRef
-from .store import Completion, Outgoing, Release, Store
+from .store import Completion, Outgoing, Release, Store, retry_transient
 
 # Values up to this size travel inside the completion notice, saving a fetch in `get`.
 NOTICE_INLINE_LIMIT = 64 * 1024
@@ -520,7 +520,9 @@ class Runtime:
             while True:
                 missing, remote = self._take_local(missing, found)
                 if remote:
-                    for oid, value in zip(remote, self.store.get_objects(remote)):
+                    # Through a Redis restart: waiting here is what a get does anyway.
+                    values = retry_transient(lambda: self.store.get_objects(remote))
+                    for oid, value in zip(remote, values):
                         if value is not None:
                             found[oid] = value
                     missing = [oid for oid in missing if oid not in found]

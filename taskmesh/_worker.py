@@ -179,7 +179,8 @@ class Worker:
     def _function(self, fn_id: str) -> Any:
         fn = self._functions.get(fn_id)
         if fn is None:
-            blob = self.store.get_function(fn_id)
+            # Through a Redis restart: a task must not fail because Redis blinked.
+            blob = retry_transient(lambda: self.store.get_function(fn_id))
             if blob is None:
                 raise RuntimeError(f"function {fn_id} was never exported to this cluster")
             fn = objects.deserialize(blob)
