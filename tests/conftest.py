@@ -103,11 +103,16 @@ def start_cluster(url: str, log_dir: Path, nodes: int = 1, num_cpus: float = 1) 
         assert not leftover, f"shared memory left behind: {leftover}"
 
 
-def wait_until(predicate: Any, timeout_s: float = 10.0) -> None:
-    """Poll `predicate` until it is true; fail the test after `timeout_s`."""
+def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something true, and return that; fail the
+    test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
 
 

@@ -4,6 +4,7 @@ agents, each actor in its own worker process."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import signal
@@ -18,15 +19,9 @@ import taskmesh
 from taskmesh import exceptions
 from taskmesh.api import get_runtime
 
+from conftest import wait_until
 
-def _wait_for(predicate, timeout_s: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait_for = functools.partial(wait_until, timeout_s=20.0)
 
 
 def _actor_info(handle) -> dict[str, str]:

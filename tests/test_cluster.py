@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -19,17 +20,9 @@ from taskmesh import _services, _shm, exceptions
 from taskmesh.cli import main as cli
 from taskmesh.store import Store
 
-from conftest import assert_no_leaked_children
+from conftest import assert_no_leaked_children, wait_until
 
-
-def _wait_for(predicate, timeout_s: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait_for = functools.partial(wait_until, timeout_s=20.0)
 
 
 def test_embedded_init_starts_real_redis_and_shutdown_leaves_nothing() -> None:

@@ -3,6 +3,7 @@ a real Redis, and kill -9 of a real agent whose task then runs on the other node
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -16,15 +17,9 @@ from taskmesh.exceptions import WorkerCrashedError
 from taskmesh.monitor import MONITOR_CONSUMER, Action, Monitor
 from taskmesh.store import Store
 
+from conftest import wait_until
 
-def _wait_for(predicate, timeout_s: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+_wait_for = functools.partial(wait_until, timeout_s=20.0)
 
 
 def _fields(maxr: int, attempt: int = 0, nret: int = 1, owner: str | None = None) -> dict[bytes, bytes]:
