@@ -11,6 +11,7 @@ from .api import (
     cancel,
     cluster_resources,
     get,
+    get_gpu_ids,
     get_runtime_context,
     init,
     is_initialized,
@@ -18,8 +19,10 @@ from .api import (
     put,
     remote,
     shutdown,
+    timeline,
     wait,
 )
+from ._generator import DynamicObjectRefGenerator, ObjectRefGenerator
 from .objects import ObjectRef
 from .remote_function import RemoteFunction
 
@@ -29,7 +32,9 @@ __all__ = [
     "ActorClass",
     "ActorHandle",
     "ClientContext",
+    "DynamicObjectRefGenerator",
     "ObjectRef",
+    "ObjectRefGenerator",
     "RemoteFunction",
     "available_resources",
     "cancel",
@@ -38,6 +43,7 @@ __all__ = [
     "exceptions",
     "get",
     "get_actor",
+    "get_gpu_ids",
     "get_runtime_context",
     "init",
     "is_initialized",
@@ -47,6 +53,7 @@ __all__ = [
     "put",
     "remote",
     "shutdown",
+    "timeline",
     "util",
     "wait",
 ]

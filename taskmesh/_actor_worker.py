@@ -17,6 +17,7 @@ import inspect
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 import traceback
@@ -25,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from . import objects
-from ._runtime import TaskContext, call_failures, encode_notice
+from . import _events, objects, runtime_env
+from ._runtime import TaskContext, call_failures, encode_notice, placement
 from .actor import READY, TERMINATE, ActorExitRequest
-from .exceptions import ActorDiedError, RayTaskError, StoreUnavailableError
+from .exceptions import ActorDiedError, RayTaskError, RuntimeEnvSetupError, StoreUnavailableError
 from .objects import KIND_ERROR
 from .store import Completion, Leased, retry_transient
 
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("taskmesh.actor")
 
 _FLUSH_EVERY_S = 0.005
+# The agent of a draining node sends this to its actors' processes (SIGTERM keeps its
+# meaning: end now).
+DRAIN_SIGNAL = signal.SIGUSR1
 _SEEN_CALLS = 10_000
 _READ_COUNT = 100
 
@@ -53,11 +57,17 @@ class ActorServer:
         self.entry_id = entry_id
         self.actor_id = fields[b"task"].decode()
         self.spec = msgpack.unpackb(fields[b"spec"], raw=False)
+        self._placement = placement(self.spec, fields)
+        self._attempt = int(fields.get(b"attempt", 0))
+        self._record = _events.enabled(self.spec)  # task events for creation and calls
+        self._started: dict[str, int] = {}  # task id -> start (µs) of calls running
         self.class_name = self.spec["cls"]
         self.instance: Any = None
         self._results: queue.Queue[tuple[Leased, list | None]] = queue.Queue()
         self._client = self.store.dedicated()
         self._exiting = threading.Event()
+        # Its node is draining (DRAIN_SIGNAL from the agent): finish the calls read, exit.
+        self._draining = threading.Event()
         self._exit_done = threading.Event()  # the exiting thread recorded the death
         self._done: list[tuple[Leased, list | None]] = []  # in-order results not stored yet
         self._on_block = worker.runtime.on_block
@@ -72,30 +82,53 @@ class ActorServer:
     def run(self) -> None:
         """Create the actor and serve it until it exits (then the process ends); return
         only when creation did not happen, leaving the worker to run tasks again."""
-        if self.store.actor_info(self.actor_id).get("state") in (None, "DEAD"):
-            self.worker.send(["AF", self.entry_id])  # killed before it was placed
+        info = self.store.actor_info(self.actor_id)
+        if info.get("state") in (None, "DEAD") or info.get("no_restart") == "1":
+            self._killed_before_alive()  # killed before it was placed
             return
         runtime = self.worker.runtime
         runtime.job_id = self.spec["job"]
         runtime.namespace = self.spec.get("ns")
         runtime.context = TaskContext(self.spec["job"], None, self.class_name,
-                                      dict(self.spec.get("held") or {}), self.actor_id)
-        error = self._create()
+                                      dict(self.spec.get("held") or {}), self.actor_id,
+                                      **self._placement)
+        # The actor's runtime_env holds for its process's life (and its calls' children).
+        runtime.runtime_env = self.spec.get("renv")
+        start_us = self._event(self.actor_id, self._attempt, _events.RUNNING,
+                               f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK)
+        try:
+            restore_env = runtime_env.apply(runtime.runtime_env, self.store)
+            error = self._create()
+        except Exception as e:  # the runtime_env could not be set up
+            restore_env = None
+            error = RayTaskError(f"{self.class_name}.__init__", "", RuntimeEnvSetupError(
+                f"Failed to set up the runtime_env {runtime.runtime_env}: {e!r}"))
+        self._event(self.actor_id, self._attempt, _events.FAILED if error else _events.FINISHED,
+                    f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK, start=start_us)
         if error is not None:
             cause = f"The actor died because of an error raised in its creation task, {error}"
             self._die(cause)
             runtime.context = TaskContext()
+            _restore(runtime, restore_env)
             self.worker.send(["AF", self.entry_id])
             return
-        self.store.actor_alive(self.actor_id, self.worker.node_id, os.getpid())
+        if not self.store.actor_alive(self.actor_id, self.worker.node_id, os.getpid()):
+            runtime.context, self.instance = TaskContext(), None
+            _restore(runtime, restore_env)
+            self._killed_before_alive()  # killed while being created: never serves
+            return
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(DRAIN_SIGNAL, lambda *_: self._draining.set())
         self.worker.send(["AR", self.entry_id])
         try:
             self._serve()
         except _Exit:
             pass
-        else:  # another thread is exiting the actor: let it record the death first
-            self._exit_done.wait(60)
+        else:
+            if not self._draining.is_set():  # another thread is exiting the actor:
+                self._exit_done.wait(60)  # let it record the death first
         self.worker.end_output()
+        self.worker.flush_logs(with_events=True)
         os._exit(0)
 
     def _create(self) -> RayTaskError | None:
@@ -111,6 +144,12 @@ class ActorServer:
             return RayTaskError(f"{self.class_name}.__init__", traceback.format_exc(), e)
         finally:
             self.worker.end_output()
+
+    def _killed_before_alive(self) -> None:
+        """The actor was killed (taskmesh.kill, or its job ended) before this incarnation
+        came up: make sure it is dead, its queued calls failed, and give the worker back."""
+        self._die("The actor was killed before it (re)started")
+        self.worker.send(["AF", self.entry_id])
 
     def _die(self, cause: str) -> None:
         """Declare the actor dead for good and fail the calls still queued for it."""
@@ -128,7 +167,7 @@ class ActorServer:
             runner = _ConcurrentRunner(self)
             threading.Thread(target=self._flush_loop, name="taskmesh-actor-flush", daemon=True).start()
         failures = 0
-        while not self._exiting.is_set():
+        while not self._exiting.is_set() and not self._draining.is_set():
             try:
                 # After a lost connection, a read's reply may never have arrived while
                 # Redis recorded the delivery: read our unacknowledged calls again (the
@@ -152,6 +191,11 @@ class ActorServer:
                         runner.start(call)
             else:
                 self._run_in_order(calls)
+        if concurrent and not self._exiting.is_set():  # drained: the started calls finish
+            runner.drain()
+            flushed = threading.Event()
+            self._results.put((None, flushed))  # type: ignore[arg-type]
+            flushed.wait(60)
 
     def _retry_in_flight(self) -> None:
         """Calls a previous incarnation read but never finished: run them again while
@@ -226,9 +270,12 @@ class ActorServer:
 
     def _flush_loop(self) -> None:
         while True:
-            batch = [self._results.get()]
+            batch = [self._results.get()] + self._take_results()
             with self._flush_lock:
-                self._flush(batch + self._take_results())
+                self._flush([b for b in batch if b[0] is not None])
+            for call, marker in batch:  # (None, Event): someone waits for this flush
+                if call is None:
+                    marker.set()  # type: ignore[union-attr]
 
     def _take_results(self) -> list[tuple[Leased, list | None]]:
         batch = []
@@ -241,13 +288,14 @@ class ActorServer:
     def _flush_results_now(self) -> None:
         """Store what finished calls returned (before the actor goes away)."""
         with self._flush_lock:
-            self._flush(self._take_results())
+            self._flush([b for b in self._take_results() if b[0] is not None])
 
     def _flush(self, done: list[tuple[Leased, list | None]]) -> None:
         if not done:
             return
         completions = []
         for call, objs in done:
+            self._record_end(call, objs)
             if objs:
                 spec = msgpack.unpackb(call.fields[b"spec"], raw=False)
                 task_id = call.fields[b"task"].decode()
@@ -259,6 +307,29 @@ class ActorServer:
         retry_transient(self.worker.runtime.sync_refs, deadline_s=3600)
         # Results exist only here until stored: keep trying through a Redis restart.
         retry_transient(lambda: self.store.ack_calls(self.actor_id, completions, ids), deadline_s=3600)
+
+    def _event(self, task_id: str, attempt: int, state: str, name: str, kind: str,
+               start: int | None = None) -> int:
+        """Record a task event of this actor (sent by the worker's output flush);
+        returns its time (µs)."""
+        now = _events.now_us()
+        if self._record:
+            ends = {"start": start, "end": now} if start is not None else {}
+            self.worker.events.add(_events.event(
+                task_id, attempt, state, name=name, job=self.spec["job"], type=kind,
+                actor_id=self.actor_id, node=self.worker.node_id, pid=self.worker.pid,
+                error="TASK_EXECUTION_EXCEPTION" if state == _events.FAILED else None, **ends))
+        return now
+
+    def _record_end(self, call: Leased, objs: list | None) -> None:
+        """A call's end event, when it ran here (a duplicate delivery did not)."""
+        start = self._started.pop(call.fields.get(b"task", b"").decode(), None)
+        if start is None or objs is None:
+            return
+        failed = any(kind == KIND_ERROR for _, kind, _ in objs)
+        self._event(call.fields[b"task"].decode(), int(call.fields.get(b"attempt", 0)),
+                    _events.FAILED if failed else _events.FINISHED, call.fields[b"name"].decode(),
+                    _events.ACTOR_TASK, start=start)
 
     # ---- one call -----------------------------------------------------------------------
 
@@ -286,6 +357,9 @@ class ActorServer:
         name = call.fields[b"name"].decode()
         return_ids = [objects.object_id(task_id, i + 1) for i in range(spec["nret"])]
         method_name = spec["m"]
+        if self._record and method_name not in (TERMINATE, READY):  # internal calls: no events
+            self._started[task_id] = self._event(task_id, int(call.fields.get(b"attempt", 0)),
+                                                 _events.RUNNING, name, _events.ACTOR_TASK)
         if method_name == TERMINATE:
             self._exit_after(call, return_ids, "the actor was terminated: all handles to it "
                              "went out of scope, or __ray_terminate__ was called")
@@ -299,10 +373,28 @@ class ActorServer:
             method = getattr(self.instance, method_name)
         except AttributeError as e:
             return None, None, None, return_ids, name, self._error(e, return_ids, name)
+        if spec.get("gen"):
+            method = self._generator_method(method, spec, return_ids[0], name)
         return method, args, kwargs, return_ids, name, None
+
+    def _generator_method(self, method: Any, spec: dict, return_id: str, name: str) -> Any:
+        """`method` with its items stored as it yields them; returns (or, for an async
+        generator, its coroutine returns) the objects of its generator ref."""
+        run = self.worker.generator_run(spec, name, return_id, spec["owner"])
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            if inspect.isasyncgen(result):
+                return _generated(run.run_async(result))
+            return _Generated(run.run(result))
+
+        return call
 
     def _values(self, result: Any, return_ids: list[str], name: str) -> list:
         from ._worker import split_returns
+
+        if isinstance(result, _Generated):
+            return result.objs
 
         values = split_returns(result, len(return_ids), name)
         runtime = self.worker.runtime
@@ -335,6 +427,24 @@ class ActorServer:
         finally:
             self._exit_done.set()
         raise _Exit()
+
+
+class _Generated:
+    """What a generator call returned: the objects of its generator ref."""
+
+    def __init__(self, objs: list[list]):
+        self.objs = objs
+
+
+async def _generated(run: Any) -> _Generated:
+    return _Generated(await run)
+
+
+def _restore(runtime: Any, restore_env: Any) -> None:
+    """The actor was not created: its worker runs tasks again, without its runtime_env."""
+    runtime.runtime_env = None
+    if restore_env is not None:
+        restore_env()
 
 
 def _is_terminate(call: Leased) -> bool:

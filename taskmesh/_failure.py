@@ -15,7 +15,15 @@ import msgpack
 
 from . import objects
 from ._runtime import call_failures, encode_notice
-from .exceptions import ActorDiedError, WorkerCrashedError
+from .exceptions import (
+    ActorDiedError,
+    ActorPlacementGroupRemoved,
+    ActorUnschedulableError,
+    RayError,
+    TaskPlacementGroupRemoved,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
 from .store import Completion, Store
 
 
@@ -54,6 +62,14 @@ def should_retry(fields: Mapping[bytes, bytes]) -> bool:
     return max_retries == -1 or int(fields[b"attempt"]) < max_retries
 
 
+def next_attempt_fence(fields: Mapping[bytes, bytes]) -> tuple[str, str, int]:
+    """(owner, task id, attempt + 1) of a task taken from a node declared dead: the fence
+    that keeps a late completion of the attempt it was running from counting (a node
+    cut off from Redis, not dead, may finish it and reconnect)."""
+    spec = msgpack.unpackb(fields[b"spec"], raw=False)
+    return spec["owner"], fields[b"task"].decode(), int(fields[b"attempt"]) + 1
+
+
 def crash_completion(fields: Mapping[bytes, bytes], cause: str) -> Completion:
     """The Completion that stores a WorkerCrashedError as every return object of the
     task in queue entry `fields` and notifies its owner; `cause` says what died."""
@@ -78,12 +94,52 @@ def end_job_actors(store: Store, job_id: str, cause: str) -> None:
             actor_down(store, actor_id, restart=False, cause=cause)
 
 
-def actor_down(store: Store, actor_id: str, *, restart: bool, cause: str, node_id: str = "") -> str:
+def actor_down(store: Store, actor_id: str, *, restart: bool, cause: str, node_id: str = "",
+               drain: bool = False) -> str:
     """An actor's process is gone (or must go): restart it when `restart` and its
-    max_restarts allow, else declare it dead and fail every call queued for it with
-    ActorDiedError. Returns "restarting", "dead" or "already" (handled before)."""
-    status, entries = store.actor_down(actor_id, restart=restart, cause=cause, node_id=node_id)
+    max_restarts allow (`drain`: its node was drained, a restart max_restarts does not
+    count, as Ray's for preempted nodes), else declare it dead and fail every call queued
+    for it with ActorDiedError. Returns "restarting", "dead" or "already" (handled before)."""
+    status, entries = store.actor_down(actor_id, restart=restart, cause=cause, node_id=node_id,
+                                       drain=drain)
     if entries:
-        error = ActorDiedError(actor_id, f"The actor {actor_id} is dead: {cause}")
-        store.complete_tasks(call_failures(entries, error), {})
+        store.complete_tasks(call_failures(entries, death_error(actor_id, cause)), {})
     return status
+
+
+# Death causes that mean the actor could never be placed; calls to it raise these types.
+UNSCHEDULABLE = "ActorUnschedulableError: "
+PG_REMOVED = "ActorPlacementGroupRemoved: "
+
+
+def death_error(actor_id: str, cause: str) -> RayError:
+    """The error calls to a dead actor raise, by its death cause."""
+    if UNSCHEDULABLE in cause:
+        return ActorUnschedulableError(cause.split(UNSCHEDULABLE, 1)[1])
+    if PG_REMOVED in cause:
+        return ActorPlacementGroupRemoved(cause.split(PG_REMOVED, 1)[1])
+    return ActorDiedError(actor_id, f"The actor {actor_id} is dead: {cause}")
+
+
+def fail_entries(store: Store, entries: list[tuple[bytes, dict[bytes, bytes]]], *,
+                 task_error: RayError, actor_cause: str) -> None:
+    """Tasks and actor creations that can never run: tasks get `task_error` as their
+    results, actors die with `actor_cause` (their calls then raise its error type)."""
+    tasks = [e for e in entries if e[1].get(b"kind", b"task") != b"actor"]
+    if tasks:
+        store.complete_tasks(call_failures(tasks, task_error), {})
+    for _, fields in entries:
+        if fields.get(b"kind") == b"actor":
+            actor_down(store, fields[b"task"].decode(), restart=False, cause=actor_cause)
+
+
+def fail_queued(store: Store, queues: list[str], why: str) -> None:
+    """Fail every entry still waiting in these bundle queues (their group was removed)."""
+    entries = store.queued_entries(queues)
+    fail_entries(store, entries, task_error=TaskPlacementGroupRemoved(f"The task's {why}."),
+                 actor_cause=f"{PG_REMOVED}The actor's {why}.")
+
+
+def unschedulable(why: str) -> tuple[RayError, str]:
+    """(the error of a task, the death cause of an actor) that can never be placed."""
+    return TaskUnschedulableError(why), f"{UNSCHEDULABLE}{why}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import random
 import threading
 import time
@@ -20,8 +21,9 @@ from typing import Any
 
 import msgpack
 
-from . import objects
-from ._object_plane import ObjectPlane, parse_descriptor
+from . import _events, objects
+from ._object_plane import ObjectPlane, ObjectRebuilding, parse_descriptor
+from ._placement import PgTarget, Route, Router
 from .exceptions import (
     ActorDiedError,
     GetTimeoutError,
@@ -33,15 +35,35 @@ from .exceptions import (
 from .objects import KIND_ERROR, KIND_SHM, ObjectRef
 from .store import Completion, Outgoing, Release, Store, retry_transient
 
+# A dropped generator's producer must not wait for its caller any more.
+_NEVER_WAIT = 1 << 62
 # Values up to this size travel inside the completion notice, saving a fetch in `get`.
 NOTICE_INLINE_LIMIT = 64 * 1024
 _LISTEN_BLOCK_MS = 1000
+# Submitted task events are sent with the submission flush that comes this long after the
+# last send, or once this many have gathered.
+_EVENTS_EVERY_S = 0.2
+_EVENTS_BATCH = 500
 
 
 @dataclass(slots=True)
 class _PendingTask:
     outgoing: Outgoing
     deps: set[str]
+    # (demand, shape, every dependency) of a DEFAULT task: placed near its largest argument
+    locality: tuple[dict[str, float], str, tuple[str, ...]] | None = None
+
+
+@dataclass(slots=True)
+class _Stream:
+    """A generator call of this process: items are indexes 2.. (see _generator.py)."""
+
+    arrived: int = 1  # index of the last item whose notice arrived
+    taken: int = 1  # index of the last item handed out as a ref
+    raised: bool = False  # the generator ref's error was handed out as the last item
+    dropped: bool = False  # the ObjectRefGenerator is gone
+    backpressure: int = 0  # > 0: the generator waits while this many items are not taken
+    waiters: list[Callable[[], None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -53,6 +75,20 @@ class TaskContext:
     task_name: str | None = None
     resources: dict[str, float] = field(default_factory=dict)
     actor_id: str | None = None
+    pg: list | None = None  # [pg id, bundle index, capture child tasks] (PgTarget.to_wire)
+    gpu_ids: list[int] = field(default_factory=list)
+
+
+def placement(spec: dict, fields: dict[bytes, bytes]) -> dict[str, Any]:
+    """TaskContext fields of where a task or actor was placed: its placement group and
+    the GPU ids its agent assigned (also set as CUDA_VISIBLE_DEVICES, as Ray does)."""
+    import os
+
+    raw = fields.get(b"gpus")
+    gpu_ids = [int(g) for g in raw.decode().split(",") if g] if raw is not None else []
+    if raw is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
+    return {"pg": spec.get("pg"), "gpu_ids": gpu_ids}
 
 
 def call_failures(
@@ -97,7 +133,13 @@ class Runtime:
         self.is_worker = is_worker
         self.owner = owner or objects.new_owner_tag()
         self.context = TaskContext(job_id=job_id)
-        self.plane = ObjectPlane(store, node_id)
+        # What the tasks and actors this process submits inherit (the job's runtime_env
+        # in a driver, the running task's or actor's in a worker).
+        self.runtime_env: dict[str, Any] | None = None
+        self._task_events: list[dict[str, Any]] = []  # submitted events not sent yet
+        self._events_sent_at = 0.0
+        self.plane = ObjectPlane(store, node_id, self.owner)
+        self.router = Router(store)
         # Hooks a worker sets to tell its agent it blocks in get (its CPU is lent out).
         self.on_block: Callable[[], None] | None = None
         self.on_unblock: Callable[[], None] | None = None
@@ -130,6 +172,14 @@ class Runtime:
         self._escaped: set[str] = set()
         self._actor_drops: collections.deque[str] = collections.deque()
         self._actors_escaped: set[str] = set()
+        # Generator calls: streams by task id, the ones whose generator was dropped,
+        # and the items a dynamic call's generator ref holds here (by its object id).
+        self._streams: dict[str, _Stream] = {}
+        self._stream_drops: collections.deque[str] = collections.deque()
+        self._dynamic_items: dict[str, list[str]] = {}
+        # How many items of backpressured streams were taken (None: forget the stream),
+        # sent by the flusher.
+        self._consumed: dict[str, int | None] = {}
 
         self._closing = False
         self._wake = threading.Event()
@@ -211,6 +261,8 @@ class Runtime:
                 else:
                     self._counts.pop(oid, None)
                     dropped.append(oid)
+                    # A dynamic generator's value held its items here.
+                    self._decrefs.extend(self._dynamic_items.pop(oid, ()))
             for oid in dropped:
                 if oid in self._borrowed:
                     self._borrowed.discard(oid)
@@ -222,6 +274,7 @@ class Runtime:
                     borrow.append(oid)
         ops = [Release(oid, self._holder, 1) for oid in borrow]
         with self._cond:
+            ops += self._drop_streams()
             for oid in dropped:
                 if oid[:8] != self.owner:
                     self._results.pop(oid, None)
@@ -236,6 +289,131 @@ class Runtime:
             self._free[:0] = ops[:len(borrow)]
             self._free += ops[len(borrow):]
 
+    def _drop_streams(self) -> list[Release]:
+        """Release the items of dropped ObjectRefGenerators never handed out (those
+        still to come are released as they arrive). Called under self._cond."""
+        ops = []
+        while self._stream_drops:
+            task_id = self._stream_drops.popleft()
+            stream = self._streams.get(task_id)
+            if stream is None or stream.dropped:
+                continue
+            stream.dropped = True
+            for index in range(stream.taken + 1, stream.arrived + 1):
+                oid = objects.object_id(task_id, index)
+                self._results.pop(oid, None)
+                ops.append(Release(oid, "owner", -1))
+            if objects.object_id(task_id, 1) not in self._pending:
+                self._forget_stream(task_id)
+            elif stream.backpressure > 0:  # nobody takes items any more: let it run
+                self._consumed[task_id] = _NEVER_WAIT
+        return ops
+
+    def _forget_stream(self, task_id: str) -> None:
+        """A streaming call that ended and whose generator is gone. Under self._cond."""
+        stream = self._streams.pop(task_id)
+        if stream.backpressure > 0:
+            self._consumed[task_id] = None
+
+    def _send_consumed(self) -> None:
+        with self._cond:
+            consumed, self._consumed = self._consumed, {}
+        if not consumed:
+            return
+        try:
+            self.store.set_generators_consumed(consumed)
+        except StoreUnavailableError:
+            with self._cond:  # sent again with the next flush (newer counts win)
+                self._consumed = {**consumed, **self._consumed}
+            raise
+
+    # ---- generator calls (see _generator.py) ----------------------------------------
+
+    def open_stream(self, task_id: str, backpressure: int = 0) -> None:
+        """Track a streaming call's items; before it is submitted."""
+        with self._cond:
+            self._streams[task_id] = _Stream(backpressure=backpressure)
+
+    def stream_dropped(self, task_id: str) -> None:
+        # From ObjectRefGenerator.__del__: never block here.
+        self._stream_drops.append(task_id)
+        self._wake.set()
+
+    def _stream_peek(self, task_id: str) -> tuple[str, str | None]:
+        """What `next` would give now: ("item", id), ("error", generator ref id),
+        ("stop", None) or ("timeout", None) when nothing is ready. Under self._cond."""
+        stream = self._streams.get(task_id)
+        if stream is None:
+            return "stop", None
+        if stream.taken < stream.arrived:
+            return "item", objects.object_id(task_id, stream.taken + 1)
+        head = objects.object_id(task_id, 1)
+        if head in self._pending:
+            return "timeout", None
+        if stream.raised:
+            return "stop", None
+        end = self._results.get(head)
+        if end is not None and end[0] == KIND_ERROR:
+            return "error", head
+        return "stop", None
+
+    def stream_state(self, task_id: str) -> str:
+        with self._cond:
+            return self._stream_peek(task_id)[0]
+
+    def stream_next(self, task_id: str, timeout: float | None) -> tuple[str, str | None]:
+        """Take the next item of a streaming call, waiting up to `timeout` (None:
+        forever) for it; returns as `_stream_peek`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        blocked = False
+        try:
+            with self._cond:
+                while True:
+                    state, oid = self._stream_peek(task_id)
+                    if state != "timeout":
+                        stream = self._streams.get(task_id)
+                        if state == "item":
+                            stream.taken += 1  # type: ignore[union-attr]
+                            if stream.backpressure > 0:  # type: ignore[union-attr]
+                                self._consumed[task_id] = stream.taken - 1  # type: ignore[union-attr]
+                                self._wake.set()
+                        elif state == "error":
+                            stream.raised = True  # type: ignore[union-attr]
+                        return state, oid
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return state, None
+                    if not blocked and self.on_block is not None:
+                        blocked = True
+                        self._cond.release()
+                        try:
+                            self.on_block()
+                        finally:
+                            self._cond.acquire()
+                        continue
+                    self._cond.wait(remaining)
+        finally:
+            if blocked and self.on_unblock is not None:
+                self.on_unblock()
+
+    def stream_on_change(self, task_id: str, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the listener thread) once the stream's next item or
+        end is known; at once when it is already."""
+        with self._cond:
+            stream = self._streams.get(task_id)
+            if stream is not None and self._stream_peek(task_id)[0] == "timeout":
+                stream.waiters.append(callback)
+                return
+        callback()
+
+    def contains_refs(self, object_id: str, refs: Sequence[str] | None = None) -> bool:
+        """Whether a value just encoded as `object_id` holds refs (recorded at the next
+        `sync_refs`); with `refs`, record that it holds those."""
+        with self._cond:
+            if refs:
+                self._containers[object_id] = (*self._containers.get(object_id, ()), *refs)
+            return object_id in self._containers
+
     def encode_value(self, object_id: str, value: Any) -> list:
         """[object_id, kind, data] of a task's return value, written where it belongs;
         the refs it contains are held by it from the next `sync_refs`."""
@@ -244,6 +422,19 @@ class Runtime:
             with self._cond:
                 self._containers[object_id] = nested
         return [object_id, kind, data]
+
+    def hold_for_lineage(self, object_ids: Sequence[str], arg_ids: Sequence[str], *,
+                         rebuild: bool) -> None:
+        """Results that keep their task's lineage hold the task's ref arguments too (so
+        the task can run again), from the next `sync_refs`. A run that re-makes lost
+        results adds no holds: the results it re-makes still hold what they held."""
+        with self._cond:
+            for oid in object_ids:
+                if rebuild:
+                    self._containers.pop(oid, None)
+                elif arg_ids:
+                    held = self._containers.get(oid, ())
+                    self._containers[oid] = tuple(dict.fromkeys((*held, *arg_ids)))
 
     def sync_refs(self) -> None:
         """Bring Redis up to date with the refs this process holds, now. A worker calls
@@ -258,21 +449,84 @@ class Runtime:
             self.store.export_function(fn_id, blob_fn())
             self._exported.add(fn_id)
 
-    def ensure_shape(self, shape: str) -> None:
+    def ensure_shape(self, shape: str, demand: dict[str, float] | None = None) -> None:
         if shape not in self._shapes:
             self.store.register_shape(shape)
             self._shapes.add(shape)
+            if demand is not None:
+                self.router.warn_if_infeasible(shape, demand)
+
+    def route(self, strategy: Any, demand: dict[str, float], shape: str, deps: Sequence[str],
+              *, actor: bool) -> Route:
+        """The queue a task or actor creation goes to (see _placement.py). A task
+        inherits its parent's placement group when the parent captures child tasks."""
+        from .util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.ensure_shape(shape, demand)
+        pg = None
+        if isinstance(strategy, PlacementGroupSchedulingStrategy):
+            if strategy.placement_group is not None:
+                capture = bool(strategy.placement_group_capture_child_tasks)
+                pg = PgTarget(strategy.placement_group.id.hex(),
+                              strategy.placement_group_bundle_index, capture)
+        elif strategy in (None, "DEFAULT") and self.context.pg and self.context.pg[2]:
+            pg = PgTarget(self.context.pg[0], -1, True)
+        near = None
+        if strategy in (None, "DEFAULT") and pg is None and deps:
+            near = self._largest_local(deps)
+        return self.router.route(strategy, demand, shape, actor=actor, pg=pg, near=near)
+
+    def _largest_local(self, deps: Sequence[str]) -> str | None:
+        """The node holding the most bytes of these (ready) shared-memory arguments."""
+        by_node: dict[str, int] = {}
+        with self._cond:
+            for oid in deps:
+                kind, data = self._results.get(oid, (None, None))
+                if kind == KIND_SHM and data:
+                    size, node = parse_descriptor(data)
+                    by_node[node] = by_node.get(node, 0) + size
+        return max(by_node, key=by_node.__getitem__) if by_node else None
+
+    def _relocate(self, task: _PendingTask) -> Outgoing:
+        """A DEFAULT task whose arguments just became ready goes near the largest."""
+        out = task.outgoing
+        if task.locality is None:
+            return out
+        demand, shape, deps = task.locality
+        node = self._largest_local(deps)
+        route = self.router.route(None, demand, shape, actor=False, pg=None, near=node)
+        if route.queue == out.target:
+            return out
+        return dataclasses.replace(out, target=route.queue, fields={**out.fields, **route.fields})
+
+    def fail_unschedulable(self, fields: dict[str, Any], returns: Sequence[str], why: str,
+                           actor_id: str | None = None) -> None:
+        """A task (or actor) that can never be placed: its results (its calls) fail at once."""
+        from . import _failure
+
+        entry = (b"", {k.encode(): v if isinstance(v, bytes) else str(v).encode()
+                       for k, v in fields.items()})
+        task_error, actor_cause = _failure.unschedulable(why)
+        if actor_id is not None:
+            _failure.fail_entries(self.store, [entry], task_error=task_error, actor_cause=actor_cause)
+            return
+        with self._cond:
+            self._pending.update(returns)
+        if self._listener is None:
+            self._start_listener()
+        self.store.complete_tasks(call_failures([entry], task_error), {})
 
     def submit(
-        self, shape: str, fields: dict[str, Any], deps: Sequence[str], returns: Sequence[str],
+        self, queue: str, fields: dict[str, Any], deps: Sequence[str], returns: Sequence[str],
         actor_id: str | None = None, holds: Sequence[str] = (),
+        locality: tuple[dict[str, float], str] | None = None,
     ) -> None:
         """Queue a task; it is sent once every dependency this process owns is ready.
         Actor calls are sent at once, in submission order: the actor resolves their
         arguments itself, so a call waiting for an argument never overtakes another.
         `holds` (every ref in the arguments) stay held here until the task's completion
         notice; a task with no returns sends no notice, so its refs count as escaped."""
-        out = Outgoing(shape, fields, actor_id, tuple(returns))
+        out = Outgoing(queue, fields, actor_id, tuple(returns))
         if holds:
             for oid in holds:
                 self.incref(oid) if returns else self.escaped(oid)
@@ -283,7 +537,8 @@ class Runtime:
             self._pending.update(returns)
             waiting_on = set() if actor_id else {d for d in deps if d in self._pending}
             if waiting_on:
-                task = _PendingTask(out, waiting_on)
+                task = _PendingTask(out, waiting_on,
+                                    (*locality, tuple(deps)) if locality is not None else None)
                 for d in waiting_on:
                     self._waiting.setdefault(d, []).append(task)
             else:
@@ -295,7 +550,7 @@ class Runtime:
 
     def flush(self) -> None:
         """Send everything buffered now (used at shutdown and by tests)."""
-        self._flush_once()
+        self._flush_once(everything=True)
 
     def _flush_loop(self) -> None:
         failures = 0
@@ -319,21 +574,46 @@ class Runtime:
                 _log_background_error("flushing submissions", e)
                 time.sleep(0.1)
 
-    def _flush_once(self) -> None:
+    def _flush_once(self, everything: bool = False) -> None:
         self._terminate_dropped_actors()
         with self._cond:
             batch, self._buffer = self._buffer, []
+        events = self._due_events(everything)
         try:
-            dead = self.store.submit(batch) if batch else []
+            dead = self.store.submit(batch, events) if batch else []
+            if events and not batch:
+                self.store.add_events(events)
         except StoreUnavailableError:
             # Kept for the next try. Part of the batch may have been applied: a task may
             # then run twice (its first result wins); an actor skips a call it has run.
             with self._cond:
                 self._buffer[:0] = batch
+                self._task_events[:0] = events
             raise
+        # Their submitted events go with a later submission (actor calls: recorded by
+        # their actor only), so that a loop of single submissions adds no command.
+        submitted = [_events.submitted(o.fields, self.job_id, None) for o in batch
+                     if o.actor_id is None and _events.enabled(o.fields)]
+        if submitted:
+            with self._cond:
+                self._task_events += submitted
         if dead:
             self._fail_calls([(batch[i], cause) for i, cause in dead])
         self._send_holds()
+        self._send_consumed()
+
+    def _due_events(self, everything: bool) -> list[dict[str, Any]]:
+        """The submitted events to send with this flush: all those gathered, once
+        _EVENTS_EVERY_S has passed since the last send or _EVENTS_BATCH have gathered
+        (or now, with `everything`)."""
+        with self._cond:
+            events = self._task_events
+            now = time.monotonic()
+            if not events or not (everything or len(events) >= _EVENTS_BATCH
+                                  or now - self._events_sent_at >= _EVENTS_EVERY_S):
+                return []
+            self._task_events, self._events_sent_at = [], now
+        return events
 
     def _send_holds(self) -> None:
         """Send the hold changes gathered so far: what objects contain first, then
@@ -353,8 +633,16 @@ class Runtime:
                     self._containers.update(containers)
                     self._free[:0] = ops
                 raise
-            if ops:
-                self.plane.release(ops)
+            try:
+                if ops:
+                    self.plane.release(ops)
+            except StoreUnavailableError:
+                # Redis is away (restarting): keep them for the next flush, or the objects
+                # they release would outlive their owner. Dropping a hold twice changes
+                # nothing (release.lua), and a refused connection sent nothing at all.
+                with self._cond:
+                    self._free[:0] = ops
+                raise
 
     # ---- cancellation -------------------------------------------------------------------
 
@@ -402,7 +690,9 @@ class Runtime:
         """Calls sent to a dead actor: their results become ActorDiedError."""
         completions = []
         for out, cause in calls:
-            error = ActorDiedError(out.actor_id, f"The actor {out.actor_id} is dead: {cause}")
+            from ._failure import death_error
+
+            error = death_error(out.actor_id, cause)
             entry = (b"", {b"task": out.fields["task"].encode(), b"spec": out.fields["spec"]})
             completions += call_failures([entry], error)
         self.store.complete_tasks(completions, {})
@@ -445,13 +735,33 @@ class Runtime:
 
     def _on_notices(self, notices: list[bytes]) -> None:
         ready_tasks: list[_PendingTask] = []
+        wake: list[Callable[[], None]] = []
         with self._cond:
             for raw in notices:
-                task_id, objs = msgpack.unpackb(raw, raw=False)
+                task_id, objs, *item = msgpack.unpackb(raw, raw=False)
+                stream = self._streams.get(task_id)
+                if stream is not None:
+                    wake += stream.waiters
+                    stream.waiters = []
+                if item:
+                    self._on_items(task_id, stream, objs)
+                    continue
                 for oid in self._task_holds.pop(task_id, ()):
                     self.decref(oid)  # the task is done with the refs it was lent
+                if stream is not None and stream.dropped:
+                    self._forget_stream(task_id)
+                head = objs[0][0] if objs and objs[0][0] in self._pending else None
+                head_wanted = head is not None and head not in self._discard
                 for oid, kind, data in objs:
                     if oid not in self._pending:
+                        if head is not None and oid[-4:] != "0001":
+                            self._hold_dynamic_item(head, head_wanted, oid, kind, data)
+                        elif head is None and oid[:8] == self.owner and not (
+                                oid in self._results or oid in self._counts or oid in self._escaped):
+                            # A notice is only sent with a stored result: a second run of a
+                            # task (a re-sent batch, a completion re-sent after a lost reply)
+                            # made again an object this owner had freed. Free it again.
+                            self._free.append(Release(oid, "owner", -1))
                         continue  # a duplicate notice from a retried attempt
                     self._pending.discard(oid)
                     if oid in self._discard:
@@ -464,10 +774,37 @@ class Runtime:
                         if not task.deps:
                             ready_tasks.append(task)
             for task in ready_tasks:
-                self._buffer.append(task.outgoing)
+                self._buffer.append(self._relocate(task))
             self._cond.notify_all()
+        for callback in wake:
+            try:
+                callback()
+            except Exception as e:  # e.g. the waiting event loop was closed
+                _log_background_error("waking a generator's reader", e)
         if ready_tasks or self._free:
             self._wake.set()
+
+    def _on_items(self, task_id: str, stream: _Stream | None, objs: list) -> None:
+        """Items a streaming call yielded. One the owner already had (a retried attempt
+        yields them again) or whose generator is gone is released at once. Under _cond."""
+        for oid, kind, data in objs:
+            index = int(oid[-4:], 16)
+            if stream is None or stream.dropped or index <= stream.arrived:
+                self._free.append(Release(oid, "owner", -1))
+                continue
+            stream.arrived = index
+            self._results[oid] = (kind, data)
+
+    def _hold_dynamic_item(self, head: str, wanted: bool, oid: str, kind: bytes, data: bytes | None) -> None:
+        """An item of a dynamic call, stored with its generator ref `head`: the owner
+        keeps holding it as long as `head` is referenced here. Under self._cond."""
+        if not wanted:  # nobody here holds `head` any more: nor its items
+            self._free.append(Release(oid, "owner", -1))
+            return
+        self._results[oid] = (kind, data)
+        self._dynamic_items.setdefault(head, []).append(oid)
+        with self._counts_lock:
+            self._counts[oid] = self._counts.get(oid, 0) + 1
 
     # ---- objects --------------------------------------------------------------------
 
@@ -478,11 +815,14 @@ class Runtime:
         oid = objects.object_id(objects.new_task_id(self.owner), 0)
         ser, nested = self.plane.serialize(value)
         if ser.size > objects.INLINE_LIMIT and self.plane.shm is not None:
-            self.sync_refs()  # free what was just dropped: this put may reuse its memory
+            retry_transient(self.sync_refs)  # free what was just dropped: this put may reuse its memory
         kind, data = self.plane.store_serialized(oid, ser)
         size = parse_descriptor(data)[0] if kind == KIND_SHM else len(data)
         try:
-            self.store.put_object(oid, kind, data, size, nested)
+            if nested:  # holds the refs it contains: not repeatable
+                self.store.put_object(oid, kind, data, size, nested)
+            else:  # through a Redis restart
+                retry_transient(lambda: self.store.put_object(oid, kind, data, size, nested))
         except BaseException:
             self.plane.release([Release(oid, "owner", -1)])  # nothing half-written stays
             raise
@@ -492,8 +832,35 @@ class Runtime:
         return ref
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
-        raw = self._fetch([r.hex() for r in refs], timeout)
-        return [self.decode(r.hex(), raw[r.hex()]) for r in refs]
+        values = self.get_decoded([r.hex() for r in refs], timeout, self.decode)
+        return [values[r.hex()] for r in refs]
+
+    def get_decoded(
+        self, ids: Sequence[str], timeout: float | None,
+        decode: Callable[[str, tuple[bytes, bytes]], Any],
+    ) -> dict[str, Any]:
+        """Fetch the objects and decode each (in order; `decode` may raise). An object
+        whose every copy turned out lost is being made again (see _object_plane.py):
+        it is fetched again, waiting for its new value within the same timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        todo = list(dict.fromkeys(ids))
+        raw = self._fetch(todo, timeout)
+        out: dict[str, Any] = {}
+        while True:
+            again = []
+            for oid in todo:
+                try:
+                    out[oid] = decode(oid, raw[oid])
+                except ObjectRebuilding:
+                    again.append(oid)
+            if not again:
+                return out
+            with self._cond:  # the cached value names the lost copy
+                for oid in again:
+                    self._results.pop(oid, None)
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            raw.update(self._fetch(again, remaining))
+            todo = again
 
     def decode(self, object_id: str, value: tuple[bytes, bytes]) -> Any:
         """The value of a fetched object; a stored error is raised."""
@@ -605,7 +972,7 @@ class Runtime:
     def shutdown(self) -> None:
         """Send what is buffered, stop the threads, free what this process owns."""
         try:
-            self._flush_once()
+            self._flush_once(everything=True)
         except Exception as e:
             _log_background_error("flushing at shutdown", e)
         if not self.is_worker and self.job_id is not None:
@@ -652,6 +1019,12 @@ class Runtime:
             end_job_actors(self.store, self.job_id, "its job ended before it started")  # type: ignore[arg-type]
         except Exception as e:
             _log_background_error("ending the job's actors", e)
+        from .util.placement_group import end_job_groups
+
+        try:
+            end_job_groups(self.store, self.job_id)  # type: ignore[arg-type]
+        except Exception as e:
+            _log_background_error("removing the job's placement groups", e)
 
 
 def _log_background_error(what: str, error: BaseException) -> None:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import (
     parse_qs,
     quote,
@@ -220,28 +221,45 @@ def start_redis(
     fate_share: bool = True,
     extra_args: tuple[str, ...] = (),
     timeout_s: float = 10.0,
+    tls: Any = None,
+    primary_password: str | None = None,
 ) -> RedisServer:
     """Start a Redis/Valkey server and return once it answers PING.
 
     A chosen port is free when picked, but another process could take it before the
-    server binds it; that case is retried with a new port.
+    server binds it; that case is retried with a new port. The password goes in a
+    config file only its owner can read, not on the command line (which `ps` shows to
+    every user). With `tls` (security.TlsFiles: certificate, key and the CA that signs
+    clients' certificates) the port speaks only TLS and clients must present a
+    certificate; the URL is then `rediss://`. `primary_password`: what a replica
+    authenticates to its primary with (masterauth, in the same file).
     """
     binary = find_server_binary()
     data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "taskmesh-redis.conf"
+    conf.touch(mode=0o600)
+    os.chmod(conf, 0o600)
+    conf.write_text((f"requirepass {password}\n" if password else "")
+                    + (f"masterauth {primary_password}\n" if primary_password else ""))
     for _ in range(5):
         chosen = port or free_port(host)
-        args = [binary, "--port", str(chosen), "--bind", host, "--dir", str(data_dir),
+        args = [binary, str(conf), "--bind", host, "--dir", str(data_dir),
                 "--save", "", "--appendonly", "yes" if persistent else "no",
                 "--maxmemory-policy", "noeviction", "--protected-mode", "no" if password is None else "yes",
                 "--logfile", str(data_dir / "redis.log"), "--daemonize", "no"]
+        if tls:
+            args += ["--port", "0", "--tls-port", str(chosen), "--tls-cert-file", str(tls.cert),
+                     "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca_file),
+                     "--tls-auth-clients", "yes"]
+        else:
+            args += ["--port", str(chosen)]
         if persistent:
             args += ["--appendfsync", "everysec"]
-        if password:
-            args += ["--requirepass", password]
         args += list(extra_args)
         proc = _spawn_server(args, fate_share)
-        url = with_password(f"redis://{host}:{chosen}", password)
-        if _wait_for_redis(url, proc, timeout_s):
+        scheme = "rediss" if tls else "redis"
+        url = with_password(f"{scheme}://{host}:{chosen}", password)
+        if _wait_for_redis(url, proc, timeout_s, **(tls.connection_kwargs() if tls else {})):
             return RedisServer(proc, host, chosen, url)
         proc.kill()
         proc.wait()
@@ -269,10 +287,8 @@ def start_replica(
     with redis.Redis.from_url(primary.url, socket_timeout=1.0) as client:
         client.config_set("repl-diskless-sync-delay", 0)
     extra = ("--replicaof", primary.host, str(primary.port))
-    if password:
-        extra += ("--masterauth", password)
     replica = start_redis(data_dir=data_dir, host=primary.host, password=password,
-                          extra_args=extra, timeout_s=timeout_s)
+                          primary_password=password, extra_args=extra, timeout_s=timeout_s)
     client = redis.Redis.from_url(replica.url, socket_timeout=1.0)
     deadline = time.monotonic() + timeout_s
     try:
@@ -332,6 +348,7 @@ def _start_sentinel(
                  f"sentinel parallel-syncs {master_name} 1"]
         if password:
             lines.append(f"sentinel auth-pass {master_name} {password}")
+        config.touch(mode=0o600)  # it may hold the primary's password
         config.write_text("\n".join(lines) + "\n")
         proc = _spawn_server([find_server_binary(), str(config), "--sentinel"], fate_share=True)
         url = f"redis://{primary.host}:{port}"
@@ -344,8 +361,8 @@ def _start_sentinel(
     raise RuntimeError(f"The Sentinel did not start.\n{tail}")
 
 
-def _wait_for_redis(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
-    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+def _wait_for_redis(url: str, proc: subprocess.Popen, timeout_s: float, **kwargs: Any) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, **kwargs)
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
@@ -367,6 +384,7 @@ def start_agent(
     address: str,
     *,
     num_cpus: float | None = None,
+    num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
     log_path: Path,
     fate_share: bool,
@@ -386,6 +404,8 @@ def start_agent(
     cmd = [*command_prefix, sys.executable, "-m", "taskmesh.cli", "worker", "--ready-fd", str(write_fd)]
     if num_cpus is not None:
         cmd += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        cmd += ["--num-gpus", str(num_gpus)]
     if resources:
         cmd += ["--resources", json.dumps(resources)]
     if object_store_memory is not None:
@@ -469,7 +489,10 @@ def current_cluster_address() -> str | None:
     if not path.exists():
         return None
     address = path.read_text().strip()
-    client = redis.Redis.from_url(address, socket_connect_timeout=0.5, socket_timeout=0.5)
+    from .security import tls_connection_kwargs
+
+    client = redis.Redis.from_url(address, socket_connect_timeout=0.5, socket_timeout=0.5,
+                                  **tls_connection_kwargs(address))
     try:
         client.ping()
         return address

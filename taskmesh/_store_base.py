@@ -105,7 +105,8 @@ class Freed:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A task for a shape queue (target = shape) or a call for an actor (actor_id set)."""
+    """A task for a queue (target = a shape, "node:<id>" or "pg:<id>:<bundle>", see
+    scheduler.py) or a call for an actor (actor_id set)."""
 
     target: str
     fields: dict[str, Any]

@@ -1,5 +1,5 @@
 """The object directory's share of the Store: objects inline or in shared memory, their
-locations, and who holds them (see release.lua). A mixin of `store.Store`, kept apart to
+locations, who holds them (see release.lua), and their lineage (see reconstruct.lua). A mixin of `store.Store`, kept apart to
 keep each module readable; every key still comes from `store.Keys`."""
 
 from __future__ import annotations
@@ -14,6 +14,12 @@ if TYPE_CHECKING:
 
     from .store import Keys
 
+# Pseudo-objects a worker appends to a task's results: the task's queue entry, stored with
+# its shared-memory results (lineage), or marking a run that re-makes lost ones (rebuild).
+KIND_LINEAGE = b"lineage"
+KIND_REBUILD = b"rebuild"
+LINEAGE_KINDS = (KIND_LINEAGE, KIND_REBUILD)
+
 
 class ObjectMethods:
     """Object metadata, locations and holds (mixed into Store)."""
@@ -21,6 +27,7 @@ class ObjectMethods:
     redis: redis.Redis
     keys: Keys
     _release: Any
+    _reconstruct: Any
     _run_scripts: Callable[..., list]
     _should_wait: Callable[[], bool]
 
@@ -110,11 +117,13 @@ class ObjectMethods:
 
     @translate_errors
     def process_holds(self, tag: str) -> list[Release]:
-        """What a process that died was holding: its borrowed refs and its own objects."""
+        """What a process that died was holding: its borrowed refs and its own objects.
+        Its borrows index is kept until the caller has released them and forgets the
+        process (remove_node_process, driver_gone): a caller that dies in between leaves
+        the index to the next one, and releasing twice changes nothing."""
         borrowed = [_text(o) for o in self.redis.smembers(self.keys.borrows(tag))]
         owned = {_text(k).split(":obj:")[1].partition(":")[0]
                  for k in self.redis.scan_iter(match=self.keys.owned_objects(tag), count=1000)}
-        self.redis.unlink(self.keys.borrows(tag))
         return ([Release(oid, f"p:{tag}", 0) for oid in borrowed]
                 + [Release(oid, "owner", -1) for oid in sorted(owned)])
 
@@ -151,6 +160,49 @@ class ObjectMethods:
         if not exists:
             self.redis.unlink(self.keys.obj_loc(object_id))
         return bool(exists)
+
+    @translate_errors
+    def object_lineage(self, object_id: str) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """(kind, data, lineage) of an object; all None when it does not exist, kind and
+        data None while it is being made again."""
+        kind, data, lineage = self.redis.hmget(self.keys.obj(object_id), "kind", "data", "lineage")
+        return kind, data, lineage
+
+    @translate_errors
+    def reconstruct(self, object_id: str, seen: bytes, *, shape: str | None = None,
+                    fields: dict[str, Any] | None = None, error: bytes | None = None,
+                    siblings: Sequence[str] = ()) -> int:
+        """Every copy of `object_id` (data `seen`) is gone: queue its task again with
+        `fields` on the queue of `shape` (its sibling return objects lost with it are
+        made again too), or store `error` as its value. Exactly one of the readers that
+        saw `seen` acts (reconstruct.lua): 1 when this call did, 0 when the object had
+        changed, -1 when it was freed."""
+        obj = self.keys.obj(object_id)
+        keys = [obj, self.keys.obj_loc(object_id), self.keys.queue(shape) if shape else obj]
+        for sibling in siblings:
+            keys += [self.keys.obj(sibling), self.keys.obj_loc(sibling)]
+        if fields is not None:
+            args: list[Any] = [seen, "resubmit", *(x for kv in fields.items() for x in kv)]
+        else:
+            args = [seen, "fail", error]
+        return int(self._reconstruct(keys=keys, args=args))
+
+    @translate_errors
+    def process_alive(self, tag: str, dead_nodes: Sequence[str] = ()) -> bool:
+        """Whether the process `tag` looks alive: a driver still heartbeating, or a worker
+        of a live node (not one of `dead_nodes`). For failure paths only (reads every
+        driver and live node)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(self.keys.drivers(), 0, -1)
+        pipe.zrange(self.keys.nodes_alive(), 0, -1)
+        drivers, alive = pipe.execute()
+        if any(_text(m).partition(" ")[0] == tag for m in drivers):
+            return True
+        nodes = [n for n in map(_text, alive) if n not in dead_nodes]
+        pipe = self.redis.pipeline(transaction=False)
+        for node in nodes:
+            pipe.sismember(self.keys.node_procs(node), tag)
+        return any(pipe.execute()) if nodes else False
 
     @translate_errors
     def existing_objects(self, object_ids: Sequence[str]) -> set[str]:

@@ -4,6 +4,10 @@ Each node runs a `TransferServer` over its `ShmStore`; a process that needs an o
 only elsewhere calls `fetch`, which streams the bytes straight into this node's shared
 memory. The object's bytes are opaque here. The protocol (integers big-endian):
 
+    hello     the server speaks first: b"TMH\\x01" | 16 random bytes (the challenge)
+    auth      the client answers HMAC-SHA256(cluster secret, b"taskmesh-transfer\\x00" +
+              challenge), 32 bytes; the server answers u8 1, or closes the connection
+              without reading anything more when the answer is wrong
     request   b"TMX\\x01" (magic, last byte the version) | u8 n (1..64) | n bytes: the id, ASCII hex
     header    u8 status (1 found, 0 missing) | u64 size (0 when missing)
     go        after "found", the client sends u8 1 (send it) or 0 (skip: this node
@@ -12,6 +16,13 @@ memory. The object's bytes are opaque here. The protocol (integers big-endian):
 
 A connection may carry several requests in turn. The server drops a connection whose
 request is malformed or incomplete after `request_timeout_s`, logging one line.
+
+Why the handshake: any process that can reach a node's port could otherwise read every
+object of that node. The secret is kept in Redis (see `security.transfer_secret`), where
+the agent, driver and worker credentials can read it and the readonly role cannot; it
+never crosses the wire, and a fresh challenge per connection makes a recorded answer
+useless on the next one. Until a client has answered, the server reads exactly the 32
+bytes of the answer and holds the connection for at most `AUTH_TIMEOUT_S`.
 
 Why this shape: the sender sends slices of its read-only mapping and the receiver
 `recv_into`s slices of its destination segment, so neither copies the object in user
@@ -24,6 +35,8 @@ node and served on to other nodes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 import mmap
 import os
@@ -44,6 +57,12 @@ from .exceptions import (
 log = logging.getLogger("taskmesh.transfer")
 
 MAGIC = b"TMX\x01"
+HELLO = b"TMH\x01"
+CHALLENGE_BYTES = 16
+AUTH_BYTES = 32
+AUTH_OK = b"\x01"
+# An unauthenticated connection holds one of MAX_CONNECTIONS slots at most this long.
+AUTH_TIMEOUT_S = 5.0
 MAX_ID_BYTES = 64
 CHUNK_BYTES = 1024 * 1024
 FOUND, MISSING = 1, 0
@@ -67,12 +86,20 @@ class _HolderFailed(Exception):
     """A holder could not supply a good copy; the next one is tried."""
 
 
+def auth_answer(secret: bytes, challenge: bytes) -> bytes:
+    """The answer that proves knowledge of the cluster secret for one challenge."""
+    return hmac.new(secret, b"taskmesh-transfer\x00" + challenge, hashlib.sha256).digest()
+
+
 class TransferServer:
     """Serves the sealed objects of one node's ShmStore over TCP."""
 
     def __init__(self, shm: ShmStore, host: str = "0.0.0.0", port: int = 0,
-                 *, request_timeout_s: float = 10.0):
+                 *, secret: bytes, request_timeout_s: float = 10.0):
+        if not secret:
+            raise ValueError("the transfer server needs the cluster secret")
         self._shm = shm
+        self._secret = secret
         self._request_timeout_s = request_timeout_s
         self._listener = socket.create_server((host, port), backlog=128)
         self.port: int = self._listener.getsockname()[1]
@@ -125,6 +152,8 @@ class TransferServer:
     def _serve(self, conn: socket.socket, peer: tuple) -> None:
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.settimeout(min(self._request_timeout_s, AUTH_TIMEOUT_S))
+            self._authenticate(conn)
             conn.settimeout(self._request_timeout_s)
             while self._serve_request(conn):
                 pass
@@ -142,6 +171,15 @@ class TransferServer:
             with self._lock:
                 self._conns.discard(conn)
             self._slots.release()
+
+    def _authenticate(self, conn: socket.socket) -> None:
+        """Challenge the client; raises _BadRequest unless it answers with the secret."""
+        challenge = os.urandom(CHALLENGE_BYTES)
+        conn.sendall(HELLO + challenge)
+        answer = _recv_exact(conn, AUTH_BYTES)
+        if not hmac.compare_digest(answer, auth_answer(self._secret, challenge)):
+            raise _BadRequest("authentication failed (wrong cluster secret)")
+        conn.sendall(AUTH_OK)
 
     def _serve_request(self, conn: socket.socket) -> bool:
         """Answer one request; False when the client closed the connection between requests."""
@@ -218,12 +256,13 @@ def _recv_exact(sock: socket.socket, n: int, *, eof_ok: bool = False) -> bytes:
 
 
 def fetch(holders: Sequence[tuple[str, int]], object_id: str, shm: ShmStore | None,
-          *, timeout_s: float = 60.0) -> memoryview:
+          *, secret: bytes, timeout_s: float = 60.0) -> memoryview:
     """Pull object `object_id` from the first holder (host, port) that can supply it.
 
     With `shm` (this node's store) the object is written there, sealed, and returned
     mapped read-only; when another process of this node is already fetching it, this
-    waits for that copy instead of transferring it twice. Without `shm` the bytes are
+    waits for that copy instead of transferring it twice. `secret` is the cluster secret
+    the holders challenge for (see `security.transfer_secret`). Without `shm` the bytes are
     received into memory. `timeout_s` bounds connecting and each wait for data from a
     holder (a slow but steady holder is not cut off). Raises ObjectLostError when no
     holder supplies it (the holders tried and why each failed are logged), its subclass
@@ -239,7 +278,7 @@ def fetch(holders: Sequence[tuple[str, int]], object_id: str, shm: ShmStore | No
     while pending:
         host, port = pending[0]
         try:
-            view = _fetch_from(host, port, object_id, shm, timeout_s)
+            view = _fetch_from(host, port, object_id, shm, timeout_s, secret)
         except (OSError, EOFError, _HolderFailed) as e:
             failures.append(f"{host}:{port} ({_describe(e)})")
             pending.pop(0)
@@ -265,11 +304,12 @@ def _describe(e: BaseException) -> str:
 
 
 def _fetch_from(host: str, port: int, object_id: str, shm: ShmStore | None,
-                timeout_s: float) -> memoryview | None:
+                timeout_s: float, secret: bytes) -> memoryview | None:
     """The object from one holder; None when another local writer already claimed it."""
     with socket.create_connection((host, port), timeout=min(timeout_s, CONNECT_TIMEOUT_S)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(timeout_s)
+        _answer_challenge(sock, secret)
         raw_id = object_id.encode("ascii")
         sock.sendall(MAGIC + bytes([len(raw_id)]) + raw_id)
         status, size = _HEADER.unpack(_recv_exact(sock, _HEADER.size))
@@ -280,6 +320,19 @@ def _fetch_from(host: str, port: int, object_id: str, shm: ShmStore | None,
         if shm is None:
             return _receive_into_memory(sock, size)
         return _receive_into_store(sock, object_id, size, shm)
+
+
+def _answer_challenge(sock: socket.socket, secret: bytes) -> None:
+    hello = _recv_exact(sock, len(HELLO) + CHALLENGE_BYTES)
+    if not hello.startswith(HELLO):
+        raise _HolderFailed(f"not a taskmesh transfer server (greeting {hello[:4]!r})")
+    sock.sendall(auth_answer(secret, hello[len(HELLO):]))
+    try:
+        ok = _recv_exact(sock, 1)
+    except (EOFError, ConnectionResetError):
+        ok = b""
+    if ok != AUTH_OK:
+        raise _HolderFailed("refused our cluster secret (is it the same cluster?)")
 
 
 def _receive_into_memory(sock: socket.socket, size: int) -> memoryview:

@@ -10,6 +10,7 @@ Messages (msgpack lists) on the socket:
   worker -> agent  ["R", pid]                           ready for tasks
                    ["D", entry_id, owner, notice, objs] done; objs = [[object_id, kind, data]]
                    ["Q", entry_id]                      failed, retry it (retry_exceptions)
+                   ["X"]                                exits after this task (max_calls)
                    ["B"] / ["U"]                        blocked in get / unblocked
 """
 
@@ -28,10 +29,12 @@ from typing import Any
 
 import msgpack
 
-from . import _process, objects
-from ._runtime import Runtime, TaskContext, encode_notice
-from .exceptions import RayTaskError, TaskCancelledError
-from .objects import KIND_ERROR, ObjectRef
+from . import _events, _generator, _process, objects, runtime_env
+from ._object_plane import lineage_entry
+from ._runtime import Runtime, TaskContext, encode_notice, placement
+from ._store_objects import KIND_LINEAGE, KIND_REBUILD
+from .exceptions import RayTaskError, RuntimeEnvSetupError, TaskCancelledError
+from .objects import KIND_ERROR, KIND_SHM, ObjectRef
 from .store import Store, retry_transient
 
 
@@ -79,11 +82,14 @@ class Worker:
         self._functions: dict[str, Any] = {}
         self._interruptible = False  # a task is running: SIGINT cancels it
         self._calls: dict[str, int] = {}
+        self._arg_refs: list[str] = []  # the running task's top-level ref arguments
         self._log_lock = threading.Lock()
         self._log_lines: list[list[str]] = []
         self._log_job: str | None = None
         self._out = _LineForwarder(self, "stdout", sys.__stdout__)
         self._err = _LineForwarder(self, "stderr", sys.__stderr__)
+        self.events = _events.EventBuffer()  # sent by the output flush thread
+        self.items = _generator.ItemSender(store)  # generator items, stored as yielded
 
     @property
     def context(self) -> TaskContext:
@@ -105,21 +111,27 @@ class Worker:
         if big:
             self.flush_logs()
 
-    def flush_logs(self) -> None:
+    def flush_logs(self, with_events: bool = False) -> None:
+        """Send printed lines (to the job's driver and its log stream) and, from the
+        periodic flush, task events: one round trip, only when there is something."""
         with self._log_lock:
             lines, self._log_lines = self._log_lines, []
             job = self._log_job
+        events = self.events.drain() if with_events and len(self.events) else []
+        payload = None
         if lines and job is not None:
-            payload = msgpack.packb({"pid": self.pid, "node": self.node_id, "lines": lines})
+            payload = msgpack.packb({"pid": self.pid, "node": self.node_id,
+                                     "actor": self.context.actor_id, "lines": lines})
+        if payload is not None or events:
             try:
-                self.store.publish_log(job, payload)
+                self.store.worker_output(job, payload, events)
             except Exception:
-                pass
+                pass  # output and events are best effort: a task never waits for them
 
     def _log_flush_loop(self) -> None:
         while True:
             time.sleep(0.2)
-            self.flush_logs()
+            self.flush_logs(with_events=True)
 
     # ---- tasks ------------------------------------------------------------------------
 
@@ -198,10 +210,20 @@ class Worker:
         return_ids = [objects.object_id(task_id, i + 1) for i in range(nret)]
         self.runtime.job_id = spec["job"]
         self.runtime.namespace = spec.get("ns")
-        self.runtime.context = TaskContext(spec["job"], task_id, name, spec.get("res", {}))
+        self.runtime.context = TaskContext(spec["job"], task_id, name, spec.get("res", {}),
+                                           **placement(spec, fields))
+        record = _events.enabled(fields)
+        if record:
+            self.events.add(_events.event(task_id, attempt, _events.RUNNING, name=name, job=spec["job"],
+                                          node=self.node_id, pid=self.pid))
+        start_us = _events.now_us()
+        self._arg_refs = []
+        self.runtime.runtime_env = spec.get("renv")  # what the tasks it submits inherit
+        restore_env, env_error = self._apply_env(spec.get("renv"))
         try:
             self._interruptible = True
-            objs = self._execute(spec, name, return_ids)
+            objs = (self._execute(spec, name, return_ids) if env_error is None
+                    else [[oid, KIND_ERROR, env_error] for oid in return_ids])
         except _Retry:
             objs = None
         except KeyboardInterrupt:  # taskmesh.cancel, arriving between the task and here
@@ -210,14 +232,61 @@ class Worker:
             self._interruptible = False
             self.runtime.context = TaskContext()
             self.end_output()
+            if restore_env is not None:
+                restore_env()
+            self.runtime.runtime_env = None
+        self.items.flush()  # a generator's items go before its end (a cancelled one's too)
+        lineage = self._lineage(fields, spec, return_ids, objs)
         self._sync_refs()
+        if record:
+            self._record_end(task_id, attempt, name, spec["job"], start_us, objs)
+        max_calls = spec.get("maxc") or 0
+        self._calls[spec["fn"]] = calls = self._calls.get(spec["fn"], 0) + 1
+        retiring = bool(max_calls and calls >= max_calls)
+        if retiring:  # before the result: the agent must not hand this worker another task
+            self._send(["X"])
         if objs is None:
             self._send(["Q", entry_id])
         else:
-            self._send(["D", entry_id, owner, encode_notice(task_id, objs), objs])
-        max_calls = spec.get("maxc") or 0
-        self._calls[spec["fn"]] = calls = self._calls.get(spec["fn"], 0) + 1
-        return not (max_calls and calls >= max_calls)
+            notice = encode_notice(task_id, objs)
+            self._send(["D", entry_id, owner, notice, [*objs, *lineage]])
+        return not retiring
+
+    def _lineage(self, fields: dict[bytes, bytes], spec: dict, return_ids: list[str],
+                 objs: list[list] | None) -> list[list]:
+        """The pseudo-object that carries the task's lineage to the completion script
+        (see _object_plane.py): with its shared-memory results, which then hold the
+        task's ref arguments; and with every result of a run that re-makes lost ones.
+        Nothing for a task whose results are all small (they are never lost)."""
+        if objs is None or spec.get("gen"):
+            return []
+        task_id = fields[b"task"].decode()
+        if fields.get(b"rebuild") == b"1":
+            self.runtime.hold_for_lineage(return_ids, (), rebuild=True)
+            return [[task_id, KIND_REBUILD, lineage_entry(fields)]]
+        shm = [oid for oid, kind, _ in objs if kind == KIND_SHM]
+        if not shm:
+            return []
+        self.runtime.hold_for_lineage(shm, self._arg_refs, rebuild=False)
+        return [[task_id, KIND_LINEAGE, lineage_entry(fields)]]
+
+    def _apply_env(self, env: dict | None) -> tuple[Any, bytes | None]:
+        """Apply a task's runtime_env: (what undoes it, None), or (None, the serialized
+        RuntimeEnvSetupError that becomes the task's result)."""
+        try:
+            return runtime_env.apply(env, self.store), None
+        except Exception as e:
+            error = RuntimeEnvSetupError(f"Failed to set up the runtime_env {env}: {e!r}")
+            return None, objects.serialize(error)
+
+    def _record_end(self, task_id: str, attempt: int, name: str, job: str | None, start_us: int,
+                    objs: list[list] | None) -> None:
+        failed = objs is None or any(kind == KIND_ERROR for _, kind, _ in objs)
+        end_us = _events.now_us()
+        self.events.add(_events.event(
+            task_id, attempt, _events.FAILED if failed else _events.FINISHED, name=name, job=job,
+            node=self.node_id, pid=self.pid, start=start_us, end=end_us,
+            error="TASK_EXECUTION_EXCEPTION" if failed else None))
 
     def _execute(self, spec: dict, name: str, return_ids: list[str]) -> list[list]:
         try:
@@ -227,6 +296,9 @@ class Worker:
             if upstream_error is not None:
                 return [[oid, KIND_ERROR, upstream_error] for oid in return_ids]
             result = fn(*args, **kwargs)
+            if spec.get("gen"):
+                return self.generator_run(spec, name, return_ids[0], spec["owner"],
+                                          retry=lambda e: _should_retry(spec, e)).run(result)
             values = split_returns(result, len(return_ids), name)
             return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values)]
         except KeyboardInterrupt:  # taskmesh.cancel interrupted it
@@ -237,6 +309,13 @@ class Worker:
                 raise _Retry() from e
             data = serialize_error(name, e)
             return [[oid, KIND_ERROR, data] for oid in return_ids]
+
+    def generator_run(self, spec: dict, name: str, return_id: str, owner: str,
+                      retry: Any = lambda e: False) -> _generator.GeneratorRun:
+        """How a generator call's items are stored (see _generator.py)."""
+        return _generator.GeneratorRun(
+            self.runtime, self.items, mode=spec["gen"], owner=owner, return_id=return_id,
+            error_of=lambda e: serialize_error(name, e), retry=retry, backpressure=spec.get("bp", 0))
 
     def _cancelled(self, return_ids: list[str]) -> list[list]:
         """The task was cancelled: so are the tasks it submitted (Ray's recursive=True)."""
@@ -256,22 +335,35 @@ class Worker:
         if not positions and not names:
             return None
         ids = [args[i].hex() for i in positions] + [kwargs[k].hex() for k in names]
-        raw = self.runtime.get_raw(ids, None)
-        for oid in ids:
-            if raw[oid][0] == KIND_ERROR:
-                return raw[oid][1]
+        self._arg_refs = list(dict.fromkeys(ids))
         plane = self.runtime.plane
+
+        def value(oid: str, raw: tuple[bytes, bytes]) -> Any:
+            return _ArgError(raw[1]) if raw[0] == KIND_ERROR else plane.decode(oid, *raw)
+
+        # A lost argument is made again here (and waited for) by get_decoded.
+        values = self.runtime.get_decoded(ids, None, value)
+        for oid in ids:
+            if isinstance(values[oid], _ArgError):
+                return values[oid].data
         for i in positions:
-            oid = args[i].hex()
-            args[i] = plane.decode(oid, *raw[oid])
+            args[i] = values[args[i].hex()]
         for k in names:
-            oid = kwargs[k].hex()
-            kwargs[k] = plane.decode(oid, *raw[oid])
+            kwargs[k] = values[kwargs[k].hex()]
         return None
 
 
 class _Retry(Exception):
     pass
+
+
+class _ArgError:
+    """A task argument whose object is an error (serialized): it becomes the result."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
 
 
 def split_returns(result: Any, n: int, name: str) -> list[Any]:
@@ -315,7 +407,9 @@ def main(argv: list[str] | None = None) -> None:
     _process.fate_share_with_parent()
     conn = Connection(args.fd)
     store = Store(os.environ["TASKMESH_ADDRESS"], prefix=os.environ.get("TASKMESH_PREFIX", "tm"))
-    Worker(conn, store, os.environ.get("TASKMESH_NODE_ID", "")).serve()
+    worker = Worker(conn, store, os.environ.get("TASKMESH_NODE_ID", ""))
+    worker.serve()
+    worker.flush_logs(with_events=True)  # the last task's events (max_calls reached)
     os._exit(0)
 
 

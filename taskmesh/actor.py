@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from . import _options, objects, scheduler
+from . import _events, _generator, _options, objects, runtime_env, scheduler
 from .objects import ObjectRef
 from .remote_function import _Export, _pack_args
 
@@ -29,16 +29,19 @@ READY = "__ray_ready__"
 
 @dataclass(frozen=True, slots=True)
 class MethodMeta:
-    num_returns: int = 1
+    num_returns: int | str = 1  # or "streaming" / "dynamic" for generator methods
     concurrency_group: str | None = None
     is_async: bool = False
+    is_generator: bool = False
+    backpressure: int = 0  # _generator_backpressure_num_objects (> 0: on)
 
     def to_wire(self) -> list:
-        return [self.num_returns, self.concurrency_group, self.is_async]
+        return [self.num_returns, self.concurrency_group, self.is_async, self.is_generator,
+                self.backpressure]
 
     @classmethod
     def from_wire(cls, raw: list) -> MethodMeta:
-        return cls(raw[0], raw[1], raw[2])
+        return cls(*raw)
 
 
 class ActorExitRequest(BaseException):
@@ -54,18 +57,37 @@ def exit_actor() -> None:
     raise ActorExitRequest()
 
 
+# Ray's @ray.method keywords; the ones taskmesh does not implement raise NotImplementedError.
+_METHOD_OPTIONS = ["num_returns", "concurrency_group", "max_task_retries", "retry_exceptions",
+                   "_generator_backpressure_num_objects", "_num_objects_per_yield",
+                   "enable_task_events", "tensor_transport"]
+_METHOD_SUPPORTED = {"num_returns", "concurrency_group", "enable_task_events",
+                     "_generator_backpressure_num_objects"}
+_BACKPRESSURE = "_generator_backpressure_num_objects"
+
+
 def method(*args: Any, **options: Any) -> Any:
-    """`@taskmesh.method(num_returns=2, concurrency_group="io")` on an actor method."""
-    valid = {"num_returns", "concurrency_group"}
-    if args or not options or set(options) - valid:
-        raise ValueError("The @taskmesh.method decorator takes only the keyword arguments "
-                         f"{sorted(valid)}, e.g. '@taskmesh.method(num_returns=2)'.")
-    if "num_returns" in options:
-        n = options["num_returns"]
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError("The keyword 'num_returns' only accepts a non-negative integer.")
+    """`@taskmesh.method(num_returns=2, concurrency_group="io")` on an actor method
+    (also bare, `@taskmesh.method`). As Ray, a wrong keyword fails an assertion."""
+    if len(args) == 1 and callable(args[0]) and not options:
+        return args[0]
+    assert not args, ("The @taskmesh.method decorator must be applied using no arguments or "
+                      f"at least one of the arguments in the list {_METHOD_OPTIONS}, for "
+                      "example '@taskmesh.method(num_returns=2)'.")
+    for key in options:
+        assert key in _METHOD_OPTIONS, (f"Unexpected keyword argument to @taskmesh.method: "
+                                        f"'{key}'. The supported keyword arguments are "
+                                        f"{_METHOD_OPTIONS}")
+        if key not in _METHOD_SUPPORTED:
+            raise NotImplementedError(f"The @method keyword '{key}' is valid in Ray, but taskmesh "
+                                      "does not support it yet; remove it to run this program.")
+
+    if _BACKPRESSURE in options:
+        _options.TASK_OPTIONS[_BACKPRESSURE].validate(_BACKPRESSURE, options[_BACKPRESSURE])
 
     def decorate(fn: Callable) -> Callable:
+        if "num_returns" in options:
+            _options.validate_num_returns(_generator.is_generator_function(fn), options["num_returns"])
         fn.__taskmesh_method__ = dict(options)  # type: ignore[attr-defined]
         return fn
 
@@ -78,8 +100,13 @@ def _methods_of(cls: type) -> dict[str, MethodMeta]:
         if name.startswith("__") and name not in ("__call__",):
             continue
         opts = getattr(fn, "__taskmesh_method__", {})
-        out[name] = MethodMeta(opts.get("num_returns", 1), opts.get("concurrency_group"),
-                               inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn))
+        generator = _generator.is_generator_function(fn)
+        num_returns = opts.get("num_returns")
+        if num_returns is None:  # as Ray: a generator method streams by default
+            num_returns = "streaming" if generator else 1
+        out[name] = MethodMeta(num_returns, opts.get("concurrency_group"),
+                               inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
+                               generator, max(opts.get(_BACKPRESSURE) or 0, 0))
     out[TERMINATE] = MethodMeta(0)
     out[READY] = MethodMeta(1)
     return out
@@ -91,6 +118,7 @@ class ActorClass:
     def __init__(self, cls: type, options: dict[str, Any]):
         self._cls = cls
         self._options = _options.validate(options, _options.ACTOR_OPTIONS, "actors")
+        _options.check_actor_options(self._options, in_options=False)
         self._methods = _methods_of(cls)
         self._export = _Export(cls)
         self.__name__ = cls.__name__
@@ -109,7 +137,9 @@ class ActorClass:
                         f"use '{self.__name__}.remote()'.")
 
     def options(self, **options: Any) -> _ActorOptions:
-        merged = {**self._options, **_options.validate(options, _options.ACTOR_OPTIONS, "actors")}
+        given = _options.validate(options, _options.ACTOR_OPTIONS, "actors")
+        merged = {**self._options, **given}
+        _options.check_actor_options(given, in_options=True, merged=merged)
         return _ActorOptions(self, merged)
 
     def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
@@ -128,17 +158,21 @@ class ActorClass:
         opts = _options.resolved(options, _options.ACTOR_OPTIONS)
         placement, held = actor_demand(opts)
         shape = scheduler.shape_name(placement)
-        runtime.ensure_shape(shape)
         fn_id = self._export.fn_id()
         runtime.export_function(fn_id, self._export.blob)
         actor_id = runtime.owner + os.urandom(8).hex()
         is_async = any(m.is_async for m in self._methods.values())
         max_concurrency = opts["max_concurrency"] or (1000 if is_async else 1)
-        args_blob, deps, holds = _pack_args(runtime, args, kwargs)
+        args_blob, deps, holds, _sent = _pack_args(runtime, args, kwargs)
+        route = runtime.route(_options.strategy_of(opts), placement, shape, deps, actor=True)
+        renv = runtime_env.resolve(runtime.runtime_env, opts["runtime_env"], runtime.store)
         spec = msgpack.packb({
             "fn": fn_id, "args": args_blob, "owner": runtime.owner, "job": runtime.job_id,
             "ns": runtime.namespace, "held": held, "maxc": max_concurrency, "async": is_async, "cls": self.__name__,
             "mtr": opts["max_task_retries"], "groups": opts["concurrency_groups"] or {},
+            **({"pg": route.pg} if route.pg else {}),
+            **({"renv": renv} if renv else {}),
+            **({} if opts["enable_task_events"] else {_events.NO_EVENTS_FIELD: 0}),
         }, use_bin_type=True)
         name = opts["name"] or ""
         namespace = opts["namespace"] or runtime.namespace or ""
@@ -150,6 +184,7 @@ class ActorClass:
             "shape": shape, "spec": spec, "init_name": f"{self.__name__}.__init__",
             "job_id": runtime.job_id or "", "detached": int(detached), "methods": methods,
             "node_id": "", "pid": "",
+            **({"queue": route.queue, "soft": route.fields["soft"]} if route.queue != shape else {}),
         }
         status, found = runtime.store.create_actor(
             actor_id, job_id=runtime.job_id or "", namespace=namespace, name=name,
@@ -162,7 +197,12 @@ class ActorClass:
                              f"taskmesh.get_actor('{name}', namespace='{namespace}').")
         entry = {"task": actor_id, "name": fields["init_name"], "attempt": 0, "kind": "actor",
                  "spec": spec}
-        runtime.submit(shape, entry, deps, (), holds=holds)
+        if not opts["enable_task_events"]:  # for the creation and every method call
+            entry[_events.NO_EVENTS_FIELD] = 0
+        if route.unschedulable:
+            runtime.fail_unschedulable(entry, (), route.unschedulable, actor_id=actor_id)
+        else:
+            runtime.submit(route.queue, {**entry, **route.fields}, deps, (), holds=holds)
         collectable = not (detached or name)
         return ActorHandle(actor_id, self.__name__, self._methods, _original=collectable)
 
@@ -238,7 +278,8 @@ class ActorHandle:
 
 
 class ActorMethod:
-    def __init__(self, handle: ActorHandle, name: str, meta: MethodMeta, num_returns: int | None = None):
+    def __init__(self, handle: ActorHandle, name: str, meta: MethodMeta,
+                 num_returns: int | str | None = None):
         self._handle = handle
         self._name = name
         self._meta = meta
@@ -249,15 +290,21 @@ class ActorMethod:
                         f"'object.{self._name}()', try 'object.{self._name}.remote()'.")
 
     def options(self, **options: Any) -> ActorMethod:
-        unknown = set(options) - {"num_returns", "name", "concurrency_group"}
+        valid = ["_generator_backpressure_num_objects", "concurrency_group", "name", "num_returns"]
+        unknown = set(options) - set(valid)
         if unknown:
             raise ValueError(f"Invalid option keyword {sorted(unknown)[0]} for actor methods. "
-                             "Valid ones are ['concurrency_group', 'name', 'num_returns'].")
+                             f"Valid ones are {valid}.")
+        if _BACKPRESSURE in options:
+            _options.TASK_OPTIONS[_BACKPRESSURE].validate(_BACKPRESSURE, options[_BACKPRESSURE])
+        if "num_returns" in options:
+            _options.validate_num_returns(self._meta.is_generator, options["num_returns"])
         n = options.get("num_returns", self._num_returns)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError("The keyword 'num_returns' only accepts a non-negative integer.")
+        if n is None:
+            n = "streaming" if self._meta.is_generator else 1
+        backpressure = options.get(_BACKPRESSURE, self._meta.backpressure)
         meta = MethodMeta(n, options.get("concurrency_group", self._meta.concurrency_group),
-                          self._meta.is_async)
+                          self._meta.is_async, self._meta.is_generator, max(backpressure or 0, 0))
         return ActorMethod(self._handle, self._name, meta, n)
 
     def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
@@ -272,15 +319,25 @@ class ActorMethod:
 
         runtime = get_runtime(auto_init=True)
         task_id = objects.new_task_id(runtime.owner)
-        n = self._num_returns
+        generator = _generator.WIRE_MODE.get(self._num_returns)  # type: ignore[arg-type]
+        n: int = 1 if generator else self._num_returns  # type: ignore[assignment]
         returns = [objects.object_id(task_id, i + 1) for i in range(n)]
-        args_blob, deps, holds = _pack_args(runtime, args, kwargs)
-        spec = msgpack.packb({"m": self._name, "args": args_blob, "nret": n, "owner": runtime.owner,
-                              "job": runtime.job_id, "cg": self._meta.concurrency_group},
-                             use_bin_type=True)
+        args_blob, deps, holds, _sent = _pack_args(runtime, args, kwargs)
+        call = {"m": self._name, "args": args_blob, "nret": n, "owner": runtime.owner,
+                "job": runtime.job_id, "cg": self._meta.concurrency_group}
+        streaming = generator == _generator.WIRE_MODE[_generator.STREAMING]
+        if generator:
+            call["gen"] = generator
+        if streaming and self._meta.backpressure:
+            call["bp"] = self._meta.backpressure
+        spec = msgpack.packb(call, use_bin_type=True)
         fields = {"task": task_id, "name": f"{self._handle._class_name}.{self._name}",
                   "attempt": 0, "spec": spec}
         refs = [ObjectRef(oid) for oid in returns]
+        if streaming:
+            runtime.open_stream(task_id, self._meta.backpressure)
+            runtime.submit("", fields, deps, returns, actor_id=self._handle._actor_id, holds=holds)
+            return _generator.ObjectRefGenerator(refs[0], runtime)
         runtime.submit("", fields, deps, returns, actor_id=self._handle._actor_id, holds=holds)
         if n == 1:
             return refs[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import sys
 import threading
@@ -16,7 +17,7 @@ from typing import Any, overload
 import msgpack
 import psutil
 
-from . import _options, _services
+from . import _options, _services, security
 from ._runtime import Runtime
 from .objects import ObjectRef
 from .remote_function import RemoteFunction
@@ -92,11 +93,16 @@ def init(
     resources: dict[str, float] | None = None,
     object_store_memory: int | None = None,
     namespace: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
     include_dashboard: bool | None = None,
     logging_level: Any = None,
     configure_logging: bool = True,
+    allow_insecure: bool | None = None,
+    tls_ca_file: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
     _temp_dir: str | None = None,
 ) -> ClientContext:
     """Connect to a cluster, or start a local one (embedded Redis + one node agent).
@@ -104,15 +110,28 @@ def init(
     Address: argument, else $TASKMESH_ADDRESS, else the cluster `taskmesh start --head`
     recorded on this machine; with none of those, a local cluster is started.
     `"auto"` requires an existing cluster.
+
+    A Redis on another machine that runs commands without a password is refused unless
+    `allow_insecure` (default: $TASKMESH_ALLOW_INSECURE). `tls_*`: PEM files for a
+    `rediss://` address (default: $TASKMESH_TLS_CA_FILE, _CERT, _KEY). `runtime_env`: the
+    job's, inherited by its tasks and actors (see taskmesh.runtime_env).
     """
     global _runtime, _cluster
     with _lock:
         if _runtime is not None:
             if ignore_reinit_error:
-                return ClientContext({"address": _runtime.store.url})
+                return ClientContext({"address": _services.mask_password(_runtime.store.url),
+                                      "redis_address": _runtime.store.url})
             raise RuntimeError("Maybe you called taskmesh.init twice by accident? This error "
                                "can be suppressed by passing in 'ignore_reinit_error=True'.")
         _check_init_resources(num_cpus, num_gpus, resources)
+        from . import runtime_env as _renv
+
+        job_env = _renv.validate(runtime_env)  # the parent of every task's and actor's
+        if allow_insecure is not None and not isinstance(allow_insecure, bool):
+            raise TypeError(f"allow_insecure must be a bool, got {allow_insecure!r}")
+        tls = security.TlsFiles(tls_ca_file, tls_cert, tls_key)
+        security.check_tls_files(tls)
         if _temp_dir:
             os.environ[_services.ENV_TEMP_DIR] = _temp_dir
         url = _resolve_address(address)
@@ -130,12 +149,13 @@ def init(
         if url is None:
             cluster, url, node_id = _start_local(num_cpus, num_gpus, resources, object_store_memory)
         try:
-            store = Store(url)
+            store = Store(url, tls=tls or None)
             store.ping()
-            store.check_server()
+            store.check_server(allow_insecure=allow_insecure)
             job_id = store.new_job({"driver_pid": str(os.getpid()), "host": os.uname().nodename,
                                     "start_ms": str(int(time.time() * 1000)),
-                                    "namespace": namespace or ""})
+                                    "namespace": namespace or "",
+                                    **({"runtime_env": json.dumps(job_env)} if job_env else {})})
         except Exception:
             if cluster is not None:
                 cluster.stop()
@@ -143,6 +163,7 @@ def init(
         _cluster = cluster
         _runtime = Runtime(store, job_id=job_id, namespace=namespace or str(uuid.uuid4()),
                            node_id=node_id or _local_node(store))
+        _runtime.runtime_env = _renv.resolve(None, job_env, store)  # packages uploaded
         if log_to_driver:
             _start_log_printer(store, job_id)
         return ClientContext({"address": _services.mask_password(url), "redis_address": url,
@@ -226,6 +247,9 @@ def shutdown() -> None:
         _runtime, _cluster, _log_thread = None, None, None
         if runtime is None:
             return
+        metrics = sys.modules.get("taskmesh.util.metrics")
+        if metrics is not None:  # what was recorded since the last periodic flush
+            metrics.flush_now(runtime.store)
         runtime.shutdown()
         if log_thread is not None:
             time.sleep(0.05)  # let lines already published reach the terminal
@@ -242,6 +266,19 @@ def shutdown() -> None:
 
 
 atexit.register(shutdown)
+
+
+def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
+    """The tasks that ran, as Chrome tracing events (open in chrome://tracing or
+    Perfetto), read from the task events in Redis; with `filename`, written there as
+    JSON instead of returned (Ray's `timeline`)."""
+    from . import _events
+
+    trace = _events.timeline(get_runtime().store)
+    if filename is None:
+        return trace
+    _events.write_trace(trace, filename)
+    return None
 
 
 # ---- remote ------------------------------------------------------------------------------
@@ -401,6 +438,18 @@ class RuntimeContext:
     def get_assigned_resources(self) -> dict[str, float]:
         return dict(self._runtime.context.resources)
 
+    def get_placement_group_id(self) -> str | None:
+        pg = self._runtime.context.pg
+        return pg[0] if pg else None
+
+    @property
+    def should_capture_child_tasks_in_placement_group(self) -> bool:
+        pg = self._runtime.context.pg
+        return bool(pg and pg[2])
+
+    def get_accelerator_ids(self) -> dict[str, list[str]]:
+        return {"GPU": [str(g) for g in self._runtime.context.gpu_ids]}
+
     def get(self) -> dict[str, Any]:
         return {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
                 "task_id": self.get_task_id(), "namespace": self.namespace}
@@ -408,6 +457,11 @@ class RuntimeContext:
 
 def get_runtime_context() -> RuntimeContext:
     return RuntimeContext(get_runtime())
+
+
+def get_gpu_ids() -> list[int]:
+    """The GPU ids assigned to the current task or actor (empty in a driver)."""
+    return list(get_runtime().context.gpu_ids)
 
 
 def _process_tree_rss() -> int:

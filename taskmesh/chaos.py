@@ -6,7 +6,8 @@ The point is to check the failure handling promised in the README under real pro
 deaths, not under mocks: every task with retries left completes with the right value, no
 `get` hangs, and once the killer stops nothing is left behind (processes, shared memory,
 Redis keys of dead nodes or freed objects). Objects whose every copy was on a killed node
-may be lost — taskmesh does not reconstruct from lineage yet — and are counted apart.
+are made again from their lineage; one that could not be (ObjectLostError) is forgiven
+only if a node was lost since its round began, and counted apart.
 
 Every choice of the killer (what to kill, when) comes from `random.Random(seed)`, so a
 seed replays the same sequence of decisions; what each kill hits in the workload still
@@ -67,6 +68,7 @@ class Report:
     executions: int = 0
     retries_observed: int = 0
     actor_restarts: int = 0
+    agents_exited: int = 0
     lost_with_node: int = 0
     wrong: list[str] = field(default_factory=list)
     hung: list[str] = field(default_factory=list)
@@ -81,11 +83,11 @@ class Report:
         kills = ", ".join(f"{kind} {self.kills[kind]}" for kind in KILL_WEIGHTS)
         lines = [
             f"seed {self.seed}, {self.duration_s:.1f} s, {self.rounds} rounds",
-            f"kills survived: {kills}",
+            f"kills survived: {kills} (agents declared dead and replaced: {self.agents_exited})",
             (f"tasks checked: {self.tasks_checked} (executions {self.executions}, "
              f"retries observed {self.retries_observed})"),
             f"actor calls checked: {self.actor_calls_checked} (actor restarts {self.actor_restarts})",
-            f"lost with their node (no lineage yet): {self.lost_with_node}",
+            f"lost with their node (not made again): {self.lost_with_node}",
             f"wrong: {len(self.wrong)}, hung: {len(self.hung)}, leaked keys: {len(self.leaked_keys)}",
         ]
         lines += [f"  wrong: {w}" for w in self.wrong[:10]]
@@ -130,10 +132,24 @@ class ChaosCluster:
         agent on this machine would, and start a replacement."""
         with self.lock:
             proc = self.agents.pop(node_id)
-        proc.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
         proc.wait()
         _shm.reap_dead_stores()
         self.add_agent()
+
+    def replace_exited(self) -> int:
+        """Start a replacement for each agent that exited on its own (declared dead while
+        Redis was away, it stops itself); returns how many."""
+        with self.lock:
+            gone = [(n, p) for n, p in self.agents.items() if not _running(p)]
+            for node_id, _ in gone:
+                self.agents.pop(node_id)
+        for _, proc in gone:
+            with contextlib.suppress(psutil.Error):
+                proc.wait(timeout=5)  # reap it
+            self.add_agent()
+        return len(gone)
 
     def worker_pids(self, node_id: str) -> list[int]:
         with contextlib.suppress(psutil.Error, KeyError):
@@ -158,6 +174,13 @@ class ChaosCluster:
         self.spawner.shutdown()
 
 
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class Killer:
     """Kills something every so often; every decision is drawn from the seeded generator
     so that a seed replays the same decisions."""
@@ -172,12 +195,18 @@ class Killer:
         # Counted before the kill, not after the replacement is up: an object of the
         # dying node may be found lost before the replacement has registered.
         self.agent_kills_begun = 0
+        self.agents_exited = 0  # declared dead (not killed) and stopped by themselves
         self.stopped = threading.Event()
+
+    def agents_lost(self) -> int:
+        """Agents killed (counted as the kill begins) or gone by themselves."""
+        return self.agent_kills_begun + self.agents_exited
 
     def loop(self) -> None:
         """Runs in its own thread until `stopped` is set; an error ends it and reaches
         the run through the thread's future."""
         while not self.stopped.wait(self.rng.uniform(0.3, 1.5)):
+            self.agents_exited += self.cluster.replace_exited()
             kind = self.rng.choices(list(self.kinds), weights=list(self.kinds.values()))[0]
             if getattr(self, f"_kill_{kind}")():
                 self.kills[kind] += 1
@@ -327,7 +356,8 @@ def leaked_keys(store: Store, live_nodes: set[str], dead_nodes: set[str], actor_
     settled the dead nodes: any object, the dead nodes' process and actor sets, the
     actors' call streams, nodes still waiting for recovery, queue entries left over."""
     keys = store.keys
-    found = [k.decode() for k in store.redis.scan_iter(match=keys.all_objects(), count=1000)]
+    found = [_describe_object_key(store, k.decode())
+             for k in store.redis.scan_iter(match=keys.all_objects(), count=1000)]
     for node in dead_nodes - live_nodes:
         found += [k for k in (keys.node_procs(node), keys.node_actors(node)) if store.redis.exists(k)]
     for actor_id in actor_ids:
@@ -341,6 +371,18 @@ def leaked_keys(store: Store, live_nodes: set[str], dead_nodes: set[str], actor_
         if store.redis.xlen(keys.queue(shape)):
             found.append(keys.queue(shape))
     return sorted(found)
+
+
+def _describe_object_key(store: Store, key: str) -> str:
+    """An object key left behind, with what keeps it: its kind, the owner's hold, the
+    other holders (so a report tells which release went missing)."""
+    if store.redis.type(key) != b"hash" or key.endswith(":refs"):
+        return key
+    kind, held, data = store.redis.hmget(key, "kind", "held", "data")
+    holders = store.redis.hgetall(store.keys.obj_refs(key.rpartition(":obj:")[2]))
+    where = data.decode(errors="replace") if kind == b"shm" and data else ""
+    return (f"{key} (kind {kind and kind.decode()} {where}, held {held and held.decode()}, "
+            f"holders {sorted(h.decode() for h in holders)})")
 
 
 def _wait_for_no_leaks(store: Store, cluster: ChaosCluster, actor_ids: list[str]) -> list[str]:
@@ -407,13 +449,14 @@ def _drive(cluster: ChaosCluster, seed: int, seconds: float, log: Path, kinds: d
             killing = pool.submit(killer.loop)
             try:
                 while time.monotonic() - started < seconds and not killing.done():
-                    r = submit_round(report.rounds, str(log), workload_rng, scaler, killer.agent_kills_begun)
-                    check_round(r, report, lambda: killer.agent_kills_begun)
+                    r = submit_round(report.rounds, str(log), workload_rng, scaler, killer.agents_lost())
+                    check_round(r, report, killer.agents_lost)
                     report.rounds += 1
             finally:
                 killer.stopped.set()
             killing.result()  # the killer's error, if any, ends the run here
         report.kills = killer.kills
+        report.agents_exited = killer.agents_exited
         info = retry_transient(lambda: runtime.store.actor_info(actor_ids[0]))
         report.actor_restarts = int(info.get("restarts", 0))
         del scaler
@@ -434,8 +477,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds every decision of the killer")
     parser.add_argument("--nodes", type=int, default=3, help="node agents (at least 2)")
     parser.add_argument("--no-redis-kills", action="store_true", help="never restart Redis")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="keep the agents' logs and Redis's files here (default: a temporary dir)")
     args = parser.parse_args(argv)
-    report = run(args.minutes * 60, args.seed, args.nodes, kill_redis=not args.no_redis_kills)
+    if args.work_dir is not None:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+    report = run(args.minutes * 60, args.seed, args.nodes, kill_redis=not args.no_redis_kills,
+                 work_dir=args.work_dir)
     print(report.summary())
     return 0 if report.ok else 1
 

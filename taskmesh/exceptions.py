@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import Any, ClassVar
 
 
 class RayError(Exception):
@@ -195,7 +195,9 @@ class ObjectFreedError(ObjectLostError):
 
 
 class OwnerDiedError(ObjectLostError):
-    pass
+    def __str__(self) -> str:
+        return (f"Failed to retrieve object {self.object_ref_hex}: all copies of it are lost, "
+                "and the process that put it (its owner) died, so it cannot be put again.")
 
 
 class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
@@ -203,15 +205,46 @@ class ReferenceCountingAssertionError(ObjectLostError, AssertionError):
 
 
 class ObjectReconstructionFailedError(ObjectLostError):
-    pass
+    """Every copy of a task's result is lost and the task cannot be run again to make it.
+    `reason` is the name Ray gives the cause (OBJECT_UNRECONSTRUCTABLE_...)."""
+
+    REASON_MESSAGES: ClassVar[dict[str, str]] = {
+        "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED": (
+            "The object cannot be reconstructed because the maximum number of task retries "
+            "has been exceeded. Consider increasing the number of retries using "
+            "`@taskmesh.remote(max_retries=N)`."),
+        "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED": (
+            "The object cannot be reconstructed because the task was created with "
+            "max_retries=0. Consider enabling retries using `@taskmesh.remote(max_retries=N)`."),
+        "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED": (
+            "The object cannot be reconstructed because the task that made it is not "
+            "recorded (an actor method's result, or a task without lineage)."),
+    }
+    DEFAULT_REASON: str | None = None
+
+    def __init__(self, object_ref_hex: str = "", reason: str | None = None,
+                 reason_message: str | None = None, owner_address: str = "", call_site: str = ""):
+        super().__init__(object_ref_hex, owner_address, call_site)
+        self.reason = reason or self.DEFAULT_REASON
+        self.reason_message = reason_message or self.REASON_MESSAGES.get(self.reason or "", "")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.object_ref_hex, self.reason, self.reason_message,
+                             self.owner_address, self.call_site))
+
+    def __str__(self) -> str:
+        text = f"Failed to retrieve object {self.object_ref_hex}: all copies of it are lost."
+        return f"{text}\n\n[{self.reason or 'UNKNOWN'}] {self.reason_message}" if self.reason_message else text
 
 
-class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectLostError):
-    pass
+# Ray once raised the next two as classes of their own and now raises the class above
+# with a reason: as subclasses of it, `except` clauses written either way work.
+class ObjectReconstructionFailedMaxAttemptsExceededError(ObjectReconstructionFailedError):
+    DEFAULT_REASON = "OBJECT_UNRECONSTRUCTABLE_MAX_ATTEMPTS_EXCEEDED"
 
 
-class ObjectReconstructionFailedLineageEvictedError(ObjectLostError):
-    pass
+class ObjectReconstructionFailedLineageEvictedError(ObjectReconstructionFailedError):
+    DEFAULT_REASON = "OBJECT_UNRECONSTRUCTABLE_LINEAGE_EVICTED"
 
 
 class GetTimeoutError(RayError, TimeoutError):

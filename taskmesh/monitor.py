@@ -25,10 +25,13 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import time
 from collections.abc import Collection, Mapping
 
 from . import _failure
+from .exceptions import StoreUnavailableError
 from .store import Leased, Store
+from .util.placement_group import end_job_groups, try_place
 
 log = logging.getLogger("taskmesh.monitor")
 
@@ -107,16 +110,35 @@ class Monitor:
         self.driver_timeout_ms = int(os.environ.get(ENV_DRIVER_TIMEOUT_MS, DEFAULT_DRIVER_TIMEOUT_MS))
         self.holding = False
         self._closed = False
+        # After this monitor could not reach Redis (a restart, a failover), no node is
+        # declared dead until every node has had a node timeout to heartbeat again: the
+        # heartbeats are old because Redis was away, not because the nodes were.
+        self._unreachable = False
+        self._quiet_until = 0.0
 
     def tick(self) -> None:
         """Renew or take the lease; while holding it, settle dead nodes' work."""
-        if self._closed or not self._hold():
+        if self._closed:
             return
-        shapes = self.store.shapes()
-        seen = self.store.liveness(shapes)
+        try:
+            self._tick()
+        except StoreUnavailableError:
+            self._unreachable = True
+            raise
+
+    def _tick(self) -> None:
+        holding = self._hold()
+        if self._unreachable:
+            self._unreachable = False
+            self._quiet_until = time.monotonic() + self.node_timeout_ms / 1000
+        if not holding:
+            return
+        queues = self.store.shapes() + self.store.pinned_queues()
+        seen = self.store.liveness(queues)
         now_ms = seen.now_ms
         alive = set(seen.heartbeats)
-        for node in stale_nodes(seen.heartbeats, now_ms, self.node_timeout_ms):
+        quiet = time.monotonic() < self._quiet_until
+        for node in [] if quiet else stale_nodes(seen.heartbeats, now_ms, self.node_timeout_ms):
             age_ms = now_ms - seen.heartbeats[node]
             if self.store.mark_node_dead(node, now_ms - self.node_timeout_ms,
                                          f"no heartbeat for {age_ms} ms"):
@@ -124,7 +146,7 @@ class Monitor:
                 alive.discard(node)
         for node in self.store.lost_nodes():
             self._recover_actors(node)
-        for tag, job_id in self.store.silent_drivers(now_ms, self.driver_timeout_ms):
+        for tag, job_id in [] if quiet else self.store.silent_drivers(now_ms, self.driver_timeout_ms):
             self._settle_driver(tag, job_id)
         for shape, by_name in seen.consumers.items():
             if by_name.get(MONITOR_CONSUMER):  # left over by a monitor that died mid-way
@@ -134,6 +156,12 @@ class Monitor:
                 if seen.consumers[shape][name]:
                     self._settle_consumer(shape, name, f"node {name} died")
                 self.store.drop_consumer(shape, name)
+        for queue in queues:
+            if queue.startswith("node:") and queue[5:] not in alive and self.holding:
+                self._drain_node_queue(queue)
+        for pg_id in self.store.pending_pgs():
+            if self.holding:
+                try_place(self.store, pg_id)
 
     def release(self) -> None:
         """Give the lease up (graceful stop), so another agent takes over at once."""
@@ -164,6 +192,10 @@ class Monitor:
                                          cause=f"The actor died: {cause}", node_id=node)
             log.warning("actor %s: %s; %s", actor_id, cause, status)
         self._release_holds(node)
+        for info in self.store.pg_infos():
+            if node in info["bundle_nodes"].values() and self.store.unplace_bundles(info["pg_id"], node):
+                log.warning("placement group %s lost bundles on node %s; placing them again",
+                            info["pg_id"], node)
         self.store.node_settled(node)
 
     def _settle_driver(self, tag: str, job_id: str) -> None:
@@ -176,6 +208,7 @@ class Monitor:
                     tag, job_id)
         ObjectPlane(self.store, None).release(self.store.process_holds(tag))
         _failure.end_job_actors(self.store, job_id, "its driver died")
+        end_job_groups(self.store, job_id)
         self.store.end_job(job_id)
         self.store.delete_done(tag)
         self.store.driver_gone(tag, job_id)
@@ -189,6 +222,38 @@ class Monitor:
         for tag in self.store.node_processes(node):
             plane.release(self.store.process_holds(tag))
             self.store.remove_node_process(node, tag)
+
+    def _drain_node_queue(self, queue: str) -> None:
+        """Entries waiting in the queue of a node that is gone: soft ones go to their
+        shape queue, the others (node affinity with soft=False) can never run and fail
+        (TaskUnschedulableError / ActorUnschedulableError). The queue is dropped once
+        empty. Only for nodes recorded DEAD (a node registering has no hash yet)."""
+        node = queue[len("node:"):]
+        if self.store.node_state(node) != "DEAD":
+            return
+        while self.holding:
+            entries = self.store.take_entries(queue, MONITOR_CONSUMER, CLAIM_BATCH)
+            if not entries:
+                break
+            hard = []
+            for entry in entries:
+                if entry.fields.get(b"soft") == b"1":
+                    shape = entry.fields[b"shape"].decode()
+                    self.store.requeue(entry.queue, entry.entry_id, entry.fields,
+                                       self.store.keys.queue(shape))
+                else:
+                    hard.append(entry)
+            if hard:
+                why = (f"the node specified via NodeAffinitySchedulingStrategy ({node}) died, "
+                       "and soft=False was specified")
+                task_error, actor_cause = _failure.unschedulable(why)
+                _failure.fail_entries(self.store, [(e.entry_id, e.fields) for e in hard],
+                                      task_error=task_error, actor_cause=actor_cause)
+                self.store.ack_entries(queue, [e.entry_id for e in hard])
+            log.warning("node %s is gone: %d entries of its queue moved, %d failed", node,
+                        len(entries) - len(hard), len(hard))
+        if self.holding and self.store.queue_empty(queue):
+            self.store.drop_pinned([queue])
 
     def _settle_consumer(self, shape: str, consumer: str, cause: str) -> None:
         """Claim the consumer's entries in batches and settle each batch; entries that
@@ -206,8 +271,12 @@ class Monitor:
     def _settle(self, entries: list[Leased], cause: str) -> None:
         completions, acks = [], {}
         counts = {action: 0 for action in Action}
-        for entry in entries:
-            action = decide(entry.fields)
+        actions = [decide(entry.fields) for entry in entries]
+        fences = [_failure.next_attempt_fence(e.fields) for e, a in zip(entries, actions)
+                  if a is not Action.HAND_BACK]
+        if fences:  # before the retry exists: the old attempt may still complete
+            self.store.fence_tasks(fences)
+        for entry, action in zip(entries, actions):
             counts[action] += 1
             if action is Action.FAIL:
                 completions.append(_failure.crash_completion(entry.fields, cause))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 import cloudpickle
 import msgpack
 
-from . import _options, objects, scheduler
+from . import _events, _generator, _options, objects, runtime_env, scheduler
 from .objects import ObjectRef
 
 if TYPE_CHECKING:
@@ -26,8 +27,16 @@ class RemoteFunction(Generic[P, R]):
     def __init__(self, function: Callable[P, R], options: dict[str, Any]):
         if not callable(function):
             raise TypeError(f"remote() expects a function or a class, got {type(function).__name__}")
+        if inspect.iscoroutinefunction(function):
+            raise ValueError("'async def' should not be used for remote tasks. You can wrap the "
+                             "async function with `asyncio.run(f())`.")
         self._function = function
         self._options = _options.validate(options, _options.TASK_OPTIONS, "remote functions")
+        _options.check_task_options(self._options, in_options=False)
+        if (self._options.get("num_gpus") or 0) > 0 and self._options.get("max_calls") is None:
+            self._options["max_calls"] = 1  # as Ray: a GPU task's worker is not reused
+        _options.validate_num_returns(_generator.is_generator_function(function),
+                                      self._options.get("num_returns"))
         self._plan = _TaskPlan(function, self._options)
         self.__name__ = getattr(function, "__name__", "remote_function")
         self.__qualname__ = getattr(function, "__qualname__", self.__name__)
@@ -43,7 +52,12 @@ class RemoteFunction(Generic[P, R]):
 
     def options(self, **options: Any) -> _BoundOptions[P, R]:
         """The same function with some options overridden for the next calls."""
-        merged = {**self._options, **_options.validate(options, _options.TASK_OPTIONS, "remote functions")}
+        given = _options.validate(options, _options.TASK_OPTIONS, "remote functions")
+        _options.check_task_options(given, in_options=True)
+        if "num_returns" in given:
+            _options.validate_num_returns(_generator.is_generator_function(self._function),
+                                          given["num_returns"])
+        merged = {**self._options, **given}
         return _BoundOptions(self, _TaskPlan(self._function, merged, parent=self._plan))
 
     def remote(self, *args: P.args, **kwargs: P.kwargs) -> Any:
@@ -86,12 +100,17 @@ class _TaskPlan:
         self.options = _options.resolved(options, _options.TASK_OPTIONS)
         self.name = self.options["name"] or getattr(function, "__name__", "task")
         num_returns = self.options["num_returns"]
-        if num_returns in ("streaming", "dynamic"):
-            raise NotImplementedError(f"num_returns={num_returns!r} (generator tasks) is not "
-                                      "supported by taskmesh yet.")
-        self.num_returns: int = num_returns
+        if num_returns is None:  # as Ray: a generator function streams by default
+            num_returns = "streaming" if _generator.is_generator_function(function) else 1
+        # A generator call has one return of its own, its generator ref (_generator.py).
+        self.generator: str | None = _generator.WIRE_MODE.get(num_returns)  # type: ignore[arg-type]
+        self.streaming = num_returns == "streaming"
+        backpressure = self.options["_generator_backpressure_num_objects"] or 0
+        self.backpressure = backpressure if self.streaming and backpressure > 0 else 0
+        self.num_returns: int = 1 if self.generator else num_returns
         self.demand = _options.task_demand(self.options)
         self.shape = scheduler.shape_name(self.demand)
+        self.strategy = _options.strategy_of(self.options)
         retry = self.options["retry_exceptions"]
         self.retry_exceptions = retry if isinstance(retry, bool) else cloudpickle.dumps(tuple(retry))
         self._export = parent._export if parent is not None else _Export(function)
@@ -102,18 +121,34 @@ class _TaskPlan:
         runtime = get_runtime(auto_init=True)
         fn_id = self._export.fn_id()
         runtime.export_function(fn_id, self._export.blob)
-        runtime.ensure_shape(self.shape)
         task_id = objects.new_task_id(runtime.owner)
         returns = [objects.object_id(task_id, i + 1) for i in range(self.num_returns)]
-        args_blob, deps, holds = _pack_args(runtime, args, kwargs)
+        args_blob, deps, holds, _sent = _pack_args(runtime, args, kwargs)
+        route = runtime.route(self.strategy, self.demand, self.shape, deps, actor=False)
+        renv = runtime_env.resolve(runtime.runtime_env, self.options["runtime_env"], runtime.store)
         spec = msgpack.packb({
             "fn": fn_id, "args": args_blob, "nret": self.num_returns, "owner": runtime.owner,
             "job": runtime.job_id, "ns": runtime.namespace, "maxr": self.options["max_retries"],
             "rexc": self.retry_exceptions, "maxc": self.options["max_calls"], "res": self.demand,
+            **({"gen": self.generator} if self.generator else {}),
+            **({"bp": self.backpressure} if self.backpressure else {}),
+            **({"pg": route.pg} if route.pg else {}),
+            **({"renv": renv} if renv else {}),
         }, use_bin_type=True)
-        fields = {"task": task_id, "name": self.name, "attempt": 0, "spec": spec}
+        fields = {"task": task_id, "name": self.name, "attempt": 0, "spec": spec, **route.fields}
+        if not self.options["enable_task_events"]:
+            fields[_events.NO_EVENTS_FIELD] = 0
         refs = [ObjectRef(oid) for oid in returns]
-        runtime.submit(self.shape, fields, deps, returns, holds=holds)
+        if self.streaming:
+            runtime.open_stream(task_id, self.backpressure)
+        if route.unschedulable:
+            runtime.fail_unschedulable(fields, returns, route.unschedulable)
+        else:
+            runtime.submit(route.queue, fields, deps, returns, holds=holds,
+                           locality=(self.demand, self.shape)
+                           if route.queue == self.shape and self.strategy in (None, "DEFAULT") else None)
+        if self.streaming:
+            return _generator.ObjectRefGenerator(refs[0], runtime)
         if self.num_returns == 1:
             return refs[0]
         return refs if self.num_returns > 1 else None
@@ -141,11 +176,13 @@ class _Export:
         return self._blob
 
 
-def _pack_args(runtime: Any, args: tuple, kwargs: dict) -> tuple[bytes, list[str], list[str]]:
+def _pack_args(runtime: Any, args: tuple, kwargs: dict) -> tuple[bytes, list[str], list[str], tuple]:
     """Serialize the arguments; large top-level ones are put as objects first (as Ray
     does above 100 KiB) so that specs in the queues stay small. Returns the blob, the
-    top-level refs (dependencies) and every ref in the arguments (held while the task
-    is pending)."""
+    top-level refs (dependencies), every ref in the arguments (held while the task is
+    pending) and the arguments as sent: the caller keeps them until the task is
+    submitted, or the refs of promoted arguments could be dropped, and their objects
+    freed, before the task holds them."""
     with objects.collecting_refs() as found:
         blob = objects.serialize((list(args), kwargs))
     if len(blob) > objects.INLINE_ARG_LIMIT:
@@ -154,7 +191,7 @@ def _pack_args(runtime: Any, args: tuple, kwargs: dict) -> tuple[bytes, list[str
         with objects.collecting_refs() as found:
             blob = objects.serialize((list(args), kwargs))
     deps = [a.hex() for a in (*args, *kwargs.values()) if isinstance(a, ObjectRef)]
-    return blob, deps, list(dict.fromkeys(found))
+    return blob, deps, list(dict.fromkeys(found)), (args, kwargs)
 
 
 def _promote(runtime: Any, value: Any) -> Any:

@@ -81,3 +81,92 @@ def lease_counts(
         if n > 0:
             counts[shape] = n
     return counts
+
+
+# ---- queues other than shape queues -------------------------------------------------------
+#
+# A task whose strategy names a node (node affinity, SPREAD, data locality) goes to that
+# node's queue, `node:<node_id>`; a task in a placement group goes to its bundle's queue,
+# `pg:<pg_id>:<bundle index>` (or `pg:<pg_id>:any`, read by every node hosting a bundle of
+# the group). Their entries carry the demand in a `shape` field, and `soft` = 1 when the
+# node is a preference: such an entry goes back to its shape queue when the node cannot
+# start it soon or dies.
+
+def node_queue(node_id: str) -> str:
+    return f"node:{node_id}"
+
+
+def bundle_queue(pg_id: str, index: int) -> str:
+    return f"pg:{pg_id}:{'any' if index < 0 else index}"
+
+
+def is_shape_queue(name: str) -> bool:
+    return not name.startswith(("node:", "pg:"))
+
+
+# ---- placement-group planning -------------------------------------------------------------
+
+PG_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+def plan_bundles(
+    bundles: Mapping[int, Resources], strategy: str, free: Mapping[str, Resources],
+    fixed: Mapping[int, str] | None = None,
+) -> dict[int, str] | None:
+    """Nodes for the bundles of a placement group, or None when they do not fit now.
+
+    `free` is what each live node can still reserve; `fixed` holds bundles of the group
+    already placed (their nodes constrain STRICT_PACK and STRICT_SPREAD). Deterministic:
+    nodes are tried in order of their id, after the preference of each strategy."""
+    fixed = dict(fixed or {})
+    left = {n: dict(r) for n, r in free.items()}
+    order = sorted(bundles, key=lambda i: -sum(bundles[i].values()))
+    if strategy == "STRICT_PACK":
+        nodes = set(fixed.values())
+        candidates = sorted(nodes) if nodes else sorted(left)
+        total: dict[str, float] = {}
+        for i in bundles:
+            total = add(total, bundles[i])
+        for node in candidates:
+            if node in left and fits(total, left[node]):
+                return {i: node for i in bundles}
+        return None
+    if strategy == "STRICT_SPREAD":
+        return _spread_exact(order, bundles, left, set(fixed.values()))
+    plan: dict[int, str] = {}
+    used: dict[str, int] = {}
+    for node in fixed.values():
+        used[node] = used.get(node, 0) + 1
+    for i in order:
+        fitting = [n for n in sorted(left) if fits(bundles[i], left[n])]
+        if not fitting:
+            return None
+        if strategy == "PACK":  # the node already used most, then the fullest
+            node = max(fitting, key=lambda n: (used.get(n, 0), -sum(left[n].values())))
+        else:  # SPREAD: the node used least, then the emptiest
+            node = min(fitting, key=lambda n: (used.get(n, 0), -sum(left[n].values())))
+        plan[i] = node
+        used[node] = used.get(node, 0) + 1
+        left[node] = subtract(left[node], bundles[i])
+    return plan
+
+
+def _spread_exact(
+    order: list[int], bundles: Mapping[int, Resources], left: dict[str, dict[str, float]],
+    taken: set[str],
+) -> dict[int, str] | None:
+    """Every bundle on a node of its own (backtracking; groups are small)."""
+    if not order:
+        return {}
+    first, rest = order[0], order[1:]
+    for node in sorted(left):
+        if node in taken or not fits(bundles[first], left[node]):
+            continue
+        plan = _spread_exact(rest, bundles, left, taken | {node})
+        if plan is not None:
+            return {first: node, **plan}
+    return None
+
+
+def feasible_anywhere(demand: Resources, totals: Iterable[Resources]) -> bool:
+    return any(fits(demand, t) for t in totals)

@@ -7,7 +7,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 
 | key                          | type    | holds                                                 | written by            | TTL |
 |------------------------------|---------|-------------------------------------------------------|-----------------------|-----|
-| tm:node:{node_id}            | hash    | ip, hostname, pid, obj_port (object-transfer server), resources_total/_available (JSON), state, start_ms, end_ms, death_cause, object store usage (store_capacity, store_used, store_objects, store_spilled, store_spilled_objects, store_free_pool; bytes) | node agent; monitor marks DEAD | none |
+| tm:node:{node_id}            | hash    | ip, hostname, pid, obj_port (object-transfer server), resources_total/_available (JSON), state, start_ms, end_ms, death_cause, draining_deadline_ms (while it drains), object store usage (store_capacity, store_used, store_objects, store_spilled, store_spilled_objects, store_free_pool; bytes) | node agent; monitor marks DEAD | none |
 | tm:nodes:alive               | zset    | node_id scored by last heartbeat (ms)                 | node agent            | none |
 | tm:deadletter                | stream  | malformed queue entries, moved out of their queue: queue, entry, reason, fields (msgpack) | agent, actor worker | capped ~10,000 |
 | tm:drivers                   | zset    | "<owner tag> <job id>" of live drivers, scored by last heartbeat (ms, Redis clock) | driver (driver_alive.lua); removed at shutdown or by the monitor | none |
@@ -15,15 +15,26 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:fn:{fn_id}                | string  | cloudpickled function, exported once per definition   | driver / worker       | none |
 | tm:shapes                    | set     | resource shapes that have a queue ("CPU=1")           | submitter             | none |
 | tm:q:{shape}                 | stream  | pending tasks of one shape; group `agents`, one consumer per node (+ `monitor`, holding dead nodes' entries while it settles them); fields task, name, attempt, spec | submitter; agents ack+delete | none |
-| tm:{owner}:obj:{object_id}   | hash    | kind (value/error/shm), data (serialized value; for shm "<size> <node_id>" of the node that made it), size (bytes), held (1 while the owner holds a ref) | completing agent, put | deleted when nobody holds it |
+| tm:q:node:{node_id}          | stream  | tasks and actor creations for one node (node affinity, SPREAD, data locality); same group and fields as a shape queue plus shape (the demand) and soft (1: may run elsewhere: handed back to its shape queue when the node cannot start it soon or dies) | submitter; the node's agent | deleted when the node is settled |
+| tm:q:pg:{pg_id}:{bundle}     | stream  | tasks and actor creations for one bundle of a placement group (`any`: for any of its bundles); fields as a node queue's | submitter; agents hosting the bundle | deleted with the group |
+| tm:node_reserved:{node_id}   | hash    | placement-group bundles reserved on the node: "<pg>:<bundle>" -> resources (JSON) | reserve_pg / remove_pg scripts | deleted when the node is settled |
+| tm:pinned                    | set     | the node and bundle queue names ("node:<id>", "pg:<id>:<bundle>"), for the failure monitor | agent, placement_group | none |
+| tm:pg:{pg_id}                | hash    | name, namespace, strategy, bundles (JSON list), bundle_count, state (PENDING/CREATED/RESCHEDULING/REMOVED), bundle_nodes (JSON index -> node), job_id, detached, created_ms | placement_group; reserve_pg / remove_pg scripts | deleted when its job ends (non-detached) |
+| tm:pgs                       | set     | every placement group id (placement_group_table)      | placement_group       | none |
+| tm:pgs:pending               | set     | groups waiting for room (placed by the monitor when it appears) | placement_group; reserve_pg script | none |
+| tm:named_pg:{namespace}      | hash    | placement group name -> id                            | placement_group       | none |
+| tm:job:{job_id}:pgs          | set     | the job's non-detached placement groups (removed when it ends) | placement_group | none |
+| tm:{owner}:obj:{object_id}   | hash    | kind (value/error/shm), data (serialized value; for shm "<size> <node_id>" of the node that made it), size (bytes), held (1 while the owner holds a ref); for a task's shm result also lineage (its queue entry, msgpack: run again when every copy is lost) and, while that runs, state "rebuilding" (no kind/data then) | completing agent, put; reconstruct.lua | deleted when nobody holds it |
 | tm:{owner}:obj:{object_id}:loc | set   | other nodes holding a shared-memory copy (fetched there) | the fetching process | deleted with the object |
 | tm:{owner}:obj:{object_id}:refs | hash  | holders besides the owner -> count: `p:<tag>` a process that borrowed a ref, `o:<object_id>` an object containing it | release.lua | deleted when empty |
 | tm:{owner}:obj:{object_id}:nested | set | refs the object contains (it holds them as `o:<object_id>`) | the process that stored it | deleted with the object |
 | tm:{tag}:borrows             | set     | objects the process `tag` holds as a borrower (released for it if it dies) | that process | deleted when it ends |
+| tm:{owner}:gen:{task_id}     | string  | items of a streaming generator call its caller has taken (generator backpressure: the generator waits while too many are not) | the caller | 1 h; deleted when the call ends and its generator is dropped |
 | tm:{owner}:done              | stream  | completion notices for the owner's tasks (field n)    | completion script     | owner trims |
+| tm:{owner}:fence             | hash    | task_id -> lowest attempt whose results are still accepted: set when the monitor retries or fails a task of a dead node, so a late completion of the old attempt (a node cut off, not dead) is ignored | monitor; read by complete.lua | 1 day after the last fence |
 | tm:job:{job_id}              | hash    | driver pid/host, namespace, start_ms, end_ms          | driver                | none |
 | tm:jobs                      | counter | last job number handed out                            | driver                | none |
-| tm:actor:{actor_id}          | hash    | class_name, state (PENDING/ALIVE/RESTARTING/DEAD), node_id, pid, restarts, max_restarts, death_cause, name, namespace, shape, spec | driver, agent, actor worker | none |
+| tm:actor:{actor_id}          | hash    | class_name, state (PENDING/ALIVE/RESTARTING/DEAD), node_id, pid, restarts (restarts_drained of them because their node was drained), max_restarts, no_restart (killed: never comes back), death_cause, name, namespace, shape, spec | driver, agent, actor worker | none |
 | tm:actor:{actor_id}:calls    | stream  | the actor's pending method calls; group `actor`, consumer = actor id | caller; actor worker acks | deleted when the actor dies |
 | tm:node_actors:{node_id}     | set     | actors that became ALIVE on the node (recovered when it dies) | actor worker | deleted when the node is settled |
 | tm:node_procs:{node_id}      | set     | owner tags of the node's worker processes (their holds are released when the node dies) | worker at start; agent removes | deleted when the node is settled |
@@ -34,6 +45,12 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:chan:cancel               | pub/sub | `<task_id> <force 0/1>`: agents drop the task if queued, interrupt (SIGINT) or kill its worker if running | taskmesh.cancel | -   |
 | tm:chan:shapes               | pub/sub | a new shape queue exists (agents start reading it)   | submitter             | -   |
 | tm:chan:log:{job_id}         | pub/sub | worker stdout/stderr lines for the job's driver       | worker                | -   |
+| tm:_secret:transfer          | string  | the cluster secret object-transfer servers challenge for (hex); `_` keys are hidden from the readonly ACL role | first node agent (SET NX) | none |
+| tm:events                    | stream  | task events (field e: a msgpack list of up to 100 {task_id, attempt, state, ts (µs), ...}: one entry per flushed batch; see _events.py) for `list tasks`, `summary`, `timeline` | submitter (with its submissions), worker (background flush), agent (retries) | capped ~2,000 entries (TASKMESH_TASK_EVENTS_MAXLEN) |
+| tm:logs:{job_id}             | stream  | the job's worker stdout/stderr (field l: msgpack {pid, node, actor, lines}), for `taskmesh logs` on any machine | worker (with the pub/sub message) | capped ~5,000 entries; 7 days after its last line |
+| tm:metrics                   | hash    | metric name -> JSON definition (type, description, tag_keys, boundaries) | util.metrics flush | none |
+| tm:metric:{name}             | hash    | one metric's series: JSON tags (+ `\x1f`bucket/sum/count for histograms) -> value | util.metrics flush (HINCRBYFLOAT/HSET) | none |
+| tm:pkg:{digest}              | string  | a zipped runtime_env working_dir / py_modules entry, named by the SHA-1 of the zip | the submitting process (SET NX) | none (content-addressed) |
 
 Replication and failover: with a `redis+sentinel://` address every client (driver,
 agent, worker) asks the Sentinels for the primary and asks again after losing it, so after
@@ -69,7 +86,7 @@ import msgpack
 import redis
 import redis.sentinel
 
-from . import _services
+from . import _services, security
 from ._store_base import (
     _NO_REPLICA_BACKOFF_S,
     ENV_WAIT_REPLICAS,
@@ -91,10 +108,17 @@ from ._store_base import (
     retry_transient,
     translate_errors,
 )
-from ._store_objects import ObjectMethods
+from ._store_objects import KIND_REBUILD, LINEAGE_KINDS, ObjectMethods
+from ._store_sched import ScheduleMethods
+from ._store_observe import ObserveMethods
+
+# A last "object" (id, KIND_FENCE, b"<task_id> <attempt>") of a Completion names the
+# attempt that produced it; complete.lua ignores it when the task was fenced past it.
+KIND_FENCE = b"fence"
+FENCE_TTL_MS = 24 * 3600 * 1000
 
 __all__ = [
-    "GROUP", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased", "Liveness", "Outgoing",
+    "GROUP", "KIND_FENCE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased", "Liveness", "Outgoing",
     "Release", "Store", "keep_listening", "retry_transient", "translate_errors",
 ]
 
@@ -129,6 +153,33 @@ class Keys:
     def queue(self, shape: str) -> str:
         return f"{self.prefix}:q:{shape}"
 
+    def node_queue(self, node_id: str) -> str:
+        return self.queue(f"node:{node_id}")
+
+    def bundle_queue(self, pg_id: str, bundle: str) -> str:
+        return self.queue(f"pg:{pg_id}:{bundle}")
+
+    def node_reserved(self, node_id: str) -> str:
+        return f"{self.prefix}:node_reserved:{node_id}"
+
+    def pinned(self) -> str:
+        return f"{self.prefix}:pinned"
+
+    def pg(self, pg_id: str) -> str:
+        return f"{self.prefix}:pg:{pg_id}"
+
+    def pgs(self) -> str:
+        return f"{self.prefix}:pgs"
+
+    def pgs_pending(self) -> str:
+        return f"{self.prefix}:pgs:pending"
+
+    def named_pg(self, namespace: str) -> str:
+        return f"{self.prefix}:named_pg:{namespace}"
+
+    def job_pgs(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:pgs"
+
     def obj(self, object_id: str) -> str:
         return f"{self.prefix}:{{{object_id[:OWNER_TAG_LEN]}}}:obj:{object_id}"
 
@@ -154,6 +205,12 @@ class Keys:
 
     def done(self, owner: str) -> str:
         return f"{self.prefix}:{{{owner}}}:done"
+
+    def gen_consumed(self, task_id: str) -> str:
+        return f"{self.prefix}:{{{task_id[:OWNER_TAG_LEN]}}}:gen:{task_id}"
+
+    def fence(self, owner: str) -> str:
+        return f"{self.prefix}:{{{owner}}}:fence"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -198,17 +255,39 @@ class Keys:
     def nodes_lost(self) -> str:
         return f"{self.prefix}:nodes:lost"
 
+    def transfer_secret(self) -> str:
+        return f"{self.prefix}:_secret:transfer"
+
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    def logs(self, job_id: str) -> str:
+        return f"{self.prefix}:logs:{job_id}"
+
+    def metrics(self) -> str:
+        return f"{self.prefix}:metrics"
+
+    def metric(self, name: str) -> str:
+        return f"{self.prefix}:metric:{name}"
+
+    def package(self, digest: str) -> str:
+        return f"{self.prefix}:pkg:{digest}"
+
 
 def _load_script(name: str) -> str:
     return resources.files(__package__).joinpath(f"lua/{name}").read_text()
 
 
-class Store(ObjectMethods):
+class Store(ObjectMethods, ObserveMethods, ScheduleMethods):
     """A pooled connection to the cluster's Redis plus one typed method per operation."""
 
-    def __init__(self, url: str, *, prefix: str = "tm", **connection_kwargs: Any):
+    def __init__(self, url: str, *, prefix: str = "tm", tls: security.TlsFiles | None = None,
+                 **connection_kwargs: Any):
+        """`tls`: CA/certificate/key files for a `rediss://` address (default: the
+        TASKMESH_TLS_* variables, which child processes inherit)."""
         self.url = url
         self.keys = Keys(prefix)
+        connection_kwargs = {**security.tls_connection_kwargs(url, tls), **connection_kwargs}
         self._sentinel: redis.sentinel.Sentinel | None = None
         self._wait_replicas = 0
         self._wait_timeout_ms = 0
@@ -233,7 +312,10 @@ class Store(ObjectMethods):
         self._create_actor = self.redis.register_script(_load_script("create_actor.lua"))
         self._actor_call = self.redis.register_script(_load_script("actor_call.lua"))
         self._actor_down = self.redis.register_script(_load_script("actor_down.lua"))
+        self._actor_alive = self.redis.register_script(_load_script("actor_alive.lua"))
         self._release = self.redis.register_script(_load_script("release.lua"))
+        self._reconstruct = self.redis.register_script(_load_script("reconstruct.lua"))
+        self._sched_scripts()
 
     def close(self) -> None:
         self.redis.close()
@@ -251,12 +333,24 @@ class Store(ObjectMethods):
         return bool(self.redis.ping())
 
     @translate_errors
-    def check_server(self) -> None:
+    def check_server(self, *, allow_insecure: bool | None = None) -> None:
         """Refuse a Redis that may evict keys: an evicted queue entry, result or actor
-        record is lost work. Servers that forbid CONFIG (managed services) are trusted."""
-        try:
-            policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy")
-        except redis.ResponseError:
+        record is lost work (servers that allow neither INFO nor CONFIG are trusted).
+        And refuse one on another machine that runs commands without a password unless
+        `allow_insecure` (default: $TASKMESH_ALLOW_INSECURE), see security.py."""
+        if allow_insecure is None:
+            allow_insecure = security.allow_insecure_default()
+        primary = None
+        if self._sentinel is not None:
+            primary = self._sentinel.discover_master(
+                _services.parse_sentinel_address(self.url).master_name)
+        security.check_not_open(self.redis, self.url, allow_insecure=allow_insecure,
+                                primary=primary)
+        try:  # INFO rather than CONFIG, which the ACL roles may not run
+            policy = self.redis.info("memory").get("maxmemory_policy")
+            if policy is None:
+                policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis.ResponseError:  # forbidden: managed services
             return
         if policy not in (None, "noeviction"):
             raise ValueError(
@@ -301,6 +395,14 @@ class Store(ObjectMethods):
     def get_function(self, fn_id: str) -> bytes | None:
         return self.redis.get(self.keys.fn(fn_id))
 
+    @translate_errors
+    def put_package(self, digest: str, blob: bytes) -> None:
+        self.redis.set(self.keys.package(digest), blob, nx=True)
+
+    @translate_errors
+    def get_package(self, digest: str) -> bytes | None:
+        return self.redis.get(self.keys.package(digest))
+
     # ---- task queues ----------------------------------------------------------------
 
     @translate_errors
@@ -330,10 +432,11 @@ class Store(ObjectMethods):
         self.submit([Outgoing(shape, fields) for shape, fields in entries])
 
     @translate_errors
-    def submit(self, entries: Sequence[Outgoing]) -> list[tuple[int, str]]:
+    def submit(self, entries: Sequence[Outgoing], events: Sequence[dict[str, Any]] = ()) -> list[tuple[int, str]]:
         """Send tasks to shape queues and method calls to actors in one pipelined round
         trip: one script call per queue or actor, entries in submission order within
-        each. Returns (index, death cause) of calls to dead actors (not appended)."""
+        each, and the batch's task events as one entry of the events stream. Returns
+        (index, death cause) of calls to dead actors (not appended)."""
         groups: dict[tuple[str, str | None], list[int]] = {}
         for i, e in enumerate(entries):
             groups.setdefault((e.target, e.actor_id), []).append(i)
@@ -351,6 +454,7 @@ class Store(ObjectMethods):
                 else:
                     pipe.evalsha(self._actor_call.sha, 2, self.keys.actor(actor_id),
                                  self.keys.actor_calls(actor_id), *args)
+            self.queue_events(pipe, events)  # its reply comes after the scripts': unread
 
         replies = self._run_scripts(queue_commands, (self._submit, self._actor_call), durable=True)
         dead = []
@@ -429,7 +533,8 @@ class Store(ObjectMethods):
     ) -> None:
         """Store results + notify owners (one script per task), then ack and delete the
         queue entries, in one pipelined round trip. A crash between the two only re-runs
-        a task; the script makes the second result a no-op."""
+        a task; the script makes the second result a no-op. A last "object" of kind
+        KIND_LINEAGE or KIND_REBUILD carries the task's queue entry (see complete.lua)."""
         by_owner: dict[str, list[Completion]] = {}
         for c in completions:
             if c.objects:  # num_returns=0: nothing to store, nobody to notify
@@ -441,9 +546,14 @@ class Store(ObjectMethods):
                 args: list[Any] = []
                 for c in batch:
                     args += [c.notice, len(c.objects)]
+                    rebuild = any(kind == KIND_REBUILD for _, kind, _ in c.objects)
                     for oid, kind, data in c.objects:
-                        keys.append(self.keys.obj(oid))
+                        if kind not in LINEAGE_KINDS and kind != KIND_FENCE:  # see complete.lua
+                            keys.append(self.keys.obj(oid))
+                            if rebuild:
+                                keys.append(self.keys.obj_loc(oid))
                         args += [kind, data]
+                keys.append(self.keys.fence(owner))  # last: see complete.lua
                 pipe.evalsha(self._complete.sha, len(keys), *keys, *args)
             for queue, ids in acks.items():
                 pipe.evalsha(self._ack.sha, 1, queue, group, *ids)
@@ -494,11 +604,13 @@ class Store(ObjectMethods):
             self._skip_wait_until = time.monotonic() + _NO_REPLICA_BACKOFF_S
 
     @translate_errors
-    def requeue(self, queue: str, entry_id: bytes, fields: dict[bytes, Any]) -> None:
+    def requeue(self, queue: str, entry_id: bytes, fields: dict[bytes, Any],
+                dest: str | None = None) -> None:
+        """Ack a leased entry of `queue` and add it again (to `dest` when given): one script."""
         args: list[Any] = [GROUP, entry_id]
         for k, v in fields.items():
             args += [k, v]
-        self._requeue(keys=[queue], args=args)
+        self._requeue(keys=[queue] if dest is None else [queue, dest], args=args)
 
     @translate_errors
     def queue_stats(self) -> dict[str, tuple[int, int]]:
@@ -540,6 +652,22 @@ class Store(ObjectMethods):
     def delete_done(self, owner: str) -> None:
         self.redis.unlink(self.keys.done(owner))
 
+    @translate_errors
+    def set_generators_consumed(self, consumed: dict[str, int | None]) -> None:
+        """Record how many items of each streaming call its caller has taken (None:
+        the call is over, forget it), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id, count in consumed.items():
+            if count is None:
+                pipe.unlink(self.keys.gen_consumed(task_id))
+            else:
+                pipe.set(self.keys.gen_consumed(task_id), count, ex=3600)
+        pipe.execute()
+
+    @translate_errors
+    def generator_consumed(self, task_id: str) -> int:
+        return int(self.redis.get(self.keys.gen_consumed(task_id)) or 0)
+
     # ---- actors ---------------------------------------------------------------------
 
     @translate_errors
@@ -554,6 +682,16 @@ class Store(ObjectMethods):
         args += [x for kv in fields.items() for x in kv]
         status, found = self._create_actor(keys=keys, args=args)
         return status.decode(), found.decode()
+
+    @translate_errors
+    def fence_tasks(self, fences: Sequence[tuple[str, str, int]]) -> None:
+        """(owner, task id, attempt): from now on only results of `attempt` or later are
+        accepted for the task (one pipelined round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for owner, task_id, attempt in fences:
+            pipe.hset(self.keys.fence(owner), task_id, attempt)
+            pipe.pexpire(self.keys.fence(owner), FENCE_TTL_MS)
+        pipe.execute()
 
     @translate_errors
     def actor_info(self, actor_id: str) -> dict[str, str]:
@@ -589,13 +727,25 @@ class Store(ObjectMethods):
         self.redis.hset(self.keys.actor(actor_id), mapping=_flat(fields))
 
     @translate_errors
-    def actor_alive(self, actor_id: str, node_id: str, pid: int) -> None:
-        """Record the actor ALIVE on a node (and in that node's actor set)."""
+    def actor_alive(self, actor_id: str, node_id: str, pid: int) -> bool:
+        """Record the actor ALIVE on a node (and in that node's actor set, first, so the
+        monitor finds it if the node dies); False when it was killed meanwhile (DEAD, or
+        no_restart set): this incarnation must not serve."""
+
+        def queue_commands(pipe: Any) -> None:
+            pipe.sadd(self.keys.node_actors(node_id), actor_id)
+            pipe.evalsha(self._actor_alive.sha, 1, self.keys.actor(actor_id), node_id, pid, _now_ms())
+
+        return self._run_scripts(queue_commands, (self._actor_alive,))[-1] == 1
+
+    @translate_errors
+    def killed_actors(self, actor_ids: Sequence[str]) -> list[str]:
+        """Those of the actors that were killed with no_restart (one pipelined read): an
+        agent checks its actors now and then, in case a kill order did not reach it."""
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self.keys.actor(actor_id), mapping={
-            "state": "ALIVE", "node_id": node_id, "pid": str(pid), "start_ms": str(_now_ms())})
-        pipe.sadd(self.keys.node_actors(node_id), actor_id)
-        pipe.execute()
+        for actor_id in actor_ids:
+            pipe.hget(self.keys.actor(actor_id), "no_restart")
+        return [a for a, flag in zip(actor_ids, pipe.execute()) if flag == b"1"]
 
     @translate_errors
     def lost_nodes(self) -> list[str]:
@@ -616,7 +766,8 @@ class Store(ObjectMethods):
     @translate_errors
     def node_settled(self, node_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        pipe.unlink(self.keys.node_actors(node_id), self.keys.node_procs(node_id))
+        pipe.unlink(self.keys.node_actors(node_id), self.keys.node_procs(node_id),
+                    self.keys.node_reserved(node_id))
         pipe.srem(self.keys.nodes_lost(), node_id)
         pipe.execute()
 
@@ -626,7 +777,11 @@ class Store(ObjectMethods):
 
     @translate_errors
     def remove_node_process(self, node_id: str, tag: str) -> None:
-        self.redis.srem(self.keys.node_procs(node_id), tag)
+        """Forget a process whose holds were released (see process_holds)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.unlink(self.keys.borrows(tag))
+        pipe.srem(self.keys.node_procs(node_id), tag)
+        pipe.execute()
 
     @translate_errors
     def node_processes(self, node_id: str) -> list[str]:
@@ -654,17 +809,22 @@ class Store(ObjectMethods):
 
     @translate_errors
     def actor_down(
-        self, actor_id: str, *, restart: bool, cause: str, node_id: str = ""
+        self, actor_id: str, *, restart: bool, cause: str, node_id: str = "", drain: bool = False,
     ) -> tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]:
         """Restart the actor (when allowed) or declare it dead, draining its calls:
         ("restarting"|"dead"|"already", drained call entries). With `node_id`, only
-        if the actor is still recorded on that node (not restarted elsewhere already)."""
-        shape, namespace = self.redis.hmget(self.keys.actor(actor_id), "shape", "namespace")
+        if the actor is still recorded on that node (not restarted elsewhere already).
+        `drain`: its node is being drained (a restart that max_restarts does not count)."""
+        shape, namespace, queue, soft = self.redis.hmget(
+            self.keys.actor(actor_id), "shape", "namespace", "queue", "soft")
+        shape = (shape or b"none").decode()
         keys = [self.keys.actor(actor_id), self.keys.actor_calls(actor_id),
-                self.keys.queue((shape or b"none").decode()),
+                self.keys.queue(queue.decode() if queue else shape),
                 self.keys.named((namespace or b"").decode())]
-        reply = self._actor_down(keys=keys, args=[actor_id, "restart" if restart else "exit",
-                                                  cause, _now_ms(), node_id])
+        extra = ["shape", shape, "soft", soft or b"0"] if queue else []
+        mode = "drain" if drain and restart else "restart" if restart else "exit"
+        reply = self._actor_down(keys=keys, args=[actor_id, mode,
+                                                  cause, _now_ms(), node_id, *extra])
         status = reply[0].decode()
         entries = []
         for i in range(1, len(reply), 2):
@@ -748,17 +908,13 @@ class Store(ObjectMethods):
             if "node_id" not in info:
                 continue
             for field in ("resources_total", "resources_available"):
-                info[field] = json.loads(info.get(field, "{}"))
+                info[field] = json.loads(info.get(field) or "{}")
             info["last_heartbeat_ms"] = alive.get(info["node_id"])
             info["alive"] = info["node_id"] in alive and info.get("state") == "ALIVE"
             out.append(info)
         return sorted(out, key=lambda n: n.get("start_ms", ""))
 
-    # ---- logs ---------------------------------------------------------------------------
-
-    @translate_errors
-    def publish_log(self, job_id: str, payload: bytes) -> None:
-        self.redis.publish(self.keys.chan_log(job_id), payload)
+    # (worker output, task events and metrics: _store_observe.py)
 
     # ---- failure monitor ----------------------------------------------------------------
 
@@ -777,7 +933,10 @@ class Store(ObjectMethods):
 
     @translate_errors
     def driver_gone(self, tag: str, job_id: str) -> None:
-        self.redis.zrem(self.keys.drivers(), f"{tag} {job_id}")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.keys.drivers(), f"{tag} {job_id}")
+        pipe.unlink(self.keys.borrows(tag))  # see process_holds
+        pipe.execute()
 
     @translate_errors
     def silent_drivers(self, now_ms: int, timeout_ms: int) -> list[tuple[str, str]]:

@@ -29,13 +29,15 @@ from typing import Any
 
 import msgpack
 
-from . import _failure, _process, scheduler
+from . import _failure, _process, scheduler, security
+from ._actor_worker import DRAIN_SIGNAL
 from ._object_plane import sweep_orphans
 from ._services import temp_root
 from ._shm import ShmStore, StoreConfig, reap_dead_stores
 from ._transfer import TransferServer
+from .exceptions import StoreUnavailableError
 from .monitor import Monitor
-from .store import Completion, Leased, Store, keep_listening, retry_transient
+from .store import KIND_FENCE, Completion, Leased, Store, keep_listening, retry_transient
 
 log = logging.getLogger("taskmesh.agent")
 
@@ -48,6 +50,13 @@ HANDBACK_S = 0.5
 ENV_FULL_WAIT_S = "TASKMESH_OBJECT_STORE_FULL_WAIT_S"
 # Shared-memory objects whose metadata is gone (a lost free order) are removed this often.
 SWEEP_EVERY_S = 10.0
+# How long a drained agent (SIGTERM, `taskmesh stop`) lets its running tasks finish before
+# it hands them back to their queues (they run again elsewhere, no retry counted).
+ENV_GRACE_PERIOD_S = "TASKMESH_GRACE_PERIOD_S"
+DEFAULT_GRACE_PERIOD_S = 30.0
+# Actors killed with no_restart are looked for this often, in case the kill order (pub/sub,
+# fire-and-forget) did not reach this agent.
+KILLED_ACTORS_EVERY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -55,6 +64,14 @@ class _Task:
     lease: Leased
     demand: dict[str, float]
     leased_at: float = field(default_factory=time.monotonic)
+    queue: str = ""  # the queue's name: a shape, "node:<id>" or "pg:<id>:<bundle>"
+    pool: str | None = None  # the bundle ("<pg>:<index>") whose resources it uses, once dispatched
+    gpus: list[int] = field(default_factory=list)  # GPU ids assigned while it runs
+
+    @property
+    def soft(self) -> bool:
+        """A node-queue entry that may run on another node (handed back when stale)."""
+        return self.lease.fields.get(b"soft") == b"1"
 
     @property
     def creates_actor(self) -> bool:
@@ -71,6 +88,8 @@ class _WorkerHandle:
     actor_id: str | None = None  # set while this worker is an actor's dedicated process
     held: dict[str, float] = field(default_factory=dict)
     exiting: bool = False  # the actor is exiting on purpose: no restart
+    pool: str | None = None  # the bundle the actor's held resources came from
+    gpus: list[int] = field(default_factory=list)  # GPU ids the actor holds
     tag: str | None = None  # the worker runtime's owner tag (its objects and borrows)
 
 
@@ -112,6 +131,19 @@ def object_store_config(capacity_bytes: int | None, spill_dir: str | None) -> St
                        full_wait_s=float(os.environ.get(ENV_FULL_WAIT_S, 10.0)))
 
 
+def grace_period_from_env() -> float:
+    raw = os.environ.get(ENV_GRACE_PERIOD_S)
+    if not raw:
+        return DEFAULT_GRACE_PERIOD_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ValueError(f"{ENV_GRACE_PERIOD_S}={raw!r}: expected a number of seconds >= 0")
+    return value
+
+
 class NodeAgent:
     def __init__(
         self,
@@ -123,8 +155,14 @@ class NodeAgent:
         node_ip: str | None = None,
         max_workers: int | None = None,
         object_store: StoreConfig | None = None,
+        grace_period_s: float | None = None,
     ):
         self.address = address
+        self.grace_period_s = grace_period_from_env() if grace_period_s is None else grace_period_s
+        if not isinstance(self.grace_period_s, (int, float)) or self.grace_period_s < 0:
+            raise ValueError(f"grace_period_s must be a number of seconds >= 0, got {grace_period_s!r}")
+        self._draining = False
+        self._lease_parked = threading.Event()  # the lease thread saw the drain
         self.prefix = prefix
         self.store = Store(address, prefix=prefix)
         self.node_id = node_id or os.urandom(8).hex()
@@ -146,6 +184,12 @@ class NodeAgent:
         self._recover_own = False
         self._shapes: list[str] = []
         self._reload_shapes = True
+        # Placement-group bundles reserved on this node: "<pg>:<index>" -> free resources.
+        self.bundles: dict[str, dict[str, float]] = {}
+        self._pinned: list[str] = [scheduler.node_queue(self.node_id)]
+        self._reload_bundles = True
+        self._reserved: dict[str, dict[str, float]] = {}  # bundle -> its reserved total
+        self._gpu_free: dict[int, float] = {i: 1.0 for i in range(int(self.total.get("GPU", 0)))}
         self._stopping = False
         self._stopped = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -167,12 +211,14 @@ class NodeAgent:
     # ---- lifecycle ----------------------------------------------------------------------
 
     def run(self, ready_fd: int | None = None) -> None:
-        """Register, serve until SIGTERM/SIGINT or stop(), then hand back work and exit."""
+        """Register, serve until SIGTERM (drain: see `drain`; a second one stops at once),
+        SIGINT or stop(), then hand back work and exit."""
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGTERM, lambda *_: self.drain() if not self._draining else self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
         self.store.check_server()
         self.store.ensure_groups(["CPU=1"])
+        self.store.register_pinned([scheduler.node_queue(self.node_id)])
         self._lease_client_id = self._lease_client.client_id()
         # The object store exists before any worker or registration refers to it; the
         # transfer server binds port 0 and the port is registered with the node.
@@ -181,7 +227,8 @@ class NodeAgent:
         spill = self.object_store.spill_dir
         self.shm = ShmStore.create_for_node(self.node_id, dataclasses.replace(
             self.object_store, spill_dir=spill / self.node_id if spill else None))
-        self.transfer = TransferServer(self.shm, host=self.node_ip, port=0)
+        self.transfer = TransferServer(self.shm, host=self.node_ip, port=0,
+                                       secret=security.transfer_secret(self.store))
         self.transfer.start()
         with self._cond:
             for _ in range(self.pool_size):
@@ -213,12 +260,56 @@ class NodeAgent:
             self._shutdown(threads)
 
     def stop(self) -> None:
+        """Stop now: running tasks go back to their queues, actors restart elsewhere."""
         self._stopping = True
         self._stopped.set()
         try:
             self._wake_w.send(b"x")
         except OSError:
             pass
+
+    def drain(self) -> None:
+        """Stop gracefully, in the background: lease nothing more, hand back the tasks
+        leased but not started (attempt unchanged), let the actors finish the calls they
+        have read and restart elsewhere (a drain restart max_restarts does not count, as
+        Ray's for preempted nodes), let running tasks finish for up to grace_period_s,
+        then stop (what still runs is handed back, attempt unchanged)."""
+        if self._draining or self._stopping:
+            return
+        self._draining = True
+        threading.Thread(target=self._drain, name="taskmesh-drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.grace_period_s
+        log.info("draining node %s (grace period %.1f s)", self.node_id, self.grace_period_s)
+        try:
+            retry_transient(lambda: self.store.set_node_fields(self.node_id, {
+                "draining_deadline_ms": int((time.time() + self.grace_period_s) * 1000)}),
+                stop=lambda: self._stopping)
+            self._unblock_lease()
+            with self._cond:
+                self._cond.notify_all()
+            self._lease_parked.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            with self._cond:
+                leased = list(self._backlog)
+                self._backlog.clear()
+            for task in leased:  # not started: back to its queue, not a retry
+                retry_transient(lambda: self._requeue(task, int(task.lease.fields[b"attempt"])),
+                                stop=lambda: self._stopping)
+            signalled: set[int] = set()
+            with self._cond:
+                while not self._stopping and time.monotonic() < deadline:
+                    actors = [h for h in self._workers.values() if h.actor_id is not None]
+                    for h in actors:  # finish the calls read, then exit (see _actor_worker)
+                        if h.proc.pid not in signalled:
+                            signalled.add(h.proc.pid)
+                            h.proc.send_signal(DRAIN_SIGNAL)
+                    if not actors and not any(h.task is not None for h in self._workers.values()):
+                        break
+                    self._cond.wait(0.1)
+        except Exception:
+            log.exception("draining node %s failed; stopping it", self.node_id)
+        self.stop()
 
     def _shutdown(self, threads: list[threading.Thread]) -> None:
         self._stopping = True
@@ -237,8 +328,9 @@ class NodeAgent:
         for task in give_back:  # unfinished work goes back to its queue, attempt unchanged
             self._requeue(task, int(task.lease.fields[b"attempt"]))
         for h in handles:  # this node's actors restart elsewhere when they may
-            if h.actor_id is not None and not h.exiting:
-                self._actor_lost(h.actor_id, "its node was stopped")
+            if h.actor_id is not None:
+                self._actor_lost(h.actor_id, "it exited" if h.exiting else "its node was stopped",
+                                 restart=not h.exiting)
         self._flush()
         try:
             self._pubsub_thread.stop()
@@ -279,7 +371,8 @@ class NodeAgent:
             task = handle.task
             if task is not None:
                 self._release(task, handle.blocked)
-            self.available = scheduler.add(self.available, handle.held)
+            self._give(handle.pool, handle.held)
+            self._free_gpus(handle.gpus, handle.held.get("GPU"))
         handle.conn.close()
         handle.proc.wait()
         if handle.tag is not None:
@@ -294,7 +387,11 @@ class NodeAgent:
         elif task is not None:
             log.warning("worker %d died running task %s", handle.proc.pid, task.lease.fields[b"task"])
             self._task_failed(task)
-        if handle.actor_id is not None and not handle.exiting:
+        if handle.actor_id is not None and handle.exiting:
+            # Exiting on purpose (terminate, exit_actor) but gone before it recorded its
+            # death (killed meanwhile, say by the end of its job): record it now.
+            self._actor_lost(handle.actor_id, "it exited", restart=False)
+        elif handle.actor_id is not None:
             self._actor_lost(handle.actor_id, f"its worker process (pid {handle.proc.pid}) died "
                              f"unexpectedly (exit code {handle.proc.returncode})")
         with self._cond:
@@ -319,12 +416,16 @@ class NodeAgent:
     def _pool_count(self) -> int:
         return sum(1 for h in self._workers.values() if h.actor_id is None)
 
-    def _actor_lost(self, actor_id: str, cause: str, on_this_node: bool = True) -> None:
+    def _actor_lost(self, actor_id: str, cause: str, on_this_node: bool = True,
+                    restart: bool = True) -> None:
         """An actor's process is gone: restart it (max_restarts) or fail its calls."""
         node = self.node_id if on_this_node else ""
+        if self._draining and restart:
+            cause = "its node was drained"
         try:
             status = retry_transient(lambda: _failure.actor_down(
-                self.store, actor_id, restart=True, cause=f"The actor died: {cause}", node_id=node))
+                self.store, actor_id, restart=restart, cause=f"The actor died: {cause}",
+                node_id=node, drain=self._draining))
             log.warning("actor %s: %s; %s", actor_id, cause, status)
         except Exception:
             log.exception("handling the death of actor %s failed", actor_id)
@@ -348,7 +449,56 @@ class NodeAgent:
         demand = dict(task.demand)
         if blocked:  # its CPU was already lent out while it blocked in get
             demand.pop("CPU", None)
-        self.available = scheduler.add(self.available, demand)
+        self._give(task.pool, demand)
+        self._free_gpus(task.gpus, task.demand.get("GPU"))
+        task.gpus = []
+
+    def _give(self, pool: str | None, resources: dict[str, float]) -> None:
+        """Resources back to their bundle, or to the node when the bundle is gone."""
+        if pool is not None and pool in self.bundles:
+            self.bundles[pool] = scheduler.add(self.bundles[pool], resources)
+        else:
+            self.available = scheduler.add(self.available, resources)
+
+    def _take(self, pool: str | None, resources: dict[str, float]) -> None:
+        if pool is not None and pool in self.bundles:
+            self.bundles[pool] = scheduler.subtract(self.bundles[pool], resources)
+        else:
+            self.available = scheduler.subtract(self.available, resources)
+
+    def _pool_for(self, task: _Task) -> str | None | bool:
+        """The pool a task can start in now: None (the node's), a bundle, or False."""
+        queue = task.queue
+        if not queue.startswith("pg:"):
+            return None if scheduler.fits(task.demand, self.available) else False
+        _, pg_id, index = queue.split(":")
+        names = [f"{pg_id}:{index}"] if index != "any" else sorted(
+            b for b in self.bundles if b.startswith(pg_id + ":"))
+        for name in names:
+            if name in self.bundles and scheduler.fits(task.demand, self.bundles[name]):
+                return name
+        return False
+
+    def _assign_gpus(self, amount: float) -> list[int]:
+        """GPU ids for a demand: whole GPUs for 1 and more, a shared one for a fraction."""
+        if amount <= 0 or not self._gpu_free:
+            return []
+        if amount < 1:
+            gpu = min((g for g, f in self._gpu_free.items() if f + 1e-9 >= amount),
+                      key=lambda g: self._gpu_free[g], default=None)
+            if gpu is None:
+                return []
+            self._gpu_free[gpu] -= amount
+            return [gpu]
+        ids = sorted(g for g, f in self._gpu_free.items() if f >= 1 - 1e-9)[:int(amount)]
+        for g in ids:
+            self._gpu_free[g] = 0.0
+        return ids
+
+    def _free_gpus(self, ids: list[int], amount: float | None = None) -> None:
+        share = 1.0 if amount is None or amount >= 1 else amount
+        for g in ids:
+            self._gpu_free[g] = min(self._gpu_free.get(g, 0.0) + share, 1.0)
 
     # ---- dispatch (under self._cond) ----------------------------------------------------
 
@@ -357,17 +507,23 @@ class NodeAgent:
                 if h.ready and h.task is None and h.actor_id is None]
         waiting = 0
         for task in list(self._backlog):
-            if not scheduler.fits(task.demand, self.available):
+            pool = self._pool_for(task)
+            if pool is False:
                 continue
             if not idle:
                 waiting += 1
                 continue
             handle = idle.pop()
             self._backlog.remove(task)
-            self.available = scheduler.subtract(self.available, task.demand)
+            task.pool = pool  # type: ignore[assignment]
+            self._take(task.pool, task.demand)
+            task.gpus = self._assign_gpus(task.demand.get("GPU", 0.0))
             handle.task = task
+            fields = task.lease.fields
+            if self._gpu_free:  # a GPU node: every task learns its GPUs (maybe none)
+                fields = {**fields, b"gpus": ",".join(map(str, task.gpus)).encode()}
             handle.conn.send_bytes(msgpack.packb(
-                [b"T", task.lease.entry_id, task.lease.fields], use_bin_type=True))
+                [b"T", task.lease.entry_id, fields], use_bin_type=True))
         starting = sum(1 for h in self._workers.values() if not h.ready)
         room = self.max_workers - len(self._workers)
         for _ in range(min(waiting - starting, room)):
@@ -405,8 +561,11 @@ class NodeAgent:
             if kind == b"D":
                 task = handle.task
                 _, _, owner, notice, objs = msg
-                self._outbox.completions.append(Completion(
-                    owner.decode(), notice, tuple((o.decode(), k, d) for o, k, d in objs)))
+                stored = tuple((o.decode(), k, d) for o, k, d in objs)
+                if task is not None and stored:  # fenced by attempt (see complete.lua)
+                    fields = task.lease.fields
+                    stored += (("", KIND_FENCE, fields[b"task"] + b" " + fields[b"attempt"]),)
+                self._outbox.completions.append(Completion(owner.decode(), notice, stored))
                 self._finish(handle)
                 if task is not None:
                     self._outbox.ack(task)
@@ -417,27 +576,30 @@ class NodeAgent:
                     self._outbox.requeues.append((task, int(task.lease.fields[b"attempt"]) + 1))
             elif kind == b"B" and handle.task is not None and not handle.blocked:
                 handle.blocked = True
-                cpu = handle.task.demand.get("CPU", 0.0)
-                self.available["CPU"] = self.available.get("CPU", 0.0) + cpu
+                self._give(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
                 self._dispatch()
                 self._cond.notify_all()
             elif kind == b"U" and handle.task is not None and handle.blocked:
                 handle.blocked = False
-                cpu = handle.task.demand.get("CPU", 0.0)
-                self.available["CPU"] = self.available.get("CPU", 0.0) - cpu
+                self._take(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
             elif kind == b"R":
                 handle.ready = True
                 handle.tag = msg[2].decode() if len(msg) > 2 else None
                 self._dispatch()
+            elif kind == b"X":  # exits after this task (max_calls): give it no other
+                handle.ready = False
             elif kind == b"AR" and handle.task is not None:  # the actor is alive
                 task = handle.task
                 spec = msgpack.unpackb(task.lease.fields[b"spec"], raw=False)
                 handle.actor_id = task.lease.fields[b"task"].decode()
                 handle.held = {k: float(v) for k, v in (spec.get("held") or {}).items()}
                 handle.task = None
+                handle.pool = task.pool
+                if handle.held.get("GPU"):  # the actor keeps its GPUs
+                    handle.gpus, task.gpus = task.gpus, []
                 self._release(task, handle.blocked)  # placement resources back ...
                 handle.blocked = False
-                self.available = scheduler.subtract(self.available, handle.held)  # ... held kept
+                self._take(handle.pool, handle.held)  # ... held kept
                 self._outbox.ack(task)
                 if not self._stopping and self._pool_count() < self.pool_size:
                     self._spawn_worker()
@@ -473,6 +635,14 @@ class NodeAgent:
                                 deadline_s=3600, stop=lambda: self._stopping)
             for task, attempt in out.requeues:
                 retry_transient(lambda: self._requeue(task, attempt), stop=lambda: self._stopping)
+            from . import _events
+
+            retried = [_events.event(t.lease.fields[b"task"].decode(), attempt, _events.PENDING,
+                                     name=t.lease.fields[b"name"].decode())
+                       for t, attempt in out.requeues
+                       if not t.creates_actor and _events.enabled(t.lease.fields)]
+            if retried:  # one stream entry for the batch's retries (rare: no hot path)
+                retry_transient(lambda: self.store.add_events(retried), stop=lambda: self._stopping)
         except Exception:
             log.exception("storing %d results / %d retries failed", len(out.completions),
                           len(out.requeues))
@@ -480,10 +650,10 @@ class NodeAgent:
             with self._cond:
                 self._acking = set()
 
-    def _requeue(self, task: _Task, attempt: int) -> None:
+    def _requeue(self, task: _Task, attempt: int, dest: str | None = None) -> None:
         fields = dict(task.lease.fields)
         fields[b"attempt"] = str(attempt).encode()
-        self.store.requeue(task.lease.queue, task.lease.entry_id, fields)
+        self.store.requeue(task.lease.queue, task.lease.entry_id, fields, dest)
 
     # ---- leasing ------------------------------------------------------------------------
 
@@ -497,6 +667,12 @@ class NodeAgent:
         """Orders for this node: `kill <actor_id>` (taskmesh.kill), `free <object_id> ...`
         (objects freed elsewhere that this node holds copies of)."""
         verb, _, arg = message["data"].decode().partition(" ")
+        if verb == "pg":  # a bundle was reserved here or given back
+            self._reload_bundles = True
+            self._unblock_lease()
+            with self._cond:
+                self._cond.notify_all()
+            return
         if verb == "free":
             if self.shm is not None:
                 self.shm.delete(arg.split())
@@ -504,10 +680,33 @@ class NodeAgent:
         if verb != "kill":
             log.warning("unknown order %r", message["data"])
             return
+        self._kill_actors({arg})
+
+    def _kill_actors(self, actor_ids: set[str]) -> None:
+        """SIGKILL the processes of these actors, including one still creating its actor
+        (its ALIVE may be recorded before its agent hears of it: the order must not miss)."""
         with self._cond:
-            victims = [h for h in self._workers.values() if h.actor_id == arg]
+            victims = [h for h in self._workers.values() if h.actor_id in actor_ids or (
+                h.task is not None and h.task.creates_actor
+                and h.task.lease.fields[b"task"].decode() in actor_ids)]
         for h in victims:
             h.proc.kill()
+
+    def _kill_killed_actors(self) -> None:
+        """Kill this node's actors that were killed with no_restart (taskmesh.kill, or
+        their job ended) but still run: their kill order was lost (pub/sub)."""
+        with self._cond:
+            actor_ids = [h.actor_id for h in self._workers.values() if h.actor_id is not None]
+        if not actor_ids:
+            return
+        try:
+            killed = self.store.killed_actors(actor_ids)
+        except Exception as e:
+            log.warning("checking for killed actors failed: %r", e)
+            return
+        if killed:
+            log.warning("killing actors %s: killed, but their kill order did not arrive", killed)
+            self._kill_actors(set(killed))
 
     def _on_cancel(self, message: dict) -> None:
         """`<task_id> <force>` (taskmesh.cancel): drop the task if it waits here,
@@ -537,6 +736,12 @@ class NodeAgent:
 
     def _lease_loop(self) -> None:
         while not self._stopping:
+            if self._draining:
+                # Lease nothing more, but live on: the workers this thread started die
+                # when it ends (PR_SET_PDEATHSIG follows the spawning thread).
+                self._lease_parked.set()
+                self._stopped.wait(1.0)
+                continue
             try:
                 if self._recover_own:
                     self._recover_own_entries()
@@ -553,19 +758,25 @@ class NodeAgent:
     def _recover_own_entries(self) -> None:
         """Add entries pending for this node in Redis that this agent does not know of
         (neither queued, running, nor done and waiting to be acked)."""
-        pending = self.store.own_pending(self._lease_client, self.node_id, self._shapes)
-        queue_prefix = len(self.store.keys.queue(""))
+        pending = self.store.own_pending(self._lease_client, self.node_id, self._shapes + self._pinned)
         with self._cond:
             known = {t.lease.entry_id for t in self._backlog}
             known |= {h.task.lease.entry_id for h in self._workers.values() if h.task is not None}
             known |= {i for ids in self._outbox.acks.values() for i in ids} | self._acking
             lost = [e for e in pending if e.entry_id not in known]
             for entry in lost:
-                self._backlog.append(_Task(entry, scheduler.parse_shape(entry.queue[queue_prefix:])))
+                self._backlog.append(self._new_task(entry))
             if lost:
                 log.warning("took back %d entries leased to this node whose delivery was lost", len(lost))
                 self._dispatch()
         self._recover_own = False
+
+    def _new_task(self, entry: Leased) -> _Task:
+        """A leased entry; its demand is named by its queue, or by its `shape` field in a
+        node or bundle queue."""
+        queue = entry.queue[len(self.store.keys.queue("")):]
+        shape = entry.fields.get(b"shape")
+        return _Task(entry, scheduler.parse_shape(shape.decode() if shape else queue), queue=queue)
 
     def _lease_once(self) -> None:
         if self._reload_shapes:
@@ -573,12 +784,17 @@ class NodeAgent:
             self._shapes = [s for s in self.store.shapes()
                             if scheduler.fits(scheduler.parse_shape(s), self.total)]
             self.store.ensure_groups(self._shapes)
+        if self._reload_bundles:
+            self._reload_bundles = False
+            self._load_bundles()
         self._hand_back_stale()
         with self._cond:
             held = {}
             for task in self._backlog:
-                held = scheduler.add(held, task.demand)
-            counts = scheduler.lease_counts(self._shapes, self.total, self.available, held)
+                if not task.queue.startswith("pg:"):
+                    held = scheduler.add(held, task.demand)
+            counts = scheduler.lease_counts(self._shapes, self._unreserved(), self.available, held)
+            counts.update(self._pinned_counts(held))
             if not counts:
                 self._cond.wait(1.0)
                 return
@@ -587,15 +803,89 @@ class NodeAgent:
         leased = self._set_aside_malformed(leased)
         if not leased:
             return
-        queue_prefix = len(self.store.keys.queue(""))
         with self._cond:
             for entry in leased:
-                demand = scheduler.parse_shape(entry.queue[queue_prefix:])
+                task = self._new_task(entry)
                 if entry.fields.get(b"task") in self._cancelled:
-                    self._outbox.ack(_Task(entry, demand))
+                    self._outbox.ack(task)
                     continue
-                self._backlog.append(_Task(entry, demand))
+                self._backlog.append(task)
             self._dispatch()
+
+    def _unreserved(self) -> dict[str, float]:
+        """The node's resources less what placement-group bundles reserve."""
+        out = dict(self.total)
+        for reserved in self._reserved.values():
+            out = scheduler.subtract(out, reserved)
+        return out
+
+    def _pinned_counts(self, held: dict[str, float]) -> dict[str, int]:
+        """Entries to read from the node's own queue and its bundles' queues, from the
+        same budget as the shape queues (what runs, plus one node's worth waiting): as
+        many 1-CPU tasks as fit in it. An entry that cannot start yet waits here (a soft
+        one goes back to its shape queue when stale). Nothing is read without room, so
+        the lease read never blocks on these queues while the node is full."""
+        counts = {}
+        node_room = self._room(scheduler.subtract(scheduler.add(self.available, self._unreserved()), held),
+                               sum(1 for t in self._backlog if not t.queue.startswith("pg:")),
+                               has_cpus=self.total.get("CPU", 0) > 0)
+        if node_room:
+            counts[self._pinned[0]] = node_room
+        waiting = collections.Counter(t.queue for t in self._backlog)
+        for queue in self._pinned[1:]:
+            _, pg_id, index = queue.split(":")
+            names = [f"{pg_id}:{index}"] if index != "any" else [
+                n for n in self.bundles if n.startswith(pg_id + ":")]
+            budget: dict[str, float] = {}
+            for name in names:
+                budget = scheduler.add(budget, scheduler.add(self.bundles.get(name, {}),
+                                                             self._reserved.get(name, {})))
+            has_cpus = any(self._reserved.get(n, {}).get("CPU", 0) > 0 for n in names)
+            room = self._room(budget, waiting[queue], has_cpus=has_cpus, per_task=2)
+            if room:
+                counts[queue] = room
+        return counts
+
+    @staticmethod
+    def _room(budget: dict[str, float], waiting: int, *, has_cpus: bool, per_task: int = 1) -> int:
+        """How many more entries to take for a budget: its whole free CPUs (over
+        per_task), or a fixed number of slots for a pool without CPUs (zero-CPU
+        tasks), less those already waiting there."""
+        if has_cpus:
+            return max(int(budget.get("CPU", 0.0) + 1e-9) // per_task, 0)
+        return max(scheduler.ZERO_DEMAND_SLOTS - waiting, 0)
+
+    def _load_bundles(self) -> None:
+        """Take up the bundles reserved on this node (`tm:node_reserved:{node}`) and let
+        go of removed ones: their waiting tasks are dropped (the remover failed them) and
+        their actors killed."""
+        reserved = self.store.node_reservations(self.node_id)
+        with self._cond:
+            for name in [n for n in self._reserved if n not in reserved]:
+                self.available = scheduler.add(self.available, self.bundles.pop(name, {}))
+                del self._reserved[name]
+            for name, res in reserved.items():
+                if name not in self._reserved:
+                    self._reserved[name] = dict(res)
+                    self.bundles[name] = dict(res)
+                    self.available = scheduler.subtract(self.available, res)
+            groups = sorted({name.split(":")[0] for name in self.bundles})
+            self._pinned = ([scheduler.node_queue(self.node_id)]
+                            + [f"pg:{name}" for name in sorted(self.bundles)]
+                            + [scheduler.bundle_queue(g, -1) for g in groups])
+            gone = [t for t in self._backlog
+                    if t.queue.startswith("pg:") and t.queue.split(":")[1] not in groups]
+            for task in gone:
+                self._backlog.remove(task)
+                self._outbox.ack(task)
+            orphans = [h for h in self._workers.values()
+                       if h.actor_id is not None and h.pool is not None and h.pool not in self.bundles]
+        for h in orphans:
+            h.exiting = True
+            retry_transient(lambda: _failure.actor_down(
+                self.store, h.actor_id, restart=False,
+                cause=f"{_failure.PG_REMOVED}The actor's placement group was removed."))
+            h.proc.kill()
 
     def _set_aside_malformed(self, leased: list[Leased]) -> list[Leased]:
         """Entries that no taskmesh process wrote go to the dead-letter stream."""
@@ -613,11 +903,15 @@ class NodeAgent:
             return
         now = time.monotonic()
         with self._cond:
-            stale = [t for t in self._backlog if now - t.leased_at > HANDBACK_S]
+            stale = [t for t in self._backlog if now - t.leased_at > HANDBACK_S
+                     and (scheduler.is_shape_queue(t.queue) or t.soft)]
             for task in stale:
                 self._backlog.remove(task)
         for task in stale:
-            retry_transient(lambda: self._requeue(task, int(task.lease.fields[b"attempt"])))
+            dest = None
+            if not scheduler.is_shape_queue(task.queue):  # a soft node entry: back to its shape
+                dest = self.store.keys.queue(task.lease.fields[b"shape"].decode())
+            retry_transient(lambda: self._requeue(task, int(task.lease.fields[b"attempt"]), dest))
 
     def _report_store_usage(self) -> None:
         """Object-store usage into the node's hash (for `taskmesh memory`), when it changed."""
@@ -636,8 +930,11 @@ class NodeAgent:
 
     def _heartbeat_loop(self) -> None:
         last_sent: dict[str, float] | None = None
-        last_sweep = time.monotonic()
+        last_sweep = last_killed_check = time.monotonic()
         while not self._stopping:
+            if time.monotonic() - last_killed_check > KILLED_ACTORS_EVERY_S:
+                last_killed_check = time.monotonic()
+                self._kill_killed_actors()
             self._report_store_usage()
             if self.shm is not None and time.monotonic() - last_sweep > SWEEP_EVERY_S:
                 last_sweep = time.monotonic()
@@ -660,6 +957,8 @@ class NodeAgent:
                 log.warning("heartbeat failed: %r", e)
             try:
                 self.monitor.tick()
+            except StoreUnavailableError as e:
+                log.warning("monitor tick failed: %r", e)
             except Exception:
                 log.exception("monitor tick failed")
             self._stopped.wait(HEARTBEAT_S)

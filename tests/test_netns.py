@@ -22,7 +22,7 @@ import pytest
 import taskmesh
 from conftest import assert_no_leaked_children
 from netns import NamespacePair, NetnsUnavailable, namespace_pair
-from taskmesh import _process, _services, _shm
+from taskmesh import _process, _services, _shm, security
 from taskmesh.store import Store
 
 ARRAY_LEN = 2_500_000  # int64: 20 MB, far above the inline limit, so it lives in shared memory
@@ -52,11 +52,13 @@ def pair() -> Iterator[NamespacePair]:
 
 
 def start_agent_in_namespace(pair: NamespacePair, i: int, redis_port: int,
-                             resources: dict[str, float], log_path: Path) -> tuple[subprocess.Popen, str]:
+                             resources: dict[str, float], log_path: Path,
+                             password: str) -> tuple[subprocess.Popen, str]:
     """Run `taskmesh worker` inside namespace i, registered under the namespace's address,
-    reaching Redis at the host side of its own link."""
+    reaching Redis at the host side of its own link (another machine's address to it, so
+    Redis needs a password: agents refuse an open one there)."""
     return _services.start_agent(
-        f"redis://{pair.host_ip(i)}:{redis_port}", num_cpus=2, resources=resources,
+        f"redis://:{password}@{pair.host_ip(i)}:{redis_port}", num_cpus=2, resources=resources,
         log_path=log_path, fate_share=True, timeout_s=AGENT_START_TIMEOUT_S,
         node_ip=pair.ns_ip(i), command_prefix=pair.exec_prefix(i))
 
@@ -69,14 +71,15 @@ def netns_cluster(pair: NamespacePair, tmp_path: Path) -> Iterator[NetnsCluster]
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     # Reachable from the driver and from both namespaces, not from every interface of the
     # host: a later --bind overrides the loopback one start_redis passes.
+    password = security.generate_password()
     server = _services.start_redis(
-        data_dir=tmp_path / "redis",
+        data_dir=tmp_path / "redis", password=password,
         extra_args=("--bind", "127.0.0.1", pair.host_ip(1), pair.host_ip(2)))
     cluster = NetnsCluster(pair, server.url)
     try:
         for i, resource in ((1, "a"), (2, "b")):
             proc, node_id = start_agent_in_namespace(
-                pair, i, server.port, {resource: 4}, tmp_path / f"agent-{resource}.log")
+                pair, i, server.port, {resource: 4}, tmp_path / f"agent-{resource}.log", password)
             cluster.agents[node_id] = proc
             cluster.started.append(node_id)
         yield cluster

@@ -65,7 +65,9 @@ def test_an_object_whose_only_holder_died_is_lost(cluster_factory) -> None:
         node_a, node_b = _two_nodes(cluster)
         taskmesh.init(address=cluster.url)
         try:
-            @taskmesh.remote(resources={"b": 1})
+            # max_retries=0: its task may not run again (see test_lineage.py), so the
+            # loss is final (ObjectReconstructionFailedError, an ObjectLostError)
+            @taskmesh.remote(resources={"b": 1}, max_retries=0)
             def make():
                 return np.ones(1_000_000)
 

@@ -21,7 +21,7 @@ def test_every_key_builder_matches_the_documented_table() -> None:
     keys = Keys()
     built = {
         keys.node("{node_id}"), keys.nodes_alive(), keys.monitor(), keys.deadletter(), keys.drivers(), keys.fn("{fn_id}"), keys.shapes(),
-        keys.queue("{shape}"), keys.done("owner"), keys.job("{job_id}"), keys.jobs(),
+        keys.queue("{shape}"), keys.done("owner"), keys.fence("owner"), keys.job("{job_id}"), keys.jobs(),
         keys.chan_shapes(), keys.chan_cancel(), keys.chan_log("{job_id}"), keys.actor("actor_id"),
         keys.actor_calls("actor_id"), keys.named("{namespace}"), keys.job_actors("{job_id}"),
         keys.chan_node("{node_id}"), keys.node_actors("{node_id}"), keys.nodes_lost(), keys.node_procs("{node_id}"),
@@ -30,6 +30,13 @@ def test_every_key_builder_matches_the_documented_table() -> None:
         keys.obj_refs("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
         keys.obj_nested("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
         keys.borrows("{tag}").replace("{{tag}}", "{tag}"),
+        keys.gen_consumed("abcdefgh0123").replace("abcdefgh0123", "{task_id}").replace("abcdefgh", "owner"),
+        keys.transfer_secret(),
+        keys.events(), keys.logs("{job_id}"), keys.metrics(), keys.metric("{name}"),
+        keys.package("{digest}"),
+        keys.node_queue("{node_id}"), keys.bundle_queue("{pg_id}", "{bundle}"), keys.pinned(),
+        keys.pg("{pg_id}"), keys.pgs(), keys.pgs_pending(), keys.named_pg("{namespace}"),
+        keys.job_pgs("{job_id}"), keys.node_reserved("{node_id}"),
     }
     assert built == _documented_patterns()
 

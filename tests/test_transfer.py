@@ -4,6 +4,7 @@ loopback, plus fake holders that misbehave in the ways a crashing node does."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -16,10 +17,21 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from taskmesh._shm import ShmStore
-from taskmesh._transfer import MAGIC, TransferServer, fetch
+from taskmesh._transfer import (
+    AUTH_BYTES,
+    AUTH_OK,
+    CHALLENGE_BYTES,
+    HELLO,
+    MAGIC,
+    TransferServer,
+    auth_answer,
+)
+from taskmesh._transfer import fetch as fetch_with
 from taskmesh.exceptions import ObjectLostError
 
 LOCAL = "127.0.0.1"
+SECRET = os.urandom(32)
+fetch = functools.partial(fetch_with, secret=SECRET)
 Respond = Callable[[socket.socket], None]
 
 
@@ -53,7 +65,7 @@ def make_server() -> Iterator[Callable[..., TransferServer]]:
     servers: list[TransferServer] = []
 
     def make(store: ShmStore, **kwargs: float) -> TransferServer:
-        server = TransferServer(store, LOCAL, **kwargs)
+        server = TransferServer(store, LOCAL, secret=SECRET, **kwargs)
         server.start()
         servers.append(server)
         return server
@@ -96,6 +108,10 @@ def fake_holder(respond: Respond) -> Iterator[tuple[str, int]]:
             except OSError:
                 return
             with conn, contextlib.suppress(OSError):
+                challenge = os.urandom(CHALLENGE_BYTES)
+                conn.sendall(HELLO + challenge)
+                conn.recv(AUTH_BYTES, socket.MSG_WAITALL)
+                conn.sendall(AUTH_OK)
                 (id_len,) = conn.recv(len(MAGIC) + 1, socket.MSG_WAITALL)[-1:]
                 conn.recv(id_len, socket.MSG_WAITALL)
                 respond(conn)
@@ -251,9 +267,15 @@ def malformed_requests() -> list[bytes]:
     return noise + truncated + bad_fields
 
 
-def send_and_read_reply(port: int, data: bytes) -> bytes:
-    """Send `data`, end our side, and return what the server answered before closing."""
+def send_and_read_reply(port: int, data: bytes, *, secret: bytes | None = None) -> bytes:
+    """Send `data` (after answering the challenge, with `secret`), end our side, and
+    return what the server answered before closing (after the greeting)."""
     with socket.create_connection((LOCAL, port), timeout=5) as sock:
+        hello = sock.recv(len(HELLO) + CHALLENGE_BYTES, socket.MSG_WAITALL)
+        assert hello.startswith(HELLO)
+        if secret is not None:
+            sock.sendall(auth_answer(secret, hello[len(HELLO):]))
+            assert sock.recv(1) == AUTH_OK
         reply = b""
         # The server may close (even reset) the connection before we are done sending.
         with contextlib.suppress(ConnectionResetError, BrokenPipeError):
@@ -275,9 +297,10 @@ def test_server_survives_garbage(src: ShmStore, dst: ShmStore,
     requests = malformed_requests()
     with caplog.at_level(logging.WARNING, logger="taskmesh.transfer"):
         for data in requests:
-            assert send_and_read_reply(server.port, data) == b""
+            assert send_and_read_reply(server.port, data, secret=SECRET) == b""
         with socket.create_connection((LOCAL, server.port), timeout=5) as silent:
-            assert silent.recv(1) == b""  # closed by the server's request timeout
+            silent.recv(len(HELLO) + CHALLENGE_BYTES, socket.MSG_WAITALL)
+            assert silent.recv(1) == b""  # closed by the server's timeout
     dropped = [r for r in caplog.records if "dropped connection" in r.getMessage()]
     assert len(dropped) == len(requests) + 1
     assert fetch([holder(server)], oid, dst) == payload

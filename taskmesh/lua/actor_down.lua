@@ -2,14 +2,20 @@
 --
 -- KEYS[1]   the actor's hash                tm:actor:{actor_id}
 -- KEYS[2]   the actor's call stream         tm:actor:{actor_id}:calls
--- KEYS[3]   the queue of its creation shape tm:q:{shape}
+-- KEYS[3]   the queue it is created from    tm:q:{shape} (or its node / bundle queue)
 -- KEYS[4]   the namespace's name table      tm:named:{namespace} (any key when unnamed)
 -- ARGV[1]   actor id
--- ARGV[2]   "restart" (restart when max_restarts allows) or "exit" (never restart)
+-- ARGV[2]   "restart" (restart when max_restarts allows), "exit" (never restart) or
+--           "drain" (its node is being drained: restart whenever max_restarts is not 0,
+--           and, as Ray does for preempted nodes, without using up a restart: the
+--           restart is counted in `restarts` and in `restarts_drained`, and only
+--           restarts - restarts_drained is held against max_restarts)
 -- ARGV[3]   death cause, recorded when the actor is declared dead
 -- ARGV[4]   now (ms)
 -- ARGV[5]   node id the caller saw the actor on, or "" for no such condition: an actor
 --           already restarted on another node is then left alone
+-- ARGV[6..] extra field/value pairs of the re-queued creation entry (shape and soft, for
+--           a node or bundle queue)
 --
 -- Returns {"restarting"}; {"dead", e1, f1, e2, f2, ...} with the call entries that were
 -- still pending (entry id, then its flat field/value list); or
@@ -17,15 +23,23 @@
 -- entry (attempt = restart count); dying drains the call stream in the same step, so the
 -- caller fails every drained call and no later call can be appended (actor_call.lua).
 local h = redis.call('HMGET', KEYS[1], 'state', 'restarts', 'max_restarts', 'no_restart',
-                     'spec', 'init_name', 'name', 'node_id')
+                     'spec', 'init_name', 'name', 'node_id', 'restarts_drained')
 local state, restarts, max_restarts = h[1], tonumber(h[2] or '0'), tonumber(h[3] or '0')
+local drained = tonumber(h[9] or '0')
 if state == 'DEAD' or not state or (ARGV[5] ~= '' and h[8] ~= ARGV[5]) then
   return {'already'}
 end
-if ARGV[2] == 'restart' and h[4] ~= '1' and (max_restarts == -1 or restarts < max_restarts) then
+local allowed = max_restarts == -1 or restarts - drained < max_restarts
+if ARGV[2] == 'drain' then
+  allowed = max_restarts ~= 0
+end
+if ARGV[2] ~= 'exit' and h[4] ~= '1' and allowed then
+  if ARGV[2] == 'drain' then
+    redis.call('HSET', KEYS[1], 'restarts_drained', drained + 1)
+  end
   redis.call('HSET', KEYS[1], 'state', 'RESTARTING', 'restarts', restarts + 1, 'node_id', '', 'pid', '')
   redis.call('XADD', KEYS[3], '*', 'task', ARGV[1], 'name', h[6], 'attempt', restarts + 1,
-             'kind', 'actor', 'spec', h[5])
+             'kind', 'actor', 'spec', h[5], unpack(ARGV, 6))
   return {'restarting'}
 end
 redis.call('HSET', KEYS[1], 'state', 'DEAD', 'death_cause', ARGV[3], 'end_ms', ARGV[4])

@@ -5,6 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from .actor_pool import ActorPool
+from .placement_group import (
+    PlacementGroup,
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
@@ -18,4 +26,6 @@ def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     return [name for _, name in runtime.store.named_actors(runtime.namespace or "")]
 
 
-__all__ = ["ActorPool", "list_named_actors"]
+__all__ = ["ActorPool", "PlacementGroup", "get_current_placement_group", "get_placement_group",
+           "list_named_actors", "placement_group", "placement_group_table",
+           "remove_placement_group"]

@@ -1,0 +1,326 @@
+"""Runtime environments (`ray.runtime_env`): `env_vars`, `working_dir`, `py_modules`
+and `excludes`.
+
+A job's runtime_env (`init(runtime_env=...)`) is the parent of its tasks' and actors'
+(`.options(runtime_env=...)`), and a running task's or actor's is the parent of the
+tasks it submits. As Ray documents, a child's `env_vars` are merged into its parent's
+(the child's values win) and every other field of the child replaces the parent's.
+
+A local `working_dir` or `py_modules` entry is zipped by the submitting process (files
+under `__pycache__` and `.git`, and those matching `excludes`, left out; at most 100 MiB)
+and stored once in Redis under its content hash (`Keys.package`); the environment then
+names it `taskmesh-pkg://<hash>`, so every node reads the same bytes. A worker extracts a
+package once per node (under the temp dir) and, while a task runs, makes the working dir
+its current directory and puts both on `sys.path`.
+
+The merged environment travels in the task's spec. The worker applies it for the task
+and undoes it afterwards (environment variables, current directory, `sys.path`, and the
+modules imported from the packages); an actor's process keeps it for its life. A library
+that read a variable when it was imported, earlier in the same pooled worker, does not see
+the new value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import types
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RuntimeEnv"]
+
+SUPPORTED_FIELDS = ("env_vars", "working_dir", "py_modules", "excludes")
+# Fields Ray knows that taskmesh does not implement yet: rejected rather than ignored.
+_RAY_FIELDS = ("py_executable", "pip", "uv", "conda", "container", "image_uri", "nsight",
+               "config", "java_jars", "mpi", "cgroupv2", "worker_process_setup_hook",
+               "_ray_release", "_ray_commit", "_inject_current_ray", "plugins", "eager_install")
+PKG_SCHEME = "taskmesh-pkg://"
+MAX_PACKAGE_BYTES = 100 * 1024 * 1024  # as Ray's limit for uploaded packages
+_ALWAYS_EXCLUDED = ("__pycache__", ".git")
+
+
+class RuntimeEnv(dict):
+    """A checked runtime environment; a dict, usable wherever a runtime_env dict is.
+
+        RuntimeEnv(env_vars={"OMP_NUM_THREADS": "4"}, working_dir=".")
+    """
+
+    def __init__(self, *, env_vars: dict[str, str] | None = None, working_dir: str | None = None,
+                 py_modules: list[Any] | None = None, excludes: list[str] | None = None,
+                 **fields: Any):
+        given = {"env_vars": env_vars, "working_dir": working_dir, "py_modules": py_modules,
+                 "excludes": excludes}
+        raw = {**fields, **{k: v for k, v in given.items() if v is not None}}
+        super().__init__(validate(raw) or {})
+
+
+# ---- checking ------------------------------------------------------------------------------
+
+def validate(runtime_env: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A runtime_env checked as Ray checks it (TypeError for a wrong type, ValueError for
+    an unknown field or a missing path, NotImplementedError for a Ray field taskmesh does
+    not support); None when empty."""
+    if runtime_env is None:
+        return None
+    if not isinstance(runtime_env, Mapping):
+        raise TypeError(f"runtime_env must be a dict or a RuntimeEnv, got {type(runtime_env)}.")
+    for name in runtime_env:
+        if name in SUPPORTED_FIELDS:
+            continue
+        if name in _RAY_FIELDS:
+            raise NotImplementedError(
+                f"The runtime_env field '{name}' is a valid Ray field, but taskmesh does not "
+                f"support it yet (supported: {list(SUPPORTED_FIELDS)}); remove it to run this program.")
+        raise ValueError(f"Unknown runtime_env field '{name}'. Valid ones are "
+                         f"{sorted(SUPPORTED_FIELDS + _RAY_FIELDS)}.")
+    out: dict[str, Any] = {}
+    env_vars = runtime_env.get("env_vars")
+    if env_vars is not None:
+        if not (isinstance(env_vars, Mapping)
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in env_vars.items())):
+            raise TypeError("runtime_env['env_vars'] must be of type Dict[str, str], got "
+                            f"{env_vars!r}")
+        if env_vars:
+            out["env_vars"] = dict(env_vars)
+    working_dir = runtime_env.get("working_dir")
+    if working_dir is not None:
+        out["working_dir"] = _check_location(working_dir, "working_dir", directory=True)
+    py_modules = runtime_env.get("py_modules")
+    if py_modules is not None:
+        if not isinstance(py_modules, (list, tuple)):
+            raise TypeError(f"`py_modules` must be a list of strings, got {type(py_modules)}.")
+        out["py_modules"] = [_check_location(m, "py_modules", directory=False) for m in py_modules]
+    excludes = runtime_env.get("excludes")
+    if excludes is not None:
+        if not (isinstance(excludes, list) and all(isinstance(p, str) for p in excludes)):
+            raise TypeError(f"runtime_env['excludes'] must be of type List[str], got {type(excludes)}")
+        if excludes:
+            out["excludes"] = list(excludes)
+    return out or None
+
+
+def _check_location(value: Any, field: str, *, directory: bool) -> str:
+    """A local path (made absolute) or a package this cluster stored."""
+    if isinstance(value, types.ModuleType) and field == "py_modules":
+        paths = getattr(value, "__path__", None)
+        value = next(iter(paths)) if paths else value.__file__
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"`{field}` must be a string, got {type(value)}.")
+    if value.startswith(PKG_SCHEME):
+        return value
+    if "://" in value:
+        raise NotImplementedError(f"Remote URIs in `{field}` ({value}) are not supported by taskmesh "
+                                  "yet: give a local directory, which is uploaded to the cluster.")
+    path = Path(value).expanduser().resolve()
+    if directory and not path.is_dir():
+        raise ValueError(f"{value} is not a valid local directory for `{field}`.")
+    if not directory and not (path.is_dir() or (path.is_file() and path.suffix == ".py")):
+        raise ValueError(f"{value} is not a valid local directory or .py file for `{field}`.")
+    return str(path)
+
+
+def check_option(value: Any) -> None:
+    """The `runtime_env` option's check (raises; returns no message)."""
+    validate(value)
+
+
+def merge(parent: Mapping[str, Any] | None, child: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The child's runtime_env over its parent's: env_vars merged, other fields replaced."""
+    if not child:
+        return dict(parent) if parent else None
+    if not parent:
+        return dict(child)
+    merged = {**parent, **child}
+    env_vars = {**(parent.get("env_vars") or {}), **(child.get("env_vars") or {})}
+    if env_vars:
+        merged["env_vars"] = env_vars
+    return merged
+
+
+# ---- packaging (the submitting side) -------------------------------------------------------
+
+_uploaded: dict[tuple[str, str, tuple[str, ...]], str] = {}  # (cluster, path, excludes) -> uri
+_upload_lock = threading.Lock()
+
+
+def resolve(parent: Mapping[str, Any] | None, child: Mapping[str, Any] | None,
+            store: Any) -> dict[str, Any] | None:
+    """`merge`, with local paths of the result uploaded and replaced by package URIs
+    (each path zipped once per process)."""
+    merged = merge(parent, _validated(child) if child else None)
+    if not merged or ("working_dir" not in merged and "py_modules" not in merged):
+        return merged
+    excludes = tuple(merged.get("excludes") or ())
+    if "working_dir" in merged:
+        merged["working_dir"] = _upload(merged["working_dir"], excludes, store, top_level=False)
+    if "py_modules" in merged:
+        merged["py_modules"] = [_upload(m, excludes, store, top_level=True) for m in merged["py_modules"]]
+    return merged
+
+
+_checked: dict[int, tuple[Mapping[str, Any], dict[str, Any] | None]] = {}
+
+
+def _validated(child: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`validate`, once per options dict (it looks at the file system)."""
+    hit = _checked.get(id(child))
+    if hit is not None and hit[0] is child:
+        return hit[1]
+    if len(_checked) > 1000:
+        _checked.clear()
+    checked = validate(child)
+    _checked[id(child)] = (child, checked)
+    return checked
+
+
+def _upload(location: str, excludes: tuple[str, ...], store: Any, *, top_level: bool) -> str:
+    if location.startswith(PKG_SCHEME):
+        return location
+    key = (store.url, location, excludes)
+    with _upload_lock:
+        uri = _uploaded.get(key)
+        if uri is None:
+            blob = _zip(Path(location), excludes, top_level=top_level)
+            digest = hashlib.sha1(blob).hexdigest()
+            store.put_package(digest, blob)
+            uri = _uploaded[key] = f"{PKG_SCHEME}{digest}"
+    return uri
+
+
+def _zip(path: Path, excludes: Sequence[str], *, top_level: bool) -> bytes:
+    """The files under `path` (or the file itself), deterministically: a package's hash
+    only depends on file names and contents. `top_level`: the archive holds `path`'s own
+    name (a py_modules package), else its contents (a working_dir)."""
+    if path.is_file():
+        files = [(path.name, path)]
+    else:
+        base = path.name + "/" if top_level else ""
+        files = []
+        for root, dirs, names in os.walk(path):
+            rel_root = Path(root).relative_to(path)
+            dirs[:] = sorted(d for d in dirs if not _excluded(rel_root / d, excludes))
+            for name in sorted(names):
+                rel = rel_root / name
+                if not _excluded(rel, excludes):
+                    files.append((base + rel.as_posix(), Path(root) / name))
+    buffer = io.BytesIO()
+    total = 0
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, file in files:
+            data = file.read_bytes()
+            total += len(data)
+            if total > MAX_PACKAGE_BYTES:
+                raise ValueError(f"The runtime_env package from {path} is larger than "
+                                 f"{MAX_PACKAGE_BYTES // 2**20} MiB: leave out large files with "
+                                 "runtime_env['excludes'].")
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = (file.stat().st_mode & 0o777) << 16
+            archive.writestr(info, data, zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
+
+
+def _excluded(rel: Path, excludes: Sequence[str]) -> bool:
+    text = rel.as_posix()
+    if any(part in _ALWAYS_EXCLUDED for part in rel.parts):
+        return True
+    return any(fnmatch.fnmatch(text, p.strip("/")) or fnmatch.fnmatch(rel.name, p.strip("/"))
+               for p in excludes)
+
+
+# ---- applying (the worker side) ------------------------------------------------------------
+
+def _local_copy(uri: str, store: Any) -> str:
+    """The node's extracted copy of a package (fetched from Redis the first time)."""
+    from ._services import temp_root
+
+    digest = uri[len(PKG_SCHEME):]
+    target = temp_root() / "runtime_resources" / digest
+    if target.is_dir():
+        return str(target)
+    blob = store.get_package(digest)
+    if blob is None:
+        from .exceptions import RuntimeEnvSetupError
+
+        raise RuntimeEnvSetupError(f"The runtime_env package {uri} is not in this cluster's Redis.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=target.parent))
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        archive.extractall(staging)
+    try:
+        staging.rename(target)  # atomic: another worker of this node may have won
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def apply(runtime_env: Mapping[str, Any] | None, store: Any = None) -> Callable[[], None] | None:
+    """Apply an environment to this process: variables, working dir (the current
+    directory) and the packages on `sys.path`. Returns what undoes it (None when there
+    was nothing to do)."""
+    if not runtime_env:
+        return None
+    env_vars = runtime_env.get("env_vars") or {}
+    saved_vars = {k: os.environ.get(k) for k in env_vars}
+    os.environ.update(env_vars)
+    paths: list[str] = []
+    old_cwd = None
+    try:
+        if runtime_env.get("working_dir"):
+            working_dir = _local_copy(runtime_env["working_dir"], store)
+            old_cwd = os.getcwd()
+            os.chdir(working_dir)
+            paths.append(working_dir)
+        paths += [_local_copy(m, store) for m in runtime_env.get("py_modules") or ()]
+    except BaseException:
+        _undo(saved_vars, old_cwd, [])
+        raise
+    sys.path[:0] = paths
+    return lambda: _undo(saved_vars, old_cwd, paths)
+
+
+def _undo(saved_vars: dict[str, str | None], old_cwd: str | None, paths: list[str]) -> None:
+    for k, v in saved_vars.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    if old_cwd is not None:
+        with contextlib.suppress(OSError):
+            os.chdir(old_cwd)
+    for p in paths:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(p)
+    if paths:  # the next task may bring another version of these modules
+        prefixes = tuple(p + os.sep for p in paths)
+        for name, module in list(sys.modules.items()):
+            if (getattr(module, "__file__", None) or "").startswith(prefixes):
+                del sys.modules[name]
+
+
+def set_vars(runtime_env: Mapping[str, Any] | None) -> Callable[[], None] | None:
+    """Only the environment variables of `apply` (no packages to fetch)."""
+    env_vars = (runtime_env or {}).get("env_vars")
+    return apply({"env_vars": env_vars}) if env_vars else None
+
+
+@contextlib.contextmanager
+def applied(runtime_env: Mapping[str, Any] | None, store: Any = None) -> Iterator[None]:
+    """`apply` for the duration of a block."""
+    restore = apply(runtime_env, store)
+    try:
+        yield
+    finally:
+        if restore is not None:
+            restore()

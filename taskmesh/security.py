@@ -1,0 +1,295 @@
+"""Who may talk to the cluster: Redis credentials and TLS, the refusal of an open Redis,
+the ACL users of each role, and the secret that object-transfer servers challenge for.
+
+Redis is the trust boundary: whoever can write taskmesh's keys can queue a task, that is
+run code on every node. So a Redis that others can reach must ask for a password, and
+each role gets a Redis user that can do its job and nothing more (see `acl_rules`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+import socket
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import redis
+
+from . import _services
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger("taskmesh.security")
+
+ENV_ALLOW_INSECURE = "TASKMESH_ALLOW_INSECURE"
+ENV_REDIS_PASSWORD = "TASKMESH_REDIS_PASSWORD"
+ENV_TLS_CA_FILE = "TASKMESH_TLS_CA_FILE"
+ENV_TLS_CERT = "TASKMESH_TLS_CERT"
+ENV_TLS_KEY = "TASKMESH_TLS_KEY"
+ROLES = ("driver", "agent", "readonly")
+SECRET_BYTES = 32
+
+
+class InsecureRedisError(ValueError):
+    """A Redis that anyone who reaches it could command, used without --allow-insecure."""
+
+
+# ---- TLS ------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM files for `rediss://`: the CA that signed the server's certificate, and this
+    client's (or the embedded server's) certificate and key. Any may be None."""
+
+    ca_file: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> TlsFiles:
+        return cls(env.get(ENV_TLS_CA_FILE) or None, env.get(ENV_TLS_CERT) or None,
+                   env.get(ENV_TLS_KEY) or None)
+
+    def __bool__(self) -> bool:
+        return any((self.ca_file, self.cert, self.key))
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that hand these files to child processes."""
+        pairs = ((ENV_TLS_CA_FILE, self.ca_file), (ENV_TLS_CERT, self.cert), (ENV_TLS_KEY, self.key))
+        return {k: v for k, v in pairs if v}
+
+    def connection_kwargs(self) -> dict[str, Any]:
+        """redis-py keyword arguments of an SSL connection."""
+        out: dict[str, Any] = {}
+        if self.ca_file:
+            out["ssl_ca_certs"] = self.ca_file
+        if self.cert:
+            out["ssl_certfile"] = self.cert
+        if self.key:
+            out["ssl_keyfile"] = self.key
+        return out
+
+
+def tls_connection_kwargs(url: str, tls: TlsFiles | None = None) -> dict[str, Any]:
+    """The TLS arguments of a client of `url`: the given files, else those named by the
+    TASKMESH_TLS_* variables; nothing unless the address is `rediss://`."""
+    if not url.startswith("rediss://"):
+        return {}
+    return (tls if tls else TlsFiles.from_env()).connection_kwargs()
+
+
+def check_tls_files(tls: TlsFiles) -> None:
+    """Raise ValueError naming the option whose file is missing or unreadable, or a
+    certificate given without its key."""
+    for option, path in (("tls_ca_file", tls.ca_file), ("tls_cert", tls.cert), ("tls_key", tls.key)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ValueError(f"{option}: cannot read {path!r}")
+    if bool(tls.cert) != bool(tls.key):
+        raise ValueError("tls_cert and tls_key must be given together")
+
+
+# ---- passwords and open servers -------------------------------------------------------
+
+def generate_password() -> str:
+    """A password strong enough for a Redis reachable from the network (256 bits)."""
+    return secrets.token_urlsafe(SECRET_BYTES)
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address `host` names is a loopback address (so only processes
+    of this machine can connect); unresolvable names count as not loopback."""
+    host = host.strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback
+                               for i in infos)
+
+
+def this_machine_ip() -> str:
+    """The address other machines most likely reach this one at: the source address of
+    the default route (a UDP connect sends nothing), else the host name's address."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.123", 9))  # TEST-NET-1: routed like any remote address
+            return str(s.getsockname()[0])
+        except OSError:
+            pass
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def allow_insecure_default() -> bool:
+    return os.environ.get(ENV_ALLOW_INSECURE, "").lower() in ("1", "true", "yes")
+
+
+_warned: set[str] = set()
+
+
+def check_not_open(client: redis.Redis, url: str, *, allow_insecure: bool,
+                   primary: tuple[str, int] | None = None) -> None:
+    """Refuse a Redis on another machine that runs commands without authentication:
+    anyone who reaches it controls the cluster. `primary` is the (host, port) a Sentinel
+    named, for `redis+sentinel://` addresses. With `allow_insecure`, warn once instead."""
+    if url.startswith("unix://"):
+        return
+    if primary is not None:
+        host, port = primary
+        probe_kwargs: dict[str, Any] = {"host": host, "port": port}
+        connection_class: type = redis.Connection
+    else:
+        host = urlsplit(url).hostname or ""
+        pool = client.connection_pool
+        probe_kwargs = {k: v for k, v in pool.connection_kwargs.items()
+                        if k not in ("username", "password", "credential_provider")}
+        connection_class = pool.connection_class
+    if is_loopback(host):
+        return
+    probe = redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=connection_class, **{**probe_kwargs, "socket_timeout": 5.0,
+                                              "socket_connect_timeout": 5.0}))
+    try:
+        probe.execute_command("EXISTS", "taskmesh-probe")
+        is_open = True
+    except redis.ResponseError:  # NOAUTH, NOPERM, or DENIED by protected mode
+        is_open = False
+    except redis.AuthenticationError:
+        is_open = False
+    finally:
+        probe.close()
+        probe.connection_pool.disconnect()
+    if not is_open:
+        return
+    where = _services.mask_password(url)
+    if not allow_insecure:
+        raise InsecureRedisError(
+            f"Refusing the Redis at {where}: it is on another machine ({host}) and runs "
+            "commands without a password, so anyone who can reach it controls this cluster "
+            "and runs code on its nodes. Give it a password (requirepass, or an ACL user: "
+            "'taskmesh acl setup') and use redis://USER:PASSWORD@host:port, or pass "
+            f"--allow-insecure (allow_insecure=True, {ENV_ALLOW_INSECURE}=1) to accept the risk.")
+    if where not in _warned:
+        _warned.add(where)
+        log.warning("SECURITY WARNING: the Redis at %s accepts commands without a password "
+                    "from the network; anyone who can reach it controls this cluster "
+                    "(--allow-insecure was given).", where)
+
+
+# ---- the object-transfer secret -------------------------------------------------------
+
+_secrets: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+
+
+def transfer_secret(store: Store) -> bytes:
+    """The cluster secret that object-transfer servers challenge for: made by the first
+    process allowed to (an agent), read by the others (drivers, workers). One round trip,
+    then cached. The readonly role cannot read its key."""
+    found = _secrets.get(store)
+    if found is not None:
+        return found
+    key = store.keys.transfer_secret()
+    pipe = store.redis.pipeline(transaction=False)
+    pipe.set(key, secrets.token_hex(SECRET_BYTES), nx=True)
+    pipe.get(key)
+    _, value = pipe.execute(raise_on_error=False)
+    if isinstance(value, Exception):
+        raise value
+    if not value:
+        raise RuntimeError("The cluster has no object-transfer secret yet: it is made by "
+                           "the first node agent, so start one first.")
+    _secrets[store] = bytes.fromhex(value.decode())
+    return _secrets[store]
+
+
+# ---- ACL users ------------------------------------------------------------------------
+
+def acl_rules(role: str, prefix: str) -> list[str]:
+    """The ACL SETUSER rules of a role (without its password). Key patterns stay under
+    the cluster prefix; `prefix:_...` keys (the transfer secret) are hidden from readonly.
+
+    driver:   submit tasks and actor calls, read results, hold and release its refs, read
+              (not change) nodes and the failure monitor; no leasing from queues.
+    agent:    everything taskmesh does under the prefix (its workers run users' tasks,
+              which submit in turn), but no server administration (ACL, CONFIG, FLUSH*,
+              SHUTDOWN, DEBUG, MODULE...).
+    readonly: read commands on the prefix for status/list/redis-cli; no writes, no
+              pub/sub, not the transfer secret."""
+    p = prefix
+    base = ["reset", "on", "resetchannels", "resetkeys", "-@all"]
+    runtime = ["+@all", "-@admin", "-@dangerous", "+info", "+role", "+client|id",
+               "+client|unblock", f"&{p}:*"]
+    if role == "agent":
+        return base + runtime + [f"~{p}:*"]
+    if role == "driver":
+        # Every key family a driver writes (a new one needs its pattern here); the rest
+        # (node:*, nodes:*, monitor, deadletter, node_actors:*, node_procs:*, _secret:*)
+        # it may only read.
+        writable = ["fn:*", "shapes", "q:*", "pinned", "pg:*", "pgs", "pgs:*", "named_pg:*",
+                    "{*}:*", "job:*", "jobs", "actor:*", "named:*", "drivers", "kv:*",
+                    "events", "logs:*", "metrics", "metric:*", "pkg:*", "node_reserved:*"]
+        return (base + runtime + ["-xreadgroup", "-xclaim", "-xautoclaim", f"%R~{p}:*"]
+                + [f"%RW~{p}:{w}" for w in writable])
+    if role == "readonly":
+        return base + ["+@read", "+@connection", "-@dangerous", "+info", "+keys",
+                       f"%R~{p}:[^_]*"]
+    raise ValueError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+
+
+def setup_acl(client: redis.Redis, prefix: str,
+              passwords: Mapping[str, str | None] | None = None,
+              *, user_prefix: str = "") -> dict[str, str]:
+    """Create or replace the users of every role (named `user_prefix + role`), each with
+    the given password or a generated one; returns user name -> password."""
+    out = {}
+    for role in ROLES:
+        password = (passwords or {}).get(role) or generate_password()
+        user = f"{user_prefix}{role}"
+        client.execute_command("ACL", "SETUSER", user, *acl_rules(role, prefix), f">{password}")
+        out[user] = password
+    return out
+
+
+def user_url(url: str, user: str, password: str) -> str:
+    """`url` with USER:PASSWORD as its credentials."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{quote(user, safe='')}:{quote(password, safe='')}@{host}").geturl()
+
+
+# ---- persistence (for `taskmesh status`) ---------------------------------------------
+
+def persistence(client: redis.Redis) -> dict[str, str]:
+    """How the server keeps data across restarts: AOF on/off (and fsync policy) and the
+    RDB snapshot schedule, from CONFIG where allowed, else from INFO persistence."""
+    out: dict[str, str] = {}
+    try:
+        conf = client.config_get("appendonly")
+        conf.update(client.config_get("appendfsync"))
+        conf.update(client.config_get("save"))
+        out["aof"] = (f"on (appendfsync {conf.get('appendfsync')})"
+                      if conf.get("appendonly") == "yes" else "off")
+        out["rdb"] = f"save {conf['save']}" if conf.get("save") else "off"
+        return out
+    except redis.ResponseError:  # CONFIG forbidden (ACL user, managed service)
+        pass
+    try:
+        info = client.info("persistence")
+    except redis.ResponseError:
+        return {"aof": "unknown", "rdb": "unknown"}
+    out["aof"] = "on" if int(info.get("aof_enabled", 0)) else "off"
+    out["rdb"] = "schedule unknown (CONFIG not allowed)"
+    return out

@@ -1,0 +1,176 @@
+"""The state API with Ray's names (`ray.util.state`): tasks, actors, nodes and jobs as
+recorded in Redis. Task rows are folded from the task events (see `taskmesh._events`).
+
+    from taskmesh.util.state import list_tasks, summarize_tasks
+    list_tasks(filters=[("state", "=", "RUNNING")])
+
+The filter helpers here are also what `taskmesh list --filter` uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+__all__ = ["get_log", "list_actors", "list_jobs", "list_nodes", "list_tasks", "summarize_tasks"]
+
+Filter = tuple[str, str, Any]
+_PREDICATES = ("=", "!=")
+# Columns compared without regard to case (Ray upper-cases states and types).
+_CASELESS = {"state", "type"}
+
+
+class StateRow(dict):
+    """One row: a dict whose columns also read as attributes (`task.state`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def parse_filter(text: str) -> Filter:
+    """`KEY=VALUE` or `KEY!=VALUE` (the CLI's --filter) as a (key, predicate, value) filter."""
+    key, sep, value = text.partition("!=")
+    if sep:
+        predicate = "!="
+    else:
+        key, sep, value = text.partition("=")
+        predicate = "="
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE or KEY!=VALUE, got {text!r}")
+    return key, predicate, value.strip()
+
+
+def apply_filters(rows: Sequence[dict[str, Any]], filters: Sequence[Filter] | None,
+                  columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The rows matching every filter; a key that is not a column raises ValueError."""
+    checked = []
+    for f in filters or ():
+        if not isinstance(f, (tuple, list)) or len(f) != 3:
+            raise ValueError(f"A filter must be a (key, predicate, value) tuple, got {f!r}.")
+        key, predicate, value = f
+        if predicate not in _PREDICATES:
+            raise ValueError(f"Unsupported filter predicate {predicate!r}: use one of {list(_PREDICATES)}.")
+        if columns is not None and key not in columns:
+            raise ValueError(f"Given filter key {key!r} is not supported. Supported keys: {sorted(columns)}.")
+        checked.append((key, predicate, _norm(key, value)))
+    return [r for r in rows
+            if all((_norm(k, r.get(k)) == v) == (p == "=") for k, p, v in checked)]
+
+
+def _norm(key: str, value: Any) -> str:
+    text = "" if value is None else str(value)
+    return text.upper() if key in _CASELESS else text
+
+
+@contextlib.contextmanager
+def _store(address: str | None) -> Iterator[Any]:
+    """The connected runtime's store, or a new connection to `address` (or to the
+    cluster started on this machine)."""
+    from .. import _services
+    from ..api import get_runtime, is_initialized
+    from ..store import Store
+
+    if address is None and is_initialized():
+        yield get_runtime().store
+        return
+    url = _services.canonicalize_address(address) if address else _services.current_cluster_address()
+    if url is None:
+        raise ConnectionError("taskmesh is not initialized and no cluster runs on this machine: "
+                              "call taskmesh.init() or pass address=.")
+    store = Store(url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _listed(rows: list[dict[str, Any]], filters: Sequence[Filter] | None, limit: int) -> list[StateRow]:
+    columns = set().union(*(r.keys() for r in rows)) if rows else None
+    matching = apply_filters(rows, filters, columns)
+    return [StateRow(r) for r in (matching[-limit:] if limit > 0 else [])]  # the newest
+
+
+def task_rows(store: Any) -> list[dict[str, Any]]:
+    """Every recorded task attempt (internal timing columns dropped)."""
+    from .. import _events
+
+    return [{k: v for k, v in r.items() if not k.endswith("_us")}
+            for r in _events.task_rows(store.task_events())]
+
+
+def list_tasks(address: str | None = None, filters: Sequence[Filter] | None = None, limit: int = 100,
+               timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True) -> list[StateRow]:
+    """The newest `limit` task attempts recorded in the task events, oldest first:
+    task_id, attempt_number, name, state (PENDING_NODE_ASSIGNMENT, RUNNING, FINISHED,
+    FAILED), type (NORMAL_TASK, ACTOR_CREATION_TASK, ACTOR_TASK), job_id, actor_id,
+    node_id, worker_pid, error_type, creation/start/end_time_ms. Actor method calls
+    appear once they run (their submission is not recorded)."""
+    with _store(address) as store:
+        rows = task_rows(store)
+    return _listed(rows, filters, limit)
+
+
+def summarize_tasks(address: str | None = None, timeout: int = 30,
+                    raise_on_missing_output: bool = True) -> dict[str, Any]:
+    """Counts of tasks by function name and state (each task's latest attempt)."""
+    from .. import _events
+
+    with _store(address) as store:
+        return _events.summarize(_events.task_rows(store.task_events()))
+
+
+def list_actors(address: str | None = None, filters: Sequence[Filter] | None = None, limit: int = 100,
+                timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True) -> list[StateRow]:
+    with _store(address) as store:
+        rows = store.actors()
+    return _listed(rows, filters, limit)
+
+
+def list_nodes(address: str | None = None, filters: Sequence[Filter] | None = None, limit: int = 100,
+               timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True) -> list[StateRow]:
+    with _store(address) as store:
+        rows = [{**n, "state": "ALIVE" if n["alive"] else "DEAD"} for n in store.nodes()]
+    return _listed(rows, filters, limit)
+
+
+def list_jobs(address: str | None = None, filters: Sequence[Filter] | None = None, limit: int = 100,
+              timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True) -> list[StateRow]:
+    with _store(address) as store:
+        rows = store.job_infos()
+    return _listed(rows, filters, limit)
+
+
+def log_lines(store: Any, job_id: str | None = None, node_id: str | None = None,
+              actor_id: str | None = None, pid: int | None = None) -> list[tuple[int, str, str, str]]:
+    """(pid, task name, stream, line) of what a job's workers printed (the latest job's
+    by default), oldest first, optionally only one node's, actor's or worker's."""
+    if job_id is None:
+        jobs = store.log_jobs()
+        if not jobs:
+            return []
+        job_id = jobs[-1]
+    lines = []
+    for batch in store.job_logs(job_id):
+        if ((node_id and batch.get("node") != node_id) or (actor_id and batch.get("actor") != actor_id)
+                or (pid is not None and batch.get("pid") != pid)):
+            continue
+        lines += [(batch.get("pid"), name, stream, line) for name, stream, line in batch.get("lines", [])]
+    return lines
+
+
+def get_log(address: str | None = None, node_id: str | None = None, actor_id: str | None = None,
+            pid: int | None = None, job_id: str | None = None, tail: int = -1,
+            timeout: int = 30) -> Iterator[str]:
+    """The lines a job's workers printed (Ray's `get_log`, for worker output kept in
+    Redis): of the given job (default: the latest), node, actor or worker pid."""
+    with _store(address) as store:
+        lines = log_lines(store, job_id, node_id, actor_id, pid)
+    if tail >= 0:
+        lines = lines[-tail:] if tail else []
+    for _, _, _, line in lines:
+        yield line
