@@ -385,6 +385,7 @@ def start_agent(
     *,
     num_cpus: float | None = None,
     num_gpus: float | None = None,
+    memory: int | None = None,
     resources: dict[str, float] | None = None,
     log_path: Path,
     fate_share: bool,
@@ -406,6 +407,8 @@ def start_agent(
         cmd += ["--num-cpus", str(num_cpus)]
     if num_gpus is not None:
         cmd += ["--num-gpus", str(num_gpus)]
+    if memory is not None:
+        cmd += ["--memory", str(int(memory))]
     if resources:
         cmd += ["--resources", json.dumps(resources)]
     if object_store_memory is not None:
@@ -500,3 +503,21 @@ def current_cluster_address() -> str | None:
         return None
     finally:
         client.close()
+
+
+def env_number(name: str, default: Any, *, cast: Callable[[str], Any] = float,
+               positive: bool = False, expected: str = "a number >= 0") -> Any:
+    """A number from the environment variable `name` (`default` when unset or empty);
+    a value that does not parse, is negative (or zero, with `positive`) raises
+    ValueError naming the variable."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        value = None
+    if value is None or not value >= 0 or (positive and value == 0):
+        raise ValueError(f"{name}={raw!r}: expected {expected}")
+    return value
+

@@ -210,13 +210,10 @@ def _start_local(
 ) -> tuple[_LocalCluster, str, str]:
     session = _services.temp_root() / f"session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
     server = _services.start_redis(data_dir=session / "redis")
-    node_resources = dict(resources or {})
-    if num_gpus:
-        node_resources["GPU"] = num_gpus
     try:
         agent, node_id = _services.start_agent(
             server.url, num_cpus=num_cpus if num_cpus is not None else os.cpu_count(),
-            resources=node_resources, log_path=session / "logs" / "agent.log", fate_share=True,
+            num_gpus=num_gpus, resources=resources, log_path=session / "logs" / "agent.log", fate_share=True,
             object_store_memory=object_store_memory)
     except Exception:
         server.stop()

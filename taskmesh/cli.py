@@ -38,8 +38,9 @@ def _parse_resources(ctx: Any, param: Any, value: str | None) -> dict[str, float
     for key, amount in parsed.items():
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
             raise click.BadParameter(f"resource {key!r} must be a non-negative number, got {amount!r}")
-        if key in ("CPU", "GPU"):
-            raise click.BadParameter("use --num-cpus / --num-gpus instead of CPU/GPU in --resources")
+        if key in ("CPU", "GPU", "memory"):
+            raise click.BadParameter("use --num-cpus / --num-gpus / --memory instead of CPU, GPU "
+                                     "or memory in --resources")
     return {k: float(v) for k, v in parsed.items()}
 
 
@@ -56,6 +57,9 @@ def _node_options(fn: Callable) -> Callable:
     @click.option("--num-cpus", type=click.FloatRange(min=0), default=None,
                   help="CPUs this node offers (default: all).")
     @click.option("--num-gpus", type=click.FloatRange(min=0), default=None, help="GPUs this node offers.")
+    @click.option("--memory", type=click.IntRange(min=0), default=None,
+                  help="Bytes of memory tasks may reserve with `memory=` (default: 70% of the "
+                       "memory available at start).")
     @click.option("--resources", callback=_parse_resources, default=None,
                   help='Custom resources as JSON, e.g. \'{"disk": 4}\'.')
     @click.option("--object-store-memory", type=click.IntRange(min=1024 * 1024), default=None,
@@ -145,10 +149,16 @@ def _advertised_url(url: str, bind: str) -> str:
     return url.replace(f"@{bind}:", f"@{host}:").replace(f"://{bind}:", f"://{host}:")
 
 
-def _node_resources(num_cpus: float | None, num_gpus: float | None, resources: dict) -> dict:
+def _node_resources(num_cpus: float | None, num_gpus: float | None, resources: dict,
+                    memory: int | None) -> dict:
+    """The node's resources: CPU (default: all), GPU, `memory` in bytes (default, as Ray:
+    70 % of the memory available now) and custom ones."""
+    import psutil
+
     out = {"CPU": float(num_cpus if num_cpus is not None else os.cpu_count() or 1), **resources}
     if num_gpus:
         out["GPU"] = float(num_gpus)
+    out["memory"] = float(memory if memory is not None else int(psutil.virtual_memory().available * 0.7))
     return out
 
 
@@ -171,7 +181,7 @@ def main() -> None:
               help="Password of the Redis started with --head (default: a generated one "
                    "when --redis-bind is not a loopback address, none on loopback).")
 @_security_options
-def start(address: str | None, num_cpus: float | None, num_gpus: float | None,
+def start(address: str | None, num_cpus: float | None, num_gpus: float | None, memory: int | None,
           resources: dict, object_store_memory: int | None, spill_dir: str | None,
           head: bool, port: int, redis_bind: str, redis_password: str | None) -> None:
     """Start this machine's node in the background (with --head: Redis too)."""
@@ -198,8 +208,7 @@ def start(address: str | None, num_cpus: float | None, num_gpus: float | None,
         assert url is not None
         _check_cluster(url)
     proc, node_id = _services.start_agent(
-        url, num_cpus=_node_resources(num_cpus, num_gpus, resources)["CPU"],
-        resources={k: v for k, v in _node_resources(num_cpus, num_gpus, resources).items() if k != "CPU"},
+        url, num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
         log_path=root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log", fate_share=False,
         object_store_memory=object_store_memory, spill_dir=spill_dir)
     pids.append(proc.pid)
@@ -243,8 +252,8 @@ def _check_cluster(url: str) -> None:
               help="On SIGTERM the node drains: it takes no new tasks and lets running ones "
                    "finish for up to this long, then hands the rest back to their queues.")
 @_security_options
-def worker(address: str, num_cpus: float | None, num_gpus: float | None, resources: dict,
-           object_store_memory: int | None, spill_dir: str | None,
+def worker(address: str, num_cpus: float | None, num_gpus: float | None, memory: int | None,
+           resources: dict, object_store_memory: int | None, spill_dir: str | None,
            node_ip_address: str | None, ready_fd: int | None, grace_period_s: float) -> None:
     """Run a node agent in the foreground: register this node and run its tasks."""
     from .workers import NodeAgent, object_store_config
@@ -252,7 +261,7 @@ def worker(address: str, num_cpus: float | None, num_gpus: float | None, resourc
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     url = _canonical(address)
     assert url is not None
-    agent = NodeAgent(url, resources=_node_resources(num_cpus, num_gpus, resources),
+    agent = NodeAgent(url, resources=_node_resources(num_cpus, num_gpus, resources, memory),
                       node_ip=node_ip_address, grace_period_s=grace_period_s,
                       object_store=object_store_config(object_store_memory, spill_dir))
     try:
@@ -437,7 +446,11 @@ def _mib(value: Any) -> str:
 
 def _usage(node: dict) -> str:
     total, avail = node["resources_total"], node["resources_available"]
-    return "  ".join(f"{k} {total[k] - avail.get(k, 0.0):g}/{total[k]:g}" for k in sorted(total))
+    def amount(key: str, value: float) -> str:
+        return f"{value / 2**30:.1f}GiB" if key == "memory" else f"{value:g}"
+
+    return "  ".join(f"{k} {amount(k, total[k] - avail.get(k, 0.0))}/{amount(k, total[k])}"
+                     for k in sorted(total))
 
 
 def _connect(address: str | None) -> Any:

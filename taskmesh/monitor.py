@@ -29,6 +29,7 @@ import time
 from collections.abc import Collection, Mapping
 
 from . import _failure
+from ._services import env_number
 from .exceptions import StoreUnavailableError
 from .store import Leased, Store
 from .util.placement_group import end_job_groups, try_place
@@ -84,16 +85,8 @@ def decide(fields: Mapping[bytes, bytes]) -> Action:
 
 
 def node_timeout_from_env(default_ms: int = DEFAULT_NODE_TIMEOUT_MS) -> int:
-    raw = os.environ.get(ENV_NODE_TIMEOUT_MS)
-    if not raw:
-        return default_ms
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(f"{ENV_NODE_TIMEOUT_MS}={raw!r}: expected a positive number of milliseconds")
-    return value
+    return env_number(ENV_NODE_TIMEOUT_MS, default_ms, cast=int, positive=True,
+                      expected="a positive number of milliseconds")
 
 
 class Monitor:

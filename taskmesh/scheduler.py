@@ -18,7 +18,7 @@ ZERO_DEMAND_SLOTS = 16
 
 
 def _fmt(value: float) -> str:
-    return f"{value:g}"
+    return f"{value:.12g}"  # exact for byte counts (memory) up to a terabyte
 
 
 def shape_name(demand: Resources) -> str:

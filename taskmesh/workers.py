@@ -32,7 +32,8 @@ import msgpack
 from . import _failure, _process, scheduler, security
 from ._actor_worker import DRAIN_SIGNAL
 from ._object_plane import sweep_orphans
-from ._services import temp_root
+from ._resources import NodeResources
+from ._services import env_number, temp_root
 from ._shm import ShmStore, StoreConfig, reap_dead_stores
 from ._transfer import TransferServer
 from .exceptions import StoreUnavailableError
@@ -42,6 +43,7 @@ from .store import KIND_FENCE, Completion, Leased, Store, keep_listening, retry_
 log = logging.getLogger("taskmesh.agent")
 
 LEASE_BLOCK_MS = 2000
+SHORT_BLOCK_MS = 100
 HEARTBEAT_S = 1.0
 # A task leased ahead of time that has waited this long for a worker here goes back to
 # its queue, so that a node busy with long tasks does not sit on work others could run.
@@ -132,16 +134,7 @@ def object_store_config(capacity_bytes: int | None, spill_dir: str | None) -> St
 
 
 def grace_period_from_env() -> float:
-    raw = os.environ.get(ENV_GRACE_PERIOD_S)
-    if not raw:
-        return DEFAULT_GRACE_PERIOD_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise ValueError(f"{ENV_GRACE_PERIOD_S}={raw!r}: expected a number of seconds >= 0")
-    return value
+    return env_number(ENV_GRACE_PERIOD_S, DEFAULT_GRACE_PERIOD_S, expected="a number of seconds >= 0")
 
 
 class NodeAgent:
@@ -168,7 +161,7 @@ class NodeAgent:
         self.node_id = node_id or os.urandom(8).hex()
         self.node_ip = node_ip or detect_node_ip(address)
         self.total = {k: float(v) for k, v in resources.items()}
-        self.available = dict(self.total)
+        self.resources = NodeResources(self.total)
         cpus = int(self.total.get("CPU", 0))
         self.pool_size = max(cpus, 1)
         self.max_workers = max_workers or max(4 * self.pool_size, 16)
@@ -184,12 +177,8 @@ class NodeAgent:
         self._recover_own = False
         self._shapes: list[str] = []
         self._reload_shapes = True
-        # Placement-group bundles reserved on this node: "<pg>:<index>" -> free resources.
-        self.bundles: dict[str, dict[str, float]] = {}
-        self._pinned: list[str] = [scheduler.node_queue(self.node_id)]
+        self._pinned: list[str] = [scheduler.node_queue(self.node_id)]  # see NodeResources
         self._reload_bundles = True
-        self._reserved: dict[str, dict[str, float]] = {}  # bundle -> its reserved total
-        self._gpu_free: dict[int, float] = {i: 1.0 for i in range(int(self.total.get("GPU", 0)))}
         self._stopping = False
         self._stopped = threading.Event()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -200,6 +189,7 @@ class NodeAgent:
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._lease_client = self.store.dedicated()
         self._lease_client_id: int | None = None
+        self._reading: frozenset[str] | None = None  # queues of the lease read in progress
         self._pubsub: Any = None
         self._alive_nodes = 1
         self.monitor = Monitor(self.store, self.node_id)
@@ -207,6 +197,11 @@ class NodeAgent:
         self.shm: ShmStore | None = None
         self._reported_usage: dict[str, int] = {}
         self.transfer: TransferServer | None = None
+
+    @property
+    def available(self) -> dict[str, float]:
+        """The node's own pool (placement-group bundles apart)."""
+        return self.resources.available
 
     # ---- lifecycle ----------------------------------------------------------------------
 
@@ -371,8 +366,8 @@ class NodeAgent:
             task = handle.task
             if task is not None:
                 self._release(task, handle.blocked)
-            self._give(handle.pool, handle.held)
-            self._free_gpus(handle.gpus, handle.held.get("GPU"))
+            self.resources.give(handle.pool, handle.held)
+            self.resources.free_gpus(handle.gpus, handle.held.get("GPU"))
         handle.conn.close()
         handle.proc.wait()
         if handle.tag is not None:
@@ -449,57 +444,42 @@ class NodeAgent:
         demand = dict(task.demand)
         if blocked:  # its CPU was already lent out while it blocked in get
             demand.pop("CPU", None)
-        self._give(task.pool, demand)
-        self._free_gpus(task.gpus, task.demand.get("GPU"))
+        self.resources.give(task.pool, demand)
+        self.resources.free_gpus(task.gpus, task.demand.get("GPU"))
         task.gpus = []
+        self._wake_lease_for(task.pool)
 
-    def _give(self, pool: str | None, resources: dict[str, float]) -> None:
-        """Resources back to their bundle, or to the node when the bundle is gone."""
-        if pool is not None and pool in self.bundles:
-            self.bundles[pool] = scheduler.add(self.bundles[pool], resources)
-        else:
-            self.available = scheduler.add(self.available, resources)
-
-    def _take(self, pool: str | None, resources: dict[str, float]) -> None:
-        if pool is not None and pool in self.bundles:
-            self.bundles[pool] = scheduler.subtract(self.bundles[pool], resources)
-        else:
-            self.available = scheduler.subtract(self.available, resources)
-
-    def _pool_for(self, task: _Task) -> str | None | bool:
-        """The pool a task can start in now: None (the node's), a bundle, or False."""
-        queue = task.queue
-        if not queue.startswith("pg:"):
-            return None if scheduler.fits(task.demand, self.available) else False
-        _, pg_id, index = queue.split(":")
-        names = [f"{pg_id}:{index}"] if index != "any" else sorted(
-            b for b in self.bundles if b.startswith(pg_id + ":"))
-        for name in names:
-            if name in self.bundles and scheduler.fits(task.demand, self.bundles[name]):
-                return name
+    def _starved_pools(self, counts: dict[str, int]) -> bool:
+        """Whether a pinned queue is left out of this read while tasks (not actors, which
+        hold their resources for long) run in its pool. Under self._cond."""
+        running = {h.task.pool for h in self._workers.values() if h.task is not None}
+        for queue in self._pinned:
+            if queue in counts:
+                continue
+            if not queue.startswith("pg:"):
+                if None in running:
+                    return True
+                continue
+            _, pg_id, index = queue.split(":")
+            if any(p is not None and p.startswith(pg_id + ":") and index in ("any", p.split(":")[1])
+                   for p in running):
+                return True
         return False
 
-    def _assign_gpus(self, amount: float) -> list[int]:
-        """GPU ids for a demand: whole GPUs for 1 and more, a shared one for a fraction."""
-        if amount <= 0 or not self._gpu_free:
-            return []
-        if amount < 1:
-            gpu = min((g for g, f in self._gpu_free.items() if f + 1e-9 >= amount),
-                      key=lambda g: self._gpu_free[g], default=None)
-            if gpu is None:
-                return []
-            self._gpu_free[gpu] -= amount
-            return [gpu]
-        ids = sorted(g for g, f in self._gpu_free.items() if f >= 1 - 1e-9)[:int(amount)]
-        for g in ids:
-            self._gpu_free[g] = 0.0
-        return ids
-
-    def _free_gpus(self, ids: list[int], amount: float | None = None) -> None:
-        share = 1.0 if amount is None or amount >= 1 else amount
-        for g in ids:
-            self._gpu_free[g] = min(self._gpu_free.get(g, 0.0) + share, 1.0)
-
+    def _wake_lease_for(self, pool: str | None) -> None:
+        """A pool got room: if the lease thread is blocked in a read that leaves out
+        every queue feeding that pool (it had no room when the read began), wake it, or
+        the pool would idle until the read times out. Under self._cond."""
+        reading = self._reading
+        if reading is None:
+            return
+        if pool is None:
+            feeding = [q for q in reading if not q.startswith("pg:")]
+        else:
+            pg_id = pool.split(":")[0]
+            feeding = [q for q in reading if q in (f"pg:{pool}", scheduler.bundle_queue(pg_id, -1))]
+        if not feeding:
+            self._unblock_lease()
     # ---- dispatch (under self._cond) ----------------------------------------------------
 
     def _dispatch(self) -> None:
@@ -507,7 +487,7 @@ class NodeAgent:
                 if h.ready and h.task is None and h.actor_id is None]
         waiting = 0
         for task in list(self._backlog):
-            pool = self._pool_for(task)
+            pool = self.resources.pool_for(task.queue, task.demand)
             if pool is False:
                 continue
             if not idle:
@@ -516,11 +496,11 @@ class NodeAgent:
             handle = idle.pop()
             self._backlog.remove(task)
             task.pool = pool  # type: ignore[assignment]
-            self._take(task.pool, task.demand)
-            task.gpus = self._assign_gpus(task.demand.get("GPU", 0.0))
+            self.resources.take(task.pool, task.demand)
+            task.gpus = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
             handle.task = task
             fields = task.lease.fields
-            if self._gpu_free:  # a GPU node: every task learns its GPUs (maybe none)
+            if self.resources.has_gpus:  # a GPU node: every task learns its GPUs (maybe none)
                 fields = {**fields, b"gpus": ",".join(map(str, task.gpus)).encode()}
             handle.conn.send_bytes(msgpack.packb(
                 [b"T", task.lease.entry_id, fields], use_bin_type=True))
@@ -576,12 +556,12 @@ class NodeAgent:
                     self._outbox.requeues.append((task, int(task.lease.fields[b"attempt"]) + 1))
             elif kind == b"B" and handle.task is not None and not handle.blocked:
                 handle.blocked = True
-                self._give(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
+                self.resources.give(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
                 self._dispatch()
                 self._cond.notify_all()
             elif kind == b"U" and handle.task is not None and handle.blocked:
                 handle.blocked = False
-                self._take(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
+                self.resources.take(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
             elif kind == b"R":
                 handle.ready = True
                 handle.tag = msg[2].decode() if len(msg) > 2 else None
@@ -599,7 +579,7 @@ class NodeAgent:
                     handle.gpus, task.gpus = task.gpus, []
                 self._release(task, handle.blocked)  # placement resources back ...
                 handle.blocked = False
-                self._take(handle.pool, handle.held)  # ... held kept
+                self.resources.take(handle.pool, handle.held)  # ... held kept
                 self._outbox.ack(task)
                 if not self._stopping and self._pool_count() < self.pool_size:
                     self._spawn_worker()
@@ -793,13 +773,23 @@ class NodeAgent:
             for task in self._backlog:
                 if not task.queue.startswith("pg:"):
                     held = scheduler.add(held, task.demand)
-            counts = scheduler.lease_counts(self._shapes, self._unreserved(), self.available, held)
-            counts.update(self._pinned_counts(held))
+            counts = scheduler.lease_counts(self._shapes, self.resources.unreserved(),
+                                            self.available, held)
+            counts.update(self.resources.pinned_counts(
+                self._pinned, held, collections.Counter(t.queue for t in self._backlog)))
             if not counts:
                 self._cond.wait(1.0)
                 return
             block_ms = LEASE_BLOCK_MS if not self._backlog else 20
-        leased = self.store.lease(self._lease_client, self.node_id, counts, block_ms)
+            if self._starved_pools(counts):
+                # A pool with no room now gets some when its running task ends; the
+                # wake-up for that (_wake_lease_for) can miss a read not yet sent.
+                block_ms = min(block_ms, SHORT_BLOCK_MS)
+            self._reading = frozenset(counts)
+        try:
+            leased = self.store.lease(self._lease_client, self.node_id, counts, block_ms)
+        finally:
+            self._reading = None
         leased = self._set_aside_malformed(leased)
         if not leased:
             return
@@ -812,74 +802,23 @@ class NodeAgent:
                 self._backlog.append(task)
             self._dispatch()
 
-    def _unreserved(self) -> dict[str, float]:
-        """The node's resources less what placement-group bundles reserve."""
-        out = dict(self.total)
-        for reserved in self._reserved.values():
-            out = scheduler.subtract(out, reserved)
-        return out
-
-    def _pinned_counts(self, held: dict[str, float]) -> dict[str, int]:
-        """Entries to read from the node's own queue and its bundles' queues, from the
-        same budget as the shape queues (what runs, plus one node's worth waiting): as
-        many 1-CPU tasks as fit in it. An entry that cannot start yet waits here (a soft
-        one goes back to its shape queue when stale). Nothing is read without room, so
-        the lease read never blocks on these queues while the node is full."""
-        counts = {}
-        node_room = self._room(scheduler.subtract(scheduler.add(self.available, self._unreserved()), held),
-                               sum(1 for t in self._backlog if not t.queue.startswith("pg:")),
-                               has_cpus=self.total.get("CPU", 0) > 0)
-        if node_room:
-            counts[self._pinned[0]] = node_room
-        waiting = collections.Counter(t.queue for t in self._backlog)
-        for queue in self._pinned[1:]:
-            _, pg_id, index = queue.split(":")
-            names = [f"{pg_id}:{index}"] if index != "any" else [
-                n for n in self.bundles if n.startswith(pg_id + ":")]
-            budget: dict[str, float] = {}
-            for name in names:
-                budget = scheduler.add(budget, scheduler.add(self.bundles.get(name, {}),
-                                                             self._reserved.get(name, {})))
-            has_cpus = any(self._reserved.get(n, {}).get("CPU", 0) > 0 for n in names)
-            room = self._room(budget, waiting[queue], has_cpus=has_cpus, per_task=2)
-            if room:
-                counts[queue] = room
-        return counts
-
-    @staticmethod
-    def _room(budget: dict[str, float], waiting: int, *, has_cpus: bool, per_task: int = 1) -> int:
-        """How many more entries to take for a budget: its whole free CPUs (over
-        per_task), or a fixed number of slots for a pool without CPUs (zero-CPU
-        tasks), less those already waiting there."""
-        if has_cpus:
-            return max(int(budget.get("CPU", 0.0) + 1e-9) // per_task, 0)
-        return max(scheduler.ZERO_DEMAND_SLOTS - waiting, 0)
-
     def _load_bundles(self) -> None:
         """Take up the bundles reserved on this node (`tm:node_reserved:{node}`) and let
         go of removed ones: their waiting tasks are dropped (the remover failed them) and
         their actors killed."""
         reserved = self.store.node_reservations(self.node_id)
         with self._cond:
-            for name in [n for n in self._reserved if n not in reserved]:
-                self.available = scheduler.add(self.available, self.bundles.pop(name, {}))
-                del self._reserved[name]
-            for name, res in reserved.items():
-                if name not in self._reserved:
-                    self._reserved[name] = dict(res)
-                    self.bundles[name] = dict(res)
-                    self.available = scheduler.subtract(self.available, res)
-            groups = sorted({name.split(":")[0] for name in self.bundles})
-            self._pinned = ([scheduler.node_queue(self.node_id)]
-                            + [f"pg:{name}" for name in sorted(self.bundles)]
-                            + [scheduler.bundle_queue(g, -1) for g in groups])
+            self.resources.set_reservations(reserved)
+            groups = self.resources.groups()
+            self._pinned = self.resources.pinned_queues(self.node_id)
             gone = [t for t in self._backlog
                     if t.queue.startswith("pg:") and t.queue.split(":")[1] not in groups]
             for task in gone:
                 self._backlog.remove(task)
                 self._outbox.ack(task)
             orphans = [h for h in self._workers.values()
-                       if h.actor_id is not None and h.pool is not None and h.pool not in self.bundles]
+                       if h.actor_id is not None and h.pool is not None
+                       and h.pool not in self.resources.bundles]
         for h in orphans:
             h.exiting = True
             retry_transient(lambda: _failure.actor_down(

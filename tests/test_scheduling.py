@@ -3,7 +3,6 @@ infeasible requests (Ray's "Scheduling" and "Resources" chapters)."""
 
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
@@ -217,3 +216,14 @@ def test_introspection_has_rays_shapes(three_nodes) -> None:
     assert job == driver.get_job_id() and node == three_nodes.ids[0]
     assert task and worker and worker != driver.get_worker_id() and actor is None
     assert assigned == {"CPU": 1.0, "disk": 2.0}
+
+
+def test_memory_is_a_resource_of_every_node(three_nodes) -> None:
+    per_node = [n["Resources"]["memory"] for n in taskmesh.nodes() if n["Alive"]]
+    assert len(per_node) == 3 and all(m > 0 for m in per_node)
+
+    @taskmesh.remote(memory=100 * 1024 * 1024)
+    def reserved():
+        return taskmesh.get_runtime_context().get_assigned_resources()
+
+    assert taskmesh.get(reserved.remote()) == {"CPU": 1.0, "memory": 100.0 * 1024 * 1024}

@@ -55,7 +55,6 @@ class PlacementGroup:
     def ready(self) -> ObjectRef:
         """An ObjectRef that becomes ready (with this group as its value) once the group
         is placed: a task with no resources run in the group's first bundle."""
-        from ..remote_function import RemoteFunction
         from .scheduling_strategies import PlacementGroupSchedulingStrategy
 
         return _ready_task().options(scheduling_strategy=PlacementGroupSchedulingStrategy(
