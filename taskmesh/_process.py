@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import psutil
 
@@ -67,3 +68,60 @@ def stop_processes(pids: Iterable[int], timeout_s: float = 5.0) -> list[int]:
             pass
     psutil.wait_procs(alive, timeout=timeout_s)
     return [p.pid for p in procs]
+
+
+# ---- stack dumps (`taskmesh stack`) -------------------------------------------------------
+
+STACK_SIGNAL = signal.SIGUSR2
+
+
+def stack_file(root: Path, pid: int) -> Path:
+    return root / "stacks" / f"{pid}.txt"
+
+
+def enable_stack_dumps(root: Path) -> None:
+    """On STACK_SIGNAL, write every thread's Python stack to this process's stack file
+    (faulthandler: works even while the process is stuck in a long call)."""
+    import faulthandler
+
+    path = stack_file(root, os.getpid())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(path, "w")  # kept open: faulthandler writes to its descriptor
+    faulthandler.register(STACK_SIGNAL, file=out, all_threads=True, chain=False)
+
+
+def _runs_taskmesh(pid: int) -> bool:
+    try:
+        return any("taskmesh" in arg for arg in psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+
+
+def dump_stacks(root: Path, pids: Iterable[int], timeout_s: float = 3.0) -> dict[int, str]:
+    """Signal each process and return what it wrote (pid -> stacks; "" when it did not
+    answer in time: not a taskmesh process with dumps enabled, or stuck in the kernel)."""
+    sizes = {}
+    for pid in pids:
+        path = stack_file(root, pid)
+        if not path.exists() or not _runs_taskmesh(pid):
+            continue  # (a stale file's pid may now be another program: never signal it)
+        sizes[pid] = path.stat().st_size
+        try:
+            os.kill(pid, STACK_SIGNAL)
+        except ProcessLookupError:
+            sizes.pop(pid)
+    out: dict[int, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while sizes and time.monotonic() < deadline:
+        for pid, size in list(sizes.items()):
+            path = stack_file(root, pid)
+            if path.stat().st_size > size:
+                time.sleep(0.05)  # let it finish writing
+                with open(path) as f:
+                    f.seek(size)
+                    out[pid] = f.read()
+                del sizes[pid]
+        time.sleep(0.02)
+    out.update({pid: "" for pid in sizes})
+    return out
+

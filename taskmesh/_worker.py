@@ -30,6 +30,7 @@ from typing import Any
 import msgpack
 
 from . import _events, _generator, _process, objects, runtime_env
+from ._services import temp_root
 from ._object_plane import lineage_entry
 from ._runtime import Runtime, TaskContext, encode_notice, placement
 from ._store_objects import KIND_LINEAGE, KIND_REBUILD
@@ -405,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args(argv)
     _process.fate_share_with_parent()
+    _process.enable_stack_dumps(temp_root())
     conn = Connection(args.fd)
     store = Store(os.environ["TASKMESH_ADDRESS"], prefix=os.environ.get("TASKMESH_PREFIX", "tm"))
     worker = Worker(conn, store, os.environ.get("TASKMESH_NODE_ID", ""))

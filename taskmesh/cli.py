@@ -520,6 +520,40 @@ def _print_table(rows: list[dict[str, Any]], columns: list[str], what: str) -> N
 
 
 @main.command()
+@click.option("--pid", "pids", type=int, multiple=True,
+              help="Only these processes (default: every node agent and worker on this machine).")
+def stack(pids: tuple[int, ...]) -> None:
+    """Print the Python stacks of this machine's node agents and workers (each writes
+    its own on SIGUSR2; no debugger needed)."""
+    import psutil
+
+    from . import _process
+
+    if not pids:
+        pids = tuple(p.pid for p in psutil.process_iter(["cmdline"]) if _is_taskmesh_process(p.info["cmdline"]))
+    if not pids:
+        raise click.ClickException("no taskmesh node agent or worker runs on this machine")
+    stacks = _process.dump_stacks(_services.temp_root(), pids)
+    for pid in pids:
+        try:
+            what = " ".join(psutil.Process(pid).cmdline()[1:4])
+        except psutil.Error:
+            what = "(gone)"
+        click.echo(f"==== pid {pid}: {what}")
+        click.echo(stacks.get(pid) or "(no stack: not a taskmesh process, or it did not answer)")
+
+
+def _is_taskmesh_process(cmdline: list[str] | None) -> bool:
+    """A worker (`-m taskmesh._worker`) or a node agent (`taskmesh worker`, or
+    `-m taskmesh.cli worker`)."""
+    args = list(cmdline or [])
+    if "taskmesh._worker" in args:
+        return True
+    return any((a == "taskmesh.cli" or os.path.basename(a) == "taskmesh") and nxt == "worker"
+               for a, nxt in zip(args, args[1:]))
+
+
+@main.command()
 @click.argument("what", type=click.Choice(["tasks"]))
 @_address_option(required=False)
 def summary(what: str, address: str | None) -> None:

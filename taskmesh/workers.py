@@ -211,6 +211,7 @@ class NodeAgent:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: self.drain() if not self._draining else self.stop())
             signal.signal(signal.SIGINT, lambda *_: self.stop())
+        _process.enable_stack_dumps(temp_root())
         self.store.check_server()
         self.store.ensure_groups(["CPU=1"])
         self.store.register_pinned([scheduler.node_queue(self.node_id)])

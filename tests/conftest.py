@@ -153,3 +153,17 @@ def ray(shared_cluster: TestCluster) -> Iterator:
     yield taskmesh
     taskmesh.shutdown()
 
+
+@pytest.fixture
+def pair() -> Iterator[Any]:
+    """Two network namespaces with their own IPs (tests/netns.py), or a skip saying why
+    this host cannot have them (they need root and `ip netns`)."""
+    from netns import NetnsUnavailable, namespace_pair
+
+    with contextlib.ExitStack() as stack:
+        try:
+            net = stack.enter_context(namespace_pair())
+        except NetnsUnavailable as e:
+            pytest.skip(f"needs root and ip netns: {e}")
+        yield net
+

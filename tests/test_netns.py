@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pytest
 
 import taskmesh
 from conftest import assert_no_leaked_children
-from netns import NamespacePair, NetnsUnavailable, namespace_pair
+from netns import NamespacePair
 from taskmesh import _process, _services, _shm, security
 from taskmesh.store import Store
 
@@ -38,17 +37,6 @@ class NetnsCluster:
     url: str  # the driver's address for Redis (host loopback)
     agents: dict[str, subprocess.Popen] = field(default_factory=dict)  # node id -> agent
     started: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def pair() -> Iterator[NamespacePair]:
-    """The two namespaces, or a skip saying why this host cannot have them."""
-    with contextlib.ExitStack() as stack:
-        try:
-            net = stack.enter_context(namespace_pair())
-        except NetnsUnavailable as e:
-            pytest.skip(f"needs root and ip netns: {e}")
-        yield net
 
 
 def start_agent_in_namespace(pair: NamespacePair, i: int, redis_port: int,

@@ -8,10 +8,8 @@ side of it: when Redis itself was away, every heartbeat is old and no node is to
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -19,7 +17,7 @@ import pytest
 
 import taskmesh
 from conftest import assert_no_leaked_children, wait_until
-from netns import NamespacePair, NetnsUnavailable, namespace_pair
+from netns import NamespacePair
 from taskmesh import _process, _services, _shm, monitor
 from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
@@ -104,16 +102,6 @@ def where(log: str, sleep_s: float) -> str:
         f.write(f"{node}\n")
     time.sleep(3 * sleep_s if retry else sleep_s)
     return node
-
-
-@pytest.fixture
-def pair() -> Iterator[NamespacePair]:
-    with contextlib.ExitStack() as stack:
-        try:
-            net = stack.enter_context(namespace_pair())
-        except NetnsUnavailable as e:
-            pytest.skip(f"needs root and ip netns: {e}")
-        yield net
 
 
 def _start_agent(pair: NamespacePair, i: int, port: int, log_path: Path) -> tuple[subprocess.Popen, str]:

@@ -62,3 +62,35 @@ def test_hard_affinity_to_a_node_that_dies_fails_and_soft_moves(cluster_factory)
                 taskmesh.shutdown()
     finally:
         del os.environ["TASKMESH_NODE_TIMEOUT_MS"]
+
+
+def test_bundles_on_a_dead_node_are_placed_again(cluster_factory) -> None:
+    from taskmesh.util import placement_group, placement_group_table, remove_placement_group
+    from taskmesh.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    os.environ["TASKMESH_NODE_TIMEOUT_MS"] = "1500"
+    try:
+        with cluster_factory(nodes=3) as cluster:
+            taskmesh.init(address=cluster.url)
+            try:
+                pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
+                assert pg.wait(10)
+                before = placement_group_table(pg)["bundles_to_node_id"]
+                survivor, doomed = before[0], before[1]
+                cluster.kill_node(doomed)
+
+                def moved():
+                    table = placement_group_table(pg)
+                    nodes = table["bundles_to_node_id"]
+                    return table["state"] == "CREATED" and nodes.get(1) not in (None, doomed) and nodes
+
+                nodes = wait_until(moved, 30, "bundle 1 to be placed on a live node")
+                assert nodes[0] == survivor and nodes[1] != survivor  # still STRICT_SPREAD
+                in_bundle = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=1)
+                assert taskmesh.get(where.options(scheduling_strategy=in_bundle).remote(),
+                                    timeout=30) == nodes[1]
+                remove_placement_group(pg)
+            finally:
+                taskmesh.shutdown()
+    finally:
+        del os.environ["TASKMESH_NODE_TIMEOUT_MS"]
