@@ -319,10 +319,15 @@ def put(value: Any, *, _owner: Any = None) -> ObjectRef:
     return get_runtime(auto_init=True).put(value)
 
 
-def cancel(object_ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task that makes `object_ref`: `get` then raises TaskCancelledError. A
     running task gets KeyboardInterrupt (the tasks it submitted are cancelled too), or
-    with force=True its worker is killed; a finished task is left alone."""
+    with force=True its worker is killed; a finished task is left alone. An
+    ObjectRefGenerator cancels its generator task (as Ray)."""
+    from ._generator import ObjectRefGenerator
+
+    if isinstance(object_ref, ObjectRefGenerator):
+        object_ref = object_ref.completed()
     if not isinstance(object_ref, ObjectRef):
         raise TypeError("taskmesh.cancel() only supported for object refs. For actors, try "
                         f"taskmesh.kill(). Got: {type(object_ref)}.")

@@ -35,6 +35,12 @@ def _object_keys(store: Store, task_id: str) -> list[bytes]:
     return list(store.redis.scan_iter(match=store.keys.obj(task_id + "*"), count=1000))
 
 
+def _write_atomically(path: str, text: str) -> None:
+    """Replace the file at once, so a reader polling it never sees it half-written."""
+    Path(path + ".tmp").write_text(text)
+    os.replace(path + ".tmp", path)
+
+
 def _wait_for_file(path: str) -> None:
     """A signal from the driver (a generator waits here after a yield)."""
     while not os.path.exists(path):
@@ -260,7 +266,7 @@ def test_backpressure_pauses_the_generator_until_the_caller_takes_items(ray, sto
     @ray.remote(_generator_backpressure_num_objects=2)
     def task(path, n):
         for i in range(n):
-            Path(path).write_text(str(i + 1))  # items yielded so far, this one included
+            _write_atomically(path, str(i + 1))  # items yielded so far, this one included
             yield i
 
     def produced() -> int:
@@ -271,13 +277,13 @@ def test_backpressure_pauses_the_generator_until_the_caller_takes_items(ray, sto
     out = []
     for taken in range(n):
         # It runs ahead of the caller by exactly 2 items, and no further.
-        wait_until(lambda taken=taken: produced() == min(taken + 2, n), what="the generator to pause")
+        wait_until(lambda taken=taken: produced() == min(taken + 2, n), timeout_s=30, what="the generator to pause")
         out.append(ray.get(next(gen)))
     assert out == list(range(n))
     with pytest.raises(StopIteration):
         next(gen)
     del gen
-    wait_until(lambda: not store.redis.exists(store.keys.gen_consumed(task_id)), what="the count forgotten")
+    wait_until(lambda: not store.redis.exists(store.keys.gen_consumed(task_id)), timeout_s=30, what="the count forgotten")
 
     # A paused generator whose caller drops it runs to its end (its items are freed).
     gen = task.options(_generator_backpressure_num_objects=1).remote(str(progress), 5)
@@ -285,7 +291,8 @@ def test_backpressure_pauses_the_generator_until_the_caller_takes_items(ray, sto
     assert ray.get(next(gen)) == 0
     del gen
     wait_until(lambda: produced() == 5 and not _object_keys(store, task_id)
-               and not store.redis.exists(store.keys.gen_consumed(task_id)), what="the rest run and freed")
+               and not store.redis.exists(store.keys.gen_consumed(task_id)), timeout_s=30,
+               what="the rest run and freed")
 
 
 def test_a_generator_cannot_be_passed_to_a_task(ray) -> None:
@@ -437,7 +444,7 @@ def test_backpressure_on_an_actor_generator_method(ray, tmp_path: Path) -> None:
         @ray.method(_generator_backpressure_num_objects=1)
         def lines(self, path, n):
             for i in range(n):
-                Path(path).write_text(str(i + 1))
+                _write_atomically(path, str(i + 1))
                 yield i
 
     gen = Reader.remote().lines.remote(str(progress), 3)
@@ -447,3 +454,23 @@ def test_backpressure_on_an_actor_generator_method(ray, tmp_path: Path) -> None:
         assert ray.get(next(gen)) == taken
     with pytest.raises(StopIteration):
         next(gen)
+
+
+def test_cancel_takes_a_generator(ray, tmp_path: Path) -> None:
+    # As Ray: ray.cancel(generator) cancels the generator task; the items already
+    # yielded stay readable, then the cancellation surfaces.
+    from taskmesh.exceptions import TaskCancelledError
+
+    never = str(tmp_path / "never")
+
+    @ray.remote
+    def endless(path):
+        yield 0
+        _wait_for_file(path)
+        yield 1
+
+    gen = endless.remote(never)
+    assert ray.get(next(gen)) == 0
+    ray.cancel(gen)
+    with pytest.raises(TaskCancelledError):
+        ray.get(next(gen))
