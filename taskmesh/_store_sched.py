@@ -5,10 +5,10 @@ from `store.Keys`."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._store_base import GROUP, Leased, _flat, _text, translate_errors
+from ._store_base import GROUP, Leased, _flat, translate_errors
 
 if TYPE_CHECKING:
     import redis
@@ -21,6 +21,7 @@ class ScheduleMethods:
 
     redis: redis.Redis
     keys: Keys
+    _entries: Callable[[Any], list[Leased]]
 
     def _sched_scripts(self) -> None:
         from .store import _load_script
@@ -57,16 +58,8 @@ class ScheduleMethods:
     @translate_errors
     def take_entries(self, name: str, consumer: str, count: int) -> list[Leased]:
         """Read undelivered entries of a queue as `consumer` (the monitor draining it)."""
-        reply = self.redis.xreadgroup(GROUP, consumer, {self.keys.queue(name): ">"}, count=count)
-        return [Leased(_text(q), entry_id, fields) for q, entries in reply or []
-                for entry_id, fields in entries if fields]
-
-    @translate_errors
-    def ack_entries(self, name: str, ids: list[bytes]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xack(self.keys.queue(name), GROUP, *ids)
-        pipe.xdel(self.keys.queue(name), *ids)
-        pipe.execute()
+        return self._entries(self.redis.xreadgroup(GROUP, consumer, {self.keys.queue(name): ">"},
+                                                   count=count))
 
     @translate_errors
     def queue_empty(self, name: str) -> bool:

@@ -242,7 +242,8 @@ class Monitor:
                 task_error, actor_cause = _failure.unschedulable(why)
                 _failure.fail_entries(self.store, [(e.entry_id, e.fields) for e in hard],
                                       task_error=task_error, actor_cause=actor_cause)
-                self.store.ack_entries(queue, [e.entry_id for e in hard])
+                done = {self.store.keys.queue(queue): [e.entry_id for e in hard]}
+                self.store.complete_tasks([], done)  # acks them
             log.warning("node %s is gone: %d entries of its queue moved, %d failed", node,
                         len(entries) - len(hard), len(hard))
         if self.holding and self.store.queue_empty(queue):
