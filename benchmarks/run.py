@@ -2,10 +2,10 @@
 
     python benchmarks/run.py [--compare ray] [--ray-python PATH] [--quick] [--json OUT]
 
-Each library runs in its own child process (`taskmesh.microbenchmark.run_all`), one after
+Each library runs in its own child process (`taskmesh.tools.microbenchmark.run_all`), one after
 the other so they never compete for the CPUs; then "startup to first result" is measured
 in fresh child processes (median of --startup-runs). Every child loads
-taskmesh/microbenchmark.py by file path (that module imports only the standard library),
+taskmesh/tools/microbenchmark.py by file path (that module imports only the standard library),
 with the repo root on PYTHONPATH: Ray's interpreter need not have taskmesh installed, and
 neither library is imported before the start-up clock starts.
 """
@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-MODULE_FILE = REPO / "taskmesh" / "microbenchmark.py"
+MODULE_FILE = REPO / "taskmesh" / "tools" / "microbenchmark.py"
 MARK = "@@microbenchmark@@ "
 TIMEOUT_S = 600
 
 # Both children load the module by file path, without importing the taskmesh package: the
 # Ray interpreter may lack taskmesh's dependencies, and for taskmesh `import
-# taskmesh.microbenchmark` would import taskmesh before startup_to_first_result starts its
+# taskmesh.tools.microbenchmark` would import taskmesh before startup_to_first_result starts its
 # clock (Ray's import is inside it), hiding ~0.3 s of taskmesh's start-up.
 LOADER = ("import importlib.util, sys\n"
           f"spec = importlib.util.spec_from_file_location('_tm_microbenchmark', {str(MODULE_FILE)!r})\n"

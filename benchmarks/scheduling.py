@@ -28,9 +28,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import taskmesh  # noqa: E402
-from taskmesh import _process, _services  # noqa: E402
-from taskmesh.util import placement_group, remove_placement_group  # noqa: E402
+import taskmesh
+from taskmesh.workers import process as _process, launch as _services
+from taskmesh.util import placement_group
+from taskmesh.util import remove_placement_group
 
 
 class Cluster:

@@ -17,14 +17,19 @@ from typing import Any, overload
 import msgpack
 import psutil
 
-from . import _options, _services, security
-from ._runtime import Runtime
-from .objects import ObjectRef
-from .remote_function import RemoteFunction
-from .store import Store, keep_listening
+from taskmesh import security
+from taskmesh._base import config
+from taskmesh._core import context
+from taskmesh._core import options as _options
+from taskmesh._core.context import get_runtime
+from taskmesh.store import connection
+from taskmesh.workers import launch as _services
+from taskmesh._core.runtime import Runtime
+from taskmesh.objects import ObjectRef
+from taskmesh._core.remote_function import RemoteFunction
+from taskmesh.store import Store, keep_listening
 
 _lock = threading.RLock()
-_runtime: Runtime | None = None
 _cluster: _LocalCluster | None = None
 _log_thread: Any = None
 
@@ -39,7 +44,7 @@ class _LocalCluster:
 
     def stop(self) -> None:
         if self.agent is not None:
-            from ._process import stop_processes
+            from taskmesh.workers.process import stop_processes
 
             stop_processes([self.agent.pid], timeout_s=10)
         if self.redis is not None:
@@ -63,26 +68,8 @@ class ClientContext:
         return self.address_info[key]
 
 
-def get_runtime(auto_init: bool = False) -> Runtime:
-    """The process's runtime; raises before `init()` unless `auto_init` (as Ray's
-    `.remote()`/`put` do, which start a local cluster on first use)."""
-    runtime = _runtime
-    if runtime is None:
-        if not auto_init:
-            raise RuntimeError("taskmesh is not initialized: call taskmesh.init() first.")
-        init()
-        runtime = _runtime
-        assert runtime is not None
-    return runtime
-
-
-def _set_worker_runtime(runtime: Runtime) -> None:
-    global _runtime
-    _runtime = runtime
-
-
 def is_initialized() -> bool:
-    return _runtime is not None
+    return context.is_initialized()
 
 
 def init(
@@ -116,16 +103,17 @@ def init(
     `rediss://` address (default: $TASKMESH_TLS_CA_FILE, _CERT, _KEY). `runtime_env`: the
     job's, inherited by its tasks and actors (see taskmesh.runtime_env).
     """
-    global _runtime, _cluster
+    global _cluster
     with _lock:
-        if _runtime is not None:
+        current = context.current()
+        if current is not None:
             if ignore_reinit_error:
-                return ClientContext({"address": _services.mask_password(_runtime.store.url),
-                                      "redis_address": _runtime.store.url})
+                return ClientContext({"address": connection.mask_password(current.store.url),
+                                      "redis_address": current.store.url})
             raise RuntimeError("Maybe you called taskmesh.init twice by accident? This error "
                                "can be suppressed by passing in 'ignore_reinit_error=True'.")
         _check_init_resources(num_cpus, num_gpus, resources)
-        from . import runtime_env as _renv
+        from taskmesh import runtime_env as _renv
 
         job_env = _renv.validate(runtime_env)  # the parent of every task's and actor's
         if allow_insecure is not None and not isinstance(allow_insecure, bool):
@@ -133,7 +121,7 @@ def init(
         tls = security.TlsFiles(tls_ca_file, tls_cert, tls_key)
         security.check_tls_files(tls)
         if _temp_dir:
-            os.environ[_services.ENV_TEMP_DIR] = _temp_dir
+            os.environ[config.ENV_TEMP_DIR] = _temp_dir
         url = _resolve_address(address)
         if url is not None and (num_cpus is not None or num_gpus is not None or resources
                                 or object_store_memory is not None):
@@ -151,7 +139,7 @@ def init(
         try:
             store = Store(url, tls=tls or None)
             store.ping()
-            store.check_server(allow_insecure=allow_insecure)
+            security.check_server(store, allow_insecure=allow_insecure)
             job_id = store.new_job({"driver_pid": str(os.getpid()), "host": os.uname().nodename,
                                     "start_ms": str(int(time.time() * 1000)),
                                     "namespace": namespace or "",
@@ -161,19 +149,20 @@ def init(
                 cluster.stop()
             raise
         _cluster = cluster
-        _runtime = Runtime(store, job_id=job_id, namespace=namespace or str(uuid.uuid4()),
-                           node_id=node_id or _local_node(store))
-        _runtime.runtime_env = _renv.resolve(None, job_env, store)  # packages uploaded
+        runtime = Runtime(store, job_id=job_id, namespace=namespace or str(uuid.uuid4()),
+                          node_id=node_id or _local_node(store))
+        runtime.runtime_env = _renv.resolve(None, job_env, store)  # packages uploaded
+        context.set_runtime(runtime)
         if log_to_driver:
             _start_log_printer(store, job_id)
-        return ClientContext({"address": _services.mask_password(url), "redis_address": url,
+        return ClientContext({"address": connection.mask_password(url), "redis_address": url,
                               "node_id": node_id, "job_id": job_id,
                               "session_dir": str(cluster.session_dir) if cluster else None})
 
 
 def _local_node(store: Store) -> str | None:
     """A live node agent on this machine (its shared memory is ours to use), if any."""
-    from ._shm import ShmStore
+    from taskmesh.objects.shm import ShmStore
 
     host = os.uname().nodename
     for node in store.nodes():
@@ -201,14 +190,14 @@ def _resolve_address(address: str | None) -> str | None:
             raise ConnectionError("Could not find any running taskmesh cluster on this machine: "
                                   "start one with 'taskmesh start --head' or pass an address.")
         return found
-    return _services.canonicalize_address(address)
+    return connection.canonicalize_address(address)
 
 
 def _start_local(
     num_cpus: float | None, num_gpus: float | None, resources: dict[str, float] | None,
     object_store_memory: int | None = None,
 ) -> tuple[_LocalCluster, str, str]:
-    session = _services.temp_root() / f"session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+    session = config.temp_root() / f"session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
     server = _services.start_redis(data_dir=session / "redis")
     try:
         agent, node_id = _services.start_agent(
@@ -238,10 +227,11 @@ def _start_log_printer(store: Store, job_id: str) -> None:
 
 def shutdown() -> None:
     """Disconnect; stop the local cluster `init()` started, if any."""
-    global _runtime, _cluster, _log_thread
+    global _cluster, _log_thread
     with _lock:
-        runtime, cluster, log_thread = _runtime, _cluster, _log_thread
-        _runtime, _cluster, _log_thread = None, None, None
+        runtime, cluster, log_thread = context.current(), _cluster, _log_thread
+        context.set_runtime(None)
+        _cluster, _log_thread = None, None
         if runtime is None:
             return
         metrics = sys.modules.get("taskmesh.util.metrics")
@@ -269,7 +259,7 @@ def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
     """The tasks that ran, as Chrome tracing events (open in chrome://tracing or
     Perfetto), read from the task events in Redis; with `filename`, written there as
     JSON instead of returned (Ray's `timeline`)."""
-    from . import _events
+    from taskmesh._core import events as _events
 
     trace = _events.timeline(get_runtime().store)
     if filename is None:
@@ -303,7 +293,7 @@ def remote(*args: Any, **options: Any) -> Any:
 
 def _make_remote(target: Any, options: dict[str, Any]) -> Any:
     if isinstance(target, type):
-        from .actor import ActorClass
+        from taskmesh.actor import ActorClass
 
         return ActorClass(target, options)
     if not callable(target):
@@ -324,7 +314,7 @@ def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> N
     running task gets KeyboardInterrupt (the tasks it submitted are cancelled too), or
     with force=True its worker is killed; a finished task is left alone. An
     ObjectRefGenerator cancels its generator task (as Ray)."""
-    from ._generator import ObjectRefGenerator
+    from taskmesh._core.generators import ObjectRefGenerator
 
     if isinstance(object_ref, ObjectRefGenerator):
         object_ref = object_ref.completed()
@@ -481,3 +471,6 @@ def _process_tree_rss() -> int:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+context.set_auto_init(init)

@@ -277,3 +277,7 @@ class PendingCallsLimitExceeded(RayError):
 
 __all__ = [name for name, obj in list(globals().items())
            if isinstance(obj, type) and issubclass(obj, BaseException)]
+
+
+class ActorExitRequest(BaseException):
+    """Raised by exit_actor(): unwinds the current method, then the actor exits."""

@@ -243,7 +243,7 @@ def _excluded(rel: Path, excludes: Sequence[str]) -> bool:
 
 def _local_copy(uri: str, store: Any) -> str:
     """The node's extracted copy of a package (fetched from Redis the first time)."""
-    from ._services import temp_root
+    from taskmesh._base.config import temp_root
 
     digest = uri[len(PKG_SCHEME):]
     target = temp_root() / "runtime_resources" / digest
@@ -251,7 +251,7 @@ def _local_copy(uri: str, store: Any) -> str:
         return str(target)
     blob = store.get_package(digest)
     if blob is None:
-        from .exceptions import RuntimeEnvSetupError
+        from taskmesh.exceptions import RuntimeEnvSetupError
 
         raise RuntimeEnvSetupError(f"The runtime_env package {uri} is not in this cluster's Redis.")
     target.parent.mkdir(parents=True, exist_ok=True)

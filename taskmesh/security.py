@@ -15,24 +15,28 @@ import secrets
 import socket
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import redis
 
-from . import _services
+from taskmesh.store.connection import (  # noqa: F401  (re-exported: the TLS options' home)
+    ENV_TLS_CA_FILE,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    TlsFiles,
+    check_tls_files,
+    mask_password,
+    tls_connection_kwargs,
+)
 
 if TYPE_CHECKING:
-    from .store import Store
+    from taskmesh.store.client import Store
 
 log = logging.getLogger("taskmesh.security")
 
 ENV_ALLOW_INSECURE = "TASKMESH_ALLOW_INSECURE"
 ENV_REDIS_PASSWORD = "TASKMESH_REDIS_PASSWORD"
-ENV_TLS_CA_FILE = "TASKMESH_TLS_CA_FILE"
-ENV_TLS_CERT = "TASKMESH_TLS_CERT"
-ENV_TLS_KEY = "TASKMESH_TLS_KEY"
 ROLES = ("driver", "agent", "readonly")
 SECRET_BYTES = 32
 
@@ -42,57 +46,6 @@ class InsecureRedisError(ValueError):
 
 
 # ---- TLS ------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """PEM files for `rediss://`: the CA that signed the server's certificate, and this
-    client's (or the embedded server's) certificate and key. Any may be None."""
-
-    ca_file: str | None = None
-    cert: str | None = None
-    key: str | None = None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> TlsFiles:
-        return cls(env.get(ENV_TLS_CA_FILE) or None, env.get(ENV_TLS_CERT) or None,
-                   env.get(ENV_TLS_KEY) or None)
-
-    def __bool__(self) -> bool:
-        return any((self.ca_file, self.cert, self.key))
-
-    def env(self) -> dict[str, str]:
-        """The environment variables that hand these files to child processes."""
-        pairs = ((ENV_TLS_CA_FILE, self.ca_file), (ENV_TLS_CERT, self.cert), (ENV_TLS_KEY, self.key))
-        return {k: v for k, v in pairs if v}
-
-    def connection_kwargs(self) -> dict[str, Any]:
-        """redis-py keyword arguments of an SSL connection."""
-        out: dict[str, Any] = {}
-        if self.ca_file:
-            out["ssl_ca_certs"] = self.ca_file
-        if self.cert:
-            out["ssl_certfile"] = self.cert
-        if self.key:
-            out["ssl_keyfile"] = self.key
-        return out
-
-
-def tls_connection_kwargs(url: str, tls: TlsFiles | None = None) -> dict[str, Any]:
-    """The TLS arguments of a client of `url`: the given files, else those named by the
-    TASKMESH_TLS_* variables; nothing unless the address is `rediss://`."""
-    if not url.startswith("rediss://"):
-        return {}
-    return (tls if tls else TlsFiles.from_env()).connection_kwargs()
-
-
-def check_tls_files(tls: TlsFiles) -> None:
-    """Raise ValueError naming the option whose file is missing or unreadable, or a
-    certificate given without its key."""
-    for option, path in (("tls_ca_file", tls.ca_file), ("tls_cert", tls.cert), ("tls_key", tls.key)):
-        if path is not None and not os.access(path, os.R_OK):
-            raise ValueError(f"{option}: cannot read {path!r}")
-    if bool(tls.cert) != bool(tls.key):
-        raise ValueError("tls_cert and tls_key must be given together")
 
 
 # ---- passwords and open servers -------------------------------------------------------
@@ -174,7 +127,7 @@ def check_not_open(client: redis.Redis, url: str, *, allow_insecure: bool,
         probe.connection_pool.disconnect()
     if not is_open:
         return
-    where = _services.mask_password(url)
+    where = mask_password(url)
     if not allow_insecure:
         raise InsecureRedisError(
             f"Refusing the Redis at {where}: it is on another machine ({host}) and runs "
@@ -293,3 +246,19 @@ def persistence(client: redis.Redis) -> dict[str, str]:
     out["aof"] = "on" if int(info.get("aof_enabled", 0)) else "off"
     out["rdb"] = "schedule unknown (CONFIG not allowed)"
     return out
+
+
+def check_server(store: Store, *, allow_insecure: bool | None = None) -> None:
+    """Refuse a Redis that may evict keys: an evicted queue entry, result or actor
+    record is lost work (servers that allow neither INFO nor CONFIG are trusted).
+    And refuse one on another machine that runs commands without a password unless
+    `allow_insecure` (default: $TASKMESH_ALLOW_INSECURE)."""
+    if allow_insecure is None:
+        allow_insecure = allow_insecure_default()
+    check_not_open(store.redis, store.url, allow_insecure=allow_insecure, primary=store.primary())
+    policy = store.eviction_policy()
+    if policy not in (None, "noeviction"):
+        raise ValueError(
+            f"The Redis at {mask_password(store.url)} has maxmemory-policy "
+            f"{policy!r}: it may evict taskmesh's keys and lose tasks and objects. Set "
+            "'maxmemory-policy noeviction' (CONFIG SET maxmemory-policy noeviction).")

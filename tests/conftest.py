@@ -14,7 +14,9 @@ import psutil
 import pytest
 
 import taskmesh
-from taskmesh import _process, _services, _shm
+from taskmesh.workers import process as _process, launch as _services
+from taskmesh._base import config
+from taskmesh.objects import shm as _shm
 from taskmesh.store import Store
 
 
@@ -22,14 +24,14 @@ from taskmesh.store import Store
 def _isolated_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Sessions, pid files and logs of this test run live in its own temp dir."""
     path = tmp_path_factory.mktemp("taskmesh-temp")
-    old = os.environ.get(_services.ENV_TEMP_DIR)
-    os.environ[_services.ENV_TEMP_DIR] = str(path)
+    old = os.environ.get(config.ENV_TEMP_DIR)
+    os.environ[config.ENV_TEMP_DIR] = str(path)
     os.environ.pop(_services.ENV_ADDRESS, None)
     yield path
     if old is None:
-        os.environ.pop(_services.ENV_TEMP_DIR, None)
+        os.environ.pop(config.ENV_TEMP_DIR, None)
     else:
-        os.environ[_services.ENV_TEMP_DIR] = old
+        os.environ[config.ENV_TEMP_DIR] = old
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +75,7 @@ class TestCluster:
 
     def worker_pids(self, node_id: str) -> list[int]:
         agent = psutil.Process(self.agents[node_id].pid)
-        return [c.pid for c in agent.children() if "taskmesh._worker" in " ".join(c.cmdline())]
+        return [c.pid for c in agent.children() if "taskmesh.workers.worker_main" in " ".join(c.cmdline())]
 
     def kill_node(self, node_id: str) -> None:
         """kill -9 the node's agent (its workers die with it), then reap its shared memory

@@ -17,7 +17,7 @@ import pytest
 
 import taskmesh
 from taskmesh import exceptions
-from taskmesh.api import get_runtime
+from taskmesh._core.context import get_runtime
 
 from conftest import wait_until
 

@@ -16,7 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 import taskmesh
-from taskmesh import _services, _shm, exceptions
+from taskmesh.workers import launch as _services
+from taskmesh.store import connection
+from taskmesh.objects import shm as _shm
+from taskmesh import exceptions
 from taskmesh.cli import main as cli
 from taskmesh.store import Store
 
@@ -33,7 +36,7 @@ def test_embedded_init_starts_real_redis_and_shutdown_leaves_nothing() -> None:
         cmdlines = [" ".join(c.cmdline()) for c in children]
         assert any("-server" in c for c in cmdlines), cmdlines  # redis-server / valkey-server
         assert any("taskmesh.cli worker" in c for c in cmdlines), cmdlines
-        assert any("taskmesh._worker" in c for c in cmdlines), cmdlines
+        assert any("taskmesh.workers.worker_main" in c for c in cmdlines), cmdlines
 
         @taskmesh.remote
         def hello():
@@ -77,18 +80,18 @@ def test_init_as_context_manager_and_auto_address_errors() -> None:
     ],
 )
 def test_address_canonicalization(given: str, expected: str) -> None:
-    assert _services.canonicalize_address(given) == expected
+    assert connection.canonicalize_address(given) == expected
 
 
 @pytest.mark.parametrize("bad", ["", "http://h:1", "h:notaport", "redis://:99999", "redis://:1"])
 def test_bad_addresses_are_rejected_by_name(bad: str) -> None:
     with pytest.raises(ValueError, match="address"):
-        _services.canonicalize_address(bad)
+        connection.canonicalize_address(bad)
 
 
 def test_password_is_masked() -> None:
-    assert _services.mask_password("redis://:s3cret@h:1") == "redis://:***@h:1"
-    assert "s3cret" not in _services.mask_password("rediss://u:s3cret@h:1/0")
+    assert connection.mask_password("redis://:s3cret@h:1") == "redis://:***@h:1"
+    assert "s3cret" not in connection.mask_password("rediss://u:s3cret@h:1/0")
 
 
 def test_init_with_resources_against_existing_cluster_is_rejected(cluster_factory) -> None:

@@ -28,7 +28,8 @@ import yaml
 from conftest import assert_no_leaked_children
 
 import taskmesh
-from taskmesh import _process, _services
+from taskmesh.workers import process as _process, launch as _services
+from taskmesh.store import connection
 from taskmesh.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def test_compose_file_describes_a_taskmesh_cluster(compose: dict[str, Any]) -> N
         assert _depends_on(svc).get("redis", {}).get("condition") == "service_healthy", name
         address = _cluster_address(svc)
         assert address is not None, f"{name} is given no cluster address"
-        assert _services.canonicalize_address(address) == f"redis://{REDIS_HOST}:{REDIS_PORT}", name
+        assert connection.canonicalize_address(address) == f"redis://{REDIS_HOST}:{REDIS_PORT}", name
         argv = _argv(svc["command"])
         assert argv[:2] == ["taskmesh", "worker"], name
         assert float(_option(argv, "--num-cpus") or 0) == CPUS_PER_NODE, name
@@ -244,7 +245,7 @@ def test_compose_services_run_as_a_cluster(compose: dict[str, Any], launch: Laun
         assert argv[0] == "taskmesh"
         env = dict(os.environ, **{k: local(v) for k, v in _environment(svc).items()})
         env.setdefault(_services.ENV_ADDRESS, url)
-        assert _services.canonicalize_address(env[_services.ENV_ADDRESS]) == url
+        assert connection.canonicalize_address(env[_services.ENV_ADDRESS]) == url
         for i in range(replicas):
             agents.append(launch([sys.executable, "-m", "taskmesh.cli", *argv[1:]],
                                  env=env, log_name=f"{name}-{i + 1}"))

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import taskmesh
-from taskmesh import monitor
+from taskmesh.workers import monitor
 from taskmesh.exceptions import ActorDiedError, RayActorError
 
 from conftest import wait_until
@@ -108,7 +108,7 @@ def test_a_redis_restart_loses_no_acknowledged_task(tmp_path) -> None:
     cluster keeps working (clients reconnect by themselves)."""
     import psutil
     from conftest import TestCluster, assert_no_leaked_children
-    from taskmesh._services import start_redis
+    from taskmesh.workers.launch import start_redis
 
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     data = tmp_path / "redis"

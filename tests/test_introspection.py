@@ -7,7 +7,7 @@ import time
 from click.testing import CliRunner
 
 import taskmesh
-from taskmesh.api import get_runtime
+from taskmesh._core.context import get_runtime
 from taskmesh.cli import main as cli
 from taskmesh.util import list_named_actors
 

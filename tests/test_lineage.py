@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import taskmesh
-from taskmesh import _object_plane, _shm, exceptions
+from taskmesh.objects import plane as _object_plane, shm as _shm
+from taskmesh import exceptions
 from taskmesh.store import Store
 
 from conftest import wait_until

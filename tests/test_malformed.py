@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgpack
 
 import taskmesh
-from taskmesh import _failure
+from taskmesh._core import failure as _failure
 from taskmesh.store import Store
 
 from conftest import wait_until

@@ -14,7 +14,7 @@ from conftest import wait_until
 
 
 def _exported(ray) -> str:
-    from taskmesh.api import get_runtime
+    from taskmesh._core.context import get_runtime
 
     return prometheus_text(get_runtime().store.metrics())
 

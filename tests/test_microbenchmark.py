@@ -12,7 +12,7 @@ import time
 import psutil
 
 import taskmesh
-from taskmesh import microbenchmark
+from taskmesh.tools import microbenchmark
 
 ACTOR_ROWS = (
     "1:1 actor calls sync",

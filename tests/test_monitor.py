@@ -12,9 +12,11 @@ import msgpack
 import pytest
 
 import taskmesh
-from taskmesh import _failure, monitor, objects
+from taskmesh._core import failure as _failure
+from taskmesh.workers import monitor
+from taskmesh import objects
 from taskmesh.exceptions import WorkerCrashedError
-from taskmesh.monitor import MONITOR_CONSUMER, Action, Monitor
+from taskmesh.workers.monitor import MONITOR_CONSUMER, Action, Monitor
 from taskmesh.store import Store
 
 from conftest import wait_until

@@ -21,7 +21,9 @@ import psutil
 import taskmesh
 from conftest import assert_no_leaked_children
 from netns import NamespacePair
-from taskmesh import _process, _services, _shm, security
+from taskmesh.workers import process as _process, launch as _services
+from taskmesh.objects import shm as _shm
+from taskmesh import security
 from taskmesh.store import Store
 
 ARRAY_LEN = 2_500_000  # int64: 20 MB, far above the inline limit, so it lives in shared memory

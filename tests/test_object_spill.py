@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import taskmesh
-from taskmesh import _shm, exceptions
+from taskmesh.objects import shm as _shm
+from taskmesh import exceptions
 
 from conftest import wait_until
 from test_object_store import MB

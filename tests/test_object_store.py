@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from taskmesh import _shm, exceptions
+from taskmesh.objects import shm as _shm
+from taskmesh import exceptions
 from taskmesh.store import Store
 
 from conftest import wait_until

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import taskmesh
-from taskmesh import _shm, exceptions
+from taskmesh.objects import shm as _shm
+from taskmesh import exceptions
 from taskmesh.store import Store
 
 from conftest import wait_until

@@ -18,7 +18,8 @@ import pytest
 import taskmesh
 from conftest import assert_no_leaked_children, wait_until
 from netns import NamespacePair
-from taskmesh import _process, _services, _shm, monitor
+from taskmesh.workers import process as _process, launch as _services, monitor
+from taskmesh.objects import shm as _shm
 from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
 from taskmesh.store import KIND_FENCE, Completion, Release, Store

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taskmesh._resources import NodeResources
+from taskmesh.workers.resources import NodeResources
 
 
 def test_bundles_are_pools_of_their_own() -> None:

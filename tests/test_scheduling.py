@@ -10,7 +10,7 @@ import pytest
 
 import taskmesh
 from taskmesh import exceptions
-from taskmesh.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from taskmesh._core.strategies import NodeAffinitySchedulingStrategy
 
 from conftest import wait_until
 

@@ -10,7 +10,7 @@ import pytest
 
 import taskmesh
 from taskmesh import exceptions
-from taskmesh.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from taskmesh._core.strategies import NodeAffinitySchedulingStrategy
 
 from conftest import wait_until
 
@@ -65,8 +65,9 @@ def test_hard_affinity_to_a_node_that_dies_fails_and_soft_moves(cluster_factory)
 
 
 def test_bundles_on_a_dead_node_are_placed_again(cluster_factory) -> None:
-    from taskmesh.util import placement_group, placement_group_table, remove_placement_group
-    from taskmesh.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    from taskmesh.util import placement_group
+    from taskmesh.util import placement_group_table, remove_placement_group
+    from taskmesh._core.strategies import PlacementGroupSchedulingStrategy
 
     os.environ["TASKMESH_NODE_TIMEOUT_MS"] = "1500"
     try:

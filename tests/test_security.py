@@ -20,9 +20,10 @@ from click.testing import CliRunner
 from conftest import assert_no_leaked_children, start_cluster
 
 import taskmesh
-from taskmesh import _services, security
+from taskmesh.workers import launch as _services
+from taskmesh import security
 from taskmesh.cli import main as cli
-from taskmesh.security import InsecureRedisError
+from taskmesh.security import InsecureRedisError, check_server
 from taskmesh.store import Store
 
 
@@ -60,13 +61,13 @@ def test_an_open_redis_reached_over_the_network_is_refused(
     store = Store(url)
     try:
         with pytest.raises(InsecureRedisError, match="--allow-insecure"):
-            store.check_server()
+            check_server(store)
         with caplog.at_level(logging.WARNING, logger="taskmesh.security"):
-            store.check_server(allow_insecure=True)
-            store.check_server(allow_insecure=True)
+            check_server(store, allow_insecure=True)
+            check_server(store, allow_insecure=True)
         assert caplog.text.count("SECURITY WARNING") == 1  # loudly, once
 
-        Store(f"redis://127.0.0.1:{open_redis.port}").check_server()  # this machine only: fine
+        check_server(Store(f"redis://127.0.0.1:{open_redis.port}"))  # this machine only: fine
 
         with pytest.raises(InsecureRedisError):
             taskmesh.init(address=url)
@@ -82,7 +83,7 @@ def test_an_open_redis_reached_over_the_network_is_refused(
 
         password = security.generate_password()
         store.redis.config_set("requirepass", password)
-        Store(f"redis://:{password}@{machine_ip()}:{open_redis.port}").check_server()
+        check_server(Store(f"redis://:{password}@{machine_ip()}:{open_redis.port}"))
     finally:
         store.close()
 

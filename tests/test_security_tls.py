@@ -20,7 +20,9 @@ from click.testing import CliRunner
 from conftest import assert_no_leaked_children
 
 import taskmesh
-from taskmesh import _services, security
+from taskmesh.workers import launch as _services
+from taskmesh import security
+from taskmesh.security import check_server
 from taskmesh.cli import main as cli
 from taskmesh.store import Store
 
@@ -114,7 +116,7 @@ def test_clients_take_tls_files_from_the_environment(
         store = Store(server.url)
         try:
             assert store.ping()
-            store.check_server()
+            check_server(store)
         finally:
             store.close()
     finally:

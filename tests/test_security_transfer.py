@@ -14,16 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskmesh._shm import ShmStore
-from taskmesh._transfer import (
-    CHALLENGE_BYTES,
-    HELLO,
-    MAGIC,
-    MAX_CONNECTIONS,
-    TransferServer,
-    auth_answer,
-    fetch,
-)
+from taskmesh.objects.shm import ShmStore
+from taskmesh.objects.transfer import CHALLENGE_BYTES, HELLO, MAGIC, MAX_CONNECTIONS, TransferServer, auth_answer, fetch
 from taskmesh.exceptions import ObjectLostError
 from taskmesh.security import transfer_secret
 from taskmesh.store import Store

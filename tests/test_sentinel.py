@@ -13,7 +13,8 @@ import redis
 from conftest import TestCluster, assert_no_leaked_children
 
 import taskmesh
-from taskmesh import _services
+from taskmesh.workers import launch as _services
+from taskmesh.store import connection
 from taskmesh.store import Store
 
 MASTER = "tm-primary"
@@ -30,7 +31,7 @@ MASTER = "tm-primary"
     ],
 )
 def test_sentinel_address_canonicalization(given: str, expected: str) -> None:
-    assert _services.canonicalize_address(given) == expected
+    assert connection.canonicalize_address(given) == expected
 
 
 @pytest.mark.parametrize("bad", [
@@ -40,14 +41,14 @@ def test_sentinel_address_canonicalization(given: str, expected: str) -> None:
 ])
 def test_bad_sentinel_addresses_are_rejected_by_name(bad: str) -> None:
     with pytest.raises(ValueError, match="Invalid address 'redis\\+sentinel:"):
-        _services.canonicalize_address(bad)
+        connection.canonicalize_address(bad)
 
 
 def test_sentinel_passwords_are_masked() -> None:
-    masked = _services.mask_password("redis+sentinel://u:s3cret@h:1,h:2/m/0?sentinel_password=t0p")
+    masked = connection.mask_password("redis+sentinel://u:s3cret@h:1,h:2/m/0?sentinel_password=t0p")
     assert masked == "redis+sentinel://u:***@h:1,h:2/m/0?sentinel_password=***"
     with pytest.raises(ValueError) as info:
-        _services.canonicalize_address("redis+sentinel://:s3cret@h:1")
+        connection.canonicalize_address("redis+sentinel://:s3cret@h:1")
     assert "s3cret" not in str(info.value)
 
 
@@ -124,7 +125,7 @@ def test_cluster_follows_the_promoted_replica_after_the_primary_is_killed(tmp_pa
         servers.append(replica)
         sentinels = _services.start_sentinels(primary, MASTER, data_dir=tmp_path)
         servers += sentinels
-        url = _services.canonicalize_address(
+        url = connection.canonicalize_address(
             "redis+sentinel://" + ",".join(f"{s.host}:{s.port}" for s in sentinels) + f"/{MASTER}")
         cluster = TestCluster(url, tmp_path / "logs")
         cluster.add_node(num_cpus=2)

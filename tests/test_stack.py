@@ -7,7 +7,7 @@ import subprocess
 from click.testing import CliRunner
 
 import taskmesh
-from taskmesh.cli import _is_taskmesh_process
+from taskmesh.cli.commands import _is_taskmesh_process
 from taskmesh.cli import main as cli
 
 from conftest import wait_until
@@ -50,5 +50,5 @@ def test_stack_of_a_process_that_is_not_ours() -> None:
         other.wait()
     assert result.exit_code == 0 and "no stack" in result.output
     assert _is_taskmesh_process(["/venv/bin/taskmesh", "worker", "--address", "x"])
-    assert _is_taskmesh_process(["python", "-m", "taskmesh._worker", "--fd", "3"])
+    assert _is_taskmesh_process(["python", "-m", "taskmesh.workers.worker_main", "--fd", "3"])
     assert not _is_taskmesh_process(["python", "-m", "taskmesh.cli", "status"])

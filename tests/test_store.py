@@ -7,7 +7,7 @@ import re
 import msgpack
 import pytest
 
-from taskmesh import store as store_mod
+from taskmesh.store import keys as store_mod
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
 from taskmesh.store import GROUP, Completion, Keys, Release, Store
 
@@ -110,7 +110,7 @@ def test_queue_stats_counts_queued_and_running(store: Store) -> None:
 
 def test_unreachable_redis_raises_store_unavailable() -> None:
     from taskmesh.exceptions import StoreUnavailableError
-    from taskmesh._services import free_port
+    from taskmesh.workers.launch import free_port
 
     dead = Store(f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.2)
     with pytest.raises(StoreUnavailableError):

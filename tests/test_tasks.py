@@ -280,7 +280,7 @@ def test_refs_can_be_awaited_and_have_futures(ray) -> None:
 
 
 def test_dropped_refs_free_their_objects(ray) -> None:
-    from taskmesh.api import get_runtime
+    from taskmesh._core.context import get_runtime
 
     runtime = get_runtime()
     ref = ray.put("temporary")

@@ -16,17 +16,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from taskmesh._shm import ShmStore
-from taskmesh._transfer import (
-    AUTH_BYTES,
-    AUTH_OK,
-    CHALLENGE_BYTES,
-    HELLO,
-    MAGIC,
-    TransferServer,
-    auth_answer,
-)
-from taskmesh._transfer import fetch as fetch_with
+from taskmesh.objects.shm import ShmStore
+from taskmesh.objects.transfer import AUTH_BYTES, AUTH_OK, CHALLENGE_BYTES, HELLO, MAGIC, TransferServer, auth_answer
+from taskmesh.objects.transfer import fetch as fetch_with
 from taskmesh.exceptions import ObjectLostError
 
 LOCAL = "127.0.0.1"

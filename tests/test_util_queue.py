@@ -10,7 +10,7 @@ import pytest
 from conftest import wait_until
 
 import taskmesh
-from taskmesh.api import get_runtime
+from taskmesh._core.context import get_runtime
 from taskmesh.util.queue import Empty, Full, Queue
 
 

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from .actor_pool import ActorPool
-from .placement_group import (
-    PlacementGroup,
-    get_current_placement_group,
-    get_placement_group,
-    placement_group,
-    placement_group_table,
-    remove_placement_group,
-)
+from taskmesh.util.actor_pool import ActorPool
+from taskmesh._core.placement_groups import PlacementGroup
+from taskmesh.util.placement_group import get_current_placement_group, get_placement_group, placement_group, placement_group_table, remove_placement_group
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     """Names of the live named actors in the current namespace; with all_namespaces,
     dicts {"name", "namespace"} for every namespace (as Ray returns them)."""
-    from ..api import get_runtime
+    from taskmesh._core.context import get_runtime
 
     runtime = get_runtime()
     if all_namespaces:

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..api import get, wait
-from ..objects import ObjectRef
+from taskmesh.api import get, wait
+from taskmesh.objects import ObjectRef
 
 V = TypeVar("V")
 

@@ -234,7 +234,7 @@ class _Recorder:
             self._wake.wait(interval_s)
             self._wake.clear()
             try:
-                from ..api import get_runtime
+                from taskmesh._core.context import get_runtime
 
                 self.flush(get_runtime().store)
             except RuntimeError:

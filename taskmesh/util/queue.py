@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from .. import api
-from ..actor import ActorClass, ActorHandle, kill
+from taskmesh import api
+from taskmesh.actor import ActorClass, ActorHandle, kill
 
 TIMEOUT_ERROR = "'timeout' must be a non-negative number"
 

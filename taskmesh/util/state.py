@@ -71,14 +71,16 @@ def _norm(key: str, value: Any) -> str:
 def _store(address: str | None) -> Iterator[Any]:
     """The connected runtime's store, or a new connection to `address` (or to the
     cluster started on this machine)."""
-    from .. import _services
-    from ..api import get_runtime, is_initialized
-    from ..store import Store
+    from taskmesh.workers import launch as _services
+    from taskmesh.store import connection
+    from taskmesh._core.context import get_runtime
+    from taskmesh.api import is_initialized
+    from taskmesh.store import Store
 
     if address is None and is_initialized():
         yield get_runtime().store
         return
-    url = _services.canonicalize_address(address) if address else _services.current_cluster_address()
+    url = connection.canonicalize_address(address) if address else _services.current_cluster_address()
     if url is None:
         raise ConnectionError("taskmesh is not initialized and no cluster runs on this machine: "
                               "call taskmesh.init() or pass address=.")
@@ -97,7 +99,7 @@ def _listed(rows: list[dict[str, Any]], filters: Sequence[Filter] | None, limit:
 
 def task_rows(store: Any) -> list[dict[str, Any]]:
     """Every recorded task attempt (internal timing columns dropped)."""
-    from .. import _events
+    from taskmesh._core import events as _events
 
     return [{k: v for k, v in r.items() if not k.endswith("_us")}
             for r in _events.task_rows(store.task_events())]
@@ -118,7 +120,7 @@ def list_tasks(address: str | None = None, filters: Sequence[Filter] | None = No
 def summarize_tasks(address: str | None = None, timeout: int = 30,
                     raise_on_missing_output: bool = True) -> dict[str, Any]:
     """Counts of tasks by function name and state (each task's latest attempt)."""
-    from .. import _events
+    from taskmesh._core import events as _events
 
     with _store(address) as store:
         return _events.summarize(_events.task_rows(store.task_events()))

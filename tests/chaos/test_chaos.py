@@ -1,5 +1,5 @@
 """A short seeded chaos run in the suite: kill -9 of workers and node agents (not of
-Redis: restarting it from its append-only file is left to `python -m taskmesh.chaos`)
+Redis: restarting it from its append-only file is left to `python -m taskmesh.tools.chaos`)
 while tasks, actors and shared-memory objects are in use; every result must be right,
 no `get` may hang, and nothing may be left in Redis once the driver has shut down."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmesh import chaos
+from taskmesh.tools import chaos
 
 
 @pytest.mark.timeout(300)

@@ -1,0 +1,828 @@
+"""The per-process runtime: submits tasks, tracks the objects this process owns, and
+answers get/put/wait. A driver has one after `init()`; every worker has one too, so tasks
+can submit tasks.
+
+Submission is buffered and flushed by one background thread in pipelined batches, so a
+loop of `.remote()` calls costs one round trip per batch, not per task. Completion notices
+for this process's tasks arrive on its `done` stream, read by one listener thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from taskmesh._base.wire import TaskContext, encode_notice
+from taskmesh._core import events as _events
+from taskmesh._core.failure import call_failures
+from taskmesh import objects
+from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
+from taskmesh._core.router import PgTarget, Route, Router
+from taskmesh._core.streams import StreamMethods, _Stream
+from taskmesh.exceptions import GetTimeoutError, RayError, RayTaskError, StoreUnavailableError, TaskCancelledError
+from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
+from taskmesh.store import Completion, Outgoing, Release, Store, retry_transient
+
+_LISTEN_BLOCK_MS = 1000
+# Submitted task events are sent with the submission flush that comes this long after the
+# last send, or once this many have gathered.
+_EVENTS_EVERY_S = 0.2
+_EVENTS_BATCH = 500
+
+
+@dataclass(slots=True)
+class _PendingTask:
+    outgoing: Outgoing
+    deps: set[str]
+    # (demand, shape, every dependency) of a DEFAULT task: placed near its largest argument
+    locality: tuple[dict[str, float], str, tuple[str, ...]] | None = None
+
+
+class Runtime(StreamMethods):
+    """Everything one process needs to talk to the cluster."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        job_id: str | None,
+        namespace: str | None,
+        node_id: str | None = None,
+        is_worker: bool = False,
+        owner: str | None = None,
+    ):
+        self.store = store
+        self.job_id = job_id
+        self.namespace = namespace
+        self.node_id = node_id
+        self.is_worker = is_worker
+        self.owner = owner or objects.new_owner_tag()
+        self.context = TaskContext(job_id=job_id)
+        # What the tasks and actors this process submits inherit (the job's runtime_env
+        # in a driver, the running task's or actor's in a worker).
+        self.runtime_env: dict[str, Any] | None = None
+        self._task_events: list[dict[str, Any]] = []  # submitted events not sent yet
+        self._events_sent_at = 0.0
+        self.plane = ObjectPlane(store, node_id, self.owner)
+        self.router = Router(store)
+        # Hooks a worker sets to tell its agent it blocks in get (its CPU is lent out).
+        self.on_block: Callable[[], None] | None = None
+        self.on_unblock: Callable[[], None] | None = None
+
+        self._cond = threading.Condition()
+        self._results: dict[str, tuple[bytes, bytes | None]] = {}
+        self._pending: set[str] = set()
+        self._waiting: dict[str, list[_PendingTask]] = {}
+        self._discard: set[str] = set()
+        self._buffer: list[Outgoing] = []
+        self._free: list[Release] = []
+        self._release_lock = threading.Lock()
+        # Refs this process passed to its pending tasks, held until each task's notice.
+        self._task_holds: dict[str, Sequence[str]] = {}
+        # Objects just stored that contain refs (they hold them once recorded in Redis).
+        self._containers: dict[str, tuple[str, ...]] = {}
+        self._exported: set[str] = set()
+        self._shapes: set[str] = set()
+
+        self._counts: dict[str, int] = {}
+        self._counts_lock = threading.Lock()
+        self._decrefs: collections.deque[str] = collections.deque()
+        # Refs of other owners' objects: those held here (registered in Redis as
+        # borrowed by this process), and those newly seen, not registered yet.
+        self._borrowed: set[str] = set()
+        self._new_borrows: collections.deque[str] = collections.deque()
+        self._holder = f"p:{self.owner}"
+        # Own refs that left this process in a way nobody tracks (pickled by hand, an
+        # actor's constructor arguments): kept until this process shuts down.
+        self._escaped: set[str] = set()
+        self._actor_drops: collections.deque[str] = collections.deque()
+        self._actors_escaped: set[str] = set()
+        # Generator calls: streams by task id, the ones whose generator was dropped,
+        # and the items a dynamic call's generator ref holds here (by its object id).
+        self._streams: dict[str, _Stream] = {}
+        self._stream_drops: collections.deque[str] = collections.deque()
+        self._dynamic_items: dict[str, list[str]] = {}
+        # How many items of backpressured streams were taken (None: forget the stream),
+        # sent by the flusher.
+        self._consumed: dict[str, int | None] = {}
+
+        self._closing = False
+        self._wake = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="taskmesh-flush", daemon=True)
+        self._flusher.start()
+        self._listener: threading.Thread | None = None
+        self._listen_client = None
+        self._listen_client_id: int | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        objects.set_tracker(self)
+
+    # ---- reference tracking (objects.RefTracker) ------------------------------------
+
+    def incref(self, object_id: str) -> None:
+        with self._counts_lock:
+            n = self._counts.get(object_id, 0)
+            self._counts[object_id] = n + 1
+        if n == 0 and object_id[:8] != self.owner:
+            self._new_borrows.append(object_id)
+
+    def decref(self, object_id: str) -> None:
+        # Called from __del__, possibly inside any lock of any thread: never block here.
+        self._decrefs.append(object_id)
+        cached = self._results.get(object_id)  # one atomic dict read, no lock
+        # A dropped shared-memory object is freed now, so that the next large put can
+        # reuse its pages; small ones are freed in batches.
+        if len(self._decrefs) > 512 or (cached is not None and cached[0] == KIND_SHM):
+            self._wake.set()
+
+    def escaped(self, object_id: str) -> None:
+        self._escaped.add(object_id)
+
+    def actor_escaped(self, actor_id: str) -> None:
+        self._actors_escaped.add(actor_id)
+
+    def actor_dropped(self, actor_id: str) -> None:
+        # From ActorHandle.__del__: never block here.
+        self._actor_drops.append(actor_id)
+        self._wake.set()
+
+    def _terminate_dropped_actors(self) -> None:
+        """An actor whose creating handle is gone, and that was never passed on, is
+        terminated gracefully: a terminate call queued behind its pending calls."""
+        while self._actor_drops:
+            actor_id = self._actor_drops.popleft()
+            if actor_id in self._actors_escaped:
+                continue
+            task_id = objects.new_task_id(self.owner)
+            spec = msgpack.packb({"m": "__ray_terminate__", "args": objects.serialize(([], {})),
+                                  "nret": 0, "owner": self.owner, "job": self.job_id})
+            fields = {"task": task_id, "name": "__ray_terminate__", "attempt": 0, "spec": spec}
+            with self._cond:
+                self._buffer.append(Outgoing("", fields, actor_id))
+
+    def fail_drained_calls(self, actor_id: str, cause: str) -> None:
+        """Declare a not-yet-running actor dead and fail the calls queued for it."""
+        from taskmesh._core.failure import actor_down
+
+        actor_down(self.store, actor_id, restart=False, cause=cause)
+
+    def future_for(self, ref: ObjectRef) -> concurrent.futures.Future:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=8, thread_name_prefix="taskmesh-future")
+        return self._executor.submit(lambda: self.get([ref], None)[0])
+
+    def _release_dropped(self) -> None:
+        """Turn ref drops and new borrowed refs into hold changes for the next flush:
+        an own object whose last ref here is gone loses its owner's hold (it is freed
+        unless another process or object holds it); a borrowed ref is registered while
+        this process holds it. Registrations go before releases."""
+        dropped, borrow, unborrow = [], [], []
+        with self._counts_lock:
+            while self._decrefs:
+                oid = self._decrefs.popleft()
+                n = self._counts.get(oid, 0) - 1
+                if n > 0:
+                    self._counts[oid] = n
+                else:
+                    self._counts.pop(oid, None)
+                    dropped.append(oid)
+                    # A dynamic generator's value held its items here.
+                    self._decrefs.extend(self._dynamic_items.pop(oid, ()))
+            for oid in dropped:
+                if oid in self._borrowed:
+                    self._borrowed.discard(oid)
+                    unborrow.append(oid)
+            while self._new_borrows:
+                oid = self._new_borrows.popleft()
+                if self._counts.get(oid, 0) > 0 and oid not in self._borrowed:
+                    self._borrowed.add(oid)
+                    borrow.append(oid)
+        ops = [Release(oid, self._holder, 1) for oid in borrow]
+        with self._cond:
+            ops += self._drop_streams()
+            for oid in dropped:
+                if oid[:8] != self.owner:
+                    self._results.pop(oid, None)
+                elif oid in self._escaped:
+                    continue
+                elif oid in self._pending:
+                    self._discard.add(oid)
+                else:
+                    self._results.pop(oid, None)
+                    ops.append(Release(oid, "owner", -1))
+            ops += [Release(oid, self._holder, -1) for oid in unborrow]
+            self._free[:0] = ops[:len(borrow)]
+            self._free += ops[len(borrow):]
+
+    def contains_refs(self, object_id: str, refs: Sequence[str] | None = None) -> bool:
+        """Whether a value just encoded as `object_id` holds refs (recorded at the next
+        `sync_refs`); with `refs`, record that it holds those."""
+        with self._cond:
+            if refs:
+                self._containers[object_id] = (*self._containers.get(object_id, ()), *refs)
+            return object_id in self._containers
+
+    def encode_value(self, object_id: str, value: Any) -> list:
+        """[object_id, kind, data] of a task's return value, written where it belongs;
+        the refs it contains are held by it from the next `sync_refs`."""
+        kind, data, nested = self.plane.encode(object_id, value)
+        if nested:
+            with self._cond:
+                self._containers[object_id] = nested
+        return [object_id, kind, data]
+
+    def hold_for_lineage(self, object_ids: Sequence[str], arg_ids: Sequence[str], *,
+                         rebuild: bool) -> None:
+        """Results that keep their task's lineage hold the task's ref arguments too (so
+        the task can run again), from the next `sync_refs`. A run that re-makes lost
+        results adds no holds: the results it re-makes still hold what they held."""
+        with self._cond:
+            for oid in object_ids:
+                if rebuild:
+                    self._containers.pop(oid, None)
+                elif arg_ids:
+                    held = self._containers.get(oid, ())
+                    self._containers[oid] = tuple(dict.fromkeys((*held, *arg_ids)))
+
+    def sync_refs(self) -> None:
+        """Bring Redis up to date with the refs this process holds, now. A worker calls
+        it before reporting a task done, since the caller then drops the refs it lent
+        the task: what the task kept must be registered first."""
+        self._send_holds()
+
+    # ---- submission -----------------------------------------------------------------
+
+    def export_function(self, fn_id: str, blob_fn: Callable[[], bytes]) -> None:
+        if fn_id not in self._exported:
+            self.store.export_function(fn_id, blob_fn())
+            self._exported.add(fn_id)
+
+    def ensure_shape(self, shape: str, demand: dict[str, float] | None = None) -> None:
+        if shape not in self._shapes:
+            self.store.register_shape(shape)
+            self._shapes.add(shape)
+            if demand is not None:
+                self.router.warn_if_infeasible(shape, demand)
+
+    def route(self, strategy: Any, demand: dict[str, float], shape: str, deps: Sequence[str],
+              *, actor: bool) -> Route:
+        """The queue a task or actor creation goes to (see _placement.py). A task
+        inherits its parent's placement group when the parent captures child tasks."""
+        from taskmesh._core.strategies import PlacementGroupSchedulingStrategy
+
+        self.ensure_shape(shape, demand)
+        pg = None
+        if isinstance(strategy, PlacementGroupSchedulingStrategy):
+            if strategy.placement_group is not None:
+                capture = bool(strategy.placement_group_capture_child_tasks)
+                pg = PgTarget(strategy.placement_group.id.hex(),
+                              strategy.placement_group_bundle_index, capture)
+        elif strategy in (None, "DEFAULT") and self.context.pg and self.context.pg[2]:
+            pg = PgTarget(self.context.pg[0], -1, True)
+        near = None
+        if strategy in (None, "DEFAULT") and pg is None and deps:
+            near = self._largest_local(deps)
+        return self.router.route(strategy, demand, shape, actor=actor, pg=pg, near=near)
+
+    def _largest_local(self, deps: Sequence[str]) -> str | None:
+        """The node holding the most bytes of these (ready) shared-memory arguments."""
+        by_node: dict[str, int] = {}
+        with self._cond:
+            for oid in deps:
+                kind, data = self._results.get(oid, (None, None))
+                if kind == KIND_SHM and data:
+                    size, node = parse_descriptor(data)
+                    by_node[node] = by_node.get(node, 0) + size
+        return max(by_node, key=by_node.__getitem__) if by_node else None
+
+    def _relocate(self, task: _PendingTask) -> Outgoing:
+        """A DEFAULT task whose arguments just became ready goes near the largest."""
+        out = task.outgoing
+        if task.locality is None:
+            return out
+        demand, shape, deps = task.locality
+        node = self._largest_local(deps)
+        route = self.router.route(None, demand, shape, actor=False, pg=None, near=node)
+        if route.queue == out.target:
+            return out
+        return dataclasses.replace(out, target=route.queue, fields={**out.fields, **route.fields})
+
+    def fail_unschedulable(self, fields: dict[str, Any], returns: Sequence[str], why: str,
+                           actor_id: str | None = None) -> None:
+        """A task (or actor) that can never be placed: its results (its calls) fail at once."""
+        from taskmesh._core import failure as _failure
+
+        entry = (b"", {k.encode(): v if isinstance(v, bytes) else str(v).encode()
+                       for k, v in fields.items()})
+        task_error, actor_cause = _failure.unschedulable(why)
+        if actor_id is not None:
+            _failure.fail_entries(self.store, [entry], task_error=task_error, actor_cause=actor_cause)
+            return
+        with self._cond:
+            self._pending.update(returns)
+        if self._listener is None:
+            self._start_listener()
+        self.store.complete_tasks(call_failures([entry], task_error), {})
+
+    def submit(
+        self, queue: str, fields: dict[str, Any], deps: Sequence[str], returns: Sequence[str],
+        actor_id: str | None = None, holds: Sequence[str] = (),
+        locality: tuple[dict[str, float], str] | None = None,
+    ) -> None:
+        """Queue a task; it is sent once every dependency this process owns is ready.
+        Actor calls are sent at once, in submission order: the actor resolves their
+        arguments itself, so a call waiting for an argument never overtakes another.
+        `holds` (every ref in the arguments) stay held here until the task's completion
+        notice; a task with no returns sends no notice, so its refs count as escaped."""
+        out = Outgoing(queue, fields, actor_id, tuple(returns))
+        if holds:
+            for oid in holds:
+                self.incref(oid) if returns else self.escaped(oid)
+            if returns:
+                with self._cond:
+                    self._task_holds[fields["task"]] = holds
+        with self._cond:
+            self._pending.update(returns)
+            waiting_on = set() if actor_id else {d for d in deps if d in self._pending}
+            if waiting_on:
+                task = _PendingTask(out, waiting_on,
+                                    (*locality, tuple(deps)) if locality is not None else None)
+                for d in waiting_on:
+                    self._waiting.setdefault(d, []).append(task)
+            else:
+                self._buffer.append(out)
+        if self._listener is None:
+            self._start_listener()
+        if not waiting_on:
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Send everything buffered now (used at shutdown and by tests)."""
+        self._flush_once(everything=True)
+
+    def _flush_loop(self) -> None:
+        failures = 0
+        last_beat = 0.0
+        while not self._closing:
+            if not failures:
+                self._wake.wait(1.0)
+            self._wake.clear()
+            try:
+                if self.job_id is not None and not self.is_worker and time.monotonic() - last_beat >= 1.0:
+                    self.store.driver_alive(self.owner, self.job_id)  # see monitor.py
+                    last_beat = time.monotonic()
+                self._flush_once()
+                failures = 0
+            except StoreUnavailableError as e:  # Redis restarting: the batch was kept
+                if failures == 0:
+                    _log_background_error("sending submissions (will retry)", e)
+                failures += 1
+                time.sleep(min(0.05 * 2 ** failures, 2.0) * random.uniform(0.5, 1.0))
+            except Exception as e:
+                _log_background_error("flushing submissions", e)
+                time.sleep(0.1)
+
+    def _flush_once(self, everything: bool = False) -> None:
+        self._terminate_dropped_actors()
+        with self._cond:
+            batch, self._buffer = self._buffer, []
+        events = self._due_events(everything)
+        try:
+            dead = self.store.submit(batch, events) if batch else []
+            if events and not batch:
+                self.store.add_events(events)
+        except StoreUnavailableError:
+            # Kept for the next try. Part of the batch may have been applied: a task may
+            # then run twice (its first result wins); an actor skips a call it has run.
+            with self._cond:
+                self._buffer[:0] = batch
+                self._task_events[:0] = events
+            raise
+        # Their submitted events go with a later submission (actor calls: recorded by
+        # their actor only), so that a loop of single submissions adds no command.
+        submitted = [_events.submitted(o.fields, self.job_id, None) for o in batch
+                     if o.actor_id is None and _events.enabled(o.fields)]
+        if submitted:
+            with self._cond:
+                self._task_events += submitted
+        if dead:
+            self._fail_calls([(batch[i], cause) for i, cause in dead])
+        self._send_holds()
+        self._send_consumed()
+
+    def _due_events(self, everything: bool) -> list[dict[str, Any]]:
+        """The submitted events to send with this flush: all those gathered, once
+        _EVENTS_EVERY_S has passed since the last send or _EVENTS_BATCH have gathered
+        (or now, with `everything`)."""
+        with self._cond:
+            events = self._task_events
+            now = time.monotonic()
+            if not events or not (everything or len(events) >= _EVENTS_BATCH
+                                  or now - self._events_sent_at >= _EVENTS_EVERY_S):
+                return []
+            self._task_events, self._events_sent_at = [], now
+        return events
+
+    def _send_holds(self) -> None:
+        """Send the hold changes gathered so far: what objects contain first, then
+        borrows and releases. One sender at a time, so that a large put waiting here
+        finds the memory of the objects just freed (see `put`)."""
+        with self._release_lock:
+            self._release_dropped()
+            with self._cond:
+                ops, self._free = self._free, []
+                containers, self._containers = self._containers, {}
+            try:
+                if containers:
+                    self.store.hold_nested(containers)
+                    containers = {}
+            except StoreUnavailableError:
+                with self._cond:  # holds only add: sending them again is safe
+                    self._containers.update(containers)
+                    self._free[:0] = ops
+                raise
+            try:
+                if ops:
+                    self.plane.release(ops)
+            except StoreUnavailableError:
+                # Redis is away (restarting): keep them for the next flush, or the objects
+                # they release would outlive their owner. Dropping a hold twice changes
+                # nothing (release.lua), and a refused connection sent nothing at all.
+                with self._cond:
+                    self._free[:0] = ops
+                raise
+
+    # ---- cancellation -------------------------------------------------------------------
+
+    def cancel(self, object_id: str, *, force: bool) -> None:
+        """Cancel the task that makes `object_id` (Ray's `cancel`): its results become
+        TaskCancelledError at once (a result stored earlier wins: a finished task stays
+        finished); a task not sent yet is never sent; a sent one is dropped by the agent
+        that has it queued, or interrupted (SIGINT, KeyboardInterrupt in the task) or,
+        with force, killed where it runs."""
+        task_id = object_id[:-4]
+        with self._cond:
+            returns = sorted(o for o in self._pending if o[:-4] == task_id)
+            if not returns:
+                return  # finished already, or not a task of this process
+            out = self._take_unsent(task_id)
+        if force and out is not None and out.actor_id is not None:
+            raise ValueError("force=True is not supported for actor tasks.")
+        data = objects.serialize(TaskCancelledError(task_id))
+        objs = [(oid, KIND_ERROR, data) for oid in returns]
+        self.store.complete_tasks([Completion(self.owner, encode_notice(task_id, objs), tuple(objs))], {})
+        if out is None:
+            self.store.publish_cancel(task_id, force)
+
+    def cancel_children(self) -> None:
+        """Cancel every task this process still waits for (a cancelled task's children)."""
+        with self._cond:
+            task_ids = {oid[:-4] for oid in self._pending}
+        for task_id in task_ids:
+            self.cancel(objects.object_id(task_id, 1), force=False)
+
+    def _take_unsent(self, task_id: str) -> Outgoing | None:
+        """Remove a task not sent yet (buffered or waiting for its arguments); returns
+        it, or None when it was sent already. Called under self._cond."""
+        for i, out in enumerate(self._buffer):
+            if out.fields["task"] == task_id:
+                return self._buffer.pop(i)
+        for waiters in self._waiting.values():
+            for task in waiters:
+                if task.outgoing.fields["task"] == task_id:
+                    waiters.remove(task)
+                    return task.outgoing
+        return None
+
+    def _fail_calls(self, calls: list[tuple[Outgoing, str]]) -> None:
+        """Calls sent to a dead actor: their results become ActorDiedError."""
+        completions = []
+        for out, cause in calls:
+            from taskmesh._core.failure import death_error
+
+            error = death_error(out.actor_id, cause)
+            entry = (b"", {b"task": out.fields["task"].encode(), b"spec": out.fields["spec"]})
+            completions += call_failures([entry], error)
+        self.store.complete_tasks(completions, {})
+
+    # ---- completions ----------------------------------------------------------------
+
+    def _start_listener(self) -> None:
+        with self._cond:
+            if self._listener is not None:
+                return
+            self._listen_client = self.store.dedicated()
+            # Asked now: once the listener blocks on this connection, it cannot answer.
+            self._listen_client_id = self._listen_client.client_id()
+            self._listener = threading.Thread(target=self._listen_loop, name="taskmesh-done", daemon=True)
+            self._listener.start()
+
+    def _listen_loop(self) -> None:
+        last = b"0-0"
+        trim: bytes | None = None
+        consumed, trimmed_at = 0, time.monotonic()
+        while not self._closing:
+            try:
+                notices = self.store.read_done(self._listen_client, self.owner, last, _LISTEN_BLOCK_MS, trim)
+            except Exception as e:
+                if self._closing:
+                    return
+                _log_background_error("reading completions", e)
+                time.sleep(0.2)
+                continue
+            trim = None
+            if notices:
+                last = notices[-1][0]
+                self._on_notices([n for _, n in notices])
+                consumed += len(notices)
+            # Trim consumed notices now and then, not on every read (it is a command).
+            if consumed and (consumed >= 1000 or time.monotonic() - trimmed_at > 1.0):
+                ms, _, seq = last.partition(b"-")
+                trim = ms + b"-" + str(int(seq) + 1).encode()
+                consumed, trimmed_at = 0, time.monotonic()
+
+    def _on_notices(self, notices: list[bytes]) -> None:
+        ready_tasks: list[_PendingTask] = []
+        wake: list[Callable[[], None]] = []
+        with self._cond:
+            for raw in notices:
+                task_id, objs, *item = msgpack.unpackb(raw, raw=False)
+                stream = self._streams.get(task_id)
+                if stream is not None:
+                    wake += stream.waiters
+                    stream.waiters = []
+                if item:
+                    self._on_items(task_id, stream, objs)
+                    continue
+                for oid in self._task_holds.pop(task_id, ()):
+                    self.decref(oid)  # the task is done with the refs it was lent
+                if stream is not None and stream.dropped:
+                    self._forget_stream(task_id)
+                head = objs[0][0] if objs and objs[0][0] in self._pending else None
+                head_wanted = head is not None and head not in self._discard
+                for oid, kind, data in objs:
+                    if oid not in self._pending:
+                        if head is not None and oid[-4:] != "0001":
+                            self._hold_dynamic_item(head, head_wanted, oid, kind, data)
+                        elif head is None and oid[:8] == self.owner and not (
+                                oid in self._results or oid in self._counts or oid in self._escaped):
+                            # A notice is only sent with a stored result: a second run of a
+                            # task (a re-sent batch, a completion re-sent after a lost reply)
+                            # made again an object this owner had freed. Free it again.
+                            self._free.append(Release(oid, "owner", -1))
+                        continue  # a duplicate notice from a retried attempt
+                    self._pending.discard(oid)
+                    if oid in self._discard:
+                        self._discard.discard(oid)
+                        self._free.append(Release(oid, "owner", -1))
+                    else:
+                        self._results[oid] = (kind, data)
+                    for task in self._waiting.pop(oid, ()):
+                        task.deps.discard(oid)
+                        if not task.deps:
+                            ready_tasks.append(task)
+            for task in ready_tasks:
+                self._buffer.append(self._relocate(task))
+            self._cond.notify_all()
+        for callback in wake:
+            try:
+                callback()
+            except Exception as e:  # e.g. the waiting event loop was closed
+                _log_background_error("waking a generator's reader", e)
+        if ready_tasks or self._free:
+            self._wake.set()
+
+    # ---- objects --------------------------------------------------------------------
+
+    def put(self, value: Any, owner_task: str | None = None) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("Calling 'put' on an ObjectRef is not allowed. If you really want "
+                            "to do this, you can wrap the ObjectRef in a list and call 'put' on it.")
+        oid = objects.object_id(objects.new_task_id(self.owner), 0)
+        ser, nested = self.plane.serialize(value)
+        if ser.size > objects.INLINE_LIMIT and self.plane.shm is not None:
+            retry_transient(self.sync_refs)  # free what was just dropped: this put may reuse its memory
+        kind, data = self.plane.store_serialized(oid, ser)
+        size = parse_descriptor(data)[0] if kind == KIND_SHM else len(data)
+        try:
+            if nested:  # holds the refs it contains: not repeatable
+                self.store.put_object(oid, kind, data, size, nested)
+            else:  # through a Redis restart
+                retry_transient(lambda: self.store.put_object(oid, kind, data, size, nested))
+        except BaseException:
+            self.plane.release([Release(oid, "owner", -1)])  # nothing half-written stays
+            raise
+        ref = ObjectRef(oid)
+        with self._cond:
+            self._results[oid] = (kind, data)
+        return ref
+
+    def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
+        values = self.get_decoded([r.hex() for r in refs], timeout, self.decode)
+        return [values[r.hex()] for r in refs]
+
+    def get_decoded(
+        self, ids: Sequence[str], timeout: float | None,
+        decode: Callable[[str, tuple[bytes, bytes]], Any],
+    ) -> dict[str, Any]:
+        """Fetch the objects and decode each (in order; `decode` may raise). An object
+        whose every copy turned out lost is being made again (see _object_plane.py):
+        it is fetched again, waiting for its new value within the same timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        todo = list(dict.fromkeys(ids))
+        raw = self._fetch(todo, timeout)
+        out: dict[str, Any] = {}
+        while True:
+            again = []
+            for oid in todo:
+                try:
+                    out[oid] = decode(oid, raw[oid])
+                except ObjectRebuilding:
+                    again.append(oid)
+            if not again:
+                return out
+            with self._cond:  # the cached value names the lost copy
+                for oid in again:
+                    self._results.pop(oid, None)
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            raw.update(self._fetch(again, remaining))
+            todo = again
+
+    def decode(self, object_id: str, value: tuple[bytes, bytes]) -> Any:
+        """The value of a fetched object; a stored error is raised."""
+        kind, data = value
+        result = self.plane.decode(object_id, kind, data)
+        if kind == KIND_ERROR:
+            if isinstance(result, RayTaskError):
+                raise result.as_instanceof_cause()
+            if isinstance(result, BaseException):
+                raise result
+            raise RayError(f"Malformed error object: {result!r}")
+        return result
+
+    def get_raw(self, object_ids: Sequence[str], timeout: float | None) -> dict[str, tuple[bytes, bytes]]:
+        return self._fetch(object_ids, timeout)
+
+    def _fetch(self, ids: Sequence[str], timeout: float | None) -> dict[str, tuple[bytes, bytes]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        found: dict[str, tuple[bytes, bytes]] = {}
+        missing = list(dict.fromkeys(ids))
+        blocked = False
+        delay = 0.001
+        try:
+            while True:
+                missing, remote = self._take_local(missing, found)
+                if remote:
+                    # Through a Redis restart: waiting here is what a get does anyway.
+                    values = retry_transient(lambda: self.store.get_objects(remote))
+                    for oid, value in zip(remote, values):
+                        if value is not None:
+                            found[oid] = value
+                    missing = [oid for oid in missing if oid not in found]
+                if not missing:
+                    return found
+                if not blocked and self.on_block is not None:
+                    self.on_block()
+                    blocked = True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise GetTimeoutError(
+                        f"Get timed out: some object(s) not ready after {timeout} s: "
+                        f"{missing[:3]}{'...' if len(missing) > 3 else ''}")
+                with self._cond:
+                    # Wait while the first missing object is still running here; the
+                    # others are checked again only once it is done.
+                    if missing[0] in self._pending:
+                        self._cond.wait(remaining)
+                        continue
+                # Objects owned elsewhere: nobody notifies us, so poll with backoff.
+                time.sleep(min(delay, remaining) if remaining is not None else delay)
+                delay = min(delay * 2, 0.05)
+        finally:
+            if blocked and self.on_unblock is not None:
+                self.on_unblock()
+
+    def _take_local(
+        self, missing: list[str], found: dict[str, tuple[bytes, bytes]]
+    ) -> tuple[list[str], list[str]]:
+        """Fill `found` from this process's results, in order, up to the first object
+        still running here (the caller waits for that one before looking further, so
+        a get of n refs costs O(n), not O(n) per completion). Returns (still missing,
+        ids to look up in Redis)."""
+        remote = []
+        with self._cond:
+            results, pending = self._results, self._pending
+            for i, oid in enumerate(missing):
+                hit = results.get(oid)
+                if hit is not None and hit[1] is not None:
+                    found[oid] = hit  # type: ignore[assignment]
+                elif oid in pending:
+                    return remote + missing[i:], remote
+                else:
+                    remote.append(oid)
+        return remote, remote
+
+    def wait(
+        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
+    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        ids = [ref._id for ref in refs]
+        wanted = set(ids)
+        ready_ids: set[str] = set()
+        while True:
+            with self._cond:  # set algebra: C speed for thousands of refs
+                ready_ids |= wanted & self._results.keys()
+                unknown = list(wanted - ready_ids - self._pending)
+            if unknown:  # owned elsewhere, or no longer cached here: ask Redis
+                ready_ids.update(i for i, ok in zip(unknown, self.store.objects_exist(unknown)) if ok)
+            if len(ready_ids) >= num_returns:
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            if not unknown:
+                with self._cond:  # re-checked under the lock: no wakeup is missed
+                    if not (wanted - ready_ids) & self._results.keys():
+                        self._cond.wait(remaining)
+                continue
+            time.sleep(min(delay, remaining) if remaining is not None else delay)
+            delay = min(delay * 2, 0.05)
+        ready, not_ready = [], []
+        for ref, oid in zip(refs, ids):
+            (ready if oid in ready_ids and len(ready) < num_returns else not_ready).append(ref)
+        return ready, not_ready
+
+    # ---- shutdown -------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Send what is buffered, stop the threads, free what this process owns."""
+        try:
+            self._flush_once(everything=True)
+        except Exception as e:
+            _log_background_error("flushing at shutdown", e)
+        if not self.is_worker and self.job_id is not None:
+            self._end_job_actors()
+        self._closing = True
+        self._wake.set()
+        if self._listener is not None and self._listen_client is not None:
+            try:
+                client_id = self._listen_client_id
+                self.store.redis.client_unblock(client_id)
+            except Exception:
+                pass
+            self._listener.join(timeout=2)
+        self._flusher.join(timeout=2)
+        self._release_dropped()
+        if self.job_id is not None and not self.is_worker:
+            try:
+                self.store.driver_gone(self.owner, self.job_id)
+            except Exception as e:
+                _log_background_error("unregistering the driver", e)
+        with self._cond:
+            owned = [oid for oid in set(self._results) | self._escaped | set(self._counts)
+                     if oid[:8] == self.owner]
+            ops = [op for op in self._free if op.holder == "owner" or op.delta < 0]
+        with self._counts_lock:
+            ops += [Release(oid, self._holder, -1) for oid in self._borrowed]
+        ops += [Release(oid, "owner", -1) for oid in owned]
+        try:
+            if ops:  # what other processes or objects hold lives on
+                self.plane.release(ops)
+            self.store.delete_done(self.owner)
+        except Exception as e:
+            _log_background_error("freeing objects at shutdown", e)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        objects.set_tracker(None)
+
+
+    def _end_job_actors(self) -> None:
+        """The job ends: its actors die with it, except detached ones (as Ray)."""
+        from taskmesh._core.failure import end_job_actors
+
+        try:
+            end_job_actors(self.store, self.job_id, "its job ended before it started")  # type: ignore[arg-type]
+        except Exception as e:
+            _log_background_error("ending the job's actors", e)
+        from taskmesh._core.placement import end_job_groups
+
+        try:
+            end_job_groups(self.store, self.job_id)  # type: ignore[arg-type]
+        except Exception as e:
+            _log_background_error("removing the job's placement groups", e)
+
+
+def _log_background_error(what: str, error: BaseException) -> None:
+    import logging
+
+    logging.getLogger("taskmesh").warning("taskmesh: error while %s: %r", what, error)

@@ -1,0 +1,191 @@
+"""A process's generator calls (see _generator.py): which items of each streaming call
+arrived and were handed out, backpressure counts sent back to the generator, and the
+items of dynamic calls. A mixin of `_runtime.Runtime`, whose lock (`_cond`) guards it."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from taskmesh import objects
+from taskmesh.exceptions import StoreUnavailableError
+from taskmesh.objects import KIND_ERROR
+from taskmesh.store import Release
+
+if TYPE_CHECKING:
+    from taskmesh.store import Store
+
+# A backpressure count that never makes a generator wait (its reader is gone).
+_NEVER_WAIT = 1 << 62
+
+
+@dataclass(slots=True)
+class _Stream:
+    """A generator call of this process: items are indexes 2.. (see _generator.py)."""
+
+    arrived: int = 1  # index of the last item whose notice arrived
+    taken: int = 1  # index of the last item handed out as a ref
+    raised: bool = False  # the generator ref's error was handed out as the last item
+    dropped: bool = False  # the ObjectRefGenerator is gone
+    backpressure: int = 0  # > 0: the generator waits while this many items are not taken
+    waiters: list[Callable[[], None]] = field(default_factory=list)
+
+
+class StreamMethods:
+    """Generator-call bookkeeping (mixed into Runtime)."""
+
+    store: Store
+    _cond: threading.Condition
+    _wake: threading.Event
+    _results: dict[str, tuple[bytes, bytes | None]]
+    _pending: set[str]
+    _free: list[Release]
+    _streams: dict[str, _Stream]
+    _stream_drops: collections.deque[str]
+    _consumed: dict[str, int | None]
+    _dynamic_items: dict[str, list[str]]
+    _counts: dict[str, int]
+    _counts_lock: threading.Lock
+    on_block: Callable[[], None] | None
+    on_unblock: Callable[[], None] | None
+
+    def _drop_streams(self) -> list[Release]:
+        """Release the items of dropped ObjectRefGenerators never handed out (those
+        still to come are released as they arrive). Called under self._cond."""
+        ops = []
+        while self._stream_drops:
+            task_id = self._stream_drops.popleft()
+            stream = self._streams.get(task_id)
+            if stream is None or stream.dropped:
+                continue
+            stream.dropped = True
+            for index in range(stream.taken + 1, stream.arrived + 1):
+                oid = objects.object_id(task_id, index)
+                self._results.pop(oid, None)
+                ops.append(Release(oid, "owner", -1))
+            if objects.object_id(task_id, 1) not in self._pending:
+                self._forget_stream(task_id)
+            elif stream.backpressure > 0:  # nobody takes items any more: let it run
+                self._consumed[task_id] = _NEVER_WAIT
+        return ops
+
+    def _forget_stream(self, task_id: str) -> None:
+        """A streaming call that ended and whose generator is gone. Under self._cond."""
+        stream = self._streams.pop(task_id)
+        if stream.backpressure > 0:
+            self._consumed[task_id] = None
+
+    def _send_consumed(self) -> None:
+        with self._cond:
+            consumed, self._consumed = self._consumed, {}
+        if not consumed:
+            return
+        try:
+            self.store.set_generators_consumed(consumed)
+        except StoreUnavailableError:
+            with self._cond:  # sent again with the next flush (newer counts win)
+                self._consumed = {**consumed, **self._consumed}
+            raise
+
+    def open_stream(self, task_id: str, backpressure: int = 0) -> None:
+        """Track a streaming call's items; before it is submitted."""
+        with self._cond:
+            self._streams[task_id] = _Stream(backpressure=backpressure)
+
+    def stream_dropped(self, task_id: str) -> None:
+        # From ObjectRefGenerator.__del__: never block here.
+        self._stream_drops.append(task_id)
+        self._wake.set()
+
+    def _stream_peek(self, task_id: str) -> tuple[str, str | None]:
+        """What `next` would give now: ("item", id), ("error", generator ref id),
+        ("stop", None) or ("timeout", None) when nothing is ready. Under self._cond."""
+        stream = self._streams.get(task_id)
+        if stream is None:
+            return "stop", None
+        if stream.taken < stream.arrived:
+            return "item", objects.object_id(task_id, stream.taken + 1)
+        head = objects.object_id(task_id, 1)
+        if head in self._pending:
+            return "timeout", None
+        if stream.raised:
+            return "stop", None
+        end = self._results.get(head)
+        if end is not None and end[0] == KIND_ERROR:
+            return "error", head
+        return "stop", None
+
+    def stream_state(self, task_id: str) -> str:
+        with self._cond:
+            return self._stream_peek(task_id)[0]
+
+    def stream_next(self, task_id: str, timeout: float | None) -> tuple[str, str | None]:
+        """Take the next item of a streaming call, waiting up to `timeout` (None:
+        forever) for it; returns as `_stream_peek`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        blocked = False
+        try:
+            with self._cond:
+                while True:
+                    state, oid = self._stream_peek(task_id)
+                    if state != "timeout":
+                        stream = self._streams.get(task_id)
+                        if state == "item":
+                            stream.taken += 1  # type: ignore[union-attr]
+                            if stream.backpressure > 0:  # type: ignore[union-attr]
+                                self._consumed[task_id] = stream.taken - 1  # type: ignore[union-attr]
+                                self._wake.set()
+                        elif state == "error":
+                            stream.raised = True  # type: ignore[union-attr]
+                        return state, oid
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return state, None
+                    if not blocked and self.on_block is not None:
+                        blocked = True
+                        self._cond.release()
+                        try:
+                            self.on_block()
+                        finally:
+                            self._cond.acquire()
+                        continue
+                    self._cond.wait(remaining)
+        finally:
+            if blocked and self.on_unblock is not None:
+                self.on_unblock()
+
+    def stream_on_change(self, task_id: str, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the listener thread) once the stream's next item or
+        end is known; at once when it is already."""
+        with self._cond:
+            stream = self._streams.get(task_id)
+            if stream is not None and self._stream_peek(task_id)[0] == "timeout":
+                stream.waiters.append(callback)
+                return
+        callback()
+
+    def _on_items(self, task_id: str, stream: _Stream | None, objs: list) -> None:
+        """Items a streaming call yielded. One the owner already had (a retried attempt
+        yields them again) or whose generator is gone is released at once. Under _cond."""
+        for oid, kind, data in objs:
+            index = int(oid[-4:], 16)
+            if stream is None or stream.dropped or index <= stream.arrived:
+                self._free.append(Release(oid, "owner", -1))
+                continue
+            stream.arrived = index
+            self._results[oid] = (kind, data)
+
+    def _hold_dynamic_item(self, head: str, wanted: bool, oid: str, kind: bytes, data: bytes | None) -> None:
+        """An item of a dynamic call, stored with its generator ref `head`: the owner
+        keeps holding it as long as `head` is referenced here. Under self._cond."""
+        if not wanted:  # nobody here holds `head` any more: nor its items
+            self._free.append(Release(oid, "owner", -1))
+            return
+        self._results[oid] = (kind, data)
+        self._dynamic_items.setdefault(head, []).append(oid)
+        with self._counts_lock:
+            self._counts[oid] = self._counts.get(oid, 0) + 1

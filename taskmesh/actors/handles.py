@@ -1,0 +1,373 @@
+"""Actors: `@remote` classes, their handles and method calls (Ray's `ray.actor`).
+
+Creating an actor registers `tm:actor:{id}` (and its name) in one script and queues a
+creation entry in the shape queue like a task; the agent that leases it turns one of its
+workers into the actor's dedicated process. Method calls are appended to the actor's own
+stream `tm:actor:{id}:calls` and read by that process directly, in order.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from taskmesh._core import events as _events, generators as _generator, options as _options
+from taskmesh import objects, runtime_env, scheduler
+from taskmesh.objects import ObjectRef
+from taskmesh._base.wire import READY, TERMINATE
+from taskmesh._core import context
+from taskmesh._core.remote_function import _Export, _pack_args
+from taskmesh.exceptions import ActorExitRequest
+
+if TYPE_CHECKING:
+    from taskmesh.dag import ClassMethodNode, ClassNode
+
+
+@dataclass(frozen=True, slots=True)
+class MethodMeta:
+    num_returns: int | str = 1  # or "streaming" / "dynamic" for generator methods
+    concurrency_group: str | None = None
+    is_async: bool = False
+    is_generator: bool = False
+    backpressure: int = 0  # _generator_backpressure_num_objects (> 0: on)
+
+    def to_wire(self) -> list:
+        return [self.num_returns, self.concurrency_group, self.is_async, self.is_generator,
+                self.backpressure]
+
+    @classmethod
+    def from_wire(cls, raw: list) -> MethodMeta:
+        return cls(*raw)
+
+
+def exit_actor() -> None:
+    """Stop the current actor after the running method: no restart, pending calls fail."""
+    from taskmesh._core.context import get_runtime
+
+    if get_runtime().context.actor_id is None:
+        raise TypeError("exit_actor API is called on a non-actor worker.")
+    raise ActorExitRequest()
+
+
+# Ray's @ray.method keywords; the ones taskmesh does not implement raise NotImplementedError.
+_METHOD_OPTIONS = ["num_returns", "concurrency_group", "max_task_retries", "retry_exceptions",
+                   "_generator_backpressure_num_objects", "_num_objects_per_yield",
+                   "enable_task_events", "tensor_transport"]
+_METHOD_SUPPORTED = {"num_returns", "concurrency_group", "enable_task_events",
+                     "_generator_backpressure_num_objects"}
+_BACKPRESSURE = "_generator_backpressure_num_objects"
+
+
+def method(*args: Any, **options: Any) -> Any:
+    """`@taskmesh.method(num_returns=2, concurrency_group="io")` on an actor method
+    (also bare, `@taskmesh.method`). As Ray, a wrong keyword fails an assertion."""
+    if len(args) == 1 and callable(args[0]) and not options:
+        return args[0]
+    assert not args, ("The @taskmesh.method decorator must be applied using no arguments or "
+                      f"at least one of the arguments in the list {_METHOD_OPTIONS}, for "
+                      "example '@taskmesh.method(num_returns=2)'.")
+    for key in options:
+        assert key in _METHOD_OPTIONS, (f"Unexpected keyword argument to @taskmesh.method: "
+                                        f"'{key}'. The supported keyword arguments are "
+                                        f"{_METHOD_OPTIONS}")
+        if key not in _METHOD_SUPPORTED:
+            raise NotImplementedError(f"The @method keyword '{key}' is valid in Ray, but taskmesh "
+                                      "does not support it yet; remove it to run this program.")
+
+    if _BACKPRESSURE in options:
+        _options.TASK_OPTIONS[_BACKPRESSURE].validate(_BACKPRESSURE, options[_BACKPRESSURE])
+
+    def decorate(fn: Callable) -> Callable:
+        if "num_returns" in options:
+            _options.validate_num_returns(_generator.is_generator_function(fn), options["num_returns"])
+        fn.__taskmesh_method__ = dict(options)  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
+def _methods_of(cls: type) -> dict[str, MethodMeta]:
+    out = {}
+    for name, fn in inspect.getmembers(cls, predicate=callable):
+        if name.startswith("__") and name not in ("__call__",):
+            continue
+        opts = getattr(fn, "__taskmesh_method__", {})
+        generator = _generator.is_generator_function(fn)
+        num_returns = opts.get("num_returns")
+        if num_returns is None:  # as Ray: a generator method streams by default
+            num_returns = "streaming" if generator else 1
+        out[name] = MethodMeta(num_returns, opts.get("concurrency_group"),
+                               inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
+                               generator, max(opts.get(_BACKPRESSURE) or 0, 0))
+    out[TERMINATE] = MethodMeta(0)
+    out[READY] = MethodMeta(1)
+    return out
+
+
+class ActorClass:
+    """A class decorated with `@remote`: `Cls.remote(...)` creates an actor."""
+
+    def __init__(self, cls: type, options: dict[str, Any]):
+        self._cls = cls
+        self._options = _options.validate(options, _options.ACTOR_OPTIONS, "actors")
+        _options.check_actor_options(self._options, in_options=False)
+        self._methods = _methods_of(cls)
+        self._export = _Export(cls)
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+        self.__doc__ = cls.__doc__
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cls": self._cls, "options": self._options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["cls"], state["options"])  # type: ignore[misc]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
+                        f"use '{self.__name__}.remote()'.")
+
+    def options(self, **options: Any) -> _ActorOptions:
+        given = _options.validate(options, _options.ACTOR_OPTIONS, "actors")
+        merged = {**self._options, **given}
+        _options.check_actor_options(given, in_options=True, merged=merged)
+        return _ActorOptions(self, merged)
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        return self._create(self._options, args, kwargs)
+
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        """A DAG node that creates this actor on each `execute()` (Ray's DAG API)."""
+        from taskmesh.dag import ClassNode
+
+        return ClassNode(self, self._methods, args, kwargs, self._options)
+
+    def _create(self, options: dict[str, Any], args: tuple, kwargs: dict) -> ActorHandle:
+        from taskmesh._core.context import get_runtime
+
+        runtime = get_runtime(auto_init=True)
+        opts = _options.resolved(options, _options.ACTOR_OPTIONS)
+        placement, held = actor_demand(opts)
+        shape = scheduler.shape_name(placement)
+        fn_id = self._export.fn_id()
+        runtime.export_function(fn_id, self._export.blob)
+        actor_id = runtime.owner + os.urandom(8).hex()
+        is_async = any(m.is_async for m in self._methods.values())
+        max_concurrency = opts["max_concurrency"] or (1000 if is_async else 1)
+        args_blob, deps, holds, _sent = _pack_args(runtime, args, kwargs)
+        route = runtime.route(_options.strategy_of(opts), placement, shape, deps, actor=True)
+        renv = runtime_env.resolve(runtime.runtime_env, opts["runtime_env"], runtime.store)
+        spec = msgpack.packb({
+            "fn": fn_id, "args": args_blob, "owner": runtime.owner, "job": runtime.job_id,
+            "ns": runtime.namespace, "held": held, "maxc": max_concurrency, "async": is_async, "cls": self.__name__,
+            "mtr": opts["max_task_retries"], "groups": opts["concurrency_groups"] or {},
+            **({"pg": route.pg} if route.pg else {}),
+            **({"renv": renv} if renv else {}),
+            **({} if opts["enable_task_events"] else {_events.NO_EVENTS_FIELD: 0}),
+        }, use_bin_type=True)
+        name = opts["name"] or ""
+        namespace = opts["namespace"] or runtime.namespace or ""
+        detached = opts["lifetime"] == "detached"
+        methods = msgpack.packb({k: v.to_wire() for k, v in self._methods.items()})
+        fields = {
+            "class_name": self.__name__, "state": "PENDING", "restarts": 0,
+            "max_restarts": opts["max_restarts"], "name": name, "namespace": namespace,
+            "shape": shape, "spec": spec, "init_name": f"{self.__name__}.__init__",
+            "job_id": runtime.job_id or "", "detached": int(detached), "methods": methods,
+            "node_id": "", "pid": "",
+            **({"queue": route.queue, "soft": route.fields["soft"]} if route.queue != shape else {}),
+        }
+        status, found = runtime.store.create_actor(
+            actor_id, job_id=runtime.job_id or "", namespace=namespace, name=name,
+            get_if_exists=opts["get_if_exists"], fields=fields)
+        if status == "existing":
+            return get_actor(name, namespace)
+        if status == "taken":
+            raise ValueError(f"The name {name} (namespace={namespace}) is already taken. Please "
+                             f"use a different name or get the existing actor using "
+                             f"taskmesh.get_actor('{name}', namespace='{namespace}').")
+        entry = {"task": actor_id, "name": fields["init_name"], "attempt": 0, "kind": "actor",
+                 "spec": spec}
+        if not opts["enable_task_events"]:  # for the creation and every method call
+            entry[_events.NO_EVENTS_FIELD] = 0
+        if route.unschedulable:
+            runtime.fail_unschedulable(entry, (), route.unschedulable, actor_id=actor_id)
+        else:
+            runtime.submit(route.queue, {**entry, **route.fields}, deps, (), holds=holds)
+        collectable = not (detached or name)
+        return ActorHandle(actor_id, self.__name__, self._methods, _original=collectable)
+
+
+class _ActorOptions:
+    def __init__(self, actor_class: ActorClass, options: dict[str, Any]):
+        self._actor_class = actor_class
+        self._opts = options
+
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle:
+        return self._actor_class._create(self._opts, args, kwargs)
+
+    def bind(self, *args: Any, **kwargs: Any) -> ClassNode:
+        """A DAG node that creates this actor, with these options, on each `execute()`."""
+        from taskmesh.dag import ClassNode
+
+        return ClassNode(self, self._actor_class._methods, args, kwargs, self._opts)
+
+
+def actor_demand(opts: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """(resources to place the actor, resources it holds while alive). As Ray: by
+    default an actor needs 1 CPU to be placed and holds none; an explicit num_cpus is
+    both needed and held, as are GPUs, memory and custom resources."""
+    held = _options.task_demand(opts)
+    if opts.get("num_cpus") is None:
+        held.pop("CPU", None)
+        return {**held, "CPU": 1.0}, held
+    return dict(held), held
+
+
+class ActorHandle:
+    """A handle to an actor: `handle.method.remote(...)`; picklable into other tasks."""
+
+    def __init__(self, actor_id: str, class_name: str, methods: dict[str, MethodMeta],
+                 _original: bool = False):
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = methods
+        self._original = _original
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        methods = self.__dict__.get("_methods", {})
+        if name not in methods:
+            raise AttributeError(f"'ActorHandle' object for actor {self.__dict__.get('_class_name')} "
+                                 f"has no method '{name}'")
+        return ActorMethod(self, name, methods[name])
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id})"
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __reduce__(self) -> tuple:
+        runtime = context.current()
+        if runtime is not None:
+            runtime.actor_escaped(self._actor_id)
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods))
+
+    def __del__(self) -> None:
+        if self.__dict__.get("_original"):
+            try:
+                runtime = context.current()
+                if runtime is not None:
+                    runtime.actor_dropped(self._actor_id)
+            except Exception:  # interpreter shutdown
+                pass
+
+
+class ActorMethod:
+    def __init__(self, handle: ActorHandle, name: str, meta: MethodMeta,
+                 num_returns: int | str | None = None):
+        self._handle = handle
+        self._name = name
+        self._meta = meta
+        self._num_returns = meta.num_returns if num_returns is None else num_returns
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"Actor methods cannot be called directly. Instead of running "
+                        f"'object.{self._name}()', try 'object.{self._name}.remote()'.")
+
+    def options(self, **options: Any) -> ActorMethod:
+        valid = ["_generator_backpressure_num_objects", "concurrency_group", "name", "num_returns"]
+        unknown = set(options) - set(valid)
+        if unknown:
+            raise ValueError(f"Invalid option keyword {sorted(unknown)[0]} for actor methods. "
+                             f"Valid ones are {valid}.")
+        if _BACKPRESSURE in options:
+            _options.TASK_OPTIONS[_BACKPRESSURE].validate(_BACKPRESSURE, options[_BACKPRESSURE])
+        if "num_returns" in options:
+            _options.validate_num_returns(self._meta.is_generator, options["num_returns"])
+        n = options.get("num_returns", self._num_returns)
+        if n is None:
+            n = "streaming" if self._meta.is_generator else 1
+        backpressure = options.get(_BACKPRESSURE, self._meta.backpressure)
+        meta = MethodMeta(n, options.get("concurrency_group", self._meta.concurrency_group),
+                          self._meta.is_async, self._meta.is_generator, max(backpressure or 0, 0))
+        return ActorMethod(self._handle, self._name, meta, n)
+
+    def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
+        """A DAG node for a call on this live actor, made by each `execute()`."""
+        from taskmesh.dag import ClassMethodNode
+
+        options = {"num_returns": self._num_returns, "concurrency_group": self._meta.concurrency_group}
+        return ClassMethodNode(self._handle, self._name, args, kwargs, options)
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        from taskmesh._core.context import get_runtime
+
+        runtime = get_runtime(auto_init=True)
+        task_id = objects.new_task_id(runtime.owner)
+        generator = _generator.WIRE_MODE.get(self._num_returns)  # type: ignore[arg-type]
+        n: int = 1 if generator else self._num_returns  # type: ignore[assignment]
+        returns = [objects.object_id(task_id, i + 1) for i in range(n)]
+        args_blob, deps, holds, _sent = _pack_args(runtime, args, kwargs)
+        call = {"m": self._name, "args": args_blob, "nret": n, "owner": runtime.owner,
+                "job": runtime.job_id, "cg": self._meta.concurrency_group}
+        streaming = generator == _generator.WIRE_MODE[_generator.STREAMING]
+        if generator:
+            call["gen"] = generator
+        if streaming and self._meta.backpressure:
+            call["bp"] = self._meta.backpressure
+        spec = msgpack.packb(call, use_bin_type=True)
+        fields = {"task": task_id, "name": f"{self._handle._class_name}.{self._name}",
+                  "attempt": 0, "spec": spec}
+        refs = [ObjectRef(oid) for oid in returns]
+        if streaming:
+            runtime.open_stream(task_id, self._meta.backpressure)
+            runtime.submit("", fields, deps, returns, actor_id=self._handle._actor_id, holds=holds)
+            return _generator.ObjectRefGenerator(refs[0], runtime)
+        runtime.submit("", fields, deps, returns, actor_id=self._handle._actor_id, holds=holds)
+        if n == 1:
+            return refs[0]
+        return refs if n > 1 else None
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    """The handle of a live named actor; ValueError when there is none."""
+    from taskmesh._core.context import get_runtime
+
+    if not isinstance(name, str) or not name:
+        raise ValueError("Please supply a non-empty value to get_actor")
+    runtime = get_runtime(auto_init=True)
+    ns = namespace if namespace is not None else (runtime.namespace or "")
+    actor_id = runtime.store.named_actor(ns, name)
+    info = runtime.store.actor_info(actor_id) if actor_id else {}
+    if not info or info.get("state") == "DEAD":
+        raise ValueError(f"Failed to look up actor with name '{name}' in namespace '{ns}'. This "
+                         "could be because 1. you are trying to look up a named actor you didn't "
+                         "create, 2. the named actor died, or 3. you did not use a namespace "
+                         "matching the namespace of the actor.")
+    raw = runtime.store.actor_methods(actor_id)  # type: ignore[arg-type]
+    methods = {k: MethodMeta.from_wire(v) for k, v in msgpack.unpackb(raw, raw=False).items()}
+    return ActorHandle(actor_id, info.get("class_name", "Actor"), methods)  # type: ignore[arg-type]
+
+
+def kill(actor: Any, *, no_restart: bool = True) -> None:
+    """Kill an actor now (its process is SIGKILLed); calls in flight fail with
+    RayActorError; with no_restart=False it restarts if max_restarts allows."""
+    from taskmesh._core.context import get_runtime
+
+    if not isinstance(actor, ActorHandle):
+        raise ValueError(f"taskmesh.kill() only supported for actors. For tasks, try "
+                         f"taskmesh.cancel(). Got: {type(actor)}.")
+    runtime = get_runtime()
+    state, _ = runtime.store.kill_actor(actor._actor_id, no_restart=no_restart)
+    if state in ("PENDING", "RESTARTING") and no_restart:
+        runtime.fail_drained_calls(actor._actor_id, "killed by taskmesh.kill() before it started")

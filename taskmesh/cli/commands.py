@@ -1,0 +1,681 @@
+"""The `taskmesh` command: start/worker/stop/status/list/summary/logs/timeline/metrics/
+memory/microbenchmark. Commands parse and print; the work is done by the modules they call."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from taskmesh.workers import launch as _services
+
+from taskmesh.store import connection
+
+from taskmesh._base import config
+from taskmesh import security
+
+ADDRESS_HELP = "Redis address of the cluster (host:port, redis://[:password@]host:port, rediss://...)."
+
+
+def _address_option(required: bool) -> Callable:
+    def decorate(fn: Callable) -> Callable:
+        return click.option("--address", envvar=_services.ENV_ADDRESS, required=required,
+                            show_envvar=True, help=ADDRESS_HELP)(fn)
+    return decorate
+
+
+def _parse_resources(ctx: Any, param: Any, value: str | None) -> dict[str, float]:
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"not valid JSON ({e.msg}): {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"must be a JSON object like '{{\"disk\": 4}}', got {value!r}")
+    for key, amount in parsed.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise click.BadParameter(f"resource {key!r} must be a non-negative number, got {amount!r}")
+        if key in ("CPU", "GPU", "memory"):
+            raise click.BadParameter("use --num-cpus / --num-gpus / --memory instead of CPU, GPU "
+                                     "or memory in --resources")
+    return {k: float(v) for k, v in parsed.items()}
+
+
+def _canonical(address: str | None) -> str | None:
+    if address is None:
+        return None
+    try:
+        return connection.canonicalize_address(address)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--address") from None
+
+
+def _node_options(fn: Callable) -> Callable:
+    @click.option("--num-cpus", type=click.FloatRange(min=0), default=None,
+                  help="CPUs this node offers (default: all).")
+    @click.option("--num-gpus", type=click.FloatRange(min=0), default=None, help="GPUs this node offers.")
+    @click.option("--memory", type=click.IntRange(min=0), default=None,
+                  help="Bytes of memory tasks may reserve with `memory=` (default: 70% of the "
+                       "memory available at start).")
+    @click.option("--resources", callback=_parse_resources, default=None,
+                  help='Custom resources as JSON, e.g. \'{"disk": 4}\'.')
+    @click.option("--object-store-memory", type=click.IntRange(min=1024 * 1024), default=None,
+                  help="Bytes of shared memory for objects on this node (default: 30% of RAM).")
+    @click.option("--spill-dir", type=click.Path(file_okay=False), default=None,
+                  help="Directory objects are spilled to when shared memory is full "
+                       "(default: under the temp dir).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def _export_env(ctx: click.Context, name: str, value: str | None) -> None:
+    """Options that child processes (node agents, their workers) need too travel as
+    environment variables, which the Store reads when it is given none; set for the
+    command's run and restored when it ends."""
+    if not value:
+        return
+    old = os.environ.get(name)
+    os.environ[name] = value
+
+    def restore() -> None:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+    ctx.call_on_close(restore)
+
+
+def _tls_options(fn: Callable) -> Callable:
+    """--tls-ca-file/--tls-cert/--tls-key with their TASKMESH_TLS_* mirrors."""
+    for flag, env, what in (
+            ("--tls-key", security.ENV_TLS_KEY, "private key (PEM) of --tls-cert"),
+            ("--tls-cert", security.ENV_TLS_CERT, "certificate (PEM) this process presents "
+                                                   "(with --head: the Redis server's too)"),
+            ("--tls-ca-file", security.ENV_TLS_CA_FILE, "CA certificate (PEM) that signed the "
+                                                        "server's (and clients') certificates")):
+        fn = click.option(flag, envvar=env, show_envvar=True, expose_value=False,
+                          type=click.Path(exists=True, dir_okay=False, readable=True),
+                          callback=lambda ctx, param, v, env=env: _export_env(ctx, env, v),
+                          help=f"For rediss:// addresses: the {what}.")(fn)
+    return fn
+
+
+def _security_options(fn: Callable) -> Callable:
+    """TLS options plus --allow-insecure, for commands that start or run node agents."""
+    fn = click.option(
+        "--allow-insecure", is_flag=True, expose_value=False,
+        callback=lambda ctx, param, v: _export_env(ctx, security.ENV_ALLOW_INSECURE, "1" if v else None),
+        help="Join a Redis on another machine even though it runs commands without a "
+             f"password (also ${security.ENV_ALLOW_INSECURE}=1); a warning is logged.")(fn)
+    return _tls_options(fn)
+
+
+def _check_bind(ctx: Any, param: Any, value: str) -> str:
+    import ipaddress
+    import socket
+
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(value, None)
+    except (OSError, UnicodeError):
+        raise click.BadParameter(f"not an IP address or a resolvable host name: {value!r}") from None
+    return value
+
+
+def _check_password(ctx: Any, param: Any, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or not all(33 <= ord(c) < 127 and c not in "\"'\\" for c in value):
+        raise click.BadParameter("must be non-empty printable ASCII without spaces, quotes "
+                                 "or backslashes")
+    return value
+
+
+def _advertised_url(url: str, bind: str) -> str:
+    """The server's URL as other machines reach it (a wildcard bind names no host)."""
+    if bind not in ("0.0.0.0", "::"):
+        return url
+    host = security.this_machine_ip()
+    return url.replace(f"@{bind}:", f"@{host}:").replace(f"://{bind}:", f"://{host}:")
+
+
+def _node_resources(num_cpus: float | None, num_gpus: float | None, resources: dict,
+                    memory: int | None) -> dict:
+    """The node's resources: CPU (default: all), GPU, `memory` in bytes (default, as Ray:
+    70 % of the memory available now) and custom ones."""
+    import psutil
+
+    out = {"CPU": float(num_cpus if num_cpus is not None else os.cpu_count() or 1), **resources}
+    if num_gpus:
+        out["GPU"] = float(num_gpus)
+    out["memory"] = float(memory if memory is not None else int(psutil.virtual_memory().available * 0.7))
+    return out
+
+
+@click.group()
+def main() -> None:
+    """taskmesh: distributed Python tasks with Redis as the control plane."""
+
+
+@main.command()
+@_address_option(required=False)
+@_node_options
+@click.option("--head", is_flag=True, help="Start the cluster's Redis here too.")
+@click.option("--port", type=click.IntRange(0, 65535), default=6379, show_default=True,
+              help="Port of the Redis server started with --head.")
+@click.option("--redis-bind", default="127.0.0.1", show_default=True, callback=_check_bind,
+              help="Interface the Redis server started with --head listens on. Any other "
+                   "than loopback turns on a password (and protected mode).")
+@click.option("--redis-password", envvar=security.ENV_REDIS_PASSWORD, show_envvar=True,
+              default=None, callback=_check_password,
+              help="Password of the Redis started with --head (default: a generated one "
+                   "when --redis-bind is not a loopback address, none on loopback).")
+@_security_options
+def start(address: str | None, num_cpus: float | None, num_gpus: float | None, memory: int | None,
+          resources: dict, object_store_memory: int | None, spill_dir: str | None,
+          head: bool, port: int, redis_bind: str, redis_password: str | None) -> None:
+    """Start this machine's node in the background (with --head: Redis too)."""
+    if head == bool(address):
+        raise click.UsageError("give either --head (start a new cluster) or --address (join one)")
+    if redis_password and not head:
+        raise click.UsageError("--redis-password is for --head; to join, put the password "
+                               "in --address (redis://:PASSWORD@host:port)")
+    root = config.temp_root()
+    pids = []
+    tls = security.TlsFiles.from_env()
+    if head:
+        if tls and not (tls.ca_file and tls.cert and tls.key):
+            raise click.UsageError("a Redis with TLS needs --tls-cert, --tls-key and --tls-ca-file")
+        if redis_password is None and not security.is_loopback(redis_bind):
+            redis_password = security.generate_password()
+        server = _services.start_redis(data_dir=root / "redis", host=redis_bind, port=port or None,
+                                       password=redis_password, tls=tls or None,
+                                       persistent=True, fate_share=False)
+        url = _advertised_url(server.url, redis_bind)
+        pids.append(server.proc.pid)
+    else:
+        url = _canonical(address)
+        assert url is not None
+        _check_cluster(url)
+    proc, node_id = _services.start_agent(
+        url, num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
+        log_path=root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log", fate_share=False,
+        object_store_memory=object_store_memory, spill_dir=spill_dir)
+    pids.append(proc.pid)
+    _services.record_started(pids, url if head else None)
+    click.echo(f"Started node {node_id}.")
+    if head:
+        if redis_password:
+            click.echo(f"Redis listens on {redis_bind}:{server.port} with a password and "
+                       "protected mode; keep the address below secret (it grants full "
+                       "control of the cluster), or create per-role users with "
+                       "'taskmesh acl setup'.")
+        click.echo("To add a node to this cluster, run on it:\n"
+                   f"    taskmesh worker --address '{url}'\n"
+                   "To connect a program: taskmesh.init(address='auto') on this machine, or\n"
+                   f"    taskmesh.init(address='{url}')")
+
+
+def _check_cluster(url: str) -> None:
+    """Fail with one line, before starting anything, on a Redis the agent would refuse."""
+    from taskmesh.exceptions import StoreUnavailableError
+    from taskmesh.store import Store
+
+    store = Store(url)
+    try:
+        security.check_server(store)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    except StoreUnavailableError as e:
+        raise click.ClickException(f"cannot reach {connection.mask_password(url)}: {e}") from None
+    finally:
+        store.close()
+
+
+@main.command()
+@_address_option(required=True)
+@_node_options
+@click.option("--node-ip-address", default=None, help="IP to register (default: the one that reaches Redis).")
+@click.option("--ready-fd", type=int, default=None, hidden=True)
+@click.option("--grace-period-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              envvar="TASKMESH_GRACE_PERIOD_S", show_envvar=True,
+              help="On SIGTERM the node drains: it takes no new tasks and lets running ones "
+                   "finish for up to this long, then hands the rest back to their queues.")
+@_security_options
+def worker(address: str, num_cpus: float | None, num_gpus: float | None, memory: int | None,
+           resources: dict, object_store_memory: int | None, spill_dir: str | None,
+           node_ip_address: str | None, ready_fd: int | None, grace_period_s: float) -> None:
+    """Run a node agent in the foreground: register this node and run its tasks."""
+    from taskmesh.workers import NodeAgent, object_store_config
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = _canonical(address)
+    assert url is not None
+    agent = NodeAgent(url, resources=_node_resources(num_cpus, num_gpus, resources, memory),
+                      node_ip=node_ip_address, grace_period_s=grace_period_s,
+                      object_store=object_store_config(object_store_memory, spill_dir))
+    try:
+        agent.run(ready_fd=ready_fd)
+    except ValueError as e:  # a Redis taskmesh must not use (see Store.check_server)
+        raise click.ClickException(str(e)) from None
+
+
+def _drain_agents(pids: list[int], timeout_s: float) -> None:
+    """SIGTERM only the node agents among `pids` (not their workers, nor Redis, which
+    they need while draining) and wait for them to exit."""
+    import psutil
+
+    agents = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            cmdline = proc.cmdline()
+            if "taskmesh.cli" in cmdline and "worker" in cmdline:
+                proc.terminate()
+                agents.append(proc)
+        except psutil.Error:
+            continue
+    psutil.wait_procs(agents, timeout=timeout_s)
+
+
+@main.command()
+@click.option("--grace-period-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              envvar="TASKMESH_GRACE_PERIOD_S", show_envvar=True,
+              help="How long the node agents may drain (finish running tasks, move actors) "
+                   "before they are stopped at once (their tasks then go back to their queues).")
+def stop(grace_period_s: float) -> None:
+    """Stop the nodes (and Redis) that `taskmesh start` started on this machine: the
+    agents drain first (SIGTERM), then whatever is left is stopped."""
+    from taskmesh.workers.process import stop_processes
+
+    pids = _services.started_pids()
+    _drain_agents(pids, timeout_s=grace_period_s + 10)  # + their own shutdown
+    stopped = stop_processes(pids, timeout_s=10)
+    _services.forget_started()
+    click.echo(f"Stopped {len(stopped)} process(es).")
+
+
+@main.command()
+@_address_option(required=False)
+@_tls_options
+def status(address: str | None) -> None:
+    """Nodes, resources and queues, read from Redis."""
+    store = _connect(address)
+    url = store.url
+    try:
+        nodes = store.nodes()
+        queues = store.queue_stats()
+        persistence = security.persistence(store.redis)
+    finally:
+        store.close()
+    alive = [n for n in nodes if n["alive"]]
+    click.echo(f"Cluster at {connection.mask_password(url)}")
+    click.echo(f"Persistence: AOF {persistence['aof']}; RDB {persistence['rdb']}")
+    click.echo(f"Nodes: {len(alive)} alive, {len(nodes) - len(alive)} dead")
+    for n in nodes:
+        state = "ALIVE" if n["alive"] else "DEAD"
+        click.echo(f"  {n['node_id']}  {state:5}  {n.get('ip', '?'):15}  {_usage(n)}")
+    total: dict[str, float] = {}
+    avail: dict[str, float] = {}
+    for n in alive:
+        for k, v in n["resources_total"].items():
+            total[k] = total.get(k, 0.0) + v
+        for k, v in n["resources_available"].items():
+            avail[k] = avail.get(k, 0.0) + v
+    click.echo("Resources (used/total):")
+    for k in sorted(total):
+        click.echo(f"  {k}: {total[k] - avail.get(k, 0.0):g}/{total[k]:g}")
+    click.echo("Tasks:")
+    queued = sum(q for q, _ in queues.values())
+    running = sum(r for _, r in queues.values())
+    click.echo(f"  queued: {queued}  running: {running}")
+    for shape, (q, r) in sorted(queues.items()):
+        click.echo(f"    {shape}: queued {q}, running {r}")
+
+
+@main.group()
+def acl() -> None:
+    """Redis ACL users for each role: driver, agent, readonly."""
+
+
+def _check_prefix(ctx: Any, param: Any, value: str) -> str:
+    if not value or any(c in value for c in "*?[]{}\\ :"):
+        raise click.BadParameter(f"must be non-empty without glob characters, spaces or ':', got {value!r}")
+    return value
+
+
+def _parse_passwords(ctx: Any, param: Any, values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in values:
+        role, sep, password = item.partition("=")
+        if not sep or role not in security.ROLES:
+            raise click.BadParameter(f"expected ROLE=PASSWORD with ROLE one of "
+                                     f"{', '.join(security.ROLES)}, got {role!r}")
+        out[role] = _check_password(ctx, param, password) or ""
+    return out
+
+
+@acl.command(name="setup")
+@_address_option(required=False)
+@_tls_options
+@click.option("--prefix", default="tm", show_default=True, callback=_check_prefix,
+              help="The cluster's key prefix the users are confined to.")
+@click.option("--user-prefix", default="", help="Prepended to each user name (to give "
+                                                "several clusters on one Redis their own users).")
+@click.option("--password", "passwords", multiple=True, metavar="ROLE=PASSWORD",
+              callback=_parse_passwords, help="A role's password (repeatable; default: generated).")
+def acl_setup(address: str | None, prefix: str, user_prefix: str, passwords: dict[str, str]) -> None:
+    """Create (or replace) the users driver, agent and readonly; print their addresses.
+    The address must carry credentials allowed to run ACL SETUSER (an admin)."""
+    import redis
+
+    store = _connect(address)
+    try:
+        users = security.setup_acl(store.redis, prefix, passwords, user_prefix=user_prefix)
+    except redis.ResponseError as e:
+        raise click.ClickException(f"ACL SETUSER failed at {connection.mask_password(store.url)} "
+                                   f"(the address needs an admin's credentials): {e}") from None
+    finally:
+        store.close()
+    click.echo("Created these users; hand each address only to processes of that role:")
+    for user, password in users.items():
+        click.echo(f"  {user:10} {security.user_url(store.url, user, password)}")
+
+
+@acl.command(name="rules")
+@click.argument("role", type=click.Choice(security.ROLES))
+@click.option("--prefix", default="tm", show_default=True, callback=_check_prefix)
+def acl_rules(role: str, prefix: str) -> None:
+    """Print the ACL SETUSER rules of a role."""
+    click.echo(" ".join(security.acl_rules(role, prefix)))
+
+
+@main.command()
+@_address_option(required=False)
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many of the largest objects to list.")
+def memory(address: str | None, top: int) -> None:
+    """Object-store usage per node and the largest objects, read from Redis."""
+    store = _connect(address)
+    try:
+        nodes = [n for n in store.nodes() if n["alive"]]
+        objs = store.object_summaries()
+    finally:
+        store.close()
+    click.echo(f"{'node':18} {'used':>10} {'capacity':>10} {'objects':>8} {'spilled':>10} "
+               f"{'spilled objs':>12} {'free pool':>10}")
+    for n in nodes:
+        click.echo(f"{n['node_id']:18} {_mib(n.get('store_used'))} {_mib(n.get('store_capacity'))} "
+                   f"{int(n.get('store_objects', 0)):8} {_mib(n.get('store_spilled'))} "
+                   f"{int(n.get('store_spilled_objects', 0)):12} {_mib(n.get('store_free_pool'))}")
+    inline = [o for o in objs if o["kind"] != "shm"]
+    shared = [o for o in objs if o["kind"] == "shm"]
+    click.echo(f"Objects: {len(shared)} in shared memory ({_mib(sum(o['size'] for o in shared)).strip()}), "
+               f"{len(inline)} inline in Redis ({_mib(sum(o['size'] for o in inline)).strip()})")
+    if top and objs:
+        click.echo(f"Largest {min(top, len(objs))}:")
+        click.echo(f"  {'object id':30} {'size':>10} {'kind':6} {'owner':8}  {'nodes':18} held by")
+        for o in sorted(objs, key=lambda o: -o["size"])[:top]:
+            click.echo(f"  {o['object_id']:30} {_mib(o['size'])} {o['kind']:6} {o['owner']:8}  "
+                       f"{','.join(o['nodes']) or '-':18} {_holders(o['holders'])}")
+
+
+def _holders(holders: list[str]) -> str:
+    """The reference kinds holding an object, as `ray memory` lists them."""
+    names = {"owner": "LOCAL_REFERENCE (owner)", "p": "BORROWED by process", "o": "CAPTURED_IN_OBJECT"}
+    out = []
+    for h in holders:
+        kind, _, who = h.partition(":")
+        out.append(names["owner"] if kind == "owner" else f"{names.get(kind, kind)} {who}")
+    return "; ".join(out) or "-"
+
+
+def _mib(value: Any) -> str:
+    return f"{int(value or 0) / 2**20:8.1f}Mi"
+
+
+def _usage(node: dict) -> str:
+    total, avail = node["resources_total"], node["resources_available"]
+    def amount(key: str, value: float) -> str:
+        return f"{value / 2**30:.1f}GiB" if key == "memory" else f"{value:g}"
+
+    return "  ".join(f"{k} {amount(k, total[k] - avail.get(k, 0.0))}/{amount(k, total[k])}"
+                     for k in sorted(total))
+
+
+def _connect(address: str | None) -> Any:
+    from taskmesh.store import Store
+
+    url = _canonical(address) or _services.current_cluster_address()
+    if url is None:
+        raise click.UsageError("no cluster found: pass --address or start one with 'taskmesh start --head'")
+    return Store(url)
+
+
+@main.command(name="list")
+@click.argument("what", type=click.Choice(["actors", "nodes", "objects", "jobs", "tasks",
+                                           "placement-groups"]))
+@_address_option(required=False)
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only rows whose KEY equals (KEY!=VALUE: differs from) VALUE (repeatable), "
+                   "e.g. --filter state=ALIVE.")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="Show at most this many rows (the newest tasks for `tasks`).")
+def list_(what: str, address: str | None, filters: tuple[str, ...], limit: int | None) -> None:
+    """List actors, nodes, objects, jobs, tasks or placement groups, read from Redis."""
+    from taskmesh.util import state
+
+    try:
+        wanted = [state.parse_filter(f) for f in filters]
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--filter") from None
+    store = _connect(address)
+    try:
+        if what == "tasks":
+            columns = ["task_id", "attempt_number", "name", "state", "type", "job_id", "node_id",
+                       "worker_pid", "error_type"]
+            rows = state.task_rows(store)
+        elif what == "actors":
+            columns = ["actor_id", "class_name", "state", "name", "namespace", "node_id", "pid", "restarts"]
+            rows = store.actors()
+        elif what == "nodes":
+            columns = ["node_id", "state", "ip", "hostname", "pid"]
+            rows = [{**n, "state": "ALIVE" if n["alive"] else "DEAD"} for n in store.nodes()]
+        elif what == "placement-groups":
+            columns = ["pg_id", "name", "strategy", "state", "bundles", "nodes", "job_id"]
+            rows = [{**g, "bundles": json.dumps(g["bundles"]),
+                     "nodes": ",".join(g["bundle_nodes"].get(i, "-") for i in range(len(g["bundles"])))}
+                    for g in store.pg_infos()]
+        elif what == "objects":
+            columns = ["object_id", "kind", "size", "owner", "nodes", "holders"]
+            rows = [{**o, "nodes": ",".join(o["nodes"]), "holders": ",".join(o["holders"])}
+                    for o in store.object_summaries()]
+        else:
+            columns = ["job_id", "state", "namespace", "driver_pid", "host", "start_ms", "end_ms"]
+            rows = store.job_infos()
+    finally:
+        store.close()
+    rows = state.apply_filters(rows, wanted)
+    if limit is not None:
+        rows = rows[-limit:] if limit else []
+    _print_table(rows, columns, what)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str], what: str) -> None:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for r in rows:
+        click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+    click.echo(f"{len(rows)} {what}")
+
+
+@main.command()
+@click.option("--pid", "pids", type=int, multiple=True,
+              help="Only these processes (default: every node agent and worker on this machine).")
+def stack(pids: tuple[int, ...]) -> None:
+    """Print the Python stacks of this machine's node agents and workers (each writes
+    its own on SIGUSR2; no debugger needed)."""
+    import psutil
+
+    from taskmesh.workers import process as _process
+
+    if not pids:
+        pids = tuple(p.pid for p in psutil.process_iter(["cmdline"]) if _is_taskmesh_process(p.info["cmdline"]))
+    if not pids:
+        raise click.ClickException("no taskmesh node agent or worker runs on this machine")
+    stacks = _process.dump_stacks(config.temp_root(), pids)
+    for pid in pids:
+        try:
+            what = " ".join(psutil.Process(pid).cmdline()[1:4])
+        except psutil.Error:
+            what = "(gone)"
+        click.echo(f"==== pid {pid}: {what}")
+        click.echo(stacks.get(pid) or "(no stack: not a taskmesh process, or it did not answer)")
+
+
+def _is_taskmesh_process(cmdline: list[str] | None) -> bool:
+    """A worker (`-m taskmesh.workers.worker_main`) or a node agent (`taskmesh worker`, or
+    `-m taskmesh.cli worker`)."""
+    args = list(cmdline or [])
+    if "taskmesh.workers.worker_main" in args:
+        return True
+    return any((a == "taskmesh.cli" or os.path.basename(a) == "taskmesh") and nxt == "worker"
+               for a, nxt in zip(args, args[1:]))
+
+
+@main.command()
+@click.argument("what", type=click.Choice(["tasks"]))
+@_address_option(required=False)
+def summary(what: str, address: str | None) -> None:
+    """Count tasks by function name and state (each task's latest attempt)."""
+    from taskmesh._core import events as _events
+
+    store = _connect(address)
+    try:
+        result = _events.summarize(_events.task_rows(store.task_events()))["cluster"]
+    finally:
+        store.close()
+    states = sorted({s for e in result["summary"].values() for s in e["state_counts"]})
+    rows = [{"name": name, "type": e["type"], **{s: e["state_counts"].get(s, 0) for s in states}}
+            for name, e in sorted(result["summary"].items())]
+    click.echo(f"Total tasks: {result['total_tasks']}")
+    _print_table(rows, ["name", "type", *states], "functions")
+
+
+@main.command()
+@_address_option(required=False)
+@click.option("--job", "job_id", default=None, help="The job's id (default: the latest job with output).")
+@click.option("--node", "node_id", default=None, help="Only output of workers on this node.")
+@click.option("--actor", "actor_id", default=None, help="Only output of this actor.")
+@click.option("--pid", type=int, default=None, help="Only output of the worker with this pid.")
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
+def logs(address: str | None, job_id: str | None, node_id: str | None, actor_id: str | None,
+         pid: int | None, tail: int | None) -> None:
+    """Print what the workers of a job wrote to stdout/stderr, on any node.
+
+    Workers send their output to Redis (besides the job's driver), so this reads it from
+    there, from any machine; the node agents' own logs stay in files on each node."""
+    from taskmesh.util.state import log_lines
+
+    store = _connect(address)
+    try:
+        if job_id is None and not store.log_jobs():
+            raise click.ClickException("no worker output recorded in this cluster yet")
+        lines = log_lines(store, job_id, node_id, actor_id, pid)
+    finally:
+        store.close()
+    if tail is not None:
+        lines = lines[-tail:] if tail else []
+    for worker_pid, name, stream, line in lines:
+        click.echo(f"({name} pid={worker_pid}) {line}", err=stream == "stderr")
+
+
+@main.command()
+@_address_option(required=False)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="File to write (default: timeline-<time>.json under the temp dir).")
+def timeline(address: str | None, output: str | None) -> None:
+    """Write the tasks that ran as a Chrome trace (open in chrome://tracing or Perfetto)."""
+    from taskmesh._core import events as _events
+
+    store = _connect(address)
+    try:
+        trace = _events.timeline(store)
+    finally:
+        store.close()
+    path = output or str(config.temp_root() / f"timeline-{time.strftime('%Y-%m-%d_%H-%M-%S')}.json")
+    _events.write_trace(trace, path)
+    click.echo(f"Wrote {len(trace)} task events to {path}")
+
+
+@main.command()
+@_address_option(required=False)
+@click.option("--serve", "port", type=click.IntRange(0, 65535), default=None,
+              help="Serve the metrics over HTTP on this port (GET /metrics) instead of printing them.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface --serve listens on.")
+def metrics(address: str | None, port: int | None, host: str) -> None:
+    """Print the cluster's metrics (taskmesh.util.metrics) in Prometheus' text format."""
+    from taskmesh.util.metrics import prometheus_text
+
+    store = _connect(address)
+    if port is None:
+        try:
+            click.echo(prometheus_text(store.metrics()), nl=False)
+        finally:
+            store.close()
+        return
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # http.server's name for GET handlers
+            if self.path.split("?")[0] not in ("/", "/metrics"):
+                self.send_error(404)
+                return
+            body = prometheus_text(store.metrics()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    click.echo(f"Serving metrics on http://{host}:{server.server_address[1]}/metrics", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        store.close()
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Fewer iterations (a smoke run).")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def microbenchmark(quick: bool, as_json: bool) -> None:
+    """Run Ray's core microbenchmarks on a local taskmesh cluster."""
+    from taskmesh.tools import microbenchmark as mb
+
+    results = mb.run_all("taskmesh", quick=quick)
+    if as_json:
+        click.echo(json.dumps(results))
+    else:
+        for row in results:
+            click.echo(f"{row['name']:<40} {row['value']:>12.1f} {row['unit']}")

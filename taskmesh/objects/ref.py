@@ -1,0 +1,247 @@
+"""Object refs, ids and serialization.
+
+Values are serialized with cloudpickle (pickle protocol 5) with out-of-band buffers, so
+the bytes of a numpy array (or any PickleBuffer) are copied once, straight to where the
+object is stored, and come back as views of that memory. A serialized object is either a
+plain pickle (no out-of-band buffers) or a frame:
+
+    offset 0   b"TMOBJ\x01\x00\x00"                    magic, version 1
+    offset 8   u64 little-endian: header length H
+    offset 16  header, msgpack [total_size, pickle_len, [buffer_len, ...]]
+    then       the pickle, then each buffer, every part starting on a 64-byte boundary
+
+Small objects (up to INLINE_LIMIT) are stored inline in Redis as those bytes (kind
+"value"); larger ones are written as the same frame into the shared memory of the node
+that made them (kind "shm"; Redis then holds only the size and the node, see store.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import pickle
+import struct
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import cloudpickle
+import msgpack
+
+from taskmesh.exceptions import RaySystemError
+
+KIND_VALUE = b"value"
+KIND_ERROR = b"error"
+KIND_SHM = b"shm"
+
+# Arguments and values larger than this are stored as separate objects (Ray: 100 KiB),
+# and objects larger than this live in shared memory rather than in Redis.
+INLINE_ARG_LIMIT = 100 * 1024
+INLINE_LIMIT = int(os.environ.get("TASKMESH_INLINE_LIMIT", 100 * 1024))
+
+MAGIC = b"TMOBJ\x01\x00\x00"
+_ALIGN = 64
+
+
+class RefTracker(Protocol):
+    """What the runtime does when refs are created, dropped and passed on."""
+
+    def incref(self, object_id: str) -> None: ...
+
+    def decref(self, object_id: str) -> None: ...
+
+    def escaped(self, object_id: str) -> None: ...
+
+    def future_for(self, ref: ObjectRef) -> concurrent.futures.Future: ...
+
+
+class _NoTracker:
+    def incref(self, object_id: str) -> None:
+        pass
+
+    def decref(self, object_id: str) -> None:
+        pass
+
+    def escaped(self, object_id: str) -> None:
+        pass
+
+    def future_for(self, ref: ObjectRef) -> concurrent.futures.Future:
+        raise RuntimeError("taskmesh is not initialized: call taskmesh.init() first.")
+
+
+_tracker: RefTracker = _NoTracker()
+_tracker_lock = threading.Lock()
+_collector = threading.local()
+
+
+@contextlib.contextmanager
+def collecting_refs() -> Iterator[list[str]]:
+    """Collect the ids of refs serialized in this block (this thread) instead of
+    marking them escaped: the caller makes sure they stay held (by a pending task or
+    by the object being stored)."""
+    previous = getattr(_collector, "found", None)
+    found: list[str] = []
+    _collector.found = found
+    try:
+        yield found
+    finally:
+        _collector.found = previous
+
+
+def set_tracker(tracker: RefTracker | None) -> None:
+    global _tracker
+    with _tracker_lock:
+        _tracker = tracker or _NoTracker()
+
+
+class ObjectRef:
+    """A reference to a value in the cluster; `get` it, pass it to tasks, await it."""
+
+    __slots__ = ("_id", "__weakref__")
+
+    def __init__(self, object_id: str):
+        self._id = object_id
+        _tracker.incref(object_id)
+
+    def __del__(self) -> None:
+        try:
+            _tracker.decref(self._id)
+        except Exception:  # interpreter shutdown: nothing left to release
+            pass
+
+    def hex(self) -> str:
+        return self._id
+
+    def binary(self) -> bytes:
+        return bytes.fromhex(self._id)
+
+    def task_id(self) -> str:
+        return self._id[:-4]
+
+    def owner_tag(self) -> str:
+        return self._id[:8]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id})"
+
+    def __reduce__(self) -> tuple:
+        found = getattr(_collector, "found", None)
+        if found is not None:
+            found.append(self._id)
+        else:
+            _tracker.escaped(self._id)
+        return (ObjectRef, (self._id,))
+
+    def __copy__(self) -> ObjectRef:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> ObjectRef:
+        return self
+
+    def future(self) -> concurrent.futures.Future:
+        """A concurrent.futures.Future that resolves to the value (or raises its error)."""
+        return _tracker.future_for(self)
+
+    def __await__(self) -> Any:
+        return asyncio.wrap_future(self.future()).__await__()
+
+
+@dataclass(frozen=True, slots=True)
+class Serialized:
+    """A value pickled with its large buffers kept out of band (not yet copied)."""
+
+    pickled: bytes
+    buffers: tuple[memoryview, ...]
+
+    @property
+    def size(self) -> int:
+        """Bytes the framed object takes (the pickle alone when there are no buffers)."""
+        if not self.buffers:
+            return len(self.pickled)
+        return _layout(self)[0]
+
+    def write_into(self, out: memoryview) -> None:
+        """Write the frame into `out` (exactly `size` bytes): each buffer copied once."""
+        if not self.buffers:
+            out[:] = self.pickled
+            return
+        total, header, offsets = _layout(self)
+        out[:8] = MAGIC
+        out[8:16] = struct.pack("<Q", len(header))
+        out[16:16 + len(header)] = header
+        for part, offset in zip((self.pickled, *self.buffers), offsets):
+            out[offset:offset + len(part)] = part
+
+    def to_bytes(self) -> bytes:
+        if not self.buffers:
+            return self.pickled
+        out = bytearray(self.size)
+        self.write_into(memoryview(out))
+        return bytes(out)
+
+
+def _layout(s: Serialized) -> tuple[int, bytes, list[int]]:
+    lengths = [len(s.pickled)] + [b.nbytes for b in s.buffers]
+    header = msgpack.packb([0, lengths[0], lengths[1:]])
+    # The header holds the total size, which depends on the header's own length.
+    for _ in range(2):
+        offsets, end = [], _align(16 + len(header))
+        for n in lengths:
+            offsets.append(end)
+            end = _align(end + n)
+        total = offsets[-1] + lengths[-1]
+        header = msgpack.packb([total, lengths[0], lengths[1:]])
+    return total, header, offsets
+
+
+def _align(n: int) -> int:
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def serialize_oob(value: Any) -> Serialized:
+    buffers: list[memoryview] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool:
+        view = buf.raw()  # contiguous by construction (protocol 5 only offers those)
+        if view.nbytes < 4096:
+            return True  # small buffers stay in the pickle
+        buffers.append(view)
+        return False
+
+    return Serialized(cloudpickle.dumps(value, protocol=5, buffer_callback=keep), tuple(buffers))
+
+
+def serialize(value: Any) -> bytes:
+    return serialize_oob(value).to_bytes()
+
+
+def deserialize(data: bytes | memoryview) -> Any:
+    """The value of a plain pickle or of a frame; buffers of a frame are views of `data`
+    (read-only when `data` is, e.g. a shared-memory mapping)."""
+    if data[:8] != MAGIC:
+        return cloudpickle.loads(data)
+    view = memoryview(data)
+    try:
+        (header_len,) = struct.unpack("<Q", view[8:16])
+        total, pickle_len, lengths = msgpack.unpackb(view[16:16 + header_len])
+    except Exception as e:
+        raise RaySystemError(f"corrupt object: unreadable frame header ({e})") from None
+    if view.nbytes < total:
+        raise RaySystemError(f"corrupt object: {view.nbytes} bytes where its header says {total}")
+    offset = _align(16 + header_len)
+    pickled = view[offset:offset + pickle_len]
+    offset = _align(offset + pickle_len)
+    buffers = []
+    for n in lengths:
+        buffers.append(view[offset:offset + n])
+        offset = _align(offset + n)
+    return pickle.loads(pickled, buffers=buffers)

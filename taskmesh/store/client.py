@@ -1,0 +1,526 @@
+"""The Store: a pooled connection to the cluster's Redis with one typed method per
+operation. The key schema is in keys.py, the Lua scripts in lua/ (loaded by scripts.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgpack
+import redis
+import redis.sentinel
+
+from taskmesh.store.connection import SENTINEL_SCHEME, TlsFiles, _sentinel_client, parse_sentinel_address, tls_connection_kwargs
+from taskmesh.store.keys import Keys
+from taskmesh.store.scripts import Scripts
+from taskmesh.store.records import _NO_REPLICA_BACKOFF_S, ENV_WAIT_REPLICAS, ENV_WAIT_TIMEOUT_MS, GROUP, OWNER_TAG_LEN, Completion, Freed, Leased, Liveness, Outgoing, Release, _flat, _forget_frames, _now_ms, _text, keep_listening, parse_entries, retry_transient, translate_errors
+from taskmesh.store.actor_table import ActorMethods
+from taskmesh.store.directory import KIND_REBUILD, LINEAGE_KINDS, ObjectMethods
+from taskmesh.store.observe import ObserveMethods
+from taskmesh.store.groups import ScheduleMethods
+
+# A last "object" (id, KIND_FENCE, b"<task_id> <attempt>") of a Completion names the
+# attempt that produced it; complete.lua ignores it when the task was fenced past it.
+KIND_FENCE = b"fence"
+FENCE_TTL_MS = 24 * 3600 * 1000
+
+__all__ = [
+    "GROUP", "KIND_FENCE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased", "Liveness", "Outgoing",
+    "Release", "Store", "keep_listening", "retry_transient", "translate_errors",
+]
+
+
+class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
+    """A pooled connection to the cluster's Redis plus one typed method per operation."""
+
+    def __init__(self, url: str, *, prefix: str = "tm", tls: TlsFiles | None = None,
+                 **connection_kwargs: Any):
+        """`tls`: CA/certificate/key files for a `rediss://` address (default: the
+        TASKMESH_TLS_* variables, which child processes inherit)."""
+        self.url = url
+        self.keys = Keys(prefix)
+        connection_kwargs = {**tls_connection_kwargs(url, tls), **connection_kwargs}
+        self._sentinel: redis.sentinel.Sentinel | None = None
+        self._wait_replicas = 0
+        self._wait_timeout_ms = 0
+        self._skip_wait_until = 0.0
+        if url.startswith(f"{SENTINEL_SCHEME}://"):
+            self._sentinel, self.redis = _sentinel_client(url, connection_kwargs)
+            self._wait_replicas = int(os.environ.get(ENV_WAIT_REPLICAS, "1"))
+            self._wait_timeout_ms = int(os.environ.get(ENV_WAIT_TIMEOUT_MS, "100"))
+        else:
+            self.redis = redis.Redis.from_url(
+                url, health_check_interval=30, socket_keepalive=True, **connection_kwargs
+            )
+        self.scripts = Scripts(self.redis)
+
+    def close(self) -> None:
+        self.redis.close()
+        self.redis.connection_pool.disconnect()
+        if self._sentinel is not None:
+            self._sentinel.close()
+
+    def dedicated(self) -> redis.Redis:
+        """A client on its own single connection, for blocking reads that must be woken
+        (CLIENT UNBLOCK) or that would otherwise hold a pooled connection."""
+        return redis.Redis(connection_pool=self.redis.connection_pool, single_connection_client=True)
+
+    @translate_errors
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    @translate_errors
+    def primary(self) -> tuple[str, int] | None:
+        """The (host, port) of the primary the Sentinels name; None without Sentinels."""
+        if self._sentinel is None:
+            return None
+        return self._sentinel.discover_master(parse_sentinel_address(self.url).master_name)
+
+    @translate_errors
+    def eviction_policy(self) -> str | None:
+        """The server's maxmemory-policy; None when the server allows neither INFO nor
+        CONFIG (managed services), which is then trusted."""
+        try:  # INFO rather than CONFIG, which the ACL roles may not run
+            policy = self.redis.info("memory").get("maxmemory_policy")
+            if policy is None:
+                policy = self.redis.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis.ResponseError:  # forbidden: managed services
+            return None
+        return policy
+
+    # ---- jobs and functions -------------------------------------------------------
+
+    @translate_errors
+    def new_job(self, info: dict[str, str]) -> str:
+        number = self.redis.incr(self.keys.jobs())
+        job_id = f"{number:08x}"
+        self.redis.hset(self.keys.job(job_id), mapping=info)
+        return job_id
+
+    @translate_errors
+    def job_infos(self) -> list[dict[str, str]]:
+        """Every job's hash with its id and state (SCAN: for the CLI, not hot paths)."""
+        keys = [k for k in self.redis.scan_iter(match=self.keys.all_jobs(), count=1000)
+                if not k.endswith(b":actors")]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        out = []
+        for key, raw in zip(keys, pipe.execute()):
+            info = {_text(k): _text(v) for k, v in raw.items()}
+            info["job_id"] = _text(key).rpartition(":")[2]
+            info["state"] = "FINISHED" if info.get("end_ms") else "RUNNING"
+            out.append(info)
+        return sorted(out, key=lambda j: j["job_id"])
+
+    @translate_errors
+    def end_job(self, job_id: str) -> None:
+        self.redis.hset(self.keys.job(job_id), "end_ms", str(_now_ms()))
+
+    @translate_errors
+    def export_function(self, fn_id: str, blob: bytes) -> None:
+        self.redis.set(self.keys.fn(fn_id), blob, nx=True)
+
+    @translate_errors
+    def get_function(self, fn_id: str) -> bytes | None:
+        return self.redis.get(self.keys.fn(fn_id))
+
+    @translate_errors
+    def put_package(self, digest: str, blob: bytes) -> None:
+        self.redis.set(self.keys.package(digest), blob, nx=True)
+
+    @translate_errors
+    def get_package(self, digest: str) -> bytes | None:
+        return self.redis.get(self.keys.package(digest))
+
+    # ---- task queues ----------------------------------------------------------------
+
+    @translate_errors
+    def register_shape(self, shape: str) -> None:
+        """Create the shape's queue and consumer group, and tell agents it exists."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xgroup_create(self.keys.queue(shape), GROUP, id="0", mkstream=True)
+        pipe.sadd(self.keys.shapes(), shape)
+        added = _forget_frames(pipe.execute(raise_on_error=False))[1]
+        if added == 1:
+            self.redis.publish(self.keys.chan_shapes(), shape)
+
+    @translate_errors
+    def shapes(self) -> list[str]:
+        return sorted(s.decode() for s in self.redis.smembers(self.keys.shapes()))
+
+    @translate_errors
+    def ensure_groups(self, shapes: Iterable[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for shape in shapes:
+            pipe.xgroup_create(self.keys.queue(shape), GROUP, id="0", mkstream=True)
+        _forget_frames(pipe.execute(raise_on_error=False))
+
+    @translate_errors
+    def submit_tasks(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """XADD each (shape, fields) entry, pipelined in one round trip."""
+        self.submit([Outgoing(shape, fields) for shape, fields in entries])
+
+    @translate_errors
+    def submit(self, entries: Sequence[Outgoing], events: Sequence[dict[str, Any]] = ()) -> list[tuple[int, str]]:
+        """Send tasks to shape queues and method calls to actors in one pipelined round
+        trip: one script call per queue or actor, entries in submission order within
+        each, and the batch's task events as one entry of the events stream. Returns
+        (index, death cause) of calls to dead actors (not appended)."""
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        for i, e in enumerate(entries):
+            groups.setdefault((e.target, e.actor_id), []).append(i)
+
+        def queue_commands(pipe: Any) -> None:
+            for (target, actor_id), indexes in groups.items():
+                args: list[Any] = []
+                for i in indexes:
+                    fields = entries[i].fields
+                    args.append(len(fields))
+                    for kv in fields.items():
+                        args += kv
+                if actor_id is None:
+                    pipe.evalsha(self.scripts["submit"].sha, 1, self.keys.queue(target), *args)
+                else:
+                    pipe.evalsha(self.scripts["actor_call"].sha, 2, self.keys.actor(actor_id),
+                                 self.keys.actor_calls(actor_id), *args)
+            self.queue_events(pipe, events)  # its reply comes after the scripts': unread
+
+        replies = self.run_scripts(queue_commands, (self.scripts["submit"], self.scripts["actor_call"]), durable=True)
+        dead = []
+        for ((_, actor_id), indexes), reply in zip(groups.items(), replies):
+            if actor_id is not None and reply[0] == 0:
+                dead += [(i, reply[1].decode()) for i in indexes]
+        return dead
+
+    @translate_errors
+    def lease(
+        self, client: redis.Redis, consumer: str, counts: dict[str, int], block_ms: int | None
+    ) -> list[Leased]:
+        """XREADGROUP new entries, at most counts[shape] from each shape queue.
+
+        XREADGROUP's COUNT applies to every stream it reads, so shapes with different
+        counts are first read without blocking, each with its own count, in one
+        pipeline; only when all are empty does one blocking read wait on all of them,
+        with the smallest count (never more than any shape's share).
+        """
+        if not counts:
+            return []
+        try:
+            if len(set(counts.values())) > 1:
+                pipe = client.pipeline(transaction=False)
+                for shape, n in counts.items():
+                    pipe.xreadgroup(GROUP, consumer, {self.keys.queue(shape): ">"}, count=n)
+                leased = [e for reply in pipe.execute() for e in parse_entries(reply)]
+                if leased or block_ms is None:
+                    return leased
+            streams = {self.keys.queue(shape): ">" for shape in counts}
+            reply = client.xreadgroup(GROUP, consumer, streams, count=min(counts.values()),
+                                      block=block_ms)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            self.ensure_groups(counts)
+            return []
+        return parse_entries(reply)
+
+    @translate_errors
+    def dead_letter(self, entries: Sequence[tuple[Leased, str]], group: bytes = GROUP) -> None:
+        """Move malformed entries to the dead-letter stream (with the reason), and ack and
+        delete them where they were, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry, reason in entries:
+            pipe.xadd(self.keys.deadletter(), {
+                "queue": entry.queue, "entry": entry.entry_id, "reason": reason,
+                "fields": msgpack.packb(entry.fields, use_bin_type=True)}, maxlen=10_000, approximate=True)
+            pipe.xack(entry.queue, group, entry.entry_id)
+            pipe.xdel(entry.queue, entry.entry_id)
+        pipe.execute()
+
+    @translate_errors
+    def own_pending(self, client: redis.Redis, consumer: str, shapes: Sequence[str]) -> list[Leased]:
+        """Entries delivered to this consumer and not acknowledged (XREADGROUP from id 0):
+        after a lost connection, a read whose reply never arrived left its entries here."""
+        pipe = client.pipeline(transaction=False)
+        for shape in shapes:
+            pipe.xreadgroup(GROUP, consumer, {self.keys.queue(shape): "0"}, count=10_000)
+        return [e for reply in _forget_frames(pipe.execute(raise_on_error=False))
+                if not isinstance(reply, Exception) for e in parse_entries(reply)]
+
+    @translate_errors
+    def complete_tasks(
+        self, completions: Sequence[Completion], acks: dict[str, list[bytes]], group: bytes = GROUP
+    ) -> None:
+        """Store results + notify owners (one script per task), then ack and delete the
+        queue entries, in one pipelined round trip. A crash between the two only re-runs
+        a task; the script makes the second result a no-op. A last "object" of kind
+        KIND_LINEAGE or KIND_REBUILD carries the task's queue entry (see complete.lua)."""
+        by_owner: dict[str, list[Completion]] = {}
+        for c in completions:
+            if c.objects:  # num_returns=0: nothing to store, nobody to notify
+                by_owner.setdefault(c.owner, []).append(c)
+
+        def queue_commands(pipe: Any) -> None:
+            for owner, batch in by_owner.items():
+                keys = [self.keys.done(owner)]
+                args: list[Any] = []
+                for c in batch:
+                    args += [c.notice, len(c.objects)]
+                    rebuild = any(kind == KIND_REBUILD for _, kind, _ in c.objects)
+                    for oid, kind, data in c.objects:
+                        if kind not in LINEAGE_KINDS and kind != KIND_FENCE:  # see complete.lua
+                            keys.append(self.keys.obj(oid))
+                            if rebuild:
+                                keys.append(self.keys.obj_loc(oid))
+                        args += [kind, data]
+                keys.append(self.keys.fence(owner))  # last: see complete.lua
+                pipe.evalsha(self.scripts["complete"].sha, len(keys), *keys, *args)
+            for queue, ids in acks.items():
+                pipe.evalsha(self.scripts["ack"].sha, 1, queue, group, *ids)
+
+        self.run_scripts(queue_commands, (self.scripts["complete"], self.scripts["ack"]), durable=True)
+
+    def run_scripts(
+        self, queue_commands: Callable[[Any], None], scripts: tuple[Any, ...], *, durable: bool = False,
+    ) -> list:
+        """Run a pipeline of EVALSHAs. redis-py's pipelined Script objects send SCRIPT
+        EXISTS on every execute; we load the scripts only when the server lacks them
+        (a restarted or failed-over Redis) and run the pipeline again.
+
+        `durable`: other processes act on these writes, so in replicated mode the
+        pipeline ends with WAIT (see the module docstring); its reply is not returned."""
+        for attempt in range(2):
+            pipe = self.redis.pipeline(transaction=False)
+            queue_commands(pipe)
+            waits = durable and self.should_wait()
+            if waits:
+                pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+            try:
+                replies = pipe.execute()
+            except redis.exceptions.NoScriptError as e:
+                if attempt:
+                    raise
+                _forget_frames([e])
+                for script in scripts:
+                    self.redis.script_load(script.script)
+                continue
+            if waits:
+                self._note_replicated(int(replies.pop()))
+            return replies
+        return []
+
+    def should_wait(self) -> bool:
+        return self._wait_replicas > 0 and time.monotonic() >= self._skip_wait_until
+
+    def _note_replicated(self, replicas: int) -> None:
+        """After a WAIT that timed out, ask the primary how many replicas it has: with
+        fewer than we wait for, every WAIT would only cost its full timeout, so skip
+        WAIT for a while (a replica that reconnects is waited for again after that)."""
+        if replicas >= self._wait_replicas:
+            return
+        role = self.redis.execute_command("ROLE")
+        connected = len(role[2]) if role and role[0] == b"master" else 0
+        if connected < self._wait_replicas:
+            self._skip_wait_until = time.monotonic() + _NO_REPLICA_BACKOFF_S
+
+    @translate_errors
+    def requeue(self, queue: str, entry_id: bytes, fields: dict[bytes, Any],
+                dest: str | None = None) -> None:
+        """Ack a leased entry of `queue` and add it again (to `dest` when given): one script."""
+        args: list[Any] = [GROUP, entry_id]
+        for k, v in fields.items():
+            args += [k, v]
+        self.scripts["requeue"](keys=[queue] if dest is None else [queue, dest], args=args)
+
+    @translate_errors
+    def queue_stats(self) -> dict[str, tuple[int, int]]:
+        """shape -> (queued, running): entries not yet leased, and leased not yet acked."""
+        shapes = self.shapes()
+        pipe = self.redis.pipeline(transaction=False)
+        for shape in shapes:
+            pipe.xlen(self.keys.queue(shape))
+            pipe.xpending(self.keys.queue(shape), GROUP)
+        replies = _forget_frames(pipe.execute(raise_on_error=False))
+        stats = {}
+        for i, shape in enumerate(shapes):
+            length, pending = replies[2 * i], replies[2 * i + 1]
+            if isinstance(length, Exception):
+                continue
+            running = 0 if isinstance(pending, Exception) else int(pending["pending"])
+            stats[shape] = (max(int(length) - running, 0), running)
+        return stats
+
+    # ---- objects ----------------------------------------------------------------------
+
+    @translate_errors
+    def publish_cancel(self, task_id: str, force: bool) -> None:
+        self.redis.publish(self.keys.chan_cancel(), f"{task_id} {int(force)}")
+
+    @translate_errors
+    def read_done(
+        self, client: redis.Redis, owner: str, after: bytes, block_ms: int, trim_below: bytes | None
+    ) -> list[tuple[bytes, bytes]]:
+        """Block for completion notices after `after` (on `client`, a dedicated
+        connection that CLIENT UNBLOCK can wake), trimming the ones already consumed."""
+        key = self.keys.done(owner)
+        if trim_below is not None:  # on the shared pool: `client` must stay the blocked one
+            self.redis.xtrim(key, minid=trim_below, approximate=False)
+        reply = client.xread({key: after}, count=10_000, block=block_ms)
+        return [(eid, fields[b"n"]) for _, entries in reply or [] for eid, fields in entries]
+
+    @translate_errors
+    def delete_done(self, owner: str) -> None:
+        self.redis.unlink(self.keys.done(owner))
+
+    @translate_errors
+    def set_generators_consumed(self, consumed: dict[str, int | None]) -> None:
+        """Record how many items of each streaming call its caller has taken (None:
+        the call is over, forget it), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id, count in consumed.items():
+            if count is None:
+                pipe.unlink(self.keys.gen_consumed(task_id))
+            else:
+                pipe.set(self.keys.gen_consumed(task_id), count, ex=3600)
+        pipe.execute()
+
+    @translate_errors
+    def generator_consumed(self, task_id: str) -> int:
+        return int(self.redis.get(self.keys.gen_consumed(task_id)) or 0)
+
+    # ---- task fencing ----------------------------------------------------------------
+
+    @translate_errors
+    def fence_tasks(self, fences: Sequence[tuple[str, str, int]]) -> None:
+        """(owner, task id, attempt): from now on only results of `attempt` or later are
+        accepted for the task (one pipelined round trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for owner, task_id, attempt in fences:
+            pipe.hset(self.keys.fence(owner), task_id, attempt)
+            pipe.pexpire(self.keys.fence(owner), FENCE_TTL_MS)
+        pipe.execute()
+
+
+    # ---- nodes --------------------------------------------------------------------------
+
+    @translate_errors
+    def register_node(self, node_id: str, info: dict[str, Any]) -> None:
+        self.redis.hset(self.keys.node(node_id), mapping=_flat(info))
+        self.heartbeat(node_id, None)
+
+    @translate_errors
+    def heartbeat(self, node_id: str, available: dict[str, float] | None) -> int:
+        """Refresh this node's heartbeat (and free resources when they changed);
+        returns how many nodes are alive, or -1 when this node was declared dead."""
+        keys = [self.keys.nodes_alive(), self.keys.node(node_id)]
+        return int(self.scripts["heartbeat"](keys=keys, args=[
+            node_id, "" if available is None else json.dumps(available)]))
+
+    @translate_errors
+    def set_node_fields(self, node_id: str, fields: dict[str, Any]) -> None:
+        self.redis.hset(self.keys.node(node_id), mapping=_flat(fields))
+
+    @translate_errors
+    def unregister_node(self, node_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(self.keys.nodes_alive(), node_id)
+        pipe.hset(self.keys.node(node_id), mapping={"state": "DEAD", "end_ms": _now_ms()})
+        pipe.execute()
+
+    @translate_errors
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node that has a hash, with `alive` and `last_heartbeat_ms` added."""
+        alive = {m.decode(): int(s) for m, s in self.redis.zrange(
+            self.keys.nodes_alive(), 0, -1, withscores=True)}
+        node_keys = list(self.redis.scan_iter(match=self.keys.node("*"), count=1000))
+        pipe = self.redis.pipeline(transaction=False)
+        for key in node_keys:
+            pipe.hgetall(key)
+        out = []
+        for raw in pipe.execute():
+            info = {k.decode(): v.decode() for k, v in raw.items()}
+            if "node_id" not in info:
+                continue
+            for field in ("resources_total", "resources_available"):
+                info[field] = json.loads(info.get(field) or "{}")
+            info["last_heartbeat_ms"] = alive.get(info["node_id"])
+            info["alive"] = info["node_id"] in alive and info.get("state") == "ALIVE"
+            out.append(info)
+        return sorted(out, key=lambda n: n.get("start_ms", ""))
+
+    # (worker output, task events and metrics: _store_observe.py)
+
+    # ---- failure monitor ----------------------------------------------------------------
+
+    @translate_errors
+    def acquire_monitor_lease(self, holder: str, ttl_ms: int) -> bool:
+        return bool(self.redis.set(self.keys.monitor(), holder, nx=True, px=ttl_ms))
+
+    @translate_errors
+    def renew_monitor_lease(self, holder: str, ttl_ms: int) -> bool:
+        """Extend the lease if `holder` still has it; ttl_ms=0 gives it up."""
+        return self.scripts["renew_lease"](keys=[self.keys.monitor()], args=[holder, ttl_ms]) == 1
+
+    @translate_errors
+    def driver_alive(self, tag: str, job_id: str) -> None:
+        self.scripts["driver_alive"](keys=[self.keys.drivers()], args=[f"{tag} {job_id}"])
+
+    @translate_errors
+    def driver_gone(self, tag: str, job_id: str) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrem(self.keys.drivers(), f"{tag} {job_id}")
+        pipe.unlink(self.keys.borrows(tag))  # see process_holds
+        pipe.execute()
+
+    @translate_errors
+    def silent_drivers(self, now_ms: int, timeout_ms: int) -> list[tuple[str, str]]:
+        """(owner tag, job id) of drivers whose last heartbeat is older than the timeout."""
+        members = self.redis.zrangebyscore(self.keys.drivers(), "-inf", now_ms - timeout_ms)
+        return [tuple(_text(m).split(" ", 1)) for m in members]  # type: ignore[misc]
+
+    @translate_errors
+    def liveness(self, shapes: Sequence[str]) -> Liveness:
+        """Heartbeats and every queue's consumers in one MULTI, so that a node which
+        registers and then leases is never seen as a consumer without a heartbeat."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.time()
+        pipe.zrange(self.keys.nodes_alive(), 0, -1, withscores=True)
+        for shape in shapes:
+            pipe.xinfo_consumers(self.keys.queue(shape), GROUP)
+        (seconds, micros), alive, *replies = _forget_frames(pipe.execute(raise_on_error=False))
+        consumers = {}
+        for shape, reply in zip(shapes, replies):
+            if isinstance(reply, Exception):  # no group yet: nobody consumes it
+                continue
+            consumers[shape] = {_text(c["name"]): int(c["pending"]) for c in reply}
+        return Liveness({m.decode(): int(score) for m, score in alive}, consumers,
+                        seconds * 1000 + micros // 1000)
+
+    @translate_errors
+    def mark_node_dead(self, node_id: str, cutoff_ms: int, cause: str) -> bool:
+        """DEAD if its heartbeat is still at or before cutoff_ms; True if this call did it."""
+        keys = [self.keys.nodes_alive(), self.keys.node(node_id), self.keys.nodes_lost()]
+        return self.scripts["mark_node_dead"](keys=keys, args=[node_id, cutoff_ms, _now_ms(), cause]) == 1
+
+    @translate_errors
+    def pending_ids(self, shape: str, consumer: str, count: int) -> list[bytes]:
+        """Ids of the oldest `count` entries of a queue pending for one consumer."""
+        rows = self.redis.xpending_range(self.keys.queue(shape), GROUP, "-", "+", count,
+                                         consumername=consumer)
+        return [row["message_id"] for row in rows]
+
+    @translate_errors
+    def claim(self, shape: str, ids: Sequence[bytes], consumer: str, min_idle_ms: int) -> list[Leased]:
+        """XCLAIM the entries idle for at least min_idle_ms. A claim resets the idle time,
+        so of two claimants racing for one entry only the first gets it."""
+        queue = self.keys.queue(shape)
+        reply = self.redis.xclaim(queue, GROUP, consumer, min_idle_ms, list(ids))
+        return [Leased(queue, eid, fields) for eid, fields in reply if fields is not None]
+
+    @translate_errors
+    def drop_consumer(self, shape: str, consumer: str) -> bool:
+        """Delete a consumer from a queue's group if nothing is pending for it."""
+        return self.scripts["drop_consumer"](keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1

@@ -1,0 +1,164 @@
+"""What the store's modules share: error handling and the retry helper, and the records
+that cross Redis. (The key schema is in keys.py.)"""
+
+from __future__ import annotations
+
+import functools
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+
+from taskmesh._base.ids import OWNER_TAG_LEN  # noqa: F401  (re-exported)
+from taskmesh.exceptions import StoreUnavailableError
+
+GROUP = b"agents"
+ENV_WAIT_REPLICAS = "TASKMESH_WAIT_REPLICAS"
+ENV_WAIT_TIMEOUT_MS = "TASKMESH_WAIT_TIMEOUT_MS"
+# How long a primary found without replicas is not waited for, before asking again.
+_NO_REPLICA_BACKOFF_S = 1.0
+
+# ReadOnlyError: a write reached a primary that was demoted to a replica. Through a
+# Sentinel pool it arrives as a ConnectionError (the pool drops the connection and asks the
+# Sentinels again); on a plain address it is still a Redis that cannot take writes now.
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+              ConnectionError, TimeoutError)
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def retry_transient(
+    fn: Callable[[], T], *, deadline_s: float = 30.0, base_s: float = 0.05, cap_s: float = 2.0,
+    stop: Callable[[], bool] = lambda: False,
+) -> T:
+    """Call `fn` until it succeeds, retrying only transient (connection/timeout) errors
+    with capped exponential backoff and full jitter; the last error propagates after
+    `deadline_s` or once `stop()` is true. The one retry helper of the code base."""
+    deadline = time.monotonic() + deadline_s
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except (StoreUnavailableError, *_TRANSIENT):
+            attempt += 1
+            delay = random.uniform(0, min(cap_s, base_s * 2 ** attempt))
+            if stop() or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+
+
+def keep_listening(error: BaseException, pubsub: Any, thread: Any) -> None:
+    """Exception handler for pub/sub listener threads: a lost connection (Redis
+    restarting, a failover) is waited out, and the next read reconnects and subscribes
+    again, instead of the thread ending silently."""
+    time.sleep(0.5)
+
+
+def translate_errors(fn: F) -> F:
+    """Turn Redis connection/timeout errors into one StoreUnavailableError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _TRANSIENT as e:
+            raise StoreUnavailableError(f"Redis is unavailable: {e}") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One finished task as the agent hands it to `complete_tasks`."""
+
+    owner: str
+    notice: bytes
+    objects: tuple[tuple[str, bytes, bytes], ...]  # (object_id, kind, data)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """One change of who holds an object (see release.lua): holder "owner", "p:<tag>"
+    or "o:<object_id>"; delta +1/-1, or 0 to drop the holder entirely."""
+
+    object_id: str
+    holder: str
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class Freed:
+    """An object release.lua freed: where its copies are and the refs it contained."""
+
+    object_id: str
+    nodes: tuple[str, ...]
+    nested: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A task for a queue (target = a shape, "node:<id>" or "pg:<id>:<bundle>", see
+    scheduler.py) or a call for an actor (actor_id set)."""
+
+    target: str
+    fields: dict[str, Any]
+    actor_id: str | None = None
+    returns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """One task entry read from a queue stream."""
+
+    queue: str
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """Heartbeats and queue consumers read at one instant, for the failure monitor."""
+
+    heartbeats: dict[str, int]  # node_id -> last heartbeat (ms, Redis server time)
+    consumers: dict[str, dict[str, int]]  # shape -> consumer -> pending entries
+    now_ms: int = 0  # the Redis server's time when this was read
+
+
+def _forget_frames(replies: Any) -> Any:
+    """Drop the tracebacks of error replies we handle: redis-py keeps error objects in
+    reference cycles, and a traceback keeps every frame up to our caller's alive until
+    the cycle collector runs, with the caller's ObjectRefs and actor handles in them (so
+    objects and actors would outlive the user's last reference)."""
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            reply.__traceback__ = None
+            reply.__context__ = None
+    return replies
+
+
+def _flat(info: dict[str, Any]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def parse_entries(reply: Any) -> list[Leased]:
+    """An XREADGROUP / XCLAIM reply as Leased entries."""
+    out = []
+    for stream, entries in reply or []:
+        queue = stream.decode()
+        for entry_id, fields in entries:
+            if fields is not None:
+                out.append(Leased(queue, entry_id, fields))
+    return out

@@ -1,0 +1,528 @@
+"""The actor side of a worker: create the instance, then serve its call stream.
+
+The worker reads `tm:actor:{id}:calls` itself (consumer group `actor`, consumer = actor
+id, so a restarted incarnation finds the calls its predecessor had in flight) and stores
+results with the same completion script as tasks, batched: the agent is not on the path
+of a method call. Sync actors run calls one by one in stream order; threaded actors
+(max_concurrency > 1) and async actors (any `async def` method) start them in order and
+let them overlap, limited per concurrency group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import inspect
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from taskmesh._core import events as _events
+from taskmesh import objects, runtime_env
+from taskmesh._base.wire import TaskContext, encode_notice, placement
+from taskmesh._core.failure import call_failures
+from taskmesh._base.wire import READY, TERMINATE
+from taskmesh.exceptions import ActorExitRequest, ActorDiedError, RayTaskError, RuntimeEnvSetupError, StoreUnavailableError
+from taskmesh.objects import KIND_ERROR
+from taskmesh.store import Completion, Leased, retry_transient
+from taskmesh.workers.execution import serialize_error, split_returns
+
+if TYPE_CHECKING:
+    from taskmesh.workers.execution import WorkerHost
+
+log = logging.getLogger("taskmesh.actor")
+
+_FLUSH_EVERY_S = 0.005
+# The agent of a draining node sends this to its actors' processes (SIGTERM keeps its
+# meaning: end now).
+DRAIN_SIGNAL = signal.SIGUSR1
+_SEEN_CALLS = 10_000
+_READ_COUNT = 100
+
+
+class _Exit(Exception):
+    """The actor leaves its serving loop (terminate call or exit_actor())."""
+
+
+class ActorServer:
+    def __init__(self, worker: WorkerHost, entry_id: bytes, fields: dict[bytes, bytes]):
+        self.worker = worker
+        self.store = worker.store
+        self.entry_id = entry_id
+        self.actor_id = fields[b"task"].decode()
+        self.spec = msgpack.unpackb(fields[b"spec"], raw=False)
+        self._placement = placement(self.spec, fields)
+        self._attempt = int(fields.get(b"attempt", 0))
+        self._record = _events.enabled(self.spec)  # task events for creation and calls
+        self._started: dict[str, int] = {}  # task id -> start (µs) of calls running
+        self.class_name = self.spec["cls"]
+        self.instance: Any = None
+        self._results: queue.Queue[tuple[Leased, list | None]] = queue.Queue()
+        self._client = self.store.dedicated()
+        self._exiting = threading.Event()
+        # Its node is draining (DRAIN_SIGNAL from the agent): finish the calls read, exit.
+        self._draining = threading.Event()
+        self._exit_done = threading.Event()  # the exiting thread recorded the death
+        self._done: list[tuple[Leased, list | None]] = []  # in-order results not stored yet
+        self._on_block = worker.runtime.on_block
+        worker.runtime.on_block = self._before_blocking
+        self._flush_lock = threading.Lock()
+        # Task ids of recent calls: a caller that re-sends a batch after a Redis error
+        # may have delivered some calls twice; each runs once.
+        self._seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+
+    # ---- creation -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Create the actor and serve it until it exits (then the process ends); return
+        only when creation did not happen, leaving the worker to run tasks again."""
+        info = self.store.actor_info(self.actor_id)
+        if info.get("state") in (None, "DEAD") or info.get("no_restart") == "1":
+            self._killed_before_alive()  # killed before it was placed
+            return
+        runtime = self.worker.runtime
+        runtime.job_id = self.spec["job"]
+        runtime.namespace = self.spec.get("ns")
+        runtime.context = TaskContext(self.spec["job"], None, self.class_name,
+                                      dict(self.spec.get("held") or {}), self.actor_id,
+                                      **self._placement)
+        # The actor's runtime_env holds for its process's life (and its calls' children).
+        runtime.runtime_env = self.spec.get("renv")
+        start_us = self._event(self.actor_id, self._attempt, _events.RUNNING,
+                               f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK)
+        try:
+            restore_env = runtime_env.apply(runtime.runtime_env, self.store)
+            error = self._create()
+        except Exception as e:  # the runtime_env could not be set up
+            restore_env = None
+            error = RayTaskError(f"{self.class_name}.__init__", "", RuntimeEnvSetupError(
+                f"Failed to set up the runtime_env {runtime.runtime_env}: {e!r}"))
+        self._event(self.actor_id, self._attempt, _events.FAILED if error else _events.FINISHED,
+                    f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK, start=start_us)
+        if error is not None:
+            cause = f"The actor died because of an error raised in its creation task, {error}"
+            self._die(cause)
+            runtime.context = TaskContext()
+            _restore(runtime, restore_env)
+            self.worker.send(["AF", self.entry_id])
+            return
+        if not self.store.actor_alive(self.actor_id, self.worker.node_id, os.getpid()):
+            runtime.context, self.instance = TaskContext(), None
+            _restore(runtime, restore_env)
+            self._killed_before_alive()  # killed while being created: never serves
+            return
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(DRAIN_SIGNAL, lambda *_: self._draining.set())
+        self.worker.send(["AR", self.entry_id])
+        try:
+            self._serve()
+        except _Exit:
+            pass
+        else:
+            if not self._draining.is_set():  # another thread is exiting the actor:
+                self._exit_done.wait(60)  # let it record the death first
+        self.worker.end_output()
+        self.worker.flush_logs(with_events=True)
+        os._exit(0)
+
+    def _create(self) -> RayTaskError | None:
+        try:
+            cls = self.worker.function(self.spec["fn"])
+            args, kwargs = objects.deserialize(self.spec["args"])
+            upstream = self.worker.resolve_args(args, kwargs)
+            if upstream is not None:
+                raise objects.deserialize(upstream)
+            self.instance = cls(*args, **kwargs)
+            return None
+        except Exception as e:
+            return RayTaskError(f"{self.class_name}.__init__", traceback.format_exc(), e)
+        finally:
+            self.worker.end_output()
+
+    def _killed_before_alive(self) -> None:
+        """The actor was killed (taskmesh.kill, or its job ended) before this incarnation
+        came up: make sure it is dead, its queued calls failed, and give the worker back."""
+        self._die("The actor was killed before it (re)started")
+        self.worker.send(["AF", self.entry_id])
+
+    def _die(self, cause: str) -> None:
+        """Declare the actor dead for good and fail the calls still queued for it."""
+        from taskmesh._core.failure import actor_down
+
+        actor_down(self.store, self.actor_id, restart=False, cause=cause)
+
+    # ---- serving ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        self._retry_in_flight()
+        spec = self.spec
+        concurrent = spec.get("async") or (spec.get("maxc") or 1) > 1 or bool(spec.get("groups"))
+        if concurrent:
+            runner = _ConcurrentRunner(self)
+            threading.Thread(target=self._flush_loop, name="taskmesh-actor-flush", daemon=True).start()
+        failures = 0
+        while not self._exiting.is_set() and not self._draining.is_set():
+            try:
+                # After a lost connection, a read's reply may never have arrived while
+                # Redis recorded the delivery: read our unacknowledged calls again (the
+                # ones already run are recognised and only acked).
+                calls = self.store.read_calls(self._client, self.actor_id, _READ_COUNT, 1000,
+                                              pending=failures > 0)
+                failures = 0
+            except StoreUnavailableError:  # Redis restarting: wait for it, stay alive
+                failures += 1
+                time.sleep(min(0.05 * 2 ** failures, 2.0))
+                continue
+            calls = self._set_aside_malformed(calls)
+            if concurrent:
+                for call in calls:
+                    if not self._first_time(call):
+                        self._results.put((call, None))
+                    elif _is_terminate(call):  # as Ray: after the calls before it finish
+                        runner.drain()
+                        self._call(call)  # raises _Exit
+                    else:
+                        runner.start(call)
+            else:
+                self._run_in_order(calls)
+        if concurrent and not self._exiting.is_set():  # drained: the started calls finish
+            runner.drain()
+            flushed = threading.Event()
+            self._results.put((None, flushed))  # type: ignore[arg-type]
+            flushed.wait(60)
+
+    def _retry_in_flight(self) -> None:
+        """Calls a previous incarnation read but never finished: run them again while
+        max_task_retries allows, else fail them (Ray: RayActorError)."""
+        pending = self.store.read_calls(self._client, self.actor_id, 10_000, None, pending=True)
+        if not pending:
+            return
+        max_task_retries = self.spec.get("mtr", 0)
+        failed = []
+        for call in pending:
+            retries = self.store.count_call_retry(self.actor_id, call.entry_id)
+            if max_task_retries != -1 and retries > max_task_retries:
+                failed.append(call)
+        if failed:
+            error = ActorDiedError(self.actor_id, "The actor died unexpectedly before finishing "
+                                   f"this task (max_task_retries={max_task_retries}).")
+            self.store.ack_calls(self.actor_id, call_failures(
+                [(c.entry_id, c.fields) for c in failed], error), [c.entry_id for c in failed])
+        rest = [c for c in pending if c not in failed]
+        if rest:
+            self._run_in_order(rest)
+
+    def _set_aside_malformed(self, calls: list[Leased]) -> list[Leased]:
+        """Calls that no taskmesh process wrote go to the dead-letter stream."""
+        from taskmesh._core.failure import entry_problem
+
+        bad = [(c, p) for c in calls if (p := entry_problem(c.fields, actor_call=True)) is not None]
+        if not bad:
+            return calls
+        for call, problem in bad:
+            log.warning("malformed call %s moved to the dead-letter stream: %s", call.entry_id, problem)
+        retry_transient(lambda: self.store.dead_letter(bad, group=b"actor"))
+        return [c for c in calls if all(c is not b for b, _ in bad)]
+
+    def _first_time(self, call: Leased) -> bool:
+        task_id = call.fields.get(b"task", b"")
+        if task_id in self._seen:
+            return False
+        self._seen[task_id] = None
+        if len(self._seen) > _SEEN_CALLS:
+            self._seen.popitem(last=False)
+        return True
+
+    def _run_in_order(self, calls: list[Leased]) -> None:
+        done = self._done
+        last_flush = time.monotonic()
+        for call in calls:
+            if not self._first_time(call):
+                done.append((call, None))  # acked, not run again
+                continue
+            try:
+                done.append((call, self._call(call)))
+            except _Exit:
+                self._flush_done()
+                raise
+            if time.monotonic() - last_flush > _FLUSH_EVERY_S:
+                self._flush_done()
+                last_flush = time.monotonic()
+        self._flush_done()
+
+    def _flush_done(self) -> None:
+        done, self._done[:] = list(self._done), []
+        self._flush(done)
+
+    def _before_blocking(self) -> None:
+        """A call waits in get (e.g. for an argument): store the results of the calls
+        before it first, since it may be waiting for one of them."""
+        if self._done:
+            self._flush_done()
+        if self._on_block is not None:
+            self._on_block()
+
+    def _flush_loop(self) -> None:
+        while True:
+            batch = [self._results.get()] + self._take_results()
+            with self._flush_lock:
+                self._flush([b for b in batch if b[0] is not None])
+            for call, marker in batch:  # (None, Event): someone waits for this flush
+                if call is None:
+                    marker.set()  # type: ignore[union-attr]
+
+    def _take_results(self) -> list[tuple[Leased, list | None]]:
+        batch = []
+        while True:
+            try:
+                batch.append(self._results.get_nowait())
+            except queue.Empty:
+                return batch
+
+    def _flush_results_now(self) -> None:
+        """Store what finished calls returned (before the actor goes away)."""
+        with self._flush_lock:
+            self._flush([b for b in self._take_results() if b[0] is not None])
+
+    def _flush(self, done: list[tuple[Leased, list | None]]) -> None:
+        if not done:
+            return
+        completions = []
+        for call, objs in done:
+            self._record_end(call, objs)
+            if objs:
+                spec = msgpack.unpackb(call.fields[b"spec"], raw=False)
+                task_id = call.fields[b"task"].decode()
+                completions.append(Completion(spec["owner"], encode_notice(task_id, objs),
+                                              tuple((o, k, d) for o, k, d in objs)))
+        ids = [call.entry_id for call, _ in done]
+        # What the calls kept of the refs they were lent is registered before their
+        # callers learn they are done.
+        retry_transient(self.worker.runtime.sync_refs, deadline_s=3600)
+        # Results exist only here until stored: keep trying through a Redis restart.
+        retry_transient(lambda: self.store.ack_calls(self.actor_id, completions, ids), deadline_s=3600)
+
+    def _event(self, task_id: str, attempt: int, state: str, name: str, kind: str,
+               start: int | None = None) -> int:
+        """Record a task event of this actor (sent by the worker's output flush);
+        returns its time (µs)."""
+        now = _events.now_us()
+        if self._record:
+            ends = {"start": start, "end": now} if start is not None else {}
+            self.worker.events.add(_events.event(
+                task_id, attempt, state, name=name, job=self.spec["job"], type=kind,
+                actor_id=self.actor_id, node=self.worker.node_id, pid=self.worker.pid,
+                error="TASK_EXECUTION_EXCEPTION" if state == _events.FAILED else None, **ends))
+        return now
+
+    def _record_end(self, call: Leased, objs: list | None) -> None:
+        """A call's end event, when it ran here (a duplicate delivery did not)."""
+        start = self._started.pop(call.fields.get(b"task", b"").decode(), None)
+        if start is None or objs is None:
+            return
+        failed = any(kind == KIND_ERROR for _, kind, _ in objs)
+        self._event(call.fields[b"task"].decode(), int(call.fields.get(b"attempt", 0)),
+                    _events.FAILED if failed else _events.FINISHED, call.fields[b"name"].decode(),
+                    _events.ACTOR_TASK, start=start)
+
+    # ---- one call -----------------------------------------------------------------------
+
+    def _call(self, call: Leased) -> list | None:
+        """Run one call synchronously; returns its result objects."""
+        method, args, kwargs, return_ids, name, early = self._prepare(call)
+        if early is not None:
+            return early
+        try:
+            result = method(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
+            return self._values(result, return_ids, name)
+        except ActorExitRequest:
+            self._exit_after(call, return_ids, "exit_actor() was called")
+        except Exception as e:
+            return self._error(e, return_ids, name)
+        finally:
+            self.worker.end_output()
+        return None
+
+    def _prepare(self, call: Leased) -> tuple:
+        spec = msgpack.unpackb(call.fields[b"spec"], raw=False)
+        task_id = call.fields[b"task"].decode()
+        name = call.fields[b"name"].decode()
+        return_ids = [objects.object_id(task_id, i + 1) for i in range(spec["nret"])]
+        method_name = spec["m"]
+        if self._record and method_name not in (TERMINATE, READY):  # internal calls: no events
+            self._started[task_id] = self._event(task_id, int(call.fields.get(b"attempt", 0)),
+                                                 _events.RUNNING, name, _events.ACTOR_TASK)
+        if method_name == TERMINATE:
+            self._exit_after(call, return_ids, "the actor was terminated: all handles to it "
+                             "went out of scope, or __ray_terminate__ was called")
+        if method_name == READY:
+            return None, None, None, return_ids, name, self._values(True, return_ids, name)
+        args, kwargs = objects.deserialize(spec["args"])
+        upstream = self.worker.resolve_args(args, kwargs)
+        if upstream is not None:
+            return None, None, None, return_ids, name, [[o, KIND_ERROR, upstream] for o in return_ids]
+        try:
+            method = getattr(self.instance, method_name)
+        except AttributeError as e:
+            return None, None, None, return_ids, name, self._error(e, return_ids, name)
+        if spec.get("gen"):
+            method = self._generator_method(method, spec, return_ids[0], name)
+        return method, args, kwargs, return_ids, name, None
+
+    def _generator_method(self, method: Any, spec: dict, return_id: str, name: str) -> Any:
+        """`method` with its items stored as it yields them; returns (or, for an async
+        generator, its coroutine returns) the objects of its generator ref."""
+        run = self.worker.generator_run(spec, name, return_id, spec["owner"])
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = method(*args, **kwargs)
+            if inspect.isasyncgen(result):
+                return _generated(run.run_async(result))
+            return _Generated(run.run(result))
+
+        return call
+
+    def _values(self, result: Any, return_ids: list[str], name: str) -> list:
+        if isinstance(result, _Generated):
+            return result.objs
+
+        values = split_returns(result, len(return_ids), name)
+        runtime = self.worker.runtime
+        return [runtime.encode_value(oid, v) for oid, v in zip(return_ids, values)]
+
+    def _error(self, error: Exception, return_ids: list[str], name: str) -> list:
+        data = serialize_error(name, error)
+        return [[oid, KIND_ERROR, data] for oid in return_ids]
+
+    def _exit_after(self, call: Leased, return_ids: list[str], cause: str) -> None:
+        """Graceful exit: run __ray_shutdown__, record this call, declare the actor dead
+        (failing the calls behind it), tell the agent not to restart it."""
+        self._exiting.set()
+        shutdown = getattr(self.instance, "__ray_shutdown__", None)
+        if callable(shutdown):
+            try:
+                shutdown()
+            except Exception:
+                log.exception("__ray_shutdown__ of %s failed", self.class_name)
+        error = ActorDiedError(self.actor_id, f"The actor {self.actor_id} exited: {cause}")
+        try:
+            self._flush_done()  # calls that ran before this one keep their results
+            self._flush_results_now()
+            self.store.ack_calls(self.actor_id, call_failures([(call.entry_id, call.fields)], error),
+                                 [call.entry_id])
+            self.worker.send(["AX"])
+            self._die(f"The actor exited: {cause}")
+        finally:
+            self._exit_done.set()
+        raise _Exit()
+
+
+class _Generated:
+    """What a generator call returned: the objects of its generator ref."""
+
+    def __init__(self, objs: list[list]):
+        self.objs = objs
+
+
+async def _generated(run: Any) -> _Generated:
+    return _Generated(await run)
+
+
+def _restore(runtime: Any, restore_env: Any) -> None:
+    """The actor was not created: its worker runs tasks again, without its runtime_env."""
+    runtime.runtime_env = None
+    if restore_env is not None:
+        restore_env()
+
+
+def _is_terminate(call: Leased) -> bool:
+    spec = call.fields.get(b"spec", b"")
+    return TERMINATE.encode() in spec and msgpack.unpackb(spec, raw=False).get("m") == TERMINATE
+
+
+class _ConcurrentRunner:
+    """Starts calls in stream order and lets them overlap: threads for sync methods,
+    one event loop for async ones; a concurrency group bounds its own calls."""
+
+    def __init__(self, server: ActorServer):
+        self.server = server
+        spec = server.spec
+        limit = spec.get("maxc") or 1
+        groups = dict(spec.get("groups") or {})
+        self._executors = {name: ThreadPoolExecutor(n, thread_name_prefix=f"actor-{name}")
+                           for name, n in {None: limit, **groups}.items()}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._limits = {None: limit, **groups}
+        self._semaphores: dict[Any, asyncio.Semaphore] = {}
+        self._lock = threading.Lock()
+        self._running: set[concurrent.futures.Future] = set()
+        if spec.get("async"):
+            self._loop = asyncio.new_event_loop()
+            threading.Thread(target=self._loop.run_forever, name="taskmesh-actor-loop", daemon=True).start()
+
+    def start(self, call: Leased) -> None:
+        spec = msgpack.unpackb(call.fields[b"spec"], raw=False)
+        group = spec.get("cg")
+        if group is not None and group not in self._limits:
+            group = None
+        if self._loop is not None:
+            future = asyncio.run_coroutine_threadsafe(self._run_async(call, group), self._loop)
+        else:
+            future = self._executors[group].submit(self._run_sync, call)
+        with self._lock:
+            self._running.add(future)
+        future.add_done_callback(self._finished)
+
+    def _finished(self, future: concurrent.futures.Future) -> None:
+        with self._lock:
+            self._running.discard(future)
+
+    def drain(self) -> None:
+        """Wait for the calls started so far to finish."""
+        with self._lock:
+            running = list(self._running)
+        concurrent.futures.wait(running)
+
+    def _run_sync(self, call: Leased) -> None:
+        try:
+            self.server._results.put((call, self.server._call(call)))
+        except _Exit:
+            os._exit(0)
+
+    async def _run_async(self, call: Leased, group: Any) -> None:
+        sem = self._semaphores.get(group)
+        if sem is None:
+            sem = self._semaphores[group] = asyncio.Semaphore(self._limits[group])
+        async with sem:
+            server = self.server
+            try:
+                method, args, kwargs, return_ids, name, early = server._prepare(call)
+            except _Exit:
+                os._exit(0)
+            if early is not None:
+                server._results.put((call, early))
+                return
+            try:
+                result = method(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                objs = server._values(result, return_ids, name)
+            except ActorExitRequest:
+                try:
+                    server._exit_after(call, return_ids, "exit_actor() was called")
+                except _Exit:
+                    os._exit(0)
+            except Exception as e:
+                objs = server._error(e, return_ids, name)
+            server._results.put((call, objs))

@@ -1,0 +1,906 @@
+"""The node agent: registers the node, leases tasks from the shape queues, runs them on a
+pool of worker processes and stores their results.
+
+Threads: the main thread multiplexes the workers' sockets and flushes completions to
+Redis in pipelined batches; the lease thread blocks in XREADGROUP for as many tasks as
+the node has room for; the heartbeat thread keeps the node alive in `tm:nodes:alive`.
+A new shape queue is announced on a channel; the agent then wakes its blocked lease
+read with CLIENT UNBLOCK, so there is no polling for shapes.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from taskmesh._core import failure as _failure
+from taskmesh.workers import process as _process
+from taskmesh import scheduler, security
+from taskmesh.workers.actor_runner import DRAIN_SIGNAL
+from taskmesh.objects.plane import sweep_orphans
+from taskmesh.workers.resources import NodeResources
+from taskmesh._base.config import env_number, temp_root
+from taskmesh.objects.shm import ShmStore, StoreConfig, reap_dead_stores
+from taskmesh.objects.transfer import TransferServer
+from taskmesh.exceptions import StoreUnavailableError
+from taskmesh.workers.monitor import Monitor
+from taskmesh.store import KIND_FENCE, Completion, Leased, Store, keep_listening, retry_transient
+
+log = logging.getLogger("taskmesh.agent")
+
+LEASE_BLOCK_MS = 2000
+SHORT_BLOCK_MS = 100
+HEARTBEAT_S = 1.0
+# A task leased ahead of time that has waited this long for a worker here goes back to
+# its queue, so that a node busy with long tasks does not sit on work others could run.
+HANDBACK_S = 0.5
+# How long a put waits for room in a full object store before ObjectStoreFullError.
+ENV_FULL_WAIT_S = "TASKMESH_OBJECT_STORE_FULL_WAIT_S"
+# Shared-memory objects whose metadata is gone (a lost free order) are removed this often.
+SWEEP_EVERY_S = 10.0
+# How long a drained agent (SIGTERM, `taskmesh stop`) lets its running tasks finish before
+# it hands them back to their queues (they run again elsewhere, no retry counted).
+ENV_GRACE_PERIOD_S = "TASKMESH_GRACE_PERIOD_S"
+DEFAULT_GRACE_PERIOD_S = 30.0
+# Actors killed with no_restart are looked for this often, in case the kill order (pub/sub,
+# fire-and-forget) did not reach this agent.
+KILLED_ACTORS_EVERY_S = 5.0
+
+
+@dataclass(slots=True)
+class _Task:
+    lease: Leased
+    demand: dict[str, float]
+    leased_at: float = field(default_factory=time.monotonic)
+    queue: str = ""  # the queue's name: a shape, "node:<id>" or "pg:<id>:<bundle>"
+    pool: str | None = None  # the bundle ("<pg>:<index>") whose resources it uses, once dispatched
+    gpus: list[int] = field(default_factory=list)  # GPU ids assigned while it runs
+
+    @property
+    def soft(self) -> bool:
+        """A node-queue entry that may run on another node (handed back when stale)."""
+        return self.lease.fields.get(b"soft") == b"1"
+
+    @property
+    def creates_actor(self) -> bool:
+        return self.lease.fields.get(b"kind") == b"actor"
+
+
+@dataclass(slots=True, eq=False)
+class _WorkerHandle:
+    proc: subprocess.Popen
+    conn: Connection
+    ready: bool = False
+    task: _Task | None = None
+    blocked: bool = False
+    actor_id: str | None = None  # set while this worker is an actor's dedicated process
+    held: dict[str, float] = field(default_factory=dict)
+    exiting: bool = False  # the actor is exiting on purpose: no restart
+    pool: str | None = None  # the bundle the actor's held resources came from
+    gpus: list[int] = field(default_factory=list)  # GPU ids the actor holds
+    tag: str | None = None  # the worker runtime's owner tag (its objects and borrows)
+
+
+@dataclass(slots=True)
+class _Outbox:
+    """Completions and acks waiting for the next pipelined flush."""
+
+    completions: list[Completion] = field(default_factory=list)
+    acks: dict[str, list[bytes]] = field(default_factory=dict)
+    requeues: list[tuple[_Task, int]] = field(default_factory=list)
+
+    def ack(self, task: _Task) -> None:
+        self.acks.setdefault(task.lease.queue, []).append(task.lease.entry_id)
+
+
+def detect_node_ip(redis_url: str) -> str:
+    """The local address this machine uses to reach Redis (Ray's trick, aimed at Redis)."""
+    from urllib.parse import urlparse
+
+    host = urlparse(redis_url).hostname or "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError as e:
+        log.warning("could not find the address that reaches Redis at %s (%s); registering "
+                    "127.0.0.1, which other machines cannot reach: pass --node-ip-address", host, e)
+        return "127.0.0.1"
+
+
+def object_store_config(capacity_bytes: int | None, spill_dir: str | None) -> StoreConfig:
+    """The node's object-store limits: 30 % of RAM by default (as Ray), spilling under
+    the temp dir unless a directory is given (each node spills into its own subdirectory)."""
+    import psutil
+
+    capacity = capacity_bytes or int(psutil.virtual_memory().total * 0.3)
+    return StoreConfig(capacity_bytes=capacity,
+                       spill_dir=Path(spill_dir) if spill_dir else temp_root() / "spill",
+                       full_wait_s=float(os.environ.get(ENV_FULL_WAIT_S, 10.0)))
+
+
+def grace_period_from_env() -> float:
+    return env_number(ENV_GRACE_PERIOD_S, DEFAULT_GRACE_PERIOD_S, expected="a number of seconds >= 0")
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        address: str,
+        *,
+        node_id: str | None = None,
+        resources: dict[str, float],
+        prefix: str = "tm",
+        node_ip: str | None = None,
+        max_workers: int | None = None,
+        object_store: StoreConfig | None = None,
+        grace_period_s: float | None = None,
+    ):
+        self.address = address
+        self.grace_period_s = grace_period_from_env() if grace_period_s is None else grace_period_s
+        if not isinstance(self.grace_period_s, (int, float)) or self.grace_period_s < 0:
+            raise ValueError(f"grace_period_s must be a number of seconds >= 0, got {grace_period_s!r}")
+        self._draining = False
+        self._lease_parked = threading.Event()  # the lease thread saw the drain
+        self.prefix = prefix
+        self.store = Store(address, prefix=prefix)
+        self.node_id = node_id or os.urandom(8).hex()
+        self.node_ip = node_ip or detect_node_ip(address)
+        self.total = {k: float(v) for k, v in resources.items()}
+        self.resources = NodeResources(self.total)
+        cpus = int(self.total.get("CPU", 0))
+        self.pool_size = max(cpus, 1)
+        self.max_workers = max_workers or max(4 * self.pool_size, 16)
+
+        self._cond = threading.Condition()
+        self._backlog: collections.deque[_Task] = collections.deque()
+        self._workers: dict[Connection, _WorkerHandle] = {}
+        self._outbox = _Outbox()
+        self._acking: set[bytes] = set()  # entry ids of the flush in progress
+        # Task ids cancelled recently (their results are stored already): skipped when
+        # leased, acked rather than retried when their worker dies.
+        self._cancelled: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._recover_own = False
+        self._shapes: list[str] = []
+        self._reload_shapes = True
+        self._pinned: list[str] = [scheduler.node_queue(self.node_id)]  # see NodeResources
+        self._reload_bundles = True
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        # One selector for the agent's life: worker sockets are added and removed as
+        # workers come and go, not re-registered on every loop.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._lease_client = self.store.dedicated()
+        self._lease_client_id: int | None = None
+        self._reading: frozenset[str] | None = None  # queues of the lease read in progress
+        self._pubsub: Any = None
+        self._alive_nodes = 1
+        self.monitor = Monitor(self.store, self.node_id)
+        self.object_store = object_store or StoreConfig()
+        self.shm: ShmStore | None = None
+        self._reported_usage: dict[str, int] = {}
+        self.transfer: TransferServer | None = None
+
+    @property
+    def available(self) -> dict[str, float]:
+        """The node's own pool (placement-group bundles apart)."""
+        return self.resources.available
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def run(self, ready_fd: int | None = None) -> None:
+        """Register, serve until SIGTERM (drain: see `drain`; a second one stops at once),
+        SIGINT or stop(), then hand back work and exit."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.drain() if not self._draining else self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        _process.enable_stack_dumps(temp_root())
+        security.check_server(self.store)
+        self.store.ensure_groups(["CPU=1"])
+        self.store.register_pinned([scheduler.node_queue(self.node_id)])
+        self._lease_client_id = self._lease_client.client_id()
+        # The object store exists before any worker or registration refers to it; the
+        # transfer server binds port 0 and the port is registered with the node.
+        for root in reap_dead_stores():
+            log.info("removed %s, left by a node agent that died", root)
+        spill = self.object_store.spill_dir
+        self.shm = ShmStore.create_for_node(self.node_id, dataclasses.replace(
+            self.object_store, spill_dir=spill / self.node_id if spill else None))
+        self.transfer = TransferServer(self.shm, host=self.node_ip, port=0,
+                                       secret=security.transfer_secret(self.store))
+        self.transfer.start()
+        with self._cond:
+            for _ in range(self.pool_size):
+                self._spawn_worker()
+        self.store.register_node(self.node_id, {
+            "node_id": self.node_id, "ip": self.node_ip, "hostname": socket.gethostname(),
+            "pid": str(os.getpid()), "obj_port": str(self.transfer.port), "state": "ALIVE", "start_ms": str(int(time.time() * 1000)),
+            "resources_total": json.dumps(self.total), "resources_available": json.dumps(self.total),
+        })
+        self._pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(**{self.store.keys.chan_shapes(): self._on_new_shape,
+                                  self.store.keys.chan_node(self.node_id): self._on_order,
+                                  self.store.keys.chan_cancel(): self._on_cancel})
+        self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=1.0, daemon=True,
+                                                         exception_handler=keep_listening)
+        threads = [
+            threading.Thread(target=self._lease_loop, name="taskmesh-lease", daemon=True),
+            threading.Thread(target=self._heartbeat_loop, name="taskmesh-heartbeat", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        log.info("node %s (%s) registered with %s", self.node_id, self.node_ip, self.total)
+        if ready_fd is not None:
+            os.write(ready_fd, f"{self.node_id}\n".encode())
+            os.close(ready_fd)
+        try:
+            self._io_loop()
+        finally:
+            self._shutdown(threads)
+
+    def stop(self) -> None:
+        """Stop now: running tasks go back to their queues, actors restart elsewhere."""
+        self._stopping = True
+        self._stopped.set()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def drain(self) -> None:
+        """Stop gracefully, in the background: lease nothing more, hand back the tasks
+        leased but not started (attempt unchanged), let the actors finish the calls they
+        have read and restart elsewhere (a drain restart max_restarts does not count, as
+        Ray's for preempted nodes), let running tasks finish for up to grace_period_s,
+        then stop (what still runs is handed back, attempt unchanged)."""
+        if self._draining or self._stopping:
+            return
+        self._draining = True
+        threading.Thread(target=self._drain, name="taskmesh-drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self.grace_period_s
+        log.info("draining node %s (grace period %.1f s)", self.node_id, self.grace_period_s)
+        try:
+            retry_transient(lambda: self.store.set_node_fields(self.node_id, {
+                "draining_deadline_ms": int((time.time() + self.grace_period_s) * 1000)}),
+                stop=lambda: self._stopping)
+            self._unblock_lease()
+            with self._cond:
+                self._cond.notify_all()
+            self._lease_parked.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            with self._cond:
+                leased = list(self._backlog)
+                self._backlog.clear()
+            for task in leased:  # not started: back to its queue, not a retry
+                retry_transient(lambda: self._requeue(task, int(task.lease.fields[b"attempt"])),
+                                stop=lambda: self._stopping)
+            signalled: set[int] = set()
+            with self._cond:
+                while not self._stopping and time.monotonic() < deadline:
+                    actors = [h for h in self._workers.values() if h.actor_id is not None]
+                    for h in actors:  # finish the calls read, then exit (see _actor_worker)
+                        if h.proc.pid not in signalled:
+                            signalled.add(h.proc.pid)
+                            h.proc.send_signal(DRAIN_SIGNAL)
+                    if not actors and not any(h.task is not None for h in self._workers.values()):
+                        break
+                    self._cond.wait(0.1)
+        except Exception:
+            log.exception("draining node %s failed; stopping it", self.node_id)
+        self.stop()
+
+    def _shutdown(self, threads: list[threading.Thread]) -> None:
+        self._stopping = True
+        self._stopped.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._unblock_lease()
+        for t in threads:
+            t.join(timeout=3)
+        with self._cond:
+            handles = list(self._workers.values())
+            give_back = list(self._backlog) + [h.task for h in handles if h.task is not None]
+            self._backlog.clear()
+        _process.stop_processes([h.proc.pid for h in handles], timeout_s=2)
+        self._release_holds([h.tag for h in handles if h.tag is not None])
+        for task in give_back:  # unfinished work goes back to its queue, attempt unchanged
+            self._requeue(task, int(task.lease.fields[b"attempt"]))
+        for h in handles:  # this node's actors restart elsewhere when they may
+            if h.actor_id is not None:
+                self._actor_lost(h.actor_id, "it exited" if h.exiting else "its node was stopped",
+                                 restart=not h.exiting)
+        self._flush()
+        try:
+            self._pubsub_thread.stop()
+            self._pubsub_thread.join(timeout=2)
+            self._pubsub.close()
+        except Exception:
+            pass
+        try:
+            self.monitor.release()
+        except Exception as e:
+            log.warning("releasing the monitor lease failed: %r", e)
+        self.store.unregister_node(self.node_id)
+        self.store.close()
+        if self.transfer is not None:
+            self.transfer.stop()
+        if self.shm is not None:
+            self.shm.destroy()  # this node's copies go with it (readers keep their mappings)
+
+    # ---- workers ------------------------------------------------------------------------
+
+    def _spawn_worker(self) -> None:
+        parent, child = socket.socketpair()
+        env = dict(os.environ, TASKMESH_ADDRESS=self.address, TASKMESH_NODE_ID=self.node_id,
+                   TASKMESH_PREFIX=self.prefix)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskmesh.workers.worker_main", "--fd", str(child.fileno())],
+            pass_fds=(child.fileno(),), env=env, preexec_fn=_process.set_pdeathsig,
+        )
+        child.close()
+        conn = Connection(parent.detach())
+        self._workers[conn] = _WorkerHandle(proc, conn)
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _on_worker_exit(self, handle: _WorkerHandle) -> None:
+        with self._cond:
+            self._workers.pop(handle.conn, None)
+            self._selector.unregister(handle.conn)
+            task = handle.task
+            if task is not None:
+                self._release(task, handle.blocked)
+            self.resources.give(handle.pool, handle.held)
+            self.resources.free_gpus(handle.gpus, handle.held.get("GPU"))
+        handle.conn.close()
+        handle.proc.wait()
+        if handle.tag is not None:
+            threading.Thread(target=self._release_holds, args=([handle.tag],),
+                             name="taskmesh-release", daemon=True).start()
+        if task is not None and task.creates_actor:
+            with self._cond:
+                self._outbox.ack(task)
+            self._actor_lost(task.lease.fields[b"task"].decode(),
+                             f"its worker (pid {handle.proc.pid}) died while creating it",
+                             on_this_node=False)
+        elif task is not None:
+            log.warning("worker %d died running task %s", handle.proc.pid, task.lease.fields[b"task"])
+            self._task_failed(task)
+        if handle.actor_id is not None and handle.exiting:
+            # Exiting on purpose (terminate, exit_actor) but gone before it recorded its
+            # death (killed meanwhile, say by the end of its job): record it now.
+            self._actor_lost(handle.actor_id, "it exited", restart=False)
+        elif handle.actor_id is not None:
+            self._actor_lost(handle.actor_id, f"its worker process (pid {handle.proc.pid}) died "
+                             f"unexpectedly (exit code {handle.proc.returncode})")
+        with self._cond:
+            if not self._stopping and self._pool_count() < self.pool_size:
+                self._spawn_worker()
+            self._dispatch()
+            self._cond.notify_all()
+
+    def _release_holds(self, tags: list[str]) -> None:
+        """A worker is gone: what it held as a borrower, and its own objects' owner
+        holds, are released (objects others still hold live on)."""
+        from taskmesh.objects.plane import ObjectPlane
+
+        try:
+            plane = ObjectPlane(self.store, self.node_id)
+            for tag in tags:
+                retry_transient(lambda: plane.release(self.store.process_holds(tag)))
+                retry_transient(lambda: self.store.remove_node_process(self.node_id, tag))
+        except Exception as e:
+            log.warning("releasing the refs of exited workers %s failed: %r", tags, e)
+
+    def _pool_count(self) -> int:
+        return sum(1 for h in self._workers.values() if h.actor_id is None)
+
+    def _actor_lost(self, actor_id: str, cause: str, on_this_node: bool = True,
+                    restart: bool = True) -> None:
+        """An actor's process is gone: restart it (max_restarts) or fail its calls."""
+        node = self.node_id if on_this_node else ""
+        if self._draining and restart:
+            cause = "its node was drained"
+        try:
+            status = retry_transient(lambda: _failure.actor_down(
+                self.store, actor_id, restart=restart, cause=f"The actor died: {cause}",
+                node_id=node, drain=self._draining))
+            log.warning("actor %s: %s; %s", actor_id, cause, status)
+        except Exception:
+            log.exception("handling the death of actor %s failed", actor_id)
+
+    def _task_failed(self, task: _Task) -> None:
+        """The worker running `task` died: retry it while max_retries allows (not when
+        it was killed by taskmesh.cancel: its results are stored already)."""
+        fields = task.lease.fields
+        with self._cond:
+            if fields.get(b"task") in self._cancelled:
+                self._outbox.ack(task)
+                return
+            if _failure.should_retry(fields):
+                self._outbox.requeues.append((task, int(fields[b"attempt"]) + 1))
+                return
+            self._outbox.completions.append(
+                _failure.crash_completion(fields, "pid of worker unknown to the caller"))
+            self._outbox.ack(task)
+
+    def _release(self, task: _Task, blocked: bool) -> None:
+        demand = dict(task.demand)
+        if blocked:  # its CPU was already lent out while it blocked in get
+            demand.pop("CPU", None)
+        self.resources.give(task.pool, demand)
+        self.resources.free_gpus(task.gpus, task.demand.get("GPU"))
+        task.gpus = []
+        self._wake_lease_for(task.pool)
+
+    def _starved_pools(self, counts: dict[str, int]) -> bool:
+        """Whether a pinned queue is left out of this read while tasks (not actors, which
+        hold their resources for long) run in its pool. Under self._cond."""
+        running = {h.task.pool for h in self._workers.values() if h.task is not None}
+        for queue in self._pinned:
+            if queue in counts:
+                continue
+            if not queue.startswith("pg:"):
+                if None in running:
+                    return True
+                continue
+            _, pg_id, index = queue.split(":")
+            if any(p is not None and p.startswith(pg_id + ":") and index in ("any", p.split(":")[1])
+                   for p in running):
+                return True
+        return False
+
+    def _wake_lease_for(self, pool: str | None) -> None:
+        """A pool got room: if the lease thread is blocked in a read that leaves out
+        every queue feeding that pool (it had no room when the read began), wake it, or
+        the pool would idle until the read times out. Under self._cond."""
+        reading = self._reading
+        if reading is None:
+            return
+        if pool is None:
+            feeding = [q for q in reading if not q.startswith("pg:")]
+        else:
+            pg_id = pool.split(":")[0]
+            feeding = [q for q in reading if q in (f"pg:{pool}", scheduler.bundle_queue(pg_id, -1))]
+        if not feeding:
+            self._unblock_lease()
+    # ---- dispatch (under self._cond) ----------------------------------------------------
+
+    def _dispatch(self) -> None:
+        idle = [h for h in self._workers.values()
+                if h.ready and h.task is None and h.actor_id is None]
+        waiting = 0
+        for task in list(self._backlog):
+            pool = self.resources.pool_for(task.queue, task.demand)
+            if pool is False:
+                continue
+            if not idle:
+                waiting += 1
+                continue
+            handle = idle.pop()
+            self._backlog.remove(task)
+            task.pool = pool  # type: ignore[assignment]
+            self.resources.take(task.pool, task.demand)
+            task.gpus = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
+            handle.task = task
+            fields = task.lease.fields
+            if self.resources.has_gpus:  # a GPU node: every task learns its GPUs (maybe none)
+                fields = {**fields, b"gpus": ",".join(map(str, task.gpus)).encode()}
+            handle.conn.send_bytes(msgpack.packb(
+                [b"T", task.lease.entry_id, fields], use_bin_type=True))
+        starting = sum(1 for h in self._workers.values() if not h.ready)
+        room = self.max_workers - len(self._workers)
+        for _ in range(min(waiting - starting, room)):
+            self._spawn_worker()
+
+    # ---- main loop: worker sockets and result flushing ----------------------------------
+
+    def _io_loop(self) -> None:
+        while not self._stopping:
+            for key, _ in self._selector.select(timeout=1.0):
+                r = key.fileobj
+                if r is self._wake_r:
+                    try:
+                        self._wake_r.recv(4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                handle = self._workers.get(r)  # type: ignore[arg-type]
+                if handle is None:
+                    continue
+                try:
+                    msg = msgpack.unpackb(r.recv_bytes(), raw=True)  # type: ignore[union-attr]
+                except (EOFError, OSError):
+                    self._on_worker_exit(handle)
+                    continue
+                try:
+                    self._on_message(handle, msg)
+                except Exception:
+                    log.exception("bad message from worker %d: %r", handle.proc.pid, msg[:1])
+            self._flush()
+
+    def _on_message(self, handle: _WorkerHandle, msg: list) -> None:
+        kind = msg[0]
+        with self._cond:
+            if kind == b"D":
+                task = handle.task
+                _, _, owner, notice, objs = msg
+                stored = tuple((o.decode(), k, d) for o, k, d in objs)
+                if task is not None and stored:  # fenced by attempt (see complete.lua)
+                    fields = task.lease.fields
+                    stored += (("", KIND_FENCE, fields[b"task"] + b" " + fields[b"attempt"]),)
+                self._outbox.completions.append(Completion(owner.decode(), notice, stored))
+                self._finish(handle)
+                if task is not None:
+                    self._outbox.ack(task)
+            elif kind == b"Q":
+                task = handle.task
+                self._finish(handle)
+                if task is not None:
+                    self._outbox.requeues.append((task, int(task.lease.fields[b"attempt"]) + 1))
+            elif kind == b"B" and handle.task is not None and not handle.blocked:
+                handle.blocked = True
+                self.resources.give(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
+                self._dispatch()
+                self._cond.notify_all()
+            elif kind == b"U" and handle.task is not None and handle.blocked:
+                handle.blocked = False
+                self.resources.take(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
+            elif kind == b"R":
+                handle.ready = True
+                handle.tag = msg[2].decode() if len(msg) > 2 else None
+                self._dispatch()
+            elif kind == b"X":  # exits after this task (max_calls): give it no other
+                handle.ready = False
+            elif kind == b"AR" and handle.task is not None:  # the actor is alive
+                task = handle.task
+                spec = msgpack.unpackb(task.lease.fields[b"spec"], raw=False)
+                handle.actor_id = task.lease.fields[b"task"].decode()
+                handle.held = {k: float(v) for k, v in (spec.get("held") or {}).items()}
+                handle.task = None
+                handle.pool = task.pool
+                if handle.held.get("GPU"):  # the actor keeps its GPUs
+                    handle.gpus, task.gpus = task.gpus, []
+                self._release(task, handle.blocked)  # placement resources back ...
+                handle.blocked = False
+                self.resources.take(handle.pool, handle.held)  # ... held kept
+                self._outbox.ack(task)
+                if not self._stopping and self._pool_count() < self.pool_size:
+                    self._spawn_worker()
+                self._dispatch()
+                self._cond.notify_all()
+            elif kind == b"AF":  # creation failed (the actor is dead) or was cancelled
+                task = handle.task
+                self._finish(handle)
+                if task is not None:
+                    self._outbox.ack(task)
+            elif kind == b"AX":
+                handle.exiting = True
+
+    def _finish(self, handle: _WorkerHandle) -> None:
+        task = handle.task
+        if task is not None:
+            self._release(task, handle.blocked)
+        handle.task, handle.blocked = None, False
+        self._dispatch()
+        self._cond.notify_all()
+
+    def _flush(self) -> None:
+        """Store finished tasks' results and acks, and requeue retried tasks. Transient
+        Redis errors are retried (the results are kept meanwhile); any other error is a
+        bug, logged, and the affected tasks stay leased until the node is declared dead."""
+        with self._cond:
+            out, self._outbox = self._outbox, _Outbox()
+            self._acking = {i for ids in out.acks.values() for i in ids}
+        try:
+            if out.completions or out.acks:
+                # Results exist only here until stored: keep trying through a Redis restart.
+                retry_transient(lambda: self.store.complete_tasks(out.completions, out.acks),
+                                deadline_s=3600, stop=lambda: self._stopping)
+            for task, attempt in out.requeues:
+                retry_transient(lambda: self._requeue(task, attempt), stop=lambda: self._stopping)
+            from taskmesh._core import events as _events
+
+            retried = [_events.event(t.lease.fields[b"task"].decode(), attempt, _events.PENDING,
+                                     name=t.lease.fields[b"name"].decode())
+                       for t, attempt in out.requeues
+                       if not t.creates_actor and _events.enabled(t.lease.fields)]
+            if retried:  # one stream entry for the batch's retries (rare: no hot path)
+                retry_transient(lambda: self.store.add_events(retried), stop=lambda: self._stopping)
+        except Exception:
+            log.exception("storing %d results / %d retries failed", len(out.completions),
+                          len(out.requeues))
+        finally:
+            with self._cond:
+                self._acking = set()
+
+    def _requeue(self, task: _Task, attempt: int, dest: str | None = None) -> None:
+        fields = dict(task.lease.fields)
+        fields[b"attempt"] = str(attempt).encode()
+        self.store.requeue(task.lease.queue, task.lease.entry_id, fields, dest)
+
+    # ---- leasing ------------------------------------------------------------------------
+
+    def _on_new_shape(self, message: dict) -> None:
+        self._reload_shapes = True
+        self._unblock_lease()
+        with self._cond:  # the lease thread may be waiting for room rather than in Redis
+            self._cond.notify_all()
+
+    def _on_order(self, message: dict) -> None:
+        """Orders for this node: `kill <actor_id>` (taskmesh.kill), `free <object_id> ...`
+        (objects freed elsewhere that this node holds copies of)."""
+        verb, _, arg = message["data"].decode().partition(" ")
+        if verb == "pg":  # a bundle was reserved here or given back
+            self._reload_bundles = True
+            self._unblock_lease()
+            with self._cond:
+                self._cond.notify_all()
+            return
+        if verb == "free":
+            if self.shm is not None:
+                self.shm.delete(arg.split())
+            return
+        if verb != "kill":
+            log.warning("unknown order %r", message["data"])
+            return
+        self._kill_actors({arg})
+
+    def _kill_actors(self, actor_ids: set[str]) -> None:
+        """SIGKILL the processes of these actors, including one still creating its actor
+        (its ALIVE may be recorded before its agent hears of it: the order must not miss)."""
+        with self._cond:
+            victims = [h for h in self._workers.values() if h.actor_id in actor_ids or (
+                h.task is not None and h.task.creates_actor
+                and h.task.lease.fields[b"task"].decode() in actor_ids)]
+        for h in victims:
+            h.proc.kill()
+
+    def _kill_killed_actors(self) -> None:
+        """Kill this node's actors that were killed with no_restart (taskmesh.kill, or
+        their job ended) but still run: their kill order was lost (pub/sub)."""
+        with self._cond:
+            actor_ids = [h.actor_id for h in self._workers.values() if h.actor_id is not None]
+        if not actor_ids:
+            return
+        try:
+            killed = self.store.killed_actors(actor_ids)
+        except Exception as e:
+            log.warning("checking for killed actors failed: %r", e)
+            return
+        if killed:
+            log.warning("killing actors %s: killed, but their kill order did not arrive", killed)
+            self._kill_actors(set(killed))
+
+    def _on_cancel(self, message: dict) -> None:
+        """`<task_id> <force>` (taskmesh.cancel): drop the task if it waits here,
+        interrupt its worker (SIGINT: KeyboardInterrupt in the task) or kill it (force)."""
+        task_id, _, force = message["data"].partition(b" ")
+        with self._cond:
+            self._cancelled[task_id] = None
+            while len(self._cancelled) > 10_000:
+                self._cancelled.popitem(last=False)
+            for task in [t for t in self._backlog if t.lease.fields.get(b"task") == task_id]:
+                self._backlog.remove(task)
+                self._outbox.ack(task)
+            running = [h for h in self._workers.values()
+                       if h.task is not None and h.task.lease.fields.get(b"task") == task_id]
+        for handle in running:
+            try:
+                os.kill(handle.proc.pid, signal.SIGKILL if force == b"1" else signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    def _unblock_lease(self) -> None:
+        if self._lease_client_id is not None:
+            try:
+                self.store.redis.client_unblock(self._lease_client_id)
+            except Exception:
+                pass
+
+    def _lease_loop(self) -> None:
+        while not self._stopping:
+            if self._draining:
+                # Lease nothing more, but live on: the workers this thread started die
+                # when it ends (PR_SET_PDEATHSIG follows the spawning thread).
+                self._lease_parked.set()
+                self._stopped.wait(1.0)
+                continue
+            try:
+                if self._recover_own:
+                    self._recover_own_entries()
+                self._lease_once()
+            except Exception as e:
+                if self._stopping:
+                    return
+                log.warning("leasing failed: %r", e)
+                # A read may have been delivered (and recorded) without its reply
+                # reaching us: take back our own unacknowledged entries first.
+                self._recover_own = True
+                time.sleep(0.5)
+
+    def _recover_own_entries(self) -> None:
+        """Add entries pending for this node in Redis that this agent does not know of
+        (neither queued, running, nor done and waiting to be acked)."""
+        pending = self.store.own_pending(self._lease_client, self.node_id, self._shapes + self._pinned)
+        with self._cond:
+            known = {t.lease.entry_id for t in self._backlog}
+            known |= {h.task.lease.entry_id for h in self._workers.values() if h.task is not None}
+            known |= {i for ids in self._outbox.acks.values() for i in ids} | self._acking
+            lost = [e for e in pending if e.entry_id not in known]
+            for entry in lost:
+                self._backlog.append(self._new_task(entry))
+            if lost:
+                log.warning("took back %d entries leased to this node whose delivery was lost", len(lost))
+                self._dispatch()
+        self._recover_own = False
+
+    def _new_task(self, entry: Leased) -> _Task:
+        """A leased entry; its demand is named by its queue, or by its `shape` field in a
+        node or bundle queue."""
+        queue = entry.queue[len(self.store.keys.queue("")):]
+        shape = entry.fields.get(b"shape")
+        return _Task(entry, scheduler.parse_shape(shape.decode() if shape else queue), queue=queue)
+
+    def _lease_once(self) -> None:
+        if self._reload_shapes:
+            self._reload_shapes = False
+            self._shapes = [s for s in self.store.shapes()
+                            if scheduler.fits(scheduler.parse_shape(s), self.total)]
+            self.store.ensure_groups(self._shapes)
+        if self._reload_bundles:
+            self._reload_bundles = False
+            self._load_bundles()
+        self._hand_back_stale()
+        with self._cond:
+            held = {}
+            for task in self._backlog:
+                if not task.queue.startswith("pg:"):
+                    held = scheduler.add(held, task.demand)
+            counts = scheduler.lease_counts(self._shapes, self.resources.unreserved(),
+                                            self.available, held)
+            counts.update(self.resources.pinned_counts(
+                self._pinned, held, collections.Counter(t.queue for t in self._backlog)))
+            if not counts:
+                self._cond.wait(1.0)
+                return
+            block_ms = LEASE_BLOCK_MS if not self._backlog else 20
+            if self._starved_pools(counts):
+                # A pool with no room now gets some when its running task ends; the
+                # wake-up for that (_wake_lease_for) can miss a read not yet sent.
+                block_ms = min(block_ms, SHORT_BLOCK_MS)
+            self._reading = frozenset(counts)
+        try:
+            leased = self.store.lease(self._lease_client, self.node_id, counts, block_ms)
+        finally:
+            self._reading = None
+        leased = self._set_aside_malformed(leased)
+        if not leased:
+            return
+        with self._cond:
+            for entry in leased:
+                task = self._new_task(entry)
+                if entry.fields.get(b"task") in self._cancelled:
+                    self._outbox.ack(task)
+                    continue
+                self._backlog.append(task)
+            self._dispatch()
+
+    def _load_bundles(self) -> None:
+        """Take up the bundles reserved on this node (`tm:node_reserved:{node}`) and let
+        go of removed ones: their waiting tasks are dropped (the remover failed them) and
+        their actors killed."""
+        reserved = self.store.node_reservations(self.node_id)
+        with self._cond:
+            self.resources.set_reservations(reserved)
+            groups = self.resources.groups()
+            self._pinned = self.resources.pinned_queues(self.node_id)
+            gone = [t for t in self._backlog
+                    if t.queue.startswith("pg:") and t.queue.split(":")[1] not in groups]
+            for task in gone:
+                self._backlog.remove(task)
+                self._outbox.ack(task)
+            orphans = [h for h in self._workers.values()
+                       if h.actor_id is not None and h.pool is not None
+                       and h.pool not in self.resources.bundles]
+        for h in orphans:
+            h.exiting = True
+            retry_transient(lambda: _failure.actor_down(
+                self.store, h.actor_id, restart=False,
+                cause=f"{_failure.PG_REMOVED}The actor's placement group was removed."))
+            h.proc.kill()
+
+    def _set_aside_malformed(self, leased: list[Leased]) -> list[Leased]:
+        """Entries that no taskmesh process wrote go to the dead-letter stream."""
+        bad = [(e, p) for e in leased if (p := _failure.entry_problem(e.fields)) is not None]
+        if not bad:
+            return leased
+        for entry, problem in bad:
+            log.warning("malformed entry %s in %s moved to the dead-letter stream: %s",
+                        entry.entry_id, entry.queue, problem)
+        retry_transient(lambda: self.store.dead_letter(bad))
+        return [e for e in leased if all(e is not b for b, _ in bad)]
+
+    def _hand_back_stale(self) -> None:
+        if self._alive_nodes < 2:
+            return
+        now = time.monotonic()
+        with self._cond:
+            stale = [t for t in self._backlog if now - t.leased_at > HANDBACK_S
+                     and (scheduler.is_shape_queue(t.queue) or t.soft)]
+            for task in stale:
+                self._backlog.remove(task)
+        for task in stale:
+            dest = None
+            if not scheduler.is_shape_queue(task.queue):  # a soft node entry: back to its shape
+                dest = self.store.keys.queue(task.lease.fields[b"shape"].decode())
+            retry_transient(lambda: self._requeue(task, int(task.lease.fields[b"attempt"]), dest))
+
+    def _report_store_usage(self) -> None:
+        """Object-store usage into the node's hash (for `taskmesh memory`), when it changed."""
+        if self.shm is None:
+            return
+        u = self.shm.usage()
+        fields = {"store_capacity": self.object_store.capacity_bytes or 0, "store_used": u.used_bytes,
+                  "store_objects": u.objects, "store_spilled": u.spilled_bytes,
+                  "store_spilled_objects": u.spilled_objects, "store_free_pool": u.free_pool_bytes}
+        if fields != self._reported_usage:
+            try:
+                self.store.set_node_fields(self.node_id, fields)
+                self._reported_usage = fields
+            except Exception as e:
+                log.warning("reporting object-store usage failed: %r", e)
+
+    def _heartbeat_loop(self) -> None:
+        last_sent: dict[str, float] | None = None
+        last_sweep = last_killed_check = time.monotonic()
+        while not self._stopping:
+            if time.monotonic() - last_killed_check > KILLED_ACTORS_EVERY_S:
+                last_killed_check = time.monotonic()
+                self._kill_killed_actors()
+            self._report_store_usage()
+            if self.shm is not None and time.monotonic() - last_sweep > SWEEP_EVERY_S:
+                last_sweep = time.monotonic()
+                try:
+                    sweep_orphans(self.store, self.shm, min_age_s=SWEEP_EVERY_S)
+                except Exception as e:
+                    log.warning("sweeping the object store failed: %r", e)
+            with self._cond:
+                available = dict(self.available)
+            try:
+                alive = self.store.heartbeat(self.node_id, available if available != last_sent else None)
+                if alive < 0:
+                    log.error("this node was declared dead (no heartbeat reached Redis in time) "
+                              "and its work was handed to other nodes; exiting")
+                    self.stop()
+                    return
+                self._alive_nodes = alive
+                last_sent = available
+            except Exception as e:
+                log.warning("heartbeat failed: %r", e)
+            try:
+                self.monitor.tick()
+            except StoreUnavailableError as e:
+                log.warning("monitor tick failed: %r", e)
+            except Exception:
+                log.exception("monitor tick failed")
+            self._stopped.wait(HEARTBEAT_S)

@@ -1,0 +1,95 @@
+"""What the task runner (worker_main) and the actor runner share: the return-value split,
+the error record, the output forwarder, and `WorkerHost`, what an actor runner needs of
+the worker process that hosts it (so neither runner imports the other)."""
+
+from __future__ import annotations
+
+import io
+import traceback
+from typing import Any, Protocol
+
+from taskmesh import objects
+from taskmesh.exceptions import RayTaskError
+
+
+class LogSink(Protocol):
+    """Where a LineForwarder sends complete lines: the worker process."""
+
+    context: Any
+
+    def add_log_lines(self, stream: str, lines: list[str]) -> None: ...
+
+
+class WorkerHost(Protocol):
+    """The worker process as an actor runner sees it."""
+
+    node_id: str
+    pid: int
+    runtime: Any
+    events: Any
+
+    def send(self, *message: Any) -> None: ...
+
+    def function(self, fn_id: str) -> Any: ...
+
+    def resolve_args(self, args: list, kwargs: dict) -> bytes | None: ...
+
+    def end_output(self) -> None: ...
+
+    def flush_logs(self) -> None: ...
+
+    def generator_run(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class LineForwarder(io.TextIOBase):
+    """Replaces sys.stdout/sys.stderr while a task runs: complete lines go to the
+    driver of the task's job, prefixed there with the task name and pid."""
+
+    def __init__(self, worker: LogSink, stream: str, fallback: Any):
+        self._worker = worker
+        self._stream = stream
+        self._fallback = fallback
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self._worker.context.job_id is None:
+            return self._fallback.write(text)
+        text = self._partial + text
+        *lines, self._partial = text.split("\n")
+        if lines:
+            self._worker.add_log_lines(self._stream, lines)
+        return len(text)
+
+    def flush(self) -> None:
+        self._fallback.flush()
+
+    def finish(self) -> None:
+        if self._partial:
+            self._worker.add_log_lines(self._stream, [self._partial])
+            self._partial = ""
+
+
+def split_returns(result: Any, n: int, name: str) -> list[Any]:
+    if n == 1:
+        return [result]
+    if n == 0:
+        return []
+    try:
+        values = list(result)
+    except TypeError:
+        raise ValueError(f"Task {name} declared num_returns={n} but returned a non-iterable "
+                         f"{type(result).__name__}") from None
+    if len(values) != n:
+        raise ValueError(f"Task {name} declared num_returns={n} but returned {len(values)} values")
+    return values
+
+
+def serialize_error(name: str, error: Exception) -> bytes:
+    tb = traceback.format_exc()
+    try:
+        return objects.serialize(RayTaskError(name, tb, error))
+    except Exception:  # the user's exception does not pickle: keep its text
+        return objects.serialize(RayTaskError(name, tb, None))

