@@ -83,6 +83,14 @@ def lease_counts(
     return counts
 
 
+def read_left_out(reading: Iterable[str], counts: Mapping[str, int]) -> bool:
+    """Whether a lease read blocked on the queues `reading` leaves out a queue that now
+    has room (`counts`, as lease_counts computes them now): then the read must be woken.
+    Queues that need no room (the 0-CPU shape) are read whatever the room, so reading
+    them says nothing about the room that just opened."""
+    return bool(set(counts) - set(reading))
+
+
 # ---- queues other than shape queues -------------------------------------------------------
 #
 # A task whose strategy names a node (node affinity, SPREAD, data locality) goes to that

@@ -23,6 +23,7 @@ import msgpack
 
 from taskmesh._base.wire import TaskContext, encode_notice
 from taskmesh._core import events as _events
+from taskmesh._core import lifecycle
 from taskmesh._core.failure import call_failures
 from taskmesh import objects
 from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
@@ -771,7 +772,7 @@ class Runtime(StreamMethods):
         except Exception as e:
             _log_background_error("flushing at shutdown", e)
         if not self.is_worker and self.job_id is not None:
-            self._end_job_actors()
+            self._end_job()
         self._closing = True
         self._wake.set()
         if self._listener is not None and self._listen_client is not None:
@@ -806,20 +807,13 @@ class Runtime(StreamMethods):
         objects.set_tracker(None)
 
 
-    def _end_job_actors(self) -> None:
-        """The job ends: its actors die with it, except detached ones (as Ray)."""
-        from taskmesh._core.failure import end_job_actors
-
+    def _end_job(self) -> None:
+        """The job ends: its actors and placement groups go with it, except detached
+        ones (as Ray)."""
         try:
-            end_job_actors(self.store, self.job_id, "its job ended before it started")  # type: ignore[arg-type]
+            lifecycle.end_job(self.store, self.job_id, "its job ended before it started")  # type: ignore[arg-type]
         except Exception as e:
-            _log_background_error("ending the job's actors", e)
-        from taskmesh._core.placement import end_job_groups
-
-        try:
-            end_job_groups(self.store, self.job_id)  # type: ignore[arg-type]
-        except Exception as e:
-            _log_background_error("removing the job's placement groups", e)
+            _log_background_error("ending the job's actors and placement groups", e)
 
 
 def _log_background_error(what: str, error: BaseException) -> None:

@@ -32,6 +32,7 @@ import msgpack
 from taskmesh._core import failure as _failure
 from taskmesh.workers import process as _process
 from taskmesh import scheduler, security
+from taskmesh._core import lifecycle
 from taskmesh.workers.actor_runner import DRAIN_SIGNAL
 from taskmesh.objects.plane import sweep_orphans
 from taskmesh.workers.resources import NodeResources
@@ -192,6 +193,11 @@ class NodeAgent:
         self._lease_client = self.store.dedicated()
         self._lease_client_id: int | None = None
         self._reading: frozenset[str] | None = None  # queues of the lease read in progress
+        self._woken = False  # the read in progress was woken (CLIENT UNBLOCK)
+        # Lease reads left to time out although a queue they left out got room (a missed
+        # wake-up: the room idled until the read timed out), reported in the node's hash.
+        self._lease_stats = {"lease_missed_wakes": 0}
+        self._reported_lease_stats: dict[str, int] = {}
         self._pubsub: Any = None
         self._alive_nodes = 1
         self.monitor = Monitor(self.store, self.node_id)
@@ -401,13 +407,8 @@ class NodeAgent:
     def _release_holds(self, tags: list[str]) -> None:
         """A worker is gone: what it held as a borrower, and its own objects' owner
         holds, are released (objects others still hold live on)."""
-        from taskmesh.objects.plane import ObjectPlane
-
         try:
-            plane = ObjectPlane(self.store, self.node_id)
-            for tag in tags:
-                retry_transient(lambda: plane.release(self.store.process_holds(tag)))
-                retry_transient(lambda: self.store.remove_node_process(self.node_id, tag))
+            retry_transient(lambda: lifecycle.release_process_holds(self.store, tags, self.node_id))
         except Exception as e:
             log.warning("releasing the refs of exited workers %s failed: %r", tags, e)
 
@@ -470,19 +471,15 @@ class NodeAgent:
         return False
 
     def _wake_lease_for(self, pool: str | None) -> None:
-        """A pool got room: if the lease thread is blocked in a read that leaves out
-        every queue feeding that pool (it had no room when the read began), wake it, or
-        the pool would idle until the read times out. Under self._cond."""
+        """A pool got room: if the lease thread is blocked in a read that leaves out a
+        queue it could read now (it had no room for it when the read began), wake it, or
+        the pool would idle until the read times out. A read that only has queues which
+        need no room (0-CPU actors and tasks) must not keep the freed room idle either.
+        Under self._cond."""
         reading = self._reading
-        if reading is None:
-            return
-        if pool is None:
-            feeding = [q for q in reading if not q.startswith("pg:")]
-        else:
-            pg_id = pool.split(":")[0]
-            feeding = [q for q in reading if q in (f"pg:{pool}", scheduler.bundle_queue(pg_id, -1))]
-        if not feeding:
+        if reading is not None and scheduler.read_left_out(reading, self._lease_counts()):
             self._unblock_lease()
+
     # ---- dispatch (under self._cond) ----------------------------------------------------
 
     def _dispatch(self) -> None:
@@ -711,6 +708,7 @@ class NodeAgent:
                 pass
 
     def _unblock_lease(self) -> None:
+        self._woken = True
         if self._lease_client_id is not None:
             try:
                 self.store.redis.client_unblock(self._lease_client_id)
@@ -772,14 +770,7 @@ class NodeAgent:
             self._load_bundles()
         self._hand_back_stale()
         with self._cond:
-            held = {}
-            for task in self._backlog:
-                if not task.queue.startswith("pg:"):
-                    held = scheduler.add(held, task.demand)
-            counts = scheduler.lease_counts(self._shapes, self.resources.unreserved(),
-                                            self.available, held)
-            counts.update(self.resources.pinned_counts(
-                self._pinned, held, collections.Counter(t.queue for t in self._backlog)))
+            counts = self._lease_counts()
             if not counts:
                 self._cond.wait(1.0)
                 return
@@ -789,10 +780,15 @@ class NodeAgent:
                 # wake-up for that (_wake_lease_for) can miss a read not yet sent.
                 block_ms = min(block_ms, SHORT_BLOCK_MS)
             self._reading = frozenset(counts)
+            self._woken = False
         try:
             leased = self.store.lease(self._lease_client, self.node_id, counts, block_ms)
         finally:
             self._reading = None
+        if not leased and not self._woken:
+            with self._cond:  # room opened during the read, and nobody woke it
+                if scheduler.read_left_out(counts, self._lease_counts()):
+                    self._lease_stats["lease_missed_wakes"] += 1
         leased = self._set_aside_malformed(leased)
         if not leased:
             return
@@ -804,6 +800,19 @@ class NodeAgent:
                     continue
                 self._backlog.append(task)
             self._dispatch()
+
+    def _lease_counts(self) -> dict[str, int]:
+        """How many entries to read now from each shape, node and bundle queue. Under
+        self._cond."""
+        held: dict[str, float] = {}
+        for task in self._backlog:
+            if not task.queue.startswith("pg:"):
+                held = scheduler.add(held, task.demand)
+        counts = scheduler.lease_counts(self._shapes, self.resources.unreserved(),
+                                        self.available, held)
+        counts.update(self.resources.pinned_counts(
+            self._pinned, held, collections.Counter(t.queue for t in self._backlog)))
+        return counts
 
     def _load_bundles(self) -> None:
         """Take up the bundles reserved on this node (`tm:node_reserved:{node}`) and let
@@ -855,6 +864,16 @@ class NodeAgent:
                 dest = self.store.keys.queue(task.lease.fields[b"shape"].decode())
             retry_transient(lambda: self._requeue(task, int(task.lease.fields[b"attempt"]), dest))
 
+    def _report_lease_stats(self) -> None:
+        """Lease-read counters into the node's hash, when they changed."""
+        stats = dict(self._lease_stats)
+        if stats != self._reported_lease_stats:
+            try:
+                self.store.set_node_fields(self.node_id, stats)
+                self._reported_lease_stats = stats
+            except Exception as e:
+                log.warning("reporting lease counters failed: %r", e)
+
     def _report_store_usage(self) -> None:
         """Object-store usage into the node's hash (for `taskmesh memory`), when it changed."""
         if self.shm is None:
@@ -878,6 +897,7 @@ class NodeAgent:
                 last_killed_check = time.monotonic()
                 self._kill_killed_actors()
             self._report_store_usage()
+            self._report_lease_stats()
             if self.shm is not None and time.monotonic() - last_sweep > SWEEP_EVERY_S:
                 last_sweep = time.monotonic()
                 try:

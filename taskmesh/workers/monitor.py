@@ -32,7 +32,8 @@ from taskmesh._core import failure as _failure
 from taskmesh._base.config import env_number
 from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.store import Leased, Store
-from taskmesh._core.placement import end_job_groups, try_place
+from taskmesh._core import lifecycle
+from taskmesh._core.placement import try_place
 
 log = logging.getLogger("taskmesh.monitor")
 
@@ -184,7 +185,8 @@ class Monitor:
             status = _failure.actor_down(self.store, actor_id, restart=True,
                                          cause=f"The actor died: {cause}", node_id=node)
             log.warning("actor %s: %s; %s", actor_id, cause, status)
-        self._release_holds(node)
+        # The node's worker processes died with it.
+        lifecycle.release_process_holds(self.store, self.store.node_processes(node), node)
         for info in self.store.pg_infos():
             if node in info["bundle_nodes"].values() and self.store.unplace_bundles(info["pg_id"], node):
                 log.warning("placement group %s lost bundles on node %s; placing them again",
@@ -195,26 +197,13 @@ class Monitor:
         """A driver died without shutting down: release its refs (objects others hold
         live on), end its job's actors but detached ones, and forget it. Idempotent,
         so a monitor that dies half-way leaves the rest to the next one."""
-        from taskmesh.objects.plane import ObjectPlane
-
         log.warning("driver %s of job %s stopped heartbeating: releasing its refs and actors",
                     tag, job_id)
-        ObjectPlane(self.store, None).release(self.store.process_holds(tag))
-        _failure.end_job_actors(self.store, job_id, "its driver died")
-        end_job_groups(self.store, job_id)
+        lifecycle.release_process_holds(self.store, [tag])
+        lifecycle.end_job(self.store, job_id, "its driver died")
         self.store.end_job(job_id)
         self.store.delete_done(tag)
         self.store.driver_gone(tag, job_id)
-
-    def _release_holds(self, node: str) -> None:
-        """The node's worker processes died with it: release the refs they borrowed and
-        their own objects' owner holds (objects others hold live on)."""
-        from taskmesh.objects.plane import ObjectPlane
-
-        plane = ObjectPlane(self.store, None)
-        for tag in self.store.node_processes(node):
-            plane.release(self.store.process_holds(tag))
-            self.store.remove_node_process(node, tag)
 
     def _drain_node_queue(self, queue: str) -> None:
         """Entries waiting in the queue of a node that is gone: soft ones go to their
