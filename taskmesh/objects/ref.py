@@ -172,14 +172,14 @@ class Serialized:
     def write_into(self, out: memoryview) -> None:
         """Write the frame into `out` (exactly `size` bytes): each buffer copied once."""
         if not self.buffers:
-            out[:] = self.pickled
+            _copy(out, self.pickled)
             return
         total, header, offsets = _layout(self)
         out[:8] = MAGIC
         out[8:16] = struct.pack("<Q", len(header))
         out[16:16 + len(header)] = header
         for part, offset in zip((self.pickled, *self.buffers), offsets):
-            out[offset:offset + len(part)] = part
+            _copy(out[offset:offset + len(part)], part)
 
     def to_bytes(self) -> bytes:
         if not self.buffers:
@@ -187,6 +187,52 @@ class Serialized:
         out = bytearray(self.size)
         self.write_into(memoryview(out))
         return bytes(out)
+
+
+# A buffer this large is copied in chunks by several threads (numpy's copy releases the
+# GIL): one thread copies ~6-10 GB/s into touched memory and ~1-2 GB/s into fresh shared
+# memory, where page faults dominate and spread over cores.
+PARALLEL_COPY_MIN_BYTES = 64 * 1024 * 1024
+_CHUNK_MIN_BYTES = 16 * 1024 * 1024
+_MAX_COPY_THREADS = 8
+_copy_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_copy_pool_lock = threading.Lock()
+
+
+def copy_threads(nbytes: int) -> int:
+    """How many threads copy a buffer of `nbytes`: one per usable core but one (left to
+    the rest of the node: agent, workers, Redis), at most _MAX_COPY_THREADS, each with at
+    least _CHUNK_MIN_BYTES; 1 below the threshold. So a 2-core machine copies as it
+    always did, and a 16-core one with 8 threads."""
+    if nbytes < PARALLEL_COPY_MIN_BYTES:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores - 1, _MAX_COPY_THREADS, nbytes // _CHUNK_MIN_BYTES))
+
+
+def _copy(out: memoryview, part: Any) -> None:
+    """out[:] = part, in parallel chunks when the part is large and cores allow."""
+    source = memoryview(part).cast("B")
+    threads = copy_threads(source.nbytes)
+    if threads == 1:
+        out[:] = source
+        return
+    import numpy as np  # only for large copies: keeps numpy off the import path
+
+    global _copy_pool
+    with _copy_pool_lock:
+        if _copy_pool is None:
+            _copy_pool = concurrent.futures.ThreadPoolExecutor(_MAX_COPY_THREADS, "taskmesh-copy")
+    dst = np.frombuffer(out, dtype=np.uint8)
+    src = np.frombuffer(source, dtype=np.uint8)
+    step = -(-source.nbytes // threads)
+    jobs = [_copy_pool.submit(np.copyto, dst[i:i + step], src[i:i + step])
+            for i in range(0, source.nbytes, step)]
+    for job in jobs:
+        job.result()
 
 
 def _layout(s: Serialized) -> tuple[int, bytes, list[int]]:
