@@ -1,6 +1,10 @@
 """Side-by-side microbenchmarks: taskmesh, and optionally Ray, on the same workloads.
 
-    python benchmarks/run.py [--compare ray] [--ray-python PATH] [--quick] [--json OUT]
+    python benchmarks/run.py [--compare ray] [--ray-python PATH] [--quick] [--cpus N] [--json OUT]
+
+`--cpus N` (N > 2) is the many-core mode: `init(num_cpus=N)` and the rows that scale with
+cores (tasks sync and async, multi-client tasks with N/2 clients, n:n actor calls with N/2
+pairs, 1 GB put beside a 1 GB memcpy, start-up, idle RSS with N workers warm).
 
 Each library runs in its own child process (`taskmesh.tools.microbenchmark.run_all`), one after
 the other so they never compete for the CPUs; then "startup to first result" is measured
@@ -73,14 +77,15 @@ def child_env(lib: str, temp_dir: str) -> dict[str, str]:
     return env
 
 
-def measure(lib: str, python: str, quick: bool, startup_runs: int, temp_dir: str) -> dict[str, dict]:
+def measure(lib: str, python: str, quick: bool, startup_runs: int, temp_dir: str,
+            cpus: int = 2) -> dict[str, dict]:
     env = child_env(lib, temp_dir)
     print(f"running {lib} workloads ({python}) ...", file=sys.stderr, flush=True)
-    rows = {r["name"]: r for r in child(python, lib, f"run_all({lib!r}, quick={quick})", env)}
+    rows = {r["name"]: r for r in child(python, lib, f"run_all({lib!r}, quick={quick}, cpus={cpus})", env)}
     startups = []
     for i in range(startup_runs):
         print(f"{lib} startup {i + 1}/{startup_runs} ...", file=sys.stderr, flush=True)
-        startups.append(child(python, lib, f"startup_to_first_result({lib!r})", env))
+        startups.append(child(python, lib, f"startup_to_first_result({lib!r}, cpus={cpus})", env))
     rows["startup to first result"] = {"name": "startup to first result", "unit": "s",
                                        "value": statistics.median(startups), "runs": startups}
     return rows
@@ -129,15 +134,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short smoke run")
     parser.add_argument("--startup-runs", type=int, default=3,
                         help="fresh processes measuring start-up per library (median reported)")
+    parser.add_argument("--cpus", type=int, default=2,
+                        help="CPUs of the local cluster; above 2: the many-core rows only")
     parser.add_argument("--json", metavar="OUT", help="also write the rows as JSON here")
     args = parser.parse_args()
 
     temp_dir = tempfile.mkdtemp(prefix="taskmesh-bench-")
     try:
         results = {"taskmesh": measure("taskmesh", sys.executable, args.quick,
-                                       args.startup_runs, temp_dir)}
+                                       args.startup_runs, temp_dir, args.cpus)}
         if args.compare == "ray":
-            results["ray"] = measure("ray", args.ray_python, args.quick, args.startup_runs, temp_dir)
+            results["ray"] = measure("ray", args.ray_python, args.quick, args.startup_runs,
+                                     temp_dir, args.cpus)
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
     print(table(results))

@@ -24,7 +24,7 @@ ACTOR_ROWS = (
     "1:1 async-actor calls async",
 )
 QUICK_OBJECT_ROWS = ("memcpy 100 MB", "single client put 100 MB", "single client get 100 MB")
-LARGE_OBJECT_ROWS = ("single client put 1 GB", "single client get 1 GB")
+LARGE_OBJECT_ROWS = ("memcpy 1 GB", "single client put 1 GB", "single client get 1 GB")
 CROSS_NODE_ROW = "cross-node get 100 MB"
 
 
@@ -71,6 +71,17 @@ def test_object_rows_exist_for_both_libraries() -> None:
     assert set(microbenchmark.ROW_NAMES) - set(quick) == set(LARGE_OBJECT_ROWS)
     assert microbenchmark.FULL.full_only and not microbenchmark.QUICK.full_only
     assert set(object_rows) <= set(microbenchmark._WORKLOADS)
+
+
+def test_many_core_mode_runs_the_rows_that_scale_with_cores() -> None:
+    """`--cpus 16`: tasks sync and async, multi-client tasks, n:n actor calls, a 1 GB
+    put beside a 1 GB memcpy and the idle RSS; no cross-node row; 8 clients."""
+    rows = microbenchmark.row_names("taskmesh", cpus=16)
+    assert rows == microbenchmark.row_names("ray", cpus=16)
+    assert set(rows) == set(microbenchmark.MANY_CORE_ROWS)
+    assert CROSS_NODE_ROW not in rows
+    assert microbenchmark.make_kit(taskmesh, 10, cpus=16).clients == 8
+    assert microbenchmark.make_kit(taskmesh, 10).clients == 2
 
 
 def _new_children(before: set[int]) -> list[tuple[int, list[str]]]:

@@ -40,6 +40,7 @@ IDLE_RSS = "idle cluster RSS"
 TIMED_ROWS = (
     "single client tasks sync",
     "single client tasks async",
+    "multi client tasks async",
     "single client put calls",
     "single client get calls",
     "single client get 1000 refs",
@@ -56,6 +57,7 @@ OBJECT_ROWS = (
     "memcpy 100 MB",
     "single client put 100 MB",
     "single client get 100 MB",
+    "memcpy 1 GB",
     "single client put 1 GB",
     "single client get 1 GB",
 )
@@ -63,7 +65,11 @@ CROSS_NODE_ROW = "cross-node get 100 MB"
 # Rows only taskmesh reports: Ray would need a second raylet on this machine.
 TASKMESH_ONLY_ROWS = (CROSS_NODE_ROW,)
 # Rows a quick run skips: writing 1 GB of fresh memory twice takes seconds here.
-FULL_ONLY_ROWS = ("single client put 1 GB", "single client get 1 GB")
+FULL_ONLY_ROWS = ("memcpy 1 GB", "single client put 1 GB", "single client get 1 GB")
+# The rows of a many-core run (`--cpus N`, N > 2): what scales with cores.
+MANY_CORE_ROWS = (IDLE_RSS, "single client tasks sync", "single client tasks async",
+                  "multi client tasks async", "n:n actor calls async", "memcpy 1 GB",
+                  "single client put 1 GB")
 # Every row, in order: what run_all("taskmesh") returns (see row_names for the others).
 ROW_NAMES = (IDLE_RSS, *TIMED_ROWS, *OBJECT_ROWS, CROSS_NODE_ROW)
 
@@ -82,12 +88,13 @@ FULL = Settings(duration_s=2.0, batch=1000, settle_s=2.0, full_only=True)
 QUICK = Settings(duration_s=0.3, batch=100, settle_s=0.1, full_only=False)
 
 
-def row_names(lib_name: str, quick: bool = False) -> tuple[str, ...]:
-    """The rows run_all(lib_name, quick) returns, in order."""
+def row_names(lib_name: str, quick: bool = False, cpus: int = NUM_CPUS) -> tuple[str, ...]:
+    """The rows run_all(lib_name, quick, cpus) returns, in order."""
     skipped = set(FULL_ONLY_ROWS if quick else ())
-    if lib_name != "taskmesh":
+    if lib_name != "taskmesh" or cpus != NUM_CPUS:
         skipped.update(TASKMESH_ONLY_ROWS)
-    return tuple(name for name in ROW_NAMES if name not in skipped)
+    wanted = ROW_NAMES if cpus == NUM_CPUS else MANY_CORE_ROWS
+    return tuple(name for name in ROW_NAMES if name in wanted and name not in skipped)
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,9 @@ class Kit:
 
     lib: ModuleType
     batch: int
+    clients: int  # client actors or tasks of the n:n, 1:n and multi-client rows
     small_value: Any  # remote function returning 0
+    client_batch: Any  # num_cpus=0 remote function: submits n small_value tasks, gets them
     Actor: Any  # num_cpus=0, sync `small_value()`
     AsyncActor: Any  # default options (placed on 1 CPU, holds none), `async def small_value()`
     Client: Any  # num_cpus=0, holds a target actor and calls it in batches
@@ -105,12 +114,18 @@ class Kit:
     arrays: dict[str, Any] = field(default_factory=dict)
 
 
-def make_kit(lib: ModuleType, batch: int) -> Kit:
+def make_kit(lib: ModuleType, batch: int, cpus: int = NUM_CPUS) -> Kit:
     """Everything is defined in this closure so that both libraries pickle it by value:
-    a Ray worker cannot import this module by name."""
+    a Ray worker cannot import this module by name. `clients`: cpus // 2, at least 2."""
 
     def small_value() -> int:
         return 0
+
+    remote_small_value = lib.remote(small_value)
+
+    def client_batch(n: int) -> int:
+        lib.get([remote_small_value.remote() for _ in range(n)])
+        return n
 
     class Actor:
         def small_value(self) -> bytes:
@@ -128,7 +143,8 @@ def make_kit(lib: ModuleType, batch: int) -> Kit:
             lib.get([self.target.small_value.remote() for _ in range(n)])
             return n
 
-    return Kit(lib, batch, lib.remote(small_value), lib.remote(num_cpus=0)(Actor),
+    return Kit(lib, batch, max(2, cpus // 2), remote_small_value,
+               lib.remote(num_cpus=0)(client_batch), lib.remote(num_cpus=0)(Actor),
                lib.remote(AsyncActor), lib.remote(num_cpus=0)(Client))
 
 
@@ -230,19 +246,27 @@ def _wait_many(k: Kit) -> Step:
     return step
 
 
+def _multi_client(k: Kit) -> Step:
+    """`clients` tasks (num_cpus=0) at once, each submitting 500 small_value tasks and
+    getting them; rate = all their tasks (Ray's "multi client tasks async" shape)."""
+    def step() -> int:
+        return sum(k.lib.get([k.client_batch.remote(500) for _ in range(k.clients)]))
+    return step
+
+
 def _one_to_n(k: Kit) -> Step:
-    """The driver round-robins each batch over NUM_CPUS actors (Ray: cpu_count // 2
+    """The driver round-robins each batch over `clients` actors (Ray: cpu_count // 2
     actors, called from a Client actor)."""
-    actors = [k.Actor.remote() for _ in range(NUM_CPUS)]
+    actors = [k.Actor.remote() for _ in range(k.clients)]
     return _calls_batched(k.lib, [_actor_call(a) for a in actors], k.batch)
 
 
 def _n_to_n(k: Kit) -> Step:
-    """NUM_CPUS Client actors, each calling its own target actor `batch` times per step,
+    """`clients` Client actors, each calling its own target actor `batch` times per step,
     all at once; rate = total calls (as Ray's "n:n actor calls with arg async", no arg)."""
     # (client, target) pairs: the driver keeps the targets' handles too, so they live
     # exactly as long as their clients
-    pairs = [(k.Client.remote(t), t) for t in (k.Actor.remote() for _ in range(NUM_CPUS))]
+    pairs = [(k.Client.remote(t), t) for t in (k.Actor.remote() for _ in range(k.clients))]
 
     def step() -> int:
         k.lib.get([client.small_value_batch.remote(k.batch) for client, _ in pairs])
@@ -305,6 +329,7 @@ def _get_large(k: Kit, nbytes: int) -> Step:
 _WORKLOADS: dict[str, tuple[str, Callable[[Kit], Step]]] = {
     "single client tasks sync": ("tasks/s", lambda k: _calls_sync(k.lib, k.small_value.remote)),
     "single client tasks async": ("tasks/s", lambda k: _calls_batched(k.lib, [k.small_value.remote], k.batch)),
+    "multi client tasks async": ("tasks/s", _multi_client),
     "single client put calls": ("calls/s", _put_calls),
     "single client get calls": ("calls/s", _get_calls),
     "single client get 1000 refs": ("refs/s", _get_many),
@@ -319,6 +344,7 @@ _WORKLOADS: dict[str, tuple[str, Callable[[Kit], Step]]] = {
     "1:1 async-actor calls async": ("calls/s", lambda k: _calls_batched(
         k.lib, [_actor_call(k.AsyncActor.remote())], k.batch)),
     "memcpy 100 MB": ("GB/s", lambda k: _memcpy(k, SIZE_100MB)),
+    "memcpy 1 GB": ("GB/s", lambda k: _memcpy(k, SIZE_1GB)),
     "single client put 100 MB": ("GB/s", lambda k: _put_large(k, SIZE_100MB)),
     "single client get 100 MB": ("GB/s", lambda k: _get_large(k, SIZE_100MB)),
     "single client put 1 GB": ("GB/s", lambda k: _put_large(k, SIZE_1GB)),
@@ -360,13 +386,13 @@ def cluster_rss_mib(lib_name: str, lib: ModuleType) -> float:
     return total / MIB
 
 
-def startup_to_first_result(lib_name: str) -> float:
-    """Seconds from `import lib; lib.init(num_cpus=2)` to the first task's result, then
-    shut down. Only meaningful in a fresh interpreter (nothing of `lib` imported yet),
-    which is why the runner calls it in a child process."""
+def startup_to_first_result(lib_name: str, cpus: int = NUM_CPUS) -> float:
+    """Seconds from `import lib; lib.init(num_cpus=cpus)` to the first task's result,
+    then shut down. Only meaningful in a fresh interpreter (nothing of `lib` imported
+    yet), which is why the runner calls it in a child process."""
     start = time.perf_counter()
     lib = importlib.import_module(lib_name)
-    lib.init(num_cpus=NUM_CPUS)
+    lib.init(num_cpus=cpus)
     try:
         lib.get(make_kit(lib, 1).small_value.remote())
         return time.perf_counter() - start
@@ -376,29 +402,31 @@ def startup_to_first_result(lib_name: str) -> float:
 
 # ---- all of it ---------------------------------------------------------------------------
 
-def run_all(lib_name: str, quick: bool = False) -> list[Row]:
-    """The rows `row_names(lib_name, quick)` names, in order ("taskmesh" or "ray"): those
-    of a local 2-CPU cluster, then, for taskmesh only, the cross-node row on a two-node
-    cluster of its own."""
+def run_all(lib_name: str, quick: bool = False, cpus: int = NUM_CPUS) -> list[Row]:
+    """The rows `row_names(lib_name, quick, cpus)` names, in order ("taskmesh" or
+    "ray"): those of a local cluster of `cpus` CPUs, then, for taskmesh on the default
+    2 CPUs only, the cross-node row on a two-node cluster of its own."""
     settings = QUICK if quick else FULL
-    rows = single_node_rows(lib_name, settings)
-    if lib_name == "taskmesh":
+    rows = single_node_rows(lib_name, settings, cpus)
+    if CROSS_NODE_ROW in row_names(lib_name, quick, cpus):
         rows.append(_row(CROSS_NODE_ROW, cross_node_get_gbps(settings.duration_s), "GB/s"))
     return rows
 
 
-def single_node_rows(lib_name: str, settings: Settings) -> list[Row]:
-    """Start a local cluster with 2 CPUs, measure the idle RSS after one task, run every
-    timed workload, and always shut down."""
+def single_node_rows(lib_name: str, settings: Settings, cpus: int = NUM_CPUS) -> list[Row]:
+    """Start a local cluster with `cpus` CPUs, measure the idle RSS after one task (with
+    every worker started), run every timed workload of `row_names`, and always shut
+    down."""
     lib = importlib.import_module(lib_name)
-    lib.init(num_cpus=NUM_CPUS)
+    lib.init(num_cpus=cpus)
+    wanted = set(row_names(lib_name, settings is QUICK, cpus))
     try:
-        kit = make_kit(lib, settings.batch)
+        kit = make_kit(lib, settings.batch, cpus)
         lib.get(kit.small_value.remote())
         time.sleep(settings.settle_s)
         rows = [_row(IDLE_RSS, cluster_rss_mib(lib_name, lib), "MiB")]
         for name, (unit, build) in _WORKLOADS.items():
-            if name in FULL_ONLY_ROWS and not settings.full_only:
+            if name not in wanted:
                 continue
             step = build(kit)
             rate = _rate(step, settings.duration_s) * _UNIT_SCALE.get(unit, 1)
