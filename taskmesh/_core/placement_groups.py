@@ -78,3 +78,5 @@ def _store() -> Any:
     return get_runtime(auto_init=True).store
 
 
+# Reprs and pickles name the public path (Ray's), not the module that defines it.
+PlacementGroup.__module__ = "taskmesh.util.placement_group"

@@ -371,3 +371,8 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
     state, _ = runtime.store.kill_actor(actor._actor_id, no_restart=no_restart)
     if state in ("PENDING", "RESTARTING") and no_restart:
         runtime.fail_drained_calls(actor._actor_id, "killed by taskmesh.kill() before it started")
+
+
+# Reprs and pickles name the public path (Ray's), not the module that defines them.
+for _cls in (ActorClass, ActorHandle, ActorMethod):
+    _cls.__module__ = "taskmesh.actor"

@@ -291,3 +291,7 @@ def deserialize(data: bytes | memoryview) -> Any:
         buffers.append(view[offset:offset + n])
         offset = _align(offset + n)
     return pickle.loads(pickled, buffers=buffers)
+
+
+# Reprs and pickles name the public path (Ray's), not the module that defines it.
+ObjectRef.__module__ = "taskmesh.objects"
