@@ -181,7 +181,7 @@ def _check_init_resources(num_cpus: Any, num_gpus: Any, resources: Any) -> None:
 
 def _resolve_address(address: str | None) -> str | None:
     if address is None:
-        address = os.environ.get(_services.ENV_ADDRESS) or None
+        address = config.ADDRESS.get()
     if address in (None, "local"):
         return _services.current_cluster_address() if address is None else None
     if address == "auto":

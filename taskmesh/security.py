@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import secrets
 import socket
 import weakref
@@ -20,6 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import redis
 
+from taskmesh._base import config
 from taskmesh.store.connection import (  # noqa: F401  (re-exported: the TLS options' home)
     ENV_TLS_CA_FILE,
     ENV_TLS_CERT,
@@ -35,8 +35,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskmesh.security")
 
-ENV_ALLOW_INSECURE = "TASKMESH_ALLOW_INSECURE"
-ENV_REDIS_PASSWORD = "TASKMESH_REDIS_PASSWORD"
+ENV_ALLOW_INSECURE = config.ALLOW_INSECURE.name
+ENV_REDIS_PASSWORD = config.REDIS_PASSWORD.name
 ROLES = ("driver", "agent", "readonly")
 SECRET_BYTES = 32
 
@@ -87,7 +87,7 @@ def this_machine_ip() -> str:
 
 
 def allow_insecure_default() -> bool:
-    return os.environ.get(ENV_ALLOW_INSECURE, "").lower() in ("1", "true", "yes")
+    return config.ALLOW_INSECURE.get()
 
 
 _warned: set[str] = set()

@@ -610,7 +610,7 @@ class Runtime(StreamMethods):
                             "to do this, you can wrap the ObjectRef in a list and call 'put' on it.")
         oid = objects.object_id(objects.new_task_id(self.owner), 0)
         ser, nested = self.plane.serialize(value)
-        if ser.size > objects.INLINE_LIMIT and self.plane.shm is not None:
+        if ser.size > self.plane.inline_limit and self.plane.shm is not None:
             retry_transient(self.sync_refs)  # free what was just dropped: this put may reuse its memory
         kind, data = self.plane.store_serialized(oid, ser)
         size = parse_descriptor(data)[0] if kind == KIND_SHM else len(data)

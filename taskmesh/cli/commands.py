@@ -251,8 +251,8 @@ def _check_cluster(url: str) -> None:
 @_node_options
 @click.option("--node-ip-address", default=None, help="IP to register (default: the one that reaches Redis).")
 @click.option("--ready-fd", type=int, default=None, hidden=True)
-@click.option("--grace-period-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              envvar="TASKMESH_GRACE_PERIOD_S", show_envvar=True,
+@click.option("--grace-period-s", type=click.FloatRange(min=0), default=config.GRACE_PERIOD_S.default,
+              envvar=config.GRACE_PERIOD_S.name, show_default=True, show_envvar=True,
               help="On SIGTERM the node drains: it takes no new tasks and lets running ones "
                    "finish for up to this long, then hands the rest back to their queues.")
 @_security_options
@@ -293,8 +293,8 @@ def _drain_agents(pids: list[int], timeout_s: float) -> None:
 
 
 @main.command()
-@click.option("--grace-period-s", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              envvar="TASKMESH_GRACE_PERIOD_S", show_envvar=True,
+@click.option("--grace-period-s", type=click.FloatRange(min=0), default=config.GRACE_PERIOD_S.default,
+              envvar=config.GRACE_PERIOD_S.name, show_default=True, show_envvar=True,
               help="How long the node agents may drain (finish running tasks, move actors) "
                    "before they are stopped at once (their tasks then go back to their queues).")
 def stop(grace_period_s: float) -> None:

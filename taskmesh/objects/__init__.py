@@ -6,7 +6,6 @@ the core, actors or workers."""
 from taskmesh._base.ids import new_owner_tag, new_task_id, object_id
 from taskmesh.objects.ref import (
     INLINE_ARG_LIMIT,
-    INLINE_LIMIT,
     KIND_ERROR,
     KIND_SHM,
     KIND_VALUE,
@@ -22,7 +21,7 @@ from taskmesh.objects.ref import (
 )
 
 __all__ = [
-    "INLINE_ARG_LIMIT", "INLINE_LIMIT", "KIND_ERROR", "KIND_SHM", "KIND_VALUE", "MAGIC", "ObjectRef",
+    "INLINE_ARG_LIMIT", "KIND_ERROR", "KIND_SHM", "KIND_VALUE", "MAGIC", "ObjectRef",
     "RefTracker", "Serialized", "collecting_refs", "deserialize", "new_owner_tag", "new_task_id",
     "object_id", "serialize", "serialize_oob", "set_tracker",
 ]

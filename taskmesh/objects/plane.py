@@ -1,6 +1,6 @@
 """Where one process's objects are written to and read from.
 
-A value is serialized once (objects.serialize_oob). Up to `objects.INLINE_LIMIT` bytes it
+A value is serialized once (objects.serialize_oob). Up to `TASKMESH_INLINE_LIMIT` bytes it
 is stored inline in Redis (kind "value"); above that it is written straight into the
 shared memory of this process's node (kind "shm", data "<size> <node_id>"), and Redis
 holds only that. Reading a "shm" object maps this node's copy read-only (zero-copy for
@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 import msgpack
 
 from taskmesh.objects import ref as objects
-from taskmesh._base import ids
+from taskmesh._base import config, ids
 from taskmesh import scheduler
 from taskmesh.objects.shm import ShmStore
 from taskmesh.exceptions import ObjectFetchTimedOutError, ObjectLostError, ObjectReconstructionFailedError, ObjectReconstructionFailedLineageEvictedError, ObjectReconstructionFailedMaxAttemptsExceededError, ObjectStoreFullError, OwnerDiedError, RaySystemError
@@ -108,6 +108,7 @@ class ObjectPlane:
         self.node_id = node_id
         self.owner = owner  # this process's owner tag (it is alive)
         self.shm = ShmStore.of_node(node_id)
+        self.inline_limit = config.INLINE_LIMIT.get()  # read once: used for every object
 
     # ---- writing ----------------------------------------------------------------------
 
@@ -131,7 +132,7 @@ class ObjectPlane:
     def store_serialized(self, object_id: str, ser: objects.Serialized) -> tuple[bytes, bytes]:
         """(kind, data): inline bytes, or the value written into shared memory."""
         size = ser.size
-        if size <= objects.INLINE_LIMIT or self.shm is None:
+        if size <= self.inline_limit or self.shm is None:
             return KIND_VALUE, ser.to_bytes()
         descriptor = shm_descriptor(size, self.node_id)  # type: ignore[arg-type]
         try:

@@ -10,7 +10,7 @@ plain pickle (no out-of-band buffers) or a frame:
     offset 16  header, msgpack [total_size, pickle_len, [buffer_len, ...]]
     then       the pickle, then each buffer, every part starting on a 64-byte boundary
 
-Small objects (up to INLINE_LIMIT) are stored inline in Redis as those bytes (kind
+Small objects (up to TASKMESH_INLINE_LIMIT, see ObjectPlane) are stored inline in Redis as those bytes (kind
 "value"); larger ones are written as the same frame into the shared memory of the node
 that made them (kind "shm"; Redis then holds only the size and the node, see store.py).
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
 import pickle
 import struct
 import threading
@@ -37,10 +36,9 @@ KIND_VALUE = b"value"
 KIND_ERROR = b"error"
 KIND_SHM = b"shm"
 
-# Arguments and values larger than this are stored as separate objects (Ray: 100 KiB),
-# and objects larger than this live in shared memory rather than in Redis.
+# Arguments larger than this are stored as separate objects (Ray: 100 KiB). Objects larger
+# than TASKMESH_INLINE_LIMIT (_base/config.py) live in shared memory rather than in Redis.
 INLINE_ARG_LIMIT = 100 * 1024
-INLINE_LIMIT = int(os.environ.get("TASKMESH_INLINE_LIMIT", 100 * 1024))
 
 MAGIC = b"TMOBJ\x01\x00\x00"
 _ALIGN = 64

@@ -45,9 +45,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskmesh._base import config
 from taskmesh.exceptions import ObjectStoreFullError
 
-SHM_ROOT = Path(os.environ.get("TASKMESH_SHM_ROOT", "/dev/shm"))
 DIR_PREFIX = "taskmesh-"
 PARTIAL = ".partial"
 AGENT_FILE = ".agent"
@@ -58,7 +58,7 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def node_dir(node_id: str) -> Path:
-    return SHM_ROOT / f"{DIR_PREFIX}{node_id}"
+    return config.shm_root() / f"{DIR_PREFIX}{node_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,7 +529,7 @@ def reap_dead_stores() -> list[Path]:
     """Remove the directories of node agents on this machine that died without cleaning
     up (kill -9): nothing can read them any more. Returns what was removed."""
     removed = []
-    for root in SHM_ROOT.glob(f"{DIR_PREFIX}*"):
+    for root in config.shm_root().glob(f"{DIR_PREFIX}*"):
         try:
             pid_text, _, started = (root / AGENT_FILE).read_text().partition(" ")
             pid = int(pid_text)

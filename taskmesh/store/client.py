@@ -4,7 +4,6 @@ operation. The key schema is in keys.py, the Lua scripts in lua/ (loaded by scri
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -13,10 +12,11 @@ import msgpack
 import redis
 import redis.sentinel
 
+from taskmesh._base import config
 from taskmesh.store.connection import SENTINEL_SCHEME, TlsFiles, _sentinel_client, parse_sentinel_address, tls_connection_kwargs
 from taskmesh.store.keys import Keys
 from taskmesh.store.scripts import Scripts
-from taskmesh.store.records import _NO_REPLICA_BACKOFF_S, ENV_WAIT_REPLICAS, ENV_WAIT_TIMEOUT_MS, GROUP, OWNER_TAG_LEN, Completion, Freed, Leased, Liveness, Outgoing, Release, _flat, _forget_frames, _now_ms, _text, keep_listening, parse_entries, retry_transient, translate_errors
+from taskmesh.store.records import _NO_REPLICA_BACKOFF_S, GROUP, OWNER_TAG_LEN, Completion, Freed, Leased, Liveness, Outgoing, Release, _flat, _forget_frames, _now_ms, _text, keep_listening, parse_entries, retry_transient, translate_errors
 from taskmesh.store.actor_table import ActorMethods
 from taskmesh.store.directory import KIND_REBUILD, LINEAGE_KINDS, ObjectMethods
 from taskmesh.store.observe import ObserveMethods
@@ -49,8 +49,8 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
         self._skip_wait_until = 0.0
         if url.startswith(f"{SENTINEL_SCHEME}://"):
             self._sentinel, self.redis = _sentinel_client(url, connection_kwargs)
-            self._wait_replicas = int(os.environ.get(ENV_WAIT_REPLICAS, "1"))
-            self._wait_timeout_ms = int(os.environ.get(ENV_WAIT_TIMEOUT_MS, "100"))
+            self._wait_replicas = config.WAIT_REPLICAS.get()
+            self._wait_timeout_ms = config.WAIT_TIMEOUT_MS.get()
         else:
             self.redis = redis.Redis.from_url(
                 url, health_check_interval=30, socket_keepalive=True, **connection_kwargs

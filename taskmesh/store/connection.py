@@ -22,6 +22,8 @@ from urllib.parse import (
 import redis
 import redis.sentinel
 
+from taskmesh._base import config
+
 SENTINEL_SCHEME = "redis+sentinel"
 
 
@@ -166,13 +168,13 @@ def with_password(url: str, password: str | None) -> str:
 
 # ---- TLS ------------------------------------------------------------------------------
 
-ENV_TLS_CA_FILE = "TASKMESH_TLS_CA_FILE"
+ENV_TLS_CA_FILE = config.TLS_CA_FILE.name
 
 
-ENV_TLS_CERT = "TASKMESH_TLS_CERT"
+ENV_TLS_CERT = config.TLS_CERT.name
 
 
-ENV_TLS_KEY = "TASKMESH_TLS_KEY"
+ENV_TLS_KEY = config.TLS_KEY.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +187,9 @@ class TlsFiles:
     key: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> TlsFiles:
-        return cls(env.get(ENV_TLS_CA_FILE) or None, env.get(ENV_TLS_CERT) or None,
-                   env.get(ENV_TLS_KEY) or None)
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TlsFiles:
+        """The files the TASKMESH_TLS_* variables of `env` (default: this process's) name."""
+        return cls(config.TLS_CA_FILE.get(env), config.TLS_CERT.get(env), config.TLS_KEY.get(env))
 
     def __bool__(self) -> bool:
         return any((self.ca_file, self.cert, self.key))

@@ -7,20 +7,20 @@ that observing a task never adds a Redis command to its own path."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
+from taskmesh._base import config
 from taskmesh.store.core import StoreCore
 from taskmesh.store.records import _text, translate_errors
 
 # Entries kept in the capped streams (MAXLEN ~). An events entry holds one flushed batch
-# of at most EVENTS_PER_ENTRY events (~100-150 bytes each), so the stream keeps the last
-# 2,000 batches: up to 200,000 events (~25 MB) under load, fewer when batches are small.
-ENV_EVENTS_MAXLEN = "TASKMESH_TASK_EVENTS_MAXLEN"
-EVENTS_MAXLEN = int(os.environ.get(ENV_EVENTS_MAXLEN, "2000"))
+# of at most EVENTS_PER_ENTRY events (~100-150 bytes each), so the events stream keeps the
+# last TASKMESH_TASK_EVENTS_MAXLEN (2,000) batches: up to 200,000 events (~25 MB) under
+# load, fewer when batches are small.
+ENV_EVENTS_MAXLEN = config.TASK_EVENTS_MAXLEN.name
 EVENTS_PER_ENTRY = 100
 LOGS_MAXLEN = 5_000
 LOGS_TTL_S = 7 * 24 * 3600  # a job's output is dropped a week after its last line
@@ -32,10 +32,11 @@ class ObserveMethods(StoreCore):
     def queue_events(self, pipe: Any, events: Sequence[dict[str, Any]]) -> None:
         """Add `events` to a pipeline being built: one capped stream entry per
         EVENTS_PER_ENTRY events (one for all but the largest batches)."""
+        maxlen = config.TASK_EVENTS_MAXLEN.get()  # once per batch, read when used
         for i in range(0, len(events), EVENTS_PER_ENTRY):
             chunk = list(events[i:i + EVENTS_PER_ENTRY])
             pipe.xadd(self.keys.events(), {"e": msgpack.packb(chunk, use_bin_type=True)},
-                      maxlen=EVENTS_MAXLEN, approximate=True)
+                      maxlen=maxlen, approximate=True)
 
     @translate_errors
     def add_events(self, events: Sequence[dict[str, Any]]) -> None:

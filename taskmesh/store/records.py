@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 
 import redis
 
+from taskmesh._base import config
 from taskmesh._base.ids import OWNER_TAG_LEN  # noqa: F401  (re-exported)
 from taskmesh.exceptions import StoreUnavailableError
 
 GROUP = b"agents"
-ENV_WAIT_REPLICAS = "TASKMESH_WAIT_REPLICAS"
-ENV_WAIT_TIMEOUT_MS = "TASKMESH_WAIT_TIMEOUT_MS"
+ENV_WAIT_REPLICAS = config.WAIT_REPLICAS.name
+ENV_WAIT_TIMEOUT_MS = config.WAIT_TIMEOUT_MS.name
 # How long a primary found without replicas is not waited for, before asking again.
 _NO_REPLICA_BACKOFF_S = 1.0
 

@@ -27,16 +27,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from taskmesh._base import config
+
 __all__ = ["Counter", "Gauge", "Histogram"]
 
-ENV_REPORT_INTERVAL_S = "TASKMESH_METRICS_REPORT_INTERVAL_S"
+ENV_REPORT_INTERVAL_S = config.METRICS_REPORT_INTERVAL_S.name
 # Separates a histogram series' tags from its bucket/sum/count part in a Redis field.
 SERIES_SEP = "\x1f"
 _VALID_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -229,7 +230,7 @@ class _Recorder:
                     self._thread.start()
 
     def _loop(self) -> None:
-        interval_s = float(os.environ.get(ENV_REPORT_INTERVAL_S, "1.0"))
+        interval_s = config.METRICS_REPORT_INTERVAL_S.get()
         while True:
             self._wake.wait(interval_s)
             self._wake.clear()

@@ -36,7 +36,8 @@ from taskmesh._core import lifecycle
 from taskmesh.workers.actor_runner import DRAIN_SIGNAL
 from taskmesh.objects.plane import sweep_orphans
 from taskmesh.workers.resources import NodeResources
-from taskmesh._base.config import env_number, temp_root
+from taskmesh._base import config
+from taskmesh._base.config import temp_root
 from taskmesh.objects.shm import ShmStore, StoreConfig, reap_dead_stores
 from taskmesh.objects.transfer import TransferServer
 from taskmesh.exceptions import StoreUnavailableError
@@ -52,13 +53,13 @@ HEARTBEAT_S = 1.0
 # its queue, so that a node busy with long tasks does not sit on work others could run.
 HANDBACK_S = 0.5
 # How long a put waits for room in a full object store before ObjectStoreFullError.
-ENV_FULL_WAIT_S = "TASKMESH_OBJECT_STORE_FULL_WAIT_S"
+ENV_FULL_WAIT_S = config.OBJECT_STORE_FULL_WAIT_S.name
 # Shared-memory objects whose metadata is gone (a lost free order) are removed this often.
 SWEEP_EVERY_S = 10.0
 # How long a drained agent (SIGTERM, `taskmesh stop`) lets its running tasks finish before
 # it hands them back to their queues (they run again elsewhere, no retry counted).
-ENV_GRACE_PERIOD_S = "TASKMESH_GRACE_PERIOD_S"
-DEFAULT_GRACE_PERIOD_S = 30.0
+ENV_GRACE_PERIOD_S = config.GRACE_PERIOD_S.name
+DEFAULT_GRACE_PERIOD_S = config.GRACE_PERIOD_S.default
 # Actors killed with no_restart are looked for this often, in case the kill order (pub/sub,
 # fire-and-forget) did not reach this agent.
 KILLED_ACTORS_EVERY_S = 5.0
@@ -133,11 +134,11 @@ def object_store_config(capacity_bytes: int | None, spill_dir: str | None) -> St
     capacity = capacity_bytes or int(psutil.virtual_memory().total * 0.3)
     return StoreConfig(capacity_bytes=capacity,
                        spill_dir=Path(spill_dir) if spill_dir else temp_root() / "spill",
-                       full_wait_s=float(os.environ.get(ENV_FULL_WAIT_S, 10.0)))
+                       full_wait_s=config.OBJECT_STORE_FULL_WAIT_S.get())
 
 
 def grace_period_from_env() -> float:
-    return env_number(ENV_GRACE_PERIOD_S, DEFAULT_GRACE_PERIOD_S, expected="a number of seconds >= 0")
+    return config.GRACE_PERIOD_S.get()
 
 
 class NodeAgent:

@@ -20,11 +20,12 @@ from typing import Any
 
 import redis
 
+from taskmesh._base import config
 from taskmesh._base.config import temp_root
 from taskmesh.store.connection import with_password
 from taskmesh.workers import process as _process
 
-ENV_ADDRESS = "TASKMESH_ADDRESS"
+ENV_ADDRESS = config.ADDRESS.name
 
 
 def find_server_binary() -> str:

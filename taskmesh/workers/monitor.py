@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import time
 from collections.abc import Collection, Mapping
 
 from taskmesh._core import failure as _failure
-from taskmesh._base.config import env_number
+from taskmesh._base import config
 from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.store import Leased, Store
 from taskmesh._core import lifecycle
@@ -37,13 +36,13 @@ from taskmesh._core.placement import try_place
 
 log = logging.getLogger("taskmesh.monitor")
 
-ENV_NODE_TIMEOUT_MS = "TASKMESH_NODE_TIMEOUT_MS"
-DEFAULT_NODE_TIMEOUT_MS = 10_000
+ENV_NODE_TIMEOUT_MS = config.NODE_TIMEOUT_MS.name
+DEFAULT_NODE_TIMEOUT_MS = config.NODE_TIMEOUT_MS.default
 # A driver that stops heartbeating this long (it crashed without shutdown()) has its refs
 # released and its job's actors ended. Longer than a node's: a driver busy in native code
 # may starve its heartbeat thread for a while.
-ENV_DRIVER_TIMEOUT_MS = "TASKMESH_DRIVER_TIMEOUT_MS"
-DEFAULT_DRIVER_TIMEOUT_MS = 30_000
+ENV_DRIVER_TIMEOUT_MS = config.DRIVER_TIMEOUT_MS.name
+DEFAULT_DRIVER_TIMEOUT_MS = config.DRIVER_TIMEOUT_MS.default
 DEFAULT_LEASE_MS = 5_000
 # The consumer that holds entries taken from dead nodes until they are settled.
 MONITOR_CONSUMER = "monitor"
@@ -85,9 +84,8 @@ def decide(fields: Mapping[bytes, bytes]) -> Action:
     return Action.RETRY if _failure.should_retry(fields) else Action.FAIL
 
 
-def node_timeout_from_env(default_ms: int = DEFAULT_NODE_TIMEOUT_MS) -> int:
-    return env_number(ENV_NODE_TIMEOUT_MS, default_ms, cast=int, positive=True,
-                      expected="a positive number of milliseconds")
+def node_timeout_from_env() -> int:
+    return config.NODE_TIMEOUT_MS.get()
 
 
 class Monitor:
@@ -101,7 +99,7 @@ class Monitor:
         self.node_id = node_id
         self.node_timeout_ms = node_timeout_ms or node_timeout_from_env()
         self.lease_ms = lease_ms
-        self.driver_timeout_ms = int(os.environ.get(ENV_DRIVER_TIMEOUT_MS, DEFAULT_DRIVER_TIMEOUT_MS))
+        self.driver_timeout_ms = config.DRIVER_TIMEOUT_MS.get()
         self.holding = False
         self._closed = False
         # After this monitor could not reach Redis (a restart, a failover), no node is

@@ -33,6 +33,7 @@ from taskmesh._core import generators as _generator
 from taskmesh.workers.execution import LineForwarder, serialize_error, split_returns
 from taskmesh.workers import process as _process
 from taskmesh import objects, runtime_env
+from taskmesh._base import config
 from taskmesh._base.config import temp_root
 from taskmesh.objects.plane import lineage_entry
 from taskmesh._base.wire import TaskContext, encode_notice, placement
@@ -355,8 +356,11 @@ def main(argv: list[str] | None = None) -> None:
     _process.fate_share_with_parent()
     _process.enable_stack_dumps(temp_root())
     conn = Connection(args.fd)
-    store = Store(os.environ["TASKMESH_ADDRESS"], prefix=os.environ.get("TASKMESH_PREFIX", "tm"))
-    worker = Worker(conn, store, os.environ.get("TASKMESH_NODE_ID", ""))
+    address = config.ADDRESS.get()
+    if not address:
+        raise SystemExit(f"{config.ADDRESS.name} is not set: a worker is started by its node agent")
+    store = Store(address, prefix=config.PREFIX.get() or "tm")
+    worker = Worker(conn, store, config.NODE_ID.get() or "")
     worker.serve()
     worker.flush_logs(with_events=True)  # the last task's events (max_calls reached)
     os._exit(0)
