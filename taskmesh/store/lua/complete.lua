@@ -43,7 +43,12 @@ local function rebuilt(obj, loc, kind, data, lineage)
   end
 end
 
+-- The fence hash exists only while some task of this owner was retried or failed by
+-- the monitor: one EXISTS per call spares the common case an HGET per task.
+local fences = nil
 local function fenced_out(fence)
+  if fences == nil then fences = redis.call('EXISTS', KEYS[#KEYS]) == 1 end
+  if not fences then return false end
   local task, attempt = string.match(fence, '^(%S+) (%d+)$')
   local least = task and redis.call('HGET', KEYS[#KEYS], task)
   return least and tonumber(attempt) < tonumber(least)
