@@ -19,15 +19,19 @@ for i = 1, #ARGV, 2 do
   local k = (i - 1) * 2 + 1
   local obj, loc, refs, nested = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local holder, delta = ARGV[i], tonumber(ARGV[i + 1])
+  -- 1 when this call took the owner's hold away: the object exists and is not held by
+  -- its owner any more, so the common drop needs no EXISTS / HEXISTS to know it.
+  local unheld = 0
   if holder == 'owner' then
-    redis.call('HDEL', obj, 'held')
+    unheld = redis.call('HDEL', obj, 'held')
   elseif delta == 0 then
     redis.call('HDEL', refs, holder)
   elseif redis.call('HINCRBY', refs, holder, delta) <= 0 then
     redis.call('HDEL', refs, holder)
   end
   local result = 0
-  if delta <= 0 and redis.call('EXISTS', obj) == 1 and redis.call('HEXISTS', obj, 'held') == 0
+  if delta <= 0
+      and (unheld == 1 or (redis.call('EXISTS', obj) == 1 and redis.call('HEXISTS', obj, 'held') == 0))
       and redis.call('EXISTS', refs) == 0 then
     local kind, data = unpack(redis.call('HMGET', obj, 'kind', 'data'))
     local nodes = {}
