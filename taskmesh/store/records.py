@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 import redis
 
 from taskmesh._base.ids import OWNER_TAG_LEN  # noqa: F401  (re-exported)
+from taskmesh._base.wire import QueueEntry
 from taskmesh.exceptions import StoreUnavailableError
 
-GROUP = b"agents"
+GROUP = b"agents"  # the consumer group of every queue (one consumer per node)
+CALL_GROUP = b"actor"  # the consumer group of an actor's call stream (consumer: the actor id)
 ENV_WAIT_REPLICAS = "TASKMESH_WAIT_REPLICAS"
 ENV_WAIT_TIMEOUT_MS = "TASKMESH_WAIT_TIMEOUT_MS"
 # How long a primary found without replicas is not waited for, before asking again.
@@ -102,11 +104,11 @@ class Freed:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A task for a queue (target = a shape, "node:<id>" or "pg:<id>:<bundle>", see
-    scheduler.py) or a call for an actor (actor_id set)."""
+    """A task or actor creation for a queue (`target`: a queue name, see _base/queues.py),
+    or a method call for an actor (actor_id set)."""
 
     target: str
-    fields: dict[str, Any]
+    entry: QueueEntry
     actor_id: str | None = None
     returns: tuple[str, ...] = ()
 
