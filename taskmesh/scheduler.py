@@ -1,8 +1,9 @@
 """Resource shapes and lease decisions, as pure functions over plain values.
 
-A task's resource demand is named by its *shape* (`"CPU=1"`, `"CPU=0.5,GPU=1"`,
-`"none"` for a zero demand); each shape has one queue stream. A node agent reads the
-queues of the shapes that fit its total resources, as many entries as fit what it has free.
+A task's resource demand is named by its *shape* (`CPU=1`, `CPU=0.5,GPU=1`, `none` for
+a zero demand; shapes and the other queue names are built and parsed in
+`_base/queues.py`); each shape has one queue stream. A node agent reads the queues of the
+shapes that fit its total resources, as many entries as fit what it has free.
 """
 
 from __future__ import annotations
@@ -10,31 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from taskmesh._base.queues import parse_shape
+
 Resources = Mapping[str, float]
 
-NO_DEMAND = "none"
 # How many zero-demand tasks an agent holds at once (they need a worker, not resources).
 ZERO_DEMAND_SLOTS = 16
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.12g}"  # exact for byte counts (memory) up to a terabyte
-
-
-def shape_name(demand: Resources) -> str:
-    """Canonical, order-independent name of a demand; zero entries are dropped."""
-    parts = [f"{k}={_fmt(v)}" for k, v in sorted(demand.items()) if v]
-    return ",".join(parts) if parts else NO_DEMAND
-
-
-def parse_shape(name: str) -> dict[str, float]:
-    if name == NO_DEMAND:
-        return {}
-    out = {}
-    for part in name.split(","):
-        key, _, value = part.partition("=")
-        out[key] = float(value)
-    return out
 
 
 def fits(demand: Resources, available: Resources) -> bool:
@@ -89,27 +71,6 @@ def read_left_out(reading: Iterable[str], counts: Mapping[str, int]) -> bool:
     Queues that need no room (the 0-CPU shape) are read whatever the room, so reading
     them says nothing about the room that just opened."""
     return bool(set(counts) - set(reading))
-
-
-# ---- queues other than shape queues -------------------------------------------------------
-#
-# A task whose strategy names a node (node affinity, SPREAD, data locality) goes to that
-# node's queue, `node:<node_id>`; a task in a placement group goes to its bundle's queue,
-# `pg:<pg_id>:<bundle index>` (or `pg:<pg_id>:any`, read by every node hosting a bundle of
-# the group). Their entries carry the demand in a `shape` field, and `soft` = 1 when the
-# node is a preference: such an entry goes back to its shape queue when the node cannot
-# start it soon or dies.
-
-def node_queue(node_id: str) -> str:
-    return f"node:{node_id}"
-
-
-def bundle_queue(pg_id: str, index: int) -> str:
-    return f"pg:{pg_id}:{'any' if index < 0 else index}"
-
-
-def is_shape_queue(name: str) -> bool:
-    return not name.startswith(("node:", "pg:"))
 
 
 # ---- placement-group planning -------------------------------------------------------------

@@ -47,13 +47,14 @@ ALLOWED = {
             "leaves"},
 }
 
-# Within the leaves, the order is fixed too: exceptions imports nothing; dag and scheduler
-# import nothing of taskmesh's; _base and runtime_env import exceptions and _base only.
+# Within the leaves, the order is fixed too: exceptions imports nothing; dag imports nothing
+# of taskmesh's; scheduler only _base (the queue-name grammar); _base and runtime_env
+# import exceptions and _base only.
 LEAF_ALLOWED = {
     "top": {"face", "util", "actors", "core", "objects", "security", "store", "workers", "leaves"},
     "taskmesh.exceptions": set(),
     "taskmesh.dag": set(),
-    "taskmesh.scheduler": set(),
+    "taskmesh.scheduler": {"taskmesh._base"},
     "taskmesh._base": {"taskmesh.exceptions", "taskmesh._base"},
     "taskmesh.runtime_env": {"taskmesh.exceptions", "taskmesh._base"},
 }

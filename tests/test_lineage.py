@@ -15,6 +15,7 @@ import pytest
 import taskmesh
 from taskmesh.objects import plane as _object_plane, shm as _shm
 from taskmesh import exceptions
+from taskmesh._base.wire import QueueEntry
 from taskmesh.store import Store
 
 from conftest import wait_until
@@ -243,18 +244,20 @@ def test_small_results_keep_no_lineage(ray, shared_cluster) -> None:
 def test_recovery_plans_follow_rays_rules() -> None:
     task = "ab12cd34" + "0" * 15 + "1"
     oid = task + "0001"
-    spec = {"fn": "f", "args": b"", "nret": 2, "owner": "ab12cd34", "maxr": 3, "res": {"CPU": 1.0}}
+    spec = {"fn": "f", "args": b"", "nret": 2, "owner": "ab12cd34", "job": "01000000", "maxr": 3,
+            "res": {"CPU": 1.0}}
 
     def lineage(attempt: int, **extra) -> bytes:
-        return _object_plane.lineage_entry({b"task": task.encode(), b"name": b"f",
-                                            b"attempt": str(attempt).encode(),
-                                            b"spec": msgpack.packb({**spec, **extra})})
+        return QueueEntry.from_fields({b"task": task.encode(), b"name": b"f",
+                                       b"attempt": str(attempt).encode(),
+                                       b"spec": msgpack.packb({**spec, **extra})}).to_lineage()
 
     plan = _object_plane.plan_recovery(oid, lineage(0), owner_alive=True)
     assert plan.error is None and plan.shape == "CPU=1"
-    assert plan.fields is not None and plan.fields["attempt"] == 1 and plan.fields["rebuild"] == "1"
+    assert plan.entry is not None and plan.entry.attempt == 1 and plan.entry.rebuild
+    assert plan.entry.to_fields()["rebuild"] == "1"
     assert plan.siblings == (task + "0002",)
-    assert _object_plane.plan_recovery(oid, lineage(7, maxr=-1), owner_alive=True).fields is not None
+    assert _object_plane.plan_recovery(oid, lineage(7, maxr=-1), owner_alive=True).entry is not None
     assert isinstance(_object_plane.plan_recovery(oid, lineage(3), True).error,
                       exceptions.ObjectReconstructionFailedMaxAttemptsExceededError)
     no_retries = _object_plane.plan_recovery(oid, lineage(0, maxr=0), True).error
@@ -264,3 +267,5 @@ def test_recovery_plans_follow_rays_rules() -> None:
     assert type(_object_plane.plan_recovery(put, None, owner_alive=False).error) is exceptions.OwnerDiedError
     assert isinstance(_object_plane.plan_recovery(oid, None, True).error,
                       exceptions.ObjectReconstructionFailedLineageEvictedError)
+    assert isinstance(_object_plane.plan_recovery(oid, msgpack.packb({"task": task}), True).error,
+                      exceptions.ObjectReconstructionFailedLineageEvictedError)  # does not decode

@@ -18,6 +18,7 @@ from taskmesh import objects
 from taskmesh.exceptions import WorkerCrashedError
 from taskmesh.workers.monitor import MONITOR_CONSUMER, Action, Monitor
 from taskmesh.store import Store
+from taskmesh._base.wire import QueueEntry
 
 from conftest import wait_until
 
@@ -29,6 +30,18 @@ def _fields(maxr: int, attempt: int = 0, nret: int = 1, owner: str | None = None
     spec = {"fn": "f", "args": b"", "nret": nret, "owner": owner, "job": "00000001", "maxr": maxr}
     return {b"task": objects.new_task_id(owner).encode(), b"name": b"f",
             b"attempt": str(attempt).encode(), b"spec": msgpack.packb(spec, use_bin_type=True)}
+
+
+def _actor_fields() -> dict[bytes, bytes]:
+    """An actor's creation entry."""
+    owner = objects.new_owner_tag()
+    spec = {"fn": "C", "args": b"", "owner": owner, "job": "00000001", "cls": "C"}
+    return {b"task": objects.new_task_id(owner).encode(), b"name": b"C.__init__", b"attempt": b"0",
+            b"kind": b"actor", b"spec": msgpack.packb(spec, use_bin_type=True)}
+
+
+def _entry(fields: dict[bytes, bytes]) -> QueueEntry:
+    return QueueEntry.from_fields(fields)
 
 
 # ---- pure decisions ---------------------------------------------------------------------
@@ -50,16 +63,16 @@ def test_dead_consumers_are_the_ones_without_a_live_node() -> None:
     (0, 0, Action.FAIL), (-1, 50, Action.RETRY),
 ])
 def test_retry_while_attempts_remain(maxr: int, attempt: int, action: Action) -> None:
-    assert monitor.decide(_fields(maxr, attempt)) is action
+    assert monitor.decide(_entry(_fields(maxr, attempt))) is action
 
 
 def test_actor_creation_entries_are_handed_back_not_judged() -> None:
-    assert monitor.decide({**_fields(0), b"kind": b"actor"}) is Action.HAND_BACK
+    assert monitor.decide(_entry(_actor_fields())) is Action.HAND_BACK
 
 
 def test_crash_completion_stores_worker_crashed_for_every_return() -> None:
     fields = _fields(maxr=1, attempt=1, nret=2)
-    done = _failure.crash_completion(fields, "node n1 died")
+    done = _failure.crash_completion(_entry(fields), "node n1 died")
     task_id = fields[b"task"].decode()
     assert [oid for oid, _, _ in done.objects] == [objects.object_id(task_id, 1), objects.object_id(task_id, 2)]
     error = objects.deserialize(done.objects[0][2])
@@ -117,7 +130,7 @@ def test_dead_node_entries_are_retried_failed_or_handed_back(
         store.register_node(node, {"node_id": node, "state": "ALIVE"})
     store.redis.zadd(store.keys.nodes_alive(), {"dead": 1})
     retried, failed = _fields(maxr=2, attempt=1), _fields(maxr=0)
-    actor = {**_fields(maxr=0), b"kind": b"actor"}
+    actor = _actor_fields()
     _lease_as(store, "dead", [retried, failed, actor])
     _lease_as(store, "live", [_fields(maxr=0)])  # a long task on a live node: untouched
 

@@ -1,14 +1,20 @@
 """Shapes and lease decisions are pure: tested without Redis or processes."""
 
+import pytest
+
 from taskmesh import scheduler
+from taskmesh._base import queues
 
 
 def test_shape_names_are_canonical() -> None:
-    assert scheduler.shape_name({"CPU": 1.0}) == "CPU=1"
-    assert scheduler.shape_name({"GPU": 0.5, "CPU": 1}) == "CPU=1,GPU=0.5"
-    assert scheduler.shape_name({"CPU": 0}) == scheduler.NO_DEMAND
-    assert scheduler.parse_shape("CPU=1,GPU=0.5") == {"CPU": 1.0, "GPU": 0.5}
-    assert scheduler.parse_shape(scheduler.NO_DEMAND) == {}
+    assert queues.shape_name({"CPU": 1.0}) == "CPU=1"
+    assert queues.shape_name({"GPU": 0.5, "CPU": 1}) == "CPU=1,GPU=0.5"
+    assert queues.shape_name({"CPU": 0}) == queues.NO_DEMAND
+    assert queues.parse_shape("CPU=1,GPU=0.5") == {"CPU": 1.0, "GPU": 0.5}
+    assert queues.parse_shape(queues.NO_DEMAND) == {}
+    for bad in ("CPU", "=1", "CPU=one", "CPU=1,,GPU=1"):
+        with pytest.raises(ValueError):
+            queues.parse_shape(bad)
 
 
 def test_fits_and_fit_count() -> None:
@@ -74,6 +80,13 @@ def test_planning_respects_what_is_free() -> None:
 
 
 def test_queue_names() -> None:
-    assert scheduler.node_queue("n1") == "node:n1"
-    assert scheduler.bundle_queue("p", 2) == "pg:p:2" and scheduler.bundle_queue("p", -1) == "pg:p:any"
-    assert scheduler.is_shape_queue("CPU=1") and not scheduler.is_shape_queue("node:n1")
+    assert queues.node_queue("n1") == "node:n1"
+    assert queues.node_of("node:n1") == "n1" and queues.node_of("pg:p:1") is None
+    assert queues.bundle_queue("p", 2) == "pg:p:2" and queues.bundle_queue("p", -1) == "pg:p:any"
+    assert queues.bundle_queues("p", 2) == ["pg:p:0", "pg:p:1", "pg:p:any"]
+    assert queues.is_shape_queue("CPU=1") and not queues.is_shape_queue("node:n1")
+    assert not queues.is_shape_queue("pg:p:any") and queues.is_bundle_queue("pg:p:any")
+    assert queues.parse_bundle_queue("pg:p:any") == ("p", queues.ANY_BUNDLE)
+    assert queues.group_of_queue("pg:p:3") == "p" and queues.group_of_queue("CPU=1") is None
+    pool = queues.bundle_pool("p", 3)
+    assert queues.parse_bundle_pool(pool) == ("p", "3") and queues.pool_queue(pool) == "pg:p:3"

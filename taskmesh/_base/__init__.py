@@ -1,2 +1,2 @@
-"""The leaf layer every part may import: configuration, id grammar and wire records.
-It imports only the standard library, msgpack and `taskmesh.exceptions`."""
+"""The leaf layer every part may import: configuration, the id and queue-name grammars and
+the wire records. It imports only the standard library, msgpack and `taskmesh.exceptions`."""

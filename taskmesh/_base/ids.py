@@ -37,3 +37,8 @@ def task_of(oid: str) -> str:
 def index_of(oid: str) -> int:
     """The return index of object `oid` (0 for a `put`)."""
     return int(oid[-INDEX_LEN:], 16)
+
+
+def new_actor_id(owner: str) -> str:
+    """An actor id: its creator's tag + 16 hex digits (the tag is its keys' hash tag)."""
+    return owner + os.urandom(8).hex()

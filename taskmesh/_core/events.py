@@ -14,7 +14,8 @@ An event is {"task_id", "attempt", "state", "ts" (µs since the epoch), ...} plu
 the writer knows: name, job, type, node, pid, actor_id, error, start, end. Readers fold
 them per attempt (`task_rows`); the order in the stream does not matter, and a duplicate
 (a batch sent twice after a lost reply) changes nothing. Tasks submitted with
-`enable_task_events=False` carry `ev=0` in their queue entry and record nothing.
+`enable_task_events=False` carry `ev=0` in their queue entry (QueueEntry.events; an
+actor's in its ActorSpec, for its calls too) and record nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from taskmesh._base.wire import QueueEntry
 
 PENDING = "PENDING_NODE_ASSIGNMENT"
 RUNNING = "RUNNING"
@@ -36,18 +39,9 @@ NORMAL_TASK = "NORMAL_TASK"
 ACTOR_TASK = "ACTOR_TASK"
 ACTOR_CREATION_TASK = "ACTOR_CREATION_TASK"
 
-# The queue-entry field that turns events off for one task (enable_task_events=False).
-NO_EVENTS_FIELD = "ev"
-
 
 def now_us() -> int:
     return time.time_ns() // 1000
-
-
-def enabled(fields: dict) -> bool:
-    """Whether a queue entry (str or bytes keys) records events."""
-    flag = fields.get(NO_EVENTS_FIELD, fields.get(NO_EVENTS_FIELD.encode()))
-    return flag not in (0, "0", b"0")
 
 
 def event(task_id: str, attempt: int, state: str, **info: Any) -> dict[str, Any]:
@@ -56,16 +50,14 @@ def event(task_id: str, attempt: int, state: str, **info: Any) -> dict[str, Any]
     return out
 
 
-def submitted(fields: dict[str, Any], job_id: str | None, actor_id: str | None) -> dict[str, Any]:
-    """The PENDING event of one outgoing queue entry (str keys, as the submitter built it)."""
-    if actor_id is not None:
-        kind = ACTOR_TASK
-    elif fields.get("kind") == "actor":
-        kind, actor_id = ACTOR_CREATION_TASK, fields["task"]
+def submitted(entry: QueueEntry, job_id: str | None) -> dict[str, Any]:
+    """The PENDING event of a task or actor creation being submitted."""
+    if entry.creates_actor:
+        kind, actor_id = ACTOR_CREATION_TASK, entry.task
     else:
-        kind = NORMAL_TASK
-    return event(fields["task"], fields.get("attempt", 0), PENDING, name=fields.get("name"),
-                 job=job_id, type=kind, actor_id=actor_id)
+        kind, actor_id = NORMAL_TASK, None
+    return event(entry.task, entry.attempt, PENDING, name=entry.name, job=job_id, type=kind,
+                 actor_id=actor_id)
 
 
 class EventBuffer:

@@ -4,76 +4,85 @@ died: a restart while max_restarts allows, else ActorDiedError for its queued ca
 
 The agent (one of its workers died) and the monitor (a whole node died) both decide and
 build the failure here, so a caller sees the same retry count and the same error type
-whichever way its task was lost.
+whichever way its task was lost; the worker asks `should_retry` too when a task raised.
+Entries that do not decode are set aside here, into the dead-letter stream, whoever read
+them (agent, actor, monitor).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-import msgpack
+import logging
+from collections.abc import Sequence
 
 from taskmesh import objects
 from taskmesh.objects import KIND_ERROR
-from taskmesh._base.wire import encode_notice
+from taskmesh._base.wire import QueueEntry, TaskSpec, WireError, encode_notice
 from taskmesh.exceptions import ActorDiedError, ActorPlacementGroupRemoved, ActorUnschedulableError, RayError, TaskPlacementGroupRemoved, TaskUnschedulableError, WorkerCrashedError
-from taskmesh.store import Completion, Store
+from taskmesh.store import CALL_GROUP, GROUP, Completion, Leased, Store, retry_transient
+
+log = logging.getLogger("taskmesh.failure")
 
 
-_HEX = frozenset("0123456789abcdef")
+# ---- malformed entries ------------------------------------------------------------------
+
+def set_aside_malformed(store: Store, leased: Sequence[Leased], *, actor_call: bool = False
+                        ) -> list[tuple[Leased, QueueEntry]]:
+    """Decode entries read from a queue (or, with `actor_call`, from an actor's call
+    stream). One that does not decode (written by hand, or by another program: see
+    _base/wire.py) goes to the dead-letter stream with the reason instead of reaching,
+    and crashing, a worker or an actor; the rest come back decoded, in order."""
+    good, bad = [], []
+    for entry in leased:
+        try:
+            good.append((entry, QueueEntry.from_fields(entry.fields, actor_call=actor_call)))
+        except WireError as e:
+            bad.append((entry, str(e)))
+    if bad:
+        dead_letter(store, bad, group=CALL_GROUP if actor_call else GROUP)
+    return good
 
 
-def entry_problem(fields: Mapping[bytes, bytes], *, actor_call: bool = False) -> str | None:
-    """What is wrong with a queue entry that did not come from taskmesh (written by hand,
-    or by another version), or None when it is well-formed. Such entries go to the
-    dead-letter stream instead of reaching (and crashing) a worker."""
-    try:
-        task = fields[b"task"].decode()
-        if not task or not set(task) <= _HEX:
-            return f"field 'task' must be a hex id, got {task[:40]!r}"
-        fields[b"name"].decode()
-        int(fields[b"attempt"])
-        spec = msgpack.unpackb(fields[b"spec"], raw=False)
-    except KeyError as e:
-        return f"missing field {e.args[0].decode()!r}"
-    except (ValueError, TypeError, UnicodeDecodeError, msgpack.exceptions.ExtraData) as e:
-        return f"unreadable entry: {type(e).__name__}: {e}"
-    if not isinstance(spec, dict):
-        return "field 'spec' is not a msgpack map"
-    wanted = {"m": str, "args": bytes} if actor_call else {"fn": str, "args": bytes}
-    wanted |= {"owner": str} if fields.get(b"kind") == b"actor" else {"owner": str, "nret": int}
-    for key, kind in wanted.items():
-        if not isinstance(spec.get(key), kind):
-            return f"spec field {key!r} missing or not a {kind.__name__}"
-    return None
+def dead_letter(store: Store, bad: Sequence[tuple[Leased, str]], *, group: bytes = GROUP) -> None:
+    """Move entries out of their stream into `tm:deadletter`, each with its reason (the
+    one place that does; see Store.dead_letter)."""
+    for entry, reason in bad:
+        log.warning("malformed entry %s in %s moved to the dead-letter stream: %s",
+                    entry.entry_id, entry.queue, reason)
+    retry_transient(lambda: store.dead_letter(bad, group=group))
 
 
-def should_retry(fields: Mapping[bytes, bytes]) -> bool:
-    """True while the task's attempts are not used up (max_retries == -1: forever)."""
-    spec = msgpack.unpackb(fields[b"spec"], raw=False)
-    max_retries = spec.get("maxr", 0)
-    return max_retries == -1 or int(fields[b"attempt"]) < max_retries
+# ---- tasks ------------------------------------------------------------------------------
+
+def should_retry(spec: TaskSpec, attempt: int, error: BaseException | None = None) -> bool:
+    """Whether attempt `attempt` of a task gets another: its worker or node died
+    (`error` None), or it raised `error`, retried only when its retry_exceptions say so.
+    max_retries bounds both (TaskSpec.can_retry). The monitor, the agent and the worker
+    all decide here."""
+    if error is not None:
+        retry = spec.retry_exceptions
+        if not retry:
+            return False
+        if isinstance(retry, bytes) and not isinstance(error, tuple(objects.deserialize(retry))):
+            return False
+    return spec.can_retry(attempt)
 
 
-def next_attempt_fence(fields: Mapping[bytes, bytes]) -> tuple[str, str, int]:
+def next_attempt_fence(entry: QueueEntry) -> tuple[str, str, int]:
     """(owner, task id, attempt + 1) of a task taken from a node declared dead: the fence
     that keeps a late completion of the attempt it was running from counting (a node
     cut off from Redis, not dead, may finish it and reconnect)."""
-    spec = msgpack.unpackb(fields[b"spec"], raw=False)
-    return spec["owner"], fields[b"task"].decode(), int(fields[b"attempt"]) + 1
+    return entry.spec.owner, entry.task, entry.attempt + 1
 
 
-def crash_completion(fields: Mapping[bytes, bytes], cause: str) -> Completion:
+def crash_completion(entry: QueueEntry, cause: str) -> Completion:
     """The Completion that stores a WorkerCrashedError as every return object of the
-    task in queue entry `fields` and notifies its owner; `cause` says what died."""
-    attempt = int(fields[b"attempt"])
-    spec = msgpack.unpackb(fields[b"spec"], raw=False)
-    task_id = fields[b"task"].decode()
+    task `entry` and notifies its owner; `cause` says what died."""
+    spec: TaskSpec = entry.spec  # type: ignore[assignment]
     error = objects.serialize(WorkerCrashedError(
-        f"({cause}; task {task_id}, attempt {attempt + 1} of {spec.get('maxr', 0) + 1})"))
-    objs = [(objects.object_id(task_id, i + 1), objects.KIND_ERROR, error)
-            for i in range(spec["nret"])]
-    return Completion(spec["owner"], encode_notice(task_id, objs), tuple(objs))
+        f"({cause}; task {entry.task}, attempt {entry.attempt + 1} of {spec.max_retries + 1})"))
+    objs = [(objects.object_id(entry.task, i + 1), objects.KIND_ERROR, error)
+            for i in range(spec.num_returns)]
+    return Completion(spec.owner, encode_notice(entry.task, objs), tuple(objs))
 
 
 def end_job_actors(store: Store, job_id: str, cause: str) -> None:
@@ -93,10 +102,11 @@ def actor_down(store: Store, actor_id: str, *, restart: bool, cause: str, node_i
     max_restarts allow (`drain`: its node was drained, a restart max_restarts does not
     count, as Ray's for preempted nodes), else declare it dead and fail every call queued
     for it with ActorDiedError. Returns "restarting", "dead" or "already" (handled before)."""
-    status, entries = store.actor_down(actor_id, restart=restart, cause=cause, node_id=node_id,
+    status, drained = store.actor_down(actor_id, restart=restart, cause=cause, node_id=node_id,
                                        drain=drain)
-    if entries:
-        store.complete_tasks(call_failures(entries, death_error(actor_id, cause)), {})
+    calls = [entry for _, entry in set_aside_malformed(store, drained, actor_call=True)]
+    if calls:
+        store.complete_tasks(call_failures(calls, death_error(actor_id, cause)), {})
     return status
 
 
@@ -114,21 +124,21 @@ def death_error(actor_id: str, cause: str) -> RayError:
     return ActorDiedError(actor_id, f"The actor {actor_id} is dead: {cause}")
 
 
-def fail_entries(store: Store, entries: list[tuple[bytes, dict[bytes, bytes]]], *,
-                 task_error: RayError, actor_cause: str) -> None:
+def fail_entries(store: Store, entries: Sequence[QueueEntry], *, task_error: RayError,
+                 actor_cause: str) -> None:
     """Tasks and actor creations that can never run: tasks get `task_error` as their
     results, actors die with `actor_cause` (their calls then raise its error type)."""
-    tasks = [e for e in entries if e[1].get(b"kind", b"task") != b"actor"]
+    tasks = [e for e in entries if not e.creates_actor]
     if tasks:
         store.complete_tasks(call_failures(tasks, task_error), {})
-    for _, fields in entries:
-        if fields.get(b"kind") == b"actor":
-            actor_down(store, fields[b"task"].decode(), restart=False, cause=actor_cause)
+    for entry in entries:
+        if entry.creates_actor:
+            actor_down(store, entry.task, restart=False, cause=actor_cause)
 
 
 def fail_queued(store: Store, queues: list[str], why: str) -> None:
     """Fail every entry still waiting in these bundle queues (their group was removed)."""
-    entries = store.queued_entries(queues)
+    entries = [entry for _, entry in set_aside_malformed(store, store.queued_entries(queues))]
     fail_entries(store, entries, task_error=TaskPlacementGroupRemoved(f"The task's {why}."),
                  actor_cause=f"{PG_REMOVED}The actor's {why}.")
 
@@ -138,15 +148,13 @@ def unschedulable(why: str) -> tuple[RayError, str]:
     return TaskUnschedulableError(why), f"{UNSCHEDULABLE}{why}"
 
 
-def call_failures(
-    entries: Sequence[tuple[bytes, dict[bytes, bytes]]], error: BaseException
-) -> list[Completion]:
-    """Completions that fail each drained actor call (or task) entry with `error`."""
+def call_failures(entries: Sequence[QueueEntry], error: BaseException) -> list[Completion]:
+    """Completions that fail each actor call (or task) with `error` as all its results."""
     data = objects.serialize(error)
     out = []
-    for _, fields in entries:
-        task_id = fields[b"task"].decode()
-        spec = msgpack.unpackb(fields[b"spec"], raw=False)
-        objs = [(objects.object_id(task_id, i + 1), KIND_ERROR, data) for i in range(spec["nret"])]
-        out.append(Completion(spec["owner"], encode_notice(task_id, objs), tuple(objs)))
+    for entry in entries:
+        spec = entry.spec
+        objs = [(objects.object_id(entry.task, i + 1), KIND_ERROR, data)
+                for i in range(spec.num_returns)]  # type: ignore[union-attr]
+        out.append(Completion(spec.owner, encode_notice(entry.task, objs), tuple(objs)))
     return out

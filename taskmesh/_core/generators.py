@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 
 from taskmesh import objects
-from taskmesh._base.wire import encode_notice
+from taskmesh._base.ids import task_of
+from taskmesh._base.wire import DYNAMIC_MODE, STREAMING_MODE, encode_notice
 from taskmesh.objects import KIND_ERROR, KIND_VALUE, ObjectRef
 from taskmesh.store import Completion, Store, retry_transient
 
@@ -50,8 +51,8 @@ log = logging.getLogger("taskmesh.generator")
 
 STREAMING = "streaming"
 DYNAMIC = "dynamic"
-# Spec field "gen": how a generator call returns its items.
-WIRE_MODE = {STREAMING: "s", DYNAMIC: "d"}
+# How a generator call returns its items, as its spec says (TaskSpec/CallSpec.generator).
+WIRE_MODE = {STREAMING: STREAMING_MODE, DYNAMIC: DYNAMIC_MODE}
 MAX_ITEMS = 0xFFFF - 1  # item indexes 2..0xFFFF
 
 
@@ -260,7 +261,7 @@ class GeneratorRun:
         self.mode = mode
         self.owner = owner
         self.return_id = return_id
-        self.task_id = return_id[:-4]
+        self.task_id = task_of(return_id)
         self.error_of = error_of
         self.retry = retry
         self.count = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from taskmesh import scheduler
+from taskmesh._base import queues
 from taskmesh._core import failure as _failure
 
 
@@ -46,9 +47,9 @@ def remove(store: Any, pg_id: str) -> None:
     if info is None:
         return
     store.remove_pg(pg_id)
-    queues = [f"pg:{pg_id}:{i}" for i in range(len(info["bundles"]))] + [f"pg:{pg_id}:any"]
-    _failure.fail_queued(store, queues, "placement group was removed")
-    store.drop_pinned(queues)
+    names = queues.bundle_queues(pg_id, len(info["bundles"]))
+    _failure.fail_queued(store, names, "placement group was removed")
+    store.drop_pinned(names)
 
 
 def end_job_groups(store: Any, job_id: str) -> None:

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import cloudpickle
-import msgpack
 
-from taskmesh._core import events as _events, generators as _generator, options as _options
-from taskmesh import objects, runtime_env, scheduler
+from taskmesh._core import generators as _generator, options as _options
+from taskmesh import objects, runtime_env
+from taskmesh._base import queues
+from taskmesh._base.wire import QueueEntry, TaskSpec
 from taskmesh.objects import ObjectRef
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class _TaskPlan:
         self.backpressure = backpressure if self.streaming and backpressure > 0 else 0
         self.num_returns: int = 1 if self.generator else num_returns
         self.demand = _options.task_demand(self.options)
-        self.shape = scheduler.shape_name(self.demand)
+        self.shape = queues.shape_name(self.demand)
         self.strategy = _options.strategy_of(self.options)
         retry = self.options["retry_exceptions"]
         self.retry_exceptions = retry if isinstance(retry, bool) else cloudpickle.dumps(tuple(retry))
@@ -127,25 +128,20 @@ class _TaskPlan:
         args_blob, deps, holds, _sent = _pack_args(runtime, args, kwargs)
         route = runtime.route(self.strategy, self.demand, self.shape, deps, actor=False)
         renv = runtime_env.resolve(runtime.runtime_env, self.options["runtime_env"], runtime.store)
-        spec = msgpack.packb({
-            "fn": fn_id, "args": args_blob, "nret": self.num_returns, "owner": runtime.owner,
-            "job": runtime.job_id, "ns": runtime.namespace, "maxr": self.options["max_retries"],
-            "rexc": self.retry_exceptions, "maxc": self.options["max_calls"], "res": self.demand,
-            **({"gen": self.generator} if self.generator else {}),
-            **({"bp": self.backpressure} if self.backpressure else {}),
-            **({"pg": route.pg} if route.pg else {}),
-            **({"renv": renv} if renv else {}),
-        }, use_bin_type=True)
-        fields = {"task": task_id, "name": self.name, "attempt": 0, "spec": spec, **route.fields}
-        if not self.options["enable_task_events"]:
-            fields[_events.NO_EVENTS_FIELD] = 0
+        spec = TaskSpec(
+            fn_id, args_blob, self.num_returns, runtime.owner, runtime.job_id, runtime.namespace,
+            max_retries=self.options["max_retries"], retry_exceptions=self.retry_exceptions,
+            max_calls=self.options["max_calls"], resources=self.demand, generator=self.generator,
+            backpressure=self.backpressure, pg=route.pg, runtime_env=renv or None)
+        entry = QueueEntry(task_id, self.name, 0, spec, shape=route.shape, soft=route.soft,
+                           events=self.options["enable_task_events"])
         refs = [ObjectRef(oid) for oid in returns]
         if self.streaming:
             runtime.open_stream(task_id, self.backpressure)
         if route.unschedulable:
-            runtime.fail_unschedulable(fields, returns, route.unschedulable)
+            runtime.fail_unschedulable(entry, returns, route.unschedulable)
         else:
-            runtime.submit(route.queue, fields, deps, returns, holds=holds,
+            runtime.submit(route.queue, entry, deps, returns, holds=holds,
                            locality=(self.demand, self.shape)
                            if route.queue == self.shape and self.strategy in (None, "DEFAULT") else None)
         if self.streaming:

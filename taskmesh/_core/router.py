@@ -1,5 +1,5 @@
 """Where a submitter sends a task or actor creation: the queue its scheduling strategy
-picks (see scheduler.py for the queues), decided locally from a cached view of the
+picks (see _base/queues.py for the queues), decided locally from a cached view of the
 live nodes, so that a DEFAULT task costs no Redis command here.
 
 | strategy                          | queue                                              |
@@ -18,10 +18,11 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from taskmesh import scheduler
+from taskmesh._base import queues
 from taskmesh.store import Store
 
 log = logging.getLogger("taskmesh")
@@ -33,8 +34,9 @@ FRESH_HEARTBEAT_MS = 3000
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    queue: str  # a shape, "node:<id>" or "pg:<id>:<bundle>"
-    fields: dict[str, Any] = field(default_factory=dict)  # extra entry fields
+    queue: str  # a queue name (_base/queues.py): the shape's, a node's or a bundle's
+    shape: str | None = None  # a node or bundle queue: the demand, for the entry (QueueEntry.routed)
+    soft: bool = False  # ... and whether the node is only a preference
     unschedulable: str | None = None  # why the task can never run (it fails at once)
     pg: list | None = None  # PgTarget.to_wire() of a placement-group task (for its context)
 
@@ -99,19 +101,18 @@ class Router:
         from taskmesh._core.strategies import NodeAffinitySchedulingStrategy
 
         if pg is not None:
-            return Route(scheduler.bundle_queue(pg.pg_id, pg.bundle), {"shape": shape, "soft": 0},
-                         pg=pg.to_wire())
+            return Route(queues.bundle_queue(pg.pg_id, pg.bundle), shape, False, pg=pg.to_wire())
         if isinstance(strategy, NodeAffinitySchedulingStrategy):
             return self._affinity(strategy, demand, shape, actor)
         if strategy == "SPREAD":
             nodes = [n for n, total in self.alive().items() if scheduler.fits(demand, total)]
             if nodes:
                 node = nodes[next(self._spread) % len(nodes)]
-                return Route(scheduler.node_queue(node), {"shape": shape, "soft": 1})
+                return Route(queues.node_queue(node), shape, True)
         elif near is not None:
             total = self.alive().get(near)
             if total is not None and scheduler.fits(demand, total):
-                return Route(scheduler.node_queue(near), {"shape": shape, "soft": 1})
+                return Route(queues.node_queue(near), shape, True)
         return Route(shape)
 
     def _affinity(self, strategy: Any, demand: dict[str, float], shape: str, actor: bool) -> Route:
@@ -120,7 +121,7 @@ class Router:
         if node not in nodes:
             nodes = self.alive(fresh=True)
         if node in nodes and scheduler.fits(demand, nodes[node]):
-            return Route(scheduler.node_queue(node), {"shape": shape, "soft": int(strategy.soft)})
+            return Route(queues.node_queue(node), shape, bool(strategy.soft))
         if strategy.soft:
             return Route(shape)
         what = "actor" if actor else "task"

@@ -19,9 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
-from taskmesh._base.wire import TaskContext, encode_notice
+from taskmesh._base.ids import index_of, owner_of, task_of
+from taskmesh._base.wire import TERMINATE, CallSpec, QueueEntry, TaskContext, WireError, decode_notice, encode_notice
 from taskmesh._core import events as _events
 from taskmesh._core import lifecycle
 from taskmesh._core.failure import call_failures
@@ -132,7 +131,7 @@ class Runtime(StreamMethods):
         with self._counts_lock:
             n = self._counts.get(object_id, 0)
             self._counts[object_id] = n + 1
-        if n == 0 and object_id[:8] != self.owner:
+        if n == 0 and owner_of(object_id) != self.owner:
             self._new_borrows.append(object_id)
 
     def decref(self, object_id: str) -> None:
@@ -162,12 +161,10 @@ class Runtime(StreamMethods):
             actor_id = self._actor_drops.popleft()
             if actor_id in self._actors_escaped:
                 continue
-            task_id = objects.new_task_id(self.owner)
-            spec = msgpack.packb({"m": "__ray_terminate__", "args": objects.serialize(([], {})),
-                                  "nret": 0, "owner": self.owner, "job": self.job_id})
-            fields = {"task": task_id, "name": "__ray_terminate__", "attempt": 0, "spec": spec}
+            call = CallSpec(TERMINATE, objects.serialize(([], {})), 0, self.owner, self.job_id)
+            entry = QueueEntry(objects.new_task_id(self.owner), TERMINATE, 0, call)
             with self._cond:
-                self._buffer.append(Outgoing("", fields, actor_id))
+                self._buffer.append(Outgoing("", entry, actor_id))
 
     def fail_drained_calls(self, actor_id: str, cause: str) -> None:
         """Declare a not-yet-running actor dead and fail the calls queued for it."""
@@ -211,7 +208,7 @@ class Runtime(StreamMethods):
         with self._cond:
             ops += self._drop_streams()
             for oid in dropped:
-                if oid[:8] != self.owner:
+                if owner_of(oid) != self.owner:
                     self._results.pop(oid, None)
                 elif oid in self._escaped:
                     continue
@@ -315,15 +312,13 @@ class Runtime(StreamMethods):
         route = self.router.route(None, demand, shape, actor=False, pg=None, near=node)
         if route.queue == out.target:
             return out
-        return dataclasses.replace(out, target=route.queue, fields={**out.fields, **route.fields})
+        return dataclasses.replace(out, target=route.queue, entry=out.entry.routed(route.shape, route.soft))
 
-    def fail_unschedulable(self, fields: dict[str, Any], returns: Sequence[str], why: str,
+    def fail_unschedulable(self, entry: QueueEntry, returns: Sequence[str], why: str,
                            actor_id: str | None = None) -> None:
         """A task (or actor) that can never be placed: its results (its calls) fail at once."""
         from taskmesh._core import failure as _failure
 
-        entry = (b"", {k.encode(): v if isinstance(v, bytes) else str(v).encode()
-                       for k, v in fields.items()})
         task_error, actor_cause = _failure.unschedulable(why)
         if actor_id is not None:
             _failure.fail_entries(self.store, [entry], task_error=task_error, actor_cause=actor_cause)
@@ -335,7 +330,7 @@ class Runtime(StreamMethods):
         self.store.complete_tasks(call_failures([entry], task_error), {})
 
     def submit(
-        self, queue: str, fields: dict[str, Any], deps: Sequence[str], returns: Sequence[str],
+        self, queue: str, entry: QueueEntry, deps: Sequence[str], returns: Sequence[str],
         actor_id: str | None = None, holds: Sequence[str] = (),
         locality: tuple[dict[str, float], str] | None = None,
     ) -> None:
@@ -344,13 +339,13 @@ class Runtime(StreamMethods):
         arguments itself, so a call waiting for an argument never overtakes another.
         `holds` (every ref in the arguments) stay held here until the task's completion
         notice; a task with no returns sends no notice, so its refs count as escaped."""
-        out = Outgoing(queue, fields, actor_id, tuple(returns))
+        out = Outgoing(queue, entry, actor_id, tuple(returns))
         if holds:
             for oid in holds:
                 self.incref(oid) if returns else self.escaped(oid)
             if returns:
                 with self._cond:
-                    self._task_holds[fields["task"]] = holds
+                    self._task_holds[entry.task] = holds
         with self._cond:
             self._pending.update(returns)
             waiting_on = set() if actor_id else {d for d in deps if d in self._pending}
@@ -410,8 +405,8 @@ class Runtime(StreamMethods):
             raise
         # Their submitted events go with a later submission (actor calls: recorded by
         # their actor only), so that a loop of single submissions adds no command.
-        submitted = [_events.submitted(o.fields, self.job_id, None) for o in batch
-                     if o.actor_id is None and _events.enabled(o.fields)]
+        submitted = [_events.submitted(o.entry, self.job_id) for o in batch
+                     if o.actor_id is None and o.entry.events]
         if submitted:
             with self._cond:
                 self._task_events += submitted
@@ -470,9 +465,9 @@ class Runtime(StreamMethods):
         finished); a task not sent yet is never sent; a sent one is dropped by the agent
         that has it queued, or interrupted (SIGINT, KeyboardInterrupt in the task) or,
         with force, killed where it runs."""
-        task_id = object_id[:-4]
+        task_id = task_of(object_id)
         with self._cond:
-            returns = sorted(o for o in self._pending if o[:-4] == task_id)
+            returns = sorted(o for o in self._pending if task_of(o) == task_id)
             if not returns:
                 return  # finished already, or not a task of this process
             out = self._take_unsent(task_id)
@@ -487,7 +482,7 @@ class Runtime(StreamMethods):
     def cancel_children(self) -> None:
         """Cancel every task this process still waits for (a cancelled task's children)."""
         with self._cond:
-            task_ids = {oid[:-4] for oid in self._pending}
+            task_ids = {task_of(oid) for oid in self._pending}
         for task_id in task_ids:
             self.cancel(objects.object_id(task_id, 1), force=False)
 
@@ -495,24 +490,22 @@ class Runtime(StreamMethods):
         """Remove a task not sent yet (buffered or waiting for its arguments); returns
         it, or None when it was sent already. Called under self._cond."""
         for i, out in enumerate(self._buffer):
-            if out.fields["task"] == task_id:
+            if out.entry.task == task_id:
                 return self._buffer.pop(i)
         for waiters in self._waiting.values():
             for task in waiters:
-                if task.outgoing.fields["task"] == task_id:
+                if task.outgoing.entry.task == task_id:
                     waiters.remove(task)
                     return task.outgoing
         return None
 
     def _fail_calls(self, calls: list[tuple[Outgoing, str]]) -> None:
         """Calls sent to a dead actor: their results become ActorDiedError."""
+        from taskmesh._core.failure import death_error
+
         completions = []
         for out, cause in calls:
-            from taskmesh._core.failure import death_error
-
-            error = death_error(out.actor_id, cause)
-            entry = (b"", {b"task": out.fields["task"].encode(), b"spec": out.fields["spec"]})
-            completions += call_failures([entry], error)
+            completions += call_failures([out.entry], death_error(out.actor_id, cause))
         self.store.complete_tasks(completions, {})
 
     # ---- completions ----------------------------------------------------------------
@@ -556,12 +549,17 @@ class Runtime(StreamMethods):
         wake: list[Callable[[], None]] = []
         with self._cond:
             for raw in notices:
-                task_id, objs, *item = msgpack.unpackb(raw, raw=False)
+                try:
+                    notice = decode_notice(raw)
+                except WireError as e:
+                    _log_background_error("reading a completion notice", e)
+                    continue
+                task_id, objs = notice.task_id, notice.objects
                 stream = self._streams.get(task_id)
                 if stream is not None:
                     wake += stream.waiters
                     stream.waiters = []
-                if item:
+                if notice.item:
                     self._on_items(task_id, stream, objs)
                     continue
                 for oid in self._task_holds.pop(task_id, ()):
@@ -572,9 +570,9 @@ class Runtime(StreamMethods):
                 head_wanted = head is not None and head not in self._discard
                 for oid, kind, data in objs:
                     if oid not in self._pending:
-                        if head is not None and oid[-4:] != "0001":
+                        if head is not None and index_of(oid) != 1:
                             self._hold_dynamic_item(head, head_wanted, oid, kind, data)
-                        elif head is None and oid[:8] == self.owner and not (
+                        elif head is None and owner_of(oid) == self.owner and not (
                                 oid in self._results or oid in self._counts or oid in self._escaped):
                             # A notice is only sent with a stored result: a second run of a
                             # task (a re-sent batch, a completion re-sent after a lost reply)
@@ -791,7 +789,7 @@ class Runtime(StreamMethods):
                 _log_background_error("unregistering the driver", e)
         with self._cond:
             owned = [oid for oid in set(self._results) | self._escaped | set(self._counts)
-                     if oid[:8] == self.owner]
+                     if owner_of(oid) == self.owner]
             ops = [op for op in self._free if op.holder == "owner" or op.delta < 0]
         with self._counts_lock:
             ops += [Release(oid, self._holder, -1) for oid in self._borrowed]

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from taskmesh import objects
+from taskmesh._base.ids import index_of
 from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects import KIND_ERROR
 from taskmesh.store import Release
@@ -172,7 +173,7 @@ class StreamMethods:
         """Items a streaming call yielded. One the owner already had (a retried attempt
         yields them again) or whose generator is gone is released at once. Under _cond."""
         for oid, kind, data in objs:
-            index = int(oid[-4:], 16)
+            index = index_of(oid)
             if stream is None or stream.dropped or index <= stream.arrived:
                 self._free.append(Release(oid, "owner", -1))
                 continue

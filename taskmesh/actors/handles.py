@@ -9,17 +9,17 @@ stream `tm:actor:{id}:calls` and read by that process directly, in order.
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from taskmesh._core import events as _events, generators as _generator, options as _options
-from taskmesh import objects, runtime_env, scheduler
+from taskmesh._core import generators as _generator, options as _options
+from taskmesh import objects, runtime_env
 from taskmesh.objects import ObjectRef
-from taskmesh._base.wire import READY, TERMINATE
+from taskmesh._base import ids, queues
+from taskmesh._base.wire import ACTOR, READY, TERMINATE, ActorSpec, CallSpec, QueueEntry
 from taskmesh._core import context
 from taskmesh._core.remote_function import _Export, _pack_args
 from taskmesh.exceptions import ActorExitRequest
@@ -124,10 +124,10 @@ class ActorClass:
         self.__doc__ = cls.__doc__
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"cls": self._cls, "options": self._options}
+        return {"class": self._cls, "options": self._options}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["cls"], state["options"])  # type: ignore[misc]
+        self.__init__(state["class"], state["options"])  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError(f"Actors cannot be instantiated directly. Instead of '{self.__name__}()', "
@@ -154,23 +154,24 @@ class ActorClass:
         runtime = get_runtime(auto_init=True)
         opts = _options.resolved(options, _options.ACTOR_OPTIONS)
         placement, held = actor_demand(opts)
-        shape = scheduler.shape_name(placement)
+        shape = queues.shape_name(placement)
         fn_id = self._export.fn_id()
         runtime.export_function(fn_id, self._export.blob)
-        actor_id = runtime.owner + os.urandom(8).hex()
+        actor_id = ids.new_actor_id(runtime.owner)
         is_async = any(m.is_async for m in self._methods.values())
         max_concurrency = opts["max_concurrency"] or (1000 if is_async else 1)
         args_blob, deps, holds, _sent = _pack_args(runtime, args, kwargs)
         route = runtime.route(_options.strategy_of(opts), placement, shape, deps, actor=True)
         renv = runtime_env.resolve(runtime.runtime_env, opts["runtime_env"], runtime.store)
-        spec = msgpack.packb({
-            "fn": fn_id, "args": args_blob, "owner": runtime.owner, "job": runtime.job_id,
-            "ns": runtime.namespace, "held": held, "maxc": max_concurrency, "async": is_async, "cls": self.__name__,
-            "mtr": opts["max_task_retries"], "groups": opts["concurrency_groups"] or {},
-            **({"pg": route.pg} if route.pg else {}),
-            **({"renv": renv} if renv else {}),
-            **({} if opts["enable_task_events"] else {_events.NO_EVENTS_FIELD: 0}),
-        }, use_bin_type=True)
+        events = opts["enable_task_events"]  # for the creation and every method call
+        spec = ActorSpec(
+            fn_id, args_blob, runtime.owner, runtime.job_id, self.__name__, runtime.namespace,
+            held=held, max_concurrency=max_concurrency, is_async=is_async,
+            max_task_retries=opts["max_task_retries"],
+            concurrency_groups=opts["concurrency_groups"] or {}, pg=route.pg,
+            runtime_env=renv or None, events=events)
+        entry = QueueEntry(actor_id, f"{self.__name__}.__init__", 0, spec, kind=ACTOR,
+                           shape=route.shape, soft=route.soft, events=events)
         name = opts["name"] or ""
         namespace = opts["namespace"] or runtime.namespace or ""
         detached = opts["lifetime"] == "detached"
@@ -178,10 +179,10 @@ class ActorClass:
         fields = {
             "class_name": self.__name__, "state": "PENDING", "restarts": 0,
             "max_restarts": opts["max_restarts"], "name": name, "namespace": namespace,
-            "shape": shape, "spec": spec, "init_name": f"{self.__name__}.__init__",
+            "shape": shape, "spec": entry.spec_wire, "init_name": entry.name,
             "job_id": runtime.job_id or "", "detached": int(detached), "methods": methods,
             "node_id": "", "pid": "",
-            **({"queue": route.queue, "soft": route.fields["soft"]} if route.queue != shape else {}),
+            **({"queue": route.queue, "soft": int(route.soft)} if route.queue != shape else {}),
         }
         status, found = runtime.store.create_actor(
             actor_id, job_id=runtime.job_id or "", namespace=namespace, name=name,
@@ -192,14 +193,10 @@ class ActorClass:
             raise ValueError(f"The name {name} (namespace={namespace}) is already taken. Please "
                              f"use a different name or get the existing actor using "
                              f"taskmesh.get_actor('{name}', namespace='{namespace}').")
-        entry = {"task": actor_id, "name": fields["init_name"], "attempt": 0, "kind": "actor",
-                 "spec": spec}
-        if not opts["enable_task_events"]:  # for the creation and every method call
-            entry[_events.NO_EVENTS_FIELD] = 0
         if route.unschedulable:
             runtime.fail_unschedulable(entry, (), route.unschedulable, actor_id=actor_id)
         else:
-            runtime.submit(route.queue, {**entry, **route.fields}, deps, (), holds=holds)
+            runtime.submit(route.queue, entry, deps, (), holds=holds)
         collectable = not (detached or name)
         return ActorHandle(actor_id, self.__name__, self._methods, _original=collectable)
 
@@ -318,22 +315,17 @@ class ActorMethod:
         n: int = 1 if generator else self._num_returns  # type: ignore[assignment]
         returns = [objects.object_id(task_id, i + 1) for i in range(n)]
         args_blob, deps, holds, _sent = _pack_args(runtime, args, kwargs)
-        call = {"m": self._name, "args": args_blob, "nret": n, "owner": runtime.owner,
-                "job": runtime.job_id, "cg": self._meta.concurrency_group}
         streaming = generator == _generator.WIRE_MODE[_generator.STREAMING]
-        if generator:
-            call["gen"] = generator
-        if streaming and self._meta.backpressure:
-            call["bp"] = self._meta.backpressure
-        spec = msgpack.packb(call, use_bin_type=True)
-        fields = {"task": task_id, "name": f"{self._handle._class_name}.{self._name}",
-                  "attempt": 0, "spec": spec}
+        call = CallSpec(self._name, args_blob, n, runtime.owner, runtime.job_id,
+                        self._meta.concurrency_group, generator,
+                        self._meta.backpressure if streaming else 0)
+        entry = QueueEntry(task_id, f"{self._handle._class_name}.{self._name}", 0, call)
         refs = [ObjectRef(oid) for oid in returns]
         if streaming:
             runtime.open_stream(task_id, self._meta.backpressure)
-            runtime.submit("", fields, deps, returns, actor_id=self._handle._actor_id, holds=holds)
+            runtime.submit("", entry, deps, returns, actor_id=self._handle._actor_id, holds=holds)
             return _generator.ObjectRefGenerator(refs[0], runtime)
-        runtime.submit("", fields, deps, returns, actor_id=self._handle._actor_id, holds=holds)
+        runtime.submit("", entry, deps, returns, actor_id=self._handle._actor_id, holds=holds)
         if n == 1:
             return refs[0]
         return refs if n > 1 else None

@@ -12,8 +12,9 @@ shared memory: its large objects are stored inline, and objects it reads from ot
 nodes are pulled into its own memory.
 
 Lineage. A task's result stored in shared memory keeps the task's queue entry in its hash
-(field `lineage`, written by the completion script at no extra command), and holds the
-task's top-level ref arguments, like refs it contains. A reader that finds every copy of
+(field `lineage`, see `QueueEntry.to_lineage` in _base/wire.py, written by the completion
+script at no extra command), and holds the task's top-level ref arguments, like refs it
+contains. A reader that finds every copy of
 such an object gone (its nodes dead, or none answering) queues the task once more
 (reconstruct.lua: once, however many readers noticed) and reads again: the value comes
 back when the new run completes. The new run's worker, resolving an argument that is lost
@@ -25,16 +26,15 @@ ObjectLostError subclass Ray raises there.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import msgpack
-
 from taskmesh.objects import ref as objects
-from taskmesh._base import config, ids
-from taskmesh import scheduler
+from taskmesh._base import config, ids, queues
+from taskmesh._base.wire import QueueEntry, TaskSpec, WireError
 from taskmesh.objects.shm import ShmStore
 from taskmesh.exceptions import ObjectFetchTimedOutError, ObjectLostError, ObjectReconstructionFailedError, ObjectReconstructionFailedLineageEvictedError, ObjectReconstructionFailedMaxAttemptsExceededError, ObjectStoreFullError, OwnerDiedError, RaySystemError
 from taskmesh.objects.ref import KIND_SHM, KIND_VALUE
@@ -58,20 +58,14 @@ class ObjectRebuilding(ObjectLostError):
     waits for the new value)."""
 
 
-def lineage_entry(fields: dict[bytes, bytes]) -> bytes:
-    """What a shared-memory result keeps of the queue entry of the task that made it."""
-    return msgpack.packb({"task": fields[b"task"].decode(), "name": fields[b"name"].decode(),
-                          "attempt": int(fields[b"attempt"]), "spec": fields[b"spec"]},
-                         use_bin_type=True)
-
-
 @dataclass(frozen=True, slots=True)
 class Recovery:
-    """What to do with a lost object: queue `fields` on `shape` (re-making `siblings`
-    with it), or store `error` as its value."""
+    """What to do with a lost object: queue `entry` (its task's next attempt, marked
+    rebuild) on the queue `shape`, re-making `siblings` with it; or store `error` as its
+    value."""
 
     shape: str | None = None
-    fields: dict[str, Any] | None = None
+    entry: QueueEntry | None = None
     siblings: tuple[str, ...] = ()
     error: BaseException | None = None
 
@@ -79,25 +73,27 @@ class Recovery:
 def plan_recovery(object_id: str, lineage: bytes | None, owner_alive: bool) -> Recovery:
     """How a lost object comes back (Ray's rules): its task runs again while its attempts
     are not used up; a put object cannot (ObjectLostError, OwnerDiedError once its owner
-    is gone), nor a result without lineage (an actor method's)."""
+    is gone), nor a result without lineage (an actor method's) or with a lineage that
+    does not decode."""
     if lineage is None:
-        if object_id.endswith("0000"):  # index 0: made by put
+        if ids.index_of(object_id) == 0:  # made by put
             return Recovery(error=ObjectLostError(object_id) if owner_alive else OwnerDiedError(object_id))
         return Recovery(error=ObjectReconstructionFailedLineageEvictedError(object_id))
-    entry = msgpack.unpackb(lineage, raw=False)
-    spec = msgpack.unpackb(entry["spec"], raw=False)
-    max_retries, attempt = spec.get("maxr", 0), int(entry["attempt"])
-    if max_retries == 0:
+    try:
+        entry = QueueEntry.from_lineage(lineage)
+    except WireError as e:
+        log.warning("object %s: its lineage does not decode (%s)", object_id, e)
+        return Recovery(error=ObjectReconstructionFailedLineageEvictedError(object_id))
+    spec: TaskSpec = entry.spec  # type: ignore[assignment]
+    if spec.max_retries == 0:
         return Recovery(error=ObjectReconstructionFailedError(
             object_id, "OBJECT_UNRECONSTRUCTABLE_RETRIES_DISABLED"))
-    if max_retries != -1 and attempt >= max_retries:
+    if not spec.can_retry(entry.attempt):
         return Recovery(error=ObjectReconstructionFailedMaxAttemptsExceededError(object_id))
-    task_id = entry["task"]
-    fields = {"task": task_id, "name": entry["name"], "attempt": attempt + 1,
-              "spec": entry["spec"], "rebuild": "1"}
-    siblings = tuple(oid for oid in (ids.object_id(task_id, i + 1) for i in range(spec["nret"]))
+    again = dataclasses.replace(entry, attempt=entry.attempt + 1, rebuild=True)
+    siblings = tuple(oid for oid in (ids.object_id(entry.task, i + 1) for i in range(spec.num_returns))
                      if oid != object_id)
-    return Recovery(scheduler.shape_name(spec.get("res") or {}), fields, siblings)
+    return Recovery(queues.shape_name(spec.resources), again, siblings)
 
 
 class ObjectPlane:
@@ -201,16 +197,16 @@ class ObjectPlane:
         if current != data:
             raise ObjectRebuilding(object_id)  # another reader acted already
         owner_alive = True
-        if lineage is None and object_id.endswith("0000"):
-            tag, nodes = object_id[:8], [parse_descriptor(data)[1]]
+        if lineage is None and ids.index_of(object_id) == 0:
+            tag, nodes = ids.owner_of(object_id), [parse_descriptor(data)[1]]
             owner_alive = tag == self.owner or self.store.process_alive(tag, nodes)
         plan = plan_recovery(object_id, lineage, owner_alive)
-        if plan.fields is not None:
-            done = self.store.reconstruct(object_id, data, shape=plan.shape, fields=plan.fields,
-                                          siblings=plan.siblings)
+        if plan.entry is not None:
+            done = self.store.reconstruct(object_id, data, shape=plan.shape,
+                                          fields=plan.entry.to_fields(), siblings=plan.siblings)
             if done == 1:
                 log.warning("object %s lost with its node: running task %s again (attempt %d)",
-                            object_id, plan.fields["task"], plan.fields["attempt"] + 1)
+                            object_id, plan.entry.task, plan.entry.attempt + 1)
         else:
             done = self.store.reconstruct(object_id, data, error=objects.serialize(plan.error))
             if done == 1:

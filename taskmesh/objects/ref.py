@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import cloudpickle
 import msgpack
 
+from taskmesh._base import ids
 from taskmesh.exceptions import RaySystemError
 
 KIND_VALUE = b"value"
@@ -118,10 +119,10 @@ class ObjectRef:
         return bytes.fromhex(self._id)
 
     def task_id(self) -> str:
-        return self._id[:-4]
+        return ids.task_of(self._id)
 
     def owner_tag(self) -> str:
-        return self._id[:8]
+        return ids.owner_of(self._id)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ObjectRef) and other._id == self._id

@@ -6,6 +6,7 @@ per operation on the `Store`. It imports nothing of taskmesh's but `_base` and
 from taskmesh.store.client import KIND_FENCE, Store
 from taskmesh.store.keys import Keys
 from taskmesh.store.records import (
+    CALL_GROUP,
     GROUP,
     OWNER_TAG_LEN,
     Completion,
@@ -20,6 +21,6 @@ from taskmesh.store.records import (
 )
 
 __all__ = [
-    "GROUP", "KIND_FENCE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased", "Liveness",
+    "CALL_GROUP", "GROUP", "KIND_FENCE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased", "Liveness",
     "Outgoing", "Release", "Store", "keep_listening", "retry_transient", "translate_errors",
 ]

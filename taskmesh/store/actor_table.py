@@ -11,7 +11,7 @@ import msgpack
 import redis
 
 from taskmesh.store.core import StoreCore
-from taskmesh.store.records import Completion, Leased, _flat, _now_ms, _text, parse_entries, translate_errors
+from taskmesh.store.records import CALL_GROUP, Completion, Leased, _flat, _now_ms, _text, parse_entries, translate_errors
 
 
 class ActorMethods(StoreCore):
@@ -147,7 +147,7 @@ class ActorMethods(StoreCore):
     @translate_errors
     def actor_down(
         self, actor_id: str, *, restart: bool, cause: str, node_id: str = "", drain: bool = False,
-    ) -> tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]:
+    ) -> tuple[str, list[Leased]]:
         """Restart the actor (when allowed) or declare it dead, draining its calls:
         ("restarting"|"dead"|"already", drained call entries). With `node_id`, only
         if the actor is still recorded on that node (not restarted elsewhere already).
@@ -163,10 +163,11 @@ class ActorMethods(StoreCore):
         reply = self.scripts["actor_down"](keys=keys, args=[actor_id, mode,
                                                   cause, _now_ms(), node_id, *extra])
         status = reply[0].decode()
+        calls = self.keys.actor_calls(actor_id)
         entries = []
         for i in range(1, len(reply), 2):
             flat = reply[i + 1]
-            entries.append((reply[i], dict(zip(flat[::2], flat[1::2]))))
+            entries.append(Leased(calls, reply[i], dict(zip(flat[::2], flat[1::2]))))
         return status, entries
 
     @translate_errors
@@ -190,13 +191,13 @@ class ActorMethods(StoreCore):
         """The actor's next calls; with pending=True, the calls an earlier incarnation
         of the actor had read but not acknowledged."""
         key = self.keys.actor_calls(actor_id)
-        reply = client.xreadgroup(b"actor", actor_id, {key: "0" if pending else ">"},
+        reply = client.xreadgroup(CALL_GROUP, actor_id, {key: "0" if pending else ">"},
                                   count=count, block=None if pending else block_ms)
         return parse_entries(reply)
 
     @translate_errors
     def ack_calls(self, actor_id: str, completions: Sequence[Completion], ids: list[bytes]) -> None:
-        self.complete_tasks(completions, {self.keys.actor_calls(actor_id): ids}, group=b"actor")
+        self.complete_tasks(completions, {self.keys.actor_calls(actor_id): ids}, group=CALL_GROUP)
 
     @translate_errors
     def count_call_retry(self, actor_id: str, entry_id: bytes) -> int:

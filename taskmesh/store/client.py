@@ -13,10 +13,11 @@ import redis
 import redis.sentinel
 
 from taskmesh._base import config
+from taskmesh._base.wire import notice_of
 from taskmesh.store.connection import SENTINEL_SCHEME, TlsFiles, _sentinel_client, parse_sentinel_address, tls_connection_kwargs
 from taskmesh.store.keys import Keys
 from taskmesh.store.scripts import Scripts
-from taskmesh.store.records import _NO_REPLICA_BACKOFF_S, GROUP, OWNER_TAG_LEN, Completion, Freed, Leased, Liveness, Outgoing, Release, _flat, _forget_frames, _now_ms, _text, keep_listening, parse_entries, retry_transient, translate_errors
+from taskmesh.store.records import _NO_REPLICA_BACKOFF_S, CALL_GROUP, GROUP, OWNER_TAG_LEN, Completion, Freed, Leased, Liveness, Outgoing, Release, _flat, _forget_frames, _now_ms, _text, keep_listening, parse_entries, retry_transient, translate_errors
 from taskmesh.store.actor_table import ActorMethods
 from taskmesh.store.directory import KIND_REBUILD, LINEAGE_KINDS, ObjectMethods
 from taskmesh.store.observe import ObserveMethods
@@ -28,7 +29,7 @@ KIND_FENCE = b"fence"
 FENCE_TTL_MS = 24 * 3600 * 1000
 
 __all__ = [
-    "GROUP", "KIND_FENCE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased", "Liveness", "Outgoing",
+    "CALL_GROUP", "GROUP", "KIND_FENCE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased", "Liveness", "Outgoing",
     "Release", "Store", "keep_listening", "retry_transient", "translate_errors",
 ]
 
@@ -161,24 +162,28 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
 
     @translate_errors
     def submit_tasks(self, entries: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """XADD each (shape, fields) entry, pipelined in one round trip."""
-        self.submit([Outgoing(shape, fields) for shape, fields in entries])
+        """XADD each (queue, fields) entry as given, pipelined in one round trip."""
+        self._submit([(queue, None, fields) for queue, fields in entries], ())
 
     @translate_errors
     def submit(self, entries: Sequence[Outgoing], events: Sequence[dict[str, Any]] = ()) -> list[tuple[int, str]]:
-        """Send tasks to shape queues and method calls to actors in one pipelined round
+        """Send tasks to their queues and method calls to actors in one pipelined round
         trip: one script call per queue or actor, entries in submission order within
         each, and the batch's task events as one entry of the events stream. Returns
         (index, death cause) of calls to dead actors (not appended)."""
+        return self._submit([(e.target, e.actor_id, e.entry.to_fields()) for e in entries], events)
+
+    def _submit(self, entries: Sequence[tuple[str, str | None, dict[str, Any]]],
+                events: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
         groups: dict[tuple[str, str | None], list[int]] = {}
-        for i, e in enumerate(entries):
-            groups.setdefault((e.target, e.actor_id), []).append(i)
+        for i, (target, actor_id, _) in enumerate(entries):
+            groups.setdefault((target, actor_id), []).append(i)
 
         def queue_commands(pipe: Any) -> None:
             for (target, actor_id), indexes in groups.items():
                 args: list[Any] = []
                 for i in indexes:
-                    fields = entries[i].fields
+                    fields = entries[i][2]
                     args.append(len(fields))
                     for kv in fields.items():
                         args += kv
@@ -327,7 +332,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
             self._skip_wait_until = time.monotonic() + _NO_REPLICA_BACKOFF_S
 
     @translate_errors
-    def requeue(self, queue: str, entry_id: bytes, fields: dict[bytes, Any],
+    def requeue(self, queue: str, entry_id: bytes, fields: dict[Any, Any],
                 dest: str | None = None) -> None:
         """Ack a leased entry of `queue` and add it again (to `dest` when given): one script."""
         args: list[Any] = [GROUP, entry_id]
@@ -369,7 +374,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
         if trim_below is not None:  # on the shared pool: `client` must stay the blocked one
             self.redis.xtrim(key, minid=trim_below, approximate=False)
         reply = client.xread({key: after}, count=10_000, block=block_ms)
-        return [(eid, fields[b"n"]) for _, entries in reply or [] for eid, fields in entries]
+        return [(eid, notice_of(fields)) for _, entries in reply or [] for eid, fields in entries]
 
     @translate_errors
     def delete_done(self, owner: str) -> None:

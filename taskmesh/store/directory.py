@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from taskmesh.store.core import StoreCore
-from taskmesh.store.records import OWNER_TAG_LEN, Freed, Release, _text, translate_errors
+from taskmesh._base.ids import owner_of
+from taskmesh.store.records import Freed, Release, _text, translate_errors
 
 # Pseudo-objects a worker appends to a task's results: the task's queue entry, stored with
 # its shared-memory results (lineage), or marking a run that re-makes lost ones (rebuild).
@@ -70,7 +71,7 @@ class ObjectMethods(StoreCore):
         borrowers' index updates; returns the ops of each script call, in order."""
         by_owner: dict[str, list[Release]] = {}
         for op in ops:
-            by_owner.setdefault(op.object_id[:OWNER_TAG_LEN], []).append(op)
+            by_owner.setdefault(owner_of(op.object_id), []).append(op)
         groups = list(by_owner.values())
         for group in groups:
             keys, args = [], []
@@ -217,7 +218,7 @@ class ObjectMethods(StoreCore):
             oid = _text(key).rpartition(":")[2]
             nodes = [_text(data).partition(" ")[2]] if kind == b"shm" and data else []
             holders = (["owner"] if held else []) + sorted(_text(h) for h in refs)
-            out.append({"object_id": oid, "owner": oid[:OWNER_TAG_LEN], "kind": _text(kind),
+            out.append({"object_id": oid, "owner": owner_of(oid), "kind": _text(kind),
                         "size": int(size or 0), "nodes": nodes + sorted(_text(c) for c in copies),
                         "holders": holders})
         return out

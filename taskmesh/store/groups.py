@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from taskmesh._base import queues
 from taskmesh.store.core import StoreCore
 from taskmesh.store.records import GROUP, Leased, _flat, parse_entries, translate_errors
 
@@ -34,12 +35,14 @@ class ScheduleMethods(StoreCore):
         return sorted(n.decode() for n in self.redis.smembers(self.keys.pinned()))
 
     @translate_errors
-    def queued_entries(self, names: Iterable[str]) -> list[tuple[bytes, dict[bytes, bytes]]]:
-        """Every entry in these queues, delivered or not: (entry id, fields)."""
+    def queued_entries(self, names: Iterable[str]) -> list[Leased]:
+        """Every entry in these queues, delivered or not."""
+        streams = [self.keys.queue(name) for name in names]
         pipe = self.redis.pipeline(transaction=False)
-        for name in names:
-            pipe.xrange(self.keys.queue(name), "-", "+")
-        return [(entry_id, fields) for reply in pipe.execute() for entry_id, fields in reply]
+        for stream in streams:
+            pipe.xrange(stream, "-", "+")
+        return [Leased(stream, entry_id, fields) for stream, reply in zip(streams, pipe.execute())
+                for entry_id, fields in reply]
 
     @translate_errors
     def take_entries(self, name: str, consumer: str, count: int) -> list[Leased]:
@@ -73,8 +76,7 @@ class ScheduleMethods(StoreCore):
         if name and not self.redis.hsetnx(self.keys.named_pg(namespace), name, pg_id):
             raise ValueError(f"Failed to create placement group: the name {name!r} is already "
                              f"taken in namespace {namespace!r}.")
-        queues = [f"pg:{pg_id}:{i}" for i in range(len(bundles))] + [f"pg:{pg_id}:any"]
-        self.register_pinned(queues)
+        self.register_pinned(queues.bundle_queues(pg_id, len(bundles)))
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self.keys.pg(pg_id), mapping=_flat({
             "pg_id": pg_id, "name": name, "namespace": namespace, "strategy": strategy,

@@ -14,11 +14,11 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:monitor                   | string  | node_id of the agent holding the failure-monitor lease | monitor (SET NX PX, renew_lease.lua) | lease_ms |
 | tm:fn:{fn_id}                | string  | cloudpickled function, exported once per definition   | driver / worker       | none |
 | tm:shapes                    | set     | resource shapes that have a queue ("CPU=1")           | submitter             | none |
-| tm:q:{shape}                 | stream  | pending tasks of one shape; group `agents`, one consumer per node (+ `monitor`, holding dead nodes' entries while it settles them); fields task, name, attempt, spec | submitter; agents ack+delete | none |
+| tm:q:{shape}                 | stream  | pending tasks of one shape; group `agents`, one consumer per node (+ `monitor`, holding dead nodes' entries while it settles them); fields task, name, attempt, spec (+ kind, ev, rebuild: see _base/wire.py QueueEntry) | submitter; agents ack+delete | none |
 | tm:q:node:{node_id}          | stream  | tasks and actor creations for one node (node affinity, SPREAD, data locality); same group and fields as a shape queue plus shape (the demand) and soft (1: may run elsewhere: handed back to its shape queue when the node cannot start it soon or dies) | submitter; the node's agent | deleted when the node is settled |
 | tm:q:pg:{pg_id}:{bundle}     | stream  | tasks and actor creations for one bundle of a placement group (`any`: for any of its bundles); fields as a node queue's | submitter; agents hosting the bundle | deleted with the group |
 | tm:node_reserved:{node_id}   | hash    | placement-group bundles reserved on the node: "<pg>:<bundle>" -> resources (JSON) | reserve_pg / remove_pg scripts | deleted when the node is settled |
-| tm:pinned                    | set     | the node and bundle queue names ("node:<id>", "pg:<id>:<bundle>"), for the failure monitor | agent, placement_group | none |
+| tm:pinned                    | set     | the node and bundle queue names (node:<id>, pg:<id>:<bundle>), for the failure monitor | agent, placement_group | none |
 | tm:pg:{pg_id}                | hash    | name, namespace, strategy, bundles (JSON list), bundle_count, state (PENDING/CREATED/RESCHEDULING/REMOVED), bundle_nodes (JSON index -> node), job_id, detached, created_ms | placement_group; reserve_pg / remove_pg scripts | deleted when its job ends (non-detached) |
 | tm:pgs                       | set     | every placement group id (placement_group_table)      | placement_group       | none |
 | tm:pgs:pending               | set     | groups waiting for room (placed by the monitor when it appears) | placement_group; reserve_pg script | none |
@@ -69,14 +69,19 @@ may roll them back by a few milliseconds. Plain `redis://` addresses never WAIT.
 
 Ids: a task id is `{owner}` + 16 hex digits; an object id is its task id + 4 hex digits
 (return index, 0 for `put`), so a key builder finds the owner tag in the id itself. An
-actor id is its creator's tag + 16 hex digits; the actor's keys carry it as hash tag.
+actor id is its creator's tag + 16 hex digits; the actor's keys carry it as hash tag. The
+id grammar is in _base/ids.py; queue names (what follows `tm:q:`: a shape, a node's or a
+bundle's queue) are built and parsed in _base/queues.py; the fields of queue and call
+stream entries are encoded in _base/wire.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from taskmesh._base.ids import OWNER_TAG_LEN
+from taskmesh._base import queues
+from taskmesh._base.ids import owner_of
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -105,14 +110,20 @@ class Keys:
     def shapes(self) -> str:
         return f"{self.prefix}:shapes"
 
-    def queue(self, shape: str) -> str:
-        return f"{self.prefix}:q:{shape}"
+    def queue(self, name: str) -> str:
+        """The stream of a queue, by its name (a shape, a node's or a bundle's queue:
+        the grammar of names is in _base/queues.py)."""
+        return f"{self.prefix}:q:{name}"
+
+    def queue_name(self, key: str) -> str:
+        """The name of the queue whose stream is `key` (the inverse of `queue`)."""
+        return key[len(self.queue("")):]
 
     def node_queue(self, node_id: str) -> str:
-        return self.queue(f"node:{node_id}")
+        return self.queue(queues.node_queue(node_id))
 
-    def bundle_queue(self, pg_id: str, bundle: str) -> str:
-        return self.queue(f"pg:{pg_id}:{bundle}")
+    def bundle_queue(self, pg_id: str, bundle: int | str) -> str:
+        return self.queue(queues.bundle_queue(pg_id, bundle))
 
     def node_reserved(self, node_id: str) -> str:
         return f"{self.prefix}:node_reserved:{node_id}"
@@ -136,20 +147,20 @@ class Keys:
         return f"{self.prefix}:job:{job_id}:pgs"
 
     def obj(self, object_id: str) -> str:
-        return f"{self.prefix}:{{{object_id[:OWNER_TAG_LEN]}}}:obj:{object_id}"
+        return f"{self.prefix}:{{{owner_of(object_id)}}}:obj:{object_id}"
 
     def all_objects(self) -> str:
         """SCAN pattern matching every object hash (and location set)."""
         return f"{self.prefix}:{{*}}:obj:*"
 
     def obj_loc(self, object_id: str) -> str:
-        return f"{self.prefix}:{{{object_id[:OWNER_TAG_LEN]}}}:obj:{object_id}:loc"
+        return f"{self.prefix}:{{{owner_of(object_id)}}}:obj:{object_id}:loc"
 
     def obj_refs(self, object_id: str) -> str:
-        return f"{self.prefix}:{{{object_id[:OWNER_TAG_LEN]}}}:obj:{object_id}:refs"
+        return f"{self.prefix}:{{{owner_of(object_id)}}}:obj:{object_id}:refs"
 
     def obj_nested(self, object_id: str) -> str:
-        return f"{self.prefix}:{{{object_id[:OWNER_TAG_LEN]}}}:obj:{object_id}:nested"
+        return f"{self.prefix}:{{{owner_of(object_id)}}}:obj:{object_id}:nested"
 
     def owned_objects(self, tag: str) -> str:
         """SCAN pattern matching the object keys of one owner."""
@@ -162,7 +173,7 @@ class Keys:
         return f"{self.prefix}:{{{owner}}}:done"
 
     def gen_consumed(self, task_id: str) -> str:
-        return f"{self.prefix}:{{{task_id[:OWNER_TAG_LEN]}}}:gen:{task_id}"
+        return f"{self.prefix}:{{{owner_of(task_id)}}}:gen:{task_id}"
 
     def fence(self, owner: str) -> str:
         return f"{self.prefix}:{{{owner}}}:fence"

@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import msgpack
-
-from taskmesh._base import config
+from taskmesh._base import config, wire
 from taskmesh.store.core import StoreCore
 from taskmesh.store.records import _text, translate_errors
 
@@ -35,8 +33,8 @@ class ObserveMethods(StoreCore):
         maxlen = config.TASK_EVENTS_MAXLEN.get()  # once per batch, read when used
         for i in range(0, len(events), EVENTS_PER_ENTRY):
             chunk = list(events[i:i + EVENTS_PER_ENTRY])
-            pipe.xadd(self.keys.events(), {"e": msgpack.packb(chunk, use_bin_type=True)},
-                      maxlen=maxlen, approximate=True)
+            pipe.xadd(self.keys.events(), wire.events_entry(chunk), maxlen=maxlen,
+                      approximate=True)
 
     @translate_errors
     def add_events(self, events: Sequence[dict[str, Any]]) -> None:
@@ -54,8 +52,8 @@ class ObserveMethods(StoreCore):
         out: list[dict[str, Any]] = []
         for _, fields in entries:
             try:
-                out += msgpack.unpackb(fields[b"e"], raw=False)
-            except (KeyError, ValueError, msgpack.exceptions.ExtraData):
+                out += wire.events_of(fields)
+            except wire.WireError:
                 continue  # not written by taskmesh
         return out
 
@@ -67,7 +65,8 @@ class ObserveMethods(StoreCore):
         pipe = self.redis.pipeline(transaction=False)
         if log_payload is not None and job_id is not None:
             pipe.publish(self.keys.chan_log(job_id), log_payload)
-            pipe.xadd(self.keys.logs(job_id), {"l": log_payload}, maxlen=LOGS_MAXLEN, approximate=True)
+            pipe.xadd(self.keys.logs(job_id), wire.log_entry(log_payload), maxlen=LOGS_MAXLEN,
+                      approximate=True)
             pipe.expire(self.keys.logs(job_id), LOGS_TTL_S)
         self.queue_events(pipe, events)
         if len(pipe):
@@ -85,8 +84,8 @@ class ObserveMethods(StoreCore):
         out = []
         for _, fields in self.redis.xrange(self.keys.logs(job_id)):
             try:
-                out.append(msgpack.unpackb(fields[b"l"], raw=False))
-            except (KeyError, ValueError, msgpack.exceptions.ExtraData):
+                out.append(wire.log_of(fields))
+            except wire.WireError:
                 continue
         return out
 

@@ -15,9 +15,11 @@ import redis
 
 from taskmesh._base import config
 from taskmesh._base.ids import OWNER_TAG_LEN  # noqa: F401  (re-exported)
+from taskmesh._base.wire import QueueEntry
 from taskmesh.exceptions import StoreUnavailableError
 
-GROUP = b"agents"
+GROUP = b"agents"  # the consumer group of every queue (one consumer per node)
+CALL_GROUP = b"actor"  # the consumer group of an actor's call stream (consumer: the actor id)
 ENV_WAIT_REPLICAS = config.WAIT_REPLICAS.name
 ENV_WAIT_TIMEOUT_MS = config.WAIT_TIMEOUT_MS.name
 # How long a primary found without replicas is not waited for, before asking again.
@@ -103,11 +105,11 @@ class Freed:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A task for a queue (target = a shape, "node:<id>" or "pg:<id>:<bundle>", see
-    scheduler.py) or a call for an actor (actor_id set)."""
+    """A task or actor creation for a queue (`target`: a queue name, see _base/queues.py),
+    or a method call for an actor (actor_id set)."""
 
     target: str
-    fields: dict[str, Any]
+    entry: QueueEntry
     actor_id: str | None = None
     returns: tuple[str, ...] = ()
 

@@ -6,6 +6,11 @@ results with the same completion script as tasks, batched: the agent is not on t
 of a method call. Sync actors run calls one by one in stream order; threaded actors
 (max_concurrency > 1) and async actors (any `async def` method) start them in order and
 let them overlap, limited per concurrency group.
+
+Calls are decoded once, as read (a QueueEntry holding a CallSpec, _base/wire.py). A call
+that does not decode, or whose arguments do not, goes to the dead-letter stream with the
+reason (_core/failure.py; a caller named by a readable spec gets the error as its
+results) and the actor serves on.
 """
 
 from __future__ import annotations
@@ -22,19 +27,18 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-import msgpack
 
 from taskmesh._core import events as _events
 from taskmesh import objects, runtime_env
-from taskmesh._base.wire import TaskContext, encode_notice, placement
-from taskmesh._core.failure import call_failures
-from taskmesh._base.wire import READY, TERMINATE
+from taskmesh._base import wire
+from taskmesh._base.wire import READY, TERMINATE, ActorSpec, CallSpec, QueueEntry, TaskContext, WireError, encode_notice
+from taskmesh._core.failure import call_failures, dead_letter, set_aside_malformed
 from taskmesh.exceptions import ActorExitRequest, ActorDiedError, RayTaskError, RuntimeEnvSetupError, StoreUnavailableError
 from taskmesh.objects import KIND_ERROR
-from taskmesh.store import Completion, Leased, retry_transient
-from taskmesh.workers.execution import serialize_error, split_returns
+from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
+from taskmesh.workers.execution import placement, serialize_error, split_returns
 
 if TYPE_CHECKING:
     from taskmesh.workers.execution import WorkerHost
@@ -53,32 +57,49 @@ class _Exit(Exception):
     """The actor leaves its serving loop (terminate call or exit_actor())."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One method call read from the actor's call stream, decoded."""
+
+    leased: Leased  # as read (its entry id is acked; a malformed one is dead-lettered as is)
+    entry: QueueEntry  # its fields; entry.spec is a CallSpec
+
+    @property
+    def entry_id(self) -> bytes:
+        return self.leased.entry_id
+
+    @property
+    def spec(self) -> CallSpec:
+        return self.entry.spec  # type: ignore[return-value]
+
+
 class ActorServer:
-    def __init__(self, worker: WorkerHost, entry_id: bytes, fields: dict[bytes, bytes]):
+    def __init__(self, worker: WorkerHost, entry_id: bytes, entry: QueueEntry,
+                 gpus: tuple[int, ...] | None):
         self.worker = worker
         self.store = worker.store
         self.entry_id = entry_id
-        self.actor_id = fields[b"task"].decode()
-        self.spec = msgpack.unpackb(fields[b"spec"], raw=False)
-        self._placement = placement(self.spec, fields)
-        self._attempt = int(fields.get(b"attempt", 0))
-        self._record = _events.enabled(self.spec)  # task events for creation and calls
+        self.actor_id = entry.task
+        self.spec: ActorSpec = entry.spec  # type: ignore[assignment]
+        self._placement = placement(self.spec.pg, gpus)
+        self._attempt = entry.attempt
+        self._record = self.spec.events  # task events for creation and calls
         self._started: dict[str, int] = {}  # task id -> start (µs) of calls running
-        self.class_name = self.spec["cls"]
+        self.class_name = self.spec.class_name
         self.instance: Any = None
-        self._results: queue.Queue[tuple[Leased, list | None]] = queue.Queue()
+        self._results: queue.Queue[tuple[_Call, list | None]] = queue.Queue()
         self._client = self.store.dedicated()
         self._exiting = threading.Event()
         # Its node is draining (DRAIN_SIGNAL from the agent): finish the calls read, exit.
         self._draining = threading.Event()
         self._exit_done = threading.Event()  # the exiting thread recorded the death
-        self._done: list[tuple[Leased, list | None]] = []  # in-order results not stored yet
+        self._done: list[tuple[_Call, list | None]] = []  # in-order results not stored yet
         self._on_block = worker.runtime.on_block
         worker.runtime.on_block = self._before_blocking
         self._flush_lock = threading.Lock()
         # Task ids of recent calls: a caller that re-sends a batch after a Redis error
         # may have delivered some calls twice; each runs once.
-        self._seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     # ---- creation -----------------------------------------------------------------------
 
@@ -90,13 +111,12 @@ class ActorServer:
             self._killed_before_alive()  # killed before it was placed
             return
         runtime = self.worker.runtime
-        runtime.job_id = self.spec["job"]
-        runtime.namespace = self.spec.get("ns")
-        runtime.context = TaskContext(self.spec["job"], None, self.class_name,
-                                      dict(self.spec.get("held") or {}), self.actor_id,
-                                      **self._placement)
+        runtime.job_id = self.spec.job_id
+        runtime.namespace = self.spec.namespace
+        runtime.context = TaskContext(self.spec.job_id, None, self.class_name,
+                                      dict(self.spec.held), self.actor_id, **self._placement)
         # The actor's runtime_env holds for its process's life (and its calls' children).
-        runtime.runtime_env = self.spec.get("renv")
+        runtime.runtime_env = self.spec.runtime_env
         start_us = self._event(self.actor_id, self._attempt, _events.RUNNING,
                                f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK)
         try:
@@ -113,7 +133,7 @@ class ActorServer:
             self._die(cause)
             runtime.context = TaskContext()
             _restore(runtime, restore_env)
-            self.worker.send(["AF", self.entry_id])
+            self.worker.send(wire.ActorFailed(self.entry_id))
             return
         if not self.store.actor_alive(self.actor_id, self.worker.node_id, os.getpid()):
             runtime.context, self.instance = TaskContext(), None
@@ -122,7 +142,7 @@ class ActorServer:
             return
         if threading.current_thread() is threading.main_thread():
             signal.signal(DRAIN_SIGNAL, lambda *_: self._draining.set())
-        self.worker.send(["AR", self.entry_id])
+        self.worker.send(wire.ActorAlive(self.entry_id))
         try:
             self._serve()
         except _Exit:
@@ -136,8 +156,8 @@ class ActorServer:
 
     def _create(self) -> RayTaskError | None:
         try:
-            cls = self.worker.function(self.spec["fn"])
-            args, kwargs = objects.deserialize(self.spec["args"])
+            cls = self.worker.function(self.spec.fn_id)
+            args, kwargs = objects.deserialize(self.spec.args)
             upstream = self.worker.resolve_args(args, kwargs)
             if upstream is not None:
                 raise objects.deserialize(upstream)
@@ -152,7 +172,7 @@ class ActorServer:
         """The actor was killed (taskmesh.kill, or its job ended) before this incarnation
         came up: make sure it is dead, its queued calls failed, and give the worker back."""
         self._die("The actor was killed before it (re)started")
-        self.worker.send(["AF", self.entry_id])
+        self.worker.send(wire.ActorFailed(self.entry_id))
 
     def _die(self, cause: str) -> None:
         """Declare the actor dead for good and fail the calls still queued for it."""
@@ -165,7 +185,7 @@ class ActorServer:
     def _serve(self) -> None:
         self._retry_in_flight()
         spec = self.spec
-        concurrent = spec.get("async") or (spec.get("maxc") or 1) > 1 or bool(spec.get("groups"))
+        concurrent = spec.is_async or spec.max_concurrency > 1 or bool(spec.concurrency_groups)
         if concurrent:
             runner = _ConcurrentRunner(self)
             threading.Thread(target=self._flush_loop, name="taskmesh-actor-flush", daemon=True).start()
@@ -175,19 +195,18 @@ class ActorServer:
                 # After a lost connection, a read's reply may never have arrived while
                 # Redis recorded the delivery: read our unacknowledged calls again (the
                 # ones already run are recognised and only acked).
-                calls = self.store.read_calls(self._client, self.actor_id, _READ_COUNT, 1000,
-                                              pending=failures > 0)
+                calls = self._decoded(self.store.read_calls(
+                    self._client, self.actor_id, _READ_COUNT, 1000, pending=failures > 0))
                 failures = 0
             except StoreUnavailableError:  # Redis restarting: wait for it, stay alive
                 failures += 1
                 time.sleep(min(0.05 * 2 ** failures, 2.0))
                 continue
-            calls = self._set_aside_malformed(calls)
             if concurrent:
                 for call in calls:
                     if not self._first_time(call):
                         self._results.put((call, None))
-                    elif _is_terminate(call):  # as Ray: after the calls before it finish
+                    elif call.spec.method == TERMINATE:  # as Ray: after the calls before it finish
                         runner.drain()
                         self._call(call)  # raises _Exit
                     else:
@@ -203,10 +222,11 @@ class ActorServer:
     def _retry_in_flight(self) -> None:
         """Calls a previous incarnation read but never finished: run them again while
         max_task_retries allows, else fail them (Ray: RayActorError)."""
-        pending = self.store.read_calls(self._client, self.actor_id, 10_000, None, pending=True)
+        pending = self._decoded(self.store.read_calls(self._client, self.actor_id, 10_000, None,
+                                                      pending=True))
         if not pending:
             return
-        max_task_retries = self.spec.get("mtr", 0)
+        max_task_retries = self.spec.max_task_retries
         failed = []
         for call in pending:
             retries = self.store.count_call_retry(self.actor_id, call.entry_id)
@@ -215,26 +235,21 @@ class ActorServer:
         if failed:
             error = ActorDiedError(self.actor_id, "The actor died unexpectedly before finishing "
                                    f"this task (max_task_retries={max_task_retries}).")
-            self.store.ack_calls(self.actor_id, call_failures(
-                [(c.entry_id, c.fields) for c in failed], error), [c.entry_id for c in failed])
+            self.store.ack_calls(self.actor_id, call_failures([c.entry for c in failed], error),
+                                 [c.entry_id for c in failed])
         rest = [c for c in pending if c not in failed]
         if rest:
             self._run_in_order(rest)
 
-    def _set_aside_malformed(self, calls: list[Leased]) -> list[Leased]:
-        """Calls that no taskmesh process wrote go to the dead-letter stream."""
-        from taskmesh._core.failure import entry_problem
+    def _decoded(self, calls: list[Leased]) -> list[_Call]:
+        """The calls read, decoded; those that do not decode go to the dead-letter stream."""
+        if not calls:
+            return []
+        return [_Call(leased, entry) for leased, entry in
+                set_aside_malformed(self.store, calls, actor_call=True)]
 
-        bad = [(c, p) for c in calls if (p := entry_problem(c.fields, actor_call=True)) is not None]
-        if not bad:
-            return calls
-        for call, problem in bad:
-            log.warning("malformed call %s moved to the dead-letter stream: %s", call.entry_id, problem)
-        retry_transient(lambda: self.store.dead_letter(bad, group=b"actor"))
-        return [c for c in calls if all(c is not b for b, _ in bad)]
-
-    def _first_time(self, call: Leased) -> bool:
-        task_id = call.fields.get(b"task", b"")
+    def _first_time(self, call: _Call) -> bool:
+        task_id = call.entry.task
         if task_id in self._seen:
             return False
         self._seen[task_id] = None
@@ -242,7 +257,7 @@ class ActorServer:
             self._seen.popitem(last=False)
         return True
 
-    def _run_in_order(self, calls: list[Leased]) -> None:
+    def _run_in_order(self, calls: list[_Call]) -> None:
         done = self._done
         last_flush = time.monotonic()
         for call in calls:
@@ -280,7 +295,7 @@ class ActorServer:
                 if call is None:
                     marker.set()  # type: ignore[union-attr]
 
-    def _take_results(self) -> list[tuple[Leased, list | None]]:
+    def _take_results(self) -> list[tuple[_Call, list | None]]:
         batch = []
         while True:
             try:
@@ -293,16 +308,14 @@ class ActorServer:
         with self._flush_lock:
             self._flush([b for b in self._take_results() if b[0] is not None])
 
-    def _flush(self, done: list[tuple[Leased, list | None]]) -> None:
+    def _flush(self, done: list[tuple[_Call, list | None]]) -> None:
         if not done:
             return
         completions = []
         for call, objs in done:
             self._record_end(call, objs)
             if objs:
-                spec = msgpack.unpackb(call.fields[b"spec"], raw=False)
-                task_id = call.fields[b"task"].decode()
-                completions.append(Completion(spec["owner"], encode_notice(task_id, objs),
+                completions.append(Completion(call.spec.owner, encode_notice(call.entry.task, objs),
                                               tuple((o, k, d) for o, k, d in objs)))
         ids = [call.entry_id for call, _ in done]
         # What the calls kept of the refs they were lent is registered before their
@@ -319,24 +332,24 @@ class ActorServer:
         if self._record:
             ends = {"start": start, "end": now} if start is not None else {}
             self.worker.events.add(_events.event(
-                task_id, attempt, state, name=name, job=self.spec["job"], type=kind,
+                task_id, attempt, state, name=name, job=self.spec.job_id, type=kind,
                 actor_id=self.actor_id, node=self.worker.node_id, pid=self.worker.pid,
                 error="TASK_EXECUTION_EXCEPTION" if state == _events.FAILED else None, **ends))
         return now
 
-    def _record_end(self, call: Leased, objs: list | None) -> None:
+    def _record_end(self, call: _Call, objs: list | None) -> None:
         """A call's end event, when it ran here (a duplicate delivery did not)."""
-        start = self._started.pop(call.fields.get(b"task", b"").decode(), None)
+        entry = call.entry
+        start = self._started.pop(entry.task, None)
         if start is None or objs is None:
             return
         failed = any(kind == KIND_ERROR for _, kind, _ in objs)
-        self._event(call.fields[b"task"].decode(), int(call.fields.get(b"attempt", 0)),
-                    _events.FAILED if failed else _events.FINISHED, call.fields[b"name"].decode(),
-                    _events.ACTOR_TASK, start=start)
+        self._event(entry.task, entry.attempt, _events.FAILED if failed else _events.FINISHED,
+                    entry.name, _events.ACTOR_TASK, start=start)
 
     # ---- one call -----------------------------------------------------------------------
 
-    def _call(self, call: Leased) -> list | None:
+    def _call(self, call: _Call) -> list | None:
         """Run one call synchronously; returns its result objects."""
         method, args, kwargs, return_ids, name, early = self._prepare(call)
         if early is not None:
@@ -354,21 +367,23 @@ class ActorServer:
             self.worker.end_output()
         return None
 
-    def _prepare(self, call: Leased) -> tuple:
-        spec = msgpack.unpackb(call.fields[b"spec"], raw=False)
-        task_id = call.fields[b"task"].decode()
-        name = call.fields[b"name"].decode()
-        return_ids = [objects.object_id(task_id, i + 1) for i in range(spec["nret"])]
-        method_name = spec["m"]
+    def _prepare(self, call: _Call) -> tuple:
+        spec, task_id, name = call.spec, call.entry.task, call.entry.name
+        return_ids = [objects.object_id(task_id, i + 1) for i in range(spec.num_returns)]
+        method_name = spec.method
         if self._record and method_name not in (TERMINATE, READY):  # internal calls: no events
-            self._started[task_id] = self._event(task_id, int(call.fields.get(b"attempt", 0)),
-                                                 _events.RUNNING, name, _events.ACTOR_TASK)
+            self._started[task_id] = self._event(task_id, call.entry.attempt, _events.RUNNING,
+                                                 name, _events.ACTOR_TASK)
         if method_name == TERMINATE:
             self._exit_after(call, return_ids, "the actor was terminated: all handles to it "
                              "went out of scope, or __ray_terminate__ was called")
         if method_name == READY:
             return None, None, None, return_ids, name, self._values(True, return_ids, name)
-        args, kwargs = objects.deserialize(spec["args"])
+        try:
+            args, kwargs = spec.decode_args(objects.deserialize)
+        except WireError as e:  # set aside; its caller, if any, gets the error
+            dead_letter(self.store, [(call.leased, str(e))], group=CALL_GROUP)
+            return None, None, None, return_ids, name, self._error(e, return_ids, name)
         upstream = self.worker.resolve_args(args, kwargs)
         if upstream is not None:
             return None, None, None, return_ids, name, [[o, KIND_ERROR, upstream] for o in return_ids]
@@ -376,14 +391,14 @@ class ActorServer:
             method = getattr(self.instance, method_name)
         except AttributeError as e:
             return None, None, None, return_ids, name, self._error(e, return_ids, name)
-        if spec.get("gen"):
+        if spec.generator:
             method = self._generator_method(method, spec, return_ids[0], name)
         return method, args, kwargs, return_ids, name, None
 
-    def _generator_method(self, method: Any, spec: dict, return_id: str, name: str) -> Any:
+    def _generator_method(self, method: Any, spec: CallSpec, return_id: str, name: str) -> Any:
         """`method` with its items stored as it yields them; returns (or, for an async
         generator, its coroutine returns) the objects of its generator ref."""
-        run = self.worker.generator_run(spec, name, return_id, spec["owner"])
+        run = self.worker.generator_run(spec, name, return_id)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             result = method(*args, **kwargs)
@@ -405,7 +420,7 @@ class ActorServer:
         data = serialize_error(name, error)
         return [[oid, KIND_ERROR, data] for oid in return_ids]
 
-    def _exit_after(self, call: Leased, return_ids: list[str], cause: str) -> None:
+    def _exit_after(self, call: _Call, return_ids: list[str], cause: str) -> None:
         """Graceful exit: run __ray_shutdown__, record this call, declare the actor dead
         (failing the calls behind it), tell the agent not to restart it."""
         self._exiting.set()
@@ -419,9 +434,8 @@ class ActorServer:
         try:
             self._flush_done()  # calls that ran before this one keep their results
             self._flush_results_now()
-            self.store.ack_calls(self.actor_id, call_failures([(call.entry_id, call.fields)], error),
-                                 [call.entry_id])
-            self.worker.send(["AX"])
+            self.store.ack_calls(self.actor_id, call_failures([call.entry], error), [call.entry_id])
+            self.worker.send(wire.ActorExiting())
             self._die(f"The actor exited: {cause}")
         finally:
             self._exit_done.set()
@@ -446,11 +460,6 @@ def _restore(runtime: Any, restore_env: Any) -> None:
         restore_env()
 
 
-def _is_terminate(call: Leased) -> bool:
-    spec = call.fields.get(b"spec", b"")
-    return TERMINATE.encode() in spec and msgpack.unpackb(spec, raw=False).get("m") == TERMINATE
-
-
 class _ConcurrentRunner:
     """Starts calls in stream order and lets them overlap: threads for sync methods,
     one event loop for async ones; a concurrency group bounds its own calls."""
@@ -458,22 +467,20 @@ class _ConcurrentRunner:
     def __init__(self, server: ActorServer):
         self.server = server
         spec = server.spec
-        limit = spec.get("maxc") or 1
-        groups = dict(spec.get("groups") or {})
+        limit = spec.max_concurrency
+        self._limits: dict[Any, int] = {None: limit, **spec.concurrency_groups}  # group -> limit
         self._executors = {name: ThreadPoolExecutor(n, thread_name_prefix=f"actor-{name}")
-                           for name, n in {None: limit, **groups}.items()}
+                           for name, n in self._limits.items()}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._limits = {None: limit, **groups}
         self._semaphores: dict[Any, asyncio.Semaphore] = {}
         self._lock = threading.Lock()
         self._running: set[concurrent.futures.Future] = set()
-        if spec.get("async"):
+        if spec.is_async:
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, name="taskmesh-actor-loop", daemon=True).start()
 
-    def start(self, call: Leased) -> None:
-        spec = msgpack.unpackb(call.fields[b"spec"], raw=False)
-        group = spec.get("cg")
+    def start(self, call: _Call) -> None:
+        group = call.spec.concurrency_group
         if group is not None and group not in self._limits:
             group = None
         if self._loop is not None:
@@ -494,13 +501,13 @@ class _ConcurrentRunner:
             running = list(self._running)
         concurrent.futures.wait(running)
 
-    def _run_sync(self, call: Leased) -> None:
+    def _run_sync(self, call: _Call) -> None:
         try:
             self.server._results.put((call, self.server._call(call)))
         except _Exit:
             os._exit(0)
 
-    async def _run_async(self, call: Leased, group: Any) -> None:
+    async def _run_async(self, call: _Call, group: Any) -> None:
         sem = self._semaphores.get(group)
         if sem is None:
             sem = self._semaphores[group] = asyncio.Semaphore(self._limits[group])

@@ -27,8 +27,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
+from taskmesh._base import queues, wire
+from taskmesh._base.wire import ActorSpec, QueueEntry
 from taskmesh._core import failure as _failure
 from taskmesh.workers import process as _process
 from taskmesh import scheduler, security
@@ -67,21 +67,22 @@ KILLED_ACTORS_EVERY_S = 5.0
 
 @dataclass(slots=True)
 class _Task:
-    lease: Leased
+    lease: Leased  # as read from its queue
+    entry: QueueEntry  # ... decoded once, when leased
     demand: dict[str, float]
     leased_at: float = field(default_factory=time.monotonic)
-    queue: str = ""  # the queue's name: a shape, "node:<id>" or "pg:<id>:<bundle>"
-    pool: str | None = None  # the bundle ("<pg>:<index>") whose resources it uses, once dispatched
+    queue: str = ""  # the queue's name (_base/queues.py): a shape's, a node's or a bundle's
+    pool: str | None = None  # the bundle pool ("<pg>:<index>") whose resources it uses, once dispatched
     gpus: list[int] = field(default_factory=list)  # GPU ids assigned while it runs
 
     @property
     def soft(self) -> bool:
         """A node-queue entry that may run on another node (handed back when stale)."""
-        return self.lease.fields.get(b"soft") == b"1"
+        return self.entry.soft
 
     @property
     def creates_actor(self) -> bool:
-        return self.lease.fields.get(b"kind") == b"actor"
+        return self.entry.creates_actor
 
 
 @dataclass(slots=True, eq=False)
@@ -177,11 +178,11 @@ class NodeAgent:
         self._acking: set[bytes] = set()  # entry ids of the flush in progress
         # Task ids cancelled recently (their results are stored already): skipped when
         # leased, acked rather than retried when their worker dies.
-        self._cancelled: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._recover_own = False
         self._shapes: list[str] = []
         self._reload_shapes = True
-        self._pinned: list[str] = [scheduler.node_queue(self.node_id)]  # see NodeResources
+        self._pinned: list[str] = [queues.node_queue(self.node_id)]  # see NodeResources
         self._reload_bundles = True
         self._stopping = False
         self._stopped = threading.Event()
@@ -223,7 +224,7 @@ class NodeAgent:
         _process.enable_stack_dumps(temp_root())
         security.check_server(self.store)
         self.store.ensure_groups(["CPU=1"])
-        self.store.register_pinned([scheduler.node_queue(self.node_id)])
+        self.store.register_pinned([queues.node_queue(self.node_id)])
         self._lease_client_id = self._lease_client.client_id()
         # The object store exists before any worker or registration refers to it; the
         # transfer server binds port 0 and the port is registered with the node.
@@ -299,7 +300,7 @@ class NodeAgent:
                 leased = list(self._backlog)
                 self._backlog.clear()
             for task in leased:  # not started: back to its queue, not a retry
-                retry_transient(lambda: self._requeue(task, int(task.lease.fields[b"attempt"])),
+                retry_transient(lambda: self._requeue(task, task.entry.attempt),
                                 stop=lambda: self._stopping)
             signalled: set[int] = set()
             with self._cond:
@@ -331,7 +332,7 @@ class NodeAgent:
         _process.stop_processes([h.proc.pid for h in handles], timeout_s=2)
         self._release_holds([h.tag for h in handles if h.tag is not None])
         for task in give_back:  # unfinished work goes back to its queue, attempt unchanged
-            self._requeue(task, int(task.lease.fields[b"attempt"]))
+            self._requeue(task, task.entry.attempt)
         for h in handles:  # this node's actors restart elsewhere when they may
             if h.actor_id is not None:
                 self._actor_lost(h.actor_id, "it exited" if h.exiting else "its node was stopped",
@@ -386,11 +387,11 @@ class NodeAgent:
         if task is not None and task.creates_actor:
             with self._cond:
                 self._outbox.ack(task)
-            self._actor_lost(task.lease.fields[b"task"].decode(),
+            self._actor_lost(task.entry.task,
                              f"its worker (pid {handle.proc.pid}) died while creating it",
                              on_this_node=False)
         elif task is not None:
-            log.warning("worker %d died running task %s", handle.proc.pid, task.lease.fields[b"task"])
+            log.warning("worker %d died running task %s", handle.proc.pid, task.entry.task)
             self._task_failed(task)
         if handle.actor_id is not None and handle.exiting:
             # Exiting on purpose (terminate, exit_actor) but gone before it recorded its
@@ -433,16 +434,16 @@ class NodeAgent:
     def _task_failed(self, task: _Task) -> None:
         """The worker running `task` died: retry it while max_retries allows (not when
         it was killed by taskmesh.cancel: its results are stored already)."""
-        fields = task.lease.fields
+        entry = task.entry
         with self._cond:
-            if fields.get(b"task") in self._cancelled:
+            if entry.task in self._cancelled:
                 self._outbox.ack(task)
                 return
-            if _failure.should_retry(fields):
-                self._outbox.requeues.append((task, int(fields[b"attempt"]) + 1))
+            if _failure.should_retry(entry.spec, entry.attempt):  # type: ignore[arg-type]
+                self._outbox.requeues.append((task, entry.attempt + 1))
                 return
             self._outbox.completions.append(
-                _failure.crash_completion(fields, "pid of worker unknown to the caller"))
+                _failure.crash_completion(entry, "pid of worker unknown to the caller"))
             self._outbox.ack(task)
 
     def _release(self, task: _Task, blocked: bool) -> None:
@@ -461,14 +462,16 @@ class NodeAgent:
         for queue in self._pinned:
             if queue in counts:
                 continue
-            if not queue.startswith("pg:"):
+            if not queues.is_bundle_queue(queue):
                 if None in running:
                     return True
                 continue
-            _, pg_id, index = queue.split(":")
-            if any(p is not None and p.startswith(pg_id + ":") and index in ("any", p.split(":")[1])
-                   for p in running):
-                return True
+            pg_id, index = queues.parse_bundle_queue(queue)
+            for p in running:
+                if p is not None:
+                    group, bundle = queues.parse_bundle_pool(p)
+                    if group == pg_id and index in (queues.ANY_BUNDLE, bundle):
+                        return True
         return False
 
     def _wake_lease_for(self, pool: str | None) -> None:
@@ -500,11 +503,10 @@ class NodeAgent:
             self.resources.take(task.pool, task.demand)
             task.gpus = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
             handle.task = task
-            fields = task.lease.fields
-            if self.resources.has_gpus:  # a GPU node: every task learns its GPUs (maybe none)
-                fields = {**fields, b"gpus": ",".join(map(str, task.gpus)).encode()}
-            handle.conn.send_bytes(msgpack.packb(
-                [b"T", task.lease.entry_id, fields], use_bin_type=True))
+            # A GPU node: every task learns its GPUs (maybe none).
+            gpus = tuple(task.gpus) if self.resources.has_gpus else None
+            run = wire.Run(task.lease.entry_id, task.lease.fields, gpus)
+            handle.conn.send_bytes(wire.encode_message(run))
         starting = sum(1 for h in self._workers.values() if not h.ready)
         room = self.max_workers - len(self._workers)
         for _ in range(min(waiting - starting, room)):
@@ -526,73 +528,75 @@ class NodeAgent:
                 if handle is None:
                     continue
                 try:
-                    msg = msgpack.unpackb(r.recv_bytes(), raw=True)  # type: ignore[union-attr]
+                    raw = r.recv_bytes()  # type: ignore[union-attr]
                 except (EOFError, OSError):
                     self._on_worker_exit(handle)
                     continue
                 try:
-                    self._on_message(handle, msg)
+                    self._on_message(handle, wire.decode_message(raw))
                 except Exception:
-                    log.exception("bad message from worker %d: %r", handle.proc.pid, msg[:1])
+                    log.exception("bad message from worker %d: %r", handle.proc.pid, raw[:16])
             self._flush()
 
-    def _on_message(self, handle: _WorkerHandle, msg: list) -> None:
-        kind = msg[0]
+    def _on_message(self, handle: _WorkerHandle, msg: wire.Message) -> None:
+        """One message from a worker (see the protocol in _base/wire.py)."""
         with self._cond:
-            if kind == b"D":
+            if isinstance(msg, wire.Done):
                 task = handle.task
-                _, _, owner, notice, objs = msg
-                stored = tuple((o.decode(), k, d) for o, k, d in objs)
+                stored: tuple = tuple(msg.objects)
                 if task is not None and stored:  # fenced by attempt (see complete.lua)
-                    fields = task.lease.fields
-                    stored += (("", KIND_FENCE, fields[b"task"] + b" " + fields[b"attempt"]),)
-                self._outbox.completions.append(Completion(owner.decode(), notice, stored))
+                    stored += (("", KIND_FENCE, task.entry.fence()),)
+                self._outbox.completions.append(Completion(msg.owner, msg.notice, stored))
                 self._finish(handle)
                 if task is not None:
                     self._outbox.ack(task)
-            elif kind == b"Q":
+            elif isinstance(msg, wire.Requeue):
                 task = handle.task
                 self._finish(handle)
                 if task is not None:
-                    self._outbox.requeues.append((task, int(task.lease.fields[b"attempt"]) + 1))
-            elif kind == b"B" and handle.task is not None and not handle.blocked:
+                    self._outbox.requeues.append((task, task.entry.attempt + 1))
+            elif isinstance(msg, wire.Blocked) and handle.task is not None and not handle.blocked:
                 handle.blocked = True
                 self.resources.give(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
                 self._dispatch()
                 self._cond.notify_all()
-            elif kind == b"U" and handle.task is not None and handle.blocked:
+            elif isinstance(msg, wire.Unblocked) and handle.task is not None and handle.blocked:
                 handle.blocked = False
                 self.resources.take(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
-            elif kind == b"R":
+            elif isinstance(msg, wire.Ready):
                 handle.ready = True
-                handle.tag = msg[2].decode() if len(msg) > 2 else None
+                handle.tag = msg.tag
                 self._dispatch()
-            elif kind == b"X":  # exits after this task (max_calls): give it no other
+            elif isinstance(msg, wire.Retiring):  # exits after this task (max_calls): give it no other
                 handle.ready = False
-            elif kind == b"AR" and handle.task is not None:  # the actor is alive
-                task = handle.task
-                spec = msgpack.unpackb(task.lease.fields[b"spec"], raw=False)
-                handle.actor_id = task.lease.fields[b"task"].decode()
-                handle.held = {k: float(v) for k, v in (spec.get("held") or {}).items()}
-                handle.task = None
-                handle.pool = task.pool
-                if handle.held.get("GPU"):  # the actor keeps its GPUs
-                    handle.gpus, task.gpus = task.gpus, []
-                self._release(task, handle.blocked)  # placement resources back ...
-                handle.blocked = False
-                self.resources.take(handle.pool, handle.held)  # ... held kept
-                self._outbox.ack(task)
-                if not self._stopping and self._pool_count() < self.pool_size:
-                    self._spawn_worker()
-                self._dispatch()
-                self._cond.notify_all()
-            elif kind == b"AF":  # creation failed (the actor is dead) or was cancelled
+            elif isinstance(msg, wire.ActorAlive) and handle.task is not None:
+                self._actor_alive(handle, handle.task)
+            elif isinstance(msg, wire.ActorFailed):  # creation failed (the actor is dead) or was cancelled
                 task = handle.task
                 self._finish(handle)
                 if task is not None:
                     self._outbox.ack(task)
-            elif kind == b"AX":
+            elif isinstance(msg, wire.ActorExiting):
                 handle.exiting = True
+
+    def _actor_alive(self, handle: _WorkerHandle, task: _Task) -> None:
+        """The worker became the actor's process: it keeps the resources the actor holds
+        while alive, gives back the rest of what placing it took. Under self._cond."""
+        spec: ActorSpec = task.entry.spec  # type: ignore[assignment]
+        handle.actor_id = task.entry.task
+        handle.held = {k: float(v) for k, v in spec.held.items()}
+        handle.task = None
+        handle.pool = task.pool
+        if handle.held.get("GPU"):  # the actor keeps its GPUs
+            handle.gpus, task.gpus = task.gpus, []
+        self._release(task, handle.blocked)  # placement resources back ...
+        handle.blocked = False
+        self.resources.take(handle.pool, handle.held)  # ... held kept
+        self._outbox.ack(task)
+        if not self._stopping and self._pool_count() < self.pool_size:
+            self._spawn_worker()
+        self._dispatch()
+        self._cond.notify_all()
 
     def _finish(self, handle: _WorkerHandle) -> None:
         task = handle.task
@@ -618,10 +622,8 @@ class NodeAgent:
                 retry_transient(lambda: self._requeue(task, attempt), stop=lambda: self._stopping)
             from taskmesh._core import events as _events
 
-            retried = [_events.event(t.lease.fields[b"task"].decode(), attempt, _events.PENDING,
-                                     name=t.lease.fields[b"name"].decode())
-                       for t, attempt in out.requeues
-                       if not t.creates_actor and _events.enabled(t.lease.fields)]
+            retried = [_events.event(t.entry.task, attempt, _events.PENDING, name=t.entry.name)
+                       for t, attempt in out.requeues if not t.creates_actor and t.entry.events]
             if retried:  # one stream entry for the batch's retries (rare: no hot path)
                 retry_transient(lambda: self.store.add_events(retried), stop=lambda: self._stopping)
         except Exception:
@@ -632,9 +634,8 @@ class NodeAgent:
                 self._acking = set()
 
     def _requeue(self, task: _Task, attempt: int, dest: str | None = None) -> None:
-        fields = dict(task.lease.fields)
-        fields[b"attempt"] = str(attempt).encode()
-        self.store.requeue(task.lease.queue, task.lease.entry_id, fields, dest)
+        self.store.requeue(task.lease.queue, task.lease.entry_id,
+                           task.entry.with_attempt(attempt).to_fields(), dest)
 
     # ---- leasing ------------------------------------------------------------------------
 
@@ -668,8 +669,7 @@ class NodeAgent:
         (its ALIVE may be recorded before its agent hears of it: the order must not miss)."""
         with self._cond:
             victims = [h for h in self._workers.values() if h.actor_id in actor_ids or (
-                h.task is not None and h.task.creates_actor
-                and h.task.lease.fields[b"task"].decode() in actor_ids)]
+                h.task is not None and h.task.creates_actor and h.task.entry.task in actor_ids)]
         for h in victims:
             h.proc.kill()
 
@@ -692,19 +692,19 @@ class NodeAgent:
     def _on_cancel(self, message: dict) -> None:
         """`<task_id> <force>` (taskmesh.cancel): drop the task if it waits here,
         interrupt its worker (SIGINT: KeyboardInterrupt in the task) or kill it (force)."""
-        task_id, _, force = message["data"].partition(b" ")
+        task_id, _, force = message["data"].decode().partition(" ")
         with self._cond:
             self._cancelled[task_id] = None
             while len(self._cancelled) > 10_000:
                 self._cancelled.popitem(last=False)
-            for task in [t for t in self._backlog if t.lease.fields.get(b"task") == task_id]:
+            for task in [t for t in self._backlog if t.entry.task == task_id]:
                 self._backlog.remove(task)
                 self._outbox.ack(task)
             running = [h for h in self._workers.values()
-                       if h.task is not None and h.task.lease.fields.get(b"task") == task_id]
+                       if h.task is not None and h.task.entry.task == task_id]
         for handle in running:
             try:
-                os.kill(handle.proc.pid, signal.SIGKILL if force == b"1" else signal.SIGINT)
+                os.kill(handle.proc.pid, signal.SIGKILL if force == "1" else signal.SIGINT)
             except ProcessLookupError:
                 pass
 
@@ -740,31 +740,31 @@ class NodeAgent:
     def _recover_own_entries(self) -> None:
         """Add entries pending for this node in Redis that this agent does not know of
         (neither queued, running, nor done and waiting to be acked)."""
-        pending = self.store.own_pending(self._lease_client, self.node_id, self._shapes + self._pinned)
+        pending = _failure.set_aside_malformed(self.store, self.store.own_pending(
+            self._lease_client, self.node_id, self._shapes + self._pinned))
         with self._cond:
             known = {t.lease.entry_id for t in self._backlog}
             known |= {h.task.lease.entry_id for h in self._workers.values() if h.task is not None}
             known |= {i for ids in self._outbox.acks.values() for i in ids} | self._acking
-            lost = [e for e in pending if e.entry_id not in known]
-            for entry in lost:
-                self._backlog.append(self._new_task(entry))
+            lost = [pair for pair in pending if pair[0].entry_id not in known]
+            for pair in lost:
+                self._backlog.append(self._new_task(*pair))
             if lost:
                 log.warning("took back %d entries leased to this node whose delivery was lost", len(lost))
                 self._dispatch()
         self._recover_own = False
 
-    def _new_task(self, entry: Leased) -> _Task:
+    def _new_task(self, leased: Leased, entry: QueueEntry) -> _Task:
         """A leased entry; its demand is named by its queue, or by its `shape` field in a
         node or bundle queue."""
-        queue = entry.queue[len(self.store.keys.queue("")):]
-        shape = entry.fields.get(b"shape")
-        return _Task(entry, scheduler.parse_shape(shape.decode() if shape else queue), queue=queue)
+        queue = self.store.keys.queue_name(leased.queue)
+        return _Task(leased, entry, queues.parse_shape(entry.shape or queue), queue=queue)
 
     def _lease_once(self) -> None:
         if self._reload_shapes:
             self._reload_shapes = False
             self._shapes = [s for s in self.store.shapes()
-                            if scheduler.fits(scheduler.parse_shape(s), self.total)]
+                            if scheduler.fits(queues.parse_shape(s), self.total)]
             self.store.ensure_groups(self._shapes)
         if self._reload_bundles:
             self._reload_bundles = False
@@ -790,13 +790,13 @@ class NodeAgent:
             with self._cond:  # room opened during the read, and nobody woke it
                 if scheduler.read_left_out(counts, self._lease_counts()):
                     self._lease_stats["lease_missed_wakes"] += 1
-        leased = self._set_aside_malformed(leased)
-        if not leased:
+        decoded = _failure.set_aside_malformed(self.store, leased)
+        if not decoded:
             return
         with self._cond:
-            for entry in leased:
-                task = self._new_task(entry)
-                if entry.fields.get(b"task") in self._cancelled:
+            for pair in decoded:
+                task = self._new_task(*pair)
+                if task.entry.task in self._cancelled:
                     self._outbox.ack(task)
                     continue
                 self._backlog.append(task)
@@ -807,7 +807,7 @@ class NodeAgent:
         self._cond."""
         held: dict[str, float] = {}
         for task in self._backlog:
-            if not task.queue.startswith("pg:"):
+            if not queues.is_bundle_queue(task.queue):
                 held = scheduler.add(held, task.demand)
         counts = scheduler.lease_counts(self._shapes, self.resources.unreserved(),
                                         self.available, held)
@@ -825,7 +825,7 @@ class NodeAgent:
             groups = self.resources.groups()
             self._pinned = self.resources.pinned_queues(self.node_id)
             gone = [t for t in self._backlog
-                    if t.queue.startswith("pg:") and t.queue.split(":")[1] not in groups]
+                    if queues.is_bundle_queue(t.queue) and queues.group_of_queue(t.queue) not in groups]
             for task in gone:
                 self._backlog.remove(task)
                 self._outbox.ack(task)
@@ -839,31 +839,20 @@ class NodeAgent:
                 cause=f"{_failure.PG_REMOVED}The actor's placement group was removed."))
             h.proc.kill()
 
-    def _set_aside_malformed(self, leased: list[Leased]) -> list[Leased]:
-        """Entries that no taskmesh process wrote go to the dead-letter stream."""
-        bad = [(e, p) for e in leased if (p := _failure.entry_problem(e.fields)) is not None]
-        if not bad:
-            return leased
-        for entry, problem in bad:
-            log.warning("malformed entry %s in %s moved to the dead-letter stream: %s",
-                        entry.entry_id, entry.queue, problem)
-        retry_transient(lambda: self.store.dead_letter(bad))
-        return [e for e in leased if all(e is not b for b, _ in bad)]
-
     def _hand_back_stale(self) -> None:
         if self._alive_nodes < 2:
             return
         now = time.monotonic()
         with self._cond:
             stale = [t for t in self._backlog if now - t.leased_at > HANDBACK_S
-                     and (scheduler.is_shape_queue(t.queue) or t.soft)]
+                     and (queues.is_shape_queue(t.queue) or t.soft)]
             for task in stale:
                 self._backlog.remove(task)
         for task in stale:
             dest = None
-            if not scheduler.is_shape_queue(task.queue):  # a soft node entry: back to its shape
-                dest = self.store.keys.queue(task.lease.fields[b"shape"].decode())
-            retry_transient(lambda: self._requeue(task, int(task.lease.fields[b"attempt"]), dest))
+            if not queues.is_shape_queue(task.queue) and task.entry.shape:  # a soft node entry: back to its shape
+                dest = self.store.keys.queue(task.entry.shape)
+            retry_transient(lambda: self._requeue(task, task.entry.attempt, dest))
 
     def _report_lease_stats(self) -> None:
         """Lease-read counters into the node's hash, when they changed."""

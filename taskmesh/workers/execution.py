@@ -1,14 +1,18 @@
 """What the task runner (worker_main) and the actor runner share: the return-value split,
-the error record, the output forwarder, and `WorkerHost`, what an actor runner needs of
-the worker process that hosts it (so neither runner imports the other)."""
+the error record, the placement context, the output forwarder, and `WorkerHost`, what an
+actor runner needs of the worker process that hosts it (so neither runner imports the
+other)."""
 
 from __future__ import annotations
 
 import io
+import os
 import traceback
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from taskmesh import objects
+from taskmesh._base.wire import Message
 from taskmesh.exceptions import RayTaskError
 
 
@@ -26,9 +30,10 @@ class WorkerHost(Protocol):
     node_id: str
     pid: int
     runtime: Any
+    store: Any
     events: Any
 
-    def send(self, *message: Any) -> None: ...
+    def send(self, msg: Message) -> None: ...
 
     def function(self, fn_id: str) -> Any: ...
 
@@ -36,7 +41,7 @@ class WorkerHost(Protocol):
 
     def end_output(self) -> None: ...
 
-    def flush_logs(self) -> None: ...
+    def flush_logs(self, with_events: bool = False) -> None: ...
 
     def generator_run(self, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -93,3 +98,12 @@ def serialize_error(name: str, error: Exception) -> bytes:
         return objects.serialize(RayTaskError(name, tb, error))
     except Exception:  # the user's exception does not pickle: keep its text
         return objects.serialize(RayTaskError(name, tb, None))
+
+
+def placement(pg: list | None, gpus: Sequence[int] | None) -> dict[str, Any]:
+    """TaskContext fields of where a task or actor was placed: its placement group and
+    the GPU ids its agent assigned (None: not a GPU node). On a GPU node they are also
+    set as CUDA_VISIBLE_DEVICES, as Ray does (none assigned: no GPU visible)."""
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    return {"pg": pg, "gpu_ids": list(gpus or ())}

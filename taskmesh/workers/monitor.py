@@ -27,6 +27,8 @@ import logging
 import time
 from collections.abc import Collection, Mapping
 
+from taskmesh._base import queues
+from taskmesh._base.wire import QueueEntry
 from taskmesh._core import failure as _failure
 from taskmesh._base import config
 from taskmesh.exceptions import StoreUnavailableError
@@ -76,12 +78,11 @@ def dead_consumers(
     return out
 
 
-def decide(fields: Mapping[bytes, bytes]) -> Action:
+def decide(entry: QueueEntry) -> Action:
     """What to do with a queue entry whose node died."""
-    if fields.get(b"kind", b"task") != b"task" or b"spec" not in fields or b"attempt" not in fields:
-        # An actor's creation entry: its restarts are the actor code's to count.
+    if entry.creates_actor:  # its restarts are the actor code's to count
         return Action.HAND_BACK
-    return Action.RETRY if _failure.should_retry(fields) else Action.FAIL
+    return Action.RETRY if _failure.should_retry(entry.spec, entry.attempt) else Action.FAIL  # type: ignore[arg-type]
 
 
 def node_timeout_from_env() -> int:
@@ -125,8 +126,8 @@ class Monitor:
             self._quiet_until = time.monotonic() + self.node_timeout_ms / 1000
         if not holding:
             return
-        queues = self.store.shapes() + self.store.pinned_queues()
-        seen = self.store.liveness(queues)
+        queue_names = self.store.shapes() + self.store.pinned_queues()
+        seen = self.store.liveness(queue_names)
         now_ms = seen.now_ms
         alive = set(seen.heartbeats)
         quiet = time.monotonic() < self._quiet_until
@@ -148,9 +149,10 @@ class Monitor:
                 if seen.consumers[shape][name]:
                     self._settle_consumer(shape, name, f"node {name} died")
                 self.store.drop_consumer(shape, name)
-        for queue in queues:
-            if queue.startswith("node:") and queue[5:] not in alive and self.holding:
-                self._drain_node_queue(queue)
+        for queue in queue_names:
+            pinned_to = queues.node_of(queue)
+            if pinned_to is not None and pinned_to not in alive and self.holding:
+                self._drain_node_queue(queue, pinned_to)
         for pg_id in self.store.pending_pgs():
             if self.holding:
                 try_place(self.store, pg_id)
@@ -203,33 +205,32 @@ class Monitor:
         self.store.delete_done(tag)
         self.store.driver_gone(tag, job_id)
 
-    def _drain_node_queue(self, queue: str) -> None:
+    def _drain_node_queue(self, queue: str, node: str) -> None:
         """Entries waiting in the queue of a node that is gone: soft ones go to their
         shape queue, the others (node affinity with soft=False) can never run and fail
         (TaskUnschedulableError / ActorUnschedulableError). The queue is dropped once
         empty. Only for nodes recorded DEAD (a node registering has no hash yet)."""
-        node = queue[len("node:"):]
         if self.store.node_state(node) != "DEAD":
             return
         while self.holding:
-            entries = self.store.take_entries(queue, MONITOR_CONSUMER, CLAIM_BATCH)
-            if not entries:
+            taken = self.store.take_entries(queue, MONITOR_CONSUMER, CLAIM_BATCH)
+            if not taken:
                 break
+            entries = _failure.set_aside_malformed(self.store, taken)
             hard = []
-            for entry in entries:
-                if entry.fields.get(b"soft") == b"1":
-                    shape = entry.fields[b"shape"].decode()
-                    self.store.requeue(entry.queue, entry.entry_id, entry.fields,
-                                       self.store.keys.queue(shape))
+            for leased, entry in entries:
+                if entry.soft and entry.shape:
+                    self.store.requeue(leased.queue, leased.entry_id, entry.to_fields(),
+                                       self.store.keys.queue(entry.shape))
                 else:
-                    hard.append(entry)
+                    hard.append((leased, entry))
             if hard:
                 why = (f"the node specified via NodeAffinitySchedulingStrategy ({node}) died, "
                        "and soft=False was specified")
                 task_error, actor_cause = _failure.unschedulable(why)
-                _failure.fail_entries(self.store, [(e.entry_id, e.fields) for e in hard],
+                _failure.fail_entries(self.store, [entry for _, entry in hard],
                                       task_error=task_error, actor_cause=actor_cause)
-                done = {self.store.keys.queue(queue): [e.entry_id for e in hard]}
+                done = {self.store.keys.queue(queue): [leased.entry_id for leased, _ in hard]}
                 self.store.complete_tasks([], done)  # acks them
             log.warning("node %s is gone: %d entries of its queue moved, %d failed", node,
                         len(entries) - len(hard), len(hard))
@@ -249,24 +250,24 @@ class Monitor:
                 return
             self.holding = self.store.renew_monitor_lease(self.node_id, self.lease_ms)
 
-    def _settle(self, entries: list[Leased], cause: str) -> None:
+    def _settle(self, claimed: list[Leased], cause: str) -> None:
         completions, acks = [], {}
         counts = {action: 0 for action in Action}
-        actions = [decide(entry.fields) for entry in entries]
-        fences = [_failure.next_attempt_fence(e.fields) for e, a in zip(entries, actions)
+        entries = _failure.set_aside_malformed(self.store, claimed)
+        actions = [decide(entry) for _, entry in entries]
+        fences = [_failure.next_attempt_fence(entry) for (_, entry), a in zip(entries, actions)
                   if a is not Action.HAND_BACK]
         if fences:  # before the retry exists: the old attempt may still complete
             self.store.fence_tasks(fences)
-        for entry, action in zip(entries, actions):
+        for (leased, entry), action in zip(entries, actions):
             counts[action] += 1
             if action is Action.FAIL:
-                completions.append(_failure.crash_completion(entry.fields, cause))
-                acks.setdefault(entry.queue, []).append(entry.entry_id)
+                completions.append(_failure.crash_completion(entry, cause))
+                acks.setdefault(leased.queue, []).append(leased.entry_id)
                 continue
-            fields = dict(entry.fields)
             if action is Action.RETRY:
-                fields[b"attempt"] = str(int(fields[b"attempt"]) + 1).encode()
-            self.store.requeue(entry.queue, entry.entry_id, fields)
+                entry = entry.with_attempt(entry.attempt + 1)
+            self.store.requeue(leased.queue, leased.entry_id, entry.to_fields())
         if completions:
             self.store.complete_tasks(completions, acks)
         if entries:

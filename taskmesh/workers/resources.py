@@ -2,7 +2,8 @@
 reserved on it (each a pool of its own), and which GPU ids are free. Plain values, no
 Redis: the agent's lock guards it, and it is tested without processes.
 
-Pools are named None (the node's) or "<pg>:<bundle index>". A bundle's reserved
+Pools are named None (the node's) or by their bundle, `<pg>:<bundle index>` (see
+_base/queues.py). A bundle's reserved
 resources leave the node's pool when the reservation arrives, even if tasks still use
 them (the pool goes below zero until they finish), and come back when it is removed;
 what a task of a removed bundle gives back then goes to the node's pool.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from taskmesh import scheduler
+from taskmesh._base import queues
 
 Resources = Mapping[str, float]
 
@@ -43,7 +45,7 @@ class NodeResources:
     def pool_for(self, queue: str, demand: Resources) -> str | None | bool:
         """The pool a task from `queue` can start in now: None (the node's), a bundle,
         or False when none has room."""
-        if not queue.startswith("pg:"):
+        if not queues.is_bundle_queue(queue):
             return None if scheduler.fits(demand, self.available) else False
         for name in self._bundles_of(queue):
             if scheduler.fits(demand, self.bundles[name]):
@@ -51,11 +53,11 @@ class NodeResources:
         return False
 
     def _bundles_of(self, queue: str) -> list[str]:
-        _, pg_id, index = queue.split(":")
-        if index != "any":
-            name = f"{pg_id}:{index}"
+        pg_id, index = queues.parse_bundle_queue(queue)
+        if index != queues.ANY_BUNDLE:
+            name = queues.bundle_pool(pg_id, index)
             return [name] if name in self.bundles else []
-        return sorted(b for b in self.bundles if b.startswith(pg_id + ":"))
+        return sorted(b for b in self.bundles if queues.parse_bundle_pool(b)[0] == pg_id)
 
     def unreserved(self) -> dict[str, float]:
         """The node's resources less what bundles reserve."""
@@ -78,30 +80,30 @@ class NodeResources:
                 self.available = scheduler.subtract(self.available, res)
 
     def groups(self) -> list[str]:
-        return sorted({name.split(":")[0] for name in self.bundles})
+        return sorted({queues.parse_bundle_pool(name)[0] for name in self.bundles})
 
     def pinned_queues(self, node_id: str) -> list[str]:
         """The queues this node reads besides the shape queues: its own first, then one
         per bundle it hosts and one "any bundle" queue per group."""
-        return ([scheduler.node_queue(node_id)] + [f"pg:{name}" for name in sorted(self.bundles)]
-                + [scheduler.bundle_queue(g, -1) for g in self.groups()])
+        return ([queues.node_queue(node_id)] + [queues.pool_queue(name) for name in sorted(self.bundles)]
+                + [queues.bundle_queue(g, -1) for g in self.groups()])
 
     # ---- how much to lease --------------------------------------------------------------
 
-    def pinned_counts(self, queues: list[str], held: Resources, waiting: Mapping[str, int]) -> dict[str, int]:
-        """Entries to read from the node's own queue (queues[0]) and its bundles' queues.
+    def pinned_counts(self, pinned: list[str], held: Resources, waiting: Mapping[str, int]) -> dict[str, int]:
+        """Entries to read from the node's own queue (pinned[0]) and its bundles' queues.
 
         From the same budget as the shape queues (what can run, plus one pool's worth
         waiting; `held`: the demand of node-pool tasks already waiting here): as many
         1-CPU tasks as fit. Nothing is read without room, so the lease read never blocks
         on these queues while the node is full."""
         counts = {}
-        node_waiting = sum(n for q, n in waiting.items() if not q.startswith("pg:"))
+        node_waiting = sum(n for q, n in waiting.items() if not queues.is_bundle_queue(q))
         budget = scheduler.subtract(scheduler.add(self.available, self.unreserved()), held)
         node_room = _room(budget, node_waiting, has_cpus=self.total.get("CPU", 0) > 0)
         if node_room:
-            counts[queues[0]] = node_room
-        for queue in queues[1:]:
+            counts[pinned[0]] = node_room
+        for queue in pinned[1:]:
             names = self._bundles_of(queue)
             budget = {}
             for name in names:

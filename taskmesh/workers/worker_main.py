@@ -2,16 +2,13 @@
 
 The agent sends one task at a time; the worker resolves top-level ref arguments, runs the
 function, serializes the returns and sends them back, and the agent stores them in Redis
-(batched with other completions). A worker dies with its agent: PR_SET_PDEATHSIG plus a
+(batched with other completions). An actor's creation turns the worker into the actor's
+process (actor_runner.py). A worker dies with its agent: PR_SET_PDEATHSIG plus a
 parent-pid watch.
 
-Messages (msgpack lists) on the socket:
-  agent -> worker  ["T", entry_id, fields]               run this task
-  worker -> agent  ["R", pid]                           ready for tasks
-                   ["D", entry_id, owner, notice, objs] done; objs = [[object_id, kind, data]]
-                   ["Q", entry_id]                      failed, retry it (retry_exceptions)
-                   ["X"]                                exits after this task (max_calls)
-                   ["B"] / ["U"]                        blocked in get / unblocked
+The messages on the socket (Run, Ready, Done, Requeue, Retiring, Blocked, Unblocked and
+the actor's ActorAlive, ActorFailed, ActorExiting) are records of _base/wire.py, whose
+docstring documents the protocol.
 """
 
 from __future__ import annotations
@@ -30,13 +27,14 @@ import msgpack
 from taskmesh._core import context
 from taskmesh._core import events as _events
 from taskmesh._core import generators as _generator
-from taskmesh.workers.execution import LineForwarder, serialize_error, split_returns
+from taskmesh._core.failure import should_retry
+from taskmesh.workers.execution import LineForwarder, placement, serialize_error, split_returns
 from taskmesh.workers import process as _process
 from taskmesh import objects, runtime_env
-from taskmesh._base import config
+from taskmesh._base import config, wire
 from taskmesh._base.config import temp_root
-from taskmesh.objects.plane import lineage_entry
-from taskmesh._base.wire import TaskContext, encode_notice, placement
+from taskmesh._base.ids import task_of
+from taskmesh._base.wire import CallSpec, QueueEntry, TaskContext, TaskSpec, encode_notice
 from taskmesh._core.runtime import Runtime
 from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
 from taskmesh.exceptions import RuntimeEnvSetupError, TaskCancelledError
@@ -52,8 +50,8 @@ class Worker:
         self.node_id = node_id
         self.pid = os.getpid()
         self.runtime = Runtime(store, job_id=None, namespace=None, node_id=node_id, is_worker=True)
-        self.runtime.on_block = lambda: self._send(["B"])
-        self.runtime.on_unblock = lambda: self._send(["U"])
+        self.runtime.on_block = lambda: self._send(wire.Blocked())
+        self.runtime.on_unblock = lambda: self._send(wire.Unblocked())
         self._send_lock = threading.Lock()
         self._functions: dict[str, Any] = {}
         self._interruptible = False  # a task is running: SIGINT cancels it
@@ -71,8 +69,8 @@ class Worker:
     def context(self) -> TaskContext:
         return self.runtime.context
 
-    def _send(self, msg: list) -> None:
-        data = msgpack.packb(msg, use_bin_type=True)
+    def _send(self, msg: wire.Message) -> None:
+        data = wire.encode_message(msg)
         with self._send_lock:
             self.conn.send_bytes(data)
 
@@ -119,18 +117,21 @@ class Worker:
         # releases what it held.
         retry_transient(lambda: self.store.add_node_process(self.node_id, self.runtime.owner))
         signal.signal(signal.SIGINT, self._on_sigint)
-        self._send(["R", self.pid, self.runtime.owner])
+        self._send(wire.Ready(self.pid, self.runtime.owner))
         while True:
             try:
                 raw = self.conn.recv_bytes()
             except (EOFError, OSError):
                 return
-            msg = msgpack.unpackb(raw, raw=True)
-            if msg[0] == b"T" and msg[2].get(b"kind") == b"actor":
-                ActorServer(self, msg[1], msg[2]).run()  # returns only if creation failed
-            elif msg[0] == b"T":
-                if not self._run(msg[1], msg[2]):
-                    return
+            run = wire.decode_message(raw)
+            if not isinstance(run, wire.Run):
+                continue
+            # Decoded once here; the agent set aside entries that do not decode.
+            entry = QueueEntry.from_fields(run.fields)
+            if entry.creates_actor:
+                ActorServer(self, run.entry_id, entry, run.gpus).run()  # returns only if creation failed
+            elif not self._run(run.entry_id, entry, run.gpus):
+                return
 
     def _sync_refs(self) -> None:
         """Register what the task kept of the refs it was lent (and the refs its results
@@ -145,7 +146,7 @@ class Worker:
         if self._interruptible:
             raise KeyboardInterrupt
 
-    def send(self, msg: list) -> None:
+    def send(self, msg: wire.Message) -> None:
         self._send(msg)
 
     def end_output(self) -> None:
@@ -171,30 +172,26 @@ class Worker:
             self._functions[fn_id] = fn
         return fn
 
-    def _run(self, entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
+    def _run(self, entry_id: bytes, entry: QueueEntry, gpus: tuple[int, ...] | None) -> bool:
         """Run one task; False when this worker must exit afterwards (max_calls)."""
-        task_id = fields[b"task"].decode()
-        name = fields[b"name"].decode()
-        attempt = int(fields[b"attempt"])
-        spec = msgpack.unpackb(fields[b"spec"], raw=False)
-        spec["attempt"] = attempt
-        owner, nret = spec["owner"], spec["nret"]
-        return_ids = [objects.object_id(task_id, i + 1) for i in range(nret)]
-        self.runtime.job_id = spec["job"]
-        self.runtime.namespace = spec.get("ns")
-        self.runtime.context = TaskContext(spec["job"], task_id, name, spec.get("res", {}),
-                                           **placement(spec, fields))
-        record = _events.enabled(fields)
+        task_id, name, attempt = entry.task, entry.name, entry.attempt
+        spec: TaskSpec = entry.spec  # type: ignore[assignment]
+        return_ids = [objects.object_id(task_id, i + 1) for i in range(spec.num_returns)]
+        self.runtime.job_id = spec.job_id
+        self.runtime.namespace = spec.namespace
+        self.runtime.context = TaskContext(spec.job_id, task_id, name, spec.resources,
+                                           **placement(spec.pg, gpus))
+        record = entry.events
         if record:
-            self.events.add(_events.event(task_id, attempt, _events.RUNNING, name=name, job=spec["job"],
+            self.events.add(_events.event(task_id, attempt, _events.RUNNING, name=name, job=spec.job_id,
                                           node=self.node_id, pid=self.pid))
         start_us = _events.now_us()
         self._arg_refs = []
-        self.runtime.runtime_env = spec.get("renv")  # what the tasks it submits inherit
-        restore_env, env_error = self._apply_env(spec.get("renv"))
+        self.runtime.runtime_env = spec.runtime_env  # what the tasks it submits inherit
+        restore_env, env_error = self._apply_env(spec.runtime_env)
         try:
             self._interruptible = True
-            objs = (self._execute(spec, name, return_ids) if env_error is None
+            objs = (self._execute(spec, attempt, name, return_ids) if env_error is None
                     else [[oid, KIND_ERROR, env_error] for oid in return_ids])
         except _Retry:
             objs = None
@@ -208,39 +205,37 @@ class Worker:
                 restore_env()
             self.runtime.runtime_env = None
         self.items.flush()  # a generator's items go before its end (a cancelled one's too)
-        lineage = self._lineage(fields, spec, return_ids, objs)
+        lineage = self._lineage(entry, return_ids, objs)
         self._sync_refs()
         if record:
-            self._record_end(task_id, attempt, name, spec["job"], start_us, objs)
-        max_calls = spec.get("maxc") or 0
-        self._calls[spec["fn"]] = calls = self._calls.get(spec["fn"], 0) + 1
+            self._record_end(task_id, attempt, name, spec.job_id, start_us, objs)
+        max_calls = spec.max_calls or 0
+        self._calls[spec.fn_id] = calls = self._calls.get(spec.fn_id, 0) + 1
         retiring = bool(max_calls and calls >= max_calls)
         if retiring:  # before the result: the agent must not hand this worker another task
-            self._send(["X"])
+            self._send(wire.Retiring())
         if objs is None:
-            self._send(["Q", entry_id])
+            self._send(wire.Requeue(entry_id))
         else:
             notice = encode_notice(task_id, objs)
-            self._send(["D", entry_id, owner, notice, [*objs, *lineage]])
+            self._send(wire.Done(entry_id, spec.owner, notice, [*objs, *lineage]))
         return not retiring
 
-    def _lineage(self, fields: dict[bytes, bytes], spec: dict, return_ids: list[str],
-                 objs: list[list] | None) -> list[list]:
+    def _lineage(self, entry: QueueEntry, return_ids: list[str], objs: list[list] | None) -> list[list]:
         """The pseudo-object that carries the task's lineage to the completion script
-        (see _object_plane.py): with its shared-memory results, which then hold the
+        (see objects/plane.py): with its shared-memory results, which then hold the
         task's ref arguments; and with every result of a run that re-makes lost ones.
         Nothing for a task whose results are all small (they are never lost)."""
-        if objs is None or spec.get("gen"):
+        if objs is None or entry.spec.generator:  # type: ignore[union-attr]
             return []
-        task_id = fields[b"task"].decode()
-        if fields.get(b"rebuild") == b"1":
+        if entry.rebuild:
             self.runtime.hold_for_lineage(return_ids, (), rebuild=True)
-            return [[task_id, KIND_REBUILD, lineage_entry(fields)]]
+            return [[entry.task, KIND_REBUILD, entry.to_lineage()]]
         shm = [oid for oid, kind, _ in objs if kind == KIND_SHM]
         if not shm:
             return []
         self.runtime.hold_for_lineage(shm, self._arg_refs, rebuild=False)
-        return [[task_id, KIND_LINEAGE, lineage_entry(fields)]]
+        return [[entry.task, KIND_LINEAGE, entry.to_lineage()]]
 
     def _apply_env(self, env: dict | None) -> tuple[Any, bytes | None]:
         """Apply a task's runtime_env: (what undoes it, None), or (None, the serialized
@@ -260,38 +255,38 @@ class Worker:
             node=self.node_id, pid=self.pid, start=start_us, end=end_us,
             error="TASK_EXECUTION_EXCEPTION" if failed else None))
 
-    def _execute(self, spec: dict, name: str, return_ids: list[str]) -> list[list]:
+    def _execute(self, spec: TaskSpec, attempt: int, name: str, return_ids: list[str]) -> list[list]:
         try:
-            fn = self._function(spec["fn"])
-            args, kwargs = objects.deserialize(spec["args"])
+            fn = self._function(spec.fn_id)
+            args, kwargs = objects.deserialize(spec.args)
             upstream_error = self._resolve_args(args, kwargs)
             if upstream_error is not None:
                 return [[oid, KIND_ERROR, upstream_error] for oid in return_ids]
             result = fn(*args, **kwargs)
-            if spec.get("gen"):
-                return self.generator_run(spec, name, return_ids[0], spec["owner"],
-                                          retry=lambda e: _should_retry(spec, e)).run(result)
+            if spec.generator:
+                return self.generator_run(spec, name, return_ids[0],
+                                          retry=lambda e: should_retry(spec, attempt, e)).run(result)
             values = split_returns(result, len(return_ids), name)
             return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values)]
         except KeyboardInterrupt:  # taskmesh.cancel interrupted it
             self._interruptible = False
             return self._cancelled(return_ids)
         except Exception as e:
-            if _should_retry(spec, e):
+            if should_retry(spec, attempt, e):
                 raise _Retry() from e
             data = serialize_error(name, e)
             return [[oid, KIND_ERROR, data] for oid in return_ids]
 
-    def generator_run(self, spec: dict, name: str, return_id: str, owner: str,
+    def generator_run(self, spec: TaskSpec | CallSpec, name: str, return_id: str,
                       retry: Any = lambda e: False) -> _generator.GeneratorRun:
-        """How a generator call's items are stored (see _generator.py)."""
+        """How a generator call's items are stored (see generators.py)."""
         return _generator.GeneratorRun(
-            self.runtime, self.items, mode=spec["gen"], owner=owner, return_id=return_id,
-            error_of=lambda e: serialize_error(name, e), retry=retry, backpressure=spec.get("bp", 0))
+            self.runtime, self.items, mode=spec.generator, owner=spec.owner, return_id=return_id,  # type: ignore[arg-type]
+            error_of=lambda e: serialize_error(name, e), retry=retry, backpressure=spec.backpressure)
 
     def _cancelled(self, return_ids: list[str]) -> list[list]:
         """The task was cancelled: so are the tasks it submitted (Ray's recursive=True)."""
-        task_id = return_ids[0][:-4] if return_ids else ""
+        task_id = task_of(return_ids[0]) if return_ids else ""
         try:
             self.runtime.cancel_children()
         except Exception as e:
@@ -336,17 +331,6 @@ class _ArgError:
 
     def __init__(self, data: bytes):
         self.data = data
-
-
-def _should_retry(spec: dict, error: Exception) -> bool:
-    retry = spec.get("rexc")
-    if not retry:
-        return False
-    if isinstance(retry, bytes):
-        if not isinstance(error, tuple(objects.deserialize(retry))):
-            return False
-    max_retries = spec.get("maxr", 0)
-    return max_retries == -1 or spec.get("attempt", 0) < max_retries
 
 
 def main(argv: list[str] | None = None) -> None:
