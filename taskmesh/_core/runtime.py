@@ -27,7 +27,7 @@ from taskmesh._core.failure import call_failures
 from taskmesh import objects
 from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
 from taskmesh._core.router import PgTarget, Route, Router
-from taskmesh._core.streams import StreamMethods, _Stream
+from taskmesh._core.streams import RefState, StreamMethods
 from taskmesh.exceptions import GetTimeoutError, RayError, RayTaskError, StoreUnavailableError, TaskCancelledError
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
 from taskmesh.store import Completion, Outgoing, Release, Store, retry_transient
@@ -106,17 +106,12 @@ class Runtime(StreamMethods):
         self._escaped: set[str] = set()
         self._actor_drops: collections.deque[str] = collections.deque()
         self._actors_escaped: set[str] = set()
-        # Generator calls: streams by task id, the ones whose generator was dropped,
-        # and the items a dynamic call's generator ref holds here (by its object id).
-        self._streams: dict[str, _Stream] = {}
-        self._stream_drops: collections.deque[str] = collections.deque()
-        self._dynamic_items: dict[str, list[str]] = {}
-        # How many items of backpressured streams were taken (None: forget the stream),
-        # sent by the flusher.
-        self._consumed: dict[str, int | None] = {}
-
         self._closing = False
         self._wake = threading.Event()
+        # What the generator streams (StreamMethods) share with the rest: the same objects.
+        self.refs = RefState(self._cond, self._wake, self._results, self._pending, self._free,
+                             self._counts, self._counts_lock)
+        self._init_streams()
         self._flusher = threading.Thread(target=self._flush_loop, name="taskmesh-flush", daemon=True)
         self._flusher.start()
         self._listener: threading.Thread | None = None
@@ -435,7 +430,8 @@ class Runtime(StreamMethods):
         with self._release_lock:
             self._release_dropped()
             with self._cond:
-                ops, self._free = self._free, []
+                ops = self._free[:]  # in place: RefState shares the list
+                self._free.clear()
                 containers, self._containers = self._containers, {}
             try:
                 if containers:

@@ -1,6 +1,7 @@
 """A process's generator calls (see _generator.py): which items of each streaming call
 arrived and were handed out, backpressure counts sent back to the generator, and the
-items of dynamic calls. A mixin of `_runtime.Runtime`, whose lock (`_cond`) guards it."""
+items of dynamic calls. A mixin of `runtime.Runtime`, through the small StreamHost
+protocol: the shared reference state (RefState, whose lock guards it all) and the store."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from taskmesh import objects
 from taskmesh._base.ids import index_of
@@ -36,27 +37,54 @@ class _Stream:
     waiters: list[Callable[[], None]] = field(default_factory=list)
 
 
-class StreamMethods:
-    """Generator-call bookkeeping (mixed into Runtime)."""
+@dataclass(slots=True)
+class RefState:
+    """What the runtime's reference table shares with its generator streams: the lock
+    that guards it all (`cond`), the flusher's wake-up, results by object id, the ids
+    still pending, the hold changes to send, and the local ref counts (under
+    `counts_lock`). The runtime keeps the same objects; nothing here is replaced, only
+    changed in place."""
+
+    cond: threading.Condition
+    wake: threading.Event
+    results: dict[str, tuple[bytes, bytes | None]]
+    pending: set[str]
+    free: list[Release]
+    counts: dict[str, int]
+    counts_lock: threading.Lock
+
+
+class StreamHost(Protocol):
+    """What StreamMethods needs of the class it is mixed into."""
 
     store: Store
-    _cond: threading.Condition
-    _wake: threading.Event
-    _results: dict[str, tuple[bytes, bytes | None]]
-    _pending: set[str]
-    _free: list[Release]
-    _streams: dict[str, _Stream]
-    _stream_drops: collections.deque[str]
-    _consumed: dict[str, int | None]
-    _dynamic_items: dict[str, list[str]]
-    _counts: dict[str, int]
-    _counts_lock: threading.Lock
+    refs: RefState
     on_block: Callable[[], None] | None
     on_unblock: Callable[[], None] | None
 
+
+class StreamMethods:
+    """Generator-call bookkeeping (mixed into Runtime; it uses only StreamHost's members
+    and its own state, set up by `_init_streams`)."""
+
+    store: Store
+    refs: RefState
+    on_block: Callable[[], None] | None
+    on_unblock: Callable[[], None] | None
+
+    def _init_streams(self) -> None:
+        # Generator calls: streams by task id, the ones whose generator was dropped,
+        # and the items a dynamic call's generator ref holds here (by its object id).
+        self._streams: dict[str, _Stream] = {}
+        self._stream_drops: collections.deque[str] = collections.deque()
+        self._dynamic_items: dict[str, list[str]] = {}
+        # How many items of backpressured streams were taken (None: forget the stream),
+        # sent by the flusher.
+        self._consumed: dict[str, int | None] = {}
+
     def _drop_streams(self) -> list[Release]:
         """Release the items of dropped ObjectRefGenerators never handed out (those
-        still to come are released as they arrive). Called under self._cond."""
+        still to come are released as they arrive). Called under self.refs.cond."""
         ops = []
         while self._stream_drops:
             task_id = self._stream_drops.popleft()
@@ -66,62 +94,62 @@ class StreamMethods:
             stream.dropped = True
             for index in range(stream.taken + 1, stream.arrived + 1):
                 oid = objects.object_id(task_id, index)
-                self._results.pop(oid, None)
+                self.refs.results.pop(oid, None)
                 ops.append(Release(oid, "owner", -1))
-            if objects.object_id(task_id, 1) not in self._pending:
+            if objects.object_id(task_id, 1) not in self.refs.pending:
                 self._forget_stream(task_id)
             elif stream.backpressure > 0:  # nobody takes items any more: let it run
                 self._consumed[task_id] = _NEVER_WAIT
         return ops
 
     def _forget_stream(self, task_id: str) -> None:
-        """A streaming call that ended and whose generator is gone. Under self._cond."""
+        """A streaming call that ended and whose generator is gone. Under self.refs.cond."""
         stream = self._streams.pop(task_id)
         if stream.backpressure > 0:
             self._consumed[task_id] = None
 
     def _send_consumed(self) -> None:
-        with self._cond:
+        with self.refs.cond:
             consumed, self._consumed = self._consumed, {}
         if not consumed:
             return
         try:
             self.store.set_generators_consumed(consumed)
         except StoreUnavailableError:
-            with self._cond:  # sent again with the next flush (newer counts win)
+            with self.refs.cond:  # sent again with the next flush (newer counts win)
                 self._consumed = {**consumed, **self._consumed}
             raise
 
     def open_stream(self, task_id: str, backpressure: int = 0) -> None:
         """Track a streaming call's items; before it is submitted."""
-        with self._cond:
+        with self.refs.cond:
             self._streams[task_id] = _Stream(backpressure=backpressure)
 
     def stream_dropped(self, task_id: str) -> None:
         # From ObjectRefGenerator.__del__: never block here.
         self._stream_drops.append(task_id)
-        self._wake.set()
+        self.refs.wake.set()
 
     def _stream_peek(self, task_id: str) -> tuple[str, str | None]:
         """What `next` would give now: ("item", id), ("error", generator ref id),
-        ("stop", None) or ("timeout", None) when nothing is ready. Under self._cond."""
+        ("stop", None) or ("timeout", None) when nothing is ready. Under self.refs.cond."""
         stream = self._streams.get(task_id)
         if stream is None:
             return "stop", None
         if stream.taken < stream.arrived:
             return "item", objects.object_id(task_id, stream.taken + 1)
         head = objects.object_id(task_id, 1)
-        if head in self._pending:
+        if head in self.refs.pending:
             return "timeout", None
         if stream.raised:
             return "stop", None
-        end = self._results.get(head)
+        end = self.refs.results.get(head)
         if end is not None and end[0] == KIND_ERROR:
             return "error", head
         return "stop", None
 
     def stream_state(self, task_id: str) -> str:
-        with self._cond:
+        with self.refs.cond:
             return self._stream_peek(task_id)[0]
 
     def stream_next(self, task_id: str, timeout: float | None) -> tuple[str, str | None]:
@@ -130,7 +158,7 @@ class StreamMethods:
         deadline = None if timeout is None else time.monotonic() + timeout
         blocked = False
         try:
-            with self._cond:
+            with self.refs.cond:
                 while True:
                     state, oid = self._stream_peek(task_id)
                     if state != "timeout":
@@ -139,7 +167,7 @@ class StreamMethods:
                             stream.taken += 1  # type: ignore[union-attr]
                             if stream.backpressure > 0:  # type: ignore[union-attr]
                                 self._consumed[task_id] = stream.taken - 1  # type: ignore[union-attr]
-                                self._wake.set()
+                                self.refs.wake.set()
                         elif state == "error":
                             stream.raised = True  # type: ignore[union-attr]
                         return state, oid
@@ -148,13 +176,13 @@ class StreamMethods:
                         return state, None
                     if not blocked and self.on_block is not None:
                         blocked = True
-                        self._cond.release()
+                        self.refs.cond.release()
                         try:
                             self.on_block()
                         finally:
-                            self._cond.acquire()
+                            self.refs.cond.acquire()
                         continue
-                    self._cond.wait(remaining)
+                    self.refs.cond.wait(remaining)
         finally:
             if blocked and self.on_unblock is not None:
                 self.on_unblock()
@@ -162,7 +190,7 @@ class StreamMethods:
     def stream_on_change(self, task_id: str, callback: Callable[[], None]) -> None:
         """Call `callback` (from the listener thread) once the stream's next item or
         end is known; at once when it is already."""
-        with self._cond:
+        with self.refs.cond:
             stream = self._streams.get(task_id)
             if stream is not None and self._stream_peek(task_id)[0] == "timeout":
                 stream.waiters.append(callback)
@@ -175,18 +203,18 @@ class StreamMethods:
         for oid, kind, data in objs:
             index = index_of(oid)
             if stream is None or stream.dropped or index <= stream.arrived:
-                self._free.append(Release(oid, "owner", -1))
+                self.refs.free.append(Release(oid, "owner", -1))
                 continue
             stream.arrived = index
-            self._results[oid] = (kind, data)
+            self.refs.results[oid] = (kind, data)
 
     def _hold_dynamic_item(self, head: str, wanted: bool, oid: str, kind: bytes, data: bytes | None) -> None:
         """An item of a dynamic call, stored with its generator ref `head`: the owner
-        keeps holding it as long as `head` is referenced here. Under self._cond."""
+        keeps holding it as long as `head` is referenced here. Under self.refs.cond."""
         if not wanted:  # nobody here holds `head` any more: nor its items
-            self._free.append(Release(oid, "owner", -1))
+            self.refs.free.append(Release(oid, "owner", -1))
             return
-        self._results[oid] = (kind, data)
+        self.refs.results[oid] = (kind, data)
         self._dynamic_items.setdefault(head, []).append(oid)
-        with self._counts_lock:
-            self._counts[oid] = self._counts.get(oid, 0) + 1
+        with self.refs.counts_lock:
+            self.refs.counts[oid] = self.refs.counts.get(oid, 0) + 1
