@@ -34,7 +34,7 @@ from taskmesh.workers import process as _process
 from taskmesh import scheduler, security
 from taskmesh.workers.actor_runner import DRAIN_SIGNAL
 from taskmesh.objects.plane import sweep_orphans
-from taskmesh.workers.resources import NodeResources
+from taskmesh.workers.resources import NodeResources, queues_feeding, starved_pools
 from taskmesh._base.config import env_number, temp_root
 from taskmesh.objects.shm import ShmStore, StoreConfig, reap_dead_stores
 from taskmesh.objects.transfer import TransferServer
@@ -456,32 +456,14 @@ class NodeAgent:
         """Whether a pinned queue is left out of this read while tasks (not actors, which
         hold their resources for long) run in its pool. Under self._cond."""
         running = {h.task.pool for h in self._workers.values() if h.task is not None}
-        for queue in self._pinned:
-            if queue in counts:
-                continue
-            if not queue.startswith("pg:"):
-                if None in running:
-                    return True
-                continue
-            _, pg_id, index = queue.split(":")
-            if any(p is not None and p.startswith(pg_id + ":") and index in ("any", p.split(":")[1])
-                   for p in running):
-                return True
-        return False
+        return starved_pools(self._pinned, counts, running)
 
     def _wake_lease_for(self, pool: str | None) -> None:
         """A pool got room: if the lease thread is blocked in a read that leaves out
         every queue feeding that pool (it had no room when the read began), wake it, or
         the pool would idle until the read times out. Under self._cond."""
         reading = self._reading
-        if reading is None:
-            return
-        if pool is None:
-            feeding = [q for q in reading if not q.startswith("pg:")]
-        else:
-            pg_id = pool.split(":")[0]
-            feeding = [q for q in reading if q in (f"pg:{pool}", scheduler.bundle_queue(pg_id, -1))]
-        if not feeding:
+        if reading is not None and not queues_feeding(pool, reading):
             self._unblock_lease()
     # ---- dispatch (under self._cond) ----------------------------------------------------
 

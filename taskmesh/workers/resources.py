@@ -10,7 +10,7 @@ what a task of a removed bundle gives back then goes to the node's pool.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from taskmesh import scheduler
 
@@ -138,6 +138,36 @@ class NodeResources:
         share = 1.0 if amount is None or amount >= 1 else amount
         for g in ids:
             self.gpu_free[g] = min(self.gpu_free.get(g, 0.0) + share, 1.0)
+
+
+# ---- when to wake the lease read ---------------------------------------------------------
+
+def starved_pools(pinned: Iterable[str], counts: Mapping[str, int], running: Collection[str | None]) -> bool:
+    """Whether a lease read of `counts` leaves out a pinned queue (the node's own, or a
+    bundle's) whose pool has tasks running (`running`: their pools, None for the node's).
+    Such a queue gets room when one of them ends, so the read should not block for long."""
+    for queue in pinned:
+        if queue in counts:
+            continue
+        if not queue.startswith("pg:"):
+            if None in running:
+                return True
+            continue
+        _, pg_id, index = queue.split(":")
+        if any(p is not None and p.startswith(pg_id + ":") and index in ("any", p.split(":")[1])
+               for p in running):
+            return True
+    return False
+
+
+def queues_feeding(pool: str | None, reading: Iterable[str]) -> list[str]:
+    """The queues of a lease read (`reading`) whose tasks can start in `pool`: for the
+    node's pool every queue but the bundles', for a bundle its own queue and its group's
+    "any bundle" queue. When there is none, the read must be woken as `pool` gets room."""
+    if pool is None:
+        return [q for q in reading if not q.startswith("pg:")]
+    pg_id = pool.split(":")[0]
+    return [q for q in reading if q in (f"pg:{pool}", scheduler.bundle_queue(pg_id, -1))]
 
 
 def _room(budget: Resources, waiting: int, *, has_cpus: bool, per_task: int = 1) -> int:
