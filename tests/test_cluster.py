@@ -165,6 +165,7 @@ def _taskmesh_cmd(*args: str) -> list[str]:
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_multi_node_cluster_from_the_cli(tmp_path: Path) -> None:
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     env = dict(os.environ)
@@ -279,6 +280,7 @@ def test_init_joins_the_cluster_named_by_taskmesh_address(cluster_factory, monke
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_the_readme_demo_runs() -> None:
     """`python examples/quickstart.py`, the README's demo command, works end to end on an
     embedded Redis and leaves no process behind."""

@@ -214,6 +214,7 @@ def _wait_for_nodes(url: str, count: int, procs: list[subprocess.Popen], log_dir
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_compose_services_run_as_a_cluster(compose: dict[str, Any], launch: Launch,
                                            tmp_path: Path) -> None:
     services = compose["services"]

@@ -29,6 +29,7 @@ LARGE_OBJECT_ROWS = ("single client put 1 GB", "single client get 1 GB")
 CROSS_NODE_ROW = "cross-node get 100 MB"
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_run_all_quick_reports_every_row() -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}

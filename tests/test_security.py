@@ -101,6 +101,7 @@ def test_allow_insecure_lets_a_driver_join(open_redis: _services.RedisServer) ->
 # ---- the embedded server of `taskmesh start --head` -----------------------------------
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_head_on_a_network_interface_gets_a_password_and_leaks_it_nowhere(
         tmp_path: Path) -> None:
     before = {c.pid for c in psutil.Process().children(recursive=True)}

@@ -50,6 +50,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> security.TlsFiles:
 
 
 @pytest.mark.cluster
+@pytest.mark.slow
 def test_head_with_tls_runs_a_job_over_rediss(certs: security.TlsFiles, tmp_path: Path) -> None:
     """Also: a password from $TASKMESH_REDIS_PASSWORD on a loopback-bound head."""
     before = {c.pid for c in psutil.Process().children(recursive=True)}

@@ -11,7 +11,7 @@ import pytest
 
 from taskmesh.tools import chaos
 
-pytestmark = [pytest.mark.chaos, pytest.mark.cluster]
+pytestmark = [pytest.mark.chaos, pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.mark.timeout(300)
