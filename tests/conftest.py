@@ -1,10 +1,20 @@
 """Fixtures: a real Redis/Valkey server per test session, flushed clients, and test
-clusters of real node agents that are always torn down (and checked for leaks)."""
+clusters of real node agents that are always torn down (and checked for leaks).
+
+Test lanes (markers, registered in pyproject.toml): a test that uses `cluster_factory`,
+`shared_cluster` or `ray` (or a fixture built on them) is marked `cluster` here, one that
+uses `pair` `netns`. A test that starts taskmesh processes any other way (`start_cluster`,
+`TestCluster`, `taskmesh.init()` without an address, the `taskmesh` CLI or a Python
+script in a subprocess) carries `@pytest.mark.cluster` itself; without it, spawning such
+a process fails the test, so the fast lane `pytest -m "not cluster"` never starts one.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +28,56 @@ from taskmesh.workers import process as _process, launch as _services
 from taskmesh._base import config
 from taskmesh.objects import shm as _shm
 from taskmesh.store import Store
+
+
+# ---- test lanes -----------------------------------------------------------------------
+
+# Fixtures whose tests are marked for them (a test's fixture names include the fixtures
+# its fixtures use: `ray` and any fixture built on these count).
+FIXTURE_MARKS = {"cluster_factory": "cluster", "shared_cluster": "cluster", "pair": "netns"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in set(FIXTURE_MARKS) & set(getattr(item, "fixturenames", ())):
+            item.add_marker(FIXTURE_MARKS[name])
+
+
+_unmarked_test: str | None = None  # node id of the running test, when it is not `cluster`
+
+
+def _is_taskmesh_process(argv: object) -> bool:
+    """A child running Python (an agent, a worker, the CLI, a driver script) or the
+    `taskmesh` script, possibly through a prefix such as `ip netns exec NS`."""
+    if isinstance(argv, (str, bytes, os.PathLike)):
+        argv = [argv]
+    for arg in argv if isinstance(argv, (list, tuple)) else ():
+        path = os.fsdecode(arg)
+        if path == sys.executable or re.fullmatch(r"python[0-9.]*|taskmesh", os.path.basename(path)):
+            return True
+    return False
+
+
+def _refuse_unmarked_processes(event: str, args: tuple) -> None:
+    if event == "subprocess.Popen" and _unmarked_test is not None and _is_taskmesh_process(args[1]):
+        pytest.fail(f"{_unmarked_test} starts a taskmesh process ({args[1]!r}) but is not "
+                    "marked: add @pytest.mark.cluster, or use cluster_factory/shared_cluster/ray",
+                    pytrace=False)
+
+
+sys.addaudithook(_refuse_unmarked_processes)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """Only a `cluster` test may start taskmesh processes (its fixtures included)."""
+    global _unmarked_test
+    _unmarked_test = None if item.get_closest_marker("cluster") else item.nodeid
+    try:
+        return (yield)
+    finally:
+        _unmarked_test = None
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -28,6 +28,7 @@ from conftest import assert_no_leaked_children, wait_until
 _wait_for = functools.partial(wait_until, timeout_s=20.0)
 
 
+@pytest.mark.cluster
 def test_embedded_init_starts_real_redis_and_shutdown_leaves_nothing() -> None:
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     ctx = taskmesh.init(num_cpus=1)
@@ -58,6 +59,7 @@ def test_embedded_init_starts_real_redis_and_shutdown_leaves_nothing() -> None:
     assert not _shm.node_dir(ctx.address_info["node_id"]).exists()  # its shared memory too
 
 
+@pytest.mark.cluster
 def test_init_as_context_manager_and_auto_address_errors() -> None:
     with pytest.raises(ConnectionError, match="taskmesh start --head"):
         taskmesh.init(address="auto")
@@ -162,6 +164,8 @@ def _taskmesh_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "taskmesh.cli", *args]
 
 
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_multi_node_cluster_from_the_cli(tmp_path: Path) -> None:
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     env = dict(os.environ)
@@ -275,6 +279,8 @@ def test_init_joins_the_cluster_named_by_taskmesh_address(cluster_factory, monke
             taskmesh.shutdown()
 
 
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_the_readme_demo_runs() -> None:
     """`python examples/quickstart.py`, the README's demo command, works end to end on an
     embedded Redis and leaves no process behind."""

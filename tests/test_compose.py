@@ -39,6 +39,8 @@ NODE_SERVICES = ("head", "worker")
 WORKER_REPLICAS = 2  # as `docker compose up --scale worker=2`
 CPUS_PER_NODE = 2
 
+pytestmark = pytest.mark.compose
+
 
 # ---- reading the compose file ---------------------------------------------------------
 
@@ -211,6 +213,8 @@ def _wait_for_nodes(url: str, count: int, procs: list[subprocess.Popen], log_dir
         store.close()
 
 
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_compose_services_run_as_a_cluster(compose: dict[str, Any], launch: Launch,
                                            tmp_path: Path) -> None:
     services = compose["services"]

@@ -102,6 +102,7 @@ def test_a_node_declared_dead_does_not_come_back(cluster_factory) -> None:
             store.close()
 
 
+@pytest.mark.cluster
 def test_a_redis_restart_loses_no_acknowledged_task(tmp_path) -> None:
     """Redis is killed (kill -9) with tasks queued, running and done, and restarted
     from its append-only file on the same port: every task still completes, and the

@@ -10,6 +10,7 @@ import math
 import time
 
 import psutil
+import pytest
 
 import taskmesh
 from taskmesh.tools import microbenchmark
@@ -28,6 +29,8 @@ LARGE_OBJECT_ROWS = ("memcpy 1 GB", "single client put 1 GB", "single client get
 CROSS_NODE_ROW = "cross-node get 100 MB"
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_run_all_quick_reports_every_row() -> None:
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pytest
 
 import taskmesh
 from conftest import assert_no_leaked_children
@@ -29,6 +30,8 @@ from taskmesh.store import Store
 ARRAY_LEN = 2_500_000  # int64: 20 MB, far above the inline limit, so it lives in shared memory
 AGENT_START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+
+pytestmark = [pytest.mark.netns, pytest.mark.cluster]
 
 
 @dataclass

@@ -65,6 +65,7 @@ def test_put_fails_with_object_store_full_when_nothing_can_be_spilled(
             taskmesh.shutdown()
 
 
+@pytest.mark.cluster
 def test_init_sizes_the_local_object_store_and_rejects_bad_sizes(redis_server) -> None:
     for bad in (-5, "1GB", True):
         with pytest.raises(ValueError, match="object_store_memory"):

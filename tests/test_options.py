@@ -231,6 +231,7 @@ def test_method_decorator_as_ray() -> None:
         taskmesh.method(tensor_transport="nccl")
 
 
+@pytest.mark.slow
 def test_max_calls_recycles_the_worker(ray) -> None:
     @ray.remote(max_calls=2)
     def pid():

@@ -115,6 +115,8 @@ def _link(pair: NamespacePair, i: int, state: str) -> None:
     subprocess.run(["ip", "link", "set", "dev", pair.host_link(i), state], check=True)
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_node_cut_off_and_back_does_not_commit_its_old_attempt(
         pair: NamespacePair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(monitor.ENV_NODE_TIMEOUT_MS, str(NODE_TIMEOUT_MS))

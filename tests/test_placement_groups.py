@@ -15,6 +15,8 @@ from taskmesh._core.strategies import PlacementGroupSchedulingStrategy
 
 from conftest import start_cluster, wait_until
 
+pytestmark = pytest.mark.cluster  # the module's agents come from start_cluster
+
 
 @taskmesh.remote(num_cpus=1)
 def where() -> str:

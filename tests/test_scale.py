@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import collections
 
+import pytest
+
 import taskmesh
 
 
+@pytest.mark.slow
 def test_eight_agents_share_a_fan_out_and_spread_actors(cluster_factory) -> None:
     with cluster_factory(nodes=8, num_cpus=1) as cluster:
         taskmesh.init(address=cluster.url)

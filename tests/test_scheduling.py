@@ -14,6 +14,8 @@ from taskmesh._core.strategies import NodeAffinitySchedulingStrategy
 
 from conftest import wait_until
 
+pytestmark = pytest.mark.cluster  # the module's agents come from start_cluster
+
 
 @taskmesh.remote
 def where() -> str:

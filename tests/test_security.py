@@ -55,6 +55,7 @@ def open_redis(tmp_path: Path) -> Iterator[_services.RedisServer]:
     server.stop()
 
 
+@pytest.mark.cluster
 def test_an_open_redis_reached_over_the_network_is_refused(
         open_redis: _services.RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     url = f"redis://{machine_ip()}:{open_redis.port}"
@@ -99,6 +100,8 @@ def test_allow_insecure_lets_a_driver_join(open_redis: _services.RedisServer) ->
 
 # ---- the embedded server of `taskmesh start --head` -----------------------------------
 
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_head_on_a_network_interface_gets_a_password_and_leaks_it_nowhere(
         tmp_path: Path) -> None:
     before = {c.pid for c in psutil.Process().children(recursive=True)}
@@ -174,6 +177,7 @@ def setup_users(url: str) -> dict[str, str]:
     return urls
 
 
+@pytest.mark.cluster
 def test_a_job_runs_with_the_driver_and_agent_users(acl_redis: _services.RedisServer,
                                                     tmp_path: Path) -> None:
     urls = setup_users(acl_redis.url)

@@ -26,6 +26,8 @@ from taskmesh.security import check_server
 from taskmesh.cli import main as cli
 from taskmesh.store import Store
 
+pytestmark = pytest.mark.tls
+
 
 def openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
@@ -47,6 +49,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> security.TlsFiles:
     return security.TlsFiles(str(d / "ca.pem"), str(d / "node.pem"), str(d / "node.key"))
 
 
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_head_with_tls_runs_a_job_over_rediss(certs: security.TlsFiles, tmp_path: Path) -> None:
     """Also: a password from $TASKMESH_REDIS_PASSWORD on a loopback-bound head."""
     before = {c.pid for c in psutil.Process().children(recursive=True)}

@@ -113,6 +113,9 @@ def _wait_submitted(submitter: _Submitter, count: int, timeout_s: float = 30.0) 
         time.sleep(0.02)
 
 
+@pytest.mark.sentinel
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_cluster_follows_the_promoted_replica_after_the_primary_is_killed(tmp_path: Path) -> None:
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     servers: list[_services.RedisServer] = []

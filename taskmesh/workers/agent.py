@@ -35,7 +35,7 @@ from taskmesh import scheduler, security
 from taskmesh._core import lifecycle
 from taskmesh.workers.actor_runner import DRAIN_SIGNAL
 from taskmesh.objects.plane import sweep_orphans
-from taskmesh.workers.resources import NodeResources
+from taskmesh.workers.resources import NodeResources, starved_pools
 from taskmesh._base import config
 from taskmesh._base.config import temp_root
 from taskmesh.objects.shm import ShmStore, StoreConfig, reap_dead_stores
@@ -459,20 +459,7 @@ class NodeAgent:
         """Whether a pinned queue is left out of this read while tasks (not actors, which
         hold their resources for long) run in its pool. Under self._cond."""
         running = {h.task.pool for h in self._workers.values() if h.task is not None}
-        for queue in self._pinned:
-            if queue in counts:
-                continue
-            if not queues.is_bundle_queue(queue):
-                if None in running:
-                    return True
-                continue
-            pg_id, index = queues.parse_bundle_queue(queue)
-            for p in running:
-                if p is not None:
-                    group, bundle = queues.parse_bundle_pool(p)
-                    if group == pg_id and index in (queues.ANY_BUNDLE, bundle):
-                        return True
-        return False
+        return starved_pools(self._pinned, counts, running)
 
     def _wake_lease_for(self, pool: str | None) -> None:
         """A pool got room: if the lease thread is blocked in a read that leaves out a

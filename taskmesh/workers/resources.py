@@ -11,7 +11,7 @@ what a task of a removed bundle gives back then goes to the node's pool.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from taskmesh import scheduler
 from taskmesh._base import queues
@@ -140,6 +140,28 @@ class NodeResources:
         share = 1.0 if amount is None or amount >= 1 else amount
         for g in ids:
             self.gpu_free[g] = min(self.gpu_free.get(g, 0.0) + share, 1.0)
+
+
+# ---- when to wake the lease read ---------------------------------------------------------
+
+def starved_pools(pinned: Iterable[str], counts: Mapping[str, int], running: Collection[str | None]) -> bool:
+    """Whether a lease read of `counts` leaves out a pinned queue (the node's own, or a
+    bundle's) whose pool has tasks running (`running`: their pools, None for the node's).
+    Such a queue gets room when one of them ends, so the read should not block for long."""
+    for queue in pinned:
+        if queue in counts:
+            continue
+        if not queues.is_bundle_queue(queue):
+            if None in running:
+                return True
+            continue
+        pg_id, index = queues.parse_bundle_queue(queue)
+        for pool in running:
+            if pool is not None:
+                group, bundle = queues.parse_bundle_pool(pool)
+                if group == pg_id and index in (queues.ANY_BUNDLE, bundle):
+                    return True
+    return False
 
 
 def _room(budget: Resources, waiting: int, *, has_cpus: bool, per_task: int = 1) -> int:

@@ -11,6 +11,8 @@ import pytest
 
 from taskmesh.tools import chaos
 
+pytestmark = [pytest.mark.chaos, pytest.mark.cluster, pytest.mark.slow]
+
 
 @pytest.mark.timeout(300)
 def test_seeded_chaos_run_loses_nothing(tmp_path: Path) -> None:
