@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from taskmesh import runtime_env, scheduler
+from taskmesh import runtime_env
 from taskmesh._base import queues
 from taskmesh._core import options
 from taskmesh._core.strategies import (
