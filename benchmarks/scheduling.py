@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import taskmesh
-from taskmesh.workers import process as _process, launch as _services
-from taskmesh.util import placement_group
-from taskmesh.util import remove_placement_group
+from taskmesh.util import placement_group, remove_placement_group
+from taskmesh.workers import launch as _services
+from taskmesh.workers import process as _process
 
 
 class Cluster:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from conftest import wait_until
 from taskmesh.cli import main as cli
 from taskmesh.util.metrics import Counter
-
-from conftest import wait_until
 
 
 def _run(*args: str) -> str:

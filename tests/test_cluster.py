@@ -16,14 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 import taskmesh
-from taskmesh.workers import launch as _services
-from taskmesh.store import connection
-from taskmesh.objects import shm as _shm
+from conftest import assert_no_leaked_children, wait_until
 from taskmesh import exceptions
 from taskmesh.cli import main as cli
-from taskmesh.store import Store
-
-from conftest import assert_no_leaked_children, wait_until
+from taskmesh.objects import shm as _shm
+from taskmesh.store import Store, connection
+from taskmesh.workers import launch as _services
 
 _wait_for = functools.partial(wait_until, timeout_s=20.0)
 

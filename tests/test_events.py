@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from taskmesh.util.state import list_tasks, summarize_tasks
-
 from conftest import wait_until
+from taskmesh.util.state import list_tasks, summarize_tasks
 
 
 def _states(name: str) -> list[str]:

@@ -7,10 +7,9 @@ import time
 import pytest
 
 import taskmesh
-from taskmesh.workers import monitor
-from taskmesh.exceptions import ActorDiedError, RayActorError
-
 from conftest import wait_until
+from taskmesh.exceptions import ActorDiedError, RayActorError
+from taskmesh.workers import monitor
 
 
 def _node_of(handle) -> str:
@@ -107,6 +106,7 @@ def test_a_redis_restart_loses_no_acknowledged_task(tmp_path) -> None:
     from its append-only file on the same port: every task still completes, and the
     cluster keeps working (clients reconnect by themselves)."""
     import psutil
+
     from conftest import TestCluster, assert_no_leaked_children
     from taskmesh.workers.launch import start_redis
 

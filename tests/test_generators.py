@@ -14,9 +14,9 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
-from conftest import wait_until
 
 import taskmesh
+from conftest import wait_until
 from taskmesh.exceptions import RayTaskError, WorkerCrashedError
 from taskmesh.store import Store
 

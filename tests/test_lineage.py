@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import taskmesh
-from taskmesh.objects import plane as _object_plane, shm as _shm
-from taskmesh import exceptions
-from taskmesh.store import Store
-
 from conftest import wait_until
+from taskmesh import exceptions
+from taskmesh.objects import plane as _object_plane
+from taskmesh.objects import shm as _shm
+from taskmesh.store import Store
 
 N = 200_000  # 1.6 MB of int64: stored in shared memory, not inline
 

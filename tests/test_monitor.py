@@ -12,14 +12,13 @@ import msgpack
 import pytest
 
 import taskmesh
-from taskmesh._core import failure as _failure
-from taskmesh.workers import monitor
-from taskmesh import objects
-from taskmesh.exceptions import WorkerCrashedError
-from taskmesh.workers.monitor import MONITOR_CONSUMER, Action, Monitor
-from taskmesh.store import Store
-
 from conftest import wait_until
+from taskmesh import objects
+from taskmesh._core import failure as _failure
+from taskmesh.exceptions import WorkerCrashedError
+from taskmesh.store import Store
+from taskmesh.workers import monitor
+from taskmesh.workers.monitor import MONITOR_CONSUMER, Action, Monitor
 
 _wait_for = functools.partial(wait_until, timeout_s=20.0)
 

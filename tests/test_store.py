@@ -7,9 +7,9 @@ import re
 import msgpack
 import pytest
 
-from taskmesh.store import keys as store_mod
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
 from taskmesh.store import GROUP, Completion, Keys, Release, Store
+from taskmesh.store import keys as store_mod
 
 
 def _documented_patterns() -> set[str]:

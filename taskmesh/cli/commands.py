@@ -13,12 +13,10 @@ from typing import Any
 
 import click
 
-from taskmesh.workers import launch as _services
-
-from taskmesh.store import connection
-
-from taskmesh._base import config
 from taskmesh import security
+from taskmesh._base import config
+from taskmesh.store import connection
+from taskmesh.workers import launch as _services
 
 ADDRESS_HELP = "Redis address of the cluster (host:port, redis://[:password@]host:port, rediss://...)."
 

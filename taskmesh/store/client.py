@@ -13,14 +13,38 @@ import redis
 import redis.sentinel
 
 from taskmesh._base import config
-from taskmesh.store.connection import SENTINEL_SCHEME, TlsFiles, _sentinel_client, parse_sentinel_address, tls_connection_kwargs
-from taskmesh.store.keys import Keys
-from taskmesh.store.scripts import Scripts
-from taskmesh.store.records import _NO_REPLICA_BACKOFF_S, GROUP, OWNER_TAG_LEN, Completion, Freed, Leased, Liveness, Outgoing, Release, _flat, _forget_frames, _now_ms, _text, keep_listening, parse_entries, retry_transient, translate_errors
 from taskmesh.store.actor_table import ActorMethods
+from taskmesh.store.connection import (
+    SENTINEL_SCHEME,
+    TlsFiles,
+    _sentinel_client,
+    parse_sentinel_address,
+    tls_connection_kwargs,
+)
 from taskmesh.store.directory import KIND_REBUILD, LINEAGE_KINDS, ObjectMethods
-from taskmesh.store.observe import ObserveMethods
 from taskmesh.store.groups import ScheduleMethods
+from taskmesh.store.keys import Keys
+from taskmesh.store.observe import ObserveMethods
+from taskmesh.store.records import (
+    _NO_REPLICA_BACKOFF_S,
+    GROUP,
+    OWNER_TAG_LEN,
+    Completion,
+    Freed,
+    Leased,
+    Liveness,
+    Outgoing,
+    Release,
+    _flat,
+    _forget_frames,
+    _now_ms,
+    _text,
+    keep_listening,
+    parse_entries,
+    retry_transient,
+    translate_errors,
+)
+from taskmesh.store.scripts import Scripts
 
 # A last "object" (id, KIND_FENCE, b"<task_id> <attempt>") of a Completion names the
 # attempt that produced it; complete.lua ignores it when the task was fenced past it.

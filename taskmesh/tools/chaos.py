@@ -37,11 +37,12 @@ import numpy as np
 import psutil
 
 import taskmesh
-
-from taskmesh.workers import process as _process, launch as _services, monitor
-from taskmesh.objects import shm as _shm
 from taskmesh.exceptions import GetTimeoutError, ObjectLostError, RayError
+from taskmesh.objects import shm as _shm
 from taskmesh.store import Store, retry_transient
+from taskmesh.workers import launch as _services
+from taskmesh.workers import monitor
+from taskmesh.workers import process as _process
 
 NODE_TIMEOUT_MS = 2_000  # the monitor declares a killed agent dead after this silence
 GET_TIMEOUT_S = 90.0  # far above any recovery time: reaching it means a hang

@@ -444,8 +444,9 @@ def cross_node_get_gbps(duration_s: float, nbytes: int = SIZE_100MB) -> float:
     "b": two node agents (1 CPU each, resources {"a": 1} and {"b": 1}) on this machine and
     one Redis, all started here and always stopped again."""
     import taskmesh
-    from taskmesh.workers import process as _process, launch as _services
     from taskmesh._base import config
+    from taskmesh.workers import launch as _services
+    from taskmesh.workers import process as _process
 
     with contextlib.ExitStack() as undo:  # stops whatever was started, last first
         session = Path(tempfile.mkdtemp(prefix="microbenchmark-", dir=config.temp_root()))

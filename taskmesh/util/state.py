@@ -71,11 +71,10 @@ def _norm(key: str, value: Any) -> str:
 def _store(address: str | None) -> Iterator[Any]:
     """The connected runtime's store, or a new connection to `address` (or to the
     cluster started on this machine)."""
-    from taskmesh.workers import launch as _services
-    from taskmesh.store import connection
     from taskmesh._core.context import get_runtime
     from taskmesh.api import is_initialized
-    from taskmesh.store import Store
+    from taskmesh.store import Store, connection
+    from taskmesh.workers import launch as _services
 
     if address is None and is_initialized():
         yield get_runtime().store
