@@ -151,8 +151,10 @@ def test_workers_die_with_their_agent(cluster_factory) -> None:
         node = next(iter(cluster.agents))
         workers = _wait_for(lambda: cluster.worker_pids(node), what="workers")
         cluster.kill_node(node)  # SIGKILL: no chance to clean up
-        gone = lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                               for p in workers)
+        def gone() -> bool:
+            return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                           for p in workers)
+
         _wait_for(gone, timeout_s=10, what="workers to die with the agent")
 
 

@@ -256,7 +256,8 @@ def test_a_crashed_drivers_refs_and_actors_are_released(cluster_factory, monkeyp
     with cluster_factory(nodes=1, num_cpus=2) as cluster:
         script = tmp_path / "driver.py"
         script.write_text(_CRASHING_DRIVER)
-        driver = subprocess.Popen([sys.executable, str(script), cluster.url], stdout=subprocess.PIPE, text=True)
+        driver = subprocess.Popen([sys.executable, str(script), cluster.url], stdout=subprocess.PIPE,
+                                  text=True)
         try:
             mine, lent, temp = driver.stdout.readline().split()
         finally:

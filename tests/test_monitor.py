@@ -60,7 +60,8 @@ def test_crash_completion_stores_worker_crashed_for_every_return() -> None:
     fields = _fields(maxr=1, attempt=1, nret=2)
     done = _failure.crash_completion(fields, "node n1 died")
     task_id = fields[b"task"].decode()
-    assert [oid for oid, _, _ in done.objects] == [objects.object_id(task_id, 1), objects.object_id(task_id, 2)]
+    assert [oid for oid, _, _ in done.objects] == [objects.object_id(task_id, 1),
+                                                   objects.object_id(task_id, 2)]
     error = objects.deserialize(done.objects[0][2])
     assert isinstance(error, WorkerCrashedError)
     assert "node n1 died" in str(error) and "attempt 2 of 2" in str(error)

@@ -50,8 +50,10 @@ def test_hard_affinity_to_a_node_that_dies_fails_and_soft_moves(cluster_factory)
                 busy = block.remote()  # keeps the doomed node's only CPU busy
                 wait_until(lambda: taskmesh.available_resources().get("doomed", 0) == 0, 10,
                            "the doomed node to be busy")
-                hard = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(doomed, soft=False)).remote()
-                soft = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(doomed, soft=True)).remote()
+                hard = where.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(doomed, soft=False)).remote()
+                soft = where.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(doomed, soft=True)).remote()
                 cluster.kill_node(doomed)
                 with pytest.raises(exceptions.TaskUnschedulableError, match=doomed):
                     taskmesh.get(hard, timeout=30)
