@@ -26,12 +26,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # run as a script from a checkout: taskmesh is imported from it
 
-import taskmesh
-from taskmesh.workers import process as _process, launch as _services
-from taskmesh.util import placement_group
-from taskmesh.util import remove_placement_group
+import taskmesh  # noqa: E402
+from taskmesh.util import placement_group, remove_placement_group  # noqa: E402
+from taskmesh.workers import launch as _services  # noqa: E402
+from taskmesh.workers import process as _process  # noqa: E402
 
 
 class Cluster:

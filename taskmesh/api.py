@@ -22,12 +22,11 @@ from taskmesh._base import config
 from taskmesh._core import context
 from taskmesh._core import options as _options
 from taskmesh._core.context import get_runtime
-from taskmesh.store import connection
-from taskmesh.workers import launch as _services
+from taskmesh._core.remote_function import RemoteFunction
 from taskmesh._core.runtime import Runtime
 from taskmesh.objects import ObjectRef
-from taskmesh._core.remote_function import RemoteFunction
-from taskmesh.store import Store, keep_listening
+from taskmesh.store import Store, connection, keep_listening
+from taskmesh.workers import launch as _services
 
 _lock = threading.RLock()
 _cluster: _LocalCluster | None = None

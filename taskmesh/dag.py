@@ -10,10 +10,7 @@ nodes use it; every `execute()` runs the whole graph again, creating its actors 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from typing import Self
+from typing import Any, TypeVar
 
 __all__ = ["ClassMethodNode", "ClassNode", "DAGInputData", "DAGNode", "FunctionNode",
            "InputAttributeNode", "InputNode", "MultiOutputNode"]
@@ -150,6 +147,9 @@ class ClassMethodNode(DAGNode):
         return method.remote(*args, **kwargs)
 
 
+_Input = TypeVar("_Input", bound="InputNode")  # typing.Self is Python 3.11+
+
+
 class InputNode(DAGNode):
     """The DAG's input. With `dag.execute(x)` the node stands for `x` and `inp[k]` /
     `inp.k` for `x[k]` / `x.k`; with several arguments or keywords, `inp[i]` is the i-th
@@ -162,7 +162,7 @@ class InputNode(DAGNode):
         self.input_type = input_type
         self._fields: dict[tuple[str, int | str], InputAttributeNode] = {}
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Input) -> _Input:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 
 class RayError(Exception):
@@ -84,10 +84,10 @@ class RayTaskError(RayError):
         return err
 
 
-_DUAL_CLASSES: dict[type, type] = {}
+_DUAL_CLASSES: dict[type, type[RayTaskError]] = {}
 
 
-def _dual_class(cause_cls: type) -> type:
+def _dual_class(cause_cls: type) -> type[RayTaskError]:
     dual = _DUAL_CLASSES.get(cause_cls)
     if dual is None:
         name = f"RayTaskError({cause_cls.__name__})"
@@ -95,12 +95,12 @@ def _dual_class(cause_cls: type) -> type:
         def __getattr__(self: Any, attr: str) -> Any:
             return getattr(self.__dict__.get("cause"), attr)
 
-        dual = type(name, (RayTaskError, cause_cls), {
+        dual = cast("type[RayTaskError]", type(name, (RayTaskError, cause_cls), {
             "__init__": RayTaskError.__init__,
             "__str__": RayTaskError.__str__,
             "__reduce__": RayTaskError.__reduce__,
             "__getattr__": __getattr__,
-        })
+        }))
         dual.__module__ = RayTaskError.__module__
         _DUAL_CLASSES[cause_cls] = dual
     return dual
@@ -234,7 +234,9 @@ class ObjectReconstructionFailedError(ObjectLostError):
 
     def __str__(self) -> str:
         text = f"Failed to retrieve object {self.object_ref_hex}: all copies of it are lost."
-        return f"{text}\n\n[{self.reason or 'UNKNOWN'}] {self.reason_message}" if self.reason_message else text
+        if not self.reason_message:
+            return text
+        return f"{text}\n\n[{self.reason or 'UNKNOWN'}] {self.reason_message}"
 
 
 # Ray once raised the next two as classes of their own and now raises the class above

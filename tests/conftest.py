@@ -24,10 +24,11 @@ import psutil
 import pytest
 
 import taskmesh
-from taskmesh.workers import process as _process, launch as _services
 from taskmesh._base import config
 from taskmesh.objects import shm as _shm
 from taskmesh.store import Store
+from taskmesh.workers import launch as _services
+from taskmesh.workers import process as _process
 
 
 # ---- test lanes -----------------------------------------------------------------------
@@ -201,7 +202,8 @@ def cluster_factory(redis_server: _services.RedisServer, tmp_path: Path) -> Iter
 
 
 @pytest.fixture(scope="module")
-def shared_cluster(redis_server: _services.RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+def shared_cluster(redis_server: _services.RedisServer,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """One 2-CPU node for a whole test module (starting agents is the slow part)."""
     Store(redis_server.url).redis.flushall()
     with start_cluster(redis_server.url, tmp_path_factory.mktemp("agents"), nodes=1, num_cpus=2) as c:

@@ -16,10 +16,9 @@ import psutil
 import pytest
 
 import taskmesh
+from conftest import wait_until
 from taskmesh import exceptions
 from taskmesh._core.context import get_runtime
-
-from conftest import wait_until
 
 _wait_for = functools.partial(wait_until, timeout_s=20.0)
 

@@ -82,7 +82,8 @@ def import_graph() -> dict[str, set[str]]:
             targets: list[str] = []
             if isinstance(node, ast.ImportFrom):
                 if node.level:
-                    module = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+                    parent = base[: len(base) - node.level + 1]
+                    module = ".".join(parent + ([node.module] if node.module else []))
                 else:
                     module = node.module or ""
                 for alias in node.names:

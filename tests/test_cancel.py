@@ -8,9 +8,8 @@ import time
 import pytest
 
 import taskmesh
-from taskmesh import exceptions
-
 from conftest import wait_until
+from taskmesh import exceptions
 
 
 @taskmesh.remote

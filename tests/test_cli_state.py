@@ -13,10 +13,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from conftest import wait_until
 from taskmesh.cli import main as cli
 from taskmesh.util.metrics import Counter
-
-from conftest import wait_until
 
 
 def _run(*args: str) -> str:
@@ -67,7 +66,7 @@ def test_summary_tasks_counts_by_function_and_state(ray, shared_cluster) -> None
         """NAME -> {state: count} from the printed table."""
         out = _run("summary", "tasks", "--address", shared_cluster.url).splitlines()
         header, *rows = [line.split() for line in out[1:-1]]
-        return {r[0]: dict(zip(header[2:], r[2:])) for r in rows}
+        return {r[0]: dict(zip(header[2:], r[2:], strict=True)) for r in rows}
 
     wait_until(lambda: c if (c := counts()).get("ok", {}).get("FINISHED") == "2"
                        and c.get("broken", {}).get("FAILED") == "1" else None,
@@ -92,8 +91,9 @@ def test_logs_prints_worker_output_of_the_job(ray, shared_cluster) -> None:
     ray.get(speaker.say.remote())
     job = ray.get_runtime_context().get_job_id()
     url = shared_cluster.url
-    out = wait_until(lambda: o if "actor speaking" in (o := _run("logs", "--address", url, "--job", job)) else None,
-                     what="the actor's line in the job's logs")
+    out = wait_until(
+        lambda: o if "actor speaking" in (o := _run("logs", "--address", url, "--job", job)) else None,
+        what="the actor's line in the job's logs")
     for i in range(3):
         assert f"hello from task {i}" in out
     assert "(chatty pid=" in out

@@ -16,14 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 import taskmesh
-from taskmesh.workers import launch as _services
-from taskmesh.store import connection
-from taskmesh.objects import shm as _shm
+from conftest import assert_no_leaked_children, wait_until
 from taskmesh import exceptions
 from taskmesh.cli import main as cli
-from taskmesh.store import Store
-
-from conftest import assert_no_leaked_children, wait_until
+from taskmesh.objects import shm as _shm
+from taskmesh.store import Store, connection
+from taskmesh.workers import launch as _services
 
 _wait_for = functools.partial(wait_until, timeout_s=20.0)
 
@@ -155,8 +153,10 @@ def test_workers_die_with_their_agent(cluster_factory) -> None:
         node = next(iter(cluster.agents))
         workers = _wait_for(lambda: cluster.worker_pids(node), what="workers")
         cluster.kill_node(node)  # SIGKILL: no chance to clean up
-        gone = lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                               for p in workers)
+        def gone() -> bool:
+            return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                           for p in workers)
+
         _wait_for(gone, timeout_s=10, what="workers to die with the agent")
 
 

@@ -25,12 +25,12 @@ import psutil
 import pytest
 import redis
 import yaml
-from conftest import assert_no_leaked_children
 
 import taskmesh
-from taskmesh.workers import process as _process, launch as _services
-from taskmesh.store import connection
-from taskmesh.store import Store
+from conftest import assert_no_leaked_children
+from taskmesh.store import Store, connection
+from taskmesh.workers import launch as _services
+from taskmesh.workers import process as _process
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from taskmesh.util.state import list_tasks, summarize_tasks
-
 from conftest import wait_until
+from taskmesh.util.state import list_tasks, summarize_tasks
 
 
 def _states(name: str) -> list[str]:
@@ -68,8 +67,9 @@ def test_retried_task_has_one_row_per_attempt(ray, tmp_path: Path) -> None:
         return "ok"
 
     assert ray.get(flaky.remote()) == "ok"
-    rows = wait_until(lambda: [(t.attempt_number, t.state) for t in list_tasks(filters=[("name", "=", "flaky")])]
-                      if _states("flaky") == ["FAILED", "FINISHED"] else None, what="two attempts")
+    rows = wait_until(
+        lambda: [(t.attempt_number, t.state) for t in list_tasks(filters=[("name", "=", "flaky")])]
+        if _states("flaky") == ["FAILED", "FINISHED"] else None, what="two attempts")
     assert sorted(rows) == [(0, "FAILED"), (1, "FINISHED")]
 
 

@@ -7,10 +7,9 @@ import time
 import pytest
 
 import taskmesh
-from taskmesh.workers import monitor
-from taskmesh.exceptions import ActorDiedError, RayActorError
-
 from conftest import wait_until
+from taskmesh.exceptions import ActorDiedError, RayActorError
+from taskmesh.workers import monitor
 
 
 def _node_of(handle) -> str:
@@ -108,6 +107,7 @@ def test_a_redis_restart_loses_no_acknowledged_task(tmp_path) -> None:
     from its append-only file on the same port: every task still completes, and the
     cluster keeps working (clients reconnect by themselves)."""
     import psutil
+
     from conftest import TestCluster, assert_no_leaked_children
     from taskmesh.workers.launch import start_redis
 
@@ -257,7 +257,8 @@ def test_a_crashed_drivers_refs_and_actors_are_released(cluster_factory, monkeyp
     with cluster_factory(nodes=1, num_cpus=2) as cluster:
         script = tmp_path / "driver.py"
         script.write_text(_CRASHING_DRIVER)
-        driver = subprocess.Popen([sys.executable, str(script), cluster.url], stdout=subprocess.PIPE, text=True)
+        driver = subprocess.Popen([sys.executable, str(script), cluster.url], stdout=subprocess.PIPE,
+                                  text=True)
         try:
             mine, lent, temp = driver.stdout.readline().split()
         finally:

@@ -14,9 +14,9 @@ from pathlib import Path
 import cloudpickle
 import numpy as np
 import pytest
-from conftest import wait_until
 
 import taskmesh
+from conftest import wait_until
 from taskmesh.exceptions import RayTaskError, WorkerCrashedError
 from taskmesh.store import Store
 
@@ -277,13 +277,15 @@ def test_backpressure_pauses_the_generator_until_the_caller_takes_items(ray, sto
     out = []
     for taken in range(n):
         # It runs ahead of the caller by exactly 2 items, and no further.
-        wait_until(lambda taken=taken: produced() == min(taken + 2, n), timeout_s=30, what="the generator to pause")
+        wait_until(lambda taken=taken: produced() == min(taken + 2, n), timeout_s=30,
+                   what="the generator to pause")
         out.append(ray.get(next(gen)))
     assert out == list(range(n))
     with pytest.raises(StopIteration):
         next(gen)
     del gen
-    wait_until(lambda: not store.redis.exists(store.keys.gen_consumed(task_id)), timeout_s=30, what="the count forgotten")
+    wait_until(lambda: not store.redis.exists(store.keys.gen_consumed(task_id)), timeout_s=30,
+               what="the count forgotten")
 
     # A paused generator whose caller drops it runs to its end (its items are freed).
     gen = task.options(_generator_backpressure_num_objects=1).remote(str(progress), 5)

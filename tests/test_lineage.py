@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import taskmesh
-from taskmesh.objects import plane as _object_plane, shm as _shm
+from conftest import wait_until
 from taskmesh import exceptions
 from taskmesh._base.wire import QueueEntry
+from taskmesh.objects import plane as _object_plane
+from taskmesh.objects import shm as _shm
 from taskmesh.store import Store
-
-from conftest import wait_until
 
 N = 200_000  # 1.6 MB of int64: stored in shared memory, not inline
 
@@ -59,7 +59,8 @@ def test_a_lost_result_is_made_again_once_on_a_surviving_node(lineage_cluster, t
         def make(n):
             with open(log, "a") as f:
                 f.write("run\n")
-            return {"node": taskmesh.get_runtime_context().get_node_id(), "data": np.arange(n, dtype=np.int64)}
+            return {"node": taskmesh.get_runtime_context().get_node_id(),
+                    "data": np.arange(n, dtype=np.int64)}
 
         @taskmesh.remote(num_cpus=1)
         def total(box):
@@ -97,13 +98,15 @@ def test_a_chain_is_rebuilt_through_its_lost_argument_and_freed_after(lineage_cl
         def f(n):
             with open(log, "a") as out:
                 out.write("f\n")
-            return {"node": taskmesh.get_runtime_context().get_node_id(), "data": np.arange(n, dtype=np.int64)}
+            return {"node": taskmesh.get_runtime_context().get_node_id(),
+                    "data": np.arange(n, dtype=np.int64)}
 
         @taskmesh.remote
         def g(x):
             with open(log, "a") as out:
                 out.write("g\n")
-            return {"node": taskmesh.get_runtime_context().get_node_id(), "from": x["node"], "data": x["data"] * 2}
+            return {"node": taskmesh.get_runtime_context().get_node_id(), "from": x["node"],
+                    "data": x["data"] * 2}
 
         y = g.remote(f.remote(N))  # the driver keeps no ref to f's result
         taskmesh.wait([y], timeout=60)

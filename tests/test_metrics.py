@@ -7,10 +7,9 @@ import pickle
 
 import pytest
 
+from conftest import wait_until
 from taskmesh.store import Store
 from taskmesh.util.metrics import Counter, Gauge, Histogram, prometheus_text
-
-from conftest import wait_until
 
 
 def _exported(ray) -> str:

@@ -12,15 +12,14 @@ import msgpack
 import pytest
 
 import taskmesh
-from taskmesh._core import failure as _failure
-from taskmesh.workers import monitor
-from taskmesh import objects
-from taskmesh.exceptions import WorkerCrashedError
-from taskmesh.workers.monitor import MONITOR_CONSUMER, Action, Monitor
-from taskmesh.store import Store
-from taskmesh._base.wire import QueueEntry
-
 from conftest import wait_until
+from taskmesh import objects
+from taskmesh._base.wire import QueueEntry
+from taskmesh._core import failure as _failure
+from taskmesh.exceptions import WorkerCrashedError
+from taskmesh.store import Store
+from taskmesh.workers import monitor
+from taskmesh.workers.monitor import MONITOR_CONSUMER, Action, Monitor
 
 _wait_for = functools.partial(wait_until, timeout_s=20.0)
 
@@ -74,7 +73,8 @@ def test_crash_completion_stores_worker_crashed_for_every_return() -> None:
     fields = _fields(maxr=1, attempt=1, nret=2)
     done = _failure.crash_completion(_entry(fields), "node n1 died")
     task_id = fields[b"task"].decode()
-    assert [oid for oid, _, _ in done.objects] == [objects.object_id(task_id, 1), objects.object_id(task_id, 2)]
+    assert [oid for oid, _, _ in done.objects] == [objects.object_id(task_id, 1),
+                                                   objects.object_id(task_id, 2)]
     error = objects.deserialize(done.objects[0][2])
     assert isinstance(error, WorkerCrashedError)
     assert "node n1 died" in str(error) and "attempt 2 of 2" in str(error)

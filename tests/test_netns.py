@@ -22,10 +22,11 @@ import pytest
 import taskmesh
 from conftest import assert_no_leaked_children
 from netns import NamespacePair
-from taskmesh.workers import process as _process, launch as _services
-from taskmesh.objects import shm as _shm
 from taskmesh import security
+from taskmesh.objects import shm as _shm
 from taskmesh.store import Store
+from taskmesh.workers import launch as _services
+from taskmesh.workers import process as _process
 
 ARRAY_LEN = 2_500_000  # int64: 20 MB, far above the inline limit, so it lives in shared memory
 AGENT_START_TIMEOUT_S = 30.0

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 import taskmesh
-from taskmesh.objects import shm as _shm
-from taskmesh import exceptions
-
 from conftest import wait_until
+from taskmesh import exceptions
+from taskmesh.objects import shm as _shm
 from test_object_store import MB
 
 

@@ -9,11 +9,10 @@ import os
 import numpy as np
 import pytest
 
-from taskmesh.objects import shm as _shm
-from taskmesh import exceptions
-from taskmesh.store import Store
-
 from conftest import wait_until
+from taskmesh import exceptions
+from taskmesh.objects import shm as _shm
+from taskmesh.store import Store
 
 MB = 1024 * 1024
 

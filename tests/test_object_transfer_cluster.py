@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 
 import taskmesh
-from taskmesh.objects import shm as _shm
-from taskmesh import exceptions
-from taskmesh.store import Store
-
 from conftest import wait_until
+from taskmesh import exceptions
+from taskmesh.objects import shm as _shm
+from taskmesh.store import Store
 
 
 def _two_nodes(cluster) -> tuple[str, str]:

@@ -18,11 +18,13 @@ import pytest
 import taskmesh
 from conftest import assert_no_leaked_children, wait_until
 from netns import NamespacePair
-from taskmesh.workers import process as _process, launch as _services, monitor
-from taskmesh.objects import shm as _shm
 from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
+from taskmesh.objects import shm as _shm
 from taskmesh.store import KIND_FENCE, Completion, Release, Store
+from taskmesh.workers import launch as _services
+from taskmesh.workers import monitor
+from taskmesh.workers import process as _process
 
 
 def _completion(owner: str, task: str, value: bytes, attempt: int) -> Completion:

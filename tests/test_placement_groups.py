@@ -7,13 +7,17 @@ import logging
 import pytest
 
 import taskmesh
-from taskmesh import exceptions
-from taskmesh.store import Store
-from taskmesh.util import get_current_placement_group, get_placement_group, placement_group_table, remove_placement_group
-from taskmesh.util import placement_group
-from taskmesh._core.strategies import PlacementGroupSchedulingStrategy
-
 from conftest import start_cluster, wait_until
+from taskmesh import exceptions
+from taskmesh._core.strategies import PlacementGroupSchedulingStrategy
+from taskmesh.store import Store
+from taskmesh.util import (
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
 pytestmark = pytest.mark.cluster  # the module's agents come from start_cluster
 

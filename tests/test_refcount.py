@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 import taskmesh
-from taskmesh.store import Store
-
 from conftest import wait_until
+from taskmesh.store import Store
 
 
 def exists(store: Store, oid: str) -> bool:

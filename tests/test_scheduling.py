@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 import taskmesh
+from conftest import wait_until
 from taskmesh import exceptions
 from taskmesh._core.strategies import NodeAffinitySchedulingStrategy
-
-from conftest import wait_until
 
 pytestmark = pytest.mark.cluster  # the module's agents come from start_cluster
 
@@ -25,9 +24,8 @@ def where() -> str:
 @pytest.fixture(scope="module")
 def three_nodes(redis_server, tmp_path_factory):
     """Three 2-CPU agents; node 0 also has {"disk": 4}, node 2 two GPUs."""
-    from taskmesh.store import Store
-
     from conftest import start_cluster
+    from taskmesh.store import Store
 
     Store(redis_server.url).redis.flushall()
     with start_cluster(redis_server.url, tmp_path_factory.mktemp("agents"), nodes=0) as cluster:

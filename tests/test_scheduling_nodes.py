@@ -9,10 +9,9 @@ import os
 import pytest
 
 import taskmesh
+from conftest import wait_until
 from taskmesh import exceptions
 from taskmesh._core.strategies import NodeAffinitySchedulingStrategy
-
-from conftest import wait_until
 
 
 @taskmesh.remote
@@ -51,8 +50,10 @@ def test_hard_affinity_to_a_node_that_dies_fails_and_soft_moves(cluster_factory)
                 busy = block.remote()  # keeps the doomed node's only CPU busy
                 wait_until(lambda: taskmesh.available_resources().get("doomed", 0) == 0, 10,
                            "the doomed node to be busy")
-                hard = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(doomed, soft=False)).remote()
-                soft = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(doomed, soft=True)).remote()
+                hard = where.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(doomed, soft=False)).remote()
+                soft = where.options(
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(doomed, soft=True)).remote()
                 cluster.kill_node(doomed)
                 with pytest.raises(exceptions.TaskUnschedulableError, match=doomed):
                     taskmesh.get(hard, timeout=30)
@@ -65,9 +66,8 @@ def test_hard_affinity_to_a_node_that_dies_fails_and_soft_moves(cluster_factory)
 
 
 def test_bundles_on_a_dead_node_are_placed_again(cluster_factory) -> None:
-    from taskmesh.util import placement_group
-    from taskmesh.util import placement_group_table, remove_placement_group
     from taskmesh._core.strategies import PlacementGroupSchedulingStrategy
+    from taskmesh.util import placement_group, placement_group_table, remove_placement_group
 
     os.environ["TASKMESH_NODE_TIMEOUT_MS"] = "1500"
     try:

@@ -17,14 +17,14 @@ import psutil
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import assert_no_leaked_children
 
 import taskmesh
-from taskmesh.workers import launch as _services
+from conftest import assert_no_leaked_children
 from taskmesh import security
-from taskmesh.security import check_server
 from taskmesh.cli import main as cli
+from taskmesh.security import check_server
 from taskmesh.store import Store
+from taskmesh.workers import launch as _services
 
 pytestmark = pytest.mark.tls
 

@@ -14,9 +14,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from taskmesh.objects.shm import ShmStore
-from taskmesh.objects.transfer import CHALLENGE_BYTES, HELLO, MAGIC, MAX_CONNECTIONS, TransferServer, auth_answer, fetch
 from taskmesh.exceptions import ObjectLostError
+from taskmesh.objects.shm import ShmStore
+from taskmesh.objects.transfer import (
+    CHALLENGE_BYTES,
+    HELLO,
+    MAGIC,
+    MAX_CONNECTIONS,
+    TransferServer,
+    auth_answer,
+    fetch,
+)
 from taskmesh.security import transfer_secret
 from taskmesh.store import Store
 

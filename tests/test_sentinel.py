@@ -10,12 +10,11 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
-from conftest import TestCluster, assert_no_leaked_children
 
 import taskmesh
+from conftest import TestCluster, assert_no_leaked_children
+from taskmesh.store import Store, connection
 from taskmesh.workers import launch as _services
-from taskmesh.store import connection
-from taskmesh.store import Store
 
 MASTER = "tm-primary"
 

@@ -7,10 +7,9 @@ import subprocess
 from click.testing import CliRunner
 
 import taskmesh
-from taskmesh.cli.commands import _is_taskmesh_process
-from taskmesh.cli import main as cli
-
 from conftest import wait_until
+from taskmesh.cli import main as cli
+from taskmesh.cli.commands import _is_taskmesh_process
 
 
 def test_stack_shows_what_a_running_task_is_doing(cluster_factory, tmp_path) -> None:

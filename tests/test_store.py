@@ -7,9 +7,9 @@ import re
 import msgpack
 import pytest
 
-from taskmesh.store import keys as store_mod
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
 from taskmesh.store import GROUP, Completion, Keys, Release, Store
+from taskmesh.store import keys as store_mod
 
 
 def _documented_patterns() -> set[str]:
@@ -20,11 +20,13 @@ def _documented_patterns() -> set[str]:
 def test_every_key_builder_matches_the_documented_table() -> None:
     keys = Keys()
     built = {
-        keys.node("{node_id}"), keys.nodes_alive(), keys.monitor(), keys.deadletter(), keys.drivers(), keys.fn("{fn_id}"), keys.shapes(),
+        keys.node("{node_id}"), keys.nodes_alive(), keys.monitor(), keys.deadletter(), keys.drivers(),
+        keys.fn("{fn_id}"), keys.shapes(),
         keys.queue("{shape}"), keys.done("owner"), keys.fence("owner"), keys.job("{job_id}"), keys.jobs(),
         keys.chan_shapes(), keys.chan_cancel(), keys.chan_log("{job_id}"), keys.actor("actor_id"),
         keys.actor_calls("actor_id"), keys.named("{namespace}"), keys.job_actors("{job_id}"),
-        keys.chan_node("{node_id}"), keys.node_actors("{node_id}"), keys.nodes_lost(), keys.node_procs("{node_id}"),
+        keys.chan_node("{node_id}"), keys.node_actors("{node_id}"), keys.nodes_lost(),
+        keys.node_procs("{node_id}"),
         keys.obj("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
         keys.obj_loc("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
         keys.obj_refs("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
@@ -51,7 +53,8 @@ def test_object_keys_carry_the_owner_hash_tag() -> None:
 
 def _completion(owner: str, task_id: str, value: bytes) -> Completion:
     oid = object_id(task_id, 1)
-    return Completion(owner, msgpack.packb([task_id, [[oid, KIND_VALUE, value]]]), ((oid, KIND_VALUE, value),))
+    notice = msgpack.packb([task_id, [[oid, KIND_VALUE, value]]])
+    return Completion(owner, notice, ((oid, KIND_VALUE, value),))
 
 
 def test_complete_script_stores_once_and_notifies_once(store: Store) -> None:

@@ -16,10 +16,18 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from taskmesh.objects.shm import ShmStore
-from taskmesh.objects.transfer import AUTH_BYTES, AUTH_OK, CHALLENGE_BYTES, HELLO, MAGIC, TransferServer, auth_answer
-from taskmesh.objects.transfer import fetch as fetch_with
 from taskmesh.exceptions import ObjectLostError
+from taskmesh.objects.shm import ShmStore
+from taskmesh.objects.transfer import (
+    AUTH_BYTES,
+    AUTH_OK,
+    CHALLENGE_BYTES,
+    HELLO,
+    MAGIC,
+    TransferServer,
+    auth_answer,
+)
+from taskmesh.objects.transfer import fetch as fetch_with
 
 LOCAL = "127.0.0.1"
 SECRET = os.urandom(32)

@@ -7,9 +7,9 @@ import asyncio
 import queue as stdlib_queue
 
 import pytest
-from conftest import wait_until
 
 import taskmesh
+from conftest import wait_until
 from taskmesh._core.context import get_runtime
 from taskmesh.util.queue import Empty, Full, Queue
 

@@ -4,6 +4,7 @@ memory/microbenchmark. Commands parse and print; the work is done by the modules
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import os
@@ -13,12 +14,10 @@ from typing import Any
 
 import click
 
-from taskmesh.workers import launch as _services
-
-from taskmesh.store import connection
-
-from taskmesh._base import config
 from taskmesh import security
+from taskmesh._base import config
+from taskmesh.store import connection
+from taskmesh.workers import launch as _services
 
 ADDRESS_HELP = "Redis address of the cluster (host:port, redis://[:password@]host:port, rediss://...)."
 
@@ -208,8 +207,9 @@ def start(address: str | None, num_cpus: float | None, num_gpus: float | None, m
         url = _advertised_url(server.url, redis_bind)
         pids.append(server.proc.pid)
     else:
-        url = _canonical(address)
-        assert url is not None
+        joined = _canonical(address)
+        assert joined is not None  # --address is given when --head is not
+        url = joined
         _check_cluster(url)
     proc, node_id = _services.start_agent(
         url, num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
@@ -534,7 +534,8 @@ def stack(pids: tuple[int, ...]) -> None:
     from taskmesh.workers import process as _process
 
     if not pids:
-        pids = tuple(p.pid for p in psutil.process_iter(["cmdline"]) if _is_taskmesh_process(p.info["cmdline"]))
+        pids = tuple(p.pid for p in psutil.process_iter(["cmdline"])
+                     if _is_taskmesh_process(p.info["cmdline"]))
     if not pids:
         raise click.ClickException("no taskmesh node agent or worker runs on this machine")
     stacks = _process.dump_stacks(config.temp_root(), pids)
@@ -554,7 +555,7 @@ def _is_taskmesh_process(cmdline: list[str] | None) -> bool:
     if "taskmesh.workers.worker_main" in args:
         return True
     return any((a == "taskmesh.cli" or os.path.basename(a) == "taskmesh") and nxt == "worker"
-               for a, nxt in zip(args, args[1:]))
+               for a, nxt in itertools.pairwise(args))
 
 
 @main.command()

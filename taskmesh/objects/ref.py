@@ -178,7 +178,7 @@ class Serialized:
         out[:8] = MAGIC
         out[8:16] = struct.pack("<Q", len(header))
         out[16:16 + len(header)] = header
-        for part, offset in zip((self.pickled, *self.buffers), offsets):
+        for part, offset in zip((self.pickled, *self.buffers), offsets, strict=True):
             _copy(out[offset:offset + len(part)], part)
 
     def to_bytes(self) -> bytes:

@@ -46,8 +46,13 @@ import threading
 import zlib
 from collections.abc import Sequence
 
+from taskmesh.exceptions import (
+    ObjectFetchTimedOutError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    RaySystemError,
+)
 from taskmesh.objects.shm import Segment, ShmStore
-from taskmesh.exceptions import ObjectFetchTimedOutError, ObjectLostError, ObjectStoreFullError, RaySystemError
 
 log = logging.getLogger("taskmesh.transfer")
 

@@ -11,7 +11,19 @@ import msgpack
 import redis
 
 from taskmesh.store.core import StoreCore
-from taskmesh.store.records import CALL_GROUP, Completion, Leased, _flat, _now_ms, _text, parse_entries, translate_errors
+from taskmesh.store.records import (
+    CALL_GROUP,
+    Completion,
+    Leased,
+    _bytes,
+    _flat,
+    _now_ms,
+    _opt_bytes,
+    _opt_text,
+    _text,
+    parse_entries,
+    translate_errors,
+)
 
 
 class ActorMethods(StoreCore):
@@ -33,7 +45,7 @@ class ActorMethods(StoreCore):
     @translate_errors
     def actor_info(self, actor_id: str) -> dict[str, str]:
         raw = self.redis.hgetall(self.keys.actor(actor_id))
-        return {k.decode(): v.decode(errors="replace") for k, v in raw.items() if k != b"spec"}
+        return {_text(k): _text(v, errors="replace") for k, v in raw.items() if k != b"spec"}
 
     @translate_errors
     def actors(self) -> list[dict[str, str]]:
@@ -44,8 +56,8 @@ class ActorMethods(StoreCore):
         for key in keys:
             pipe.hgetall(key)
         out = []
-        for key, raw in zip(keys, pipe.execute()):
-            info = {k.decode(): v.decode(errors="replace") for k, v in raw.items()
+        for key, raw in zip(keys, pipe.execute(), strict=True):
+            info = {_text(k): _text(v, errors="replace") for k, v in raw.items()
                     if k not in (b"spec", b"methods") and not k.startswith(b"retry:")}
             info["actor_id"] = key.decode().rsplit("{", 1)[-1].rstrip("}")
             out.append(info)
@@ -53,11 +65,11 @@ class ActorMethods(StoreCore):
 
     @translate_errors
     def actor_methods(self, actor_id: str) -> bytes:
-        return self.redis.hget(self.keys.actor(actor_id), "methods") or msgpack.packb({})
+        return _bytes(self.redis.hget(self.keys.actor(actor_id), "methods") or msgpack.packb({}))
 
     @translate_errors
     def actor_spec(self, actor_id: str) -> bytes | None:
-        return self.redis.hget(self.keys.actor(actor_id), "spec")
+        return _opt_bytes(self.redis.hget(self.keys.actor(actor_id), "spec"))
 
     @translate_errors
     def set_actor_fields(self, actor_id: str, fields: dict[str, Any]) -> None:
@@ -71,7 +83,8 @@ class ActorMethods(StoreCore):
 
         def queue_commands(pipe: Any) -> None:
             pipe.sadd(self.keys.node_actors(node_id), actor_id)
-            pipe.evalsha(self.scripts["actor_alive"].sha, 1, self.keys.actor(actor_id), node_id, pid, _now_ms())
+            pipe.evalsha(self.scripts["actor_alive"].sha, 1, self.keys.actor(actor_id),
+                         node_id, pid, _now_ms())
 
         return self.run_scripts(queue_commands, (self.scripts["actor_alive"],))[-1] == 1
 
@@ -82,22 +95,22 @@ class ActorMethods(StoreCore):
         pipe = self.redis.pipeline(transaction=False)
         for actor_id in actor_ids:
             pipe.hget(self.keys.actor(actor_id), "no_restart")
-        return [a for a, flag in zip(actor_ids, pipe.execute()) if flag == b"1"]
+        return [a for a, flag in zip(actor_ids, pipe.execute(), strict=True) if flag == b"1"]
 
     @translate_errors
     def lost_nodes(self) -> list[str]:
-        return [n.decode() for n in self.redis.smembers(self.keys.nodes_lost())]
+        return [_text(n) for n in self.redis.smembers(self.keys.nodes_lost())]
 
     @translate_errors
     def actors_on_node(self, node_id: str) -> list[tuple[str, dict[str, str]]]:
         """(actor id, info) of the actors recorded on a node."""
-        ids = [a.decode() for a in self.redis.smembers(self.keys.node_actors(node_id))]
+        ids = [_text(a) for a in self.redis.smembers(self.keys.node_actors(node_id))]
         pipe = self.redis.pipeline(transaction=False)
         for actor_id in ids:
             pipe.hmget(self.keys.actor(actor_id), "state", "node_id")
         out = []
-        for actor_id, (state, node) in zip(ids, pipe.execute()):
-            out.append((actor_id, {"state": (state or b"").decode(), "node_id": (node or b"").decode()}))
+        for actor_id, (state, node) in zip(ids, pipe.execute(), strict=True):
+            out.append((actor_id, {"state": _text(state or b""), "node_id": _text(node or b"")}))
         return out
 
     @translate_errors
@@ -126,23 +139,22 @@ class ActorMethods(StoreCore):
 
     @translate_errors
     def named_actor(self, namespace: str, name: str) -> str | None:
-        found = self.redis.hget(self.keys.named(namespace), name)
-        return found.decode() if found else None
+        return _opt_text(self.redis.hget(self.keys.named(namespace), name))
 
     @translate_errors
     def named_actors(self, namespace: str | None) -> list[tuple[str, str]]:
         """(namespace, name) of live named actors, in one namespace or all of them."""
         if namespace is not None:
-            return [(namespace, n.decode()) for n in self.redis.hkeys(self.keys.named(namespace))]
+            return [(namespace, _text(n)) for n in self.redis.hkeys(self.keys.named(namespace))]
         out = []
         prefix = len(self.keys.named(""))
         for key in self.redis.scan_iter(match=self.keys.named("*"), count=1000):
-            out += [(key.decode()[prefix:], n.decode()) for n in self.redis.hkeys(key)]
+            out += [(_text(key)[prefix:], _text(n)) for n in self.redis.hkeys(key)]
         return out
 
     @translate_errors
     def job_actors(self, job_id: str) -> list[str]:
-        return [a.decode() for a in self.redis.smembers(self.keys.job_actors(job_id))]
+        return [_text(a) for a in self.redis.smembers(self.keys.job_actors(job_id))]
 
     @translate_errors
     def actor_down(
@@ -154,11 +166,11 @@ class ActorMethods(StoreCore):
         `drain`: its node is being drained (a restart that max_restarts does not count)."""
         shape, namespace, queue, soft = self.redis.hmget(
             self.keys.actor(actor_id), "shape", "namespace", "queue", "soft")
-        shape = (shape or b"none").decode()
+        shape_s = _text(shape or b"none")
         keys = [self.keys.actor(actor_id), self.keys.actor_calls(actor_id),
-                self.keys.queue(queue.decode() if queue else shape),
-                self.keys.named((namespace or b"").decode())]
-        extra = ["shape", shape, "soft", soft or b"0"] if queue else []
+                self.keys.queue(_text(queue) if queue else shape_s),
+                self.keys.named(_text(namespace or b""))]
+        extra = ["shape", shape_s, "soft", soft or b"0"] if queue else []
         mode = "drain" if drain and restart else "restart" if restart else "exit"
         reply = self.scripts["actor_down"](keys=keys, args=[actor_id, mode,
                                                   cause, _now_ms(), node_id, *extra])
@@ -167,7 +179,7 @@ class ActorMethods(StoreCore):
         entries = []
         for i in range(1, len(reply), 2):
             flat = reply[i + 1]
-            entries.append(Leased(calls, reply[i], dict(zip(flat[::2], flat[1::2]))))
+            entries.append(Leased(calls, reply[i], dict(zip(flat[::2], flat[1::2], strict=True))))
         return status, entries
 
     @translate_errors
@@ -191,7 +203,8 @@ class ActorMethods(StoreCore):
         """The actor's next calls; with pending=True, the calls an earlier incarnation
         of the actor had read but not acknowledged."""
         key = self.keys.actor_calls(actor_id)
-        reply = client.xreadgroup(CALL_GROUP, actor_id, {key: "0" if pending else ">"},
+        # redis-py types XREADGROUP's group name `str` alone (bytes is sent the same way).
+        reply = client.xreadgroup(CALL_GROUP, actor_id, {key: "0" if pending else ">"},  # type: ignore[arg-type]
                                   count=count, block=None if pending else block_ms)
         return parse_entries(reply)
 

@@ -6,22 +6,52 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import redis
 import redis.sentinel
+from redis.typing import KeyT, StreamIdT
 
 from taskmesh._base import config
 from taskmesh._base.wire import notice_of
-from taskmesh.store.connection import SENTINEL_SCHEME, TlsFiles, _sentinel_client, parse_sentinel_address, tls_connection_kwargs
-from taskmesh.store.keys import Keys
-from taskmesh.store.scripts import Scripts
-from taskmesh.store.records import _NO_REPLICA_BACKOFF_S, CALL_GROUP, GROUP, OWNER_TAG_LEN, Completion, Freed, Leased, Liveness, Outgoing, Release, _flat, _forget_frames, _now_ms, _text, keep_listening, parse_entries, retry_transient, translate_errors
 from taskmesh.store.actor_table import ActorMethods
+from taskmesh.store.connection import (
+    SENTINEL_SCHEME,
+    TlsFiles,
+    _sentinel_client,
+    parse_sentinel_address,
+    tls_connection_kwargs,
+)
 from taskmesh.store.directory import KIND_REBUILD, LINEAGE_KINDS, ObjectMethods
-from taskmesh.store.observe import ObserveMethods
 from taskmesh.store.groups import ScheduleMethods
+from taskmesh.store.keys import Keys
+from taskmesh.store.observe import ObserveMethods
+from taskmesh.store.records import (
+    _NO_REPLICA_BACKOFF_S,
+    CALL_GROUP,
+    GROUP,
+    OWNER_TAG_LEN,
+    Completion,
+    Freed,
+    Leased,
+    Liveness,
+    Outgoing,
+    Release,
+    _bytes,
+    _fields,
+    _flat,
+    _forget_frames,
+    _now_ms,
+    _opt_bytes,
+    _text,
+    keep_listening,
+    parse_entries,
+    retry_transient,
+    stream_entries,
+    translate_errors,
+)
+from taskmesh.store.scripts import Scripts
 
 # A last "object" (id, KIND_FENCE, b"<task_id> <attempt>") of a Completion names the
 # attempt that produced it; complete.lua ignores it when the task was fenced past it.
@@ -29,8 +59,8 @@ KIND_FENCE = b"fence"
 FENCE_TTL_MS = 24 * 3600 * 1000
 
 __all__ = [
-    "CALL_GROUP", "GROUP", "KIND_FENCE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased", "Liveness", "Outgoing",
-    "Release", "Store", "keep_listening", "retry_transient", "translate_errors",
+    "CALL_GROUP", "GROUP", "KIND_FENCE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased",
+    "Liveness", "Outgoing", "Release", "Store", "keep_listening", "retry_transient", "translate_errors",
 ]
 
 
@@ -98,7 +128,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
     def new_job(self, info: dict[str, str]) -> str:
         number = self.redis.incr(self.keys.jobs())
         job_id = f"{number:08x}"
-        self.redis.hset(self.keys.job(job_id), mapping=info)
+        self.redis.hset(self.keys.job(job_id), mapping=_fields(info))
         return job_id
 
     @translate_errors
@@ -110,7 +140,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
         for key in keys:
             pipe.hgetall(key)
         out = []
-        for key, raw in zip(keys, pipe.execute()):
+        for key, raw in zip(keys, pipe.execute(), strict=True):
             info = {_text(k): _text(v) for k, v in raw.items()}
             info["job_id"] = _text(key).rpartition(":")[2]
             info["state"] = "FINISHED" if info.get("end_ms") else "RUNNING"
@@ -127,7 +157,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
 
     @translate_errors
     def get_function(self, fn_id: str) -> bytes | None:
-        return self.redis.get(self.keys.fn(fn_id))
+        return _opt_bytes(self.redis.get(self.keys.fn(fn_id)))
 
     @translate_errors
     def put_package(self, digest: str, blob: bytes) -> None:
@@ -135,7 +165,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
 
     @translate_errors
     def get_package(self, digest: str) -> bytes | None:
-        return self.redis.get(self.keys.package(digest))
+        return _opt_bytes(self.redis.get(self.keys.package(digest)))
 
     # ---- task queues ----------------------------------------------------------------
 
@@ -151,7 +181,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
 
     @translate_errors
     def shapes(self) -> list[str]:
-        return sorted(s.decode() for s in self.redis.smembers(self.keys.shapes()))
+        return sorted(_text(s) for s in self.redis.smembers(self.keys.shapes()))
 
     @translate_errors
     def ensure_groups(self, shapes: Iterable[str]) -> None:
@@ -166,7 +196,9 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
         self._submit([(queue, None, fields) for queue, fields in entries], ())
 
     @translate_errors
-    def submit(self, entries: Sequence[Outgoing], events: Sequence[dict[str, Any]] = ()) -> list[tuple[int, str]]:
+    def submit(
+        self, entries: Sequence[Outgoing], events: Sequence[dict[str, Any]] = (),
+    ) -> list[tuple[int, str]]:
         """Send tasks to their queues and method calls to actors in one pipelined round
         trip: one script call per queue or actor, entries in submission order within
         each, and the batch's task events as one entry of the events stream. Returns
@@ -194,9 +226,11 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
                                  self.keys.actor_calls(actor_id), *args)
             self.queue_events(pipe, events)  # its reply comes after the scripts': unread
 
-        replies = self.run_scripts(queue_commands, (self.scripts["submit"], self.scripts["actor_call"]), durable=True)
+        replies = self.run_scripts(queue_commands, (self.scripts["submit"], self.scripts["actor_call"]),
+                                   durable=True)
         dead = []
-        for ((_, actor_id), indexes), reply in zip(groups.items(), replies):
+        # The events entry's reply follows the scripts': not read.
+        for ((_, actor_id), indexes), reply in zip(groups.items(), replies, strict=False):
             if actor_id is not None and reply[0] == 0:
                 dead += [(i, reply[1].decode()) for i in indexes]
         return dead
@@ -218,13 +252,16 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
             if len(set(counts.values())) > 1:
                 pipe = client.pipeline(transaction=False)
                 for shape, n in counts.items():
-                    pipe.xreadgroup(GROUP, consumer, {self.keys.queue(shape): ">"}, count=n)
+                    # redis-py types XREADGROUP's group name `str` alone (bytes is sent the same way).
+                    pipe.xreadgroup(GROUP, consumer, {self.keys.queue(shape): ">"},  # type: ignore[arg-type]
+                                    count=n)
                 leased = [e for reply in pipe.execute() for e in parse_entries(reply)]
                 if leased or block_ms is None:
                     return leased
-            streams = {self.keys.queue(shape): ">" for shape in counts}
-            reply = client.xreadgroup(GROUP, consumer, streams, count=min(counts.values()),
-                                      block=block_ms)
+            streams: dict[KeyT, StreamIdT] = {self.keys.queue(shape): ">" for shape in counts}
+            # redis-py types XREADGROUP's group name `str` alone (bytes is sent the same way).
+            reply = client.xreadgroup(GROUP, consumer, streams,  # type: ignore[arg-type]
+                                      count=min(counts.values()), block=block_ms)
         except redis.ResponseError as e:
             if "NOGROUP" not in str(e):
                 raise
@@ -251,7 +288,9 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
         after a lost connection, a read whose reply never arrived left its entries here."""
         pipe = client.pipeline(transaction=False)
         for shape in shapes:
-            pipe.xreadgroup(GROUP, consumer, {self.keys.queue(shape): "0"}, count=10_000)
+            # redis-py types XREADGROUP's group name `str` alone (bytes is sent the same way).
+            pipe.xreadgroup(GROUP, consumer, {self.keys.queue(shape): "0"},  # type: ignore[arg-type]
+                            count=10_000)
         return [e for reply in _forget_frames(pipe.execute(raise_on_error=False))
                 if not isinstance(reply, Exception) for e in parse_entries(reply)]
 
@@ -374,7 +413,8 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
         if trim_below is not None:  # on the shared pool: `client` must stay the blocked one
             self.redis.xtrim(key, minid=trim_below, approximate=False)
         reply = client.xread({key: after}, count=10_000, block=block_ms)
-        return [(eid, notice_of(fields)) for _, entries in reply or [] for eid, fields in entries]
+        streams = cast("list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", reply or [])
+        return [(eid, notice_of(fields)) for _, entries in streams for eid, fields in entries]
 
     @translate_errors
     def delete_done(self, owner: str) -> None:
@@ -432,14 +472,15 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
     def unregister_node(self, node_id: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.zrem(self.keys.nodes_alive(), node_id)
-        pipe.hset(self.keys.node(node_id), mapping={"state": "DEAD", "end_ms": _now_ms()})
+        pipe.hset(self.keys.node(node_id), mapping=_fields({"state": "DEAD", "end_ms": _now_ms()}))
         pipe.execute()
 
     @translate_errors
     def nodes(self) -> list[dict[str, Any]]:
         """Every node that has a hash, with `alive` and `last_heartbeat_ms` added."""
-        alive = {m.decode(): int(s) for m, s in self.redis.zrange(
-            self.keys.nodes_alive(), 0, -1, withscores=True)}
+        scored = cast("list[tuple[bytes, float]]", self.redis.zrange(
+            self.keys.nodes_alive(), 0, -1, withscores=True))
+        alive = {_text(m): int(s) for m, s in scored}
         node_keys = list(self.redis.scan_iter(match=self.keys.node("*"), count=1000))
         pipe = self.redis.pipeline(transaction=False)
         for key in node_keys:
@@ -483,8 +524,13 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
     @translate_errors
     def silent_drivers(self, now_ms: int, timeout_ms: int) -> list[tuple[str, str]]:
         """(owner tag, job id) of drivers whose last heartbeat is older than the timeout."""
-        members = self.redis.zrangebyscore(self.keys.drivers(), "-inf", now_ms - timeout_ms)
-        return [tuple(_text(m).split(" ", 1)) for m in members]  # type: ignore[misc]
+        members = cast("list[bytes]", self.redis.zrangebyscore(
+            self.keys.drivers(), "-inf", now_ms - timeout_ms))
+        out = []
+        for member in members:
+            tag, _, job_id = _text(member).partition(" ")
+            out.append((tag, job_id))
+        return out
 
     @translate_errors
     def liveness(self, shapes: Sequence[str]) -> Liveness:
@@ -497,7 +543,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
             pipe.xinfo_consumers(self.keys.queue(shape), GROUP)
         (seconds, micros), alive, *replies = _forget_frames(pipe.execute(raise_on_error=False))
         consumers = {}
-        for shape, reply in zip(shapes, replies):
+        for shape, reply in zip(shapes, replies, strict=True):
             if isinstance(reply, Exception):  # no group yet: nobody consumes it
                 continue
             consumers[shape] = {_text(c["name"]): int(c["pending"]) for c in reply}
@@ -508,14 +554,15 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
     def mark_node_dead(self, node_id: str, cutoff_ms: int, cause: str) -> bool:
         """DEAD if its heartbeat is still at or before cutoff_ms; True if this call did it."""
         keys = [self.keys.nodes_alive(), self.keys.node(node_id), self.keys.nodes_lost()]
-        return self.scripts["mark_node_dead"](keys=keys, args=[node_id, cutoff_ms, _now_ms(), cause]) == 1
+        return self.scripts["mark_node_dead"](
+            keys=keys, args=[node_id, cutoff_ms, _now_ms(), cause]) == 1
 
     @translate_errors
     def pending_ids(self, shape: str, consumer: str, count: int) -> list[bytes]:
         """Ids of the oldest `count` entries of a queue pending for one consumer."""
         rows = self.redis.xpending_range(self.keys.queue(shape), GROUP, "-", "+", count,
                                          consumername=consumer)
-        return [row["message_id"] for row in rows]
+        return [_bytes(cast("bytes | str", row["message_id"])) for row in rows]
 
     @translate_errors
     def claim(self, shape: str, ids: Sequence[bytes], consumer: str, min_idle_ms: int) -> list[Leased]:
@@ -523,9 +570,10 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
         so of two claimants racing for one entry only the first gets it."""
         queue = self.keys.queue(shape)
         reply = self.redis.xclaim(queue, GROUP, consumer, min_idle_ms, list(ids))
-        return [Leased(queue, eid, fields) for eid, fields in reply if fields is not None]
+        return [Leased(queue, eid, fields) for eid, fields in stream_entries(reply)]
 
     @translate_errors
     def drop_consumer(self, shape: str, consumer: str) -> bool:
         """Delete a consumer from a queue's group if nothing is pending for it."""
-        return self.scripts["drop_consumer"](keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1
+        return self.scripts["drop_consumer"](
+            keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1

@@ -1,15 +1,23 @@
 """The object directory's share of the Store: objects inline or in shared memory, their
-locations, who holds them (see release.lua), and their lineage (see reconstruct.lua). A mixin of `Store` (client.py), kept apart to
-keep each module readable; every key still comes from `Keys` (keys.py)."""
+locations, who holds them (see release.lua), and their lineage (see reconstruct.lua). A
+mixin of `Store` (client.py), kept apart to keep each module readable; every key still
+comes from `Keys` (keys.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from taskmesh.store.core import StoreCore
 from taskmesh._base.ids import owner_of
-from taskmesh.store.records import Freed, Release, _text, translate_errors
+from taskmesh.store.core import StoreCore
+from taskmesh.store.records import (
+    Freed,
+    Release,
+    _fields,
+    _opt_bytes,
+    _text,
+    translate_errors,
+)
 
 # Pseudo-objects a worker appends to a task's results: the task's queue entry, stored with
 # its shared-memory results (lineage), or marking a run that re-makes lost ones (rebuild).
@@ -25,7 +33,7 @@ class ObjectMethods(StoreCore):
     def put_object(self, object_id: str, kind: bytes, data: bytes, size: int,
                    nested: Sequence[str] = ()) -> None:
         """Store an object held by its owner; the refs it contains are held by it."""
-        mapping = {"kind": kind, "data": data, "size": size, "held": 1}
+        mapping = _fields({"kind": kind, "data": data, "size": size, "held": 1})
         if not nested and not self.should_wait():
             self.redis.hset(self.keys.obj(object_id), mapping=mapping)
             return
@@ -33,11 +41,12 @@ class ObjectMethods(StoreCore):
                          extra=lambda pipe: pipe.hset(self.keys.obj(object_id), mapping=mapping))
 
     @translate_errors
-    def hold_nested(self, containers: dict[str, Sequence[str]], extra: Callable[[Any], None] | None = None,
-                    *, durable: bool = False) -> None:
+    def hold_nested(self, containers: Mapping[str, Sequence[str]],
+                    extra: Callable[[Any], None] | None = None, *, durable: bool = False) -> None:
         """Record the refs each container object holds, and hold them (one round trip);
         `durable` as in `_run_scripts`."""
-        ops = [Release(ref, f"o:{container}", 1) for container, refs in containers.items() for ref in refs]
+        ops = [Release(ref, f"o:{container}", 1)
+               for container, refs in containers.items() for ref in refs]
 
         def queue_commands(pipe: Any) -> None:
             for container, refs in containers.items():
@@ -97,8 +106,9 @@ class ObjectMethods(StoreCore):
 
         replies = self.run_scripts(queue_commands, (self.scripts["release"],))
         freed = []
-        for group, reply in zip(groups, replies):
-            for op, result in zip(group, reply):
+        # The borrowers' index updates follow the scripts' replies: not read.
+        for group, reply in zip(groups, replies, strict=False):
+            for op, result in zip(group, reply, strict=True):
                 if result:
                     nodes, nested = result
                     freed.append(Freed(op.object_id, tuple(_text(n) for n in nodes),
@@ -135,7 +145,7 @@ class ObjectMethods(StoreCore):
         for node in nodes:
             pipe.hmget(self.keys.node(node), "ip", "obj_port", "state")
         out = []
-        for node, (ip, port, state) in zip(nodes, pipe.execute()):
+        for node, (ip, port, state) in zip(nodes, pipe.execute(), strict=True):
             if ip and port and state == b"ALIVE":
                 out.append((node, ip.decode(), int(port)))
         return out
@@ -156,7 +166,7 @@ class ObjectMethods(StoreCore):
         """(kind, data, lineage) of an object; all None when it does not exist, kind and
         data None while it is being made again."""
         kind, data, lineage = self.redis.hmget(self.keys.obj(object_id), "kind", "data", "lineage")
-        return kind, data, lineage
+        return _opt_bytes(kind), _opt_bytes(data), _opt_bytes(lineage)
 
     @translate_errors
     def reconstruct(self, object_id: str, seen: bytes, *, shape: str | None = None,
@@ -196,7 +206,7 @@ class ObjectMethods(StoreCore):
 
     @translate_errors
     def existing_objects(self, object_ids: Sequence[str]) -> set[str]:
-        return {oid for oid, ok in zip(object_ids, self.objects_exist(object_ids)) if ok}
+        return {oid for oid, ok in zip(object_ids, self.objects_exist(object_ids), strict=True) if ok}
 
     @translate_errors
     def object_summaries(self) -> list[dict[str, Any]]:
@@ -212,7 +222,8 @@ class ObjectMethods(StoreCore):
             pipe.hgetall(self.keys.obj_refs(oid))
         replies = pipe.execute()
         out = []
-        for key, (kind, size, data, held), copies, refs in zip(keys, replies[::3], replies[1::3], replies[2::3]):
+        for key, (kind, size, data, held), copies, refs in zip(
+                keys, replies[::3], replies[1::3], replies[2::3], strict=True):
             if kind is None:
                 continue
             oid = _text(key).rpartition(":")[2]

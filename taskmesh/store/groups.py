@@ -10,7 +10,16 @@ from typing import Any
 
 from taskmesh._base import queues
 from taskmesh.store.core import StoreCore
-from taskmesh.store.records import GROUP, Leased, _flat, parse_entries, translate_errors
+from taskmesh.store.records import (
+    GROUP,
+    Leased,
+    _fields,
+    _flat,
+    _opt_text,
+    _text,
+    parse_entries,
+    translate_errors,
+)
 
 
 class ScheduleMethods(StoreCore):
@@ -32,7 +41,7 @@ class ScheduleMethods(StoreCore):
 
     @translate_errors
     def pinned_queues(self) -> list[str]:
-        return sorted(n.decode() for n in self.redis.smembers(self.keys.pinned()))
+        return sorted(_text(n) for n in self.redis.smembers(self.keys.pinned()))
 
     @translate_errors
     def queued_entries(self, names: Iterable[str]) -> list[Leased]:
@@ -41,14 +50,17 @@ class ScheduleMethods(StoreCore):
         pipe = self.redis.pipeline(transaction=False)
         for stream in streams:
             pipe.xrange(stream, "-", "+")
-        return [Leased(stream, entry_id, fields) for stream, reply in zip(streams, pipe.execute())
+        return [Leased(stream, entry_id, fields)
+                for stream, reply in zip(streams, pipe.execute(), strict=True)
                 for entry_id, fields in reply]
 
     @translate_errors
     def take_entries(self, name: str, consumer: str, count: int) -> list[Leased]:
         """Read undelivered entries of a queue as `consumer` (the monitor draining it)."""
-        return parse_entries(self.redis.xreadgroup(GROUP, consumer, {self.keys.queue(name): ">"},
-                                                   count=count))
+        # redis-py types XREADGROUP's group name `str` alone (bytes is sent the same way).
+        reply = self.redis.xreadgroup(GROUP, consumer, {self.keys.queue(name): ">"},  # type: ignore[arg-type]
+                                      count=count)
+        return parse_entries(reply)
 
     @translate_errors
     def queue_empty(self, name: str) -> bool:
@@ -56,8 +68,7 @@ class ScheduleMethods(StoreCore):
 
     @translate_errors
     def node_state(self, node_id: str) -> str | None:
-        state = self.redis.hget(self.keys.node(node_id), "state")
-        return state.decode() if state else None
+        return _opt_text(self.redis.hget(self.keys.node(node_id), "state"))
 
     @translate_errors
     def drop_pinned(self, names: Iterable[str]) -> None:
@@ -95,12 +106,11 @@ class ScheduleMethods(StoreCore):
 
     @translate_errors
     def pg_state(self, pg_id: str) -> str | None:
-        state = self.redis.hget(self.keys.pg(pg_id), "state")
-        return state.decode() if state else None
+        return _opt_text(self.redis.hget(self.keys.pg(pg_id), "state"))
 
     @translate_errors
     def pg_infos(self) -> list[dict[str, Any]]:
-        ids = sorted(i.decode() for i in self.redis.smembers(self.keys.pgs()))
+        ids = sorted(_text(i) for i in self.redis.smembers(self.keys.pgs()))
         pipe = self.redis.pipeline(transaction=False)
         for pg_id in ids:
             pipe.hgetall(self.keys.pg(pg_id))
@@ -108,16 +118,15 @@ class ScheduleMethods(StoreCore):
 
     @translate_errors
     def named_pg(self, namespace: str, name: str) -> str | None:
-        pg_id = self.redis.hget(self.keys.named_pg(namespace), name)
-        return pg_id.decode() if pg_id else None
+        return _opt_text(self.redis.hget(self.keys.named_pg(namespace), name))
 
     @translate_errors
     def pending_pgs(self) -> list[str]:
-        return sorted(i.decode() for i in self.redis.smembers(self.keys.pgs_pending()))
+        return sorted(_text(i) for i in self.redis.smembers(self.keys.pgs_pending()))
 
     @translate_errors
     def job_pgs(self, job_id: str) -> list[str]:
-        return [i.decode() for i in self.redis.smembers(self.keys.job_pgs(job_id))]
+        return [_text(i) for i in self.redis.smembers(self.keys.job_pgs(job_id))]
 
     @translate_errors
     def reserve_pg(self, pg_id: str, plan: Mapping[int, tuple[str, Mapping[str, float]]]) -> int:
@@ -128,7 +137,8 @@ class ScheduleMethods(StoreCore):
         keys = [self.keys.pg(pg_id), self.keys.nodes_alive(), self.keys.pgs_pending()]
         for n in nodes:
             keys += [self.keys.node(n), self.keys.node_reserved(n)]
-        return int(self.scripts["reserve_pg"](keys=keys, args=[pg_id, json.dumps(wire), self.keys.chan_node("")]))
+        return int(self.scripts["reserve_pg"](
+            keys=keys, args=[pg_id, json.dumps(wire), self.keys.chan_node("")]))
 
     @translate_errors
     def remove_pg(self, pg_id: str) -> bool:
@@ -162,8 +172,8 @@ class ScheduleMethods(StoreCore):
         if len(kept) == len(info["bundle_nodes"]):
             return False
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(self.keys.pg(pg_id), mapping={
-            "bundle_nodes": json.dumps({str(i): n for i, n in kept.items()}), "state": "RESCHEDULING"})
+        pipe.hset(self.keys.pg(pg_id), mapping=_fields({
+            "bundle_nodes": json.dumps({str(i): n for i, n in kept.items()}), "state": "RESCHEDULING"}))
         pipe.sadd(self.keys.pgs_pending(), pg_id)
         pipe.execute()
         return True
@@ -171,7 +181,7 @@ class ScheduleMethods(StoreCore):
     @translate_errors
     def node_reservations(self, node_id: str) -> dict[str, dict[str, float]]:
         """"<pg>:<bundle>" -> resources reserved on the node."""
-        return {k.decode(): json.loads(v) for k, v in
+        return {_text(k): json.loads(v) for k, v in
                 self.redis.hgetall(self.keys.node_reserved(node_id)).items()}
 
     @translate_errors
@@ -179,12 +189,12 @@ class ScheduleMethods(StoreCore):
         pipe = self.redis.pipeline(transaction=False)
         for n in node_ids:
             pipe.hgetall(self.keys.node_reserved(n))
-        return {n: {k.decode(): json.loads(v) for k, v in raw.items()}
-                for n, raw in zip(node_ids, pipe.execute())}
+        return {n: {_text(k): json.loads(v) for k, v in raw.items()}
+                for n, raw in zip(node_ids, pipe.execute(), strict=True)}
 
 
-def _pg_fields(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-    info: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+def _pg_fields(raw: Mapping[bytes, bytes] | Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
+    info: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
     info["bundles"] = json.loads(info.get("bundles", "[]"))
     info["bundle_nodes"] = {int(i): n for i, n in json.loads(info.get("bundle_nodes") or "{}").items()}
     info["detached"] = info.get("detached") == "1"

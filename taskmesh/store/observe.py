@@ -12,7 +12,7 @@ from typing import Any
 
 from taskmesh._base import config, wire
 from taskmesh.store.core import StoreCore
-from taskmesh.store.records import _text, translate_errors
+from taskmesh.store.records import _fields, _text, stream_entries, translate_errors
 
 # Entries kept in the capped streams (MAXLEN ~). An events entry holds one flushed batch
 # of at most EVENTS_PER_ENTRY events (~100-150 bytes each), so the events stream keeps the
@@ -33,7 +33,7 @@ class ObserveMethods(StoreCore):
         maxlen = config.TASK_EVENTS_MAXLEN.get()  # once per batch, read when used
         for i in range(0, len(events), EVENTS_PER_ENTRY):
             chunk = list(events[i:i + EVENTS_PER_ENTRY])
-            pipe.xadd(self.keys.events(), wire.events_entry(chunk), maxlen=maxlen,
+            pipe.xadd(self.keys.events(), dict(_fields(wire.events_entry(chunk))), maxlen=maxlen,
                       approximate=True)
 
     @translate_errors
@@ -46,9 +46,9 @@ class ObserveMethods(StoreCore):
     def task_events(self, count: int | None = None) -> list[dict[str, Any]]:
         """Every recorded event, oldest first (the newest `count` stream entries' worth)."""
         if count is None:
-            entries = self.redis.xrange(self.keys.events())
+            entries = stream_entries(self.redis.xrange(self.keys.events()))
         else:
-            entries = self.redis.xrevrange(self.keys.events(), count=count)[::-1]
+            entries = stream_entries(self.redis.xrevrange(self.keys.events(), count=count))[::-1]
         out: list[dict[str, Any]] = []
         for _, fields in entries:
             try:
@@ -65,7 +65,7 @@ class ObserveMethods(StoreCore):
         pipe = self.redis.pipeline(transaction=False)
         if log_payload is not None and job_id is not None:
             pipe.publish(self.keys.chan_log(job_id), log_payload)
-            pipe.xadd(self.keys.logs(job_id), wire.log_entry(log_payload), maxlen=LOGS_MAXLEN,
+            pipe.xadd(self.keys.logs(job_id), dict(_fields(wire.log_entry(log_payload))), maxlen=LOGS_MAXLEN,
                       approximate=True)
             pipe.expire(self.keys.logs(job_id), LOGS_TTL_S)
         self.queue_events(pipe, events)
@@ -82,7 +82,7 @@ class ObserveMethods(StoreCore):
     def job_logs(self, job_id: str) -> list[dict[str, Any]]:
         """The job's recorded output batches, oldest first: {pid, node, actor, lines}."""
         out = []
-        for _, fields in self.redis.xrange(self.keys.logs(job_id)):
+        for _, fields in stream_entries(self.redis.xrange(self.keys.logs(job_id))):
             try:
                 out.append(wire.log_of(fields))
             except wire.WireError:
@@ -101,14 +101,14 @@ class ObserveMethods(StoreCore):
         values (gauges), keyed by (metric name, series field)."""
         pipe = self.redis.pipeline(transaction=False)
         if definitions:
-            pipe.hset(self.keys.metrics(), mapping=definitions)
+            pipe.hset(self.keys.metrics(), mapping=_fields(definitions))
         for (name, series), delta in increments.items():
             pipe.hincrbyfloat(self.keys.metric(name), series, delta)
         by_name: dict[str, dict[str, float]] = {}
         for (name, series), value in values.items():
             by_name.setdefault(name, {})[series] = value
         for name, mapping in by_name.items():
-            pipe.hset(self.keys.metric(name), mapping=mapping)
+            pipe.hset(self.keys.metric(name), mapping=_fields(mapping))
         if len(pipe):
             pipe.execute()
 
@@ -121,4 +121,4 @@ class ObserveMethods(StoreCore):
         for name in names:
             pipe.hgetall(self.keys.metric(name))
         return [(name, definitions[name], {_text(k): float(v) for k, v in raw.items()})
-                for name, raw in zip(names, pipe.execute())]
+                for name, raw in zip(names, pipe.execute(), strict=True)]

@@ -7,11 +7,12 @@ import functools
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from taskmesh._base import config
 from taskmesh._base.ids import OWNER_TAG_LEN  # noqa: F401  (re-exported)
@@ -144,16 +145,49 @@ def _forget_frames(replies: Any) -> Any:
     return replies
 
 
-def _flat(info: dict[str, Any]) -> dict[str, str]:
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()}
+def _fields(mapping: Mapping[str, EncodableT]) -> Mapping[FieldT, EncodableT]:
+    """`mapping` as HSET's `mapping` argument, unchanged. redis-py types that argument
+    Mapping[FieldT, EncodableT], and a Mapping's key type is invariant: no dict[str, ...]
+    matches it although every str is a FieldT."""
+    return cast("Mapping[FieldT, EncodableT]", mapping)
+
+
+def _flat(info: Mapping[str, Any]) -> Mapping[FieldT, EncodableT]:
+    """A hash's fields for HSET: strings as they are, anything else as JSON."""
+    return _fields({k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()})
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+# Reading replies. The Store's clients never set decode_responses, so Redis replies are
+# bytes; redis-py types them `bytes | str` (either setting). These helpers read a reply
+# as the text or bytes it is, whichever way the client was made.
+
+def _text(value: str | bytes, errors: str = "strict") -> str:
+    return value.decode(errors=errors) if isinstance(value, bytes) else value
+
+
+def _opt_text(value: str | bytes | None) -> str | None:
+    """A reply that may be missing (HGET of an absent field) as text; None when it is
+    missing or empty."""
+    return _text(value) if value else None
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _opt_bytes(value: str | bytes | None) -> bytes | None:
+    return None if value is None else _bytes(value)
+
+
+def stream_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """An XRANGE / XREVRANGE / XCLAIM reply (or None: an empty one) as (entry id, fields),
+    without the entries deleted since they were delivered (fields None, in XCLAIM)."""
+    entries = cast("list[tuple[bytes, dict[bytes, bytes] | None]]", reply or [])
+    return [(entry_id, fields) for entry_id, fields in entries if fields is not None]
 
 
 def parse_entries(reply: Any) -> list[Leased]:

@@ -31,17 +31,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import psutil
 
 import taskmesh
-
-from taskmesh.workers import process as _process, launch as _services, monitor
-from taskmesh.objects import shm as _shm
 from taskmesh.exceptions import GetTimeoutError, ObjectLostError, RayError
+from taskmesh.objects import shm as _shm
 from taskmesh.store import Store, retry_transient
+from taskmesh.workers import launch as _services
+from taskmesh.workers import monitor
+from taskmesh.workers import process as _process
 
 NODE_TIMEOUT_MS = 2_000  # the monitor declares a killed agent dead after this silence
 GET_TIMEOUT_S = 90.0  # far above any recovery time: reaching it means a hang
@@ -323,8 +324,8 @@ def check_round(r: Round, report: Report, agent_kills: Callable[[], int]) -> Non
     an agent was killed since the round was submitted (it may have died with it)."""
     for ref, want in r.squares:
         report.tasks_checked += _check(ref, want, f"square round {r.number}", report, None)
-    for ref, want, what in r.sums:
-        report.tasks_checked += _check(ref, want, what, report,
+    for ref, total, what in r.sums:
+        report.tasks_checked += _check(ref, total, what, report,
                                        lambda: agent_kills() > r.agent_kills_at_submit)
     for ref, want in r.actor_calls:
         report.actor_calls_checked += _check(ref, want, f"actor call round {r.number}", report, None)
@@ -379,8 +380,9 @@ def _describe_object_key(store: Store, key: str) -> str:
     other holders (so a report tells which release went missing)."""
     if store.redis.type(key) != b"hash" or key.endswith(":refs"):
         return key
-    kind, held, data = store.redis.hmget(key, "kind", "held", "data")
-    holders = store.redis.hgetall(store.keys.obj_refs(key.rpartition(":obj:")[2]))
+    # The Store's clients never decode replies: bytes (or None for a missing field).
+    kind, held, data = cast("list[bytes | None]", store.redis.hmget(key, "kind", "held", "data"))
+    holders = cast("dict[bytes, bytes]", store.redis.hgetall(store.keys.obj_refs(key.rpartition(":obj:")[2])))
     where = data.decode(errors="replace") if kind == b"shm" and data else ""
     return (f"{key} (kind {kind and kind.decode()} {where}, held {held and held.decode()}, "
             f"holders {sorted(h.decode() for h in holders)})")
@@ -444,7 +446,7 @@ def _drive(cluster: ChaosCluster, seed: int, seconds: float, log: Path, kinds: d
         runtime = taskmesh.api.get_runtime()
         killer = Killer(cluster, random.Random(seed), runtime.node_id, kinds)
         workload_rng = random.Random(seed + 1)
-        scaler = Scaler.remote(7)
+        scaler = Scaler.remote(7)  # type: ignore[attr-defined]  # mypy ignores what class decorators return
         actor_ids = [scaler._actor_id]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chaos-killer") as pool:
             killing = pool.submit(killer.loop)
@@ -473,7 +475,8 @@ def _drive(cluster: ChaosCluster, seed: int, seconds: float, log: Path, kinds: d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m taskmesh.tools.chaos", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m taskmesh.tools.chaos",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=1.0, help="how long the workload runs")
     parser.add_argument("--seed", type=int, default=0, help="seeds every decision of the killer")
     parser.add_argument("--nodes", type=int, default=3, help="node agents (at least 2)")

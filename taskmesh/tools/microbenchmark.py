@@ -328,19 +328,22 @@ def _get_large(k: Kit, nbytes: int) -> Step:
 
 _WORKLOADS: dict[str, tuple[str, Callable[[Kit], Step]]] = {
     "single client tasks sync": ("tasks/s", lambda k: _calls_sync(k.lib, k.small_value.remote)),
-    "single client tasks async": ("tasks/s", lambda k: _calls_batched(k.lib, [k.small_value.remote], k.batch)),
+    "single client tasks async": ("tasks/s", lambda k: _calls_batched(
+        k.lib, [k.small_value.remote], k.batch)),
     "multi client tasks async": ("tasks/s", _multi_client),
     "single client put calls": ("calls/s", _put_calls),
     "single client get calls": ("calls/s", _get_calls),
     "single client get 1000 refs": ("refs/s", _get_many),
     "single client wait 1000 refs": ("refs/s", _wait_many),
     "1:1 actor calls sync": ("calls/s", lambda k: _calls_sync(k.lib, _actor_call(k.Actor.remote()))),
-    "1:1 actor calls async": ("calls/s", lambda k: _calls_batched(k.lib, [_actor_call(k.Actor.remote())], k.batch)),
+    "1:1 actor calls async": ("calls/s", lambda k: _calls_batched(
+        k.lib, [_actor_call(k.Actor.remote())], k.batch)),
     "1:1 actor calls concurrent": ("calls/s", lambda k: _calls_batched(
         k.lib, [_actor_call(k.Actor.options(max_concurrency=16).remote())], k.batch)),
     "1:n actor calls async": ("calls/s", _one_to_n),
     "n:n actor calls async": ("calls/s", _n_to_n),
-    "1:1 async-actor calls sync": ("calls/s", lambda k: _calls_sync(k.lib, _actor_call(k.AsyncActor.remote()))),
+    "1:1 async-actor calls sync": ("calls/s", lambda k: _calls_sync(
+        k.lib, _actor_call(k.AsyncActor.remote()))),
     "1:1 async-actor calls async": ("calls/s", lambda k: _calls_batched(
         k.lib, [_actor_call(k.AsyncActor.remote())], k.batch)),
     "memcpy 100 MB": ("GB/s", lambda k: _memcpy(k, SIZE_100MB)),
@@ -444,8 +447,9 @@ def cross_node_get_gbps(duration_s: float, nbytes: int = SIZE_100MB) -> float:
     "b": two node agents (1 CPU each, resources {"a": 1} and {"b": 1}) on this machine and
     one Redis, all started here and always stopped again."""
     import taskmesh
-    from taskmesh.workers import process as _process, launch as _services
     from taskmesh._base import config
+    from taskmesh.workers import launch as _services
+    from taskmesh.workers import process as _process
 
     with contextlib.ExitStack() as undo:  # stops whatever was started, last first
         session = Path(tempfile.mkdtemp(prefix="microbenchmark-", dir=config.temp_root()))

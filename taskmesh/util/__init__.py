@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from taskmesh.util.actor_pool import ActorPool
 from taskmesh._core.placement_groups import PlacementGroup
-from taskmesh.util.placement_group import get_current_placement_group, get_placement_group, placement_group, placement_group_table, remove_placement_group
+from taskmesh.util.actor_pool import ActorPool
+from taskmesh.util.placement_group import (
+    get_current_placement_group,
+    get_placement_group,
+    placement_group,
+    placement_group_table,
+    remove_placement_group,
+)
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:

@@ -48,6 +48,7 @@ class Metric:
     """What Counter, Gauge and Histogram share: name, description, tag keys, default tags."""
 
     _type = ""
+    _definition_json: str  # _definition(), kept on the instance by the recorder once computed
 
     def __init__(self, name: str, description: str = "", tag_keys: tuple[str, ...] | None = None):
         if len(name) == 0:

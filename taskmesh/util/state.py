@@ -10,7 +10,7 @@ The filter helpers here are also what `taskmesh list --filter` uses.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 __all__ = ["get_log", "list_actors", "list_jobs", "list_nodes", "list_tasks", "summarize_tasks"]
@@ -46,7 +46,7 @@ def parse_filter(text: str) -> Filter:
 
 
 def apply_filters(rows: Sequence[dict[str, Any]], filters: Sequence[Filter] | None,
-                  columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                  columns: Collection[str] | None = None) -> list[dict[str, Any]]:
     """The rows matching every filter; a key that is not a column raises ValueError."""
     checked = []
     for f in filters or ():
@@ -71,11 +71,10 @@ def _norm(key: str, value: Any) -> str:
 def _store(address: str | None) -> Iterator[Any]:
     """The connected runtime's store, or a new connection to `address` (or to the
     cluster started on this machine)."""
-    from taskmesh.workers import launch as _services
-    from taskmesh.store import connection
     from taskmesh._core.context import get_runtime
     from taskmesh.api import is_initialized
-    from taskmesh.store import Store
+    from taskmesh.store import Store, connection
+    from taskmesh.workers import launch as _services
 
     if address is None and is_initialized():
         yield get_runtime().store
@@ -106,7 +105,8 @@ def task_rows(store: Any) -> list[dict[str, Any]]:
 
 
 def list_tasks(address: str | None = None, filters: Sequence[Filter] | None = None, limit: int = 100,
-               timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True) -> list[StateRow]:
+               timeout: int = 30, detail: bool = False,
+               raise_on_missing_output: bool = True) -> list[StateRow]:
     """The newest `limit` task attempts recorded in the task events, oldest first:
     task_id, attempt_number, name, state (PENDING_NODE_ASSIGNMENT, RUNNING, FINISHED,
     FAILED), type (NORMAL_TASK, ACTOR_CREATION_TASK, ACTOR_TASK), job_id, actor_id,
@@ -127,21 +127,24 @@ def summarize_tasks(address: str | None = None, timeout: int = 30,
 
 
 def list_actors(address: str | None = None, filters: Sequence[Filter] | None = None, limit: int = 100,
-                timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True) -> list[StateRow]:
+                timeout: int = 30, detail: bool = False,
+                raise_on_missing_output: bool = True) -> list[StateRow]:
     with _store(address) as store:
         rows = store.actors()
     return _listed(rows, filters, limit)
 
 
 def list_nodes(address: str | None = None, filters: Sequence[Filter] | None = None, limit: int = 100,
-               timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True) -> list[StateRow]:
+               timeout: int = 30, detail: bool = False,
+               raise_on_missing_output: bool = True) -> list[StateRow]:
     with _store(address) as store:
         rows = [{**n, "state": "ALIVE" if n["alive"] else "DEAD"} for n in store.nodes()]
     return _listed(rows, filters, limit)
 
 
 def list_jobs(address: str | None = None, filters: Sequence[Filter] | None = None, limit: int = 100,
-              timeout: int = 30, detail: bool = False, raise_on_missing_output: bool = True) -> list[StateRow]:
+              timeout: int = 30, detail: bool = False,
+              raise_on_missing_output: bool = True) -> list[StateRow]:
     with _store(address) as store:
         rows = store.job_infos()
     return _listed(rows, filters, limit)
