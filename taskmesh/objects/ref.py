@@ -12,7 +12,7 @@ plain pickle (no out-of-band buffers) or a frame:
 
 Small objects (up to TASKMESH_INLINE_LIMIT, see ObjectPlane) are stored inline in Redis as those bytes (kind
 "value"); larger ones are written as the same frame into the shared memory of the node
-that made them (kind "shm"; Redis then holds only the size and the node, see store.py).
+that made them (kind "shm"; Redis then holds only the size and the node, see store/keys.py).
 """
 
 from __future__ import annotations
