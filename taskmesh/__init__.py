@@ -4,11 +4,27 @@
 """
 
 from taskmesh import dag, exceptions, util
-from taskmesh.actor import ActorClass, ActorHandle, get_actor, kill, method
-from taskmesh.api import ClientContext, available_resources, cancel, cluster_resources, get, get_gpu_ids, get_runtime_context, init, is_initialized, nodes, put, remote, shutdown, timeline, wait
 from taskmesh._core.generators import DynamicObjectRefGenerator, ObjectRefGenerator
-from taskmesh.objects import ObjectRef
 from taskmesh._core.remote_function import RemoteFunction
+from taskmesh.actor import ActorClass, ActorHandle, get_actor, kill, method
+from taskmesh.api import (
+    ClientContext,
+    available_resources,
+    cancel,
+    cluster_resources,
+    get,
+    get_gpu_ids,
+    get_runtime_context,
+    init,
+    is_initialized,
+    nodes,
+    put,
+    remote,
+    shutdown,
+    timeline,
+    wait,
+)
+from taskmesh.objects import ObjectRef
 
 __version__ = "0.1.0"
 

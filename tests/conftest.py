@@ -24,11 +24,11 @@ import psutil
 import pytest
 
 import taskmesh
-from taskmesh.workers import process as _process, launch as _services
 from taskmesh._base import config
 from taskmesh.objects import shm as _shm
 from taskmesh.store import Store
-
+from taskmesh.workers import launch as _services
+from taskmesh.workers import process as _process
 
 # ---- test lanes -----------------------------------------------------------------------
 

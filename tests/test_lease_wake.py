@@ -5,12 +5,10 @@ was dropped, since the 0-CPU queue stays known)."""
 
 from __future__ import annotations
 
-
 import taskmesh
+from conftest import wait_until
 from taskmesh import scheduler
 from taskmesh.store import Store
-
-from conftest import wait_until
 
 
 def test_a_read_that_leaves_out_a_queue_with_room_is_woken() -> None:

@@ -37,7 +37,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-
 from taskmesh import objects
 from taskmesh._base.ids import task_of
 from taskmesh._base.wire import DYNAMIC_MODE, STREAMING_MODE, encode_notice

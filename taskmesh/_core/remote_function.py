@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import cloudpickle
 
-from taskmesh._core import generators as _generator, options as _options
 from taskmesh import objects, runtime_env
 from taskmesh._base import queues
 from taskmesh._base.wire import QueueEntry, TaskSpec
+from taskmesh._core import generators as _generator
+from taskmesh._core import options as _options
 from taskmesh.objects import ObjectRef
 
 if TYPE_CHECKING:

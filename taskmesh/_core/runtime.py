@@ -19,17 +19,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from taskmesh import objects
 from taskmesh._base.ids import index_of, owner_of, task_of
-from taskmesh._base.wire import TERMINATE, CallSpec, QueueEntry, TaskContext, WireError, decode_notice, encode_notice
+from taskmesh._base.wire import (
+    TERMINATE,
+    CallSpec,
+    QueueEntry,
+    TaskContext,
+    WireError,
+    decode_notice,
+    encode_notice,
+)
 from taskmesh._core import events as _events
 from taskmesh._core import lifecycle
 from taskmesh._core.failure import call_failures
-from taskmesh import objects
-from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
 from taskmesh._core.router import PgTarget, Route, Router
 from taskmesh._core.streams import RefState, StreamMethods
-from taskmesh.exceptions import GetTimeoutError, RayError, RayTaskError, StoreUnavailableError, TaskCancelledError
+from taskmesh.exceptions import (
+    GetTimeoutError,
+    RayError,
+    RayTaskError,
+    StoreUnavailableError,
+    TaskCancelledError,
+)
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
+from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
 from taskmesh.store import Completion, Outgoing, Release, Store, retry_transient
 
 _LISTEN_BLOCK_MS = 1000

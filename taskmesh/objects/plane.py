@@ -32,12 +32,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from taskmesh.objects import ref as objects
 from taskmesh._base import config, ids, queues
 from taskmesh._base.wire import QueueEntry, TaskSpec, WireError
-from taskmesh.objects.shm import ShmStore
-from taskmesh.exceptions import ObjectFetchTimedOutError, ObjectLostError, ObjectReconstructionFailedError, ObjectReconstructionFailedLineageEvictedError, ObjectReconstructionFailedMaxAttemptsExceededError, ObjectStoreFullError, OwnerDiedError, RaySystemError
+from taskmesh.exceptions import (
+    ObjectFetchTimedOutError,
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+    ObjectReconstructionFailedLineageEvictedError,
+    ObjectReconstructionFailedMaxAttemptsExceededError,
+    ObjectStoreFullError,
+    OwnerDiedError,
+    RaySystemError,
+)
+from taskmesh.objects import ref as objects
 from taskmesh.objects.ref import KIND_SHM, KIND_VALUE
+from taskmesh.objects.shm import ShmStore
 from taskmesh.store import Freed, Release, Store
 
 log = logging.getLogger("taskmesh.objects")

@@ -30,12 +30,27 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from taskmesh._core import events as _events
 from taskmesh import objects, runtime_env
 from taskmesh._base import wire
-from taskmesh._base.wire import READY, TERMINATE, ActorSpec, CallSpec, QueueEntry, TaskContext, WireError, encode_notice
+from taskmesh._base.wire import (
+    READY,
+    TERMINATE,
+    ActorSpec,
+    CallSpec,
+    QueueEntry,
+    TaskContext,
+    WireError,
+    encode_notice,
+)
+from taskmesh._core import events as _events
 from taskmesh._core.failure import call_failures, dead_letter, set_aside_malformed
-from taskmesh.exceptions import ActorExitRequest, ActorDiedError, RayTaskError, RuntimeEnvSetupError, StoreUnavailableError
+from taskmesh.exceptions import (
+    ActorDiedError,
+    ActorExitRequest,
+    RayTaskError,
+    RuntimeEnvSetupError,
+    StoreUnavailableError,
+)
 from taskmesh.objects import KIND_ERROR
 from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
 from taskmesh.workers.execution import placement, serialize_error, split_returns

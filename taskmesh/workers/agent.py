@@ -27,22 +27,21 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from taskmesh._base import queues, wire
+from taskmesh import scheduler, security
+from taskmesh._base import config, queues, wire
+from taskmesh._base.config import temp_root
 from taskmesh._base.wire import ActorSpec, QueueEntry
 from taskmesh._core import failure as _failure
-from taskmesh.workers import process as _process
-from taskmesh import scheduler, security
 from taskmesh._core import lifecycle
-from taskmesh.workers.actor_runner import DRAIN_SIGNAL
+from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects.plane import sweep_orphans
-from taskmesh.workers.resources import NodeResources, starved_pools
-from taskmesh._base import config
-from taskmesh._base.config import temp_root
 from taskmesh.objects.shm import ShmStore, StoreConfig, reap_dead_stores
 from taskmesh.objects.transfer import TransferServer
-from taskmesh.exceptions import StoreUnavailableError
-from taskmesh.workers.monitor import Monitor
 from taskmesh.store import KIND_FENCE, Completion, Leased, Store, keep_listening, retry_transient
+from taskmesh.workers import process as _process
+from taskmesh.workers.actor_runner import DRAIN_SIGNAL
+from taskmesh.workers.monitor import Monitor
+from taskmesh.workers.resources import NodeResources, starved_pools
 
 log = logging.getLogger("taskmesh.agent")
 

@@ -27,14 +27,13 @@ import logging
 import time
 from collections.abc import Collection, Mapping
 
-from taskmesh._base import queues
+from taskmesh._base import config, queues
 from taskmesh._base.wire import QueueEntry
 from taskmesh._core import failure as _failure
-from taskmesh._base import config
-from taskmesh.exceptions import StoreUnavailableError
-from taskmesh.store import Leased, Store
 from taskmesh._core import lifecycle
 from taskmesh._core.placement import try_place
+from taskmesh.exceptions import StoreUnavailableError
+from taskmesh.store import Leased, Store
 
 log = logging.getLogger("taskmesh.monitor")
 

@@ -24,23 +24,23 @@ from typing import Any
 
 import msgpack
 
-from taskmesh._core import context
-from taskmesh._core import events as _events
-from taskmesh._core import generators as _generator
-from taskmesh._core.failure import should_retry
-from taskmesh.workers.execution import LineForwarder, placement, serialize_error, split_returns
-from taskmesh.workers import process as _process
 from taskmesh import objects, runtime_env
 from taskmesh._base import config, wire
 from taskmesh._base.config import temp_root
 from taskmesh._base.ids import task_of
 from taskmesh._base.wire import CallSpec, QueueEntry, TaskContext, TaskSpec, encode_notice
+from taskmesh._core import context
+from taskmesh._core import events as _events
+from taskmesh._core import generators as _generator
+from taskmesh._core.failure import should_retry
 from taskmesh._core.runtime import Runtime
-from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
 from taskmesh.exceptions import RuntimeEnvSetupError, TaskCancelledError
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
 from taskmesh.store import Store, retry_transient
+from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
+from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import ActorServer
+from taskmesh.workers.execution import LineForwarder, placement, serialize_error, split_returns
 
 
 class Worker:
