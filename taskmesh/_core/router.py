@@ -88,7 +88,7 @@ class Router:
             pipe = r.pipeline(transaction=False)
             for n in unknown:
                 pipe.hget(self.store.keys.node(n), "resources_total")
-            for n, raw in zip(unknown, pipe.execute()):
+            for n, raw in zip(unknown, pipe.execute(), strict=True):
                 if raw:
                     self._totals[n] = json.loads(raw)
         self._alive = sorted(alive)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from taskmesh import scheduler, security
 from taskmesh._base import config, queues, wire
@@ -299,7 +300,7 @@ class NodeAgent:
                 leased = list(self._backlog)
                 self._backlog.clear()
             for task in leased:  # not started: back to its queue, not a retry
-                retry_transient(lambda: self._requeue(task, task.entry.attempt),
+                retry_transient(functools.partial(self._requeue, task, task.entry.attempt),
                                 stop=lambda: self._stopping)
             signalled: set[int] = set()
             with self._cond:
@@ -503,18 +504,18 @@ class NodeAgent:
     def _io_loop(self) -> None:
         while not self._stopping:
             for key, _ in self._selector.select(timeout=1.0):
-                r = key.fileobj
-                if r is self._wake_r:
+                if key.fileobj is self._wake_r:
                     try:
                         self._wake_r.recv(4096)
                     except BlockingIOError:
                         pass
                     continue
-                handle = self._workers.get(r)  # type: ignore[arg-type]
+                conn = cast(Connection, key.fileobj)  # registered: the wake socket and worker pipes
+                handle = self._workers.get(conn)
                 if handle is None:
                     continue
                 try:
-                    raw = r.recv_bytes()  # type: ignore[union-attr]
+                    raw = conn.recv_bytes()
                 except (EOFError, OSError):
                     self._on_worker_exit(handle)
                     continue
@@ -605,7 +606,7 @@ class NodeAgent:
                 retry_transient(lambda: self.store.complete_tasks(out.completions, out.acks),
                                 deadline_s=3600, stop=lambda: self._stopping)
             for task, attempt in out.requeues:
-                retry_transient(lambda: self._requeue(task, attempt), stop=lambda: self._stopping)
+                retry_transient(functools.partial(self._requeue, task, attempt), stop=lambda: self._stopping)
             from taskmesh._core import events as _events
 
             retried = [_events.event(t.entry.task, attempt, _events.PENDING, name=t.entry.name)
@@ -815,13 +816,13 @@ class NodeAgent:
             for task in gone:
                 self._backlog.remove(task)
                 self._outbox.ack(task)
-            orphans = [h for h in self._workers.values()
+            orphans = [(h, h.actor_id) for h in self._workers.values()
                        if h.actor_id is not None and h.pool is not None
                        and h.pool not in self.resources.bundles]
-        for h in orphans:
+        for h, actor_id in orphans:
             h.exiting = True
-            retry_transient(lambda: _failure.actor_down(
-                self.store, h.actor_id, restart=False,
+            retry_transient(functools.partial(
+                _failure.actor_down, self.store, actor_id, restart=False,
                 cause=f"{_failure.PG_REMOVED}The actor's placement group was removed."))
             h.proc.kill()
 
@@ -838,7 +839,7 @@ class NodeAgent:
             dest = None
             if not queues.is_shape_queue(task.queue) and task.entry.shape:  # a soft node entry: back to its shape
                 dest = self.store.keys.queue(task.entry.shape)
-            retry_transient(lambda: self._requeue(task, task.entry.attempt, dest))
+            retry_transient(functools.partial(self._requeue, task, task.entry.attempt, dest))
 
     def _report_lease_stats(self) -> None:
         """Lease-read counters into the node's hash, when they changed."""

@@ -112,7 +112,7 @@ class Worker:
     def serve(self) -> None:
         context.set_runtime(self.runtime)
         threading.Thread(target=self._log_flush_loop, name="taskmesh-logs", daemon=True).start()
-        sys.stdout, sys.stderr = self._out, self._err  # type: ignore[assignment]
+        sys.stdout, sys.stderr = self._out, self._err
         # Known to Redis before it can hold anything: if its node dies, the monitor
         # releases what it held.
         retry_transient(lambda: self.store.add_node_process(self.node_id, self.runtime.owner))
@@ -267,7 +267,7 @@ class Worker:
                 return self.generator_run(spec, name, return_ids[0],
                                           retry=lambda e: should_retry(spec, attempt, e)).run(result)
             values = split_returns(result, len(return_ids), name)
-            return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values)]
+            return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values, strict=True)]
         except KeyboardInterrupt:  # taskmesh.cancel interrupted it
             self._interruptible = False
             return self._cancelled(return_ids)
