@@ -201,7 +201,8 @@ def cluster_factory(redis_server: _services.RedisServer, tmp_path: Path) -> Iter
 
 
 @pytest.fixture(scope="module")
-def shared_cluster(redis_server: _services.RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
+def shared_cluster(redis_server: _services.RedisServer,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """One 2-CPU node for a whole test module (starting agents is the slow part)."""
     Store(redis_server.url).redis.flushall()
     with start_cluster(redis_server.url, tmp_path_factory.mktemp("agents"), nodes=1, num_cpus=2) as c:

@@ -241,7 +241,8 @@ class NodeAgent:
                 self._spawn_worker()
         self.store.register_node(self.node_id, {
             "node_id": self.node_id, "ip": self.node_ip, "hostname": socket.gethostname(),
-            "pid": str(os.getpid()), "obj_port": str(self.transfer.port), "state": "ALIVE", "start_ms": str(int(time.time() * 1000)),
+            "pid": str(os.getpid()), "obj_port": str(self.transfer.port), "state": "ALIVE",
+            "start_ms": str(int(time.time() * 1000)),
             "resources_total": json.dumps(self.total), "resources_available": json.dumps(self.total),
         })
         self._pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
@@ -837,7 +838,8 @@ class NodeAgent:
                 self._backlog.remove(task)
         for task in stale:
             dest = None
-            if not queues.is_shape_queue(task.queue) and task.entry.shape:  # a soft node entry: back to its shape
+            # A soft node entry goes back to its shape queue.
+            if not queues.is_shape_queue(task.queue) and task.entry.shape:
                 dest = self.store.keys.queue(task.entry.shape)
             retry_transient(functools.partial(self._requeue, task, task.entry.attempt, dest))
 
