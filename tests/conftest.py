@@ -30,7 +30,6 @@ from taskmesh.store import Store
 from taskmesh.workers import launch as _services
 from taskmesh.workers import process as _process
 
-
 # ---- test lanes -----------------------------------------------------------------------
 
 # Fixtures whose tests are marked for them (a test's fixture names include the fixtures

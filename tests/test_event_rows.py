@@ -106,10 +106,12 @@ def test_a_batch_drops_running_events_of_attempts_that_ended_in_it() -> None:
 
 def test_submitted_events_name_the_kind_of_task() -> None:
     task = events.submitted(QueueEntry(T1, "f", 0, _task_spec()), "01")
-    assert (task["state"], task["type"], task["attempt"], task["job"]) == (PENDING, events.NORMAL_TASK, 0, "01")
+    assert (task["state"], task["type"], task["attempt"], task["job"]) == (
+        PENDING, events.NORMAL_TASK, 0, "01")
     assert task["name"] == "f" and "actor_id" not in task  # None values are left out
     creation = events.submitted(QueueEntry(T2, "A.__init__", 2, _actor_spec(), kind="actor"), None)
-    assert (creation["type"], creation["actor_id"], creation["attempt"]) == (events.ACTOR_CREATION_TASK, T2, 2)
+    assert (creation["type"], creation["actor_id"], creation["attempt"]) == (
+        events.ACTOR_CREATION_TASK, T2, 2)
     assert "job" not in creation
 
 

@@ -7,11 +7,10 @@ import msgpack
 import pytest
 
 import taskmesh
+from conftest import wait_until
 from taskmesh import objects
 from taskmesh._base.wire import QueueEntry, WireError
 from taskmesh.store import Store
-
-from conftest import wait_until
 
 _TASK_SPEC = {"fn": "x", "args": b"", "owner": "ab12cd34", "nret": 1, "job": "01000000"}
 _CALL_SPEC = {"m": "f", "args": b"", "owner": "ab12cd34", "nret": 1, "job": "01000000"}

@@ -55,7 +55,8 @@ def test_a_zero_cpu_task_has_the_no_demand_shape() -> None:
 def test_validate_returns_the_options_unchanged_or_names_the_bad_one() -> None:
     given = {"num_cpus": 1, "name": "x"}
     assert options.validate(given, options.TASK_OPTIONS, "remote functions") == given
-    with pytest.raises(ValueError, match=r"Invalid option keyword lifetime for remote functions\. Valid ones are \["):
+    with pytest.raises(ValueError,
+                       match=r"Invalid option keyword lifetime for remote functions\. Valid ones are \["):
         options.validate({"lifetime": "detached"}, options.TASK_OPTIONS, "remote functions")
 
 
@@ -95,11 +96,13 @@ def test_strategy_option(value: object, error: type[Exception] | None, match: st
 def test_strategies_check_their_arguments_and_print_as_ray() -> None:
     with pytest.raises(TypeError, match="node_id must be a hex string"):
         NodeAffinitySchedulingStrategy(node_id=7, soft=False)  # type: ignore[arg-type]
-    assert repr(NodeAffinitySchedulingStrategy("n1", soft=1)) == "NodeAffinitySchedulingStrategy(node_id='n1', soft=True)"  # type: ignore[arg-type]
+    soft_int = NodeAffinitySchedulingStrategy("n1", soft=1)  # type: ignore[arg-type]
+    assert repr(soft_int) == "NodeAffinitySchedulingStrategy(node_id='n1', soft=True)"
     assert "placement_group=p1" in repr(PlacementGroupSchedulingStrategy(Group("p1")))
     with pytest.raises(NotImplementedError, match="node labels"):
         NodeLabelSchedulingStrategy({"zone": "a"})
-    assert PlacementGroupID("p") == PlacementGroupID("p") and len({PlacementGroupID("p"), PlacementGroupID("p")}) == 1
+    assert PlacementGroupID("p") == PlacementGroupID("p")
+    assert len({PlacementGroupID("p"), PlacementGroupID("p")}) == 1
 
 
 # ---- runtime_env ----------------------------------------------------------------------------

@@ -1,12 +1,15 @@
 """The queue-name grammar, in one place: how a queue is named (what follows `tm:q:` in its
 key, see store/keys.py) and how a placement-group bundle's resource pool is named.
 
-| name                | example               | queue of                                                      |
-|---------------------|-----------------------|---------------------------------------------------------------|
-| a shape             | `CPU=1`, `CPU=0.5,GPU=1`, `none` | tasks of one resource demand: sorted `name=amount` pairs, zero amounts dropped (`none`: no demand) |
-| `node:<node_id>`    | `node:3f2a...`        | tasks and actor creations pinned to one node (node affinity, SPREAD, data locality) |
-| `pg:<pg_id>:<index>`| `pg:9c1e...:0`        | tasks and actor creations for one bundle of a placement group |
-| `pg:<pg_id>:any`    | `pg:9c1e...:any`      | ... for any bundle of the group (read by every node hosting one) |
+| name                 | example          | queue of                                                         |
+|----------------------|------------------|------------------------------------------------------------------|
+| a shape              | `CPU=1`,         | tasks of one resource demand: sorted `name=amount` pairs, zero   |
+|                      | `CPU=0.5,GPU=1`, | amounts dropped (`none`: no demand)                              |
+|                      | `none`           |                                                                  |
+| `node:<node_id>`     | `node:3f2a...`   | tasks and actor creations pinned to one node (node affinity,     |
+|                      |                  | SPREAD, data locality)                                           |
+| `pg:<pg_id>:<index>` | `pg:9c1e...:0`   | tasks and actor creations for one bundle of a placement group    |
+| `pg:<pg_id>:any`     | `pg:9c1e...:any` | ... for any bundle of the group (read by every node hosting one) |
 
 Entries of a node or bundle queue carry their demand in a `shape` field (their queue's
 name says nothing of it) and `soft` = 1 when the node is a preference: such an entry goes

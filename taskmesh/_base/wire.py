@@ -2,14 +2,23 @@
 record with its codec in this one module, the only code that knows their short keys and
 field names and checks their values.
 
-| record       | encoded as                        | travels                                          |
-|--------------|-----------------------------------|--------------------------------------------------|
-| `TaskSpec`   | msgpack map (entry field `spec`)  | a task's queue entry: submitter -> agent -> worker; kept with its shared-memory results as lineage (objects/plane.py) |
-| `ActorSpec`  | msgpack map (entry field `spec`)  | an actor's creation entry and its hash (`tm:actor:{id}` field `spec`): creator -> agent -> worker; actor_down.lua queues it again for a restart |
-| `CallSpec`   | msgpack map (entry field `spec`)  | an actor method call in `tm:actor:{id}:calls`: caller -> the actor's worker |
-| `QueueEntry` | stream entry fields               | `tm:q:*` (tasks, actor creations) and the call streams; as a msgpack map, the lineage of shared-memory results |
-| `Notice`     | msgpack list (done-stream field `n`) | `tm:{owner}:done`: whoever completes a task (complete.lua) -> its owner's completion listener |
-| messages     | msgpack list, tag first           | the socket pair between a node agent and each of its workers (below) |
+| record       | encoded as                           | travels                                              |
+|--------------|--------------------------------------|------------------------------------------------------|
+| `TaskSpec`   | msgpack map (entry field `spec`)     | a task's queue entry: submitter -> agent -> worker;  |
+|              |                                      | kept with its shared-memory results as lineage       |
+|              |                                      | (objects/plane.py)                                   |
+| `ActorSpec`  | msgpack map (entry field `spec`)     | an actor's creation entry and its hash               |
+|              |                                      | (`tm:actor:{id}` field `spec`): creator -> agent ->  |
+|              |                                      | worker; actor_down.lua queues it again for a restart |
+| `CallSpec`   | msgpack map (entry field `spec`)     | an actor method call in `tm:actor:{id}:calls`:       |
+|              |                                      | caller -> the actor's worker                         |
+| `QueueEntry` | stream entry fields                  | `tm:q:*` (tasks, actor creations) and the call       |
+|              |                                      | streams; as a msgpack map, the lineage of            |
+|              |                                      | shared-memory results                                |
+| `Notice`     | msgpack list (done-stream field `n`) | `tm:{owner}:done`: whoever completes a task          |
+|              |                                      | (complete.lua) -> its owner's completion listener    |
+| messages     | msgpack list, tag first              | the socket pair between a node agent and each of its |
+|              |                                      | workers (below)                                      |
 
 The keys and field names are short and fixed: the Lua scripts (store/lua/) pass entries
 through, and re-queue the fields they know by name (actor_down.lua, reconstruct.lua),
@@ -21,20 +30,29 @@ crashing the worker or actor that reads it. A spec is decoded once per entry and
 Agent <-> worker protocol: one msgpack list per message on the socket pair, its tag
 first; `decode_message` reads either direction (tags arrive as bytes).
 
-| message        | wire                                  | meaning                                      |
-|----------------|---------------------------------------|----------------------------------------------|
-| agent -> worker|                                       |                                              |
-| `Run`          | `[T, entry_id, fields]`               | run this leased entry (a task, or an actor's creation); on a GPU node `fields` also holds `gpus`, the GPU ids assigned to it |
-| worker -> agent|                                       |                                              |
-| `Ready`        | `[R, pid, owner tag]`                 | started, ready for tasks (the agent releases the tag's holds when the worker exits) |
-| `Done`         | `[D, entry_id, owner, notice, objs]`  | the task ended: objs = `[[object_id, kind, data], ...]` (+ its lineage pseudo-object); the agent stores them with the notice and acks the entry |
-| `Requeue`      | `[Q, entry_id]`                       | the task raised an exception its retry_exceptions names: queue it again, attempt + 1 |
-| `Retiring`     | `[X]`                                 | the worker exits after this task (max_calls): hand it no other |
-| `Blocked`      | `[B]`                                 | the task waits in `get`: its CPU is lent out |
-| `Unblocked`    | `[U]`                                 | ... and is taken back |
-| `ActorAlive`   | `[AR, entry_id]`                      | the actor is created: this worker is its process now; ack the entry, keep its held resources |
-| `ActorFailed`  | `[AF, entry_id]`                      | the creation failed (the actor is dead) or was cancelled: ack it, the worker runs tasks again |
-| `ActorExiting` | `[AX]`                                | the actor exits on purpose: no restart |
+| message         | wire                                 | meaning                                           |
+|-----------------|--------------------------------------|---------------------------------------------------|
+| agent -> worker |                                      |                                                   |
+| `Run`           | `[T, entry_id, fields]`              | run this leased entry (a task, or an actor's      |
+|                 |                                      | creation); on a GPU node `fields` also holds      |
+|                 |                                      | `gpus`, the GPU ids assigned to it                |
+| worker -> agent |                                      |                                                   |
+| `Ready`         | `[R, pid, owner tag]`                | started, ready for tasks (the agent releases the  |
+|                 |                                      | tag's holds when the worker exits)                |
+| `Done`          | `[D, entry_id, owner, notice, objs]` | the task ended: objs = `[[object_id, kind, data], |
+|                 |                                      | ...]` (+ its lineage pseudo-object); the agent    |
+|                 |                                      | stores them with the notice and acks the entry    |
+| `Requeue`       | `[Q, entry_id]`                      | the task raised an exception its retry_exceptions |
+|                 |                                      | names: queue it again, attempt + 1                |
+| `Retiring`      | `[X]`                                | the worker exits after this task (max_calls):     |
+|                 |                                      | hand it no other                                  |
+| `Blocked`       | `[B]`                                | the task waits in `get`: its CPU is lent out      |
+| `Unblocked`     | `[U]`                                | ... and is taken back                             |
+| `ActorAlive`    | `[AR, entry_id]`                     | the actor is created: this worker is its process  |
+|                 |                                      | now; ack the entry, keep its held resources       |
+| `ActorFailed`   | `[AF, entry_id]`                     | the creation failed (the actor is dead) or was    |
+|                 |                                      | cancelled: ack it, the worker runs tasks again    |
+| `ActorExiting`  | `[AX]`                               | the actor exits on purpose: no restart            |
 """
 
 from __future__ import annotations
@@ -43,7 +61,7 @@ import dataclasses
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -167,11 +185,15 @@ class TaskSpec:
     job_id: str | None  # job: the job it belongs to (the field is required; nil only outside a job)
     namespace: str | None = None  # ns: where the actors it creates are named
     max_retries: int = 0  # maxr: attempts after the first when its worker or node dies; -1: forever
-    retry_exceptions: bool | bytes = False  # rexc: retry when it raises too: True (any exception) or the cloudpickled tuple of types
-    max_calls: int | None = None  # maxc: its worker exits after this many runs of the function (0, nil: never)
-    resources: dict[str, float] = field(default_factory=dict)  # res: its demand (a rebuild of its results queues it by this shape)
+    # rexc: retry when it raises too: True (any exception) or the cloudpickled tuple of types
+    retry_exceptions: bool | bytes = False
+    # maxc: its worker exits after this many runs of the function (0, nil: never)
+    max_calls: int | None = None
+    # res: its demand (a rebuild of its results queues it by this shape)
+    resources: dict[str, float] = field(default_factory=dict)
     generator: str | None = None  # gen: "s" streaming or "d" dynamic generator call; absent otherwise
-    backpressure: int = 0  # bp: a streaming call pauses while this many items are not taken (absent, 0: never)
+    # bp: a streaming call pauses while this many items are not taken (absent, 0: never)
+    backpressure: int = 0
     pg: list | None = None  # pg: [pg id, bundle index, capture child tasks] of a placement-group task
     runtime_env: dict | None = None  # renv: its resolved runtime_env; absent when empty
 
@@ -232,7 +254,8 @@ class ActorSpec:
     job_id: str | None  # job: the creator's job (the field is required)
     class_name: str  # cls: the class's name, for errors and events
     namespace: str | None = None  # ns: the namespace the actor's own actors are named in
-    held: dict[str, float] = field(default_factory=dict)  # held: resources it holds while alive (its placement demand is the queue's)
+    # held: resources it holds while alive (its placement demand is the queue's)
+    held: dict[str, float] = field(default_factory=dict)
     max_concurrency: int = 1  # maxc: calls that may run at once (threaded or async actors), >= 1
     is_async: bool = False  # async: it has `async def` methods: calls run on one event loop
     max_task_retries: int = 0  # mtr: times a call in flight when it died runs again; -1: forever
@@ -336,7 +359,7 @@ class CallSpec:
         return (args if type(args) is list else list(args)), value[1]  # resolved in place
 
 
-Spec = Union[TaskSpec, ActorSpec, CallSpec]
+Spec = TaskSpec | ActorSpec | CallSpec
 
 
 # ---- queue entries ----------------------------------------------------------------------
@@ -362,7 +385,8 @@ class QueueEntry:
     spec: Spec  # spec: msgpack map: a TaskSpec, an ActorSpec (kind actor) or a CallSpec (call streams)
     kind: str = TASK  # kind: "actor" for an actor's creation; absent for a task or a call
     shape: str | None = None  # shape: the demand, in a node or bundle queue (whose name says nothing of it)
-    soft: bool = False  # soft: 1 = the node is a preference: back to its shape queue when the node cannot start it soon or dies
+    # soft: 1 = the node is a preference: back to its shape queue when the node cannot start it soon or dies
+    soft: bool = False
     events: bool = True  # ev: 0 = enable_task_events=False: the task records no events
     rebuild: bool = False  # rebuild: 1 = a run that makes lost results again (lineage, objects/plane.py)
     # The spec's bytes as they came (or as packed once): a re-queued entry sends the same.
@@ -696,8 +720,8 @@ class ActorExiting(_Signal):
     TAG: ClassVar[str] = "AX"
 
 
-Message = Union[Run, Ready, Done, Requeue, Retiring, Blocked, Unblocked, ActorAlive, ActorFailed,
-                ActorExiting]
+Message = (Run | Ready | Done | Requeue | Retiring | Blocked | Unblocked | ActorAlive | ActorFailed
+           | ActorExiting)
 _BY_TAG: dict[bytes, Any] = {m.TAG.encode(): m for m in (
     Run, Ready, Done, Requeue, Retiring, Blocked, Unblocked, ActorAlive, ActorFailed, ActorExiting)}
 

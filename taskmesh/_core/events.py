@@ -153,14 +153,16 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     latest = latest_attempts(rows)
     for row in latest:
         name = row["func_or_class_name"] or "?"
-        entry = summary.setdefault(name, {"func_or_class_name": name, "type": row["type"], "state_counts": {}})
+        entry = summary.setdefault(name, {"func_or_class_name": name, "type": row["type"],
+                                          "state_counts": {}})
         entry["state_counts"][row["state"]] = entry["state_counts"].get(row["state"], 0) + 1
     return {"cluster": {"summary": summary, "total_tasks": len(latest), "summary_by": "func_name",
                         "total_actor_tasks": sum(1 for r in latest if r["type"] == ACTOR_TASK),
                         "total_actor_scheduled": sum(1 for r in latest if r["type"] == ACTOR_CREATION_TASK)}}
 
 
-def chrome_trace(rows: Sequence[dict[str, Any]], node_ips: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def chrome_trace(rows: Sequence[dict[str, Any]],
+                 node_ips: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Chrome tracing ("X" complete events, as `ray.timeline()` writes them) of every
     attempt that ran to its end: one process per node, one thread per worker."""
     node_ips = node_ips or {}

@@ -15,9 +15,17 @@ import logging
 from collections.abc import Sequence
 
 from taskmesh import objects
-from taskmesh.objects import KIND_ERROR
 from taskmesh._base.wire import QueueEntry, TaskSpec, WireError, encode_notice
-from taskmesh.exceptions import ActorDiedError, ActorPlacementGroupRemoved, ActorUnschedulableError, RayError, TaskPlacementGroupRemoved, TaskUnschedulableError, WorkerCrashedError
+from taskmesh.exceptions import (
+    ActorDiedError,
+    ActorPlacementGroupRemoved,
+    ActorUnschedulableError,
+    RayError,
+    TaskPlacementGroupRemoved,
+    TaskUnschedulableError,
+    WorkerCrashedError,
+)
+from taskmesh.objects import KIND_ERROR
 from taskmesh.store import CALL_GROUP, GROUP, Completion, Leased, Store, retry_transient
 
 log = logging.getLogger("taskmesh.failure")

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
-
 
 from taskmesh import objects
 from taskmesh._base.ids import task_of
@@ -66,6 +66,12 @@ def encode_item_notice(task_id: str, objs: list[list]) -> bytes:
 
 
 # ---- the caller's side ----------------------------------------------------------------
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    """Wake whoever awaits `future`, once (in the loop's thread)."""
+    if not future.done():
+        future.set_result(None)
 
 
 class ObjectRefGenerator:
@@ -138,8 +144,8 @@ class ObjectRefGenerator:
             loop = asyncio.get_running_loop()
             changed = loop.create_future()
 
-            def wake(loop: asyncio.AbstractEventLoop = loop, changed: asyncio.Future = changed) -> None:
-                loop.call_soon_threadsafe(lambda: changed.done() or changed.set_result(None))
+            def wake(loop: asyncio.AbstractEventLoop = loop, changed: asyncio.Future[None] = changed) -> None:
+                loop.call_soon_threadsafe(_settle, changed)
 
             self._runtime.stream_on_change(self._task_id, wake)
             await changed
@@ -237,8 +243,7 @@ class ItemSender:
                 self._busy = True
             try:
                 # Items exist only here until stored: keep trying through a Redis restart.
-                retry_transient(lambda batch=batch: self._store.complete_tasks(batch, {}),
-                                deadline_s=3600)
+                retry_transient(functools.partial(self._store.complete_tasks, batch, {}), deadline_s=3600)
             except Exception:
                 log.exception("storing %d generator items failed", len(batch))
             finally:

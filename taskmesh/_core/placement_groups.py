@@ -35,7 +35,7 @@ class PlacementGroup:
         """An ObjectRef that becomes ready (with this group as its value) once the group
         is placed: a task with no resources run in the group's first bundle."""
         return _ready_task().options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-            self, placement_group_bundle_index=0)).remote(self)  # type: ignore[union-attr]
+            self, placement_group_bundle_index=0)).remote(self)
 
     def wait(self, timeout_seconds: float = 30) -> bool:
         """True once the group is placed; False when timeout_seconds passed first."""

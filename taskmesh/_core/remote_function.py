@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import cloudpickle
 
-from taskmesh._core import generators as _generator, options as _options
 from taskmesh import objects, runtime_env
 from taskmesh._base import queues
 from taskmesh._base.wire import QueueEntry, TaskSpec
+from taskmesh._core import generators as _generator
+from taskmesh._core import options as _options
 from taskmesh.objects import ObjectRef
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class _TaskPlan:
         if num_returns is None:  # as Ray: a generator function streams by default
             num_returns = "streaming" if _generator.is_generator_function(function) else 1
         # A generator call has one return of its own, its generator ref (_generator.py).
-        self.generator: str | None = _generator.WIRE_MODE.get(num_returns)  # type: ignore[arg-type]
+        self.generator: str | None = _generator.WIRE_MODE.get(num_returns)
         self.streaming = num_returns == "streaming"
         backpressure = self.options["_generator_backpressure_num_objects"] or 0
         self.backpressure = backpressure if self.streaming and backpressure > 0 else 0
@@ -115,7 +116,7 @@ class _TaskPlan:
         self.strategy = _options.strategy_of(self.options)
         retry = self.options["retry_exceptions"]
         self.retry_exceptions = retry if isinstance(retry, bool) else cloudpickle.dumps(tuple(retry))
-        self._export = parent._export if parent is not None else _Export(function)
+        self._export: _Export = parent._export if parent is not None else _Export(function)
 
     def submit(self, args: tuple, kwargs: dict) -> Any:
         from taskmesh._core.context import get_runtime

@@ -2,13 +2,15 @@
 picks (see _base/queues.py for the queues), decided locally from a cached view of the
 live nodes, so that a DEFAULT task costs no Redis command here.
 
-| strategy                          | queue                                              |
-|-----------------------------------|----------------------------------------------------|
-| DEFAULT                           | its shape queue; the node holding its largest argument when that node fits it (soft) |
-| "SPREAD"                          | the next live node that fits it, round robin (soft) |
-| NodeAffinity(node, soft=True)     | that node when alive (soft), else its shape queue   |
-| NodeAffinity(node, soft=False)    | that node when alive, else it fails (TaskUnschedulableError / ActorUnschedulableError) |
-| PlacementGroup(pg, bundle index)  | the bundle's queue (`any` for index -1)             |
+| strategy                         | queue                                                    |
+|----------------------------------|----------------------------------------------------------|
+| DEFAULT                          | its shape queue; the node holding its largest argument   |
+|                                  | when that node fits it (soft)                            |
+| "SPREAD"                         | the next live node that fits it, round robin (soft)      |
+| NodeAffinity(node, soft=True)    | that node when alive (soft), else its shape queue        |
+| NodeAffinity(node, soft=False)   | that node when alive, else it fails                      |
+|                                  | (TaskUnschedulableError / ActorUnschedulableError)       |
+| PlacementGroup(pg, bundle index) | the bundle's queue (`any` for index -1)                  |
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ class Router:
             pipe = r.pipeline(transaction=False)
             for n in unknown:
                 pipe.hget(self.store.keys.node(n), "resources_total")
-            for n, raw in zip(unknown, pipe.execute()):
+            for n, raw in zip(unknown, pipe.execute(), strict=True):
                 if raw:
                     self._totals[n] = json.loads(raw)
         self._alive = sorted(alive)

@@ -12,25 +12,43 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from taskmesh import objects
 from taskmesh._base.ids import index_of, owner_of, task_of
-from taskmesh._base.wire import TERMINATE, CallSpec, QueueEntry, TaskContext, WireError, decode_notice, encode_notice
+from taskmesh._base.wire import (
+    TERMINATE,
+    CallSpec,
+    QueueEntry,
+    TaskContext,
+    WireError,
+    decode_notice,
+    encode_notice,
+)
 from taskmesh._core import events as _events
 from taskmesh._core import lifecycle
 from taskmesh._core.failure import call_failures
-from taskmesh import objects
-from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
 from taskmesh._core.router import PgTarget, Route, Router
 from taskmesh._core.streams import RefState, StreamMethods
-from taskmesh.exceptions import GetTimeoutError, RayError, RayTaskError, StoreUnavailableError, TaskCancelledError
+from taskmesh.exceptions import (
+    GetTimeoutError,
+    RayError,
+    RayTaskError,
+    StoreUnavailableError,
+    TaskCancelledError,
+)
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
+from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
 from taskmesh.store import Completion, Outgoing, Release, Store, retry_transient
+
+if TYPE_CHECKING:
+    import redis
 
 _LISTEN_BLOCK_MS = 1000
 # Submitted task events are sent with the submission flush that comes this long after the
@@ -89,7 +107,7 @@ class Runtime(StreamMethods):
         # Refs this process passed to its pending tasks, held until each task's notice.
         self._task_holds: dict[str, Sequence[str]] = {}
         # Objects just stored that contain refs (they hold them once recorded in Redis).
-        self._containers: dict[str, tuple[str, ...]] = {}
+        self._containers: dict[str, Sequence[str]] = {}  # object id -> refs it holds
         self._exported: set[str] = set()
         self._shapes: set[str] = set()
 
@@ -115,8 +133,7 @@ class Runtime(StreamMethods):
         self._flusher = threading.Thread(target=self._flush_loop, name="taskmesh-flush", daemon=True)
         self._flusher.start()
         self._listener: threading.Thread | None = None
-        self._listen_client = None
-        self._listen_client_id: int | None = None
+        self._listen_client_id: int | None = None  # the listener's connection, to unblock it
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         objects.set_tracker(self)
 
@@ -499,8 +516,9 @@ class Runtime(StreamMethods):
         """Calls sent to a dead actor: their results become ActorDiedError."""
         from taskmesh._core.failure import death_error
 
-        completions = []
+        completions: list[Completion] = []
         for out, cause in calls:
+            assert out.actor_id is not None, "Store.submit reports dead actors for actor calls only"
             completions += call_failures([out.entry], death_error(out.actor_id, cause))
         self.store.complete_tasks(completions, {})
 
@@ -510,19 +528,20 @@ class Runtime(StreamMethods):
         with self._cond:
             if self._listener is not None:
                 return
-            self._listen_client = self.store.dedicated()
+            client = self.store.dedicated()
             # Asked now: once the listener blocks on this connection, it cannot answer.
-            self._listen_client_id = self._listen_client.client_id()
-            self._listener = threading.Thread(target=self._listen_loop, name="taskmesh-done", daemon=True)
+            self._listen_client_id = client.client_id()
+            self._listener = threading.Thread(target=self._listen_loop, args=(client,), name="taskmesh-done",
+                                              daemon=True)
             self._listener.start()
 
-    def _listen_loop(self) -> None:
+    def _listen_loop(self, client: redis.Redis) -> None:
         last = b"0-0"
         trim: bytes | None = None
         consumed, trimmed_at = 0, time.monotonic()
         while not self._closing:
             try:
-                notices = self.store.read_done(self._listen_client, self.owner, last, _LISTEN_BLOCK_MS, trim)
+                notices = self.store.read_done(client, self.owner, last, _LISTEN_BLOCK_MS, trim)
             except Exception as e:
                 if self._closing:
                     return
@@ -678,8 +697,8 @@ class Runtime(StreamMethods):
                 missing, remote = self._take_local(missing, found)
                 if remote:
                     # Through a Redis restart: waiting here is what a get does anyway.
-                    values = retry_transient(lambda: self.store.get_objects(remote))
-                    for oid, value in zip(remote, values):
+                    values = retry_transient(functools.partial(self.store.get_objects, remote))
+                    for oid, value in zip(remote, values, strict=True):
                         if value is not None:
                             found[oid] = value
                     missing = [oid for oid in missing if oid not in found]
@@ -713,7 +732,7 @@ class Runtime(StreamMethods):
         still running here (the caller waits for that one before looking further, so
         a get of n refs costs O(n), not O(n) per completion). Returns (still missing,
         ids to look up in Redis)."""
-        remote = []
+        remote: list[str] = []
         with self._cond:
             results, pending = self._results, self._pending
             for i, oid in enumerate(missing):
@@ -739,7 +758,8 @@ class Runtime(StreamMethods):
                 ready_ids |= wanted & self._results.keys()
                 unknown = list(wanted - ready_ids - self._pending)
             if unknown:  # owned elsewhere, or no longer cached here: ask Redis
-                ready_ids.update(i for i, ok in zip(unknown, self.store.objects_exist(unknown)) if ok)
+                exist = self.store.objects_exist(unknown)
+                ready_ids.update(i for i, ok in zip(unknown, exist, strict=True) if ok)
             if len(ready_ids) >= num_returns:
                 break
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -752,8 +772,9 @@ class Runtime(StreamMethods):
                 continue
             time.sleep(min(delay, remaining) if remaining is not None else delay)
             delay = min(delay * 2, 0.05)
-        ready, not_ready = [], []
-        for ref, oid in zip(refs, ids):
+        ready: list[ObjectRef] = []
+        not_ready: list[ObjectRef] = []
+        for ref, oid in zip(refs, ids, strict=True):
             (ready if oid in ready_ids and len(ready) < num_returns else not_ready).append(ref)
         return ready, not_ready
 
@@ -769,10 +790,9 @@ class Runtime(StreamMethods):
             self._end_job()
         self._closing = True
         self._wake.set()
-        if self._listener is not None and self._listen_client is not None:
+        if self._listener is not None and self._listen_client_id is not None:
             try:
-                client_id = self._listen_client_id
-                self.store.redis.client_unblock(client_id)
+                self.store.redis.client_unblock(self._listen_client_id)
             except Exception:
                 pass
             self._listener.join(timeout=2)

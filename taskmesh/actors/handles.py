@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from taskmesh._core import generators as _generator, options as _options
 from taskmesh import objects, runtime_env
-from taskmesh.objects import ObjectRef
 from taskmesh._base import ids, queues
 from taskmesh._base.wire import ACTOR, READY, TERMINATE, ActorSpec, CallSpec, QueueEntry
 from taskmesh._core import context
+from taskmesh._core import generators as _generator
+from taskmesh._core import options as _options
 from taskmesh._core.remote_function import _Export, _pack_args
 from taskmesh.exceptions import ActorExitRequest
+from taskmesh.objects import ObjectRef
 
 if TYPE_CHECKING:
     from taskmesh.dag import ClassMethodNode, ClassNode

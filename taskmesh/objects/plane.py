@@ -32,12 +32,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from taskmesh.objects import ref as objects
 from taskmesh._base import config, ids, queues
 from taskmesh._base.wire import QueueEntry, TaskSpec, WireError
-from taskmesh.objects.shm import ShmStore
-from taskmesh.exceptions import ObjectFetchTimedOutError, ObjectLostError, ObjectReconstructionFailedError, ObjectReconstructionFailedLineageEvictedError, ObjectReconstructionFailedMaxAttemptsExceededError, ObjectStoreFullError, OwnerDiedError, RaySystemError
+from taskmesh.exceptions import (
+    ObjectFetchTimedOutError,
+    ObjectLostError,
+    ObjectReconstructionFailedError,
+    ObjectReconstructionFailedLineageEvictedError,
+    ObjectReconstructionFailedMaxAttemptsExceededError,
+    ObjectStoreFullError,
+    OwnerDiedError,
+    RaySystemError,
+)
+from taskmesh.objects import ref as objects
 from taskmesh.objects.ref import KIND_SHM, KIND_VALUE
+from taskmesh.objects.shm import ShmStore
 from taskmesh.store import Freed, Release, Store
 
 log = logging.getLogger("taskmesh.objects")
@@ -106,6 +115,12 @@ class ObjectPlane:
         self.shm = ShmStore.of_node(node_id)
         self.inline_limit = config.INLINE_LIMIT.get()  # read once: used for every object
 
+    def _shm_node(self) -> str:
+        """This node's id, for code that runs only when `self.shm` is set (a store
+        exists only for a node)."""
+        assert self.node_id is not None, "a shared-memory store without a node"
+        return self.node_id
+
     # ---- writing ----------------------------------------------------------------------
 
     def encode(self, object_id: str, value: Any) -> tuple[bytes, bytes, tuple[str, ...]]:
@@ -130,7 +145,7 @@ class ObjectPlane:
         size = ser.size
         if size <= self.inline_limit or self.shm is None:
             return KIND_VALUE, ser.to_bytes()
-        descriptor = shm_descriptor(size, self.node_id)  # type: ignore[arg-type]
+        descriptor = shm_descriptor(size, self._shm_node())
         try:
             segment = self.shm.create(object_id, size)
         except FileExistsError:  # a retried task wrote this return before: same value
@@ -183,7 +198,7 @@ class ObjectPlane:
             raise
         except ObjectLostError:  # no holder could supply it
             self._lost(object_id, data)
-        if self.shm is not None and not self.store.add_location(object_id, self.node_id):
+        if self.shm is not None and not self.store.add_location(object_id, self._shm_node()):
             self.shm.delete([object_id])  # freed while we copied it: the mapping stays valid
         return view
 

@@ -73,7 +73,7 @@ actor id is its creator's tag + 16 hex digits; the actor's keys carry it as hash
 id grammar is in _base/ids.py; queue names (what follows `tm:q:`: a shape, a node's or a
 bundle's queue) are built and parsed in _base/queues.py; the fields of queue and call
 stream entries are encoded in _base/wire.py.
-"""
+"""  # noqa: E501 - the key table: one row per key (tests/test_store.py reads it)
 
 from __future__ import annotations
 

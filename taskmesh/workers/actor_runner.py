@@ -30,12 +30,27 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from taskmesh._core import events as _events
 from taskmesh import objects, runtime_env
 from taskmesh._base import wire
-from taskmesh._base.wire import READY, TERMINATE, ActorSpec, CallSpec, QueueEntry, TaskContext, WireError, encode_notice
+from taskmesh._base.wire import (
+    READY,
+    TERMINATE,
+    ActorSpec,
+    CallSpec,
+    QueueEntry,
+    TaskContext,
+    WireError,
+    encode_notice,
+)
+from taskmesh._core import events as _events
 from taskmesh._core.failure import call_failures, dead_letter, set_aside_malformed
-from taskmesh.exceptions import ActorExitRequest, ActorDiedError, RayTaskError, RuntimeEnvSetupError, StoreUnavailableError
+from taskmesh.exceptions import (
+    ActorDiedError,
+    ActorExitRequest,
+    RayTaskError,
+    RuntimeEnvSetupError,
+    StoreUnavailableError,
+)
 from taskmesh.objects import KIND_ERROR
 from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
 from taskmesh.workers.execution import placement, serialize_error, split_returns
@@ -73,6 +88,12 @@ class _Call:
         return self.entry.spec  # type: ignore[return-value]
 
 
+# On the results queue: a finished call and the objects it returned (None: nothing to
+# store), or (None, event): set the event once the results queued before it are stored.
+_Result = tuple[_Call, list | None]
+_FlushMark = tuple[None, threading.Event]
+
+
 class ActorServer:
     def __init__(self, worker: WorkerHost, entry_id: bytes, entry: QueueEntry,
                  gpus: tuple[int, ...] | None):
@@ -87,7 +108,7 @@ class ActorServer:
         self._started: dict[str, int] = {}  # task id -> start (µs) of calls running
         self.class_name = self.spec.class_name
         self.instance: Any = None
-        self._results: queue.Queue[tuple[_Call, list | None]] = queue.Queue()
+        self._results: queue.Queue[_Result | _FlushMark] = queue.Queue()
         self._client = self.store.dedicated()
         self._exiting = threading.Event()
         # Its node is draining (DRAIN_SIGNAL from the agent): finish the calls read, exit.
@@ -216,7 +237,7 @@ class ActorServer:
         if concurrent and not self._exiting.is_set():  # drained: the started calls finish
             runner.drain()
             flushed = threading.Event()
-            self._results.put((None, flushed))  # type: ignore[arg-type]
+            self._results.put((None, flushed))
             flushed.wait(60)
 
     def _retry_in_flight(self) -> None:
@@ -290,13 +311,13 @@ class ActorServer:
         while True:
             batch = [self._results.get()] + self._take_results()
             with self._flush_lock:
-                self._flush([b for b in batch if b[0] is not None])
-            for call, marker in batch:  # (None, Event): someone waits for this flush
-                if call is None:
-                    marker.set()  # type: ignore[union-attr]
+                self._flush(_results_only(batch))
+            for item in batch:  # (None, Event): someone waits for this flush
+                if item[0] is None:
+                    item[1].set()
 
-    def _take_results(self) -> list[tuple[_Call, list | None]]:
-        batch = []
+    def _take_results(self) -> list[_Result | _FlushMark]:
+        batch: list[_Result | _FlushMark] = []
         while True:
             try:
                 batch.append(self._results.get_nowait())
@@ -306,7 +327,7 @@ class ActorServer:
     def _flush_results_now(self) -> None:
         """Store what finished calls returned (before the actor goes away)."""
         with self._flush_lock:
-            self._flush([b for b in self._take_results() if b[0] is not None])
+            self._flush(_results_only(self._take_results()))
 
     def _flush(self, done: list[tuple[_Call, list | None]]) -> None:
         if not done:
@@ -414,7 +435,7 @@ class ActorServer:
 
         values = split_returns(result, len(return_ids), name)
         runtime = self.worker.runtime
-        return [runtime.encode_value(oid, v) for oid, v in zip(return_ids, values)]
+        return [runtime.encode_value(oid, v) for oid, v in zip(return_ids, values, strict=True)]
 
     def _error(self, error: Exception, return_ids: list[str], name: str) -> list:
         data = serialize_error(name, error)
@@ -440,6 +461,11 @@ class ActorServer:
         finally:
             self._exit_done.set()
         raise _Exit()
+
+
+def _results_only(batch: list[_Result | _FlushMark]) -> list[_Result]:
+    """The finished calls of a batch taken from the results queue, in order."""
+    return [item for item in batch if item[0] is not None]
 
 
 class _Generated:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -25,24 +26,23 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from taskmesh._base import queues, wire
+from taskmesh import scheduler, security
+from taskmesh._base import config, queues, wire
+from taskmesh._base.config import temp_root
 from taskmesh._base.wire import ActorSpec, QueueEntry
 from taskmesh._core import failure as _failure
-from taskmesh.workers import process as _process
-from taskmesh import scheduler, security
 from taskmesh._core import lifecycle
-from taskmesh.workers.actor_runner import DRAIN_SIGNAL
+from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects.plane import sweep_orphans
-from taskmesh.workers.resources import NodeResources, starved_pools
-from taskmesh._base import config
-from taskmesh._base.config import temp_root
 from taskmesh.objects.shm import ShmStore, StoreConfig, reap_dead_stores
 from taskmesh.objects.transfer import TransferServer
-from taskmesh.exceptions import StoreUnavailableError
-from taskmesh.workers.monitor import Monitor
 from taskmesh.store import KIND_FENCE, Completion, Leased, Store, keep_listening, retry_transient
+from taskmesh.workers import process as _process
+from taskmesh.workers.actor_runner import DRAIN_SIGNAL
+from taskmesh.workers.monitor import Monitor
+from taskmesh.workers.resources import NodeResources, starved_pools
 
 log = logging.getLogger("taskmesh.agent")
 
@@ -241,7 +241,8 @@ class NodeAgent:
                 self._spawn_worker()
         self.store.register_node(self.node_id, {
             "node_id": self.node_id, "ip": self.node_ip, "hostname": socket.gethostname(),
-            "pid": str(os.getpid()), "obj_port": str(self.transfer.port), "state": "ALIVE", "start_ms": str(int(time.time() * 1000)),
+            "pid": str(os.getpid()), "obj_port": str(self.transfer.port), "state": "ALIVE",
+            "start_ms": str(int(time.time() * 1000)),
             "resources_total": json.dumps(self.total), "resources_available": json.dumps(self.total),
         })
         self._pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
@@ -300,7 +301,7 @@ class NodeAgent:
                 leased = list(self._backlog)
                 self._backlog.clear()
             for task in leased:  # not started: back to its queue, not a retry
-                retry_transient(lambda: self._requeue(task, task.entry.attempt),
+                retry_transient(functools.partial(self._requeue, task, task.entry.attempt),
                                 stop=lambda: self._stopping)
             signalled: set[int] = set()
             with self._cond:
@@ -504,18 +505,18 @@ class NodeAgent:
     def _io_loop(self) -> None:
         while not self._stopping:
             for key, _ in self._selector.select(timeout=1.0):
-                r = key.fileobj
-                if r is self._wake_r:
+                if key.fileobj is self._wake_r:
                     try:
                         self._wake_r.recv(4096)
                     except BlockingIOError:
                         pass
                     continue
-                handle = self._workers.get(r)  # type: ignore[arg-type]
+                conn = cast(Connection, key.fileobj)  # registered: the wake socket and worker pipes
+                handle = self._workers.get(conn)
                 if handle is None:
                     continue
                 try:
-                    raw = r.recv_bytes()  # type: ignore[union-attr]
+                    raw = conn.recv_bytes()
                 except (EOFError, OSError):
                     self._on_worker_exit(handle)
                     continue
@@ -606,7 +607,7 @@ class NodeAgent:
                 retry_transient(lambda: self.store.complete_tasks(out.completions, out.acks),
                                 deadline_s=3600, stop=lambda: self._stopping)
             for task, attempt in out.requeues:
-                retry_transient(lambda: self._requeue(task, attempt), stop=lambda: self._stopping)
+                retry_transient(functools.partial(self._requeue, task, attempt), stop=lambda: self._stopping)
             from taskmesh._core import events as _events
 
             retried = [_events.event(t.entry.task, attempt, _events.PENDING, name=t.entry.name)
@@ -816,13 +817,13 @@ class NodeAgent:
             for task in gone:
                 self._backlog.remove(task)
                 self._outbox.ack(task)
-            orphans = [h for h in self._workers.values()
+            orphans = [(h, h.actor_id) for h in self._workers.values()
                        if h.actor_id is not None and h.pool is not None
                        and h.pool not in self.resources.bundles]
-        for h in orphans:
+        for h, actor_id in orphans:
             h.exiting = True
-            retry_transient(lambda: _failure.actor_down(
-                self.store, h.actor_id, restart=False,
+            retry_transient(functools.partial(
+                _failure.actor_down, self.store, actor_id, restart=False,
                 cause=f"{_failure.PG_REMOVED}The actor's placement group was removed."))
             h.proc.kill()
 
@@ -837,9 +838,10 @@ class NodeAgent:
                 self._backlog.remove(task)
         for task in stale:
             dest = None
-            if not queues.is_shape_queue(task.queue) and task.entry.shape:  # a soft node entry: back to its shape
+            # A soft node entry goes back to its shape queue.
+            if not queues.is_shape_queue(task.queue) and task.entry.shape:
                 dest = self.store.keys.queue(task.entry.shape)
-            retry_transient(lambda: self._requeue(task, task.entry.attempt, dest))
+            retry_transient(functools.partial(self._requeue, task, task.entry.attempt, dest))
 
     def _report_lease_stats(self) -> None:
         """Lease-read counters into the node's hash, when they changed."""

@@ -12,14 +12,15 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from taskmesh import objects
-from taskmesh._base.wire import Message
+from taskmesh._base.wire import Message, TaskContext
 from taskmesh.exceptions import RayTaskError
 
 
 class LogSink(Protocol):
     """Where a LineForwarder sends complete lines: the worker process."""
 
-    context: Any
+    @property
+    def context(self) -> TaskContext: ...
 
     def add_log_lines(self, stream: str, lines: list[str]) -> None: ...
 

@@ -27,14 +27,13 @@ import logging
 import time
 from collections.abc import Collection, Mapping
 
-from taskmesh._base import queues
+from taskmesh._base import config, queues
 from taskmesh._base.wire import QueueEntry
 from taskmesh._core import failure as _failure
-from taskmesh._base import config
-from taskmesh.exceptions import StoreUnavailableError
-from taskmesh.store import Leased, Store
 from taskmesh._core import lifecycle
 from taskmesh._core.placement import try_place
+from taskmesh.exceptions import StoreUnavailableError
+from taskmesh.store import Completion, Leased, Store
 
 log = logging.getLogger("taskmesh.monitor")
 
@@ -187,10 +186,10 @@ class Monitor:
             log.warning("actor %s: %s; %s", actor_id, cause, status)
         # The node's worker processes died with it.
         lifecycle.release_process_holds(self.store, self.store.node_processes(node), node)
-        for info in self.store.pg_infos():
-            if node in info["bundle_nodes"].values() and self.store.unplace_bundles(info["pg_id"], node):
+        for pg in self.store.pg_infos():
+            if node in pg["bundle_nodes"].values() and self.store.unplace_bundles(pg["pg_id"], node):
                 log.warning("placement group %s lost bundles on node %s; placing them again",
-                            info["pg_id"], node)
+                            pg["pg_id"], node)
         self.store.node_settled(node)
 
     def _settle_driver(self, tag: str, job_id: str) -> None:
@@ -251,15 +250,16 @@ class Monitor:
             self.holding = self.store.renew_monitor_lease(self.node_id, self.lease_ms)
 
     def _settle(self, claimed: list[Leased], cause: str) -> None:
-        completions, acks = [], {}
+        completions: list[Completion] = []
+        acks: dict[str, list[bytes]] = {}
         counts = {action: 0 for action in Action}
         entries = _failure.set_aside_malformed(self.store, claimed)
         actions = [decide(entry) for _, entry in entries]
-        fences = [_failure.next_attempt_fence(entry) for (_, entry), a in zip(entries, actions)
+        fences = [_failure.next_attempt_fence(entry) for (_, entry), a in zip(entries, actions, strict=True)
                   if a is not Action.HAND_BACK]
         if fences:  # before the retry exists: the old attempt may still complete
             self.store.fence_tasks(fences)
-        for (leased, entry), action in zip(entries, actions):
+        for (leased, entry), action in zip(entries, actions, strict=True):
             counts[action] += 1
             if action is Action.FAIL:
                 completions.append(_failure.crash_completion(entry, cause))

@@ -24,23 +24,23 @@ from typing import Any
 
 import msgpack
 
-from taskmesh._core import context
-from taskmesh._core import events as _events
-from taskmesh._core import generators as _generator
-from taskmesh._core.failure import should_retry
-from taskmesh.workers.execution import LineForwarder, placement, serialize_error, split_returns
-from taskmesh.workers import process as _process
 from taskmesh import objects, runtime_env
 from taskmesh._base import config, wire
 from taskmesh._base.config import temp_root
 from taskmesh._base.ids import task_of
 from taskmesh._base.wire import CallSpec, QueueEntry, TaskContext, TaskSpec, encode_notice
+from taskmesh._core import context
+from taskmesh._core import events as _events
+from taskmesh._core import generators as _generator
+from taskmesh._core.failure import should_retry
 from taskmesh._core.runtime import Runtime
-from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
 from taskmesh.exceptions import RuntimeEnvSetupError, TaskCancelledError
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
 from taskmesh.store import Store, retry_transient
+from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
+from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import ActorServer
+from taskmesh.workers.execution import LineForwarder, placement, serialize_error, split_returns
 
 
 class Worker:
@@ -112,7 +112,7 @@ class Worker:
     def serve(self) -> None:
         context.set_runtime(self.runtime)
         threading.Thread(target=self._log_flush_loop, name="taskmesh-logs", daemon=True).start()
-        sys.stdout, sys.stderr = self._out, self._err  # type: ignore[assignment]
+        sys.stdout, sys.stderr = self._out, self._err
         # Known to Redis before it can hold anything: if its node dies, the monitor
         # releases what it held.
         retry_transient(lambda: self.store.add_node_process(self.node_id, self.runtime.owner))
@@ -267,7 +267,7 @@ class Worker:
                 return self.generator_run(spec, name, return_ids[0],
                                           retry=lambda e: should_retry(spec, attempt, e)).run(result)
             values = split_returns(result, len(return_ids), name)
-            return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values)]
+            return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values, strict=True)]
         except KeyboardInterrupt:  # taskmesh.cancel interrupted it
             self._interruptible = False
             return self._cancelled(return_ids)
