@@ -105,7 +105,7 @@ class _TaskPlan:
         num_returns = self.options["num_returns"]
         if num_returns is None:  # as Ray: a generator function streams by default
             num_returns = "streaming" if _generator.is_generator_function(function) else 1
-        # A generator call has one return of its own, its generator ref (_generator.py).
+        # A generator call has one return of its own, its generator ref (generators.py).
         self.generator: str | None = _generator.WIRE_MODE.get(num_returns)
         self.streaming = num_returns == "streaming"
         backpressure = self.options["_generator_backpressure_num_objects"] or 0

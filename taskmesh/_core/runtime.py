@@ -285,7 +285,7 @@ class Runtime(StreamMethods):
 
     def route(self, strategy: Any, demand: dict[str, float], shape: str, deps: Sequence[str],
               *, actor: bool) -> Route:
-        """The queue a task or actor creation goes to (see _placement.py). A task
+        """The queue a task or actor creation goes to (see router.py). A task
         inherits its parent's placement group when the parent captures child tasks."""
         from taskmesh._core.strategies import PlacementGroupSchedulingStrategy
 
@@ -649,7 +649,7 @@ class Runtime(StreamMethods):
         decode: Callable[[str, tuple[bytes, bytes]], Any],
     ) -> dict[str, Any]:
         """Fetch the objects and decode each (in order; `decode` may raise). An object
-        whose every copy turned out lost is being made again (see _object_plane.py):
+        whose every copy turned out lost is being made again (see objects/plane.py):
         it is fetched again, waiting for its new value within the same timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         todo = list(dict.fromkeys(ids))

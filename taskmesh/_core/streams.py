@@ -1,4 +1,4 @@
-"""A process's generator calls (see _generator.py): which items of each streaming call
+"""A process's generator calls (see generators.py): which items of each streaming call
 arrived and were handed out, backpressure counts sent back to the generator, and the
 items of dynamic calls. A mixin of `runtime.Runtime`, through the small StreamHost
 protocol: the shared reference state (RefState, whose lock guards it all) and the store."""
@@ -27,7 +27,7 @@ _NEVER_WAIT = 1 << 62
 
 @dataclass(slots=True)
 class _Stream:
-    """A generator call of this process: items are indexes 2.. (see _generator.py)."""
+    """A generator call of this process: items are indexes 2.. (see generators.py)."""
 
     arrived: int = 1  # index of the last item whose notice arrived
     taken: int = 1  # index of the last item handed out as a ref

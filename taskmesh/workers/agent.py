@@ -307,7 +307,7 @@ class NodeAgent:
             with self._cond:
                 while not self._stopping and time.monotonic() < deadline:
                     actors = [h for h in self._workers.values() if h.actor_id is not None]
-                    for h in actors:  # finish the calls read, then exit (see _actor_worker)
+                    for h in actors:  # finish the calls read, then exit (see actor_runner.py)
                         if h.proc.pid not in signalled:
                             signalled.add(h.proc.pid)
                             h.proc.send_signal(DRAIN_SIGNAL)
@@ -845,13 +845,20 @@ class NodeAgent:
 
     def _report_lease_stats(self) -> None:
         """Lease-read counters into the node's hash, when they changed."""
-        stats = dict(self._lease_stats)
-        if stats != self._reported_lease_stats:
-            try:
-                self.store.set_node_fields(self.node_id, stats)
-                self._reported_lease_stats = stats
-            except Exception as e:
-                log.warning("reporting lease counters failed: %r", e)
+        self._reported_lease_stats = self._report_fields(
+            "lease counters", dict(self._lease_stats), self._reported_lease_stats)
+
+    def _report_fields(self, what: str, fields: dict[str, Any], reported: dict[str, Any]) -> dict[str, Any]:
+        """Write `fields` into the node's hash unless they are what was `reported` last;
+        returns what the hash now holds (a failed write is tried again next time)."""
+        if fields == reported:
+            return reported
+        try:
+            self.store.set_node_fields(self.node_id, fields)
+            return fields
+        except Exception as e:
+            log.warning("reporting %s failed: %r", what, e)
+            return reported
 
     def _report_store_usage(self) -> None:
         """Object-store usage into the node's hash (for `taskmesh memory`), when it changed."""
@@ -861,12 +868,7 @@ class NodeAgent:
         fields = {"store_capacity": self.object_store.capacity_bytes or 0, "store_used": u.used_bytes,
                   "store_objects": u.objects, "store_spilled": u.spilled_bytes,
                   "store_spilled_objects": u.spilled_objects, "store_free_pool": u.free_pool_bytes}
-        if fields != self._reported_usage:
-            try:
-                self.store.set_node_fields(self.node_id, fields)
-                self._reported_usage = fields
-            except Exception as e:
-                log.warning("reporting object-store usage failed: %r", e)
+        self._reported_usage = self._report_fields("object-store usage", fields, self._reported_usage)
 
     def _heartbeat_loop(self) -> None:
         last_sent: dict[str, float] | None = None
