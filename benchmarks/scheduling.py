@@ -30,16 +30,16 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout: taskmesh is im
 
 import taskmesh  # noqa: E402
 from taskmesh.util import placement_group, remove_placement_group  # noqa: E402
-from taskmesh.workers import launch as _services  # noqa: E402
+from taskmesh.workers import launch  # noqa: E402
 from taskmesh.workers import process as _process  # noqa: E402
 
 
 class Cluster:
     def __init__(self, work: Path, agents: int, num_cpus: float):
-        self.redis = _services.start_redis(data_dir=work / "redis")
+        self.redis = launch.start_redis(data_dir=work / "redis")
         self.procs = []
         for i in range(agents):
-            proc, _ = _services.start_agent(self.redis.url, num_cpus=num_cpus,
+            proc, _ = launch.start_agent(self.redis.url, num_cpus=num_cpus,
                                             log_path=work / f"agent-{i}.log", fate_share=True)
             self.procs.append(proc)
         taskmesh.init(address=self.redis.url)

@@ -26,7 +26,7 @@ from taskmesh._core.remote_function import RemoteFunction
 from taskmesh._core.runtime import Runtime
 from taskmesh.objects import ObjectRef
 from taskmesh.store import Store, connection, keep_listening
-from taskmesh.workers import launch as _services
+from taskmesh.workers import launch
 
 _lock = threading.RLock()
 _cluster: _LocalCluster | None = None
@@ -37,7 +37,7 @@ _log_thread: Any = None
 class _LocalCluster:
     """Processes `init()` started, stopped again by `shutdown()`."""
 
-    redis: _services.RedisServer | None
+    redis: launch.RedisServer | None
     agent: Any
     session_dir: Path
 
@@ -182,9 +182,9 @@ def _resolve_address(address: str | None) -> str | None:
     if address is None:
         address = config.ADDRESS.get()
     if address in (None, "local"):
-        return _services.current_cluster_address() if address is None else None
+        return launch.current_cluster_address() if address is None else None
     if address == "auto":
-        found = _services.current_cluster_address()
+        found = launch.current_cluster_address()
         if found is None:
             raise ConnectionError("Could not find any running taskmesh cluster on this machine: "
                                   "start one with 'taskmesh start --head' or pass an address.")
@@ -197,9 +197,9 @@ def _start_local(
     object_store_memory: int | None = None,
 ) -> tuple[_LocalCluster, str, str]:
     session = config.temp_root() / f"session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
-    server = _services.start_redis(data_dir=session / "redis")
+    server = launch.start_redis(data_dir=session / "redis")
     try:
-        agent, node_id = _services.start_agent(
+        agent, node_id = launch.start_agent(
             server.url, num_cpus=num_cpus if num_cpus is not None else os.cpu_count(),
             num_gpus=num_gpus, resources=resources, log_path=session / "logs" / "agent.log", fate_share=True,
             object_store_memory=object_store_memory)

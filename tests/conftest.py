@@ -27,7 +27,7 @@ import taskmesh
 from taskmesh._base import config
 from taskmesh.objects import shm as _shm
 from taskmesh.store import Store
-from taskmesh.workers import launch as _services
+from taskmesh.workers import launch
 from taskmesh.workers import process as _process
 
 # ---- test lanes -----------------------------------------------------------------------
@@ -86,7 +86,7 @@ def _isolated_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
     path = tmp_path_factory.mktemp("taskmesh-temp")
     old = os.environ.get(config.ENV_TEMP_DIR)
     os.environ[config.ENV_TEMP_DIR] = str(path)
-    os.environ.pop(_services.ENV_ADDRESS, None)
+    os.environ.pop(launch.ENV_ADDRESS, None)
     yield path
     if old is None:
         os.environ.pop(config.ENV_TEMP_DIR, None)
@@ -95,14 +95,14 @@ def _isolated_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_services.RedisServer]:
-    server = _services.start_redis(data_dir=tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launch.RedisServer]:
+    server = launch.start_redis(data_dir=tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 
 
 @pytest.fixture
-def store(redis_server: _services.RedisServer) -> Iterator[Store]:
+def store(redis_server: launch.RedisServer) -> Iterator[Store]:
     """A client on a flushed database."""
     s = Store(redis_server.url)
     s.redis.flushall()
@@ -123,9 +123,9 @@ class TestCluster:
 
     def add_node(self, num_cpus: float = 1, resources: dict[str, float] | None = None,
                  **agent_options: Any) -> str:
-        """Start one more agent; `agent_options` go to `_services.start_agent`
+        """Start one more agent; `agent_options` go to `launch.start_agent`
         (object_store_memory=..., spill_dir=...)."""
-        proc, node_id = _services.start_agent(
+        proc, node_id = launch.start_agent(
             self.url, num_cpus=num_cpus, resources=resources,
             log_path=self.log_dir / f"agent-{len(self.started)}.log", fate_share=True,
             **agent_options)
@@ -190,7 +190,7 @@ def assert_no_leaked_children(before: set[int], timeout_s: float = 10.0) -> None
 
 
 @pytest.fixture
-def cluster_factory(redis_server: _services.RedisServer, tmp_path: Path) -> Iterator:
+def cluster_factory(redis_server: launch.RedisServer, tmp_path: Path) -> Iterator:
     """start_cluster(nodes=..., num_cpus=...) on a flushed server."""
     Store(redis_server.url).redis.flushall()
 
@@ -201,7 +201,7 @@ def cluster_factory(redis_server: _services.RedisServer, tmp_path: Path) -> Iter
 
 
 @pytest.fixture(scope="module")
-def shared_cluster(redis_server: _services.RedisServer,
+def shared_cluster(redis_server: launch.RedisServer,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """One 2-CPU node for a whole test module (starting agents is the slow part)."""
     Store(redis_server.url).redis.flushall()

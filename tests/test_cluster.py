@@ -21,7 +21,7 @@ from taskmesh import exceptions
 from taskmesh.cli import main as cli
 from taskmesh.objects import shm as _shm
 from taskmesh.store import Store, connection
-from taskmesh.workers import launch as _services
+from taskmesh.workers import launch
 
 _wait_for = functools.partial(wait_until, timeout_s=20.0)
 
@@ -173,7 +173,7 @@ def test_multi_node_cluster_from_the_cli(tmp_path: Path) -> None:
                              env=env, capture_output=True, text=True, timeout=60)
     assert started.returncode == 0, started.stderr
     assert "taskmesh worker --address" in started.stdout
-    address = _services.current_cluster_address()
+    address = launch.current_cluster_address()
     assert address is not None
     worker = subprocess.Popen(_taskmesh_cmd("worker", "--address", address, "--num-cpus", "1",
                                             "--resources", '{"special": 2}'),
@@ -213,7 +213,7 @@ def test_multi_node_cluster_from_the_cli(tmp_path: Path) -> None:
         stopped = subprocess.run(_taskmesh_cmd("stop"), env=env, capture_output=True, text=True, timeout=60)
         assert stopped.returncode == 0, stopped.stderr
     assert worker.returncode == 0
-    assert _services.current_cluster_address() is None
+    assert launch.current_cluster_address() is None
     assert_no_leaked_children(before)
 
 
@@ -267,7 +267,7 @@ def test_work_leased_ahead_moves_to_an_idle_node(cluster_factory, tmp_path: Path
 
 def test_init_joins_the_cluster_named_by_taskmesh_address(cluster_factory, monkeypatch) -> None:
     with cluster_factory(nodes=1) as cluster:
-        monkeypatch.setenv(_services.ENV_ADDRESS, cluster.url.replace("redis://", ""))
+        monkeypatch.setenv(launch.ENV_ADDRESS, cluster.url.replace("redis://", ""))
         before = {c.pid for c in psutil.Process().children(recursive=True)}
         ctx = taskmesh.init()
         try:
@@ -286,7 +286,7 @@ def test_the_readme_demo_runs() -> None:
     embedded Redis and leaves no process behind."""
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k != _services.ENV_ADDRESS}
+    env = {k: v for k, v in os.environ.items() if k != launch.ENV_ADDRESS}
     done = subprocess.run([sys.executable, "examples/quickstart.py"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -300,7 +300,7 @@ def test_the_readme_demo_runs() -> None:
 def test_a_redis_that_may_evict_keys_is_refused(tmp_path) -> None:
     """An evicted key is lost work: drivers and agents refuse a Redis whose
     maxmemory-policy is not noeviction, with an error naming the setting."""
-    server = _services.start_redis(data_dir=tmp_path / "redis",
+    server = launch.start_redis(data_dir=tmp_path / "redis",
                                    extra_args=("--maxmemory-policy", "allkeys-lru"))
     try:
         with pytest.raises(ValueError, match="maxmemory-policy 'allkeys-lru'"):

@@ -25,7 +25,7 @@ from netns import NamespacePair
 from taskmesh import security
 from taskmesh.objects import shm as _shm
 from taskmesh.store import Store
-from taskmesh.workers import launch as _services
+from taskmesh.workers import launch
 from taskmesh.workers import process as _process
 
 ARRAY_LEN = 2_500_000  # int64: 20 MB, far above the inline limit, so it lives in shared memory
@@ -51,7 +51,7 @@ def start_agent_in_namespace(pair: NamespacePair, i: int, redis_port: int,
     """Run `taskmesh worker` inside namespace i, registered under the namespace's address,
     reaching Redis at the host side of its own link (another machine's address to it, so
     Redis needs a password: agents refuse an open one there)."""
-    return _services.start_agent(
+    return launch.start_agent(
         f"redis://:{password}@{pair.host_ip(i)}:{redis_port}", num_cpus=2, resources=resources,
         log_path=log_path, fate_share=True, timeout_s=AGENT_START_TIMEOUT_S,
         node_ip=pair.ns_ip(i), command_prefix=pair.exec_prefix(i))
@@ -66,7 +66,7 @@ def netns_cluster(pair: NamespacePair, tmp_path: Path) -> Iterator[NetnsCluster]
     # Reachable from the driver and from both namespaces, not from every interface of the
     # host: a later --bind overrides the loopback one start_redis passes.
     password = security.generate_password()
-    server = _services.start_redis(
+    server = launch.start_redis(
         data_dir=tmp_path / "redis", password=password,
         extra_args=("--bind", "127.0.0.1", pair.host_ip(1), pair.host_ip(2)))
     cluster = NetnsCluster(pair, server.url)

@@ -22,8 +22,7 @@ from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
 from taskmesh.objects import shm as _shm
 from taskmesh.store import KIND_FENCE, Completion, Release, Store
-from taskmesh.workers import launch as _services
-from taskmesh.workers import monitor
+from taskmesh.workers import launch, monitor
 from taskmesh.workers import process as _process
 
 
@@ -56,7 +55,7 @@ def test_after_redis_was_away_the_monitor_gives_nodes_time_to_heartbeat(tmp_path
     """Heartbeats stop reaching a restarting Redis; when it is back they are old because
     Redis was away, not because the nodes were: none is declared dead until each has had
     a node timeout to heartbeat again."""
-    server = _services.start_redis(data_dir=tmp_path / "redis", persistent=True,
+    server = launch.start_redis(data_dir=tmp_path / "redis", persistent=True,
                                    extra_args=("--appendfsync", "always"))
     store = Store(server.url)
     try:
@@ -69,7 +68,7 @@ def test_after_redis_was_away_the_monitor_gives_nodes_time_to_heartbeat(tmp_path
         with pytest.raises(StoreUnavailableError):
             watcher.tick()
         time.sleep(0.6)  # past the node timeout without a heartbeat
-        server = _services.start_redis(data_dir=tmp_path / "redis", port=port, persistent=True,
+        server = launch.start_redis(data_dir=tmp_path / "redis", port=port, persistent=True,
                                        extra_args=("--appendfsync", "always"))
         wait_until(lambda: _ticked(watcher), 10, "Redis to answer again")
         assert store.redis.zscore(store.keys.nodes_alive(), "quiet") is not None
@@ -108,7 +107,7 @@ def where(log: str, sleep_s: float) -> str:
 
 
 def _start_agent(pair: NamespacePair, i: int, port: int, log_path: Path) -> tuple[subprocess.Popen, str]:
-    return _services.start_agent(
+    return launch.start_agent(
         f"redis://{pair.host_ip(i)}:{port}", num_cpus=1, log_path=log_path, fate_share=True,
         node_ip=pair.ns_ip(i), command_prefix=pair.exec_prefix(i))
 
@@ -124,7 +123,7 @@ def test_a_node_cut_off_and_back_does_not_commit_its_old_attempt(
     monkeypatch.setenv(monitor.ENV_NODE_TIMEOUT_MS, str(NODE_TIMEOUT_MS))
     monkeypatch.setenv("TASKMESH_ALLOW_INSECURE", "1")  # Redis on a private test link
     before = {c.pid for c in psutil.Process().children(recursive=True)}
-    server = _services.start_redis(
+    server = launch.start_redis(
         data_dir=tmp_path / "redis", extra_args=("--bind", "127.0.0.1", pair.host_ip(1), pair.host_ip(2)))
     agents: list[subprocess.Popen] = []
     started: list[str] = []

@@ -24,7 +24,7 @@ from taskmesh import security
 from taskmesh.cli import main as cli
 from taskmesh.security import InsecureRedisError, check_server
 from taskmesh.store import Store
-from taskmesh.workers import launch as _services
+from taskmesh.workers import launch
 
 
 def taskmesh_cmd(*args: str) -> list[str]:
@@ -48,16 +48,16 @@ def error_lines(output: str) -> list[str]:
 # ---- an open Redis on another machine -------------------------------------------------
 
 @pytest.fixture
-def open_redis(tmp_path: Path) -> Iterator[_services.RedisServer]:
+def open_redis(tmp_path: Path) -> Iterator[launch.RedisServer]:
     """A server listening on every interface, without a password or protected mode."""
-    server = _services.start_redis(data_dir=tmp_path / "open", host="0.0.0.0")
+    server = launch.start_redis(data_dir=tmp_path / "open", host="0.0.0.0")
     yield server
     server.stop()
 
 
 @pytest.mark.cluster
 def test_an_open_redis_reached_over_the_network_is_refused(
-        open_redis: _services.RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+        open_redis: launch.RedisServer, caplog: pytest.LogCaptureFixture) -> None:
     url = f"redis://{machine_ip()}:{open_redis.port}"
     store = Store(url)
     try:
@@ -89,7 +89,7 @@ def test_an_open_redis_reached_over_the_network_is_refused(
         store.close()
 
 
-def test_allow_insecure_lets_a_driver_join(open_redis: _services.RedisServer) -> None:
+def test_allow_insecure_lets_a_driver_join(open_redis: launch.RedisServer) -> None:
     url = f"redis://{machine_ip()}:{open_redis.port}"
     taskmesh.init(address=url, allow_insecure=True)
     try:
@@ -107,7 +107,7 @@ def test_head_on_a_network_interface_gets_a_password_and_leaks_it_nowhere(
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     env = dict(os.environ, TASKMESH_TEMP_DIR=str(tmp_path))
     env.pop("TASKMESH_ADDRESS", None)
-    port = _services.free_port()
+    port = launch.free_port()
     started = run_cli(["start", "--head", "--port", str(port), "--redis-bind", "0.0.0.0",
                        "--num-cpus", "1"], env)
     try:
@@ -161,8 +161,8 @@ def test_head_on_a_network_interface_gets_a_password_and_leaks_it_nowhere(
 # ---- ACL users per role -----------------------------------------------------------------
 
 @pytest.fixture
-def acl_redis(tmp_path: Path) -> Iterator[_services.RedisServer]:
-    server = _services.start_redis(data_dir=tmp_path / "acl")
+def acl_redis(tmp_path: Path) -> Iterator[launch.RedisServer]:
+    server = launch.start_redis(data_dir=tmp_path / "acl")
     yield server
     server.stop()
 
@@ -178,7 +178,7 @@ def setup_users(url: str) -> dict[str, str]:
 
 
 @pytest.mark.cluster
-def test_a_job_runs_with_the_driver_and_agent_users(acl_redis: _services.RedisServer,
+def test_a_job_runs_with_the_driver_and_agent_users(acl_redis: launch.RedisServer,
                                                     tmp_path: Path) -> None:
     urls = setup_users(acl_redis.url)
     admin = redis.Redis.from_url(acl_redis.url)
@@ -229,7 +229,7 @@ def test_a_job_runs_with_the_driver_and_agent_users(acl_redis: _services.RedisSe
         assert "Persistence: AOF off; RDB schedule unknown" in status.output
 
 
-def test_each_role_cannot_do_the_others_job(acl_redis: _services.RedisServer) -> None:
+def test_each_role_cannot_do_the_others_job(acl_redis: launch.RedisServer) -> None:
     urls = setup_users(acl_redis.url)
     keys = Store(acl_redis.url).keys
     admin = redis.Redis.from_url(acl_redis.url)

@@ -24,7 +24,7 @@ from taskmesh import security
 from taskmesh.cli import main as cli
 from taskmesh.security import check_server
 from taskmesh.store import Store
-from taskmesh.workers import launch as _services
+from taskmesh.workers import launch
 
 pytestmark = pytest.mark.tls
 
@@ -58,7 +58,7 @@ def test_head_with_tls_runs_a_job_over_rediss(certs: security.TlsFiles, tmp_path
     env = dict(os.environ, TASKMESH_TEMP_DIR=str(tmp_path), TASKMESH_REDIS_PASSWORD=password,
                **certs.env())
     env.pop("TASKMESH_ADDRESS", None)
-    port = _services.free_port()
+    port = launch.free_port()
     started = subprocess.run(
         [sys.executable, "-m", "taskmesh.cli", "start", "--head", "--port", str(port), "--num-cpus", "1"],
         env=env, capture_output=True, text=True, timeout=60)
@@ -108,7 +108,7 @@ def test_head_with_tls_runs_a_job_over_rediss(certs: security.TlsFiles, tmp_path
 
 def test_clients_take_tls_files_from_the_environment(
         certs: security.TlsFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = _services.start_redis(data_dir=tmp_path / "redis", tls=certs)
+    server = launch.start_redis(data_dir=tmp_path / "redis", tls=certs)
     try:
         assert server.url.startswith("rediss://")
         bare = Store(server.url)

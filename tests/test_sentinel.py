@@ -14,7 +14,7 @@ import redis
 import taskmesh
 from conftest import TestCluster, assert_no_leaked_children
 from taskmesh.store import Store, connection
-from taskmesh.workers import launch as _services
+from taskmesh.workers import launch
 
 MASTER = "tm-primary"
 
@@ -86,7 +86,7 @@ class _Submitter(threading.Thread):
             self.error = e
 
 
-def _master_port(sentinel: _services.RedisServer) -> int | None:
+def _master_port(sentinel: launch.RedisServer) -> int | None:
     try:
         with redis.Redis.from_url(sentinel.url, socket_timeout=0.5) as client:
             reply = client.sentinel_get_master_addr_by_name(MASTER)
@@ -95,7 +95,7 @@ def _master_port(sentinel: _services.RedisServer) -> int | None:
     return int(reply[1]) if reply else None
 
 
-def _wait_for_promotion(sentinels: list[_services.RedisServer], replica_port: int, timeout_s: float) -> float:
+def _wait_for_promotion(sentinels: list[launch.RedisServer], replica_port: int, timeout_s: float) -> float:
     """Seconds until every Sentinel names the replica as the primary."""
     start = time.monotonic()
     while any(_master_port(s) != replica_port for s in sentinels):
@@ -117,15 +117,15 @@ def _wait_submitted(submitter: _Submitter, count: int, timeout_s: float = 30.0) 
 @pytest.mark.slow
 def test_cluster_follows_the_promoted_replica_after_the_primary_is_killed(tmp_path: Path) -> None:
     before = {c.pid for c in psutil.Process().children(recursive=True)}
-    servers: list[_services.RedisServer] = []
+    servers: list[launch.RedisServer] = []
     cluster: TestCluster | None = None
     submitter = _Submitter()
     try:
-        primary = _services.start_redis(data_dir=tmp_path / "primary")
+        primary = launch.start_redis(data_dir=tmp_path / "primary")
         servers.append(primary)
-        replica = _services.start_replica(primary, data_dir=tmp_path / "replica")
+        replica = launch.start_replica(primary, data_dir=tmp_path / "replica")
         servers.append(replica)
-        sentinels = _services.start_sentinels(primary, MASTER, data_dir=tmp_path)
+        sentinels = launch.start_sentinels(primary, MASTER, data_dir=tmp_path)
         servers += sentinels
         url = connection.canonicalize_address(
             "redis+sentinel://" + ",".join(f"{s.host}:{s.port}" for s in sentinels) + f"/{MASTER}")

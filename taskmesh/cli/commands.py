@@ -17,14 +17,14 @@ import click
 from taskmesh import security
 from taskmesh._base import config
 from taskmesh.store import connection
-from taskmesh.workers import launch as _services
+from taskmesh.workers import launch
 
 ADDRESS_HELP = "Redis address of the cluster (host:port, redis://[:password@]host:port, rediss://...)."
 
 
 def _address_option(required: bool) -> Callable:
     def decorate(fn: Callable) -> Callable:
-        return click.option("--address", envvar=_services.ENV_ADDRESS, required=required,
+        return click.option("--address", envvar=launch.ENV_ADDRESS, required=required,
                             show_envvar=True, help=ADDRESS_HELP)(fn)
     return decorate
 
@@ -201,7 +201,7 @@ def start(address: str | None, num_cpus: float | None, num_gpus: float | None, m
             raise click.UsageError("a Redis with TLS needs --tls-cert, --tls-key and --tls-ca-file")
         if redis_password is None and not security.is_loopback(redis_bind):
             redis_password = security.generate_password()
-        server = _services.start_redis(data_dir=root / "redis", host=redis_bind, port=port or None,
+        server = launch.start_redis(data_dir=root / "redis", host=redis_bind, port=port or None,
                                        password=redis_password, tls=tls or None,
                                        persistent=True, fate_share=False)
         url = _advertised_url(server.url, redis_bind)
@@ -211,12 +211,12 @@ def start(address: str | None, num_cpus: float | None, num_gpus: float | None, m
         assert joined is not None  # --address is given when --head is not
         url = joined
         _check_cluster(url)
-    proc, node_id = _services.start_agent(
+    proc, node_id = launch.start_agent(
         url, num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
         log_path=root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log", fate_share=False,
         object_store_memory=object_store_memory, spill_dir=spill_dir)
     pids.append(proc.pid)
-    _services.record_started(pids, url if head else None)
+    launch.record_started(pids, url if head else None)
     click.echo(f"Started node {node_id}.")
     if head:
         if redis_password:
@@ -302,10 +302,10 @@ def stop(grace_period_s: float) -> None:
     agents drain first (SIGTERM), then whatever is left is stopped."""
     from taskmesh.workers.process import stop_processes
 
-    pids = _services.started_pids()
+    pids = launch.started_pids()
     _drain_agents(pids, timeout_s=grace_period_s + 10)  # + their own shutdown
     stopped = stop_processes(pids, timeout_s=10)
-    _services.forget_started()
+    launch.forget_started()
     click.echo(f"Stopped {len(stopped)} process(es).")
 
 
@@ -460,7 +460,7 @@ def _usage(node: dict) -> str:
 def _connect(address: str | None) -> Any:
     from taskmesh.store import Store
 
-    url = _canonical(address) or _services.current_cluster_address()
+    url = _canonical(address) or launch.current_cluster_address()
     if url is None:
         raise click.UsageError("no cluster found: pass --address or start one with 'taskmesh start --head'")
     return Store(url)

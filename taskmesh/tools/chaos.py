@@ -40,8 +40,7 @@ import taskmesh
 from taskmesh.exceptions import GetTimeoutError, ObjectLostError, RayError
 from taskmesh.objects import shm as _shm
 from taskmesh.store import Store, retry_transient
-from taskmesh.workers import launch as _services
-from taskmesh.workers import monitor
+from taskmesh.workers import launch, monitor
 from taskmesh.workers import process as _process
 
 NODE_TIMEOUT_MS = 2_000  # the monitor declares a killed agent dead after this silence
@@ -114,15 +113,15 @@ class ChaosCluster:
         self.started: list[str] = []
         self.lock = threading.Lock()
 
-    def _start_redis(self, port: int | None) -> _services.RedisServer:
+    def _start_redis(self, port: int | None) -> launch.RedisServer:
         # fsync on every write: a kill -9 must not lose what Redis acknowledged.
         return self.spawner.submit(
-            _services.start_redis, data_dir=self.work_dir / "redis", port=port, persistent=True,
+            launch.start_redis, data_dir=self.work_dir / "redis", port=port, persistent=True,
             extra_args=("--appendfsync", "always")).result()
 
     def add_agent(self) -> str:
         proc, node_id = self.spawner.submit(
-            _services.start_agent, self.redis.url, num_cpus=self.num_cpus, fate_share=True,
+            launch.start_agent, self.redis.url, num_cpus=self.num_cpus, fate_share=True,
             log_path=self.work_dir / f"agent-{len(self.started)}.log").result()
         with self.lock:
             self.agents[node_id] = psutil.Process(proc.pid)

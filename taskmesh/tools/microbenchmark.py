@@ -448,16 +448,16 @@ def cross_node_get_gbps(duration_s: float, nbytes: int = SIZE_100MB) -> float:
     one Redis, all started here and always stopped again."""
     import taskmesh
     from taskmesh._base import config
-    from taskmesh.workers import launch as _services
+    from taskmesh.workers import launch
     from taskmesh.workers import process as _process
 
     with contextlib.ExitStack() as undo:  # stops whatever was started, last first
         session = Path(tempfile.mkdtemp(prefix="microbenchmark-", dir=config.temp_root()))
         undo.callback(shutil.rmtree, session, ignore_errors=True)
-        server = _services.start_redis(data_dir=session / "redis")
+        server = launch.start_redis(data_dir=session / "redis")
         undo.callback(server.stop)
         for name in ("a", "b"):
-            agent, _ = _services.start_agent(
+            agent, _ = launch.start_agent(
                 server.url, num_cpus=1, resources={name: 1},
                 log_path=session / f"agent-{name}.log", fate_share=True)
             undo.callback(_process.stop_processes, [agent.pid], timeout_s=10)

@@ -74,12 +74,12 @@ def _store(address: str | None) -> Iterator[Any]:
     from taskmesh._core.context import get_runtime
     from taskmesh.api import is_initialized
     from taskmesh.store import Store, connection
-    from taskmesh.workers import launch as _services
+    from taskmesh.workers import launch
 
     if address is None and is_initialized():
         yield get_runtime().store
         return
-    url = connection.canonicalize_address(address) if address else _services.current_cluster_address()
+    url = connection.canonicalize_address(address) if address else launch.current_cluster_address()
     if url is None:
         raise ConnectionError("taskmesh is not initialized and no cluster runs on this machine: "
                               "call taskmesh.init() or pass address=.")
