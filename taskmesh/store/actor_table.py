@@ -22,6 +22,7 @@ from taskmesh.store.records import (
     _opt_text,
     _text,
     parse_entries,
+    scan_hashes,
     translate_errors,
 )
 
@@ -50,13 +51,8 @@ class ActorMethods(StoreCore):
     @translate_errors
     def actors(self) -> list[dict[str, str]]:
         """Every actor's hash (without its spec), for `taskmesh list actors`."""
-        keys = [k for k in self.redis.scan_iter(match=self.keys.actor("*"), count=1000)
-                if not k.endswith(b":calls")]
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
         out = []
-        for key, raw in zip(keys, pipe.execute(), strict=True):
+        for key, raw in scan_hashes(self.redis, self.keys.actor("*"), b":calls"):
             info = {_text(k): _text(v, errors="replace") for k, v in raw.items()
                     if k not in (b"spec", b"methods") and not k.startswith(b"retry:")}
             info["actor_id"] = key.decode().rsplit("{", 1)[-1].rstrip("}")

@@ -29,15 +29,11 @@ from taskmesh.store.keys import Keys
 from taskmesh.store.observe import ObserveMethods
 from taskmesh.store.records import (
     _NO_REPLICA_BACKOFF_S,
-    CALL_GROUP,
     GROUP,
-    OWNER_TAG_LEN,
     Completion,
-    Freed,
     Leased,
     Liveness,
     Outgoing,
-    Release,
     _bytes,
     _fields,
     _flat,
@@ -45,9 +41,8 @@ from taskmesh.store.records import (
     _now_ms,
     _opt_bytes,
     _text,
-    keep_listening,
     parse_entries,
-    retry_transient,
+    scan_hashes,
     stream_entries,
     translate_errors,
 )
@@ -58,10 +53,7 @@ from taskmesh.store.scripts import Scripts
 KIND_FENCE = b"fence"
 FENCE_TTL_MS = 24 * 3600 * 1000
 
-__all__ = [
-    "CALL_GROUP", "GROUP", "KIND_FENCE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased",
-    "Liveness", "Outgoing", "Release", "Store", "keep_listening", "retry_transient", "translate_errors",
-]
+__all__ = ["KIND_FENCE", "Store"]  # the store's other names: taskmesh.store (__init__.py)
 
 
 class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
@@ -134,13 +126,8 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
     @translate_errors
     def job_infos(self) -> list[dict[str, str]]:
         """Every job's hash with its id and state (SCAN: for the CLI, not hot paths)."""
-        keys = [k for k in self.redis.scan_iter(match=self.keys.all_jobs(), count=1000)
-                if not k.endswith(b":actors")]
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
         out = []
-        for key, raw in zip(keys, pipe.execute(), strict=True):
+        for key, raw in scan_hashes(self.redis, self.keys.all_jobs(), b":actors"):
             info = {_text(k): _text(v) for k, v in raw.items()}
             info["job_id"] = _text(key).rpartition(":")[2]
             info["state"] = "FINISHED" if info.get("end_ms") else "RUNNING"
@@ -481,13 +468,9 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
         scored = cast("list[tuple[bytes, float]]", self.redis.zrange(
             self.keys.nodes_alive(), 0, -1, withscores=True))
         alive = {_text(m): int(s) for m, s in scored}
-        node_keys = list(self.redis.scan_iter(match=self.keys.node("*"), count=1000))
-        pipe = self.redis.pipeline(transaction=False)
-        for key in node_keys:
-            pipe.hgetall(key)
         out = []
-        for raw in pipe.execute():
-            info = {k.decode(): v.decode() for k, v in raw.items()}
+        for _, raw in scan_hashes(self.redis, self.keys.node("*")):
+            info: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
             if "node_id" not in info:
                 continue
             for field in ("resources_total", "resources_available"):

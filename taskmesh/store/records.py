@@ -199,3 +199,17 @@ def parse_entries(reply: Any) -> list[Leased]:
             if fields is not None:
                 out.append(Leased(queue, entry_id, fields))
     return out
+
+
+def scan_hashes(client: redis.Redis, match: str, skip_suffix: bytes | None = None
+                ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """(key, fields) of every hash whose key matches `match` (SCAN, then one pipelined
+    HGETALL each), leaving out keys ending in `skip_suffix` (another type under the same
+    pattern). For listings (the CLI, `taskmesh list`), not hot paths."""
+    keys = [k for k in client.scan_iter(match=match, count=1000)
+            if skip_suffix is None or not k.endswith(skip_suffix)]
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.hgetall(key)
+    replies = cast("list[dict[bytes, bytes]]", pipe.execute())
+    return list(zip(keys, replies, strict=True))
