@@ -7,7 +7,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 
 | key                          | type    | holds                                                 | written by            | TTL |
 |------------------------------|---------|-------------------------------------------------------|-----------------------|-----|
-| tm:node:{node_id}            | hash    | ip, hostname, pid, obj_port (object-transfer server), resources_total/_available (JSON), state, start_ms, end_ms, death_cause, draining_deadline_ms (while it drains), object store usage (store_capacity, store_used, store_objects, store_spilled, store_spilled_objects, store_free_pool; bytes) | node agent; monitor marks DEAD | none |
+| tm:node:{node_id}            | hash    | ip, hostname, pid, obj_port (object-transfer server), resources_total/_available (JSON), state, start_ms, end_ms, death_cause, draining_deadline_ms (while it drains), object store usage (store_capacity, store_used, store_objects, store_spilled, store_spilled_objects, store_free_pool; bytes), lease_missed_wakes (lease reads left to time out although a queue they left out got room) | node agent; monitor marks DEAD | none |
 | tm:nodes:alive               | zset    | node_id scored by last heartbeat (ms)                 | node agent            | none |
 | tm:deadletter                | stream  | malformed queue entries, moved out of their queue: queue, entry, reason, fields (msgpack) | agent, actor worker | capped ~10,000 |
 | tm:drivers                   | zset    | "<owner tag> <job id>" of live drivers, scored by last heartbeat (ms, Redis clock) | driver (driver_alive.lua); removed at shutdown or by the monitor | none |
