@@ -14,6 +14,7 @@ import pytest
 import taskmesh
 from conftest import wait_until
 from taskmesh import objects
+from taskmesh._base import queues
 from taskmesh._base.wire import QueueEntry
 from taskmesh._core import failure as _failure
 from taskmesh.exceptions import WorkerCrashedError
@@ -55,6 +56,12 @@ def test_dead_consumers_are_the_ones_without_a_live_node() -> None:
     consumers = {"CPU=1": {"a": 2, "b": 0, MONITOR_CONSUMER: 1}, "CPU=2": {"a": 1}, "none": {}}
     assert monitor.dead_consumers(consumers, alive={"a"}) == {"CPU=1": ["b"]}
     assert monitor.dead_consumers(consumers, alive=set()) == {"CPU=1": ["a", "b"], "CPU=2": ["a"]}
+
+
+def test_a_workers_consumer_lives_and_dies_with_its_node() -> None:
+    consumers = {"CPU=1": {"a": 0, queues.worker_consumer("a", 41): 1, queues.worker_consumer("b", 7): 1}}
+    assert monitor.dead_consumers(consumers, alive={"a"}) == {"CPU=1": ["b:7"]}
+    assert monitor.dead_consumers(consumers, alive=set()) == {"CPU=1": ["a", "a:41", "b:7"]}
 
 
 @pytest.mark.parametrize(("maxr", "attempt", "action"), [

@@ -227,6 +227,12 @@ def test_event_and_log_entries_round_trip() -> None:
     wire.ActorAlive(b"1-0"),
     wire.ActorFailed(b"1-0"),
     wire.ActorExiting(),
+    wire.Run(b"1-0", {b"task": TASK.encode()}, None, "CPU=1"),
+    wire.Cancel((TASK,), True),
+    wire.Cancel((), False),
+    wire.Adopt(b"1-0", {b"task": TASK.encode(), b"kind": b"actor"}),
+    wire.GrantEnded(),
+    wire.EndGrant(),
 ])
 def test_messages_round_trip(msg: wire.Message) -> None:
     assert wire.decode_message(wire.encode_message(msg)) == msg
@@ -237,6 +243,15 @@ def test_the_run_message_carries_gpus_as_an_entry_field() -> None:
     assert raw == [b"T", b"1-0", {b"task": b"ab", b"gpus": b"0,1"}]
     with pytest.raises(WireError, match="'gpus'"):
         wire.decode_message(msgpack.packb(["T", b"1-0", {b"gpus": b"zero"}]))
+
+
+def test_a_run_without_a_grant_is_the_three_element_message_of_before() -> None:
+    raw = msgpack.unpackb(wire.encode_message(wire.Run(b"1-0", {b"task": b"ab"})), raw=True)
+    assert raw == [b"T", b"1-0", {b"task": b"ab"}]
+    with pytest.raises(WireError, match="'grant'"):
+        wire.decode_message(msgpack.packb(["T", b"1-0", {}, 7]))
+    with pytest.raises(WireError, match="'task_ids'"):
+        wire.decode_message(msgpack.packb(["C", [1, 2], False]))
 
 
 def test_bad_messages_raise_a_wire_error() -> None:

@@ -113,3 +113,17 @@ def parse_bundle_pool(pool: str) -> tuple[str, str]:
 def pool_queue(pool: str) -> str:
     """The queue of the one bundle whose pool this is."""
     return f"{_BUNDLE}{pool}"
+
+
+# ---- consumers --------------------------------------------------------------------------
+# The queues' consumer group has one consumer per node agent (named by its node id) and
+# one per worker holding a lease grant (`<node_id>:<pid>`, see workers/agent.py): a
+# consumer's entries belong to its node, whichever process read them.
+
+def worker_consumer(node_id: str, pid: int) -> str:
+    return f"{node_id}:{pid}"
+
+
+def consumer_node(consumer: str) -> str:
+    """The node a consumer belongs to (a node id is its own agent's consumer name)."""
+    return consumer.partition(":")[0]

@@ -33,9 +33,15 @@ first; `decode_message` reads either direction (tags arrive as bytes).
 | message         | wire                                 | meaning                                           |
 |-----------------|--------------------------------------|---------------------------------------------------|
 | agent -> worker |                                      |                                                   |
-| `Run`           | `[T, entry_id, fields]`              | run this leased entry (a task, or an actor's      |
+| `Run`           | `[T, entry_id, fields(, grant)]`     | run this leased entry (a task, or an actor's      |
 |                 |                                      | creation); on a GPU node `fields` also holds      |
-|                 |                                      | `gpus`, the GPU ids assigned to it                |
+|                 |                                      | `gpus`, the GPU ids assigned to it. With `grant`  |
+|                 |                                      | (a shape queue's name) the worker then leases     |
+|                 |                                      | from that queue itself, completing what it runs,  |
+|                 |                                      | holding the task's resources until GrantEnded     |
+| `Cancel`        | `[C, [task_id, ...], force]`         | these tasks were cancelled: skip them when leased |
+|                 |                                      | under a grant; interrupt (force: exit) if running |
+| `EndGrant`      | `[EG]`                               | stop leasing after the running task (drain)       |
 | worker -> agent |                                      |                                                   |
 | `Ready`         | `[R, pid, owner tag]`                | started, ready for tasks (the agent releases the  |
 |                 |                                      | tag's holds when the worker exits)                |
@@ -53,6 +59,11 @@ first; `decode_message` reads either direction (tags arrive as bytes).
 | `ActorFailed`   | `[AF, entry_id]`                     | the creation failed (the actor is dead) or was    |
 |                 |                                      | cancelled: ack it, the worker runs tasks again    |
 | `ActorExiting`  | `[AX]`                               | the actor exits on purpose: no restart            |
+| `GrantEnded`    | `[GE]`                               | it leases no more (its queue was empty, EndGrant, |
+|                 |                                      | max_calls): the grant's resources come back       |
+| `Adopt`         | `[AD, entry_id, fields]`             | it leased an actor's creation under its grant: it |
+|                 |                                      | runs it as if sent by Run; the grant's resources  |
+|                 |                                      | become the creation's (the grant ends)            |
 """
 
 from __future__ import annotations
@@ -579,22 +590,64 @@ class Run:
     entry_id: bytes  # 1: its stream entry id (named again in the reply)
     fields: Mapping[bytes, bytes]  # 2: its fields as leased (the worker decodes them: QueueEntry)
     gpus: tuple[int, ...] | None = None  # 2 (added field gpus, "0,1"): GPU ids assigned to it, on a GPU node
+    grant: str | None = None  # 3 (optional): the shape queue the worker may go on leasing from
 
     def to_wire(self) -> list:
         fields = self.fields
         if self.gpus is not None:
             fields = {**fields, b"gpus": ",".join(map(str, self.gpus)).encode()}
-        return [self.TAG, self.entry_id, fields]
+        out = [self.TAG, self.entry_id, fields]
+        if self.grant is not None:
+            out.append(self.grant)
+        return out
 
     @classmethod
     def from_wire(cls, msg: list) -> Run:
-        _, entry_id, fields = msg
+        entry_id, fields = msg[1], msg[2]
         raw = fields.pop(b"gpus", None)  # a dict just unpacked: ours to change
         try:
             gpus = None if raw is None else tuple(int(g) for g in raw.decode().split(",") if g)
         except ValueError:
             raise _bad("run", "gpus", raw, "GPU ids (0,1,...)") from None
-        return cls(entry_id, fields, gpus)
+        grant = msg[3] if len(msg) > 3 else None
+        if grant is not None and not isinstance(grant, bytes):
+            raise _bad("run", "grant", grant, "a queue name")
+        return cls(entry_id, fields, gpus, None if grant is None else grant.decode())
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """agent -> worker: these tasks were cancelled (taskmesh.cancel)."""
+
+    TAG: ClassVar[str] = "C"
+    task_ids: Sequence[str]  # 1
+    force: bool = False  # 2: kill rather than interrupt a running one
+
+    def to_wire(self) -> list:
+        return [self.TAG, list(self.task_ids), self.force]
+
+    @classmethod
+    def from_wire(cls, msg: list) -> Cancel:
+        ids, force = msg[1], msg[2]
+        if not isinstance(ids, list) or not all(isinstance(i, bytes) for i in ids):
+            raise _bad("cancel", "task_ids", ids, "a list of task ids")
+        return cls(tuple(i.decode() for i in ids), bool(force))
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """worker -> agent: an actor's creation leased under the worker's grant; it runs it."""
+
+    TAG: ClassVar[str] = "AD"
+    entry_id: bytes  # 1
+    fields: Mapping[bytes, bytes]  # 2: as leased
+
+    def to_wire(self) -> list:
+        return [self.TAG, self.entry_id, dict(self.fields)]
+
+    @classmethod
+    def from_wire(cls, msg: list) -> Adopt:
+        return cls(msg[1], msg[2])
 
 
 @dataclass(frozen=True, slots=True)
@@ -720,10 +773,25 @@ class ActorExiting(_Signal):
     TAG: ClassVar[str] = "AX"
 
 
+@dataclass(frozen=True, slots=True)
+class GrantEnded(_Signal):
+    """worker -> agent: it leases no more; the grant's resources come back."""
+
+    TAG: ClassVar[str] = "GE"
+
+
+@dataclass(frozen=True, slots=True)
+class EndGrant(_Signal):
+    """agent -> worker: lease no more after the running task (the node drains)."""
+
+    TAG: ClassVar[str] = "EG"
+
+
 Message = (Run | Ready | Done | Requeue | Retiring | Blocked | Unblocked | ActorAlive | ActorFailed
-           | ActorExiting)
+           | ActorExiting | Cancel | Adopt | GrantEnded | EndGrant)
 _BY_TAG: dict[bytes, Any] = {m.TAG.encode(): m for m in (
-    Run, Ready, Done, Requeue, Retiring, Blocked, Unblocked, ActorAlive, ActorFailed, ActorExiting)}
+    Run, Ready, Done, Requeue, Retiring, Blocked, Unblocked, ActorAlive, ActorFailed, ActorExiting,
+    Cancel, Adopt, GrantEnded, EndGrant)}
 
 
 def encode_message(msg: Message) -> bytes:

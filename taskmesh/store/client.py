@@ -283,12 +283,16 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
 
     @translate_errors
     def complete_tasks(
-        self, completions: Sequence[Completion], acks: dict[str, list[bytes]], group: bytes = GROUP
-    ) -> None:
+        self, completions: Sequence[Completion], acks: dict[str, list[bytes]], group: bytes = GROUP,
+        then_lease: tuple[str, str] | None = None,
+    ) -> list[Leased]:
         """Store results + notify owners (one script per task), then ack and delete the
         queue entries, in one pipelined round trip. A crash between the two only re-runs
         a task; the script makes the second result a no-op. A last "object" of kind
-        KIND_LINEAGE or KIND_REBUILD carries the task's queue entry (see complete.lua)."""
+        KIND_LINEAGE or KIND_REBUILD carries the task's queue entry (see complete.lua).
+
+        `then_lease` = (shape, consumer): the same round trip then leases the next entry
+        of that shape's queue for the consumer (a worker under a grant), returned."""
         by_owner: dict[str, list[Completion]] = {}
         for c in completions:
             if c.objects:  # num_returns=0: nothing to store, nobody to notify
@@ -311,37 +315,49 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
                 pipe.evalsha(self.scripts["complete"].sha, len(keys), *keys, *args)
             for queue, ids in acks.items():
                 pipe.evalsha(self.scripts["ack"].sha, 1, queue, group, *ids)
+            if then_lease is not None:
+                shape, consumer = then_lease
+                pipe.xreadgroup(group, consumer, {self.keys.queue(shape): ">"}, count=1)
 
-        self.run_scripts(queue_commands, (self.scripts["complete"], self.scripts["ack"]), durable=True)
+        scripts = (self.scripts["complete"], self.scripts["ack"])
+        replies = self.run_scripts(queue_commands, scripts, durable=True)
+        return parse_entries(replies[-1]) if then_lease is not None and replies else []
 
     def run_scripts(
         self, queue_commands: Callable[[Any], None], scripts: tuple[Any, ...], *, durable: bool = False,
     ) -> list:
-        """Run a pipeline of EVALSHAs. redis-py's pipelined Script objects send SCRIPT
-        EXISTS on every execute; we load the scripts only when the server lacks them
-        (a restarted or failed-over Redis) and run the pipeline again.
+        """Run a pipeline of EVALSHAs (and other commands). redis-py's pipelined Script
+        objects send SCRIPT EXISTS on every execute; we load the scripts only when the
+        server lacks them (a restarted or failed-over Redis) and run the EVALSHAs again,
+        in order, keeping the other commands' replies: a command that did its work (an
+        XREADGROUP that leased an entry) is never sent twice.
 
         `durable`: other processes act on these writes, so in replicated mode the
         pipeline ends with WAIT (see the module docstring); its reply is not returned."""
-        for attempt in range(2):
+        pipe = self.redis.pipeline(transaction=False)
+        queue_commands(pipe)
+        waits = durable and self.should_wait()
+        if waits:
+            pipe.wait(self._wait_replicas, self._wait_timeout_ms)
+        commands = list(pipe.command_stack)
+        replies = pipe.execute(raise_on_error=False)
+        if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
+            _forget_frames([r for r in replies if isinstance(r, Exception)])
+            for script in scripts:
+                self.redis.script_load(script.script)
+            again = [i for i, (args, _) in enumerate(commands) if args[0] in ("EVALSHA", "WAIT")]
             pipe = self.redis.pipeline(transaction=False)
-            queue_commands(pipe)
-            waits = durable and self.should_wait()
-            if waits:
-                pipe.wait(self._wait_replicas, self._wait_timeout_ms)
-            try:
-                replies = pipe.execute()
-            except redis.exceptions.NoScriptError as e:
-                if attempt:
-                    raise
-                _forget_frames([e])
-                for script in scripts:
-                    self.redis.script_load(script.script)
-                continue
-            if waits:
-                self._note_replicated(int(replies.pop()))
-            return replies
-        return []
+            for i in again:
+                args, options = commands[i]
+                pipe.execute_command(*args, **options)
+            for i, reply in zip(again, pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        if waits:
+            self._note_replicated(int(replies.pop()))
+        return replies
 
     def should_wait(self) -> bool:
         return self._wait_replicas > 0 and time.monotonic() >= self._skip_wait_until

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import redis
 
 from taskmesh.store.keys import Keys
-from taskmesh.store.records import GROUP, Completion
+from taskmesh.store.records import GROUP, Completion, Leased
 from taskmesh.store.scripts import Scripts
 
 
@@ -30,5 +30,5 @@ class StoreCore(Protocol):
         ...
 
     def complete_tasks(self, completions: Sequence[Completion], acks: dict[str, list[bytes]],
-                       group: bytes = GROUP) -> None:
+                       group: bytes = GROUP, then_lease: tuple[str, str] | None = None) -> list[Leased]:
         ...

@@ -37,6 +37,7 @@ import numpy as np
 import psutil
 
 import taskmesh
+from taskmesh._base.wire import QueueEntry, WireError
 from taskmesh.exceptions import GetTimeoutError, ObjectLostError, RayError
 from taskmesh.objects import shm as _shm
 from taskmesh.store import Store, retry_transient
@@ -370,8 +371,28 @@ def leaked_keys(store: Store, live_nodes: set[str], dead_nodes: set[str], actor_
         found.append(keys.nodes_lost())
     for shape in store.shapes():
         if store.redis.xlen(keys.queue(shape)):
-            found.append(keys.queue(shape))
+            found.append(_describe_queue(store, keys.queue(shape)))
     return sorted(found)
+
+
+def _describe_queue(store: Store, queue: str) -> str:
+    """A queue with entries left over: the first few entries (task, attempt, rebuild) and
+    whose pending list holds them (or none: delivered to nobody, or forgotten)."""
+    r = store.redis
+    # The Store's clients never decode replies: bytes throughout.
+    pending = {p["message_id"]: (p["consumer"].decode(), p["times_delivered"])
+               for p in cast("list[dict[str, Any]]", r.xpending_range(queue, "agents", "-", "+", 10))}
+    groups = [(g["name"], g["last-delivered-id"], g["pending"])
+              for g in cast("list[dict[str, Any]]", r.xinfo_groups(queue))]
+    shown = []
+    for entry_id, fields in cast("list[tuple[bytes, dict[bytes, bytes]]]", r.xrange(queue, count=5)):
+        try:
+            e = QueueEntry.from_fields(fields)
+            what = f"task {e.task} attempt {e.attempt} kind {e.kind} rebuild {e.rebuild}"
+        except WireError as error:
+            what = f"malformed: {error}"
+        shown.append(f"{entry_id.decode()} {what} pending {pending.get(entry_id)}")
+    return f"{queue} (groups {groups}; entries: {'; '.join(shown)})"
 
 
 def _describe_object_key(store: Store, key: str) -> str:

@@ -63,6 +63,9 @@ DEFAULT_GRACE_PERIOD_S = config.GRACE_PERIOD_S.default
 # Actors killed with no_restart are looked for this often, in case the kill order (pub/sub,
 # fire-and-forget) did not reach this agent.
 KILLED_ACTORS_EVERY_S = 5.0
+# An exited worker's grant consumers are settled again this long after it exited (a read
+# it sent just before dying may be served after the first pass), then deleted.
+SETTLE_AGAIN_S = 2.0
 
 
 @dataclass(slots=True)
@@ -98,6 +101,15 @@ class _WorkerHandle:
     pool: str | None = None  # the bundle the actor's held resources came from
     gpus: list[int] = field(default_factory=list)  # GPU ids the actor holds
     tag: str | None = None  # the worker runtime's owner tag (its objects and borrows)
+    # A lease grant: the task it was sent with (its resources stay taken for the worker
+    # while it leases more of that shape itself), until the worker's GrantEnded.
+    grant: _Task | None = None
+    leased_from: set[str] = field(default_factory=set)  # the shapes it had grants for
+
+    @property
+    def running(self) -> _Task | None:
+        """What its resources are taken for: the task sent to it, or its grant's."""
+        return self.task or self.grant
 
 
 @dataclass(slots=True)
@@ -196,9 +208,16 @@ class NodeAgent:
         self._lease_client_id: int | None = None
         self._reading: frozenset[str] | None = None  # queues of the lease read in progress
         self._woken = False  # the read in progress was woken (CLIENT UNBLOCK)
-        # Lease reads left to time out although a queue they left out got room (a missed
-        # wake-up: the room idled until the read timed out), reported in the node's hash.
-        self._lease_stats = {"lease_missed_wakes": 0}
+        # Lease counters, reported in the node's hash: reads left to time out although a
+        # queue they left out got room (a missed wake-up); entries sent to workers (Run),
+        # with a grant; entries of exited workers' grants settled; creations adopted.
+        self._lease_stats = {"lease_missed_wakes": 0, "runs_sent": 0, "grants": 0,
+                             "grant_entries_settled": 0, "grant_adoptions": 0}
+        # (consumer, shape) of exited workers' grants whose entries are still to be
+        # settled; a later pass settles what a read sent just before the worker died
+        # left there (see _settle_grants).
+        self._unsettled: dict[tuple[str, str], float] = {}
+        self._settling = threading.Lock()
         self._reported_lease_stats: dict[str, int] = {}
         self._pubsub: Any = None
         self._alive_nodes = 1
@@ -311,7 +330,11 @@ class NodeAgent:
                         if h.proc.pid not in signalled:
                             signalled.add(h.proc.pid)
                             h.proc.send_signal(DRAIN_SIGNAL)
-                    if not actors and not any(h.task is not None for h in self._workers.values()):
+                    for h in self._workers.values():
+                        if h.grant is not None and h.proc.pid not in signalled:
+                            signalled.add(h.proc.pid)
+                            h.conn.send_bytes(wire.encode_message(wire.EndGrant()))
+                    if not actors and not any(h.running for h in self._workers.values()):
                         break
                     self._cond.wait(0.1)
         except Exception:
@@ -332,6 +355,13 @@ class NodeAgent:
             self._backlog.clear()
         _process.stop_processes([h.proc.pid for h in handles], timeout_s=2)
         self._release_holds([h.tag for h in handles if h.tag is not None])
+        for h in handles:  # what workers leased under their grants goes back too
+            for shape in h.leased_from:
+                try:
+                    give_back += self._settle_consumer(
+                        queues.worker_consumer(self.node_id, h.proc.pid), shape, hand_back=True)
+                except Exception as e:
+                    log.warning("handing back what worker %d leased failed: %r", h.proc.pid, e)
         for task in give_back:  # unfinished work goes back to its queue, attempt unchanged
             self._requeue(task, task.entry.attempt)
         for h in handles:  # this node's actors restart elsewhere when they may
@@ -378,6 +408,12 @@ class NodeAgent:
             task = handle.task
             if task is not None:
                 self._release(task, handle.blocked)
+            if handle.grant is not None and handle.grant is not task:
+                self._release(handle.grant, handle.blocked)
+            handle.grant = None
+            consumer = queues.worker_consumer(self.node_id, handle.proc.pid)
+            for shape in handle.leased_from:  # now, and once more a little later
+                self._unsettled[(consumer, shape)] = time.monotonic() + SETTLE_AGAIN_S
             self.resources.give(handle.pool, handle.held)
             self.resources.free_gpus(handle.gpus, handle.held.get("GPU"))
         handle.conn.close()
@@ -394,6 +430,8 @@ class NodeAgent:
         elif task is not None:
             log.warning("worker %d died running task %s", handle.proc.pid, task.entry.task)
             self._task_failed(task)
+        if handle.leased_from and not self._stopping:
+            self._settle_grants(now=True)
         if handle.actor_id is not None and handle.exiting:
             # Exiting on purpose (terminate, exit_actor) but gone before it recorded its
             # death (killed meanwhile, say by the end of its job): record it now.
@@ -406,6 +444,46 @@ class NodeAgent:
                 self._spawn_worker()
             self._dispatch()
             self._cond.notify_all()
+
+    def _settle_grants(self, now: bool = False) -> None:
+        """Entries that exited workers leased under their grants and did not complete:
+        taken over (XCLAIM) and retried or failed as a task whose worker died (a
+        creation goes back as it was). Each consumer is settled when its worker exits
+        and once more SETTLE_AGAIN_S later, for a read the worker sent just before dying
+        that Redis served after the first pass; then it is deleted. Failures are tried
+        again from the heartbeat loop."""
+        with self._settling:
+            with self._cond:
+                due = [(key, at) for key, at in self._unsettled.items() if now or at <= time.monotonic()]
+            for (consumer, shape), at in due:
+                try:
+                    self._settle_consumer(consumer, shape)
+                    if at <= time.monotonic() and self.store.drop_consumer(shape, consumer):
+                        with self._cond:
+                            self._unsettled.pop((consumer, shape), None)
+                except Exception as e:
+                    log.warning("settling the entries of worker consumer %s failed: %r", consumer, e)
+
+    def _settle_consumer(self, consumer: str, shape: str, hand_back: bool = False) -> list[_Task]:
+        """Claim what `consumer` holds of `shape`'s queue for this node: each is retried
+        or failed (its worker died running it: _task_failed), or with `hand_back`
+        (this node stops) returned (requeued by the caller)."""
+        ids = self.store.pending_ids(shape, consumer, 1000)
+        if not ids:
+            return []
+        claimed = _failure.set_aside_malformed(self.store, self.store.claim(shape, ids, self.node_id, 0))
+        tasks = [self._new_task(*pair) for pair in claimed]
+        if hand_back:
+            return tasks
+        with self._cond:
+            self._lease_stats["grant_entries_settled"] += len(tasks)
+        for task in tasks:
+            if task.creates_actor:  # leased but not started: back to its queue
+                retry_transient(functools.partial(self._requeue, task, task.entry.attempt))
+            else:
+                log.warning("worker %s died running task %s", consumer, task.entry.task)
+                self._task_failed(task)
+        return []
 
     def _release_holds(self, tags: list[str]) -> None:
         """A worker is gone: what it held as a borrower, and its own objects' owner
@@ -476,7 +554,7 @@ class NodeAgent:
 
     def _dispatch(self) -> None:
         idle = [h for h in self._workers.values()
-                if h.ready and h.task is None and h.actor_id is None]
+                if h.ready and h.task is None and h.grant is None and h.actor_id is None]
         waiting = 0
         for task in list(self._backlog):
             pool = self.resources.pool_for(task.queue, task.demand)
@@ -493,12 +571,28 @@ class NodeAgent:
             handle.task = task
             # A GPU node: every task learns its GPUs (maybe none).
             gpus = tuple(task.gpus) if self.resources.has_gpus else None
-            run = wire.Run(task.lease.entry_id, task.lease.fields, gpus)
+            grant = self._grant_for(task)
+            if grant is not None:
+                handle.grant = task
+                handle.leased_from.add(grant)
+                self._lease_stats["grants"] += 1
+            self._lease_stats["runs_sent"] += 1
+            run = wire.Run(task.lease.entry_id, task.lease.fields, gpus, grant)
             handle.conn.send_bytes(wire.encode_message(run))
         starting = sum(1 for h in self._workers.values() if not h.ready)
         room = self.max_workers - len(self._workers)
         for _ in range(min(waiting - starting, room)):
             self._spawn_worker()
+
+    def _grant_for(self, task: _Task) -> str | None:
+        """The shape queue a worker sent `task` may go on leasing from itself, holding
+        the task's resources (docs/architecture.md, "Lease grants"): a plain task of a
+        shape queue without GPUs, while the node takes work. Node and bundle queues,
+        actors' creations and GPU tasks stay with the agent, which places them."""
+        if (self._draining or self._stopping or task.creates_actor or task.demand.get("GPU")
+                or not queues.is_shape_queue(task.queue)):
+            return None
+        return task.queue
 
     # ---- main loop: worker sockets and result flushing ----------------------------------
 
@@ -543,17 +637,28 @@ class NodeAgent:
                 self._finish(handle)
                 if task is not None:
                     self._outbox.requeues.append((task, task.entry.attempt + 1))
-            elif isinstance(msg, wire.Blocked) and handle.task is not None and not handle.blocked:
+            elif isinstance(msg, wire.Blocked) and (running := handle.running) and not handle.blocked:
                 handle.blocked = True
-                self.resources.give(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
+                self.resources.give(running.pool, {"CPU": running.demand.get("CPU", 0.0)})
                 self._dispatch()
                 self._cond.notify_all()
-            elif isinstance(msg, wire.Unblocked) and handle.task is not None and handle.blocked:
+            elif isinstance(msg, wire.Unblocked) and (running := handle.running) and handle.blocked:
                 handle.blocked = False
-                self.resources.take(handle.task.pool, {"CPU": handle.task.demand.get("CPU", 0.0)})
+                self.resources.take(running.pool, {"CPU": running.demand.get("CPU", 0.0)})
+            elif isinstance(msg, wire.GrantEnded) and handle.grant is not None:
+                grant, handle.grant = handle.grant, None
+                if handle.task is None:  # else its resources are the running task's
+                    self._release(grant, handle.blocked)
+                    handle.blocked = False
+                self._dispatch()
+                self._cond.notify_all()
+            elif isinstance(msg, wire.Adopt) and handle.grant is not None:
+                self._adopt(handle, msg)
             elif isinstance(msg, wire.Ready):
                 handle.ready = True
                 handle.tag = msg.tag
+                if self._cancelled:  # what it may lease under a grant must not run
+                    handle.conn.send_bytes(wire.encode_message(wire.Cancel(list(self._cancelled)[-1000:])))
                 self._dispatch()
             elif isinstance(msg, wire.Retiring):  # exits after this task (max_calls): give it no other
                 handle.ready = False
@@ -566,6 +671,18 @@ class NodeAgent:
                     self._outbox.ack(task)
             elif isinstance(msg, wire.ActorExiting):
                 handle.exiting = True
+
+    def _adopt(self, handle: _WorkerHandle, msg: wire.Adopt) -> None:
+        """The worker leased an actor's creation under its grant and runs it: the grant's
+        resources (the same shape) become the creation's, as if it had been sent. Under
+        self._cond."""
+        grant, handle.grant = handle.grant, None
+        assert grant is not None
+        task = self._new_task(Leased(grant.lease.queue, msg.entry_id, dict(msg.fields)),
+                              QueueEntry.from_fields(msg.fields))
+        task.pool = grant.pool
+        handle.task = task
+        self._lease_stats["grant_adoptions"] += 1
 
     def _actor_alive(self, handle: _WorkerHandle, task: _Task) -> None:
         """The worker became the actor's process: it keeps the resources the actor holds
@@ -588,9 +705,10 @@ class NodeAgent:
 
     def _finish(self, handle: _WorkerHandle) -> None:
         task = handle.task
-        if task is not None:
+        if task is not None and task is not handle.grant:  # a grant's resources stay taken
             self._release(task, handle.blocked)
-        handle.task, handle.blocked = None, False
+            handle.blocked = False
+        handle.task = None
         self._dispatch()
         self._cond.notify_all()
 
@@ -690,6 +808,14 @@ class NodeAgent:
                 self._outbox.ack(task)
             running = [h for h in self._workers.values()
                        if h.task is not None and h.task.entry.task == task_id]
+            # Workers lease under grants without the agent: they learn it themselves.
+            order = wire.encode_message(wire.Cancel([task_id], force == "1"))
+            for h in self._workers.values():
+                if h.ready and h.actor_id is None and h not in running:
+                    try:
+                        h.conn.send_bytes(order)
+                    except OSError:
+                        pass
         for handle in running:
             try:
                 os.kill(handle.proc.pid, signal.SIGKILL if force == "1" else signal.SIGINT)
@@ -879,6 +1005,8 @@ class NodeAgent:
                 self._kill_killed_actors()
             self._report_store_usage()
             self._report_lease_stats()
+            if self._unsettled:
+                self._settle_grants()
             if self.shm is not None and time.monotonic() - last_sweep > SWEEP_EVERY_S:
                 last_sweep = time.monotonic()
                 try:

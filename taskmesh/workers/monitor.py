@@ -67,11 +67,13 @@ def stale_nodes(heartbeats: Mapping[str, int], now_ms: int, timeout_ms: int) -> 
 def dead_consumers(
     consumers: Mapping[str, Mapping[str, int]], alive: Collection[str]
 ) -> dict[str, list[str]]:
-    """shape -> its consumers whose node is not alive (the monitor's own excluded):
-    their entries are to be settled and the consumers deleted."""
+    """shape -> its consumers whose node is not alive (the monitor's own excluded; a
+    worker's consumer, `<node>:<pid>`, is its node's): their entries are to be settled
+    and the consumers deleted."""
     out: dict[str, list[str]] = {}
     for shape, by_name in consumers.items():
-        dead = sorted(c for c in by_name if c not in alive and c != MONITOR_CONSUMER)
+        dead = sorted(c for c in by_name
+                      if queues.consumer_node(c) not in alive and c != MONITOR_CONSUMER)
         if dead:
             out[shape] = dead
     return out

@@ -1,10 +1,15 @@
-"""A worker process: runs tasks its node agent hands it over a socket pair.
+"""A worker process: runs tasks its node agent hands it over a socket pair, then leases
+more of the same kind itself.
 
 The agent sends one task at a time; the worker resolves top-level ref arguments, runs the
 function, serializes the returns and sends them back, and the agent stores them in Redis
-(batched with other completions). An actor's creation turns the worker into the actor's
-process (actor_runner.py). A worker dies with its agent: PR_SET_PDEATHSIG plus a
-parent-pid watch.
+(batched with other completions). A task from a shape queue comes with a grant: after
+it, the worker goes on leasing from that queue as its own consumer (`<node>:<pid>`),
+storing each result and acking its entry in the round trip that leases the next one,
+until the queue is empty (or the agent ends the grant); the agent, which holds the
+task's resources for it meanwhile, is off the path of those tasks (docs/architecture.md,
+"Lease grants"). An actor's creation turns the worker into the actor's process
+(actor_runner.py). A worker dies with its agent: PR_SET_PDEATHSIG plus a parent-pid watch.
 
 The messages on the socket (Run, Ready, Done, Requeue, Retiring, Blocked, Unblocked and
 the actor's ActorAlive, ActorFailed, ActorExiting) are records of _base/wire.py, whose
@@ -14,29 +19,32 @@ docstring documents the protocol.
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import os
+import queue
 import signal
 import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
 from taskmesh import objects, runtime_env
-from taskmesh._base import config, wire
+from taskmesh._base import config, queues, wire
 from taskmesh._base.config import temp_root
 from taskmesh._base.ids import task_of
 from taskmesh._base.wire import CallSpec, QueueEntry, TaskContext, TaskSpec, encode_notice
 from taskmesh._core import context
 from taskmesh._core import events as _events
 from taskmesh._core import generators as _generator
-from taskmesh._core.failure import should_retry
+from taskmesh._core.failure import set_aside_malformed, should_retry
 from taskmesh._core.runtime import Runtime
 from taskmesh.exceptions import RuntimeEnvSetupError, TaskCancelledError
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
-from taskmesh.store import Store, retry_transient
+from taskmesh.store import KIND_FENCE, Completion, Leased, Store, retry_transient
 from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
 from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import ActorServer
@@ -64,6 +72,12 @@ class Worker:
         self._err = LineForwarder(self, "stderr", sys.__stderr__)
         self.events = _events.EventBuffer()  # sent by the output flush thread
         self.items = _generator.ItemSender(store)  # generator items, stored as yielded
+        # Messages from the agent, read by a thread so that Cancel and EndGrant arrive
+        # while a task runs; None: the agent is gone.
+        self._inbox: queue.SimpleQueue[wire.Message | None] = queue.SimpleQueue()
+        self._cancelled_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._grant_ending = False
+        self._leased_task: str | None = None  # the task it runs that it leased itself
 
     @property
     def context(self) -> TaskContext:
@@ -117,21 +131,137 @@ class Worker:
         # releases what it held.
         retry_transient(lambda: self.store.add_node_process(self.node_id, self.runtime.owner))
         signal.signal(signal.SIGINT, self._on_sigint)
+        threading.Thread(target=self._read_loop, name="taskmesh-inbox", daemon=True).start()
         self._send(wire.Ready(self.pid, self.runtime.owner))
         while True:
-            try:
-                raw = self.conn.recv_bytes()
-            except (EOFError, OSError):
+            run = self._inbox.get()
+            if run is None:
                 return
-            run = wire.decode_message(raw)
             if not isinstance(run, wire.Run):
                 continue
             # Decoded once here; the agent set aside entries that do not decode.
             entry = QueueEntry.from_fields(run.fields)
             if entry.creates_actor:
                 ActorServer(self, run.entry_id, entry, run.gpus).run()  # returns only if creation failed
-            elif not self._run(run.entry_id, entry, run.gpus):
+                continue
+            self._grant_ending = False
+            ran = self._run(entry, run.gpus)
+            if ran.retiring:  # before the result: the agent must not hand it another task
+                self._send(wire.Retiring())
+            self._send(wire.Requeue(run.entry_id) if ran.objs is None
+                       else wire.Done(run.entry_id, ran.owner, ran.notice, ran.stored))
+            if run.grant is not None and (ran.retiring or self._lease_under_grant(run.grant)):
+                self._send(wire.GrantEnded())
+            if ran.retiring:
                 return
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                msg = wire.decode_message(self.conn.recv_bytes())
+            except (EOFError, OSError):
+                self._inbox.put(None)
+                return
+            except wire.WireError as e:
+                print(f"taskmesh worker {self.pid}: bad message from the agent: {e}", file=sys.__stderr__)
+                continue
+            if isinstance(msg, wire.Cancel):
+                self._on_cancel(msg)
+            elif isinstance(msg, wire.EndGrant):
+                self._grant_ending = True
+            else:
+                self._inbox.put(msg)
+
+    def _on_cancel(self, msg: wire.Cancel) -> None:
+        """Cancelled tasks: not run if leased later under a grant; the one it runs now,
+        if it leased it itself (the agent signals the tasks it handed out), is
+        interrupted (KeyboardInterrupt in the task) or, with force, ends with the process
+        (the agent then acks its entry rather than retrying it)."""
+        for task_id in msg.task_ids:
+            self._cancelled_ids[task_id] = None
+        while len(self._cancelled_ids) > 10_000:
+            self._cancelled_ids.popitem(last=False)
+        if self._leased_task is not None and self._leased_task in msg.task_ids:
+            if msg.force:
+                os.kill(self.pid, signal.SIGKILL)
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    def _lease_under_grant(self, shape: str) -> bool:
+        """Lease from the shape queue as this worker's own consumer and run what comes,
+        each result stored and its entry acked in the round trip that leases the next,
+        until the queue is empty or the agent ends the grant: True, and the caller sends
+        GrantEnded. False when the grant ended another way (an actor's creation was
+        leased: Adopt; or it retired on max_calls: GrantEnded and Retiring sent)."""
+        consumer = queues.worker_consumer(self.node_id, self.pid)
+        lease = functools.partial(self.store.lease, self.store.redis, consumer, {shape: 1}, None)
+        leased = collections.deque(self._leasing(lease, shape, consumer))
+        while leased and not self._grant_ending:
+            decoded = set_aside_malformed(self.store, [leased.popleft()])
+            if not decoded:
+                if not leased:
+                    leased.extend(self._leasing(lease, shape, consumer))
+                continue
+            item, entry = decoded[0]
+            if entry.creates_actor:  # the agent takes it (and the grant's resources) over
+                self._send(wire.Adopt(item.entry_id, item.fields))
+                ActorServer(self, item.entry_id, entry, None).run()  # returns only if creation failed
+                return False
+            completions: list[Completion] = []
+            acks = {item.queue: [item.entry_id]}
+            retiring = False
+            if entry.task not in self._cancelled_ids:  # a cancelled one is only acked
+                self._leased_task = entry.task
+                try:
+                    ran = self._run(entry, None)
+                finally:
+                    self._leased_task = None
+                retiring = ran.retiring
+                if ran.objs is None:  # retry_exceptions: queue it again, attempt + 1 (acks it)
+                    self._requeue(item, entry)
+                    acks = {}
+                elif ran.stored:  # fenced by attempt (see complete.lua)
+                    fence = ("", KIND_FENCE, entry.fence())
+                    completions.append(Completion(ran.owner, ran.notice, (*ran.stored, fence)))
+            more = None if retiring or self._grant_ending or leased else (shape, consumer)
+            leased.extend(self._leasing(functools.partial(
+                self.store.complete_tasks, completions, acks, then_lease=more), shape, consumer))
+            if retiring:  # what it leased meanwhile is settled by the agent when it exits
+                self._send(wire.GrantEnded())
+                self._send(wire.Retiring())
+                return False
+        return True
+
+    def _leasing(self, call: Any, shape: str, consumer: str) -> list[Leased]:
+        """A Redis round trip that leases for this worker, tried through a Redis
+        restart. A try whose reply was lost may have leased entries all the same: then
+        what is pending for this worker (its own consumer, from id 0) is read back
+        instead, and that includes what the last try leased."""
+        tries = 0
+
+        def attempt() -> list[Leased]:
+            nonlocal tries
+            tries += 1
+            return call()
+
+        got = self._durably(attempt)
+        if tries > 1:
+            return self._durably(lambda: self.store.own_pending(self.store.redis, consumer, [shape]))
+        return got
+
+    def _requeue(self, item: Leased, entry: QueueEntry) -> None:
+        retry = entry.with_attempt(entry.attempt + 1)
+        self._durably(lambda: self.store.requeue(item.queue, item.entry_id, retry.to_fields()))
+        if entry.events:
+            self.events.add(_events.event(entry.task, retry.attempt, _events.PENDING, name=entry.name))
+
+    def _durably(self, write: Any) -> Any:
+        """A Redis write of work it leased itself: tried through a Redis restart; when
+        it cannot be done, the worker exits and its agent settles what it had leased."""
+        try:
+            return retry_transient(write, deadline_s=3600)
+        except Exception as e:
+            print(f"taskmesh worker {self.pid}: storing leased work failed: {e!r}", file=sys.__stderr__)
+            os._exit(1)
 
     def _sync_refs(self) -> None:
         """Register what the task kept of the refs it was lent (and the refs its results
@@ -172,8 +302,9 @@ class Worker:
             self._functions[fn_id] = fn
         return fn
 
-    def _run(self, entry_id: bytes, entry: QueueEntry, gpus: tuple[int, ...] | None) -> bool:
-        """Run one task; False when this worker must exit afterwards (max_calls)."""
+    def _run(self, entry: QueueEntry, gpus: tuple[int, ...] | None) -> _Ran:
+        """Run one task: what to store (None: queue it again, retry_exceptions), and
+        whether this worker must exit afterwards (max_calls)."""
         task_id, name, attempt = entry.task, entry.name, entry.attempt
         spec: TaskSpec = entry.spec  # type: ignore[assignment]
         return_ids = [objects.object_id(task_id, i + 1) for i in range(spec.num_returns)]
@@ -212,14 +343,10 @@ class Worker:
         max_calls = spec.max_calls or 0
         self._calls[spec.fn_id] = calls = self._calls.get(spec.fn_id, 0) + 1
         retiring = bool(max_calls and calls >= max_calls)
-        if retiring:  # before the result: the agent must not hand this worker another task
-            self._send(wire.Retiring())
         if objs is None:
-            self._send(wire.Requeue(entry_id))
-        else:
-            notice = encode_notice(task_id, objs)
-            self._send(wire.Done(entry_id, spec.owner, notice, [*objs, *lineage]))
-        return not retiring
+            return _Ran(None, spec.owner, b"", (), retiring)
+        stored = tuple((oid, kind, data) for oid, kind, data in [*objs, *lineage])
+        return _Ran(objs, spec.owner, encode_notice(task_id, objs), stored, retiring)
 
     def _lineage(self, entry: QueueEntry, return_ids: list[str], objs: list[list] | None) -> list[list]:
         """The pseudo-object that carries the task's lineage to the completion script
@@ -322,6 +449,16 @@ class Worker:
 
 class _Retry(Exception):
     pass
+
+
+class _Ran(NamedTuple):
+    """A task's end, as _run returns it."""
+
+    objs: list[list] | None  # its results; None: queue it again (retry_exceptions)
+    owner: str
+    notice: bytes
+    stored: tuple  # what complete.lua stores: the results and the lineage pseudo-object
+    retiring: bool  # max_calls reached: the worker exits after it
 
 
 class _ArgError:
