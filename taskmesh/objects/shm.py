@@ -31,7 +31,7 @@ disk, then waits a bounded time for readers to let go before raising
 ObjectStoreFullError. A reader that misses an object in shared memory restores it from
 the spill directory first, so spilling is invisible to users.
 
-Objects are other people's data and /dev/shm is writable by every user of the machine:
+Objects hold users' data and /dev/shm is writable by every user of the machine:
 the node's directory and its spill directory are 0700, every object file 0600 from its
 creation, and an agent that reaps the directories of dead agents touches only its own
 user's, removing nothing outside them and its own spill root (see reap_dead_stores).
