@@ -143,7 +143,7 @@ class TestCluster:
         proc = self.agents.pop(node_id)
         proc.kill()
         proc.wait()
-        _shm.reap_dead_stores()
+        _shm.reap_dead_stores(_shm.default_spill_root())
 
     def stop(self) -> None:
         _process.stop_processes([p.pid for p in self.agents.values()], timeout_s=10)

@@ -16,6 +16,7 @@ prints it), and `tests/test_config.py` fails when it is out of date.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -208,12 +209,78 @@ ENV_TEMP_DIR = TEMP_DIR.name
 
 # ---- accessors with more to them than a value ----------------------------------------
 
+class UnsafeDirectoryError(RuntimeError):
+    """A directory taskmesh keeps private files in (passwords, the record of what it
+    started, logs, spilled objects) belongs to another user or is open to others."""
+
+
 def temp_root() -> Path:
-    """TASKMESH_TEMP_DIR, made if missing (default: `taskmesh-<uid>` in the system's
-    temp directory)."""
+    """TASKMESH_TEMP_DIR (default: `taskmesh-<uid>` in the system's temp directory),
+    made 0700 if missing. Its default name is predictable in a directory every user
+    writes, so an existing one must be this user's and closed to others (mode 0700 or
+    narrower); otherwise UnsafeDirectoryError says what is wrong."""
     root = TEMP_DIR.get() or Path(tempfile.gettempdir()) / f"taskmesh-{os.getuid()}"
-    root.mkdir(parents=True, exist_ok=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(mode=0o700)
+        os.chmod(root, 0o700)  # whatever the umask; ours, made just now
+    except FileExistsError:
+        pass
+    check_private_dir(root, f"set ${TEMP_DIR.name} to a directory of your own")
     return root
+
+
+def check_private_dir(path: Path, remedy: str = "") -> None:
+    """Raise UnsafeDirectoryError unless `path` is a directory owned by this user with
+    no permission for group or others (a symbolic link counts only when it is this
+    user's own, and then its target is checked)."""
+    uid = os.getuid()
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        if st.st_uid != uid:
+            _refuse(path, f"is a symbolic link owned by uid {st.st_uid}, not by this user "
+                          f"(uid {uid})", remedy)
+        st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        _refuse(path, "is not a directory", remedy)
+    if st.st_uid != uid:
+        _refuse(path, f"is owned by uid {st.st_uid}, not by this user (uid {uid}); another "
+                      "user may have made it to read or plant taskmesh's files", remedy)
+    if st.st_mode & 0o077:
+        _refuse(path, f"has mode {stat.S_IMODE(st.st_mode):04o}, open to other users; it "
+                      f"must be 0700 (chmod 700 {path})", remedy)
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a directory of this user's that others cannot enter: made 0700 (missing
+    parents with the default mode), or narrowed to 0700 when it exists. For directories
+    taskmesh owns outright, such as a Redis server's data directory."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.getuid():
+        _refuse(path, f"is owned by uid {st.st_uid}, not by this user (uid {os.getuid()})", "")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def _refuse(path: Path, what: str, remedy: str) -> None:
+    raise UnsafeDirectoryError(f"refusing to use {path}: it {what}" + (f"; or {remedy}" if remedy else ""))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` as a file only its owner reads and writes: 0600 from the
+    moment it exists (a new file beside it, renamed over `path` when complete), so no
+    reader ever catches it with looser permissions or half written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def shm_root() -> Path:

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from taskmesh import security
 from taskmesh._base import config
 from taskmesh.store import connection
 from taskmesh.workers import launch
+
+if TYPE_CHECKING:
+    import psutil
 
 ADDRESS_HELP = "Redis address of the cluster (host:port, redis://[:password@]host:port, rediss://...)."
 
@@ -165,7 +168,17 @@ def _node_resources(num_cpus: float | None, num_gpus: float | None, resources: d
     return out
 
 
-@click.group()
+class _Main(click.Group):
+    """Errors that say all there is to say print as one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except config.UnsafeDirectoryError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Main)
 def main() -> None:
     """taskmesh: distributed Python tasks with Redis as the control plane."""
 
@@ -274,15 +287,14 @@ def worker(address: str, num_cpus: float | None, num_gpus: float | None, memory:
         raise click.ClickException(str(e)) from None
 
 
-def _drain_agents(pids: list[int], timeout_s: float) -> None:
-    """SIGTERM only the node agents among `pids` (not their workers, nor Redis, which
+def _drain_agents(procs: list[psutil.Process], timeout_s: float) -> None:
+    """SIGTERM only the node agents among `procs` (not their workers, nor Redis, which
     they need while draining) and wait for them to exit."""
     import psutil
 
     agents = []
-    for pid in pids:
+    for proc in procs:
         try:
-            proc = psutil.Process(pid)
             cmdline = proc.cmdline()
             if "taskmesh.cli" in cmdline and "worker" in cmdline:
                 proc.terminate()
@@ -299,14 +311,19 @@ def _drain_agents(pids: list[int], timeout_s: float) -> None:
                    "before they are stopped at once (their tasks then go back to their queues).")
 def stop(grace_period_s: float) -> None:
     """Stop the nodes (and Redis) that `taskmesh start` started on this machine: the
-    agents drain first (SIGTERM), then whatever is left is stopped."""
+    agents drain first (SIGTERM), then whatever is left is stopped. A recorded pid that
+    is now another process (after a reboot, say) is left alone."""
     from taskmesh.workers.process import stop_processes
 
-    pids = launch.started_pids()
-    _drain_agents(pids, timeout_s=grace_period_s + 10)  # + their own shutdown
-    stopped = stop_processes(pids, timeout_s=10)
+    procs, unproven = launch.started_processes()
+    _drain_agents(procs, timeout_s=grace_period_s + 10)  # + their own shutdown
+    stop_processes(procs, timeout_s=10)
+    stopped = sum(not p.is_running() for p in procs)
     launch.forget_started()
-    click.echo(f"Stopped {len(stopped)} process(es).")
+    click.echo(f"Stopped {stopped} process(es).")
+    if unproven:
+        click.echo(f"Left alone {unproven} recorded pid(s) that are no longer processes "
+                   "'taskmesh start' started.")
 
 
 @main.command()

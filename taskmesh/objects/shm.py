@@ -30,6 +30,11 @@ maps (the same exclusive-lock test: mapped objects are pinned) to the spill dire
 disk, then waits a bounded time for readers to let go before raising
 ObjectStoreFullError. A reader that misses an object in shared memory restores it from
 the spill directory first, so spilling is invisible to users.
+
+Objects hold users' data and /dev/shm is writable by every user of the machine:
+the node's directory and its spill directory are 0700, every object file 0600 from its
+creation, and an agent that reaps the directories of dead agents touches only its own
+user's, removing nothing outside them and its own spill root (see reap_dead_stores).
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ import json
 import mmap
 import os
 import shutil
+import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +66,12 @@ _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 def node_dir(node_id: str) -> Path:
     return config.shm_root() / f"{DIR_PREFIX}{node_id}"
+
+
+def default_spill_root() -> Path:
+    """Where node agents spill when given no spill directory (each node in a
+    subdirectory of its own)."""
+    return config.temp_root() / "spill"
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +164,11 @@ class ShmStore:
         with the agent's pid so that a crashed agent's directory can be reaped."""
         root = node_dir(node_id)
         config = config or StoreConfig()
-        (root / "free").mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (root / "free").mkdir(exist_ok=True)
         (root / "held").mkdir(exist_ok=True)
         if config.spill_dir is not None:
-            config.spill_dir.mkdir(parents=True, exist_ok=True)
+            config.spill_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (root / CONFIG_FILE).write_text(config.to_json())
         (root / AGENT_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}")
         return cls(root, config)
@@ -493,10 +507,17 @@ class ShmStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.stat(path).st_ino != os.fstat(fd).st_ino:
                 return False
-            tmp = self.spill_dir / (object_id + PARTIAL)
-            with open(tmp, "wb") as out:
-                _copy_fd(fd, out.fileno(), os.fstat(fd).st_size)
-            os.rename(tmp, self.spill_dir / object_id)
+            tmp = self.spill_dir / f".{object_id}-{os.urandom(4).hex()}{PARTIAL}"
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                _copy_fd(fd, out, os.fstat(fd).st_size)
+                os.rename(tmp, self.spill_dir / object_id)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            finally:
+                os.close(out)
             os.unlink(path)
             return True
         except (BlockingIOError, FileNotFoundError):
@@ -525,24 +546,76 @@ class ShmStore:
         return self._open_sealed(object_id)
 
 
-def reap_dead_stores() -> list[Path]:
+def reap_dead_stores(spill_root: Path | None = None) -> list[Path]:
     """Remove the directories of node agents on this machine that died without cleaning
-    up (kill -9): nothing can read them any more. Returns what was removed."""
+    up (kill -9): nothing can read them any more. Returns what was removed.
+
+    The shm root is writable by every user, so a directory there is taken for a store
+    only when it is this user's (not a symbolic link, not writable by others) and so
+    are its `.agent` and `.config` files. The spill directory `.config` names is removed
+    only when it lies inside `spill_root` (the reaping agent's own; None: no spilled
+    objects are removed) and is this user's too."""
     removed = []
     for root in config.shm_root().glob(f"{DIR_PREFIX}*"):
-        try:
-            pid_text, _, started = (root / AGENT_FILE).read_text().partition(" ")
-            pid = int(pid_text)
-        except (OSError, ValueError):
-            continue  # not ours, or being created
-        if _start_time(pid) != started:
-            with contextlib.suppress(OSError, ValueError):
-                spill = StoreConfig.from_json((root / CONFIG_FILE).read_text()).spill_dir
-                if spill is not None:
-                    shutil.rmtree(spill, ignore_errors=True)
-            shutil.rmtree(root, ignore_errors=True)
-            removed.append(root)
+        if not _is_own(root, stat.S_ISDIR):
+            continue
+        agent = _read_own_file(root / AGENT_FILE)
+        if agent is None:
+            continue  # not a store, or being created
+        pid_text, _, started = agent.partition(" ")
+        if not pid_text.isdigit() or _start_time(int(pid_text)) == started:
+            continue  # its agent lives
+        spill = _spill_dir_to_reap(root, spill_root)
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+        removed.append(root)
     return removed
+
+
+def _spill_dir_to_reap(root: Path, spill_root: Path | None) -> Path | None:
+    """The dead store's spill directory, resolved, when it is strictly inside
+    `spill_root` and this user's own; else None."""
+    if spill_root is None:
+        return None
+    text = _read_own_file(root / CONFIG_FILE)
+    try:
+        spill = StoreConfig.from_json(text).spill_dir if text is not None else None
+        if spill is None:
+            return None
+        spill = spill.resolve(strict=True)
+        inside = spill.relative_to(spill_root.resolve(strict=True))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None  # unreadable, gone, or not under the spill root
+    return spill if inside.parts and _is_own(spill, stat.S_ISDIR) else None
+
+
+def _is_own(path: Path, is_kind: Callable[[int], bool]) -> bool:
+    """`path` itself (not what a symbolic link points to) is of that kind, this user's,
+    and not writable by group or others."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return is_kind(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _read_own_file(path: Path, limit: int = 64 * 1024) -> str | None:
+    """The text of a regular file of this user's that others cannot write (checked on
+    the open file, following no symbolic link), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return None
+        return os.read(fd, limit).decode()
+    except (OSError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
 
 
 def _start_time(pid: int) -> str:

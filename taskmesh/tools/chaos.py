@@ -137,7 +137,7 @@ class ChaosCluster:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
         proc.wait()
-        _shm.reap_dead_stores()
+        _shm.reap_dead_stores(_shm.default_spill_root())
         self.add_agent()
 
     def replace_exited(self) -> int:

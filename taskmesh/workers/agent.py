@@ -36,7 +36,7 @@ from taskmesh._core import failure as _failure
 from taskmesh._core import lifecycle
 from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects.plane import sweep_orphans
-from taskmesh.objects.shm import ShmStore, StoreConfig, reap_dead_stores
+from taskmesh.objects.shm import ShmStore, StoreConfig, default_spill_root, reap_dead_stores
 from taskmesh.objects.transfer import TransferServer
 from taskmesh.store import KIND_FENCE, Completion, Leased, Store, keep_listening, retry_transient
 from taskmesh.workers import process as _process
@@ -146,7 +146,7 @@ def object_store_config(capacity_bytes: int | None, spill_dir: str | None) -> St
 
     capacity = capacity_bytes or int(psutil.virtual_memory().total * 0.3)
     return StoreConfig(capacity_bytes=capacity,
-                       spill_dir=Path(spill_dir) if spill_dir else temp_root() / "spill",
+                       spill_dir=Path(spill_dir) if spill_dir else default_spill_root(),
                        full_wait_s=config.OBJECT_STORE_FULL_WAIT_S.get())
 
 
@@ -247,9 +247,9 @@ class NodeAgent:
         self._lease_client_id = self._lease_client.client_id()
         # The object store exists before any worker or registration refers to it; the
         # transfer server binds port 0 and the port is registered with the node.
-        for root in reap_dead_stores():
-            log.info("removed %s, left by a node agent that died", root)
         spill = self.object_store.spill_dir
+        for root in reap_dead_stores(spill):
+            log.info("removed %s, left by a node agent that died", root)
         self.shm = ShmStore.create_for_node(self.node_id, dataclasses.replace(
             self.object_store, spill_dir=spill / self.node_id if spill else None))
         self.transfer = TransferServer(self.shm, host=self.node_ip, port=0,

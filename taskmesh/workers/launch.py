@@ -2,6 +2,12 @@
 
 Also where addresses are canonicalized and where a machine's started processes are
 recorded (for `taskmesh stop` and `init(address="auto")`).
+
+Other users of the machine are not trusted. What a server writes (its config with the
+password, AOF and RDB files holding every key, the transfer secret included, its log)
+and the agents' logs are created 0600 in 0700 directories. A started process is recorded
+with its start time and command line, so that `taskmesh stop` signals only a process it
+can prove it started, never whatever reused the pid since.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import redis
 
 from taskmesh._base import config
@@ -82,12 +89,10 @@ def start_redis(
     authenticates to its primary with (masterauth, in the same file).
     """
     binary = find_server_binary()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    config.private_dir(data_dir)
     conf = data_dir / "taskmesh-redis.conf"
-    conf.touch(mode=0o600)
-    os.chmod(conf, 0o600)
-    conf.write_text((f"requirepass {password}\n" if password else "")
-                    + (f"masterauth {primary_password}\n" if primary_password else ""))
+    config.write_private(conf, (f"requirepass {password}\n" if password else "")
+                         + (f"masterauth {primary_password}\n" if primary_password else ""))
     for _ in range(5):
         chosen = port or free_port(host)
         args = [binary, str(conf), "--bind", host, "--dir", str(data_dir),
@@ -118,10 +123,14 @@ def start_redis(
 
 
 def _spawn_server(args: list[str], fate_share: bool) -> subprocess.Popen:
+    def prepare() -> None:
+        os.umask(0o077)  # every file the server makes (AOF, RDB, log, rewritten config): 0600
+        if fate_share:
+            _process.set_pdeathsig()
+
     return subprocess.Popen(
         args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=_process.set_pdeathsig if fate_share else None,
-        start_new_session=not fate_share,
+        preexec_fn=prepare, start_new_session=not fate_share,
     )
 
 
@@ -183,8 +192,8 @@ def _start_sentinel(
     primary: RedisServer, master_name: str, *, quorum: int, data_dir: Path, password: str | None,
     down_after_ms: int, failover_timeout_ms: int, timeout_s: float,
 ) -> RedisServer:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    config = data_dir / "sentinel.conf"
+    config_file = data_dir / "sentinel.conf"
+    config.private_dir(data_dir)
     for _ in range(5):
         port = free_port(primary.host)
         lines = [f"port {port}", f"bind {primary.host}", "protected-mode no", f"dir {data_dir}",
@@ -195,9 +204,8 @@ def _start_sentinel(
                  f"sentinel parallel-syncs {master_name} 1"]
         if password:
             lines.append(f"sentinel auth-pass {master_name} {password}")
-        config.touch(mode=0o600)  # it may hold the primary's password
-        config.write_text("\n".join(lines) + "\n")
-        proc = _spawn_server([find_server_binary(), str(config), "--sentinel"], fate_share=True)
+        config.write_private(config_file, "\n".join(lines) + "\n")  # may hold the password
+        proc = _spawn_server([find_server_binary(), str(config_file), "--sentinel"], fate_share=True)
         url = f"redis://{primary.host}:{port}"
         if _wait_for_redis(url, proc, timeout_s):
             return RedisServer(proc, primary.host, port, url)
@@ -264,8 +272,9 @@ def start_agent(
         cmd += ["--spill-dir", str(spill_dir)]
     if node_ip is not None:
         cmd += ["--node-ip-address", node_ip]
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with open(log_fd, "ab") as log_file:
         proc = subprocess.Popen(
             cmd, pass_fds=(write_fd,), env=dict(os.environ, **{ENV_ADDRESS: address}),
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
@@ -314,18 +323,63 @@ def _pids_file() -> Path:
     return temp_root() / "started_pids.json"
 
 
+# psutil counts create_time from the boot time in /proc/stat, which is whole seconds and
+# moves when the clock is stepped: the same process can read a second apart in two runs.
+CREATE_TIME_SLACK_S = 2.0
+
+
 def record_started(pids: list[int], address: str | None = None) -> None:
-    path = _pids_file()
-    known = json.loads(path.read_text()) if path.exists() else []
-    path.write_text(json.dumps(sorted(set(known) | set(pids))))
+    """Record processes this command started (running children of ours, so their pids
+    cannot have been reused yet) and, for a head, the cluster's address; both files
+    are 0600 from their creation."""
+    records = [r for r in _entries() if _is_record(r) and r["pid"] not in pids]
+    for pid in pids:
+        proc = psutil.Process(pid)
+        records.append({"pid": pid, "create_time": proc.create_time(), "cmdline": proc.cmdline()})
+    config.write_private(_pids_file(), json.dumps(records))
     if address is not None:
-        _cluster_file().write_text(address)
-        os.chmod(_cluster_file(), 0o600)
+        config.write_private(_cluster_file(), address)
 
 
-def started_pids() -> list[int]:
-    path = _pids_file()
-    return json.loads(path.read_text()) if path.exists() else []
+def started_processes() -> tuple[list[psutil.Process], int]:
+    """The recorded processes still running, each the very process that was started:
+    same pid, start time, command line and user. Also how many recorded entries name
+    a pid that is now another process, or lack that proof (as older versions wrote
+    them): those are never to be signalled, nor their children."""
+    proven: list[psutil.Process] = []
+    unproven = 0
+    for entry in _entries():
+        if not _is_record(entry):
+            unproven += 1
+            continue
+        try:
+            proc = psutil.Process(entry["pid"])
+            same = (abs(proc.create_time() - entry["create_time"]) <= CREATE_TIME_SLACK_S
+                    and proc.cmdline() == entry["cmdline"] and proc.uids().real == os.getuid())
+        except psutil.NoSuchProcess:
+            continue  # gone: nothing to stop
+        except psutil.Error:
+            same = False  # a process we may not even inspect is not one we started
+        if same:
+            proven.append(proc)
+        else:
+            unproven += 1
+    return proven, unproven
+
+
+def _entries() -> list[Any]:
+    try:
+        raw = json.loads(_pids_file().read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    return raw if isinstance(raw, list) else []
+
+
+def _is_record(entry: Any) -> bool:
+    pid = entry.get("pid") if isinstance(entry, dict) else None
+    return (type(pid) is int and pid > 0
+            and isinstance(entry.get("create_time"), (int, float))
+            and isinstance(entry.get("cmdline"), list))
 
 
 def forget_started() -> None:

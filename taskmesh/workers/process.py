@@ -44,13 +44,17 @@ def fate_share_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="taskmesh-parent-watch", daemon=True).start()
 
 
-def stop_processes(pids: Iterable[int], timeout_s: float = 5.0) -> list[int]:
+def stop_processes(pids: Iterable[int | psutil.Process], timeout_s: float = 5.0) -> list[int]:
     """SIGTERM the processes (and their children), SIGKILL what is left after the
-    timeout. Returns the pids that were running."""
+    timeout. Returns the pids that were running. A pid is taken for the process it
+    names now: give a psutil.Process, checked to be the one meant, where the pid may
+    have been reused (psutil then refuses to signal a different process under it)."""
     procs: list[psutil.Process] = []
     for pid in pids:
         try:
-            p = psutil.Process(pid)
+            p = pid if isinstance(pid, psutil.Process) else psutil.Process(pid)
+            if not p.is_running():
+                continue
             procs.extend(p.children(recursive=True))
             procs.append(p)
         except psutil.NoSuchProcess:
