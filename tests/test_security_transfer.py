@@ -7,8 +7,8 @@ import contextlib
 import logging
 import os
 import random
-import socket
 import select
+import socket
 import struct
 import threading
 import time
