@@ -107,8 +107,8 @@ def init(
         current = context.current()
         if current is not None:
             if ignore_reinit_error:
-                return ClientContext({"address": connection.mask_password(current.store.url),
-                                      "redis_address": current.store.url})
+                masked = connection.mask_password(current.store.url)
+                return ClientContext({"address": masked, "redis_address": masked})
             raise RuntimeError("Maybe you called taskmesh.init twice by accident? This error "
                                "can be suppressed by passing in 'ignore_reinit_error=True'.")
         _check_init_resources(num_cpus, num_gpus, resources)
@@ -137,8 +137,7 @@ def init(
             cluster, url, node_id = _start_local(num_cpus, num_gpus, resources, object_store_memory)
         try:
             store = Store(url, tls=tls or None)
-            store.ping()
-            security.check_server(store, allow_insecure=allow_insecure)
+            security.check_server(store, allow_insecure=allow_insecure)  # pings it first
             job_id = store.new_job({"driver_pid": str(os.getpid()), "host": os.uname().nodename,
                                     "start_ms": str(int(time.time() * 1000)),
                                     "namespace": namespace or "",
@@ -154,7 +153,9 @@ def init(
         context.set_runtime(runtime)
         if log_to_driver:
             _start_log_printer(store, job_id)
-        return ClientContext({"address": connection.mask_password(url), "redis_address": url,
+        # Both masked: this object is shown in notebooks and logs.
+        masked = connection.mask_password(url)
+        return ClientContext({"address": masked, "redis_address": masked,
                               "node_id": node_id, "job_id": job_id,
                               "session_dir": str(cluster.session_dir) if cluster else None})
 

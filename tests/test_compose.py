@@ -2,11 +2,12 @@
 
 No docker engine is needed: the compose file is parsed and checked, then each service's
 own command is run as a local process, the way its container would run it: the `redis`
-service's server arguments on the local Redis/Valkey binary, `head` and two `worker`
-replicas as `python -m taskmesh.cli ...` with the service's environment. The compose
-host name `redis:6379` is mapped to the local server's 127.0.0.1:<free port>. A driver
-then connects the way the compose file's comment tells a host driver to, and runs tasks
-on every node of that cluster.
+service's entrypoint script and server arguments on the local Redis/Valkey binary,
+`head` and two `worker` replicas as `python -m taskmesh.cli ...` with the service's
+environment, its `${TASKMESH_REDIS_PASSWORD}` filled in as compose fills it from `.env`.
+The compose host name `redis:6379` is mapped to the local server's 127.0.0.1:<free port>.
+A driver then connects the way the compose file's comment tells a host driver to, and
+runs tasks on every node of that cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import yaml
 
 import taskmesh
 from conftest import assert_no_leaked_children
+from taskmesh import security
 from taskmesh.store import Store, connection
 from taskmesh.workers import launch as _services
 from taskmesh.workers import process as _process
@@ -59,6 +61,19 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
     if isinstance(env, list):  # ["KEY=value", ...]; a bare "KEY" passes the host's through
         env = dict(item.split("=", 1) for item in env if "=" in item)
     return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def _interpolate(value: str, dotenv: dict[str, str]) -> str:
+    """A value as compose passes it on: `${VAR}` and `${VAR:?message}` from `.env`
+    (a missing one is an error, as in compose), `$$` as a literal `$`."""
+    def var(m: re.Match[str]) -> str:
+        assert m.group(1) in dotenv, f"compose would stop: {m.group(2)}"
+        return dotenv[m.group(1)]
+    return re.sub(r"\$\{(\w+)(?::\?([^}]*))?\}", var, value).replace("$$", "$")
+
+
+PASSWORD_VAR = "TASKMESH_REDIS_PASSWORD"
+SERVER_CONF = "/tmp/taskmesh-redis.conf"
 
 
 def _depends_on(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -112,6 +127,13 @@ def test_compose_file_describes_a_taskmesh_cluster(compose: dict[str, Any]) -> N
         "taskmesh needs noeviction: an evicted key would lose tasks"
     assert _option(server_argv, "--appendonly") == "yes"
     assert redis_svc.get("healthcheck", {}).get("test"), "depends_on: service_healthy needs a healthcheck"
+    # A password, from .env, into a config file: on no command line, and not "open".
+    assert _environment(redis_svc)[PASSWORD_VAR].startswith(f"${{{PASSWORD_VAR}:?")
+    entrypoint = redis_svc["entrypoint"]
+    assert entrypoint[:2] == ["sh", "-c"] and "requirepass" in entrypoint[2]
+    assert "--requirepass" not in server_argv and "requirepass" not in " ".join(server_argv)
+    assert "REDISCLI_AUTH" in " ".join(redis_svc["healthcheck"]["test"])
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
     assert (REDIS_PORT, REDIS_PORT) in _published_ports(redis_svc), \
         "a driver on the host connects to redis://localhost:6379"
 
@@ -125,6 +147,9 @@ def test_compose_file_describes_a_taskmesh_cluster(compose: dict[str, Any]) -> N
         argv = _argv(svc["command"])
         assert argv[:2] == ["taskmesh", "worker"], name
         assert float(_option(argv, "--num-cpus") or 0) == CPUS_PER_NODE, name
+        env = _environment(svc)
+        assert "TASKMESH_ALLOW_INSECURE" not in env, f"{name}: the Redis has a password"
+        assert env[PASSWORD_VAR] == _environment(redis_svc)[PASSWORD_VAR], name
     # `--scale worker=N` needs replicas that do not collide on a name or a host port.
     assert "container_name" not in services["worker"]
     assert not services["worker"].get("ports")
@@ -216,29 +241,45 @@ def _wait_for_nodes(url: str, count: int, procs: list[subprocess.Popen], log_dir
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_compose_services_run_as_a_cluster(compose: dict[str, Any], launch: Launch,
-                                           tmp_path: Path) -> None:
+                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     services = compose["services"]
     port = _services.free_port()
     url = f"redis://127.0.0.1:{port}"
+    # .env, made as the compose file's comment says; the host driver exports it.
+    dotenv = {PASSWORD_VAR: security.generate_password()}
+    monkeypatch.setenv(PASSWORD_VAR, dotenv[PASSWORD_VAR])
 
     def local(value: str) -> str:
         """The compose network's `redis:6379` is this test's server."""
-        return re.sub(rf"(?<![\w.-]){REDIS_HOST}:{REDIS_PORT}(?!\d)", f"127.0.0.1:{port}", value)
+        return re.sub(rf"(?<![\w.-]){REDIS_HOST}:{REDIS_PORT}(?!\d)", f"127.0.0.1:{port}",
+                      _interpolate(value, dotenv))
 
-    # redis: the service's own server arguments; port, bind address and data dir local.
+    # redis: the service's entrypoint script and server arguments; the script's config
+    # file, and the port, bind address and data dir local.
     data_dir = tmp_path / "redis-data"
     data_dir.mkdir()
-    server_args = _argv(services["redis"]["command"])[1:]
-    server = launch([_services.find_server_binary(), *server_args, "--port", str(port),
-                     "--bind", "127.0.0.1", "--dir", str(data_dir)],
+    redis_svc = services["redis"]
+    shell, flag, script, *script_args = redis_svc["entrypoint"]
+    script = _interpolate(script, dotenv)
+    assert SERVER_CONF in script
+    script = script.replace(SERVER_CONF, str(tmp_path / "redis.conf"))
+    server_argv = _argv(redis_svc["command"])
+    server = launch([shell, flag, script, *script_args, _services.find_server_binary(),
+                     *server_argv[1:], "--port", str(port), "--bind", "127.0.0.1",
+                     "--dir", str(data_dir)],
+                    env=dict(os.environ, **{k: local(v) for k, v in _environment(redis_svc).items()}),
                     log_name="redis", server=True)
-    _wait_for_server(url, server, tmp_path)
-    client = redis.Redis.from_url(url)
+    _wait_for_server(connection.with_password(url, dotenv[PASSWORD_VAR]), server, tmp_path)
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=port).ping()  # no password, no entry
+    for proc in psutil.process_iter(["cmdline"]):  # not on the server's command line
+        assert dotenv[PASSWORD_VAR] not in " ".join(proc.info["cmdline"] or [])
+    store = Store(url)  # the password from the environment, as every client here
     try:
-        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
-        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert store.redis.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert store.redis.config_get("appendonly") == {"appendonly": "yes"}
     finally:
-        client.close()
+        store.close()
 
     # head + worker replicas: the services' commands and environment, as in the image
     # (whose `taskmesh` console script is `python -m taskmesh.cli`).

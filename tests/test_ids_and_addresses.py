@@ -120,13 +120,26 @@ def test_tls_files_from_the_environment_and_back() -> None:
 
 def test_only_rediss_addresses_get_tls_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     given = TlsFiles("/ca.pem")
-    assert tls_connection_kwargs("redis://h:1", given) == {}
+    for name in (ENV_TLS_CA_FILE, ENV_TLS_CERT, ENV_TLS_KEY):
+        monkeypatch.delenv(name, raising=False)
+    assert tls_connection_kwargs("redis://h:1") == {}
     assert tls_connection_kwargs("rediss://h:1", given) == {"ssl_ca_certs": "/ca.pem"}
     monkeypatch.setenv(ENV_TLS_CERT, "/env-cert.pem")
-    monkeypatch.delenv(ENV_TLS_CA_FILE, raising=False)
-    monkeypatch.delenv(ENV_TLS_KEY, raising=False)
     assert tls_connection_kwargs("rediss://h:1") == {"ssl_certfile": "/env-cert.pem"}
     assert tls_connection_kwargs("rediss://h:1", given) == {"ssl_ca_certs": "/ca.pem"}  # given wins
+
+
+@pytest.mark.parametrize("url", ["redis://:hunter2@h:1", "unix:///tmp/r.sock",
+                                 "redis+sentinel://h:26379/main"])
+def test_tls_files_with_an_address_that_is_not_rediss_are_an_error(
+        url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rather than a plaintext connection where TLS was asked for."""
+    with pytest.raises(ValueError, match="not rediss://") as given:
+        tls_connection_kwargs(url, TlsFiles("/ca.pem"))
+    monkeypatch.setenv(ENV_TLS_CERT, "/env-cert.pem")
+    with pytest.raises(ValueError, match="--tls-ca-file/--tls-cert/--tls-key") as from_env:
+        tls_connection_kwargs(url)
+    assert "hunter2" not in str(given.value) + str(from_env.value)
 
 
 def test_unreadable_or_half_given_tls_files_are_named(tmp_path: Path) -> None:

@@ -112,11 +112,16 @@ def test_head_on_a_network_interface_gets_a_password_and_leaks_it_nowhere(
                        "--num-cpus", "1"], env)
     try:
         assert started.returncode == 0, started.stderr
-        found = re.search(r"taskmesh worker --address 'redis://:([^@]+)@([^:]+):(\d+)'",
-                          started.stdout)
+        # The hand-over names the address without the password and the file holding it.
+        found = re.search(r"taskmesh worker --address redis://([^:@]+):(\d+) "
+                          r"--redis-password-file (\S+)\n", started.stdout)
         assert found, started.stdout
-        password, host, printed_port = found.groups()
+        host, printed_port, password_file = found.groups()
+        assert Path(password_file).stat().st_mode & 0o777 == 0o600
+        password = Path(password_file).read_text().strip()
         assert len(password) >= 40 and host == machine_ip() and int(printed_port) == port
+        assert password not in started.stdout + started.stderr
+        assert f'export TASKMESH_REDIS_PASSWORD="$(cat {password_file})"' in started.stdout
         url = f"redis://:{password}@{host}:{port}"
 
         with pytest.raises(redis.AuthenticationError):
@@ -146,7 +151,7 @@ def test_head_on_a_network_interface_gets_a_password_and_leaks_it_nowhere(
 
         for key in admin.scan_iter(count=1000):  # the events stream and every other key
             assert password.encode() not in (admin.dump(key) or b""), key
-        secret_files = {"taskmesh-redis.conf", "current_cluster"}
+        secret_files = {"taskmesh-redis.conf", "current_cluster", "redis-password"}
         for path in tmp_path.rglob("*"):
             if path.is_file() and path.name in secret_files:
                 assert path.stat().st_mode & 0o077 == 0, path
@@ -155,6 +160,7 @@ def test_head_on_a_network_interface_gets_a_password_and_leaks_it_nowhere(
     finally:
         stopped = run_cli(["stop"], env)
         assert stopped.returncode == 0, stopped.stderr
+    assert not (tmp_path / "redis-password").exists()
     assert_no_leaked_children(before)
 
 
@@ -301,6 +307,8 @@ def test_each_role_cannot_do_the_others_job(acl_redis: launch.RedisServer) -> No
     (["status", "--address", "redis://:hunter2@h:99999"], "--address"),
     (["acl", "setup", "--address", "h:1", "--prefix", "tm*"], "--prefix"),
     (["acl", "setup", "--address", "h:1", "--password", "root=abc"], "--password"),
+    (["acl", "setup", "--address", "h:1", "--password", "driver=hunter2"], "--password"),
+    (["start", "--head", "--redis-password-file", "/nonexistent/pw"], "--redis-password-file"),
     (["acl", "rules", "superuser"], "superuser"),
 ])
 def test_bad_input_gets_one_line_naming_it(argv: list[str], named: str) -> None:

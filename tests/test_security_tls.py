@@ -65,7 +65,12 @@ def test_head_with_tls_runs_a_job_over_rediss(certs: security.TlsFiles, tmp_path
     try:
         assert started.returncode == 0, started.stderr
         url = f"rediss://:{password}@127.0.0.1:{port}"
-        assert f"taskmesh worker --address '{url}'" in started.stdout
+        # The hand-over keeps the password off the command line and carries the TLS options.
+        assert (f"taskmesh worker --address rediss://127.0.0.1:{port} --redis-password-file "
+                f"{tmp_path / 'redis-password'} --tls-ca-file {certs.ca_file} --tls-cert "
+                f"{certs.cert} --tls-key {certs.key}\n") in started.stdout
+        assert password not in started.stdout
+        assert (tmp_path / "redis-password").read_text() == password + "\n"
 
         with pytest.raises(redis.ConnectionError):  # plain text is not spoken there
             redis.Redis(host="127.0.0.1", port=port, socket_timeout=2).ping()

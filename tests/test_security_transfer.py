@@ -7,20 +7,25 @@ import contextlib
 import logging
 import os
 import random
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from taskmesh.exceptions import ObjectLostError
+from taskmesh.objects import transfer
 from taskmesh.objects.shm import ShmStore
 from taskmesh.objects.transfer import (
+    AUTH_TIMEOUT_S,
     CHALLENGE_BYTES,
     HELLO,
     MAGIC,
     MAX_CONNECTIONS,
+    MAX_PENDING_PER_PEER,
     TransferServer,
     auth_answer,
     fetch,
@@ -93,7 +98,8 @@ def test_a_client_without_the_secret_gets_nothing(
     assert hello.startswith(HELLO)
     assert reply == b""
     assert server.served == 0
-    assert caplog.text.count("authentication failed") == 2
+    # Both dropped; the second from the same address within a minute is only counted.
+    assert caplog.text.count("authentication failed") == 1
     assert "refused our cluster secret" in caplog.text
     assert fetch([(LOCAL, server.port)], oid, dst, secret=SECRET) == payload
     assert server.served == 1
@@ -183,3 +189,126 @@ def test_the_secret_is_made_once_and_shared(store: Store) -> None:
     finally:
         other.close()
 
+
+
+# ---- abuse without the secret: idle sockets, trickled answers, floods of junk ---------------
+
+def idle_sockets(count: int, source: str) -> list[socket.socket]:
+    """`count` connections from address `source` (any 127.x.y.z is this machine) that
+    never answer the challenge."""
+    out = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind((source, 0))
+        out.append(sock)
+    return out
+
+
+def test_idle_connections_do_not_delay_a_transfer(stores: tuple[ShmStore, ShmStore]) -> None:
+    """Hundreds of idle sockets, from the fetching address and from others, take none
+    of the slots of authenticated clients: the fetch does not wait for them to time out
+    (AUTH_TIMEOUT_S, which bounds how long the server keeps each)."""
+    src, dst = stores
+    srv = TransferServer(src, LOCAL, secret=SECRET)  # the real timeouts
+    srv.start()
+    payload = os.urandom(2_000_000)
+    oid = put(src, payload)
+    socks = idle_sockets(200, LOCAL) + [
+        sock for n in range(2, 12) for sock in idle_sockets(20, f"127.0.0.{n}")]
+    try:
+        for sock in socks:
+            sock.settimeout(5)
+            sock.connect((LOCAL, srv.port))
+        started = time.monotonic()
+        got = fetch([(LOCAL, srv.port)], oid, dst, secret=SECRET, timeout_s=30)
+        elapsed = time.monotonic() - started
+        assert got == payload
+        assert elapsed < AUTH_TIMEOUT_S, elapsed  # not queued behind the idle sockets
+        # Each address keeps at most MAX_PENDING_PER_PEER of them open: the rest were cut.
+        assert sum(map(was_closed, socks[:200])) >= 200 - MAX_PENDING_PER_PEER
+    finally:
+        for sock in socks:
+            sock.close()
+        srv.stop()
+
+
+def was_closed(sock: socket.socket) -> bool:
+    """Whether the server closed this connection (after its greeting, if any)."""
+    sock.settimeout(0.01)
+    try:
+        while sock.recv(65536):
+            pass
+        return True
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def test_an_answer_trickled_in_is_cut_at_the_auth_timeout(
+        stores: tuple[ShmStore, ShmStore], caplog: pytest.LogCaptureFixture) -> None:
+    """The auth timeout bounds the whole handshake, not each byte of it."""
+    srv = TransferServer(stores[0], LOCAL, secret=SECRET, auth_timeout_s=0.5)
+    srv.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="taskmesh.transfer"), \
+                socket.create_connection((LOCAL, srv.port), timeout=5) as sock:
+            hello = sock.recv(len(HELLO) + CHALLENGE_BYTES, socket.MSG_WAITALL)
+            answer = auth_answer(SECRET, hello[len(HELLO):])
+            sent = 0
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for byte in answer:  # 32 bytes, one per 0.15 s: 4.8 s in all
+                    if select.select([sock], [], [], 0.15)[0]:
+                        break  # the server closed the connection
+                    sock.sendall(bytes([byte]))
+                    sent += 1
+            assert sock.recv(1) == b""
+        assert sent < len(answer)
+        assert "no answer to the challenge within 0.5s" in caplog.text
+    finally:
+        srv.stop()
+
+
+def wrong_answer(port: int, source: str) -> None:
+    with socket.socket() as sock:
+        sock.bind((source, 0))
+        sock.settimeout(5)
+        sock.connect((LOCAL, port))
+        sock.recv(len(HELLO) + CHALLENGE_BYTES, socket.MSG_WAITALL)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"\x00" * 32)
+            sock.recv(1)
+
+
+def test_junk_handshakes_are_logged_at_a_bounded_rate(
+        stores: tuple[ShmStore, ShmStore], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line per address per window, for a bounded number of addresses; the rest are
+    counted, and the count is logged once the window has passed."""
+    monkeypatch.setattr(transfer, "FAILURE_LOG_WINDOW_S", 1.0)
+    monkeypatch.setattr(transfer, "FAILURE_LOG_PEERS", 3)
+    srv = TransferServer(stores[0], LOCAL, secret=SECRET)
+    srv.start()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "taskmesh.transfer"]
+
+    try:
+        with caplog.at_level(logging.INFO, logger="taskmesh.transfer"):
+            for _ in range(200):
+                wrong_answer(srv.port, LOCAL)
+            for n in range(2, 8):  # six more addresses: three more lines at most
+                wrong_answer(srv.port, f"127.0.0.{n}")
+            first = lines()
+            time.sleep(1.1)
+            wrong_answer(srv.port, LOCAL)
+            deadline = time.monotonic() + 5
+            while len(lines()) < len(first) + 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert len(first) == 3, first
+        assert all("authentication failed" in line for line in first)
+        summary, again = lines()[len(first):]
+        assert "203 more connection(s) dropped before authenticating" in summary
+        assert again.startswith(f"transfer: dropped connection from {LOCAL} before it authenticated")
+    finally:
+        srv.stop()

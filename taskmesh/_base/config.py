@@ -191,8 +191,12 @@ ALLOW_INSECURE = _flag(
     "(`--allow-insecure`); a warning is logged")
 REDIS_PASSWORD = _text(
     "TASKMESH_REDIS_PASSWORD", None, "text",
-    "Password of the Redis `taskmesh start --head` starts (`--redis-password`)",
+    "Password of the cluster's Redis: the one `taskmesh start --head` gives it, and the one "
+    "clients use when the address carries none (never on a command line)",
     shown_default="unset: generated when bound to a non-loopback address")
+REDIS_PASSWORD_FILE = _text(
+    "TASKMESH_REDIS_PASSWORD_FILE", None, "path",
+    "File holding that password on one line (`--redis-password-file`; the CLI reads it)")
 TLS_CA_FILE = _text(
     "TASKMESH_TLS_CA_FILE", None, "path",
     "For `rediss://`: the CA certificate (PEM) that signed the server's certificate "

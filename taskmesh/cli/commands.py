@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,14 +23,57 @@ from taskmesh.workers import launch
 if TYPE_CHECKING:
     import psutil
 
-ADDRESS_HELP = "Redis address of the cluster (host:port, redis://[:password@]host:port, rediss://...)."
+ADDRESS_HELP = ("Redis address of the cluster (host:port, redis://[USER@]host:port, "
+                "rediss://...); its password is best given by --redis-password-file or "
+                f"${config.REDIS_PASSWORD.name}, which no command line shows.")
+# Where the password file a command was given is noted, for start's hand-over.
+_PASSWORD_FILE = "taskmesh.password_file"
 
 
 def _address_option(required: bool) -> Callable:
     def decorate(fn: Callable) -> Callable:
+        fn = _password_options(fn)
         return click.option("--address", envvar=launch.ENV_ADDRESS, required=required,
                             show_envvar=True, help=ADDRESS_HELP)(fn)
     return decorate
+
+
+def _read_password_file(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Read the password and hand it on as $TASKMESH_REDIS_PASSWORD (which the Store,
+    and child processes, read): a file keeps it off every command line."""
+    if value is None:
+        return
+    try:
+        password, loose = security.read_password_file(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+    if loose:
+        click.echo(f"Warning: {value} can be read by other users than its owner; "
+                   f"'chmod 600 {value}' it.", err=True)
+    ctx.meta[_PASSWORD_FILE] = value
+    _export_env(ctx, config.REDIS_PASSWORD.name, password)
+
+
+def _refuse_password_argument(ctx: click.Context, param: click.Parameter,
+                              value: str | None) -> None:
+    """--redis-password on the command line is refused: `ps` shows it to every user of
+    the machine while the command runs. Its variable is read where it is used."""
+    if ctx.get_parameter_source(param.name or "") is click.core.ParameterSource.COMMANDLINE:
+        raise click.BadParameter(
+            "a password on the command line is visible to every user of this machine "
+            f"(ps); put it in a file only you can read and pass --redis-password-file FILE, "
+            f"or set ${config.REDIS_PASSWORD.name}", ctx=ctx, param=param)
+
+
+def _password_options(fn: Callable) -> Callable:
+    fn = click.option("--redis-password", hidden=True, expose_value=False,
+                      callback=_refuse_password_argument)(fn)
+    return click.option(
+        "--redis-password-file", envvar=config.REDIS_PASSWORD_FILE.name, show_envvar=True,
+        expose_value=False, type=click.Path(dir_okay=False), callback=_read_password_file,
+        help="File holding the Redis password on one line (mode 0600): used when the "
+             "address carries none, and by --head for the Redis it starts. Also "
+             f"${config.REDIS_PASSWORD.name} (the password itself).")(fn)
 
 
 def _parse_resources(ctx: Any, param: Any, value: str | None) -> dict[str, float]:
@@ -138,21 +182,63 @@ def _check_bind(ctx: Any, param: Any, value: str) -> str:
     return value
 
 
-def _check_password(ctx: Any, param: Any, value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not value or not all(33 <= ord(c) < 127 and c not in "\"'\\" for c in value):
-        raise click.BadParameter("must be non-empty printable ASCII without spaces, quotes "
-                                 "or backslashes")
-    return value
-
-
 def _advertised_url(url: str, bind: str) -> str:
     """The server's URL as other machines reach it (a wildcard bind names no host)."""
     if bind not in ("0.0.0.0", "::"):
         return url
     host = security.this_machine_ip()
     return url.replace(f"@{bind}:", f"@{host}:").replace(f"://{bind}:", f"://{host}:")
+
+
+def _head_password(redis_bind: str) -> str | None:
+    """The password of the Redis --head starts: given (file or variable), else a
+    generated one unless it listens on loopback only. A given one must be strong."""
+    password = config.REDIS_PASSWORD.get()
+    if password is None:
+        return None if security.is_loopback(redis_bind) else security.generate_password()
+    try:
+        security.check_password(password, what="the Redis password")
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=f"--redis-password-file / "
+                                                    f"${config.REDIS_PASSWORD.name}") from None
+    return password
+
+
+def _hand_over(url: str, password_file: str | None, tls: security.TlsFiles) -> str:
+    """What start --head prints for the other nodes and programs: the address without
+    its password, the password file to copy (so the password is on no command line and
+    in no output), and the TLS options a rediss:// cluster needs."""
+    address = shlex.quote(connection.without_password(url))
+    tls_flags = "".join(f" {flag} {shlex.quote(path)}" for flag, path in (
+        ("--tls-ca-file", tls.ca_file), ("--tls-cert", tls.cert), ("--tls-key", tls.key)) if path)
+    lines = []
+    if password_file:
+        quoted = shlex.quote(password_file)
+        lines += [f"The password is in {password_file} (only you can read it). Whoever holds it "
+                  "controls the cluster: keep it secret, or create per-role users with "
+                  "'taskmesh acl setup'.",
+                  f"To add a node to this cluster, copy {password_file} to it (mode 0600) "
+                  "and run there:",
+                  f"    taskmesh worker --address {address} --redis-password-file {quoted}{tls_flags}"]
+    else:
+        lines += ["To add a node to this cluster, run on it:",
+                  f"    taskmesh worker --address {address}{tls_flags}"]
+    if tls:
+        lines.append("    (--tls-cert/--tls-key: better a certificate of that node's own, signed "
+                     "by the same CA)")
+    exports = []
+    if password_file:
+        exports.append(f"    export {config.REDIS_PASSWORD.name}="
+                       f"\"$(cat {shlex.quote(password_file)})\"")
+    if tls:
+        exports.append(f"    export {' '.join(f'{k}={shlex.quote(v)}' for k, v in tls.env().items())}")
+    init = f"    taskmesh.init(address={connection.without_password(url)!r})"
+    if exports:
+        lines += ["To connect a program: taskmesh.init(address='auto') on this machine; "
+                  "elsewhere, after", *exports, "call", init]
+    else:
+        lines += ["To connect a program: taskmesh.init(address='auto') on this machine, or", init]
+    return "\n".join(lines)
 
 
 def _node_resources(num_cpus: float | None, num_gpus: float | None, resources: dict,
@@ -192,37 +278,41 @@ def main() -> None:
 @click.option("--redis-bind", default="127.0.0.1", show_default=True, callback=_check_bind,
               help="Interface the Redis server started with --head listens on. Any other "
                    "than loopback turns on a password (and protected mode).")
-@click.option("--redis-password", envvar=security.ENV_REDIS_PASSWORD, show_envvar=True,
-              default=None, callback=_check_password,
-              help="Password of the Redis started with --head (default: a generated one "
-                   "when --redis-bind is not a loopback address, none on loopback).")
 @_security_options
-def start(address: str | None, num_cpus: float | None, num_gpus: float | None, memory: int | None,
-          resources: dict, object_store_memory: int | None, spill_dir: str | None,
-          head: bool, port: int, redis_bind: str, redis_password: str | None) -> None:
-    """Start this machine's node in the background (with --head: Redis too)."""
+@click.pass_context
+def start(ctx: click.Context, address: str | None, num_cpus: float | None,
+          num_gpus: float | None, memory: int | None, resources: dict,
+          object_store_memory: int | None, spill_dir: str | None, head: bool, port: int,
+          redis_bind: str) -> None:
+    """Start this machine's node in the background (with --head: Redis too).
+
+    With --head bound to another interface than loopback, Redis gets a password: the one
+    in --redis-password-file (or $TASKMESH_REDIS_PASSWORD), else a generated one, which
+    is written to a file only you can read; what to run on the other nodes is printed."""
     if head == bool(address):
         raise click.UsageError("give either --head (start a new cluster) or --address (join one)")
-    if redis_password and not head:
-        raise click.UsageError("--redis-password is for --head; to join, put the password "
-                               "in --address (redis://:PASSWORD@host:port)")
     root = config.temp_root()
     pids = []
     tls = security.TlsFiles.from_env()
+    password_file = ctx.meta.get(_PASSWORD_FILE)
     if head:
         if tls and not (tls.ca_file and tls.cert and tls.key):
             raise click.UsageError("a Redis with TLS needs --tls-cert, --tls-key and --tls-ca-file")
-        if redis_password is None and not security.is_loopback(redis_bind):
-            redis_password = security.generate_password()
+        redis_password = _head_password(redis_bind)
         server = launch.start_redis(data_dir=root / "redis", host=redis_bind, port=port or None,
-                                       password=redis_password, tls=tls or None,
-                                       persistent=True, fate_share=False)
+                                    password=redis_password, tls=tls or None,
+                                    persistent=True, fate_share=False)
         url = _advertised_url(server.url, redis_bind)
         pids.append(server.proc.pid)
+        if redis_password and password_file is None:
+            password_file = str(root / "redis-password")
+            security.write_password_file(root / "redis-password", redis_password)
     else:
         joined = _canonical(address)
         assert joined is not None  # --address is given when --head is not
         url = joined
+        if tls and not url.startswith("rediss://"):
+            raise click.UsageError(connection.tls_scheme_error(url))
         _check_cluster(url)
     proc, node_id = launch.start_agent(
         url, num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
@@ -233,14 +323,9 @@ def start(address: str | None, num_cpus: float | None, num_gpus: float | None, m
     click.echo(f"Started node {node_id}.")
     if head:
         if redis_password:
-            click.echo(f"Redis listens on {redis_bind}:{server.port} with a password and "
-                       "protected mode; keep the address below secret (it grants full "
-                       "control of the cluster), or create per-role users with "
-                       "'taskmesh acl setup'.")
-        click.echo("To add a node to this cluster, run on it:\n"
-                   f"    taskmesh worker --address '{url}'\n"
-                   "To connect a program: taskmesh.init(address='auto') on this machine, or\n"
-                   f"    taskmesh.init(address='{url}')")
+            click.echo(f"Redis listens on {redis_bind}:{server.port} with a password"
+                       + ("" if security.is_loopback(redis_bind) else " and protected mode") + ".")
+        click.echo(_hand_over(url, password_file if redis_password else None, tls))
 
 
 def _check_cluster(url: str) -> None:
@@ -248,7 +333,10 @@ def _check_cluster(url: str) -> None:
     from taskmesh.exceptions import StoreUnavailableError
     from taskmesh.store import Store
 
-    store = Store(url)
+    try:
+        store = Store(url)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     try:
         security.check_server(store)
     except ValueError as e:
@@ -278,13 +366,14 @@ def worker(address: str, num_cpus: float | None, num_gpus: float | None, memory:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     url = _canonical(address)
     assert url is not None
-    agent = NodeAgent(url, resources=_node_resources(num_cpus, num_gpus, resources, memory),
-                      node_ip=node_ip_address, grace_period_s=grace_period_s,
-                      object_store=object_store_config(object_store_memory, spill_dir))
+    _check_cluster(url)
     try:
+        agent = NodeAgent(url, resources=_node_resources(num_cpus, num_gpus, resources, memory),
+                          node_ip=node_ip_address, grace_period_s=grace_period_s,
+                          object_store=object_store_config(object_store_memory, spill_dir))
         agent.run(ready_fd=ready_fd)
-    except ValueError as e:  # a Redis taskmesh must not use (see Store.check_server)
-        raise click.ClickException(str(e)) from None
+    except ValueError as e:  # TLS files with a plain address, or a Redis taskmesh must
+        raise click.ClickException(str(e)) from None  # not use (see check_server)
 
 
 def _drain_agents(procs: list[psutil.Process], timeout_s: float) -> None:
@@ -320,6 +409,7 @@ def stop(grace_period_s: float) -> None:
     stop_processes(procs, timeout_s=10)
     stopped = sum(not p.is_running() for p in procs)
     launch.forget_started()
+    (config.temp_root() / "redis-password").unlink(missing_ok=True)  # start --head's
     click.echo(f"Stopped {stopped} process(es).")
     if unproven:
         click.echo(f"Left alone {unproven} recorded pid(s) that are no longer processes "
@@ -337,11 +427,19 @@ def status(address: str | None) -> None:
         nodes = store.nodes()
         queues = store.queue_stats()
         persistence = security.persistence(store.redis)
+        policy = store.eviction_policy()
     finally:
         store.close()
     alive = [n for n in nodes if n["alive"]]
     click.echo(f"Cluster at {connection.mask_password(url)}")
     click.echo(f"Persistence: AOF {persistence['aof']}; RDB {persistence['rdb']}")
+    if policy is None:
+        click.echo("Eviction: maxmemory-policy unknown (neither INFO nor CONFIG allowed)")
+    elif security.evicts(policy):
+        click.echo(f"Eviction: maxmemory-policy {policy} -- WARNING: Redis may evict "
+                   "taskmesh's keys and lose tasks and objects; set noeviction")
+    else:
+        click.echo(f"Eviction: maxmemory-policy {policy}")
     click.echo(f"Nodes: {len(alive)} alive, {len(nodes) - len(alive)} dead")
     for n in nodes:
         state = "ALIVE" if n["alive"] else "DEAD"
@@ -382,7 +480,11 @@ def _parse_passwords(ctx: Any, param: Any, values: tuple[str, ...]) -> dict[str,
         if not sep or role not in security.ROLES:
             raise click.BadParameter(f"expected ROLE=PASSWORD with ROLE one of "
                                      f"{', '.join(security.ROLES)}, got {role!r}")
-        out[role] = _check_password(ctx, param, password) or ""
+        try:
+            security.check_password(password, what=f"the {role} password")
+        except ValueError as e:
+            raise click.BadParameter(str(e)) from None
+        out[role] = password
     return out
 
 
@@ -396,8 +498,9 @@ def _parse_passwords(ctx: Any, param: Any, values: tuple[str, ...]) -> dict[str,
 @click.option("--password", "passwords", multiple=True, metavar="ROLE=PASSWORD",
               callback=_parse_passwords, help="A role's password (repeatable; default: generated).")
 def acl_setup(address: str | None, prefix: str, user_prefix: str, passwords: dict[str, str]) -> None:
-    """Create (or replace) the users driver, agent and readonly; print their addresses.
-    The address must carry credentials allowed to run ACL SETUSER (an admin)."""
+    """Create (or replace) the users driver, agent and readonly, confined to the prefix
+    and to the address's database; print their addresses. The address must carry
+    credentials allowed to run ACL SETUSER (an admin)."""
     import redis
 
     store = _connect(address)
@@ -416,9 +519,11 @@ def acl_setup(address: str | None, prefix: str, user_prefix: str, passwords: dic
 @acl.command(name="rules")
 @click.argument("role", type=click.Choice(security.ROLES))
 @click.option("--prefix", default="tm", show_default=True, callback=_check_prefix)
-def acl_rules(role: str, prefix: str) -> None:
+@click.option("--db", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The database the role is confined to.")
+def acl_rules(role: str, prefix: str, db: int) -> None:
     """Print the ACL SETUSER rules of a role."""
-    click.echo(" ".join(security.acl_rules(role, prefix)))
+    click.echo(" ".join(security.acl_rules(role, prefix, db)))
 
 
 @main.command()
@@ -480,7 +585,10 @@ def _connect(address: str | None) -> Any:
     url = _canonical(address) or launch.current_cluster_address()
     if url is None:
         raise click.UsageError("no cluster found: pass --address or start one with 'taskmesh start --head'")
-    return Store(url)
+    try:
+        return Store(url)
+    except ValueError as e:  # TLS files with an address that is not rediss://
+        raise click.UsageError(str(e)) from None
 
 
 @main.command(name="list")

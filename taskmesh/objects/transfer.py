@@ -22,7 +22,17 @@ object of that node. The secret is kept in Redis (see `security.transfer_secret`
 the agent, driver and worker credentials can read it and the readonly role cannot; it
 never crosses the wire, and a fresh challenge per connection makes a recorded answer
 useless on the next one. Until a client has answered, the server reads exactly the 32
-bytes of the answer and holds the connection for at most `AUTH_TIMEOUT_S`.
+bytes of the answer and holds the connection for at most `AUTH_TIMEOUT_S` in all (not
+per byte: a client trickling its answer is cut off as soon as one that is silent).
+
+Why the limits before authentication: anyone who reaches the port can open connections
+without the secret. Connections still in the handshake are capped per peer address
+(MAX_PENDING_PER_PEER) and in all (MAX_PENDING); past a cap the oldest of them is cut,
+since a member of the cluster answers within a round trip and an idle one is the likely
+abuser. They take none of the MAX_CONNECTIONS slots, which only authenticated clients
+hold, so hundreds of idle sockets do not make a real transfer wait. And their failures
+are logged at a bounded rate (see `_FailureLog`), so a flood of junk handshakes cannot
+grow the log without limit.
 
 Why this shape: the sender sends slices of its read-only mapping and the receiver
 `recv_into`s slices of its destination segment, so neither copies the object in user
@@ -43,6 +53,7 @@ import os
 import socket
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Sequence
 
@@ -67,7 +78,15 @@ MAX_ID_BYTES = 64
 CHUNK_BYTES = 1024 * 1024
 FOUND, MISSING = 1, 0
 GO, SKIP = b"\x01", b"\x00"
+# Authenticated connections served at once; past it, clients wait for a slot.
 MAX_CONNECTIONS = 64
+# Connections still in the handshake (see the module docstring).
+MAX_PENDING_PER_PEER = 32
+MAX_PENDING = 256
+# Failed handshakes: one line per peer per window, at most this many peers' lines per
+# window; the rest are counted and the count logged.
+FAILURE_LOG_WINDOW_S = 60.0
+FAILURE_LOG_PEERS = 20
 # A refused or dropped SYN should move on to the next holder well before a stalled
 # transfer would, so connecting waits at most this long.
 CONNECT_TIMEOUT_S = 10.0
@@ -91,22 +110,78 @@ def auth_answer(secret: bytes, challenge: bytes) -> bytes:
     return hmac.new(secret, b"taskmesh-transfer\x00" + challenge, hashlib.sha256).digest()
 
 
+class _FailureLog:
+    """Failed handshakes, logged at a bounded rate: anyone who reaches the port can send
+    junk, and a line per connection would let them grow the log without limit. In each
+    window the first failure of a peer address is logged (for at most `peers` addresses);
+    the others are counted, and the count is logged with the first failure after the
+    window (or when the server stops)."""
+
+    def __init__(self, window_s: float, peers: int):
+        self._window_s = window_s
+        self._max_peers = peers
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._logged: set[str] = set()
+        self._counted = 0
+
+    def record(self, peer: str, reason: str, level: int = logging.WARNING) -> None:
+        now = time.monotonic()
+        with self._lock:
+            summary = self._roll(now) if now - self._start >= self._window_s else None
+            first = peer not in self._logged and len(self._logged) < self._max_peers
+            if first:
+                self._logged.add(peer)
+            else:
+                self._counted += 1
+        if summary:
+            log.warning("%s", summary)
+        if first:
+            log.log(level, "transfer: dropped connection from %s before it authenticated: %s "
+                    "(further ones from it in the next %.0fs are only counted)",
+                    peer, reason, self._window_s)
+
+    def flush(self) -> None:
+        with self._lock:
+            summary = self._roll(time.monotonic())
+        if summary:
+            log.warning("%s", summary)
+
+    def _roll(self, now: float) -> str | None:
+        """Start a new window; the count of the one that ended, as a line (None if 0)."""
+        counted, elapsed = self._counted, now - self._start
+        self._start, self._counted = now, 0
+        self._logged.clear()
+        if not counted:
+            return None
+        return (f"transfer: {counted} more connection(s) dropped before authenticating in "
+                f"the last {elapsed:.0f}s (not logged one by one)")
+
+
 class TransferServer:
     """Serves the sealed objects of one node's ShmStore over TCP."""
 
     def __init__(self, shm: ShmStore, host: str = "0.0.0.0", port: int = 0,
-                 *, secret: bytes, request_timeout_s: float = 10.0):
+                 *, secret: bytes, request_timeout_s: float = 10.0,
+                 auth_timeout_s: float = AUTH_TIMEOUT_S):
         if not secret:
             raise ValueError("the transfer server needs the cluster secret")
         self._shm = shm
         self._secret = secret
         self._request_timeout_s = request_timeout_s
+        self._auth_timeout_s = min(request_timeout_s, auth_timeout_s)
         self._listener = socket.create_server((host, port), backlog=128)
         self.port: int = self._listener.getsockname()[1]
         self.served = 0
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._conns: set[socket.socket] = set()
+        # Connections in the handshake, oldest first, with their peer address; and those
+        # cut to make room (their threads see EOF and log why).
+        self._pending: dict[socket.socket, str] = {}
+        self._pending_per_peer: dict[str, int] = {}
+        self._cut: set[socket.socket] = set()
+        self._failures = _FailureLog(FAILURE_LOG_WINDOW_S, FAILURE_LOG_PEERS)
         self._thread: threading.Thread | None = None
         self._stopped = False
 
@@ -131,54 +206,115 @@ class TransferServer:
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+        self._failures.flush()
 
     def _accept_loop(self) -> None:
+        """Accept without waiting for a slot (only authenticated clients take one), so
+        a client never queues behind connections that do not authenticate."""
         while True:
-            self._slots.acquire()  # past MAX_CONNECTIONS, clients wait in the backlog
             try:
                 conn, peer = self._listener.accept()
             except OSError:
-                self._slots.release()
                 return  # stop() closed the listener
             with self._lock:
                 if self._stopped:
                     conn.close()
-                    self._slots.release()
                     return
                 self._conns.add(conn)
+                cut = self._admit(conn, str(peer[0]))
+            if cut is not None:
+                with contextlib.suppress(OSError):
+                    cut.shutdown(socket.SHUT_RDWR)  # its thread wakes with EOF
             threading.Thread(target=self._serve, args=(conn, peer), daemon=True,
                              name=f"taskmesh-transfer-conn-{peer[1]}").start()
 
+    def _admit(self, conn: socket.socket, host: str) -> socket.socket | None:
+        """Count a new connection as in the handshake; the one cut to stay within the
+        caps (the oldest of its peer's, else the oldest of all), if any. Under the lock."""
+        self._pending[conn] = host
+        self._pending_per_peer[host] = self._pending_per_peer.get(host, 0) + 1
+        cut = None
+        if self._pending_per_peer[host] > MAX_PENDING_PER_PEER:
+            cut = next(c for c, h in self._pending.items() if h == host)
+        elif len(self._pending) > MAX_PENDING:
+            cut = next(iter(self._pending))
+        if cut is not None:
+            self._unpend(cut)
+            self._cut.add(cut)
+        return cut
+
+    def _unpend(self, conn: socket.socket) -> bool:
+        """Stop counting `conn` as in the handshake; False when it was not. Under the lock."""
+        host = self._pending.pop(conn, None)
+        if host is None:
+            return False
+        left = self._pending_per_peer[host] - 1
+        if left:
+            self._pending_per_peer[host] = left
+        else:
+            del self._pending_per_peer[host]
+        return True
+
     def _serve(self, conn: socket.socket, peer: tuple) -> None:
+        host = str(peer[0])
+        authenticated = False
         try:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn.settimeout(min(self._request_timeout_s, AUTH_TIMEOUT_S))
             self._authenticate(conn)
-            conn.settimeout(self._request_timeout_s)
-            while self._serve_request(conn):
-                pass
-        except (_BadRequest, EOFError) as e:
-            log.warning("transfer: dropped connection from %s: %s", peer, e)
-        except TimeoutError:
-            log.warning("transfer: dropped connection from %s: no progress within %.1fs",
-                        peer, self._request_timeout_s)
-        except OSError as e:
-            log.info("transfer: connection from %s ended: %s", peer, e)
+            authenticated = True
+            with self._slots:
+                conn.settimeout(self._request_timeout_s)
+                while self._serve_request(conn):
+                    pass
+        except (_BadRequest, EOFError, TimeoutError, OSError) as e:
+            if authenticated:
+                self._log_drop(peer, e)
+            else:
+                with self._lock:
+                    was_cut = conn in self._cut
+                if was_cut:
+                    reason = (f"cut to make room: too many connections in the handshake "
+                              f"(at most {MAX_PENDING_PER_PEER} per address, {MAX_PENDING} in all)")
+                elif isinstance(e, TimeoutError):
+                    reason = f"no answer to the challenge within {self._auth_timeout_s:.1f}s"
+                else:
+                    reason = str(e) or type(e).__name__
+                self._failures.record(host, reason, logging.WARNING
+                                      if isinstance(e, (_BadRequest, EOFError, TimeoutError))
+                                      else logging.INFO)
         except Exception:
             log.exception("transfer: error serving %s", peer)
         finally:
             conn.close()
             with self._lock:
                 self._conns.discard(conn)
-            self._slots.release()
+                self._unpend(conn)
+                self._cut.discard(conn)
+
+    def _log_drop(self, peer: tuple, e: BaseException) -> None:
+        """A connection that had authenticated ended badly: one line (its client holds
+        the secret, so it is not rate-limited)."""
+        if isinstance(e, (_BadRequest, EOFError)):
+            log.warning("transfer: dropped connection from %s: %s", peer, e)
+        elif isinstance(e, TimeoutError):
+            log.warning("transfer: dropped connection from %s: no progress within %.1fs",
+                        peer, self._request_timeout_s)
+        else:
+            log.info("transfer: connection from %s ended: %s", peer, e)
 
     def _authenticate(self, conn: socket.socket) -> None:
-        """Challenge the client; raises _BadRequest unless it answers with the secret."""
+        """Challenge the client; raises _BadRequest unless it answers with the secret
+        within the auth timeout, counted from the connection's start."""
+        deadline = time.monotonic() + self._auth_timeout_s
+        conn.settimeout(self._auth_timeout_s)
         challenge = os.urandom(CHALLENGE_BYTES)
         conn.sendall(HELLO + challenge)
-        answer = _recv_exact(conn, AUTH_BYTES)
+        answer = _recv_exact(conn, AUTH_BYTES, deadline=deadline)
         if not hmac.compare_digest(answer, auth_answer(self._secret, challenge)):
             raise _BadRequest("authentication failed (wrong cluster secret)")
+        with self._lock:
+            if not self._unpend(conn):  # cut to make room while it answered
+                raise EOFError("cut while authenticating")
         conn.sendall(AUTH_OK)
 
     def _serve_request(self, conn: socket.socket) -> bool:
@@ -240,12 +376,20 @@ def _recv_payload(sock: socket.socket, dest: memoryview) -> int:
     return crc
 
 
-def _recv_exact(sock: socket.socket, n: int, *, eof_ok: bool = False) -> bytes:
-    """Exactly `n` bytes; b"" when `eof_ok` and the peer closed before sending any."""
+def _recv_exact(sock: socket.socket, n: int, *, eof_ok: bool = False,
+                deadline: float | None = None) -> bytes:
+    """Exactly `n` bytes; b"" when `eof_ok` and the peer closed before sending any.
+    With `deadline` (time.monotonic()), TimeoutError once it passes, however the bytes
+    trickle in."""
     buf = bytearray(n)
     got = 0
     with memoryview(buf) as view:
         while got < n:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{got} of {n} bytes by the deadline")
+                sock.settimeout(left)
             k = sock.recv_into(view[got:])
             if k == 0:
                 if got == 0 and eof_ok:

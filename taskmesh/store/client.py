@@ -20,6 +20,7 @@ from taskmesh.store.connection import (
     SENTINEL_SCHEME,
     TlsFiles,
     _sentinel_client,
+    env_password,
     parse_sentinel_address,
     tls_connection_kwargs,
 )
@@ -62,10 +63,14 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
     def __init__(self, url: str, *, prefix: str = "tm", tls: TlsFiles | None = None,
                  **connection_kwargs: Any):
         """`tls`: CA/certificate/key files for a `rediss://` address (default: the
-        TASKMESH_TLS_* variables, which child processes inherit)."""
+        TASKMESH_TLS_* variables, which child processes inherit). An address without a
+        password uses $TASKMESH_REDIS_PASSWORD, if set (it stays out of `url`)."""
         self.url = url
         self.keys = Keys(prefix)
         connection_kwargs = {**tls_connection_kwargs(url, tls), **connection_kwargs}
+        password = env_password(url)
+        if password is not None:
+            connection_kwargs.setdefault("password", password)
         self._sentinel: redis.sentinel.Sentinel | None = None
         self._wait_replicas = 0
         self._wait_timeout_ms = 0

@@ -1,8 +1,14 @@
 """Redis addresses and connections: the URL grammar (`redis://`, `rediss://`, `unix://`,
-`redis+sentinel://`), password masking, TLS files, and the Sentinel-following client."""
+`redis+sentinel://`), password masking, the password from the environment, TLS files,
+and the Sentinel-following client.
+
+A password may travel outside the address, in $TASKMESH_REDIS_PASSWORD, so that it
+appears on no command line (`ps` shows those to every user) and in no printed address;
+it is used when the address carries none."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -158,6 +164,37 @@ def _parse_endpoint(text: str, bad: Callable[[str], ValueError]) -> tuple[str, i
     return host, int(port_text)
 
 
+def url_password(url: str) -> str | None:
+    """The password an address carries, if any."""
+    if url.startswith(f"{SENTINEL_SCHEME}://"):
+        return parse_sentinel_address(url).password
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(password) if password is not None else None
+
+
+def env_password(url: str) -> str | None:
+    """$TASKMESH_REDIS_PASSWORD when `url` carries no password of its own."""
+    if url_password(url) is not None:
+        return None
+    return config.REDIS_PASSWORD.get()
+
+
+def without_password(url: str) -> str:
+    """The address without its password (a user name stays), to print or hand on while
+    the password travels apart."""
+    if url.startswith(f"{SENTINEL_SCHEME}://"):
+        return dataclasses.replace(parse_sentinel_address(url), password=None).url()
+    parsed = urlsplit(url)
+    userinfo, at, host = parsed.netloc.rpartition("@")
+    if not at:
+        return url
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parsed._replace(netloc=f"{user}@{host}" if user else host))
+
+
 def with_password(url: str, password: str | None) -> str:
     if not password:
         return url
@@ -213,10 +250,21 @@ class TlsFiles:
 
 def tls_connection_kwargs(url: str, tls: TlsFiles | None = None) -> dict[str, Any]:
     """The TLS arguments of a client of `url`: the given files, else those named by the
-    TASKMESH_TLS_* variables; nothing unless the address is `rediss://`."""
+    TASKMESH_TLS_* variables. Files with an address that is not `rediss://` raise
+    ValueError: the connection would be plaintext although TLS was asked for."""
+    files = tls if tls else TlsFiles.from_env()
     if not url.startswith("rediss://"):
+        if files:
+            raise ValueError(tls_scheme_error(url))
         return {}
-    return (tls if tls else TlsFiles.from_env()).connection_kwargs()
+    return files.connection_kwargs()
+
+
+def tls_scheme_error(url: str) -> str:
+    return (f"TLS files are given (--tls-ca-file/--tls-cert/--tls-key, tls_ca_file/tls_cert/"
+            f"tls_key, or ${ENV_TLS_CA_FILE}/${ENV_TLS_CERT}/${ENV_TLS_KEY}) but the address "
+            f"{mask_password(url)} is not rediss://, so the connection would not use TLS. "
+            "Use a rediss:// address, or give no TLS files.")
 
 
 def check_tls_files(tls: TlsFiles) -> None:
@@ -260,8 +308,10 @@ def _sentinel_client(
     if address.sentinel_password is not None:
         sentinel_kwargs["password"] = address.sentinel_password
     sentinel = redis.sentinel.Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_kwargs)
+    kwargs = dict(connection_kwargs)
+    password = kwargs.pop("password", None) if address.password is None else address.password
     client = sentinel.master_for(
-        address.master_name, username=address.username, password=address.password,
+        address.master_name, username=address.username, password=password,
         db=address.db, health_check_interval=30, socket_keepalive=True,
-        connection_class=_FollowingConnection, **connection_kwargs)
+        connection_class=_FollowingConnection, **kwargs)
     return sentinel, client

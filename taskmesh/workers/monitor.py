@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Collection, Mapping
 
+from taskmesh import security
 from taskmesh._base import config, queues
 from taskmesh._base.wire import QueueEntry
 from taskmesh._core import failure as _failure
@@ -109,6 +110,7 @@ class Monitor:
         # heartbeats are old because Redis was away, not because the nodes were.
         self._unreachable = False
         self._quiet_until = 0.0
+        self._eviction = security.EvictionWatch()
 
     def tick(self) -> None:
         """Renew or take the lease; while holding it, settle dead nodes' work."""
@@ -127,6 +129,7 @@ class Monitor:
             self._quiet_until = time.monotonic() + self.node_timeout_ms / 1000
         if not holding:
             return
+        self._eviction.check(self.store)  # an evicting policy set since the agents joined
         queue_names = self.store.shapes() + self.store.pinned_queues()
         seen = self.store.liveness(queue_names)
         now_ms = seen.now_ms
