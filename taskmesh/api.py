@@ -198,7 +198,10 @@ def _start_local(
     object_store_memory: int | None = None,
 ) -> tuple[_LocalCluster, str, str]:
     session = config.temp_root() / f"session_{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
-    server = launch.start_redis(data_dir=session / "redis")
+    # A password even on loopback: other users of this machine reach loopback, and
+    # whoever reaches the cluster runs code as this user. It reaches the agent through
+    # its environment, never a command line.
+    server = launch.start_redis(data_dir=session / "redis", password=security.generate_password())
     try:
         agent, node_id = launch.start_agent(
             server.url, num_cpus=num_cpus if num_cpus is not None else os.cpu_count(),

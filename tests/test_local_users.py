@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -346,3 +347,74 @@ def test_agent_logs_are_0600_in_a_0700_directory(cluster_factory, tmp_path: Path
         cluster.add_node(num_cpus=1)
         assert mode(tmp_path / "logs") == 0o700
         assert mode(tmp_path / "logs" / "agent-0.log") == 0o600
+
+
+# ---- F2: the default cluster cannot be driven by another user ---------------------------
+
+def _refused_without_password(host: str, port: int) -> Callable[[], None]:
+    """As the other user: queue an entry on the cluster's Redis (what running code as the
+    cluster's user takes) and expect to be asked for a password."""
+    def attempt() -> None:
+        try:
+            redis.Redis(host=host, port=port, socket_timeout=5).xadd("tm:q:CPU=1", {"task": "evil"})
+        except redis.AuthenticationError:
+            return
+        raise SystemExit("the cluster's Redis ran a command without a password")
+    return attempt
+
+
+def _on_no_command_line(password: str) -> None:
+    for proc in psutil.process_iter(["cmdline"]):  # ps shows command lines to every user
+        assert password not in " ".join(proc.info["cmdline"] or [])
+
+
+@needs_root
+@pytest.mark.cluster
+def test_another_user_cannot_drive_the_local_cluster_of_init(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import taskmesh
+
+    monkeypatch.setenv("TASKMESH_TEMP_DIR", str(tmp_path / "root"))
+    monkeypatch.delenv("TASKMESH_ADDRESS", raising=False)
+    taskmesh.init(num_cpus=1)
+    try:
+        url = redis.connection.parse_url(taskmesh.api.get_runtime().store.url)
+        assert len(url["password"]) >= 16
+        as_other_user(_refused_without_password(url["host"], url["port"]))
+        _on_no_command_line(url["password"])
+
+        @taskmesh.remote
+        def ok() -> int:
+            return 1
+
+        assert taskmesh.get(ok.remote(), timeout=30) == 1  # the owner still drives it
+    finally:
+        taskmesh.shutdown()
+
+
+@needs_root
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_another_user_cannot_drive_a_default_head(tmp_path: Path) -> None:
+    """`taskmesh start --head` on loopback (the default) gets a generated password too,
+    in a 0600 file; another user's client is refused, and the password is on no command
+    line."""
+    root = tmp_path / "root"
+    env = dict(os.environ, TASKMESH_TEMP_DIR=str(root))
+    env.pop("TASKMESH_ADDRESS", None)
+    port = launch.free_port()
+    started = subprocess.run([sys.executable, "-m", "taskmesh.cli", "start", "--head", "--port", str(port),
+                              "--num-cpus", "1"], env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr
+        password_file = root / "redis-password"
+        assert mode(password_file) == 0o600
+        password = password_file.read_text().strip()
+        assert len(password) >= 16 and password not in started.stdout + started.stderr
+        as_other_user(_refused_without_password("127.0.0.1", port))
+        _on_no_command_line(password)
+        assert redis.Redis(host="127.0.0.1", port=port, password=password).ping()
+    finally:
+        stopped = subprocess.run([sys.executable, "-m", "taskmesh.cli", "stop"], env=env,
+                                 capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr

@@ -193,7 +193,7 @@ REDIS_PASSWORD = _text(
     "TASKMESH_REDIS_PASSWORD", None, "text",
     "Password of the cluster's Redis: the one `taskmesh start --head` gives it, and the one "
     "clients use when the address carries none (never on a command line)",
-    shown_default="unset: generated when bound to a non-loopback address")
+    shown_default="unset: generated")
 REDIS_PASSWORD_FILE = _text(
     "TASKMESH_REDIS_PASSWORD_FILE", None, "path",
     "File holding that password on one line (`--redis-password-file`; the CLI reads it)")

@@ -190,12 +190,14 @@ def _advertised_url(url: str, bind: str) -> str:
     return url.replace(f"@{bind}:", f"@{host}:").replace(f"://{bind}:", f"://{host}:")
 
 
-def _head_password(redis_bind: str) -> str | None:
+def _head_password() -> str:
     """The password of the Redis --head starts: given (file or variable), else a
-    generated one unless it listens on loopback only. A given one must be strong."""
+    generated one. On loopback too: other users of this machine reach loopback, and
+    whoever reaches the cluster runs code as its agents' user. A given one must be
+    strong."""
     password = config.REDIS_PASSWORD.get()
     if password is None:
-        return None if security.is_loopback(redis_bind) else security.generate_password()
+        return security.generate_password()
     try:
         security.check_password(password, what="the Redis password")
     except ValueError as e:
@@ -276,8 +278,8 @@ def main() -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=6379, show_default=True,
               help="Port of the Redis server started with --head.")
 @click.option("--redis-bind", default="127.0.0.1", show_default=True, callback=_check_bind,
-              help="Interface the Redis server started with --head listens on. Any other "
-                   "than loopback turns on a password (and protected mode).")
+              help="Interface the Redis server started with --head listens on (always "
+                   "with a password; other machines reach it only when this is not loopback).")
 @_security_options
 @click.pass_context
 def start(ctx: click.Context, address: str | None, num_cpus: float | None,
@@ -286,9 +288,10 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
           redis_bind: str) -> None:
     """Start this machine's node in the background (with --head: Redis too).
 
-    With --head bound to another interface than loopback, Redis gets a password: the one
-    in --redis-password-file (or $TASKMESH_REDIS_PASSWORD), else a generated one, which
-    is written to a file only you can read; what to run on the other nodes is printed."""
+    With --head, Redis gets a password (on loopback too: other users of this machine
+    reach it): the one in --redis-password-file (or $TASKMESH_REDIS_PASSWORD), else a
+    generated one, which is written to a file only you can read; what to run on the
+    other nodes is printed."""
     if head == bool(address):
         raise click.UsageError("give either --head (start a new cluster) or --address (join one)")
     root = config.temp_root()
@@ -298,7 +301,7 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
     if head:
         if tls and not (tls.ca_file and tls.cert and tls.key):
             raise click.UsageError("a Redis with TLS needs --tls-cert, --tls-key and --tls-ca-file")
-        redis_password = _head_password(redis_bind)
+        redis_password = _head_password()
         server = launch.start_redis(data_dir=root / "redis", host=redis_bind, port=port or None,
                                     password=redis_password, tls=tls or None,
                                     persistent=True, fate_share=False)
@@ -322,10 +325,8 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
     launch.record_started(pids, url if head else None)
     click.echo(f"Started node {node_id}.")
     if head:
-        if redis_password:
-            click.echo(f"Redis listens on {redis_bind}:{server.port} with a password"
-                       + ("" if security.is_loopback(redis_bind) else " and protected mode") + ".")
-        click.echo(_hand_over(url, password_file if redis_password else None, tls))
+        click.echo(f"Redis listens on {redis_bind}:{server.port} with a password.")
+        click.echo(_hand_over(url, password_file, tls))
 
 
 def _check_cluster(url: str) -> None:
