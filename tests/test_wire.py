@@ -45,8 +45,8 @@ def _task_spec(**changes: Any) -> TaskSpec:
 @pytest.mark.parametrize("spec", [
     _task_spec(),
     _task_spec(job_id=None, namespace=None, max_retries=-1, retry_exceptions=True, max_calls=3,
-               resources={"CPU": 0.5, "GPU": 1.0}, generator=wire.STREAMING_MODE, num_returns=1, backpressure=4,
-               pg=["9c1e", 1, True], runtime_env={"env_vars": {"A": "1"}}),
+               resources={"CPU": 0.5, "GPU": 1.0}, generator=wire.STREAMING_MODE, num_returns=1,
+               backpressure=4, pg=["9c1e", 1, True], runtime_env={"env_vars": {"A": "1"}}),
     _task_spec(retry_exceptions=b"pickled types", generator=wire.DYNAMIC_MODE, num_returns=1),
 ])
 def test_task_specs_round_trip(spec: TaskSpec) -> None:

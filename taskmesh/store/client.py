@@ -501,20 +501,21 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
             info: dict[str, Any] = {_text(k, "replace"): _text(v, "replace") for k, v in raw.items()}
             if "node_id" not in info:
                 continue
-            bad = None
+            bad = []
             for field in ("resources_total", "resources_available"):
                 try:
                     info[field] = node_resources(info.get(field), field)
                 except WireError as e:
-                    info[field], bad = {}, str(e)
+                    info[field] = {}
+                    bad.append(str(e))
             if not info.get("pid", "0").isdigit():
-                bad = f"node field 'pid' must be a process id, got {info['pid'][:60]!r}"
+                bad.append(f"node field 'pid' must be a process id, got {info['pid'][:60]!r}")
                 info["pid"] = "0"
             info["last_heartbeat_ms"] = alive.get(info["node_id"])
             info["alive"] = info["node_id"] in alive and info.get("state") == "ALIVE"
-            if bad is not None:  # unusable: listed, but as a node that is not alive
-                warn_once(f"node {info['node_id']} is left out: its hash's {bad}")
-                info["alive"], info["malformed"] = False, bad
+            if bad:  # unusable: listed, but as a node that is not alive
+                info["alive"], info["malformed"] = False, "; ".join(bad)
+                warn_once(f"node {info['node_id']} is left out: its hash's {info['malformed']}")
             out.append(info)
         return sorted(out, key=lambda n: n.get("start_ms", ""))
 
