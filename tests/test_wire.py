@@ -270,7 +270,7 @@ def test_an_entry_of_a_node_or_bundle_queue_must_name_its_shape() -> None:
 
 def test_node_resources_decode_or_name_the_field() -> None:
     assert wire.node_resources(b'{"CPU": 2, "GPU": 0.5}', "resources_total") == {"CPU": 2.0, "GPU": 0.5}
-    assert wire.node_resources(None, "resources_total") == {}
+    assert wire.node_resources(None, "resources_total") == wire.node_resources(b"", "x") == {}
     for raw in (b"notjson", b"[1, 2]", b'{"CPU": "2"}', b'{"CPU": -1}', b"\xff", b'{"CPU": Infinity}'):
         with pytest.raises(WireError, match="'resources_available'"):
             wire.node_resources(raw, "resources_available")

@@ -557,8 +557,8 @@ decode_notice = Notice.from_wire
 
 def node_resources(raw: bytes | str | None, key: str) -> dict[str, float]:
     """`resources_total` / `resources_available`: a JSON map of resource -> amount >= 0
-    (absent: no resources)."""
-    if raw is None:
+    (absent or empty: no resources)."""
+    if not raw:
         return {}
     try:
         value = json.loads(raw)
