@@ -45,7 +45,13 @@ def _reasons(store: Store, since: int) -> list[str]:
 
 
 def _live(pids: list[int]) -> list[int]:
-    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    def live(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return [p for p in pids if live(p)]
 
 
 @pytest.fixture
@@ -72,12 +78,18 @@ def _still_serving(ray: Any, node: str) -> None:
         def echo(self, x: Any) -> Any:
             return x
 
+        def pid(self) -> int:
+            return os.getpid()
+
     pinned = where.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
     assert ray.get(pinned.remote(), timeout=30) == node
     assert ray.get(where.remote(), timeout=30) == node
     echo = Echo.remote()
     assert ray.get(echo.echo.remote("x"), timeout=30) == "x"
+    pid = ray.get(echo.pid.remote(), timeout=30)
     taskmesh.kill(echo)
+    # Gone before the next test counts the node's workers.
+    wait_until(lambda: not _live([pid]), what="the actor's process to end")
 
 
 def test_bad_task_specs_go_to_the_dead_letter_stream_and_no_worker_dies(
@@ -109,8 +121,8 @@ def test_bad_task_specs_go_to_the_dead_letter_stream_and_no_worker_dies(
     for changes, field in bad:
         assert any(f"'{field}'" in r for r in reasons), (changes, reasons)
     assert ray.get([one.remote() for _ in range(4)], timeout=30) == [1] * 4
-    _still_serving(ray, node)
     assert _live(workers) == workers  # none died: no crash, no loop of restarts
+    _still_serving(ray, node)  # (its actor takes a worker of the pool, and dies with it)
     wait_until(lambda: db.redis.xlen(queue) == 0, what=f"an empty queue: {db.redis.xrange(queue)}")
 
 
@@ -162,10 +174,10 @@ def test_bad_shape_fields_in_a_node_queue_are_dead_lettered_and_the_node_serves_
                what="the bad node-queue entries dead-lettered")
     reasons = _reasons(db, before)
     assert sum("'shape'" in r for r in reasons) == len(shapes), reasons
+    assert _live(workers) == workers
     _still_serving(ray, node)
     assert db.redis.xlen(queue) == 0
     assert db.redis.xpending(queue, "agents")["pending"] == 0  # none held by the node
-    assert _live(workers) == workers
 
 
 def test_a_poisoned_member_of_the_shape_set_is_left_out(
@@ -231,6 +243,7 @@ def test_bad_actor_calls_fail_alone_and_the_actor_serves_on(
     assert ray.get(echo.echo.remote("b"), timeout=30) == "b"
     assert ray.get(echo.pid.remote(), timeout=30) == pid  # the same process: never restarted
     taskmesh.kill(echo)
+    wait_until(lambda: not _live([pid]), what="the actor's process to end")
 
 
 def test_garbage_in_a_node_hash_leaves_that_node_out(
