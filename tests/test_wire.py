@@ -45,8 +45,8 @@ def _task_spec(**changes: Any) -> TaskSpec:
 @pytest.mark.parametrize("spec", [
     _task_spec(),
     _task_spec(job_id=None, namespace=None, max_retries=-1, retry_exceptions=True, max_calls=3,
-               resources={"CPU": 0.5, "GPU": 1.0}, generator=wire.STREAMING_MODE, backpressure=4,
-               pg=["9c1e", 1, True], runtime_env={"env_vars": {"A": "1"}}),
+               resources={"CPU": 0.5, "GPU": 1.0}, generator=wire.STREAMING_MODE, num_returns=1,
+               backpressure=4, pg=["9c1e", 1, True], runtime_env={"env_vars": {"A": "1"}}),
     _task_spec(retry_exceptions=b"pickled types", generator=wire.DYNAMIC_MODE, num_returns=1),
 ])
 def test_task_specs_round_trip(spec: TaskSpec) -> None:
@@ -124,6 +124,13 @@ def test_should_retry_adds_retry_exceptions_for_a_raised_error() -> None:
     assert not should_retry(only, 2, KeyError())
 
 
+@pytest.mark.parametrize("rexc", [b"not a pickle", objects.serialize(5), objects.serialize((int,))])
+def test_retry_exceptions_that_are_not_exception_types_retry_nothing(rexc: bytes) -> None:
+    """A hand-written `rexc` must not raise in the worker (its end, and with max_retries
+    -1 every next worker's): the task's own error becomes its result."""
+    assert not should_retry(_task_spec(max_retries=-1, retry_exceptions=rexc), 0, ValueError())
+
+
 # ---- queue entries ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("entry", [
@@ -183,6 +190,97 @@ def test_bad_entry_fields_are_named() -> None:
         QueueEntry.from_fields({**good, b"attempt": b"-1"})
     with pytest.raises(WireError, match="'task'"):
         QueueEntry.from_fields({**good, b"task": b""})
+
+
+def _spec_problem(make: Any, **fields: Any) -> str:
+    with pytest.raises(WireError) as e:
+        make(msgpack.packb(fields, use_bin_type=True))
+    return str(e.value)
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"nret": wire.MAX_RETURNS + 1}, "nret"),  # past the 4 hex digits of an object id's index
+    ({"nret": 2**40}, "nret"),
+    ({"nret": -3}, "nret"),
+    ({"nret": 0, "gen": wire.STREAMING_MODE}, "nret"),  # a generator call returns its generator ref
+    ({"nret": 2, "gen": wire.DYNAMIC_MODE}, "nret"),
+    ({"res": {"CPU": float("inf")}}, "res"),
+    ({"res": {"CPU": float("nan")}}, "res"),
+    ({"maxr": -2}, "maxr"),
+    ({"maxr": 1.5}, "maxr"),
+    ({"maxc": "x"}, "maxc"),
+    ({"maxc": -1}, "maxc"),
+    ({"job": 5}, "job"),
+])
+def test_task_spec_values_out_of_range_are_named(changes: dict, field: str) -> None:
+    good = msgpack.unpackb(_task_spec(num_returns=1).to_wire())
+    assert f"'{field}'" in _spec_problem(TaskSpec.from_wire, **{**good, **changes})
+
+
+def test_valid_edge_values_of_a_task_spec_decode() -> None:
+    good = msgpack.unpackb(_task_spec().to_wire())
+    for changes in ({"maxr": -1}, {"maxr": 0}, {"maxc": 0}, {"maxc": None}, {"nret": 0},
+                    {"nret": wire.MAX_RETURNS}, {"job": None}, {"nret": 1, "gen": "s"}):
+        TaskSpec.from_wire(msgpack.packb({**good, **changes}, use_bin_type=True))
+    missing = {k: v for k, v in good.items() if k != "job"}
+    assert "missing field 'job'" in _spec_problem(TaskSpec.from_wire, **missing)
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"nret": -3}, "nret"),
+    ({"nret": 0, "gen": wire.STREAMING_MODE}, "nret"),
+    ({"args": "text"}, "args"),
+    ({"m": None}, "m"),
+    ({"bp": -1}, "bp"),
+])
+def test_call_spec_values_out_of_range_are_named(changes: dict, field: str) -> None:
+    good = msgpack.unpackb(CallSpec("f", b"a", 1, OWNER, None).to_wire())
+    assert f"'{field}'" in _spec_problem(CallSpec.from_wire, **{**good, **changes})
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"held": {"CPU": float("inf")}}, "held"),
+    ({"held": {"CPU": -1}}, "held"),
+    ({"maxc": "x"}, "maxc"),
+    ({"mtr": -5}, "mtr"),
+])
+def test_actor_spec_values_out_of_range_are_named(changes: dict, field: str) -> None:
+    good = msgpack.unpackb(ActorSpec("c", b"a", OWNER, None, "C").to_wire())
+    assert f"'{field}'" in _spec_problem(ActorSpec.from_wire, **{**good, **changes})
+
+
+@pytest.mark.parametrize("shape", [b"CPU=x", b"CPU=-1", b"CPU=inf", b"CPU=nan", b"=1", b"CPU", b"CPU=1,",
+                                   b"\xff=1"])
+def test_a_shape_field_that_is_not_a_shape_is_named(shape: bytes) -> None:
+    good = _as_redis(QueueEntry(TASK, "f", 0, _task_spec()).to_fields())
+    with pytest.raises(WireError, match="'shape'"):
+        QueueEntry.from_fields({**good, b"shape": shape})
+
+
+def test_an_entry_of_a_node_or_bundle_queue_must_name_its_shape() -> None:
+    """Its queue's name says nothing of its demand: without `shape` it cannot be placed."""
+    good = _as_redis(QueueEntry(TASK, "f", 0, _task_spec()).to_fields())
+    QueueEntry.from_fields(good)  # a shape queue's entry: its demand is the queue's
+    with pytest.raises(WireError, match="missing field 'shape'"):
+        QueueEntry.from_fields(good, pinned=True)
+    assert QueueEntry.from_fields({**good, b"shape": b"CPU=1"}, pinned=True).shape == "CPU=1"
+
+
+# ---- node hash fields -------------------------------------------------------------------
+
+def test_node_resources_decode_or_name_the_field() -> None:
+    assert wire.node_resources(b'{"CPU": 2, "GPU": 0.5}', "resources_total") == {"CPU": 2.0, "GPU": 0.5}
+    assert wire.node_resources(None, "resources_total") == wire.node_resources(b"", "x") == {}
+    for raw in (b"notjson", b"[1, 2]", b'{"CPU": "2"}', b'{"CPU": -1}', b"\xff", b'{"CPU": Infinity}'):
+        with pytest.raises(WireError, match="'resources_available'"):
+            wire.node_resources(raw, "resources_available")
+
+
+def test_node_ports_decode_or_name_the_field() -> None:
+    assert wire.node_port(b"37905") == 37905
+    for raw in (b"abc", b"99999", b"0", b"-1", None, b"", "\u0661\u0662"):
+        with pytest.raises(WireError, match="'obj_port'"):
+            wire.node_port(raw)
 
 
 # ---- notices and other stream entries ---------------------------------------------------

@@ -22,6 +22,7 @@ Node and placement-group ids are hex, so `:` never occurs inside one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 NO_DEMAND = "none"
@@ -43,15 +44,21 @@ def shape_name(demand: Mapping[str, float]) -> str:
 
 
 def parse_shape(name: str) -> dict[str, float]:
-    """The demand a shape names; ValueError when `name` is not a shape."""
+    """The demand a shape names; ValueError when `name` is not a shape: every amount is a
+    finite number >= 0 (a negative one would add to a node's resources as it is taken)."""
     if name == NO_DEMAND:
         return {}
     out = {}
     for part in name.split(","):
         key, eq, value = part.partition("=")
-        if not key or not eq:
-            raise ValueError(f"{name!r} is not a resource shape (expected name=amount,...)")
-        out[key] = float(value)
+        try:
+            amount = float(value) if key and eq else math.nan
+        except ValueError:
+            amount = math.nan
+        if not (math.isfinite(amount) and amount >= 0):
+            raise ValueError(f"{name!r} is not a resource shape (expected name=amount,... "
+                             "with amounts >= 0)")
+        out[key] = amount
     return out
 
 

@@ -69,6 +69,8 @@ first; `decode_message` reads either direction (tags arrive as bytes).
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +78,7 @@ from typing import Any, ClassVar
 
 import msgpack
 
+from taskmesh._base.ids import INDEX_LEN
 from taskmesh._base.queues import parse_shape
 
 # Method names every actor answers to (Ray's), besides the user's methods.
@@ -84,6 +87,10 @@ READY = "__ray_ready__"
 
 # Values up to this size travel inside the completion notice, saving a fetch in `get`.
 NOTICE_INLINE_LIMIT = 64 * 1024
+
+# The most return objects a task or call may have: an object id holds its return index in
+# INDEX_LEN hex digits (_base/ids.py).
+MAX_RETURNS = 16 ** INDEX_LEN - 1
 
 # Queue-entry kinds: a task (no `kind` field) or an actor's creation.
 TASK = "task"
@@ -136,9 +143,10 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_amounts(value: Any) -> bool:
-    """A resource map: name -> number >= 0."""
+    """A resource map: name -> finite number >= 0."""
     return isinstance(value, dict) and all(
-        type(k) is str and type(v) in (int, float) and v >= 0 for k, v in value.items())
+        type(k) is str and type(v) in (int, float) and math.isfinite(v) and v >= 0
+        for k, v in value.items())
 
 
 def _is_pg(value: Any) -> bool:
@@ -160,11 +168,13 @@ def _check_call(where: str, fn: Any, args: Any, owner: Any, job: Any, fn_key: st
 
 def _check_returns(where: str, m: dict, nret: Any) -> tuple[str | None, int]:
     """num_returns and the generator fields of a task or call: (gen, bp)."""
-    if not (_is_int(nret) and nret >= 0):
-        raise _bad(where, "nret", nret, "an integer >= 0")
+    if not (_is_int(nret) and 0 <= nret <= MAX_RETURNS):
+        raise _bad(where, "nret", nret, f"an integer from 0 to {MAX_RETURNS}")
     gen = m.get("gen")
     if gen is not None and gen not in (STREAMING_MODE, DYNAMIC_MODE):
         raise _bad(where, "gen", gen, f"{STREAMING_MODE!r} or {DYNAMIC_MODE!r}")
+    if gen is not None and nret != 1:  # its one return is its generator ref
+        raise _bad(where, "nret", nret, "1 for a generator call")
     bp = m.get("bp", 0)
     if not (_is_int(bp) and bp >= 0):
         raise _bad(where, "bp", bp, "an integer >= 0")
@@ -427,9 +437,11 @@ class QueueEntry:
         return out
 
     @classmethod
-    def from_fields(cls, fields: Mapping[bytes, bytes], *, actor_call: bool = False) -> QueueEntry:
+    def from_fields(cls, fields: Mapping[bytes, bytes], *, actor_call: bool = False,
+                    pinned: bool = False) -> QueueEntry:
         """Decode a stream entry (a queue's, or with `actor_call` a call stream's); WireError
-        names the first field that is missing or wrong."""
+        names the first field that is missing or wrong. An entry of a node or bundle queue
+        (`pinned`) must name its demand in `shape`: its queue's name does not."""
         task = _text_field(fields, b"task")
         if not _HEX_ID.match(task):
             raise _bad("entry", "task", task, "a hex id")
@@ -454,6 +466,8 @@ class QueueEntry:
         else:
             raise _bad("entry", "kind", kind, "'actor' or absent")
         raw_shape, shape = fields.get(b"shape"), None
+        if raw_shape is None and pinned:
+            raise WireError("missing field 'shape' (the demand of a node or bundle queue's entry)")
         if raw_shape is not None:
             try:
                 shape = raw_shape.decode()
@@ -534,6 +548,33 @@ def encode_notice(task_id: str, objs: Sequence[Sequence[Any]], *, item: bool = F
 
 
 decode_notice = Notice.from_wire
+
+
+# ---- node hash fields -------------------------------------------------------------------
+# A node agent writes its hash (store/keys.py); drivers, the CLI and other agents read
+# these fields of it. A field that does not decode makes that node unusable to the
+# reader (flagged or skipped with a warning), never the reader's failure.
+
+def node_resources(raw: bytes | str | None, key: str) -> dict[str, float]:
+    """`resources_total` / `resources_available`: a JSON map of resource -> amount >= 0
+    (absent or empty: no resources)."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        value = _MISSING
+    if not _is_amounts(value):
+        raise _bad("node", key, raw, "a JSON map of resource name -> amount >= 0")
+    return {k: float(v) for k, v in value.items()}
+
+
+def node_port(raw: bytes | str | None) -> int:
+    """`obj_port`: the node's object-transfer port."""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    if not (text is not None and text.isascii() and text.isdigit() and 0 < int(text) < 65536):
+        raise _bad("node", "obj_port", raw, "a TCP port (1-65535)")
+    return int(text)
 
 
 # ---- other stream entries, one field each -----------------------------------------------

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 
 from taskmesh import objects
+from taskmesh._base import queues
 from taskmesh._base.wire import QueueEntry, TaskSpec, WireError, encode_notice
 from taskmesh.exceptions import (
     ActorDiedError,
@@ -41,10 +42,15 @@ def set_aside_malformed(store: Store, leased: Sequence[Leased], *, actor_call: b
     and crashing, a worker or an actor; the rest come back decoded, in order."""
     good, bad = [], []
     for entry in leased:
+        pinned = not actor_call and not queues.is_shape_queue(store.keys.queue_name(entry.queue))
         try:
-            good.append((entry, QueueEntry.from_fields(entry.fields, actor_call=actor_call)))
+            good.append((entry, QueueEntry.from_fields(entry.fields, actor_call=actor_call,
+                                                       pinned=pinned)))
         except WireError as e:
             bad.append((entry, str(e)))
+        except Exception as e:  # a check the codec lacks: still never a reader's end
+            log.exception("decoding entry %s of %s failed", entry.entry_id, entry.queue)
+            bad.append((entry, f"undecodable entry: {type(e).__name__}: {e}"))
     if bad:
         dead_letter(store, bad, group=CALL_GROUP if actor_call else GROUP)
     return good
@@ -70,9 +76,23 @@ def should_retry(spec: TaskSpec, attempt: int, error: BaseException | None = Non
         retry = spec.retry_exceptions
         if not retry:
             return False
-        if isinstance(retry, bytes) and not isinstance(error, tuple(objects.deserialize(retry))):
+        if isinstance(retry, bytes) and not isinstance(error, _retry_types(retry)):
             return False
     return spec.can_retry(attempt)
+
+
+def _retry_types(retry: bytes) -> tuple[type, ...]:
+    """The exception types of a retry_exceptions list. Types that do not unpickle (an
+    entry written by hand) retry nothing: the task's error is then its result, where
+    raising here would end its worker, and with max_retries -1 every next one."""
+    try:
+        types = tuple(objects.deserialize(retry))
+        if all(isinstance(t, type) and issubclass(t, BaseException) for t in types):
+            return types
+    except Exception:
+        pass
+    log.warning("a task's retry_exceptions field is not a list of exception types: not retried")
+    return ()
 
 
 def next_attempt_fence(entry: QueueEntry) -> tuple[str, str, int]:

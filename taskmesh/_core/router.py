@@ -16,7 +16,6 @@ live nodes, so that a DEFAULT task costs no Redis command here.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import threading
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from taskmesh import scheduler
 from taskmesh._base import queues
+from taskmesh._base.wire import WireError, node_resources
 from taskmesh.store import Store
 
 log = logging.getLogger("taskmesh")
@@ -91,8 +91,14 @@ class Router:
             for n in unknown:
                 pipe.hget(self.store.keys.node(n), "resources_total")
             for n, raw in zip(unknown, pipe.execute(), strict=True):
-                if raw:
-                    self._totals[n] = json.loads(raw)
+                if not raw:
+                    continue
+                try:
+                    self._totals[n] = node_resources(raw, "resources_total")
+                except WireError as e:  # written by hand: the node is never chosen
+                    if n not in self._warned:
+                        self._warned.add(n)
+                        log.warning("node %s is left out of scheduling: its hash's %s", n, e)
         self._alive = sorted(alive)
         self._fetched_at = time.monotonic()
 

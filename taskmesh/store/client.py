@@ -13,8 +13,8 @@ import redis
 import redis.sentinel
 from redis.typing import KeyT, StreamIdT
 
-from taskmesh._base import config
-from taskmesh._base.wire import notice_of
+from taskmesh._base import config, queues
+from taskmesh._base.wire import WireError, node_resources, notice_of
 from taskmesh.store.actor_table import ActorMethods
 from taskmesh.store.connection import (
     SENTINEL_SCHEME,
@@ -46,6 +46,7 @@ from taskmesh.store.records import (
     scan_hashes,
     stream_entries,
     translate_errors,
+    warn_once,
 )
 from taskmesh.store.scripts import Scripts
 
@@ -173,7 +174,18 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
 
     @translate_errors
     def shapes(self) -> list[str]:
-        return sorted(_text(s) for s in self.redis.smembers(self.keys.shapes()))
+        """The shape queues; a member of the set that is not a shape (written by hand)
+        is left out, with a warning once."""
+        out = []
+        for member in self.redis.smembers(self.keys.shapes()):
+            name = _text(member, errors="replace")
+            try:
+                queues.parse_shape(name)
+            except ValueError as e:
+                warn_once(f"{self.keys.shapes()} holds {e}: left out")
+                continue
+            out.append(name)
+        return sorted(out)
 
     @translate_errors
     def ensure_groups(self, shapes: Iterable[str]) -> None:
@@ -491,13 +503,24 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
         alive = {_text(m): int(s) for m, s in scored}
         out = []
         for _, raw in scan_hashes(self.redis, self.keys.node("*")):
-            info: dict[str, Any] = {k.decode(): v.decode() for k, v in raw.items()}
+            info: dict[str, Any] = {_text(k, "replace"): _text(v, "replace") for k, v in raw.items()}
             if "node_id" not in info:
                 continue
+            bad = []
             for field in ("resources_total", "resources_available"):
-                info[field] = json.loads(info.get(field) or "{}")
+                try:
+                    info[field] = node_resources(info.get(field), field)
+                except WireError as e:
+                    info[field] = {}
+                    bad.append(str(e))
+            if not info.get("pid", "0").isdigit():
+                bad.append(f"node field 'pid' must be a process id, got {info['pid'][:60]!r}")
+                info["pid"] = "0"
             info["last_heartbeat_ms"] = alive.get(info["node_id"])
             info["alive"] = info["node_id"] in alive and info.get("state") == "ALIVE"
+            if bad:  # unusable: listed, but as a node that is not alive
+                info["alive"], info["malformed"] = False, "; ".join(bad)
+                warn_once(f"node {info['node_id']} is left out: its hash's {info['malformed']}")
             out.append(info)
         return sorted(out, key=lambda n: n.get("start_ms", ""))
 

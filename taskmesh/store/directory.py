@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from taskmesh._base.ids import owner_of
+from taskmesh._base.wire import WireError, node_port
 from taskmesh.store.core import StoreCore
 from taskmesh.store.records import (
     Freed,
@@ -17,6 +18,7 @@ from taskmesh.store.records import (
     _opt_bytes,
     _text,
     translate_errors,
+    warn_once,
 )
 
 # Pseudo-objects a worker appends to a task's results: the task's queue entry, stored with
@@ -146,8 +148,12 @@ class ObjectMethods(StoreCore):
             pipe.hmget(self.keys.node(node), "ip", "obj_port", "state")
         out = []
         for node, (ip, port, state) in zip(nodes, pipe.execute(), strict=True):
-            if ip and port and state == b"ALIVE":
-                out.append((node, ip.decode(), int(port)))
+            if not (ip and port and state == b"ALIVE"):
+                continue
+            try:
+                out.append((node, _text(ip), node_port(port)))
+            except (WireError, UnicodeDecodeError) as e:  # written by hand: not a holder to ask
+                warn_once(f"node {node} is not asked for objects: its hash's {e}")
         return out
 
     @translate_errors

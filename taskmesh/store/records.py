@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -159,6 +160,18 @@ def _flat(info: Mapping[str, Any]) -> Mapping[FieldT, EncodableT]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+_warned: set[str] = set()
+log = logging.getLogger("taskmesh.store")
+
+
+def warn_once(message: str) -> None:
+    """Log a record of the store that cannot be read (a poisoned shape, a node hash
+    with garbage) once per process: it is skipped on every read after."""
+    if message not in _warned and len(_warned) < 10_000:
+        _warned.add(message)
+        log.warning("%s", message)
 
 
 # Reading replies. The Store's clients never set decode_responses, so Redis replies are

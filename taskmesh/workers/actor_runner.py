@@ -54,6 +54,7 @@ from taskmesh.exceptions import (
 from taskmesh.objects import KIND_ERROR
 from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
 from taskmesh.workers.execution import placement, serialize_error, split_returns
+from taskmesh.workers.process import end_if_forked
 
 if TYPE_CHECKING:
     from taskmesh.workers.execution import WorkerHost
@@ -372,11 +373,14 @@ class ActorServer:
 
     def _call(self, call: _Call) -> list | None:
         """Run one call synchronously; returns its result objects."""
-        method, args, kwargs, return_ids, name, early = self._prepare(call)
+        method, args, kwargs, return_ids, name, early = self._prepared(call)
         if early is not None:
             return early
         try:
-            result = method(*args, **kwargs)
+            try:
+                result = method(*args, **kwargs)
+            finally:
+                end_if_forked(self.worker.pid)
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
             return self._values(result, return_ids, name)
@@ -387,6 +391,18 @@ class ActorServer:
         finally:
             self.worker.end_output()
         return None
+
+    def _prepared(self, call: _Call) -> tuple:
+        """`_prepare`, where anything it raises but _Exit becomes the call's error: a
+        call written by hand fails alone, the actor serves on."""
+        try:
+            return self._prepare(call)
+        except _Exit:
+            raise
+        except Exception as e:
+            name = call.entry.name
+            return_ids = [objects.object_id(call.entry.task, i + 1) for i in range(call.spec.num_returns)]
+            return None, None, None, return_ids, name, self._error(e, return_ids, name)
 
     def _prepare(self, call: _Call) -> tuple:
         spec, task_id, name = call.spec, call.entry.task, call.entry.name
@@ -540,16 +556,19 @@ class _ConcurrentRunner:
         async with sem:
             server = self.server
             try:
-                method, args, kwargs, return_ids, name, early = server._prepare(call)
+                method, args, kwargs, return_ids, name, early = server._prepared(call)
             except _Exit:
                 os._exit(0)
             if early is not None:
                 server._results.put((call, early))
                 return
             try:
-                result = method(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
+                try:
+                    result = method(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                finally:
+                    end_if_forked(server.worker.pid)
                 objs = server._values(result, return_ids, name)
             except ActorExitRequest:
                 try:

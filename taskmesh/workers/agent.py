@@ -66,6 +66,9 @@ KILLED_ACTORS_EVERY_S = 5.0
 # An exited worker's grant consumers are settled again this long after it exited (a read
 # it sent just before dying may be served after the first pass), then deleted.
 SETTLE_AGAIN_S = 2.0
+# Worker processes are checked for having ended this often, besides the EOF on their
+# socket, which never comes while a process they forked below Python holds a copy.
+REAP_EVERY_S = 0.5
 
 
 @dataclass(slots=True)
@@ -597,6 +600,7 @@ class NodeAgent:
     # ---- main loop: worker sockets and result flushing ----------------------------------
 
     def _io_loop(self) -> None:
+        last_reap = time.monotonic()
         while not self._stopping:
             for key, _ in self._selector.select(timeout=1.0):
                 if key.fileobj is self._wake_r:
@@ -618,7 +622,30 @@ class NodeAgent:
                     self._on_message(handle, wire.decode_message(raw))
                 except Exception:
                     log.exception("bad message from worker %d: %r", handle.proc.pid, raw[:16])
+            if time.monotonic() - last_reap >= REAP_EVERY_S:
+                last_reap = time.monotonic()
+                self._reap_ended()
             self._flush()
+
+    def _reap_ended(self) -> None:
+        """Workers whose process ended with no EOF on their socket: a process they forked
+        holds a copy (a worker replaces its copy in children Python forks; a fork in C
+        code, or an exec, skips that). What they sent before ending is read first."""
+        with self._cond:
+            ended = [h for h in self._workers.values() if h.proc.poll() is not None]
+        for handle in ended:
+            eof = False
+            try:
+                while handle.conn.poll(0):
+                    self._on_message(handle, wire.decode_message(handle.conn.recv_bytes()))
+            except (EOFError, OSError):
+                eof = True  # an ordinary end, seen here before the socket's EOF
+            except Exception:
+                log.exception("bad message from worker %d", handle.proc.pid)
+            if not eof:
+                log.warning("worker %d ended, but a process it started holds its socket",
+                            handle.proc.pid)
+            self._on_worker_exit(handle)
 
     def _on_message(self, handle: _WorkerHandle, msg: wire.Message) -> None:
         """One message from a worker (see the protocol in _base/wire.py)."""

@@ -44,6 +44,32 @@ def fate_share_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="taskmesh-parent-watch", daemon=True).start()
 
 
+def detach_in_forks(fd: int) -> None:
+    """Make the socket `fd` (a worker's to its agent) useless to processes this one forks:
+    a task's child gets /dev/null in its place, so it can neither read the agent's
+    messages nor write into the worker's stream, and the agent sees EOF when the worker
+    ends whatever the child does. (Programs started with exec do not get it at all: the
+    caller marks it non-inheritable.)"""
+
+    def replace() -> None:
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd, inheritable=False)
+            os.close(null)
+        except OSError:
+            pass
+
+    os.register_at_fork(after_in_child=replace)
+
+
+def end_if_forked(pid: int) -> None:
+    """A process forked by a task or an actor method that came back into the worker's
+    code (its child returned instead of exiting) ends here, before it could act as the
+    worker `pid`: store results, ack entries or lease more."""
+    if os.getpid() != pid:
+        os._exit(0)
+
+
 def stop_processes(pids: Iterable[int | psutil.Process], timeout_s: float = 5.0) -> list[int]:
     """SIGTERM the processes (and their children), SIGKILL what is left after the
     timeout. Returns the pids that were running. A pid is taken for the process it

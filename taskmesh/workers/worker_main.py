@@ -84,6 +84,8 @@ class Worker:
         return self.runtime.context
 
     def _send(self, msg: wire.Message) -> None:
+        if os.getpid() != self.pid:  # a task's forked child: the socket is not its own
+            return
         data = wire.encode_message(msg)
         with self._send_lock:
             self.conn.send_bytes(data)
@@ -389,7 +391,10 @@ class Worker:
             upstream_error = self._resolve_args(args, kwargs)
             if upstream_error is not None:
                 return [[oid, KIND_ERROR, upstream_error] for oid in return_ids]
-            result = fn(*args, **kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                _process.end_if_forked(self.pid)
             if spec.generator:
                 return self.generator_run(spec, name, return_ids[0],
                                           retry=lambda e: should_retry(spec, attempt, e)).run(result)
@@ -476,6 +481,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _process.fate_share_with_parent()
     _process.enable_stack_dumps(temp_root())
+    # The agent learns the worker ended by EOF on this socket: no other process may
+    # hold it (see process.detach_in_forks).
+    os.set_inheritable(args.fd, False)
+    _process.detach_in_forks(args.fd)
     conn = Connection(args.fd)
     address = config.ADDRESS.get()
     if not address:
