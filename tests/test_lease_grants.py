@@ -170,3 +170,31 @@ def test_an_actor_creation_leased_under_a_grant_is_placed(cluster_factory) -> No
             assert taskmesh.get(square.remote(5), timeout=30) == 25
         finally:
             taskmesh.shutdown()
+
+
+def test_an_entry_delivered_to_the_node_but_unknown_to_its_agent_is_taken_back(
+        cluster_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry pending for the node in Redis that its agent does not know of (a read
+    whose reply never arrived) is found by the agent's periodic comparison of the node's
+    pending list with what it knows, and runs: it is not left until the node dies."""
+    monkeypatch.setenv("TASKMESH_RECONCILE_S", "1")
+    with cluster_factory(nodes=1, num_cpus=1) as cluster:
+        node_id = cluster.started[0]
+        agent = cluster.agents[node_id]
+        taskmesh.init(address=cluster.url)
+        try:
+            store = Store(cluster.url)
+            queue = store.keys.queue("CPU=0.5")  # a shape the agent does not read yet
+            store.ensure_groups(["CPU=0.5"])
+            agent.send_signal(signal.SIGSTOP)
+            try:
+                ref = square.options(num_cpus=0.5).remote(6)
+                wait_until(lambda: store.redis.xlen(queue) == 1, what="the task queued")
+                # Delivered to the node's consumer behind its agent's back.
+                assert store.redis.xreadgroup("agents", node_id, {queue: ">"}, count=1)
+            finally:
+                agent.send_signal(signal.SIGCONT)
+            assert taskmesh.get(ref, timeout=60) == 36
+            wait_until(lambda: _queued(store) == 0, what="empty queues")
+        finally:
+            taskmesh.shutdown()

@@ -163,6 +163,10 @@ GRACE_PERIOD_S = _float(
 NODE_TIMEOUT_MS = _int(
     "TASKMESH_NODE_TIMEOUT_MS", 10_000, "ms",
     "A node whose heartbeat is this old is declared dead", positive=True)
+RECONCILE_S = _float(
+    "TASKMESH_RECONCILE_S", 30.0, "s",
+    "How often a node agent compares its pending queue entries in Redis with what it knows, "
+    "taking back those left alone this long (a delivery whose reply was lost)")
 DRIVER_TIMEOUT_MS = _int(
     "TASKMESH_DRIVER_TIMEOUT_MS", 30_000, "ms",
     "A driver whose heartbeat is this old has its refs released and its job's actors ended",

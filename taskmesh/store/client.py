@@ -299,6 +299,23 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
                 if not isinstance(reply, Exception) for e in parse_entries(reply)]
 
     @translate_errors
+    def own_idle(self, client: redis.Redis, consumer: str, shapes: Sequence[str],
+                 min_idle_ms: int) -> list[Leased]:
+        """Entries pending for this consumer that nobody touched for min_idle_ms, with
+        their fields (XPENDING IDLE, then XCLAIM to the same consumer, which re-checks
+        the idle time and resets it)."""
+        out = []
+        for shape in shapes:
+            queue = self.keys.queue(shape)
+            rows = client.xpending_range(queue, GROUP, "-", "+", 1000, consumername=consumer,
+                                         idle=min_idle_ms)
+            ids: list[Any] = [_bytes(cast("bytes | str", row["message_id"])) for row in rows]
+            if ids:
+                reply = client.xclaim(queue, GROUP, consumer, min_idle_ms, ids)
+                out += [Leased(queue, eid, fields) for eid, fields in stream_entries(reply)]
+        return out
+
+    @translate_errors
     def complete_tasks(
         self, completions: Sequence[Completion], acks: dict[str, list[bytes]], group: bytes = GROUP,
         then_lease: tuple[str, str] | None = None,

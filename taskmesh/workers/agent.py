@@ -195,6 +195,10 @@ class NodeAgent:
         # leased, acked rather than retried when their worker dies.
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._recover_own = False
+        # How often the node's pending entries in Redis are compared with what this agent
+        # knows, and how long one must have been left alone to be taken back then.
+        self._reconcile_s = config.RECONCILE_S.get()
+        self._next_reconcile = time.monotonic() + self._reconcile_s
         self._shapes: list[str] = []
         self._reload_shapes = True
         self._pinned: list[str] = [queues.node_queue(self.node_id)]  # see NodeResources
@@ -746,6 +750,7 @@ class NodeAgent:
         with self._cond:
             out, self._outbox = self._outbox, _Outbox()
             self._acking = {i for ids in out.acks.values() for i in ids}
+            self._acking |= {task.lease.entry_id for task, _ in out.requeues}
         try:
             if out.completions or out.acks:
                 # Results exist only here until stored: keep trying through a Redis restart.
@@ -868,6 +873,9 @@ class NodeAgent:
             try:
                 if self._recover_own:
                     self._recover_own_entries()
+                elif time.monotonic() >= self._next_reconcile:
+                    self._next_reconcile = time.monotonic() + self._reconcile_s
+                    self._recover_own_entries(min_idle_ms=int(self._reconcile_s * 1000))
                 self._lease_once()
             except Exception as e:
                 if self._stopping:
@@ -878,11 +886,18 @@ class NodeAgent:
                 self._recover_own = True
                 time.sleep(0.5)
 
-    def _recover_own_entries(self) -> None:
+    def _recover_own_entries(self, min_idle_ms: int | None = None) -> None:
         """Add entries pending for this node in Redis that this agent does not know of
-        (neither queued, running, nor done and waiting to be acked)."""
-        pending = _failure.set_aside_malformed(self.store, self.store.own_pending(
-            self._lease_client, self.node_id, self._shapes + self._pinned))
+        (neither queued, running, nor done and waiting to be acked or requeued). After a
+        failed read, all of them; periodically, those idle for `min_idle_ms` (whatever
+        lost them, the node's own pending list is the truth: a forgotten entry would
+        otherwise wait for the node's death)."""
+        queues_ = self._shapes + self._pinned
+        if min_idle_ms is None:
+            found = self.store.own_pending(self._lease_client, self.node_id, queues_)
+        else:
+            found = self.store.own_idle(self._lease_client, self.node_id, queues_, min_idle_ms)
+        pending = _failure.set_aside_malformed(self.store, found)
         with self._cond:
             known = {t.lease.entry_id for t in self._backlog}
             known |= {h.task.lease.entry_id for h in self._workers.values() if h.task is not None}
