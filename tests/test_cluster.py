@@ -42,7 +42,9 @@ def test_embedded_init_starts_real_redis_and_shutdown_leaves_nothing() -> None:
             return "hi"
 
         assert taskmesh.get(hello.remote()) == "hi"
-        store = Store(ctx.address_info["redis_address"])
+        # The address shown has its password masked; the runtime holds the real one.
+        assert ":***@" in ctx.address_info["redis_address"]
+        store = Store(taskmesh.api.get_runtime().store.url)
         assert store.redis.info("server")["redis_version"]
         assert [n["NodeID"] for n in taskmesh.nodes()] == [ctx.address_info["node_id"]]
         assert taskmesh.cluster_resources()["CPU"] == 1.0
