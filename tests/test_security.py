@@ -173,9 +173,11 @@ def acl_redis(tmp_path: Path) -> Iterator[launch.RedisServer]:
     server.stop()
 
 
-def setup_users(url: str) -> dict[str, str]:
+def setup_users(url: str, tmp_path: Path) -> dict[str, str]:
+    password_file = tmp_path / "readonly-password"
+    password_file.write_text("Read-Only-Pass-1\n")
     result = CliRunner().invoke(cli, ["acl", "setup", "--address", url,
-                                      "--password", "readonly=Read-Only-Pass-1"])
+                                      "--password-file", f"readonly={password_file}"])
     assert result.exit_code == 0, result.output
     urls = dict(re.findall(r"^\s+(\w+)\s+(redis://\S+)$", result.output, re.MULTILINE))
     assert set(urls) == {"driver", "agent", "readonly"}
@@ -186,7 +188,7 @@ def setup_users(url: str) -> dict[str, str]:
 @pytest.mark.cluster
 def test_a_job_runs_with_the_driver_and_agent_users(acl_redis: launch.RedisServer,
                                                     tmp_path: Path) -> None:
-    urls = setup_users(acl_redis.url)
+    urls = setup_users(acl_redis.url, tmp_path)
     admin = redis.Redis.from_url(acl_redis.url)
     admin.acl_log_reset()
     with start_cluster(urls["agent"], tmp_path, nodes=0) as cluster:
@@ -235,8 +237,8 @@ def test_a_job_runs_with_the_driver_and_agent_users(acl_redis: launch.RedisServe
         assert "Persistence: AOF off; RDB schedule unknown" in status.output
 
 
-def test_each_role_cannot_do_the_others_job(acl_redis: launch.RedisServer) -> None:
-    urls = setup_users(acl_redis.url)
+def test_each_role_cannot_do_the_others_job(acl_redis: launch.RedisServer, tmp_path: Path) -> None:
+    urls = setup_users(acl_redis.url, tmp_path)
     keys = Store(acl_redis.url).keys
     admin = redis.Redis.from_url(acl_redis.url)
     admin.hset(keys.node("n1"), "state", "ALIVE")
@@ -306,8 +308,9 @@ def test_each_role_cannot_do_the_others_job(acl_redis: launch.RedisServer) -> No
     (["worker", "--address", "h:1", "--object-store-memory", "12"], "--object-store-memory"),
     (["status", "--address", "redis://:hunter2@h:99999"], "--address"),
     (["acl", "setup", "--address", "h:1", "--prefix", "tm*"], "--prefix"),
-    (["acl", "setup", "--address", "h:1", "--password", "root=abc"], "--password"),
-    (["acl", "setup", "--address", "h:1", "--password", "driver=hunter2"], "--password"),
+    (["acl", "setup", "--address", "h:1", "--password-file", "root=/etc/hostname"], "--password-file"),
+    (["acl", "setup", "--address", "h:1", "--password-file", "driver=/nonexistent"], "--password-file"),
+    (["acl", "setup", "--address", "h:1", "--password", "driver=Long-Enough-Password-1"], "--password"),
     (["start", "--head", "--redis-password-file", "/nonexistent/pw"], "--redis-password-file"),
     (["acl", "rules", "superuser"], "superuser"),
 ])

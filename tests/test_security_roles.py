@@ -193,7 +193,7 @@ def test_weak_passwords_are_refused(password: str, tmp_path: Path) -> None:
     pw_file.chmod(0o600)
     for argv, env in ((["start", "--head"], {"TASKMESH_REDIS_PASSWORD": password}),
                       (["start", "--head", "--redis-password-file", str(pw_file)], {}),
-                      (["acl", "setup", "--address", "h:1", "--password", f"agent={password}"], {})):
+                      (["acl", "setup", "--address", "h:1", "--password-file", f"agent={pw_file}"], {})):
         result = CliRunner().invoke(cli, argv, env=env)
         assert result.exit_code == 2, result.output
         [line] = error_lines(result.output)

@@ -474,19 +474,35 @@ def _check_prefix(ctx: Any, param: Any, value: str) -> str:
     return value
 
 
-def _parse_passwords(ctx: Any, param: Any, values: tuple[str, ...]) -> dict[str, str]:
+def _parse_password_files(ctx: Any, param: Any, values: tuple[str, ...]) -> dict[str, str]:
+    """ROLE=FILE pairs: each role's password, read from the first line of its file (a
+    password on the command line would be visible to every user of the machine)."""
     out = {}
     for item in values:
-        role, sep, password = item.partition("=")
+        role, sep, path = item.partition("=")
         if not sep or role not in security.ROLES:
-            raise click.BadParameter(f"expected ROLE=PASSWORD with ROLE one of "
+            raise click.BadParameter(f"expected ROLE=FILE with ROLE one of "
                                      f"{', '.join(security.ROLES)}, got {role!r}")
+        try:
+            with open(path) as f:
+                password = f.readline().strip()
+        except OSError as e:
+            raise click.BadParameter(f"cannot read the {role} password from {path}: "
+                                     f"{e.strerror or e}") from None
         try:
             security.check_password(password, what=f"the {role} password")
         except ValueError as e:
             raise click.BadParameter(str(e)) from None
         out[role] = password
     return out
+
+
+def _refuse_role_password(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> None:
+    if value:
+        raise click.BadParameter(
+            "a password on the command line is visible to every user of this machine "
+            "(ps); put it in a file only you can read and pass --password-file ROLE=FILE",
+            ctx=ctx, param=param)
 
 
 @acl.command(name="setup")
@@ -496,8 +512,11 @@ def _parse_passwords(ctx: Any, param: Any, values: tuple[str, ...]) -> dict[str,
               help="The cluster's key prefix the users are confined to.")
 @click.option("--user-prefix", default="", help="Prepended to each user name (to give "
                                                 "several clusters on one Redis their own users).")
-@click.option("--password", "passwords", multiple=True, metavar="ROLE=PASSWORD",
-              callback=_parse_passwords, help="A role's password (repeatable; default: generated).")
+@click.option("--password", multiple=True, hidden=True, expose_value=False,
+              callback=_refuse_role_password)
+@click.option("--password-file", "passwords", multiple=True, metavar="ROLE=FILE",
+              callback=_parse_password_files,
+              help="A role's password, on the first line of FILE (repeatable; default: generated).")
 def acl_setup(address: str | None, prefix: str, user_prefix: str, passwords: dict[str, str]) -> None:
     """Create (or replace) the users driver, agent and readonly, confined to the prefix
     and to the address's database; print their addresses. The address must carry
