@@ -3,7 +3,7 @@
 `import taskmesh as ray` runs typical Ray Core task programs unchanged.
 """
 
-from taskmesh import dag, exceptions, util
+from taskmesh import cloudpickle, dag, exceptions, types, util
 from taskmesh._core.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from taskmesh._core.remote_function import RemoteFunction
 from taskmesh.actor import ActorClass, ActorHandle, get_actor, kill, method
@@ -26,6 +26,8 @@ from taskmesh.api import (
 )
 from taskmesh.objects import ObjectRef
 
+ObjectID = ObjectRef  # Ray's older name, still exported by Ray
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,11 +35,13 @@ __all__ = [
     "ActorHandle",
     "ClientContext",
     "DynamicObjectRefGenerator",
+    "ObjectID",
     "ObjectRef",
     "ObjectRefGenerator",
     "RemoteFunction",
     "available_resources",
     "cancel",
+    "cloudpickle",
     "cluster_resources",
     "dag",
     "exceptions",
@@ -54,6 +58,7 @@ __all__ = [
     "remote",
     "shutdown",
     "timeline",
+    "types",
     "util",
     "wait",
 ]

@@ -112,6 +112,7 @@ def init(
             raise RuntimeError("Maybe you called taskmesh.init twice by accident? This error "
                                "can be suppressed by passing in 'ignore_reinit_error=True'.")
         _check_init_resources(num_cpus, num_gpus, resources)
+        _options.check_namespace(namespace)
         from taskmesh import runtime_env as _renv
 
         job_env = _renv.validate(runtime_env)  # the parent of every task's and actor's
@@ -282,11 +283,12 @@ def remote(**options: Any) -> Callable[[Callable], RemoteFunction]: ...
 
 
 def remote(*args: Any, **options: Any) -> Any:
-    """Make a function a remote task: `@remote` or `@remote(num_cpus=2, ...)`."""
+    """Make a function a remote task: `@remote` or `@remote(num_cpus=2, ...)`. As Ray,
+    anything else (`@remote()` included) fails an assertion."""
     if len(args) == 1 and not options and callable(args[0]):
         return _make_remote(args[0], {})
-    if args:
-        raise TypeError(
+    if args or not options:
+        raise AssertionError(
             "The @remote decorator must be applied either with no arguments and no parentheses, "
             "for example '@taskmesh.remote', or it must be applied using some of the arguments in "
             f"the list {sorted(_options.TASK_OPTIONS)}, for example "
@@ -356,6 +358,8 @@ def wait(
         bad = next(ref for ref in object_refs if not isinstance(ref, ObjectRef))
         raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(bad)}")
     _check_timeout(timeout)
+    if not object_refs:  # as Ray: before the num_returns checks
+        return [], []
     if len({ref._id for ref in object_refs}) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:

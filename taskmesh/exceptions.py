@@ -72,10 +72,18 @@ class RayTaskError(RayError):
         if cause_cls is None or issubclass(cause_cls, RayTaskError):
             return self
         try:
-            dual = _dual_class(cause_cls)
-            err = dual.__new__(dual)
+            return self.make_dual_exception_instance()
         except TypeError:
             return self
+
+    def make_dual_exception_instance(self) -> RayTaskError:
+        """An instance of a class deriving from both RayTaskError and the cause's class,
+        with the cause's attributes; TypeError when that class cannot be made (a cause
+        class that is final, or whose layout conflicts with RayTaskError's)."""
+        if self.cause is None:
+            raise TypeError("This RayTaskError has no cause to mix in.")
+        dual = _dual_class(type(self.cause))
+        err = dual.__new__(dual)
         RayTaskError.__init__(
             err, self.function_name, self.traceback_str, self.cause, self.proctitle, self.pid, self.ip
         )
@@ -275,6 +283,10 @@ class ActorPlacementGroupRemoved(RayError):
 
 class PendingCallsLimitExceeded(RayError):
     pass
+
+
+class ObjectRefStreamEndOfStreamError(RayError):
+    """A streaming generator has no item left (iteration itself ends with StopIteration)."""
 
 
 __all__ = [name for name, obj in list(globals().items())

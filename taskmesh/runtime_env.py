@@ -37,12 +37,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RuntimeEnv"]
+__all__ = ["RuntimeEnv", "RuntimeEnvConfig"]
 
 SUPPORTED_FIELDS = ("env_vars", "working_dir", "py_modules", "excludes")
 # Fields Ray knows that taskmesh does not implement yet: rejected rather than ignored.
 _RAY_FIELDS = ("py_executable", "pip", "uv", "conda", "container", "image_uri", "nsight",
-               "config", "java_jars", "mpi", "cgroupv2", "worker_process_setup_hook",
+               "java_jars", "mpi", "cgroupv2", "worker_process_setup_hook",
                "_ray_release", "_ray_commit", "_inject_current_ray", "plugins", "eager_install")
 PKG_SCHEME = "taskmesh-pkg://"
 MAX_PACKAGE_BYTES = 100 * 1024 * 1024  # as Ray's limit for uploaded packages
@@ -64,6 +64,45 @@ class RuntimeEnv(dict):
         super().__init__(validate(raw) or {})
 
 
+class RuntimeEnvConfig(dict):
+    """Ray's options of a runtime environment's setup, checked as Ray checks them (a
+    dict). Accepted as `runtime_env["config"]`; taskmesh installs nothing (its fields
+    are env vars and uploaded packages, extracted once per node), so they change nothing:
+    there is no setup to time out, nothing to install eagerly and no dashboard log."""
+
+    known_fields = frozenset({"setup_timeout_seconds", "eager_install", "log_files"})
+
+    def __init__(self, setup_timeout_seconds: int = 600, eager_install: bool = True,
+                 log_files: list[str] | None = None):
+        if isinstance(setup_timeout_seconds, bool) or not isinstance(setup_timeout_seconds, int):
+            raise TypeError("setup_timeout_seconds must be of type int, got: "
+                            f"{type(setup_timeout_seconds)}")
+        if setup_timeout_seconds <= 0 and setup_timeout_seconds != -1:
+            raise ValueError("setup_timeout_seconds must be greater than zero or equals to -1, "
+                             f"got: {setup_timeout_seconds}")
+        if not isinstance(eager_install, bool):
+            raise TypeError(f"eager_install must be a boolean. got {type(eager_install)}")
+        if log_files is not None and not (isinstance(log_files, list)
+                                          and all(isinstance(f, str) for f in log_files)):
+            raise TypeError(f"log_files must be a list of strings, got {log_files!r}")
+        super().__init__(setup_timeout_seconds=setup_timeout_seconds, eager_install=eager_install,
+                         log_files=list(log_files or []))
+
+    @classmethod
+    def parse_and_validate_runtime_env_config(cls, config: Any) -> RuntimeEnvConfig:
+        """A dict (or a RuntimeEnvConfig) as a checked RuntimeEnvConfig."""
+        if isinstance(config, RuntimeEnvConfig):
+            return config
+        if not isinstance(config, Mapping):
+            raise TypeError("runtime_env['config'] must be of type dict or RuntimeEnvConfig, "
+                            f"got: {type(config)}")
+        unknown = set(config) - cls.known_fields
+        if unknown:
+            raise ValueError(f"Unknown field(s) {sorted(unknown)} in runtime_env['config']; "
+                             f"valid ones are {sorted(cls.known_fields)}.")
+        return cls(**config)
+
+
 # ---- checking ------------------------------------------------------------------------------
 
 def validate(runtime_env: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -77,12 +116,15 @@ def validate(runtime_env: Mapping[str, Any] | None) -> dict[str, Any] | None:
     for name in runtime_env:
         if name in SUPPORTED_FIELDS:
             continue
+        if name == "config":  # checked, then dropped: see RuntimeEnvConfig
+            RuntimeEnvConfig.parse_and_validate_runtime_env_config(runtime_env[name])
+            continue
         if name in _RAY_FIELDS:
             raise NotImplementedError(
                 f"The runtime_env field '{name}' is a valid Ray field, but taskmesh does not "
                 f"support it yet (supported: {list(SUPPORTED_FIELDS)}); remove it to run this program.")
         raise ValueError(f"Unknown runtime_env field '{name}'. Valid ones are "
-                         f"{sorted(SUPPORTED_FIELDS + _RAY_FIELDS)}.")
+                         f"{sorted((*SUPPORTED_FIELDS, 'config', *_RAY_FIELDS))}.")
     out: dict[str, Any] = {}
     env_vars = runtime_env.get("env_vars")
     if env_vars is not None:

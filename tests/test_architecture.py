@@ -24,7 +24,7 @@ PARTS = {
     "taskmesh._core": "core",
     "taskmesh.actors": "actors",
     "taskmesh.workers": "workers",
-    "taskmesh": "face",  # api, actor, remote_function
+    "taskmesh": "face",  # api, actor, remote_function, types, cloudpickle
     "taskmesh.util": "util",
     "taskmesh.cli": "cli",
     "taskmesh.tools": "tools",
@@ -173,7 +173,11 @@ def test_at_most_fourteen_modules_at_the_top():
                                   "taskmesh.util.queue", "taskmesh.util.placement_group",
                                   "taskmesh.util.scheduling_strategies", "taskmesh.util.state",
                                   "taskmesh.util.metrics", "taskmesh.dag", "taskmesh.runtime_env",
-                                  "taskmesh.remote_function", "taskmesh.api"])
+                                  "taskmesh.remote_function", "taskmesh.api", "taskmesh.dag.input_node",
+                                  "taskmesh.dag.output_node", "taskmesh.dag.dag_node",
+                                  "taskmesh.dag.function_node", "taskmesh.dag.class_node",
+                                  "taskmesh.cloudpickle", "taskmesh.types", "taskmesh.util.serialization",
+                                  "taskmesh.util.check_serialize"])
 def test_ray_import_paths_keep_working(path):
     import importlib
 

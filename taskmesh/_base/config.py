@@ -150,6 +150,11 @@ INLINE_LIMIT = _int(
     "TASKMESH_INLINE_LIMIT", 100 * 1024, "bytes",
     "Largest object stored in Redis itself; larger ones go to the node's shared memory",
     shown_default="`102400` (100 KiB)")
+FUNCTION_SIZE_ERROR_THRESHOLD = _int(
+    "TASKMESH_FUNCTION_SIZE_ERROR_THRESHOLD", 100 * 1024 * 1024, "bytes",
+    "Largest pickled remote function or actor class; `.remote()` of a larger one raises "
+    "ValueError (Ray's FUNCTION_SIZE_ERROR_THRESHOLD)", positive=True,
+    shown_default="`104857600` (100 MiB)")
 OBJECT_STORE_FULL_WAIT_S = _float(
     "TASKMESH_OBJECT_STORE_FULL_WAIT_S", 10.0, "s",
     "How long a put waits for room in a full object store before `ObjectStoreFullError` "

@@ -54,6 +54,20 @@ def _resource_check(name: str) -> Callable[[Any], str | None]:
     return check
 
 
+# As Ray: a custom resource cannot be called this.
+RESERVED_RESOURCE = "bundle"
+
+
+def check_namespace(namespace: Any) -> None:
+    """Ray's check of a namespace (init's and the actor option)."""
+    if namespace is None:
+        return
+    if not isinstance(namespace, str):
+        raise TypeError(f"namespace must be None or a string, got {type(namespace)}.")
+    if namespace == "":
+        raise ValueError('"" is not a valid namespace. Pass None to not specify a namespace.')
+
+
 def _check_resources(value: Any) -> str | None:
     if value is None:
         return None
@@ -63,6 +77,9 @@ def _check_resources(value: Any) -> str | None:
         if key in ("CPU", "GPU"):
             return ("Use the 'num_cpus' and 'num_gpus' keyword instead of 'CPU' and 'GPU' "
                     "in 'resources' keyword")
+        if key == RESERVED_RESOURCE:
+            return (f"'{RESERVED_RESOURCE}' is a reserved resource name (placement group "
+                    "bundles use it); choose another name for this custom resource.")
         if isinstance(amount, bool) or not isinstance(amount, (int, float)):
             return f"The value of resource {key!r} in 'resources' must be a number, got {amount!r}."
         message = _resource_check(f"resources[{key!r}]")(amount)
@@ -280,7 +297,7 @@ ACTOR_OPTIONS: dict[str, Option] = {
     "max_task_retries": Option((int, type(None)), _counting("max_task_retries"), default=0),
     "max_pending_calls": Option((int, type(None)), _counting("max_pending_calls"), default=-1,
                                 supported=_unset_or(-1)),
-    "namespace": Option((str, type(None))),
+    "namespace": Option(None, lambda v: check_namespace(v)),
     "get_if_exists": Option((bool,), default=False),
     "allow_out_of_order_execution": Option((bool, type(None)), supported=_unset_or(False)),
     "enable_tensor_transport": Option((bool, type(None)), supported=_unset_or(False)),

@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 import cloudpickle
 
 from taskmesh import objects, runtime_env
-from taskmesh._base import queues
+from taskmesh._base import config, queues
 from taskmesh._base.wire import QueueEntry, TaskSpec
 from taskmesh._core import generators as _generator
 from taskmesh._core import options as _options
+from taskmesh._core import signatures
 from taskmesh.objects import ObjectRef
 
 if TYPE_CHECKING:
@@ -117,12 +118,17 @@ class _TaskPlan:
         retry = self.options["retry_exceptions"]
         self.retry_exceptions = retry if isinstance(retry, bool) else cloudpickle.dumps(tuple(retry))
         self._export: _Export = parent._export if parent is not None else _Export(function)
+        self.signature: inspect.Signature | None = (parent.signature if parent is not None
+                          else signatures.signature_of(function))
 
     def submit(self, args: tuple, kwargs: dict) -> Any:
         from taskmesh._core.context import get_runtime
 
-        runtime = get_runtime(auto_init=True)
+        # Refused before anything starts (auto-init included): a wrong call, a definition
+        # too large to export.
+        signatures.check(self.signature, args, kwargs)
         fn_id = self._export.fn_id()
+        runtime = get_runtime(auto_init=True)
         runtime.export_function(fn_id, self._export.blob)
         task_id = objects.new_task_id(runtime.owner)
         returns = [objects.object_id(task_id, i + 1) for i in range(self.num_returns)]
@@ -153,25 +159,42 @@ class _TaskPlan:
 
 
 class _Export:
-    """The function pickled once, and its content-addressed id."""
+    """The function (or actor class) pickled once, and its content-addressed id."""
 
-    def __init__(self, function: Callable):
+    def __init__(self, function: Callable, what: str = "remote function"):
         self._function = function
+        self._what = what
         self._lock = threading.Lock()
         self._blob: bytes | None = None
         self._fn_id: str | None = None
 
     def fn_id(self) -> str:
+        """The id; ValueError (each time) when the pickled definition is too large."""
         if self._fn_id is None:
             with self._lock:
                 if self._fn_id is None:
-                    self._blob = cloudpickle.dumps(self._function)
-                    self._fn_id = hashlib.sha1(self._blob).hexdigest()
+                    blob = cloudpickle.dumps(self._function)
+                    _check_size(len(blob), getattr(self._function, "__name__", "?"), self._what)
+                    self._blob = blob
+                    self._fn_id = hashlib.sha1(blob).hexdigest()
         return self._fn_id
 
     def blob(self) -> bytes:
         assert self._blob is not None
         return self._blob
+
+
+def _check_size(size: int, name: str, what: str) -> None:
+    """Ray's refusal of a definition that captured something large (every worker that
+    runs it loads it from Redis)."""
+    limit = config.FUNCTION_SIZE_ERROR_THRESHOLD.get()
+    if size > limit:
+        mib = 1024 * 1024
+        raise ValueError(
+            f"The {what} '{name}' is too large ({size // mib} MiB > "
+            f"FUNCTION_SIZE_ERROR_THRESHOLD={limit // mib} MiB). Check that its definition is "
+            "not implicitly capturing a large array or other object in scope. Tip: use "
+            "taskmesh.put() to put large objects in the object store.")
 
 
 def _pack_args(runtime: Any, args: tuple, kwargs: dict) -> tuple[bytes, list[str], list[str], tuple]:

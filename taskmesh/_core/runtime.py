@@ -99,6 +99,7 @@ class Runtime(StreamMethods):
         self._cond = threading.Condition()
         self._results: dict[str, tuple[bytes, bytes | None]] = {}
         self._pending: set[str] = set()
+        self._errors = 0  # errors stored in _results so far: a get wakes to look for its own
         self._waiting: dict[str, list[_PendingTask]] = {}
         self._discard: set[str] = set()
         self._buffer: list[Outgoing] = []
@@ -600,6 +601,8 @@ class Runtime(StreamMethods):
                         self._free.append(Release(oid, "owner", -1))
                     else:
                         self._results[oid] = (kind, data)
+                        if kind == KIND_ERROR:
+                            self._errors += 1
                     for task in self._waiting.pop(oid, ()):
                         task.deps.discard(oid)
                         if not task.deps:
@@ -641,21 +644,29 @@ class Runtime(StreamMethods):
         return ref
 
     def get(self, refs: Sequence[ObjectRef], timeout: float | None) -> list[Any]:
-        values = self.get_decoded([r.hex() for r in refs], timeout, self.decode)
+        """The values, in order; as Ray, the first error found is raised as soon as it
+        is there, without waiting for the other objects."""
+        values = self.get_decoded([r.hex() for r in refs], timeout, self.decode, fail_fast=True)
         return [values[r.hex()] for r in refs]
 
     def get_decoded(
         self, ids: Sequence[str], timeout: float | None,
-        decode: Callable[[str, tuple[bytes, bytes]], Any],
+        decode: Callable[[str, tuple[bytes, bytes]], Any], *, fail_fast: bool = False,
     ) -> dict[str, Any]:
         """Fetch the objects and decode each (in order; `decode` may raise). An object
         whose every copy turned out lost is being made again (see objects/plane.py):
-        it is fetched again, waiting for its new value within the same timeout."""
+        it is fetched again, waiting for its new value within the same timeout. With
+        `fail_fast`, fetching stops at the first stored error, which `decode` must raise."""
         deadline = None if timeout is None else time.monotonic() + timeout
         todo = list(dict.fromkeys(ids))
-        raw = self._fetch(todo, timeout)
+        raw = self._fetch(todo, timeout, fail_fast)
         out: dict[str, Any] = {}
         while True:
+            if fail_fast:
+                for oid in todo:
+                    value = raw.get(oid)
+                    if value is not None and value[0] == KIND_ERROR:
+                        decode(oid, value)
             again = []
             for oid in todo:
                 try:
@@ -668,7 +679,7 @@ class Runtime(StreamMethods):
                 for oid in again:
                     self._results.pop(oid, None)
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            raw.update(self._fetch(again, remaining))
+            raw.update(self._fetch(again, remaining, fail_fast))
             todo = again
 
     def decode(self, object_id: str, value: tuple[bytes, bytes]) -> Any:
@@ -686,22 +697,37 @@ class Runtime(StreamMethods):
     def get_raw(self, object_ids: Sequence[str], timeout: float | None) -> dict[str, tuple[bytes, bytes]]:
         return self._fetch(object_ids, timeout)
 
-    def _fetch(self, ids: Sequence[str], timeout: float | None) -> dict[str, tuple[bytes, bytes]]:
+    def _fetch(self, ids: Sequence[str], timeout: float | None,
+               fail_fast: bool = False) -> dict[str, tuple[bytes, bytes]]:
+        """The objects' stored values; with `fail_fast`, only some of them as soon as
+        one is an error."""
         deadline = None if timeout is None else time.monotonic() + timeout
         found: dict[str, tuple[bytes, bytes]] = {}
         missing = list(dict.fromkeys(ids))
         blocked = False
         delay = 0.001
+        errors: list[str] | None = [] if fail_fast else None
+        errors_seen = -1
         try:
             while True:
-                missing, remote = self._take_local(missing, found)
+                missing, remote = self._take_local(missing, found, errors)
                 if remote:
                     # Through a Redis restart: waiting here is what a get does anyway.
                     values = retry_transient(functools.partial(self.store.get_objects, remote))
                     for oid, value in zip(remote, values, strict=True):
                         if value is not None:
                             found[oid] = value
+                            if errors is not None and value[0] == KIND_ERROR:
+                                errors.append(oid)
                     missing = [oid for oid in missing if oid not in found]
+                if errors is not None:
+                    if errors_seen != self._errors:
+                        # An error was stored here since the last look: it may be one of
+                        # ours past the first object still running (which _take_local
+                        # does not look beyond).
+                        errors_seen = self._take_local_errors(missing, found, errors)
+                    if errors:
+                        return found
                 if not missing:
                     return found
                 if not blocked and self.on_block is not None:
@@ -726,12 +752,13 @@ class Runtime(StreamMethods):
                 self.on_unblock()
 
     def _take_local(
-        self, missing: list[str], found: dict[str, tuple[bytes, bytes]]
+        self, missing: list[str], found: dict[str, tuple[bytes, bytes]],
+        errors: list[str] | None = None,
     ) -> tuple[list[str], list[str]]:
         """Fill `found` from this process's results, in order, up to the first object
         still running here (the caller waits for that one before looking further, so
-        a get of n refs costs O(n), not O(n) per completion). Returns (still missing,
-        ids to look up in Redis)."""
+        a get of n refs costs O(n), not O(n) per completion); the errors found are added
+        to `errors`. Returns (still missing, ids to look up in Redis)."""
         remote: list[str] = []
         with self._cond:
             results, pending = self._results, self._pending
@@ -739,11 +766,26 @@ class Runtime(StreamMethods):
                 hit = results.get(oid)
                 if hit is not None and hit[1] is not None:
                     found[oid] = hit  # type: ignore[assignment]
+                    if errors is not None and hit[0] == KIND_ERROR:
+                        errors.append(oid)
                 elif oid in pending:
                     return remote + missing[i:], remote
                 else:
                     remote.append(oid)
         return remote, remote
+
+    def _take_local_errors(self, missing: list[str], found: dict[str, tuple[bytes, bytes]],
+                           errors: list[str]) -> int:
+        """Move every error among `missing` that this process holds into `found` and
+        `errors` (O(len(missing)): done only when an error was stored since the last
+        look). Returns the count of errors stored so far."""
+        with self._cond:
+            for oid in missing:
+                hit = self._results.get(oid)
+                if hit is not None and hit[0] == KIND_ERROR and hit[1] is not None:
+                    found[oid] = hit  # type: ignore[assignment]
+                    errors.append(oid)
+            return self._errors
 
     def wait(
         self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None

@@ -18,7 +18,7 @@ import msgpack
 from taskmesh import objects, runtime_env
 from taskmesh._base import ids, queues
 from taskmesh._base.wire import ACTOR, READY, TERMINATE, ActorSpec, CallSpec, QueueEntry
-from taskmesh._core import context
+from taskmesh._core import context, signatures
 from taskmesh._core import generators as _generator
 from taskmesh._core import options as _options
 from taskmesh._core.remote_function import _Export, _pack_args
@@ -36,14 +36,18 @@ class MethodMeta:
     is_async: bool = False
     is_generator: bool = False
     backpressure: int = 0  # _generator_backpressure_num_objects (> 0: on)
+    params: signatures.Params | None = None  # to check calls; None: unchecked
 
     def to_wire(self) -> list:
         return [self.num_returns, self.concurrency_group, self.is_async, self.is_generator,
-                self.backpressure]
+                self.backpressure, self.params]
 
     @classmethod
     def from_wire(cls, raw: list) -> MethodMeta:
-        return cls(*raw)
+        fields = list(raw)
+        if len(fields) > 5:
+            fields[5] = signatures.params_from_wire(fields[5])
+        return cls(*fields)
 
 
 def exit_actor() -> None:
@@ -102,9 +106,14 @@ def _methods_of(cls: type) -> dict[str, MethodMeta]:
         num_returns = opts.get("num_returns")
         if num_returns is None:  # as Ray: a generator method streams by default
             num_returns = "streaming" if generator else 1
+        # A plain function in the class takes self; a static method does not, and a
+        # class method arrives bound.
+        unbound = inspect.isfunction(fn) and not isinstance(inspect.getattr_static(cls, name, None),
+                                                            staticmethod)
         out[name] = MethodMeta(num_returns, opts.get("concurrency_group"),
                                inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
-                               generator, max(opts.get(_BACKPRESSURE) or 0, 0))
+                               generator, max(opts.get(_BACKPRESSURE) or 0, 0),
+                               signatures.to_params(signatures.signature_of(fn, drop_first=unbound)))
     out[TERMINATE] = MethodMeta(0)
     out[READY] = MethodMeta(1)
     return out
@@ -118,7 +127,8 @@ class ActorClass:
         self._options = _options.validate(options, _options.ACTOR_OPTIONS, "actors")
         _options.check_actor_options(self._options, in_options=False)
         self._methods = _methods_of(cls)
-        self._export = _Export(cls)
+        self._export = _Export(cls, "actor")
+        self._signature = signatures.constructor_signature(cls)
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__module__ = cls.__module__
@@ -152,11 +162,13 @@ class ActorClass:
     def _create(self, options: dict[str, Any], args: tuple, kwargs: dict) -> ActorHandle:
         from taskmesh._core.context import get_runtime
 
+        # Refused before anything starts (auto-init included).
+        signatures.check(self._signature, args, kwargs)
+        fn_id = self._export.fn_id()
         runtime = get_runtime(auto_init=True)
         opts = _options.resolved(options, _options.ACTOR_OPTIONS)
         placement, held = actor_demand(opts)
         shape = queues.shape_name(placement)
-        fn_id = self._export.fn_id()
         runtime.export_function(fn_id, self._export.blob)
         actor_id = ids.new_actor_id(runtime.owner)
         is_async = any(m.is_async for m in self._methods.values())
@@ -297,7 +309,8 @@ class ActorMethod:
             n = "streaming" if self._meta.is_generator else 1
         backpressure = options.get(_BACKPRESSURE, self._meta.backpressure)
         meta = MethodMeta(n, options.get("concurrency_group", self._meta.concurrency_group),
-                          self._meta.is_async, self._meta.is_generator, max(backpressure or 0, 0))
+                          self._meta.is_async, self._meta.is_generator, max(backpressure or 0, 0),
+                          self._meta.params)
         return ActorMethod(self._handle, self._name, meta, n)
 
     def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
@@ -310,6 +323,7 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> Any:
         from taskmesh._core.context import get_runtime
 
+        signatures.check(signatures.from_params(self._meta.params), args, kwargs)
         runtime = get_runtime(auto_init=True)
         task_id = objects.new_task_id(runtime.owner)
         generator = _generator.WIRE_MODE.get(self._num_returns)  # type: ignore[arg-type]

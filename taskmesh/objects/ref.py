@@ -18,14 +18,17 @@ that made them (kind "shm"; Redis then holds only the size and the node, see sto
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import io
 import os
 import pickle
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import GenericAlias
 from typing import Any, Protocol
 
 import cloudpickle
@@ -101,6 +104,8 @@ class ObjectRef:
     """A reference to a value in the cluster; `get` it, pass it to tasks, await it."""
 
     __slots__ = ("_id", "__weakref__")
+    # `ObjectRef[int]` in annotations (Ray's `ray.types.ObjectRef` is generic).
+    __class_getitem__: classmethod[Any, Any, GenericAlias] = classmethod(GenericAlias)
 
     def __init__(self, object_id: str):
         self._id = object_id
@@ -253,6 +258,48 @@ def _align(n: int) -> int:
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+# Custom serializers (Ray's `register_serializer`): class -> reducer. They apply in the
+# process that registered them; the deserializer travels pickled with each value, so the
+# process that loads it needs no registration.
+_custom_reducers: dict[type, Callable[[Any], tuple]] = {}
+
+
+def register_serializer(cls: type, serializer: Callable[[Any], Any],
+                        deserializer: Callable[[Any], Any]) -> None:
+    """Pickle instances of exactly `cls` as `deserializer(serializer(obj))`."""
+    if not isinstance(cls, type):
+        raise TypeError(f"register_serializer expects a class, got {cls!r}")
+
+    def reduce(obj: Any) -> tuple:
+        return deserializer, (serializer(obj),)
+
+    _custom_reducers[cls] = reduce
+
+
+def deregister_serializer(cls: type) -> None:
+    """Forget `cls`'s custom serializer (nothing happens when it has none)."""
+    _custom_reducers.pop(cls, None)
+
+
+def _dumps(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> bytes:
+    if not _custom_reducers:
+        return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
+    out = io.BytesIO()
+    _CustomPickler(out, buffer_callback).dump(value)
+    return out.getvalue()
+
+
+class _CustomPickler(cloudpickle.CloudPickler):
+    """cloudpickle with the registered serializers in its dispatch table (looked up by
+    exact type, after cloudpickle's own handling of classes and functions)."""
+
+    def __init__(self, out: io.BytesIO, buffer_callback: Callable[[pickle.PickleBuffer], bool]):
+        # Set before the pickler's __init__, which is when it reads the table.
+        self.dispatch_table = collections.ChainMap(dict(_custom_reducers),
+                                                   cloudpickle.CloudPickler.dispatch_table)
+        super().__init__(out, protocol=5, buffer_callback=buffer_callback)
+
+
 def serialize_oob(value: Any) -> Serialized:
     buffers: list[memoryview] = []
 
@@ -263,7 +310,7 @@ def serialize_oob(value: Any) -> Serialized:
         buffers.append(view)
         return False
 
-    return Serialized(cloudpickle.dumps(value, protocol=5, buffer_callback=keep), tuple(buffers))
+    return Serialized(_dumps(value, keep), tuple(buffers))
 
 
 def serialize(value: Any) -> bytes:

@@ -6,6 +6,7 @@ from typing import Any
 
 from taskmesh._core.placement_groups import PlacementGroup
 from taskmesh.util.actor_pool import ActorPool
+from taskmesh.util.check_serialize import inspect_serializability
 from taskmesh.util.placement_group import (
     get_current_placement_group,
     get_placement_group,
@@ -13,6 +14,7 @@ from taskmesh.util.placement_group import (
     placement_group_table,
     remove_placement_group,
 )
+from taskmesh.util.serialization import deregister_serializer, register_serializer
 
 
 def list_named_actors(all_namespaces: bool = False) -> list[Any]:
@@ -26,6 +28,6 @@ def list_named_actors(all_namespaces: bool = False) -> list[Any]:
     return [name for _, name in runtime.store.named_actors(runtime.namespace or "")]
 
 
-__all__ = ["ActorPool", "PlacementGroup", "get_current_placement_group", "get_placement_group",
-           "list_named_actors", "placement_group", "placement_group_table",
-           "remove_placement_group"]
+__all__ = ["ActorPool", "PlacementGroup", "deregister_serializer", "get_current_placement_group",
+           "get_placement_group", "inspect_serializability", "list_named_actors", "placement_group",
+           "placement_group_table", "register_serializer", "remove_placement_group"]

@@ -13,7 +13,9 @@ import contextlib
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
-__all__ = ["get_log", "list_actors", "list_jobs", "list_nodes", "list_tasks", "summarize_tasks"]
+__all__ = ["get_actor", "get_job", "get_log", "get_node", "get_objects", "get_placement_group",
+           "get_task", "get_worker", "list_actors", "list_jobs", "list_nodes", "list_placement_groups",
+           "list_tasks", "list_workers", "summarize_tasks"]
 
 Filter = tuple[str, str, Any]
 _PREDICATES = ("=", "!=")
@@ -148,6 +150,92 @@ def list_jobs(address: str | None = None, filters: Sequence[Filter] | None = Non
     with _store(address) as store:
         rows = store.job_infos()
     return _listed(rows, filters, limit)
+
+
+def list_placement_groups(address: str | None = None, filters: Sequence[Filter] | None = None,
+                          limit: int = 100, timeout: int = 30, detail: bool = False,
+                          raise_on_missing_output: bool = True) -> list[StateRow]:
+    with _store(address) as store:
+        rows = _pg_rows(store)
+    return _listed(rows, filters, limit)
+
+
+def list_workers(address: str | None = None, filters: Sequence[Filter] | None = None, limit: int = 100,
+                 timeout: int = 30, detail: bool = False,
+                 raise_on_missing_output: bool = True) -> list[StateRow]:
+    """The worker processes each node has registered (worker_id is the process's owner
+    tag, the prefix of the ids of the tasks and objects it makes)."""
+    with _store(address) as store:
+        rows = _worker_rows(store)
+    return _listed(rows, filters, limit)
+
+
+def _pg_rows(store: Any) -> list[dict[str, Any]]:
+    return [{**info, "placement_group_id": info.get("pg_id")} for info in store.pg_infos()]
+
+
+def _worker_rows(store: Any) -> list[dict[str, Any]]:
+    return [{"worker_id": tag, "node_id": node["node_id"], "is_alive": node["alive"],
+             "worker_type": "WORKER"}
+            for node in store.nodes() for tag in store.node_processes(node["node_id"])]
+
+
+# ---- one entity by id (None when there is none) ------------------------------------------
+
+def _one(rows: list[dict[str, Any]], column: str, value: str) -> StateRow | None:
+    return next((StateRow(r) for r in rows if r.get(column) == value), None)
+
+
+def get_actor(id: str, address: str | None = None, timeout: int = 30,
+              _explain: bool = False) -> StateRow | None:
+    with _store(address) as store:
+        return _one(store.actors(), "actor_id", id)
+
+
+def get_node(id: str, address: str | None = None, timeout: int = 30,
+             _explain: bool = False) -> StateRow | None:
+    with _store(address) as store:
+        rows = [{**n, "state": "ALIVE" if n["alive"] else "DEAD"} for n in store.nodes()]
+    return _one(rows, "node_id", id)
+
+
+def get_job(id: str, address: str | None = None, timeout: int = 30,
+            _explain: bool = False) -> StateRow | None:
+    with _store(address) as store:
+        return _one(store.job_infos(), "job_id", id)
+
+
+def get_placement_group(id: str, address: str | None = None, timeout: int = 30,
+                        _explain: bool = False) -> StateRow | None:
+    with _store(address) as store:
+        return _one(_pg_rows(store), "placement_group_id", id)
+
+
+def get_worker(id: str, address: str | None = None, timeout: int = 30,
+               _explain: bool = False) -> StateRow | None:
+    with _store(address) as store:
+        return _one(_worker_rows(store), "worker_id", id)
+
+
+def get_task(id: Any, address: str | None = None, timeout: int = 30,
+             _explain: bool = False) -> StateRow | list[StateRow] | None:
+    """The recorded attempts of a task (its id, or a ref it returns): None when none is
+    recorded, the row when there is one attempt, else the list of attempts, oldest
+    first."""
+    task_id = id.task_id() if hasattr(id, "task_id") else id
+    with _store(address) as store:
+        rows = [StateRow(r) for r in task_rows(store) if r.get("task_id") == task_id]
+    if not rows:
+        return None
+    return rows[0] if len(rows) == 1 else rows
+
+
+def get_objects(id: str, address: str | None = None, timeout: int = 30,
+                _explain: bool = False) -> list[StateRow]:
+    """The object with this id as a list of rows (Ray lists one per reference to it;
+    here one row: its kind, size, owner tag, nodes and holders), empty when it is gone."""
+    with _store(address) as store:
+        return [StateRow(r) for r in store.object_summaries() if r["object_id"] == id]
 
 
 def log_lines(store: Any, job_id: str | None = None, node_id: str | None = None,

@@ -1,4 +1,4 @@
-"""Lazy task graphs (Ray's `ray.dag`): `.bind()` records a call instead of making it, and
+"""The DAG nodes (Ray's `ray.dag`): `.bind()` records a call instead of making it, and
 `dag.execute(...)` submits the recorded graph as tasks and actor calls, returning refs.
 
 A node's upstream nodes reach it as the refs they returned, so, as for any `.remote()`
