@@ -4,6 +4,7 @@
 """
 
 from taskmesh import dag, exceptions, util
+from taskmesh._base import versions as _versions
 from taskmesh._core.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from taskmesh._core.remote_function import RemoteFunction
 from taskmesh.actor import ActorClass, ActorHandle, get_actor, kill, method
@@ -26,7 +27,7 @@ from taskmesh.api import (
 )
 from taskmesh.objects import ObjectRef
 
-__version__ = "0.1.0"
+__version__ = _versions.TASKMESH_VERSION
 
 __all__ = [
     "ActorClass",

@@ -165,7 +165,7 @@ class _Export:
         if self._fn_id is None:
             with self._lock:
                 if self._fn_id is None:
-                    self._blob = cloudpickle.dumps(self._function)
+                    self._blob = objects.serialize_definition(self._function)
                     self._fn_id = hashlib.sha1(self._blob).hexdigest()
         return self._fn_id
 
