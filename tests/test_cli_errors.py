@@ -71,6 +71,23 @@ def test_a_wrong_password_is_one_line_of_its_own(command: list[str], protected: 
         assert "a-wrong-password" not in lines[0]
 
 
+@pytest.mark.parametrize("command", READERS, ids=lambda c: c[0])
+def test_protected_mode_is_one_line(command: list[str], tmp_path: Path) -> None:
+    from taskmesh import security
+
+    ip = security.this_machine_ip()
+    if security.is_loopback(ip):
+        pytest.skip("needs a non-loopback address on this machine")
+    server = launch.start_redis(data_dir=tmp_path / "open", host="0.0.0.0",
+                                extra_args=("--protected-mode", "yes"))
+    try:
+        code, lines = _invoke([*command, "--address", f"{ip}:{server.port}"], tmp_path)
+    finally:
+        server.stop()
+    assert code != 0 and len(lines) == 1, lines
+    assert "refused this client: it is in protected mode" in lines[0]
+
+
 def test_init_raises_one_exception_that_says_what_to_do(closed_port: int,
                                                         protected: launch.RedisServer,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -333,10 +333,15 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
         if tls and not url.startswith("rediss://"):
             raise click.UsageError(connection.tls_scheme_error(url))
         _check_cluster(url)
-    proc, node_id = launch.start_agent(
-        url, num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
-        log_path=root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log", fate_share=False,
-        object_store_memory=object_store_memory, spill_dir=spill_dir)
+    try:
+        proc, node_id = launch.start_agent(
+            url, num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
+            log_path=root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log", fate_share=False,
+            object_store_memory=object_store_memory, spill_dir=spill_dir)
+    except BaseException:
+        if head:  # not recorded yet: nothing else would ever stop it
+            server.stop()
+        raise
     pids.append(proc.pid)
     launch.record_started(pids, url if head else None)
     click.echo(f"Started node {node_id}.")
