@@ -4,6 +4,7 @@
 """
 
 from taskmesh import cloudpickle, dag, exceptions, types, util
+from taskmesh._base import versions as _versions
 from taskmesh._core.generators import DynamicObjectRefGenerator, ObjectRefGenerator
 from taskmesh._core.remote_function import RemoteFunction
 from taskmesh.actor import ActorClass, ActorHandle, get_actor, kill, method
@@ -28,7 +29,7 @@ from taskmesh.objects import ObjectRef
 
 ObjectID = ObjectRef  # Ray's older name, still exported by Ray
 
-__version__ = "0.1.0"
+__version__ = _versions.TASKMESH_VERSION
 
 __all__ = [
     "ActorClass",

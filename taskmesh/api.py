@@ -24,6 +24,7 @@ from taskmesh._core import options as _options
 from taskmesh._core.context import get_runtime
 from taskmesh._core.remote_function import RemoteFunction
 from taskmesh._core.runtime import Runtime
+from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects import ObjectRef
 from taskmesh.store import Store, connection, keep_listening
 from taskmesh.workers import launch
@@ -138,7 +139,14 @@ def init(
             cluster, url, node_id = _start_local(num_cpus, num_gpus, resources, object_store_memory)
         try:
             store = Store(url, tls=tls or None)
-            security.check_server(store, allow_insecure=allow_insecure)  # pings it first
+            try:
+                security.check_server(store, allow_insecure=allow_insecure)  # pings it first
+            except StoreUnavailableError as e:  # one exception that says what to do
+                store.close()
+                raise type(e)(connection.failure_message(url, e)) from None
+            except Exception:  # protected mode, eviction, versions: messages of their own
+                store.close()
+                raise
             job_id = store.new_job({"driver_pid": str(os.getpid()), "host": os.uname().nodename,
                                     "start_ms": str(int(time.time() * 1000)),
                                     "namespace": namespace or "",

@@ -1,5 +1,6 @@
 """The error hierarchy: Ray's class names and relations, so `except` clauses written for
-Ray work unchanged, plus `StoreUnavailableError` for a Redis that cannot be reached."""
+Ray work unchanged, plus `StoreUnavailableError` for a Redis that cannot be reached (and
+`StoreAuthenticationError`, one that refuses the credentials) and `VersionMismatchError`."""
 
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ class RaySystemError(RayError):
 
 class StoreUnavailableError(RayError, ConnectionError):
     """Redis (the control store) could not be reached or timed out."""
+
+
+class StoreAuthenticationError(StoreUnavailableError):
+    """Redis refused the credentials: a wrong password or user, or none where one is
+    required. Retrying does not help; giving the cluster's password does."""
+
+
+class VersionMismatchError(RayError, RuntimeError):
+    """This process's Python (major.minor) or taskmesh version is not the cluster's:
+    functions travel as bytecode of one Python version, records as one taskmesh's."""
 
 
 class RayTaskError(RayError):

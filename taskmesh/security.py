@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import redis
 
-from taskmesh._base import config
+from taskmesh._base import config, versions
 from taskmesh.store.connection import (  # noqa: F401  (re-exported: the TLS options' home)
     ENV_TLS_CA_FILE,
     ENV_TLS_CERT,
@@ -333,18 +333,14 @@ def persistence(client: redis.Redis) -> dict[str, str]:
     return out
 
 
-def check_server(store: Store, *, allow_insecure: bool | None = None) -> None:
-    """Refuse a Redis that may evict keys: an evicted queue entry, result or actor
-    record is lost work (servers that allow neither INFO nor CONFIG are trusted).
-    And refuse one on another machine that runs commands without a password unless
-    `allow_insecure` (default: $TASKMESH_ALLOW_INSECURE). A server in protected mode
-    that refuses this client raises ProtectedModeError, which says what to do."""
-    if allow_insecure is None:
-        allow_insecure = allow_insecure_default()
+def check_reachable(store: Store) -> None:
+    """PING the server once: StoreUnavailableError when it cannot be reached (its
+    subclass StoreAuthenticationError when it refuses the credentials), ProtectedModeError
+    (which says what to do) when protected mode refuses this client."""
     try:
-        store.ping()  # unreachable: StoreUnavailableError
+        store.ping()
         denied = False
-    except redis.ResponseError as e:  # a NOPERM on PING itself is for the probes below
+    except redis.ResponseError as e:  # a NOPERM on PING itself is for later probes
         denied = str(e).startswith("DENIED")
     if denied:
         raise ProtectedModeError(
@@ -353,11 +349,25 @@ def check_server(store: Store, *, allow_insecure: bool | None = None) -> None:
             f"(${ENV_REDIS_PASSWORD}, --redis-password-file, or redis://:PASSWORD@host:port); "
             "for a server without one, bind it to loopback or turn protected mode off "
             "knowing that anyone who reaches it then controls the cluster.")
+
+
+def check_server(store: Store, *, allow_insecure: bool | None = None) -> None:
+    """What a driver or node agent checks before it joins (see check_reachable for a
+    server that cannot be used at all). Refuse a Redis that may evict keys: an evicted
+    queue entry, result or actor record is lost work (servers that allow neither INFO
+    nor CONFIG are trusted). Refuse one on another machine that runs commands without a
+    password unless `allow_insecure` (default: $TASKMESH_ALLOW_INSECURE). And refuse a
+    cluster whose Python or taskmesh version is not this process's (VersionMismatchError;
+    a fresh cluster records this process's, see _base/versions.py)."""
+    if allow_insecure is None:
+        allow_insecure = allow_insecure_default()
+    check_reachable(store)
     check_not_open(store.redis, store.url, allow_insecure=allow_insecure, primary=store.primary(),
                    prefix=store.keys.prefix)
     policy = store.eviction_policy()
     if evicts(policy):
         raise ValueError(eviction_message(store, policy))
+    versions.check(store.cluster_versions(versions.this_process()), mask_password(store.url))
 
 
 def evicts(policy: str | None) -> bool:

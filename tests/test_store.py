@@ -33,7 +33,7 @@ def test_every_key_builder_matches_the_documented_table() -> None:
         keys.obj_nested("abcdefgh0123").replace("abcdefgh0123", "{object_id}").replace("abcdefgh", "owner"),
         keys.borrows("{tag}").replace("{{tag}}", "{tag}"),
         keys.gen_consumed("abcdefgh0123").replace("abcdefgh0123", "{task_id}").replace("abcdefgh", "owner"),
-        keys.transfer_secret(),
+        keys.transfer_secret(), keys.versions(),
         keys.events(), keys.logs("{job_id}"), keys.metrics(), keys.metric("{name}"),
         keys.package("{digest}"),
         keys.node_queue("{node_id}"), keys.bundle_queue("{pg_id}", "{bundle}"), keys.pinned(),

@@ -173,7 +173,7 @@ class _Export:
         if self._fn_id is None:
             with self._lock:
                 if self._fn_id is None:
-                    blob = cloudpickle.dumps(self._function)
+                    blob = objects.serialize_definition(self._function)
                     _check_size(len(blob), getattr(self._function, "__name__", "?"), self._what)
                     self._blob = blob
                     self._fn_id = hashlib.sha1(blob).hexdigest()

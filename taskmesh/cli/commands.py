@@ -3,6 +3,7 @@ memory/microbenchmark. Commands parse and print; the work is done by the modules
 
 from __future__ import annotations
 
+import errno
 import functools
 import itertools
 import json
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from taskmesh import security
-from taskmesh._base import config
+from taskmesh._base import config, versions
 from taskmesh.store import connection
 from taskmesh.workers import launch
 
@@ -257,16 +258,25 @@ def _node_resources(num_cpus: float | None, num_gpus: float | None, resources: d
 
 
 class _Main(click.Group):
-    """Errors that say all there is to say print as one line, not a traceback."""
+    """Errors that say all there is to say print as one line, not a traceback: an unsafe
+    temp dir, a Redis that cannot be reached or refuses us (past the check of `_connect`,
+    which names the address), protected mode, a version mismatch, a busy port."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from taskmesh.exceptions import StoreUnavailableError, VersionMismatchError
+
         try:
             return super().invoke(ctx)
-        except config.UnsafeDirectoryError as e:
+        except (config.UnsafeDirectoryError, security.ProtectedModeError, VersionMismatchError,
+                launch.PortInUseError) as e:
             raise click.ClickException(str(e)) from None
+        except StoreUnavailableError as e:
+            raise click.ClickException(" ".join(str(e).split())) from None
 
 
-@click.group(cls=_Main)
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(versions.TASKMESH_VERSION, "--version", prog_name="taskmesh",
+                      message=f"%(prog)s %(version)s (Python {versions.this_process()['python']})")
 def main() -> None:
     """taskmesh: distributed Python tasks with Redis as the control plane."""
 
@@ -301,12 +311,18 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
     if head:
         if tls and not (tls.ca_file and tls.cert and tls.key):
             raise click.UsageError("a Redis with TLS needs --tls-cert, --tls-key and --tls-ca-file")
+        running = launch.running_head()
+        if running is not None:  # its pid and cluster files would be overwritten
+            raise click.ClickException(
+                f"a cluster started here still runs ({running}, temp dir {root}): stop it "
+                f"with 'taskmesh stop', or start another with its own ${config.ENV_TEMP_DIR}")
         redis_password = _head_password()
         server = launch.start_redis(data_dir=root / "redis", host=redis_bind, port=port or None,
                                     password=redis_password, tls=tls or None,
                                     persistent=True, fate_share=False)
         url = _advertised_url(server.url, redis_bind)
         pids.append(server.proc.pid)
+        _record_versions(server.url, tls)
         if redis_password and password_file is None:
             password_file = str(root / "redis-password")
             security.write_password_file(root / "redis-password", redis_password)
@@ -317,10 +333,15 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
         if tls and not url.startswith("rediss://"):
             raise click.UsageError(connection.tls_scheme_error(url))
         _check_cluster(url)
-    proc, node_id = launch.start_agent(
-        url, num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
-        log_path=root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log", fate_share=False,
-        object_store_memory=object_store_memory, spill_dir=spill_dir)
+    try:
+        proc, node_id = launch.start_agent(
+            url, num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
+            log_path=root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log", fate_share=False,
+            object_store_memory=object_store_memory, spill_dir=spill_dir)
+    except BaseException:
+        if head:  # not recorded yet: nothing else would ever stop it
+            server.stop()
+        raise
     pids.append(proc.pid)
     launch.record_started(pids, url if head else None)
     click.echo(f"Started node {node_id}.")
@@ -329,9 +350,21 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
         click.echo(_hand_over(url, password_file, tls))
 
 
+def _record_versions(url: str, tls: security.TlsFiles) -> None:
+    """The head's versions are the cluster's, over any an earlier cluster left in the
+    data directory (its AOF is loaded again)."""
+    from taskmesh.store import Store
+
+    store = Store(url, tls=tls or None)
+    try:
+        store.set_cluster_versions(versions.this_process())
+    finally:
+        store.close()
+
+
 def _check_cluster(url: str) -> None:
     """Fail with one line, before starting anything, on a Redis the agent would refuse."""
-    from taskmesh.exceptions import StoreUnavailableError
+    from taskmesh.exceptions import StoreUnavailableError, VersionMismatchError
     from taskmesh.store import Store
 
     try:
@@ -340,10 +373,10 @@ def _check_cluster(url: str) -> None:
         raise click.ClickException(str(e)) from None
     try:
         security.check_server(store)
-    except ValueError as e:
+    except (ValueError, VersionMismatchError) as e:
         raise click.ClickException(str(e)) from None
     except StoreUnavailableError as e:
-        raise click.ClickException(f"cannot reach {connection.mask_password(url)}: {e}") from None
+        raise click.ClickException(connection.failure_message(url, e)) from None
     finally:
         store.close()
 
@@ -600,15 +633,26 @@ def _usage(node: dict) -> str:
 
 
 def _connect(address: str | None) -> Any:
+    """A Store on the cluster that answers PING, or a one-line error."""
+    from taskmesh.exceptions import StoreUnavailableError
     from taskmesh.store import Store
 
     url = _canonical(address) or launch.current_cluster_address()
     if url is None:
         raise click.UsageError("no cluster found: pass --address or start one with 'taskmesh start --head'")
     try:
-        return Store(url)
+        store = Store(url)
     except ValueError as e:  # TLS files with an address that is not rediss://
         raise click.UsageError(str(e)) from None
+    try:  # one line naming the address, rather than a traceback at the first read
+        security.check_reachable(store)
+    except StoreUnavailableError as e:
+        store.close()
+        raise click.ClickException(connection.failure_message(url, e)) from None
+    except security.ProtectedModeError as e:
+        store.close()
+        raise click.ClickException(str(e)) from None
+    return store
 
 
 @main.command(name="list")
@@ -801,7 +845,13 @@ def metrics(address: str | None, port: int | None, host: str) -> None:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as e:
+        store.close()
+        holder = launch.port_holder(host, port) if e.errno == errno.EADDRINUSE else None
+        raise click.ClickException(f"cannot serve on {host}:{port}: "
+                                   f"{e.strerror or e}" + (f" (by {holder})" if holder else "")) from None
     click.echo(f"Serving metrics on http://{host}:{server.server_address[1]}/metrics", err=True)
     try:
         server.serve_forever()

@@ -16,6 +16,7 @@ from taskmesh.objects.ref import (
     collecting_refs,
     deserialize,
     serialize,
+    serialize_definition,
     serialize_oob,
     set_tracker,
 )
@@ -23,5 +24,5 @@ from taskmesh.objects.ref import (
 __all__ = [
     "INLINE_ARG_LIMIT", "KIND_ERROR", "KIND_SHM", "KIND_VALUE", "MAGIC", "ObjectRef",
     "RefTracker", "Serialized", "collecting_refs", "deserialize", "new_owner_tag", "new_task_id",
-    "object_id", "serialize", "serialize_oob", "set_tracker",
+    "object_id", "serialize", "serialize_definition", "serialize_oob", "set_tracker",
 ]

@@ -26,6 +26,8 @@ import os
 import pickle
 import struct
 import threading
+import types
+from collections import ChainMap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import GenericAlias
@@ -315,6 +317,51 @@ def serialize_oob(value: Any) -> Serialized:
 
 def serialize(value: Any) -> bytes:
     return serialize_oob(value).to_bytes()
+
+
+# ---- exported functions and classes keep their source locations -------------------------
+#
+# A function or class defined in the driver's script is pickled by value, code objects
+# and all. Some cloudpickle versions (3.1.3) write every code object's co_filename as
+# "<dynamic-code>", so a remote traceback could not name the user's file nor show the
+# line. Exports therefore go through a pickler that wraps each code object with its
+# file name (made absolute, for linecache in a worker with another working directory),
+# put back with code.replace() when it is unpickled; nested code objects (inner
+# functions, lambdas, methods) and the functions it references by value pass through
+# the same pickler. With a cloudpickle that keeps the name this changes nothing.
+
+_CodeReduce = Callable[[types.CodeType], tuple[Any, ...]]
+_plain_code_reduce: _CodeReduce | None = getattr(
+    cloudpickle.Pickler, "dispatch_table", {}).get(types.CodeType)
+
+
+def _located_code(make: Any, args: tuple, filename: str) -> types.CodeType:
+    code = make(*args)
+    return code if code.co_filename == filename else code.replace(co_filename=filename)
+
+
+def _reduce_located_code(code: types.CodeType) -> tuple[Any, ...]:
+    assert _plain_code_reduce is not None
+    make, args = _plain_code_reduce(code)[:2]
+    filename = code.co_filename
+    if not filename.startswith("<"):
+        filename = os.path.abspath(filename)
+    return _located_code, (make, args, filename)
+
+
+class _LocatedPickler(cloudpickle.Pickler):
+    dispatch_table = ChainMap({types.CodeType: _reduce_located_code},
+                              getattr(cloudpickle.Pickler, "dispatch_table", {}))
+
+
+def serialize_definition(obj: Any) -> bytes:
+    """Pickle an exported function or class (a plain pickle: `deserialize` reads it),
+    keeping the file name of its code objects (see above)."""
+    if _plain_code_reduce is None:  # a cloudpickle that reduces code otherwise
+        return cloudpickle.dumps(obj, protocol=5)
+    with io.BytesIO() as out:
+        _LocatedPickler(out, protocol=5).dump(obj)
+        return out.getvalue()
 
 
 def deserialize(data: bytes | memoryview) -> Any:

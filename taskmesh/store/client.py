@@ -120,6 +120,39 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
             return None
         return policy
 
+    @translate_errors
+    def cluster_versions(self, mine: dict[str, str]) -> dict[str, str] | None:
+        """The versions recorded for the cluster, recording `mine` first on a fresh one
+        (SET NX). A role that may not write the key (an ACL driver: the agents, which
+        come first, record it) only reads it, and one that may not read it compares
+        nothing. None when nothing is recorded (or readable), {} when the record is
+        unreadable."""
+        key = self.keys.versions()
+        try:
+            value = self.redis.get(key)
+            if value is None:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.set(key, json.dumps(mine, sort_keys=True), nx=True)
+                pipe.get(key)
+                _, value = pipe.execute(raise_on_error=False)
+                if isinstance(value, Exception):
+                    raise value
+        except redis.exceptions.NoPermissionError:
+            return None
+        if value is None:
+            return None
+        try:
+            recorded = json.loads(value)
+        except ValueError:
+            return {}
+        return {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+
+    @translate_errors
+    def set_cluster_versions(self, versions: dict[str, str]) -> None:
+        """Record the cluster's versions, replacing older ones (a head restarted on the
+        data of an earlier cluster)."""
+        self.redis.set(self.keys.versions(), json.dumps(versions, sort_keys=True))
+
     # ---- jobs and functions -------------------------------------------------------
 
     @translate_errors

@@ -29,6 +29,7 @@ import redis
 import redis.sentinel
 
 from taskmesh._base import config
+from taskmesh.exceptions import StoreAuthenticationError
 
 SENTINEL_SCHEME = "redis+sentinel"
 
@@ -201,6 +202,19 @@ def with_password(url: str, password: str | None) -> str:
     parsed = urlparse(url)
     host = parsed.netloc.rpartition("@")[2]
     return urlunparse(parsed._replace(netloc=f"{parsed.username or ''}:{quote(password, safe='')}@{host}"))
+
+
+def failure_message(url: str, error: BaseException) -> str:
+    """One line saying why the Redis at `url` cannot be used (`error`: what reaching it
+    raised) and what to do about it."""
+    reason = " ".join(str(error.__cause__ or error).split()).rstrip(".")
+    where = mask_password(url)
+    if isinstance(error, (StoreAuthenticationError, redis.AuthenticationError)):
+        return (f"The Redis at {where} refused the credentials ({reason}): give the cluster's "
+                f"password in ${config.REDIS_PASSWORD.name} or --redis-password-file (the file "
+                "'taskmesh start --head' wrote), or as redis://:PASSWORD@host:port.")
+    return (f"Cannot reach the Redis at {where} ({reason}): check the address and that the "
+            "cluster runs ('taskmesh start --head' starts one).")
 
 
 # ---- TLS ------------------------------------------------------------------------------

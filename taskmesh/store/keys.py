@@ -45,6 +45,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:chan:cancel               | pub/sub | `<task_id> <force 0/1>`: agents drop the task if queued, interrupt (SIGINT) or kill its worker if running | taskmesh.cancel | -   |
 | tm:chan:shapes               | pub/sub | a new shape queue exists (agents start reading it)   | submitter             | -   |
 | tm:chan:log:{job_id}         | pub/sub | worker stdout/stderr lines for the job's driver       | worker                | -   |
+| tm:versions                  | string  | JSON {python: "3.11", taskmesh: "0.1.0"}: the versions every driver and node agent must run (checked when one joins, see _base/versions.py) | the first process to meet the cluster (SET NX); `start --head` (SET) | none |
 | tm:_secret:transfer          | string  | the cluster secret object-transfer servers challenge for (hex); `_` keys are hidden from the readonly ACL role | first node agent (SET NX) | none |
 | tm:events                    | stream  | task events (field e: a msgpack list of up to 100 {task_id, attempt, state, ts (µs), ...}: one entry per flushed batch; see _core/events.py) for `list tasks`, `summary`, `timeline` | submitter (with its submissions), worker (background flush), agent (retries) | capped ~2,000 entries (TASKMESH_TASK_EVENTS_MAXLEN) |
 | tm:logs:{job_id}             | stream  | the job's worker stdout/stderr (field l: msgpack {pid, node, actor, lines}), for `taskmesh logs` on any machine | worker (with the pub/sub message) | capped ~5,000 entries; 7 days after its last line |
@@ -103,6 +104,9 @@ class Keys:
 
     def monitor(self) -> str:
         return f"{self.prefix}:monitor"
+
+    def versions(self) -> str:
+        return f"{self.prefix}:versions"
 
     def fn(self, fn_id: str) -> str:
         return f"{self.prefix}:fn:{fn_id}"

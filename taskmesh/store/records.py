@@ -18,7 +18,7 @@ from redis.typing import EncodableT, FieldT
 from taskmesh._base import config
 from taskmesh._base.ids import OWNER_TAG_LEN  # noqa: F401  (re-exported)
 from taskmesh._base.wire import QueueEntry
-from taskmesh.exceptions import StoreUnavailableError
+from taskmesh.exceptions import StoreAuthenticationError, StoreUnavailableError
 
 GROUP = b"agents"  # the consumer group of every queue (one consumer per node)
 CALL_GROUP = b"actor"  # the consumer group of an actor's call stream (consumer: the actor id)
@@ -65,12 +65,16 @@ def keep_listening(error: BaseException, pubsub: Any, thread: Any) -> None:
 
 
 def translate_errors(fn: F) -> F:
-    """Turn Redis connection/timeout errors into one StoreUnavailableError."""
+    """Turn Redis connection/timeout errors into one StoreUnavailableError; refused
+    credentials (redis-py's AuthenticationError is a ConnectionError) into its subclass
+    StoreAuthenticationError, whose message does not call the server unavailable."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except redis.AuthenticationError as e:
+            raise StoreAuthenticationError(f"Redis refused the credentials: {e}") from e
         except _TRANSIENT as e:
             raise StoreUnavailableError(f"Redis is unavailable: {e}") from e
 

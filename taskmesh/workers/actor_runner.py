@@ -25,7 +25,6 @@ import queue
 import signal
 import threading
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,7 +52,7 @@ from taskmesh.exceptions import (
 )
 from taskmesh.objects import KIND_ERROR
 from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
-from taskmesh.workers.execution import placement, serialize_error, split_returns
+from taskmesh.workers.execution import placement, serialize_error, split_returns, user_traceback
 from taskmesh.workers.process import end_if_forked
 
 if TYPE_CHECKING:
@@ -186,7 +185,7 @@ class ActorServer:
             self.instance = cls(*args, **kwargs)
             return None
         except Exception as e:
-            return RayTaskError(f"{self.class_name}.__init__", traceback.format_exc(), e)
+            return RayTaskError(f"{self.class_name}.__init__", user_traceback(e), e)
         finally:
             self.worker.end_output()
 

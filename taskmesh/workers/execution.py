@@ -93,8 +93,36 @@ def split_returns(result: Any, n: int, name: str) -> list[Any]:
     return values
 
 
+# taskmesh's own source files: frames there are the runtime's, not the user's.
+_PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "")
+
+
+def _internal(filename: str) -> bool:
+    return os.path.realpath(filename).startswith(_PACKAGE_DIR)
+
+
+def user_traceback(error: BaseException) -> str:
+    """The traceback text of `error` (and of its causes and contexts) without the frames
+    of taskmesh's own files that run a task or call, as Ray trims its own: what remains
+    starts at the user's function. An error raised by taskmesh itself, with no frame
+    outside it, keeps its frames."""
+    top = traceback.TracebackException.from_exception(error)
+    pending, seen = [top], set()
+    while pending:
+        exc = pending.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        kept = [frame for frame in exc.stack if not _internal(frame.filename)]
+        if kept:
+            exc.stack = traceback.StackSummary.from_list(kept)
+        pending += [e for e in (exc.__cause__, exc.__context__) if e is not None]
+        pending += getattr(exc, "exceptions", None) or []  # an ExceptionGroup's members
+    return "".join(top.format())
+
+
 def serialize_error(name: str, error: Exception) -> bytes:
-    tb = traceback.format_exc()
+    tb = user_traceback(error)
     try:
         return objects.serialize(RayTaskError(name, tb, error))
     except Exception:  # the user's exception does not pickle: keep its text

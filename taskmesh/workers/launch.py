@@ -12,6 +12,7 @@ can prove it started, never whatever reused the pid since.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -54,6 +55,44 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+class PortInUseError(RuntimeError):
+    """The port a server was to listen on is held by another process; the message is one
+    line naming it."""
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """None when a server could listen on (host, port) now; else who holds it, as far as
+    this user may see (another user's process shows no pid)."""
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As Redis binds: a port left in TIME_WAIT is free, only a listener holds it.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(sockaddr)
+        return None
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            return None  # not ours to judge: the server reports it
+    try:
+        listeners = [c for c in psutil.net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port]
+    except psutil.Error:
+        listeners = []
+    for conn in listeners:
+        if conn.pid:
+            try:
+                cmdline = " ".join(psutil.Process(conn.pid).cmdline()) or "?"
+            except psutil.Error:
+                cmdline = "?"
+            return f"pid {conn.pid} ({cmdline})"
+    return "a process of another user"
+
+
+def _port_in_use(host: str, port: int, holder: str) -> PortInUseError:
+    return PortInUseError(f"Port {port} on {host} is in use by {holder}: choose another "
+                          "--port (0 picks a free one) or stop what holds it.")
+
+
 @dataclass
 class RedisServer:
     proc: subprocess.Popen
@@ -81,7 +120,9 @@ def start_redis(
     """Start a Redis/Valkey server and return once it answers PING.
 
     A chosen port is free when picked, but another process could take it before the
-    server binds it; that case is retried with a new port. The password goes in a
+    server binds it; that case is retried with a new port. A given `port` that another
+    process holds raises PortInUseError: the server that answers must be the one just
+    started (its `process_id`), never one already there. The password goes in a
     config file only its owner can read, not on the command line (which `ps` shows to
     every user). With `tls` (security.TlsFiles: certificate, key and the CA that signs
     clients' certificates) the port speaks only TLS and clients must present a
@@ -93,6 +134,10 @@ def start_redis(
     conf = data_dir / "taskmesh-redis.conf"
     config.write_private(conf, (f"requirepass {password}\n" if password else "")
                          + (f"masterauth {primary_password}\n" if primary_password else ""))
+    if port:
+        holder = port_holder(host, port)
+        if holder is not None:
+            raise _port_in_use(host, port, holder)
     for _ in range(5):
         chosen = port or free_port(host)
         args = [binary, str(conf), "--bind", host, "--dir", str(data_dir),
@@ -116,6 +161,9 @@ def start_redis(
         proc.kill()
         proc.wait()
         if port:
+            holder = port_holder(host, port)  # taken between the check and the bind
+            if holder is not None:
+                raise _port_in_use(host, port, holder)
             break
     log_file = data_dir / "redis.log"
     tail = log_file.read_text()[-2000:] if log_file.exists() else ""
@@ -217,6 +265,9 @@ def _start_sentinel(
 
 
 def _wait_for_redis(url: str, proc: subprocess.Popen, timeout_s: float, **kwargs: Any) -> bool:
+    """Whether the server `proc` answers at `url`. Another server on that port answers
+    too until `proc` fails to bind and exits: with another password (an authentication
+    error) or as another process_id; either is waited out, never taken for `proc`."""
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, **kwargs)
     deadline = time.monotonic() + timeout_s
     try:
@@ -224,12 +275,12 @@ def _wait_for_redis(url: str, proc: subprocess.Popen, timeout_s: float, **kwargs
             if proc.poll() is not None:
                 return False
             try:
-                client.ping()
-                return True
-            except redis.AuthenticationError:
-                return True
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
-                time.sleep(0.005)
+                if int(client.info("server").get("process_id", -1)) == proc.pid:
+                    return True
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                    redis.ResponseError):
+                pass  # not up yet, or another server (refusing our password or INFO)
+            time.sleep(0.005)
         return False
     finally:
         client.close()
@@ -385,6 +436,21 @@ def _is_record(entry: Any) -> bool:
 def forget_started() -> None:
     for path in (_pids_file(), _cluster_file()):
         path.unlink(missing_ok=True)
+
+
+def running_head() -> str | None:
+    """The cluster `taskmesh start --head` recorded in this temp dir, with its password
+    masked, while a process recorded there still runs or its address answers; None when
+    there is none (a second head there would share the pid file and the cluster file)."""
+    path = _cluster_file()
+    if not path.exists():
+        return None
+    from taskmesh.store.connection import mask_password
+
+    address = path.read_text().strip()
+    if started_processes()[0] or current_cluster_address() is not None:
+        return mask_password(address)
+    return None
 
 
 def current_cluster_address() -> str | None:
