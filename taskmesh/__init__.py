@@ -29,7 +29,7 @@ from taskmesh.objects import ObjectRef
 
 ObjectID = ObjectRef  # Ray's older name, still exported by Ray
 
-__version__ = _versions.TASKMESH_VERSION
+__version__ = _versions.PACKAGE_VERSION
 
 __all__ = [
     "ActorClass",

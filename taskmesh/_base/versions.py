@@ -15,13 +15,13 @@ from collections.abc import Mapping
 
 from taskmesh.exceptions import VersionMismatchError
 
-TASKMESH_VERSION = "0.1.0"
+PACKAGE_VERSION = "0.1.0"
 
 FIELDS = ("python", "taskmesh")
 
 
 def this_process() -> dict[str, str]:
-    return {"python": f"{sys.version_info.major}.{sys.version_info.minor}", "taskmesh": TASKMESH_VERSION}
+    return {"python": f"{sys.version_info.major}.{sys.version_info.minor}", "taskmesh": PACKAGE_VERSION}
 
 
 def check(recorded: Mapping[str, str] | None, where: str) -> None:

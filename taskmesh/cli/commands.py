@@ -275,7 +275,7 @@ class _Main(click.Group):
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(versions.TASKMESH_VERSION, "--version", prog_name="taskmesh",
+@click.version_option(versions.PACKAGE_VERSION, "--version", prog_name="taskmesh",
                       message=f"%(prog)s %(version)s (Python {versions.this_process()['python']})")
 def main() -> None:
     """taskmesh: distributed Python tasks with Redis as the control plane."""
