@@ -6,6 +6,14 @@ return index, 0 for `put`); an actor id is its creator's tag + 16 hex digits."""
 from __future__ import annotations
 
 import os
+import random
+
+# Task ids come from a private generator seeded from the OS, not os.urandom per id: in a
+# driver with busy threads, each urandom call gives up the GIL and can wait a switch
+# interval to get it back. Uniqueness comes from the owner tag (os.urandom) and 64
+# random bits; a forked child reseeds, and a user's random.seed() does not touch it.
+_ids = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(16)))
 
 OWNER_TAG_LEN = 8
 TASK_ID_LEN = OWNER_TAG_LEN + 16
@@ -17,7 +25,7 @@ def new_owner_tag() -> str:
 
 
 def new_task_id(owner: str) -> str:
-    return owner + os.urandom(8).hex()
+    return f"{owner}{_ids.getrandbits(64):016x}"
 
 
 def object_id(task_id: str, index: int) -> str:
