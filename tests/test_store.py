@@ -23,6 +23,7 @@ def test_every_key_builder_matches_the_documented_table() -> None:
         keys.node("{node_id}"), keys.nodes_alive(), keys.monitor(), keys.deadletter(), keys.drivers(),
         keys.fn("{fn_id}"), keys.shapes(),
         keys.queue("{shape}"), keys.done("owner"), keys.fence("owner"), keys.job("{job_id}"), keys.jobs(),
+        keys.jobs_ended(), keys.chan_job_end(),
         keys.chan_shapes(), keys.chan_cancel(), keys.chan_log("{job_id}"), keys.actor("actor_id"),
         keys.actor_calls("actor_id"), keys.named("{namespace}"), keys.job_actors("{job_id}"),
         keys.chan_node("{node_id}"), keys.node_actors("{node_id}"), keys.nodes_lost(),

@@ -46,7 +46,8 @@ def _task_spec(**changes: Any) -> TaskSpec:
     _task_spec(),
     _task_spec(job_id=None, namespace=None, max_retries=-1, retry_exceptions=True, max_calls=3,
                resources={"CPU": 0.5, "GPU": 1.0}, generator=wire.STREAMING_MODE, num_returns=1,
-               backpressure=4, pg=["9c1e", 1, True], runtime_env={"env_vars": {"A": "1"}}),
+               backpressure=4, pg=["9c1e", 1, True], runtime_env={"env_vars": {"A": "1"}},
+               detached=True),
     _task_spec(retry_exceptions=b"pickled types", generator=wire.DYNAMIC_MODE, num_returns=1),
 ])
 def test_task_specs_round_trip(spec: TaskSpec) -> None:
@@ -211,6 +212,7 @@ def _spec_problem(make: Any, **fields: Any) -> str:
     ({"maxc": "x"}, "maxc"),
     ({"maxc": -1}, "maxc"),
     ({"job": 5}, "job"),
+    ({"det": 2}, "det"),
 ])
 def test_task_spec_values_out_of_range_are_named(changes: dict, field: str) -> None:
     good = msgpack.unpackb(_task_spec(num_returns=1).to_wire())
@@ -328,6 +330,7 @@ def test_event_and_log_entries_round_trip() -> None:
     wire.Run(b"1-0", {b"task": TASK.encode()}, None, "CPU=1"),
     wire.Cancel((TASK,), True),
     wire.Cancel((), False),
+    wire.JobsEnded(("00000001", "0000000a")),
     wire.Adopt(b"1-0", {b"task": TASK.encode(), b"kind": b"actor"}),
     wire.GrantEnded(),
     wire.EndGrant(),
@@ -350,6 +353,8 @@ def test_a_run_without_a_grant_is_the_three_element_message_of_before() -> None:
         wire.decode_message(msgpack.packb(["T", b"1-0", {}, 7]))
     with pytest.raises(WireError, match="'task_ids'"):
         wire.decode_message(msgpack.packb(["C", [1, 2], False]))
+    with pytest.raises(WireError, match="'job_ids'"):
+        wire.decode_message(msgpack.packb(["J", [1, 2]]))
 
 
 def test_bad_messages_raise_a_wire_error() -> None:

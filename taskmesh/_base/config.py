@@ -174,7 +174,7 @@ RECONCILE_S = _float(
     "taking back those left alone this long (a delivery whose reply was lost)")
 DRIVER_TIMEOUT_MS = _int(
     "TASKMESH_DRIVER_TIMEOUT_MS", 30_000, "ms",
-    "A driver whose heartbeat is this old has its refs released and its job's actors ended",
+    "A driver whose heartbeat is this old has its refs released and its job ended (tasks and actors)",
     positive=True)
 WAIT_REPLICAS = _int(
     "TASKMESH_WAIT_REPLICAS", 1, "replicas",

@@ -41,6 +41,8 @@ first; `decode_message` reads either direction (tags arrive as bytes).
 |                 |                                      | holding the task's resources until GrantEnded     |
 | `Cancel`        | `[C, [task_id, ...], force]`         | these tasks were cancelled: skip them when leased |
 |                 |                                      | under a grant; interrupt (force: exit) if running |
+| `JobsEnded`     | `[J, [job_id, ...]]`                 | these jobs ended: skip their tasks when leased;   |
+|                 |                                      | exit if running one it leased (detached apart)    |
 | `EndGrant`      | `[EG]`                               | stop leasing after the running task (drain)       |
 | worker -> agent |                                      |                                                   |
 | `Ready`         | `[R, pid, owner tag]`                | started, ready for tasks (the agent releases the  |
@@ -217,6 +219,9 @@ class TaskSpec:
     backpressure: int = 0
     pg: list | None = None  # pg: [pg id, bundle index, capture child tasks] of a placement-group task
     runtime_env: dict | None = None  # renv: its resolved runtime_env; absent when empty
+    # det: 1 = work of a detached actor (submitted by its process, or by a task of that
+    # work): it outlives its job (_core/lifecycle.dropped_with_job); absent otherwise
+    detached: bool = False
 
     def to_wire(self) -> bytes:
         m: dict[str, Any] = {
@@ -231,6 +236,8 @@ class TaskSpec:
             m["pg"] = self.pg
         if self.runtime_env:
             m["renv"] = self.runtime_env
+        if self.detached:
+            m["det"] = 1
         return msgpack.packb(m, use_bin_type=True)
 
     @classmethod
@@ -255,7 +262,10 @@ class TaskSpec:
             res = {}
         elif not _is_amounts(res):
             raise _bad(where, "res", res, "a map of resource name -> amount >= 0")
-        return cls(fn, args, nret, owner, job, ns, maxr, rexc, maxc, res, gen, bp, pg, renv)
+        det = m.get("det", 0)
+        if det not in (0, 1):
+            raise _bad(where, "det", det, "1 (work of a detached actor) or absent")
+        return cls(fn, args, nret, owner, job, ns, maxr, rexc, maxc, res, gen, bp, pg, renv, det == 1)
 
     def can_retry(self, attempt: int) -> bool:
         """Whether attempt number `attempt` (0: the first run) may be followed by another:
@@ -284,6 +294,7 @@ class ActorSpec:
     pg: list | None = None  # pg: [pg id, bundle index, capture child tasks] when placed in a group
     runtime_env: dict | None = None  # renv: its resolved runtime_env; absent when empty
     events: bool = True  # ev: 0 = enable_task_events=False (absent: events on)
+    detached: bool = False  # det: 1 = lifetime="detached": the tasks it submits outlive its job
 
     def to_wire(self) -> bytes:
         m: dict[str, Any] = {
@@ -297,6 +308,8 @@ class ActorSpec:
             m["renv"] = self.runtime_env
         if not self.events:
             m["ev"] = 0
+        if self.detached:
+            m["det"] = 1
         return msgpack.packb(m, use_bin_type=True)
 
     @classmethod
@@ -324,8 +337,11 @@ class ActorSpec:
         if not (isinstance(groups, dict)
                 and all(type(k) is str and _is_int(v) and v >= 1 for k, v in groups.items())):
             raise _bad(where, "groups", groups, "a map of group name -> max concurrency >= 1")
+        det = m.get("det", 0)
+        if det not in (0, 1):
+            raise _bad(where, "det", det, "1 (a detached actor) or absent")
         return cls(fn, args, owner, job, class_name, ns, held, maxc, is_async, mtr, groups, pg, renv,
-                   m.get("ev", 1) not in (0, "0"))
+                   m.get("ev", 1) not in (0, "0"), det == 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -676,6 +692,26 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class JobsEnded:
+    """agent -> worker: these jobs ended: their tasks it leases later are only acked, and
+    the one it leased and runs ends with the process (as a forced cancel), unless it is a
+    detached actor's work (_core/lifecycle.dropped_with_job)."""
+
+    TAG: ClassVar[str] = "J"
+    job_ids: Sequence[str]  # 1
+
+    def to_wire(self) -> list:
+        return [self.TAG, list(self.job_ids)]
+
+    @classmethod
+    def from_wire(cls, msg: list) -> JobsEnded:
+        ids = msg[1]
+        if not isinstance(ids, list) or not all(isinstance(i, bytes) for i in ids):
+            raise _bad("jobs ended", "job_ids", ids, "a list of job ids")
+        return cls(tuple(i.decode() for i in ids))
+
+
+@dataclass(frozen=True, slots=True)
 class Adopt:
     """worker -> agent: an actor's creation leased under the worker's grant; it runs it."""
 
@@ -829,10 +865,10 @@ class EndGrant(_Signal):
 
 
 Message = (Run | Ready | Done | Requeue | Retiring | Blocked | Unblocked | ActorAlive | ActorFailed
-           | ActorExiting | Cancel | Adopt | GrantEnded | EndGrant)
+           | ActorExiting | Cancel | JobsEnded | Adopt | GrantEnded | EndGrant)
 _BY_TAG: dict[bytes, Any] = {m.TAG.encode(): m for m in (
     Run, Ready, Done, Requeue, Retiring, Blocked, Unblocked, ActorAlive, ActorFailed, ActorExiting,
-    Cancel, Adopt, GrantEnded, EndGrant)}
+    Cancel, JobsEnded, Adopt, GrantEnded, EndGrant)}
 
 
 def encode_message(msg: Message) -> bytes:

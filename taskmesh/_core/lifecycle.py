@@ -6,8 +6,9 @@ dead-lettering are in failure.py."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 
+from taskmesh._base.wire import QueueEntry, TaskSpec
 from taskmesh._core import failure
 from taskmesh._core.placement import end_job_groups
 from taskmesh.objects.plane import ObjectPlane
@@ -15,16 +16,41 @@ from taskmesh.store import Store
 
 
 def end_job(store: Store, job_id: str, cause: str) -> None:
-    """The job ended: its actors die with it and its placement groups are removed,
-    except detached ones (as Ray). Idempotent."""
+    """The job ended: its tasks are dropped where queued and killed where running (the
+    agents act on the recorded end: `dropped_with_job`), its actors die with it and its
+    placement groups are removed, except detached ones (as Ray). Idempotent."""
+    store.end_job(job_id)
     failure.end_job_actors(store, job_id, cause)
     end_job_groups(store, job_id)
+
+
+def end_driver(store: Store, tag: str, job_id: str) -> None:
+    """A driver died without shutting down (the monitor): its job ends, then nothing
+    more is stored for it (a task of its that finishes later would leave an object
+    nobody frees: complete.lua), then what it held is released. Idempotent."""
+    end_job(store, job_id, "its driver died")
+    store.owners_gone([tag])
+    release_process_holds(store, [tag])
+
+
+def dropped_with_job(entry: QueueEntry, ended: Container[str]) -> bool:
+    """Whether a queue entry is a task of an ended job, never to run (or to run no
+    longer): any task whose spec names such a job, except work done for a detached actor
+    (submitted by its process, or by a task of that work: the spec's `detached`), which
+    outlives the job as the actor does. Actors' creations are left to the actor table
+    (end_job_actors kills the job's actors; a detached one is created all the same),
+    and so are runs that make lost objects again, which others may still hold."""
+    spec = entry.spec
+    return (isinstance(spec, TaskSpec) and spec.job_id is not None and not spec.detached
+            and not entry.rebuild and spec.job_id in ended)
 
 
 def release_process_holds(store: Store, tags: Iterable[str], node_id: str | None = None) -> None:
     """Processes are gone: the refs they borrowed and their own objects' owner holds are
     released (objects others still hold live on); with `node_id`, they are also dropped
-    from the node's process set. Idempotent."""
+    from the node's process set. Idempotent. (A driver is also marked gone first, see
+    `end_driver`; a worker is not: a borrower may still wait for the result of a task it
+    submitted.)"""
     plane = ObjectPlane(store, None)
     for tag in tags:
         plane.release(store.process_holds(tag))

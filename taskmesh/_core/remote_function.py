@@ -139,7 +139,8 @@ class _TaskPlan:
             fn_id, args_blob, self.num_returns, runtime.owner, runtime.job_id, runtime.namespace,
             max_retries=self.options["max_retries"], retry_exceptions=self.retry_exceptions,
             max_calls=self.options["max_calls"], resources=self.demand, generator=self.generator,
-            backpressure=self.backpressure, pg=route.pg, runtime_env=renv or None)
+            backpressure=self.backpressure, pg=route.pg, runtime_env=renv or None,
+            detached=runtime.detached)
         entry = QueueEntry(task_id, self.name, 0, spec, shape=route.shape, soft=route.soft,
                            events=self.options["enable_task_events"])
         refs = [ObjectRef(oid) for oid in returns]

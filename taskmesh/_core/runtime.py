@@ -80,6 +80,9 @@ class Runtime(StreamMethods):
     ):
         self.store = store
         self.job_id = job_id
+        # Set in a detached actor's process and in the tasks of its work: what it
+        # submits outlives the job (_core/lifecycle.dropped_with_job).
+        self.detached = False
         self.namespace = namespace
         self.node_id = node_id
         self.is_worker = is_worker
@@ -845,8 +848,15 @@ class Runtime(StreamMethods):
                 self.store.driver_gone(self.owner, self.job_id)
             except Exception as e:
                 _log_background_error("unregistering the driver", e)
+        if not self.is_worker:
+            try:  # before the release: a task finishing after it stores nothing (complete.lua)
+                self.store.owners_gone([self.owner])
+            except Exception as e:
+                _log_background_error("marking the driver gone", e)
         with self._cond:
-            owned = [oid for oid in set(self._results) | self._escaped | set(self._counts)
+            # Results of tasks still pending may have been stored since the listener
+            # stopped: their owner hold goes too (releasing one not stored changes nothing).
+            owned = [oid for oid in set(self._results) | self._escaped | set(self._counts) | self._pending
                      if owner_of(oid) == self.owner]
             ops = [op for op in self._free if op.holder == "owner" or op.delta < 0]
         with self._counts_lock:
@@ -864,8 +874,8 @@ class Runtime(StreamMethods):
 
 
     def _end_job(self) -> None:
-        """The job ends: its actors and placement groups go with it, except detached
-        ones (as Ray)."""
+        """The job ends: its queued and running tasks, actors and placement groups go
+        with it, except detached actors' work (as Ray; lifecycle.end_job)."""
         try:
             lifecycle.end_job(self.store, self.job_id, "its job ended before it started")  # type: ignore[arg-type]
         except Exception as e:

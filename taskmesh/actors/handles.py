@@ -177,17 +177,17 @@ class ActorClass:
         route = runtime.route(_options.strategy_of(opts), placement, shape, deps, actor=True)
         renv = runtime_env.resolve(runtime.runtime_env, opts["runtime_env"], runtime.store)
         events = opts["enable_task_events"]  # for the creation and every method call
+        detached = opts["lifetime"] == "detached"
         spec = ActorSpec(
             fn_id, args_blob, runtime.owner, runtime.job_id, self.__name__, runtime.namespace,
             held=held, max_concurrency=max_concurrency, is_async=is_async,
             max_task_retries=opts["max_task_retries"],
             concurrency_groups=opts["concurrency_groups"] or {}, pg=route.pg,
-            runtime_env=renv or None, events=events)
+            runtime_env=renv or None, events=events, detached=detached)
         entry = QueueEntry(actor_id, f"{self.__name__}.__init__", 0, spec, kind=ACTOR,
                            shape=route.shape, soft=route.soft, events=events)
         name = opts["name"] or ""
         namespace = opts["namespace"] or runtime.namespace or ""
-        detached = opts["lifetime"] == "detached"
         methods = msgpack.packb({k: v.to_wire() for k, v in self._methods.items()})
         fields = {
             "class_name": self.__name__, "state": "PENDING", "restarts": 0,

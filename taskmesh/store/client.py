@@ -54,6 +54,10 @@ from taskmesh.store.scripts import Scripts
 # attempt that produced it; complete.lua ignores it when the task was fenced past it.
 KIND_FENCE = b"fence"
 FENCE_TTL_MS = 24 * 3600 * 1000
+# The fence hash field that marks its owner gone (no task id is "*"; see complete.lua).
+GONE_FENCE = "*"
+# Ended jobs kept in tm:jobs:ended (agents drop the tasks of those they know of).
+ENDED_JOBS_KEPT = 10_000
 
 __all__ = ["KIND_FENCE", "Store"]  # the store's other names: taskmesh.store (__init__.py)
 
@@ -175,7 +179,23 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
 
     @translate_errors
     def end_job(self, job_id: str) -> None:
-        self.redis.hset(self.keys.job(job_id), "end_ms", str(_now_ms()))
+        """Record the job's end (the first end time stays), add it to the ended jobs
+        (the newest ENDED_JOBS_KEPT of them are kept) and tell the agents, which drop its
+        queued tasks and kill its running ones. Idempotent."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(self.keys.job(job_id), "end_ms", str(_now_ms()))
+        pipe.zadd(self.keys.jobs_ended(), {job_id: _now_ms()}, nx=True)
+        pipe.zremrangebyrank(self.keys.jobs_ended(), 0, -ENDED_JOBS_KEPT - 1)
+        pipe.publish(self.keys.chan_job_end(), job_id)
+        pipe.execute()
+
+    @translate_errors
+    def ended_jobs(self, since_ms: int = 0) -> list[tuple[str, int]]:
+        """(job id, end time in ms) of the ended jobs recorded (the newest
+        ENDED_JOBS_KEPT), those that ended at `since_ms` or later, oldest first."""
+        rows = cast(list, self.redis.zrangebyscore(self.keys.jobs_ended(), since_ms, "+inf",
+                                                   withscores=True))
+        return [(_text(job_id), int(ms)) for job_id, ms in rows]
 
     @translate_errors
     def export_function(self, fn_id: str, blob: bytes) -> None:
@@ -518,6 +538,16 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
             pipe.pexpire(self.keys.fence(owner), FENCE_TTL_MS)
         pipe.execute()
 
+    @translate_errors
+    def owners_gone(self, tags: Sequence[str]) -> None:
+        """These processes ended: complete.lua stores no result for them from now on
+        (field GONE_FENCE of their fence hash, kept FENCE_TTL_MS), so a task of theirs
+        that finishes later leaves neither an object nor a done stream behind."""
+        pipe = self.redis.pipeline(transaction=False)
+        for tag in tags:
+            pipe.hset(self.keys.fence(tag), GONE_FENCE, 1)
+            pipe.pexpire(self.keys.fence(tag), FENCE_TTL_MS)
+        pipe.execute()
 
     # ---- nodes --------------------------------------------------------------------------
 

@@ -31,9 +31,10 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:{tag}:borrows             | set     | objects the process `tag` holds as a borrower (released for it if it dies) | that process | deleted when it ends |
 | tm:{owner}:gen:{task_id}     | string  | items of a streaming generator call its caller has taken (generator backpressure: the generator waits while too many are not) | the caller | 1 h; deleted when the call ends and its generator is dropped |
 | tm:{owner}:done              | stream  | completion notices for the owner's tasks (field n)    | completion script     | owner trims |
-| tm:{owner}:fence             | hash    | task_id -> lowest attempt whose results are still accepted: set when the monitor retries or fails a task of a dead node, so a late completion of the old attempt (a node cut off, not dead) is ignored | monitor; read by complete.lua | 1 day after the last fence |
+| tm:{owner}:fence             | hash    | task_id -> lowest attempt whose results are still accepted: set when the monitor retries or fails a task of a dead node, so a late completion of the old attempt (a node cut off, not dead) is ignored; field `*`: the owner is gone (ended or died), none of its results is stored any more | monitor, owner's end (Store.owners_gone); read by complete.lua | 1 day after the last fence |
 | tm:job:{job_id}              | hash    | driver pid/host, namespace, start_ms, end_ms          | driver                | none |
 | tm:jobs                      | counter | last job number handed out                            | driver                | none |
+| tm:jobs:ended                | zset    | ended jobs scored by end time (ms): agents drop their queued tasks when leased, kill their running ones, and load the set when they start | Store.end_job (driver shutdown, monitor) | the newest 10,000 kept |
 | tm:actor:{actor_id}          | hash    | class_name, state (PENDING/ALIVE/RESTARTING/DEAD), node_id, pid, restarts (restarts_drained of them because their node was drained), max_restarts, no_restart (killed: never comes back), death_cause, name, namespace, shape, spec | driver, agent, actor worker | none |
 | tm:actor:{actor_id}:calls    | stream  | the actor's pending method calls; group `actor`, consumer = actor id | caller; actor worker acks | deleted when the actor dies |
 | tm:node_actors:{node_id}     | set     | actors that became ALIVE on the node (recovered when it dies) | actor worker | deleted when the node is settled |
@@ -43,6 +44,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:job:{job_id}:actors       | set     | actors created by the job (killed when it ends unless detached) | create_actor script | none |
 | tm:chan:node:{node_id}       | pub/sub | orders for one node's agent: `kill <actor_id>`, `free <object_id> ...` (drop shared-memory copies) | kill, freeing process | -   |
 | tm:chan:cancel               | pub/sub | `<task_id> <force 0/1>`: agents drop the task if queued, interrupt (SIGINT) or kill its worker if running | taskmesh.cancel | -   |
+| tm:chan:job_end              | pub/sub | `<job_id>`: the job ended; agents drop its queued tasks and kill its running ones (tasks of a detached actor's process apart) and tell their workers | Store.end_job | -   |
 | tm:chan:shapes               | pub/sub | a new shape queue exists (agents start reading it)   | submitter             | -   |
 | tm:chan:log:{job_id}         | pub/sub | worker stdout/stderr lines for the job's driver       | worker                | -   |
 | tm:versions                  | string  | JSON {python: "3.11", taskmesh: "0.1.0"}: the versions every driver and node agent must run (checked when one joins, see _base/versions.py) | the first process to meet the cluster (SET NX); `start --head` (SET) | none |
@@ -197,6 +199,12 @@ class Keys:
 
     def chan_cancel(self) -> str:
         return f"{self.prefix}:chan:cancel"
+
+    def jobs_ended(self) -> str:
+        return f"{self.prefix}:jobs:ended"
+
+    def chan_job_end(self) -> str:
+        return f"{self.prefix}:chan:job_end"
 
     def chan_log(self, job_id: str) -> str:
         return f"{self.prefix}:chan:log:{job_id}"

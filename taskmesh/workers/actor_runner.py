@@ -133,6 +133,7 @@ class ActorServer:
             return
         runtime = self.worker.runtime
         runtime.job_id = self.spec.job_id
+        runtime.detached = self.spec.detached  # what it submits outlives its job
         runtime.namespace = self.spec.namespace
         runtime.context = TaskContext(self.spec.job_id, None, self.class_name,
                                       dict(self.spec.held), self.actor_id, **self._placement)

@@ -39,6 +39,7 @@ from taskmesh.objects.plane import sweep_orphans
 from taskmesh.objects.shm import ShmStore, StoreConfig, default_spill_root, reap_dead_stores
 from taskmesh.objects.transfer import TransferServer
 from taskmesh.store import KIND_FENCE, Completion, Leased, Store, keep_listening, retry_transient
+from taskmesh.store.client import ENDED_JOBS_KEPT
 from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import DRAIN_SIGNAL
 from taskmesh.workers.monitor import Monitor
@@ -66,6 +67,11 @@ KILLED_ACTORS_EVERY_S = 5.0
 # An exited worker's grant consumers are settled again this long after it exited (a read
 # it sent just before dying may be served after the first pass), then deleted.
 SETTLE_AGAIN_S = 2.0
+# Ended jobs are read again this often (their pub/sub message may have been lost), those
+# that ended since the last read less this margin (the end times come from the clocks
+# of the processes that recorded them).
+ENDED_JOBS_EVERY_S = 5.0
+ENDED_JOBS_MARGIN_MS = 60_000
 # Worker processes are checked for having ended this often, besides the EOF on their
 # socket, which never comes while a process they forked below Python holds a copy.
 REAP_EVERY_S = 0.5
@@ -194,6 +200,10 @@ class NodeAgent:
         # Task ids cancelled recently (their results are stored already): skipped when
         # leased, acked rather than retried when their worker dies.
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Ended jobs (tm:jobs:ended): their tasks are acked when leased, never run, and
+        # acked rather than retried when their worker dies (_core/lifecycle.dropped_with_job).
+        self._ended_jobs: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._ended_read_ms = 0  # the latest end time read from tm:jobs:ended
         self._recover_own = False
         # How often the node's pending entries in Redis are compared with what this agent
         # knows, and how long one must have been left alone to be taken back then.
@@ -251,6 +261,7 @@ class NodeAgent:
         security.check_server(self.store)
         self.store.ensure_groups(["CPU=1"])
         self.store.register_pinned([queues.node_queue(self.node_id)])
+        self._read_ended_jobs()  # a node that joins late never runs a finished job's task
         self._lease_client_id = self._lease_client.client_id()
         # The object store exists before any worker or registration refers to it; the
         # transfer server binds port 0 and the port is registered with the node.
@@ -274,7 +285,8 @@ class NodeAgent:
         self._pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
         self._pubsub.subscribe(**{self.store.keys.chan_shapes(): self._on_new_shape,
                                   self.store.keys.chan_node(self.node_id): self._on_order,
-                                  self.store.keys.chan_cancel(): self._on_cancel})
+                                  self.store.keys.chan_cancel(): self._on_cancel,
+                                  self.store.keys.chan_job_end(): self._on_job_end})
         self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=1.0, daemon=True,
                                                          exception_handler=keep_listening)
         threads = [
@@ -519,10 +531,11 @@ class NodeAgent:
 
     def _task_failed(self, task: _Task) -> None:
         """The worker running `task` died: retry it while max_retries allows (not when
-        it was killed by taskmesh.cancel: its results are stored already)."""
+        it was killed by taskmesh.cancel: its results are stored already; nor when its
+        job ended)."""
         entry = task.entry
         with self._cond:
-            if entry.task in self._cancelled:
+            if entry.task in self._cancelled or lifecycle.dropped_with_job(entry, self._ended_jobs):
                 self._outbox.ack(task)
                 return
             if _failure.should_retry(entry.spec, entry.attempt):  # type: ignore[arg-type]
@@ -690,6 +703,8 @@ class NodeAgent:
                 handle.tag = msg.tag
                 if self._cancelled:  # what it may lease under a grant must not run
                     handle.conn.send_bytes(wire.encode_message(wire.Cancel(list(self._cancelled)[-1000:])))
+                if self._ended_jobs:
+                    handle.conn.send_bytes(wire.encode_message(wire.JobsEnded(list(self._ended_jobs))))
                 self._dispatch()
             elif isinstance(msg, wire.Retiring):  # exits after this task (max_calls): give it no other
                 handle.ready = False
@@ -854,6 +869,62 @@ class NodeAgent:
             except ProcessLookupError:
                 pass
 
+    def _on_job_end(self, message: dict) -> None:
+        """`<job_id>`: the job ended (Store.end_job)."""
+        self._end_jobs([message["data"].decode()])
+
+    def _read_ended_jobs(self) -> None:
+        """Take up the jobs that ended since the last read (all of them at start)."""
+        since = max(self._ended_read_ms - ENDED_JOBS_MARGIN_MS, 0) if self._ended_read_ms else 0
+        ended = self.store.ended_jobs(since)
+        if ended:
+            self._ended_read_ms = max(self._ended_read_ms, ended[-1][1])
+            self._end_jobs([job_id for job_id, _ in ended])
+
+    def _end_jobs(self, job_ids: list[str]) -> None:
+        """Jobs ended: their tasks waiting here are dropped (acked, never run), those
+        running here are killed as by a forced cancel (their entries are then acked:
+        _task_failed), and the workers, which lease under grants without the agent, are
+        told. Work of a detached actor goes on (lifecycle.dropped_with_job)."""
+        with self._cond:
+            new = [job_id for job_id in job_ids if job_id not in self._ended_jobs]
+            if not new:
+                return
+            for job_id in new:
+                self._ended_jobs[job_id] = None
+            while len(self._ended_jobs) > ENDED_JOBS_KEPT:
+                self._ended_jobs.popitem(last=False)
+            ended = set(new)
+            dropped = [t for t in self._backlog if lifecycle.dropped_with_job(t.entry, ended)]
+            for task in dropped:
+                self._backlog.remove(task)
+                self._outbox.ack(task)
+            running = [h for h in self._workers.values()
+                       if h.task is not None and lifecycle.dropped_with_job(h.task.entry, ended)]
+            order = wire.encode_message(wire.JobsEnded(new))
+            for h in self._workers.values():
+                if h.ready and h.actor_id is None and h not in running:
+                    try:
+                        h.conn.send_bytes(order)
+                    except OSError:
+                        pass
+        for handle in running:
+            try:
+                handle.proc.kill()
+            except ProcessLookupError:
+                pass
+        if dropped or running:
+            log.info("jobs %s ended: %d queued tasks dropped, %d running killed",
+                     " ".join(new), len(dropped), len(running))
+            self._wake_io()  # the acks go out with the next flush, now
+
+    def _wake_io(self) -> None:
+        """Wake the main loop, which flushes the outbox after every wake-up."""
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
     def _unblock_lease(self) -> None:
         self._woken = True
         if self._lease_client_id is not None:
@@ -904,7 +975,11 @@ class NodeAgent:
             known |= {i for ids in self._outbox.acks.values() for i in ids} | self._acking
             lost = [pair for pair in pending if pair[0].entry_id not in known]
             for pair in lost:
-                self._backlog.append(self._new_task(*pair))
+                task = self._new_task(*pair)
+                if lifecycle.dropped_with_job(task.entry, self._ended_jobs):
+                    self._outbox.ack(task)
+                else:
+                    self._backlog.append(task)
             if lost:
                 log.warning("took back %d entries leased to this node whose delivery was lost", len(lost))
                 self._dispatch()
@@ -949,14 +1024,19 @@ class NodeAgent:
         decoded = _failure.set_aside_malformed(self.store, leased)
         if not decoded:
             return
+        skipped = False
         with self._cond:
             for pair in decoded:
                 task = self._new_task(*pair)
-                if task.entry.task in self._cancelled:
+                if (task.entry.task in self._cancelled
+                        or lifecycle.dropped_with_job(task.entry, self._ended_jobs)):
                     self._outbox.ack(task)
+                    skipped = True
                     continue
                 self._backlog.append(task)
             self._dispatch()
+        if skipped:
+            self._wake_io()  # acked with the next flush, now rather than in up to 1 s
 
     def _lease_counts(self) -> dict[str, int]:
         """How many entries to read now from each shape, node and bundle queue. Under
@@ -1040,11 +1120,17 @@ class NodeAgent:
 
     def _heartbeat_loop(self) -> None:
         last_sent: dict[str, float] | None = None
-        last_sweep = last_killed_check = time.monotonic()
+        last_sweep = last_killed_check = last_ended_check = time.monotonic()
         while not self._stopping:
             if time.monotonic() - last_killed_check > KILLED_ACTORS_EVERY_S:
                 last_killed_check = time.monotonic()
                 self._kill_killed_actors()
+            if time.monotonic() - last_ended_check > ENDED_JOBS_EVERY_S:
+                last_ended_check = time.monotonic()
+                try:
+                    self._read_ended_jobs()
+                except Exception as e:
+                    log.warning("reading the ended jobs failed: %r", e)
             self._report_store_usage()
             self._report_lease_stats()
             if self._unsettled:

@@ -198,14 +198,13 @@ class Monitor:
         self.store.node_settled(node)
 
     def _settle_driver(self, tag: str, job_id: str) -> None:
-        """A driver died without shutting down: release its refs (objects others hold
-        live on), end its job's actors but detached ones, and forget it. Idempotent,
+        """A driver died without shutting down: end its job (its tasks are dropped or
+        killed, its actors but detached ones end), release its refs (objects others hold
+        live on; results that come later are not stored), and forget it. Idempotent,
         so a monitor that dies half-way leaves the rest to the next one."""
         log.warning("driver %s of job %s stopped heartbeating: releasing its refs and actors",
                     tag, job_id)
-        lifecycle.release_process_holds(self.store, [tag])
-        lifecycle.end_job(self.store, job_id, "its driver died")
-        self.store.end_job(job_id)
+        lifecycle.end_driver(self.store, tag, job_id)
         self.store.delete_done(tag)
         self.store.driver_gone(tag, job_id)
 

@@ -41,10 +41,12 @@ from taskmesh._core import context
 from taskmesh._core import events as _events
 from taskmesh._core import generators as _generator
 from taskmesh._core.failure import set_aside_malformed, should_retry
+from taskmesh._core.lifecycle import dropped_with_job
 from taskmesh._core.runtime import Runtime
 from taskmesh.exceptions import RuntimeEnvSetupError, TaskCancelledError
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
 from taskmesh.store import KIND_FENCE, Completion, Leased, Store, retry_transient
+from taskmesh.store.client import ENDED_JOBS_KEPT
 from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
 from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import ActorServer
@@ -76,8 +78,10 @@ class Worker:
         # while a task runs; None: the agent is gone.
         self._inbox: queue.SimpleQueue[wire.Message | None] = queue.SimpleQueue()
         self._cancelled_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._ended_jobs: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._grant_ending = False
         self._leased_task: str | None = None  # the task it runs that it leased itself
+        self._leased_entry: QueueEntry | None = None  # ... and its entry
 
     @property
     def context(self) -> TaskContext:
@@ -169,6 +173,8 @@ class Worker:
                 continue
             if isinstance(msg, wire.Cancel):
                 self._on_cancel(msg)
+            elif isinstance(msg, wire.JobsEnded):
+                self._on_jobs_ended(msg)
             elif isinstance(msg, wire.EndGrant):
                 self._grant_ending = True
             else:
@@ -187,6 +193,18 @@ class Worker:
             if msg.force:
                 os.kill(self.pid, signal.SIGKILL)
             signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    def _on_jobs_ended(self, msg: wire.JobsEnded) -> None:
+        """Ended jobs: their tasks leased later under a grant are only acked; the one it
+        leased itself and runs now ends with the process, as a forced cancel (the agent
+        signals the tasks it handed out, and acks the entry: _task_failed)."""
+        for job_id in msg.job_ids:
+            self._ended_jobs[job_id] = None
+        while len(self._ended_jobs) > ENDED_JOBS_KEPT:
+            self._ended_jobs.popitem(last=False)
+        entry = self._leased_entry
+        if entry is not None and dropped_with_job(entry, set(msg.job_ids)):
+            os.kill(self.pid, signal.SIGKILL)
 
     def _lease_under_grant(self, shape: str) -> bool:
         """Lease from the shape queue as this worker's own consumer and run what comes,
@@ -211,12 +229,16 @@ class Worker:
             completions: list[Completion] = []
             acks = {item.queue: [item.entry_id]}
             retiring = False
-            if entry.task not in self._cancelled_ids:  # a cancelled one is only acked
-                self._leased_task = entry.task
+            # A cancelled task, or one of an ended job, is only acked. The entry is
+            # recorded before the job check: a JobsEnded read meanwhile sees it.
+            self._leased_task, self._leased_entry = entry.task, entry
+            if entry.task in self._cancelled_ids or dropped_with_job(entry, self._ended_jobs):
+                self._leased_task = self._leased_entry = None
+            else:
                 try:
                     ran = self._run(entry, None)
                 finally:
-                    self._leased_task = None
+                    self._leased_task = self._leased_entry = None
                 retiring = ran.retiring
                 if ran.objs is None:  # retry_exceptions: queue it again, attempt + 1 (acks it)
                     self._requeue(item, entry)
@@ -311,6 +333,7 @@ class Worker:
         spec: TaskSpec = entry.spec  # type: ignore[assignment]
         return_ids = [objects.object_id(task_id, i + 1) for i in range(spec.num_returns)]
         self.runtime.job_id = spec.job_id
+        self.runtime.detached = spec.detached  # a detached actor's work: so are its children
         self.runtime.namespace = spec.namespace
         self.runtime.context = TaskContext(spec.job_id, task_id, name, spec.resources,
                                            **placement(spec.pg, gpus))

@@ -21,6 +21,9 @@
 -- off and finished after all), the task's results are ignored whole: the old attempt
 -- must not write an object the new one wrote and its owner may already have freed. (A
 -- "rebuild" run only fills objects marked rebuilding, so it is not fenced.)
+-- A fence hash with field `*` marks its owner gone (its process ended, or its job did:
+-- Store.owners_gone): nothing is stored or notified for it any more, so a task that
+-- finishes after its owner left no object and no done stream behind.
 -- Each object starts held by its owner (field `held`, see release.lua).
 -- All keys share the owner's hash tag, so this is one slot under Redis Cluster. A task
 -- whose first object already exists was completed by an earlier attempt (a retried task
@@ -44,10 +47,11 @@ local function rebuilt(obj, loc, kind, data, lineage)
 end
 
 -- The fence hash exists only while some task of this owner was retried or failed by
--- the monitor: one EXISTS per call spares the common case an HGET per task.
-local fences = nil
+-- the monitor, or once the owner is gone: one EXISTS per call spares the common case
+-- an HGET per task.
+local fences = redis.call('EXISTS', KEYS[#KEYS]) == 1
+if fences and redis.call('HEXISTS', KEYS[#KEYS], '*') == 1 then return 0 end
 local function fenced_out(fence)
-  if fences == nil then fences = redis.call('EXISTS', KEYS[#KEYS]) == 1 end
   if not fences then return false end
   local task, attempt = string.match(fence, '^(%S+) (%d+)$')
   local least = task and redis.call('HGET', KEYS[#KEYS], task)
