@@ -158,6 +158,9 @@ def init(
         _cluster = cluster
         runtime = Runtime(store, job_id=job_id, namespace=namespace or str(uuid.uuid4()),
                           node_id=node_id or _local_node(store))
+        # Known to the monitor before init returns (the flusher's heartbeats follow): a
+        # driver killed at once still has its job ended.
+        store.driver_alive(runtime.owner, job_id)
         runtime.runtime_env = _renv.resolve(None, job_env, store)  # packages uploaded
         context.set_runtime(runtime)
         if log_to_driver:

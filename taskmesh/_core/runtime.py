@@ -859,10 +859,15 @@ class Runtime(StreamMethods):
             owned = [oid for oid in set(self._results) | self._escaped | set(self._counts) | self._pending
                      if owner_of(oid) == self.owner]
             ops = [op for op in self._free if op.holder == "owner" or op.delta < 0]
+            streaming = bool(self._streams)
         with self._counts_lock:
             ops += [Release(oid, self._holder, -1) for oid in self._borrowed]
         ops += [Release(oid, "owner", -1) for oid in owned]
         try:
+            if streaming and not self.is_worker:
+                # Items of a generator call stored since the listener stopped have no id
+                # here: what Redis holds of this owner is looked up (SCAN) instead.
+                ops += [op for op in self.store.process_holds(self.owner) if op.holder == "owner"]
             if ops:  # what other processes or objects hold lives on
                 self.plane.release(ops)
             self.store.delete_done(self.owner)
