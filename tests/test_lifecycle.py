@@ -135,6 +135,7 @@ OUTAGE = """
     import taskmesh as ray
     from taskmesh import api
     from taskmesh.exceptions import StoreUnavailableError
+    from taskmesh.objects import ObjectRef
 
     ray.init(num_cpus=1)
 
@@ -150,6 +151,11 @@ OUTAGE = """
         ray.get(ref)
     except StoreUnavailableError as e:
         print(f"raised after {time.monotonic() - began:.1f} s: {e}", flush=True)
+    began = time.monotonic()
+    try:  # an object owned elsewhere: looked up in Redis, not waited for here
+        ray.get(ObjectRef("deadbeef" + "0" * 20))
+    except StoreUnavailableError as e:
+        print(f"elsewhere after {time.monotonic() - began:.1f} s: {e}", flush=True)
 """
 
 
@@ -163,6 +169,9 @@ def test_a_get_gives_up_on_a_redis_gone_for_the_configured_time(tmp_path: Path) 
     waited = float(ran.stdout.split("raised after ")[1].split()[0])
     assert 3 <= waited < 8, ran.stdout
     assert "has been unreachable for" in ran.stdout and "127.0.0.1:" in ran.stdout
+    assert "elsewhere after" in ran.stdout, (ran.stdout, ran.stderr)
+    elsewhere = ran.stdout.split("elsewhere after ")[1]
+    assert 1 <= float(elsewhere.split()[0]) < 8 and "has been unreachable for" in elsewhere
     # The outage once, and the shutdown's one line; no line per failed call.
     lines = [line for line in ran.stderr.splitlines() if line.strip()]
     assert 1 <= len([line for line in lines if "unreachable" in line]) <= 3, ran.stderr

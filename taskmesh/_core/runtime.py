@@ -724,7 +724,15 @@ class Runtime(StreamMethods):
                 missing, remote = self._take_local(missing, found, errors)
                 if remote:
                     # Through a Redis restart: waiting here is what a get does anyway.
-                    values = retry_transient(functools.partial(self.store.get_objects, remote))
+                    began = time.monotonic()
+                    try:
+                        values = retry_transient(functools.partial(self.store.get_objects, remote),
+                                                 deadline_s=self._unreachable_timeout_s)
+                    except StoreUnavailableError as e:
+                        self.outage.failed("reading objects", e)
+                        raise StoreUnavailableError(
+                            self.outage.message(max(self.outage.down_for(), time.monotonic() - began))
+                        ) from e
                     for oid, value in zip(remote, values, strict=True):
                         if value is not None:
                             found[oid] = value

@@ -76,6 +76,9 @@ class Outage:
         self.succeeded()
         return False
 
-    def message(self) -> str:
-        return (f"Redis at {self.address} has been unreachable for {self.down_for():.0f} s "
+    def message(self, seconds: float | None = None) -> str:
+        """What a caller that gives up raises (`seconds`: how long it tried, when it
+        knows better than the outage's own start)."""
+        seconds = self.down_for() if seconds is None else seconds
+        return (f"Redis at {self.address} has been unreachable for {seconds:.0f} s "
                 f"(TASKMESH_REDIS_UNREACHABLE_TIMEOUT_S)")
