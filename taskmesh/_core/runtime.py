@@ -101,7 +101,7 @@ class Runtime(StreamMethods):
 
         # Redis failures of the background loops, logged at a capped rate; a get gives
         # up once Redis has been unreachable for this long.
-        self.outage = Outage(store.url, logging.getLogger("taskmesh"))
+        self.outage = Outage(store.url, logging.getLogger("taskmesh"), prefix="taskmesh: ")
         self._unreachable_timeout_s = config.REDIS_UNREACHABLE_TIMEOUT_S.get()
         self._cond = threading.Condition()
         self._results: dict[str, tuple[bytes, bytes | None]] = {}
@@ -730,9 +730,9 @@ class Runtime(StreamMethods):
                                                  deadline_s=self._unreachable_timeout_s)
                     except StoreUnavailableError as e:
                         self.outage.failed("reading objects", e)
-                        raise StoreUnavailableError(
-                            self.outage.message(max(self.outage.down_for(), time.monotonic() - began))
-                        ) from e
+                        seconds = max(self.outage.down_for(), time.monotonic() - began)
+                        raise StoreUnavailableError(f"{self.outage.message(seconds)} "
+                                                    f"({config.REDIS_UNREACHABLE_TIMEOUT_S.name})") from e
                     for oid, value in zip(remote, values, strict=True):
                         if value is not None:
                             found[oid] = value
@@ -758,7 +758,8 @@ class Runtime(StreamMethods):
                         f"Get timed out: some object(s) not ready after {timeout} s: "
                         f"{missing[:3]}{'...' if len(missing) > 3 else ''}")
                 if self.outage.down_for() > self._unreachable_timeout_s:
-                    raise StoreUnavailableError(self.outage.message())
+                    raise StoreUnavailableError(f"{self.outage.message()} "
+                                                f"({config.REDIS_UNREACHABLE_TIMEOUT_S.name})")
                 with self._cond:
                     # Wait while the first missing object is still running here; the
                     # others are checked again only once it is done (or, now and then,

@@ -25,8 +25,9 @@ class Outage:
     """The current outage of one Redis address, as seen by the callers that report to it."""
 
     def __init__(self, address: str, logger: logging.Logger, repeat_s: float = REPEAT_S,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, prefix: str = ""):
         self.address = mask_password(address)
+        self._prefix = prefix  # before each line: a driver's go to a bare stderr
         self._clock = clock
         self._log = logger
         self._repeat_s = repeat_s
@@ -46,7 +47,7 @@ class Outage:
                 message = f"Redis at {self.address} still unreachable after {now - self._since:.0f} s"
             else:
                 return
-        self._log.warning("taskmesh: %s", message)
+        self._log.warning("%s%s", self._prefix, message)
 
     def succeeded(self) -> None:
         """A call reached Redis: the outage, if any, is over."""
@@ -55,8 +56,8 @@ class Outage:
         with self._lock:
             since, self._since = self._since, None
         if since is not None:
-            self._log.warning("taskmesh: Redis at %s answers again after %.0f s",
-                              self.address, self._clock() - since)
+            self._log.warning("%sRedis at %s answers again after %.0f s",
+                              self._prefix, self.address, self._clock() - since)
 
     def down_for(self) -> float:
         """Seconds since the first failure of the current outage; 0 when there is none."""
@@ -80,5 +81,4 @@ class Outage:
         """What a caller that gives up raises (`seconds`: how long it tried, when it
         knows better than the outage's own start)."""
         seconds = self.down_for() if seconds is None else seconds
-        return (f"Redis at {self.address} has been unreachable for {seconds:.0f} s "
-                f"(TASKMESH_REDIS_UNREACHABLE_TIMEOUT_S)")
+        return f"Redis at {self.address} has been unreachable for {seconds:.0f} s"
