@@ -41,8 +41,11 @@ class _LocalCluster:
     redis: launch.RedisServer | None
     agent: Any
     session_dir: Path
+    record: Path | None = None  # where the CLI finds it (launch.record_local_cluster)
 
     def stop(self) -> None:
+        if self.record is not None:  # first: a record must not outlive its server
+            launch.forget_local_cluster(self.record)
         if self.agent is not None:
             from taskmesh.workers.process import stop_processes
 
@@ -196,8 +199,8 @@ def _resolve_address(address: str | None) -> str | None:
         address = config.ADDRESS.get()
     if address in (None, "local"):
         return launch.current_cluster_address() if address is None else None
-    if address == "auto":
-        found = launch.current_cluster_address()
+    if address == "auto":  # as the CLI: start --head's cluster, else the newest init()'s
+        found = launch.current_cluster_address(include_local=True)
         if found is None:
             raise ConnectionError("Could not find any running taskmesh cluster on this machine: "
                                   "start one with 'taskmesh start --head' or pass an address.")
@@ -222,7 +225,13 @@ def _start_local(
     except Exception:
         server.stop()
         raise
-    return _LocalCluster(server, agent, session), server.url, node_id
+    cluster = _LocalCluster(server, agent, session)
+    try:
+        cluster.record = launch.record_local_cluster(server.url)
+    except Exception:
+        cluster.stop()
+        raise
+    return cluster, server.url, node_id
 
 
 def _start_log_printer(store: Store, job_id: str) -> None:
@@ -250,7 +259,8 @@ def shutdown() -> None:
         if runtime is None:
             return
         metrics = sys.modules.get("taskmesh.util.metrics")
-        if metrics is not None:  # what was recorded since the last periodic flush
+        gone = runtime.outage.ongoing(runtime.store.redis.ping)  # then there is nothing to tell it
+        if metrics is not None and not gone:  # what was recorded since the last periodic flush
             metrics.flush_now(runtime.store)
         runtime.shutdown()
         if log_thread is not None:
@@ -258,7 +268,7 @@ def shutdown() -> None:
             log_thread.stop()
             log_thread.join(timeout=1)
         try:
-            if runtime.job_id is not None and not runtime.is_worker:
+            if runtime.job_id is not None and not runtime.is_worker and not gone:
                 runtime.store.end_job(runtime.job_id)
         except Exception:
             pass

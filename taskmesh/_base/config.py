@@ -176,6 +176,11 @@ DRIVER_TIMEOUT_MS = _int(
     "TASKMESH_DRIVER_TIMEOUT_MS", 30_000, "ms",
     "A driver whose heartbeat is this old has its refs released and its job ended (tasks and actors)",
     positive=True)
+REDIS_UNREACHABLE_TIMEOUT_S = _float(
+    "TASKMESH_REDIS_UNREACHABLE_TIMEOUT_S", 300.0, "s",
+    "How long a driver blocked in `get()` waits for an unreachable Redis before raising "
+    "`StoreUnavailableError`",
+    positive=True)
 WAIT_REPLICAS = _int(
     "TASKMESH_WAIT_REPLICAS", 1, "replicas",
     "Replicas that durable writes wait for (`WAIT`) on a `redis+sentinel://` address; "

@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import logging
 import random
 import threading
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskmesh import objects
+from taskmesh._base import config
 from taskmesh._base.ids import index_of, owner_of, task_of
 from taskmesh._base.wire import (
     TERMINATE,
@@ -46,6 +48,7 @@ from taskmesh.exceptions import (
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
 from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
 from taskmesh.store import Completion, Outgoing, Release, Store, retry_transient
+from taskmesh.store.outage import Outage
 
 if TYPE_CHECKING:
     import redis
@@ -99,6 +102,10 @@ class Runtime(StreamMethods):
         self.on_block: Callable[[], None] | None = None
         self.on_unblock: Callable[[], None] | None = None
 
+        # Redis failures of the background loops, logged at a capped rate; a get gives
+        # up once Redis has been unreachable for this long.
+        self.outage = Outage(store.url, logging.getLogger("taskmesh"), prefix="taskmesh: ")
+        self._unreachable_timeout_s = config.REDIS_UNREACHABLE_TIMEOUT_S.get()
         self._cond = threading.Condition()
         self._results: dict[str, tuple[bytes, bytes | None]] = {}
         self._pending: set[str] = set()
@@ -394,9 +401,9 @@ class Runtime(StreamMethods):
                     last_beat = time.monotonic()
                 self._flush_once()
                 failures = 0
+                self.outage.succeeded()
             except StoreUnavailableError as e:  # Redis restarting: the batch was kept
-                if failures == 0:
-                    _log_background_error("sending submissions (will retry)", e)
+                self.outage.failed("sending submissions", e)
                 failures += 1
                 time.sleep(min(0.05 * 2 ** failures, 2.0) * random.uniform(0.5, 1.0))
             except Exception as e:
@@ -546,10 +553,14 @@ class Runtime(StreamMethods):
         while not self._closing:
             try:
                 notices = self.store.read_done(client, self.owner, last, _LISTEN_BLOCK_MS, trim)
+                self.outage.succeeded()
             except Exception as e:
                 if self._closing:
                     return
-                _log_background_error("reading completions", e)
+                if isinstance(e, StoreUnavailableError):
+                    self.outage.failed("reading completions", e)
+                else:
+                    _log_background_error("reading completions", e)
                 time.sleep(0.2)
                 continue
             trim = None
@@ -716,7 +727,15 @@ class Runtime(StreamMethods):
                 missing, remote = self._take_local(missing, found, errors)
                 if remote:
                     # Through a Redis restart: waiting here is what a get does anyway.
-                    values = retry_transient(functools.partial(self.store.get_objects, remote))
+                    began = time.monotonic()
+                    try:
+                        values = retry_transient(functools.partial(self.store.get_objects, remote),
+                                                 deadline_s=self._unreachable_timeout_s)
+                    except StoreUnavailableError as e:
+                        self.outage.failed("reading objects", e)
+                        seconds = max(self.outage.down_for(), time.monotonic() - began)
+                        raise StoreUnavailableError(f"{self.outage.message(seconds)} "
+                                                    f"({config.REDIS_UNREACHABLE_TIMEOUT_S.name})") from e
                     for oid, value in zip(remote, values, strict=True):
                         if value is not None:
                             found[oid] = value
@@ -741,11 +760,15 @@ class Runtime(StreamMethods):
                     raise GetTimeoutError(
                         f"Get timed out: some object(s) not ready after {timeout} s: "
                         f"{missing[:3]}{'...' if len(missing) > 3 else ''}")
+                if self.outage.down_for() > self._unreachable_timeout_s:
+                    raise StoreUnavailableError(f"{self.outage.message()} "
+                                                f"({config.REDIS_UNREACHABLE_TIMEOUT_S.name})")
                 with self._cond:
                     # Wait while the first missing object is still running here; the
-                    # others are checked again only once it is done.
+                    # others are checked again only once it is done (or, now and then,
+                    # whether Redis has been gone too long).
                     if missing[0] in self._pending:
-                        self._cond.wait(remaining)
+                        self._cond.wait(1.0 if remaining is None else min(remaining, 1.0))
                         continue
                 # Objects owned elsewhere: nobody notifies us, so poll with backoff.
                 time.sleep(min(delay, remaining) if remaining is not None else delay)
@@ -827,6 +850,15 @@ class Runtime(StreamMethods):
 
     def shutdown(self) -> None:
         """Send what is buffered, stop the threads, free what this process owns."""
+        if self.outage.ongoing(self.store.redis.ping):
+            # Nothing can be sent or freed: the failure monitor ends the job's actors and
+            # releases its refs once this driver's heartbeat is stale (monitor.py).
+            logging.getLogger("taskmesh").warning("taskmesh: %s; shutting down without "
+                                                  "cleaning up", self.outage.message())
+            self._closing = True
+            self._wake.set()
+            objects.set_tracker(None)
+            return
         try:
             self._flush_once(everything=True)
         except Exception as e:

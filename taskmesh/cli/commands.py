@@ -285,6 +285,10 @@ def main() -> None:
 @_address_option(required=False)
 @_node_options
 @click.option("--head", is_flag=True, help="Start the cluster's Redis here too.")
+@click.option("--keep-state", is_flag=True,
+              help="With --head: load what the head's Redis held when it was last stopped "
+                   "in this temp dir (nodes, actors, jobs, queued tasks, metrics) instead of "
+                   "starting an empty cluster.")
 @click.option("--port", type=click.IntRange(0, 65535), default=6379, show_default=True,
               help="Port of the Redis server started with --head.")
 @click.option("--redis-bind", default="127.0.0.1", show_default=True, callback=_check_bind,
@@ -294,16 +298,19 @@ def main() -> None:
 @click.pass_context
 def start(ctx: click.Context, address: str | None, num_cpus: float | None,
           num_gpus: float | None, memory: int | None, resources: dict,
-          object_store_memory: int | None, spill_dir: str | None, head: bool, port: int,
-          redis_bind: str) -> None:
+          object_store_memory: int | None, spill_dir: str | None, head: bool, keep_state: bool,
+          port: int, redis_bind: str) -> None:
     """Start this machine's node in the background (with --head: Redis too).
 
     With --head, Redis gets a password (on loopback too: other users of this machine
     reach it): the one in --redis-password-file (or $TASKMESH_REDIS_PASSWORD), else a
     generated one, which is written to a file only you can read; what to run on the
-    other nodes is printed."""
+    other nodes is printed. The cluster starts empty unless --keep-state: Redis keeps
+    an AOF in the temp dir, which is otherwise removed first."""
     if head == bool(address):
         raise click.UsageError("give either --head (start a new cluster) or --address (join one)")
+    if keep_state and not head:
+        raise click.UsageError("--keep-state goes with --head (the state is the head's Redis)")
     root = config.temp_root()
     pids = []
     tls = security.TlsFiles.from_env()
@@ -317,6 +324,8 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
                 f"a cluster started here still runs ({running}, temp dir {root}): stop it "
                 f"with 'taskmesh stop', or start another with its own ${config.ENV_TEMP_DIR}")
         redis_password = _head_password()
+        if not keep_state:
+            launch.clear_persisted_state(root / "redis")
         server = launch.start_redis(data_dir=root / "redis", host=redis_bind, port=port or None,
                                     password=redis_password, tls=tls or None,
                                     persistent=True, fate_share=False)
@@ -352,7 +361,7 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
 
 def _record_versions(url: str, tls: security.TlsFiles) -> None:
     """The head's versions are the cluster's, over any an earlier cluster left in the
-    data directory (its AOF is loaded again)."""
+    data directory (with --keep-state, its AOF is loaded again)."""
     from taskmesh.store import Store
 
     store = Store(url, tls=tls or None)
@@ -415,6 +424,8 @@ def _drain_agents(procs: list[psutil.Process], timeout_s: float) -> None:
     they need while draining) and wait for them to exit."""
     import psutil
 
+    from taskmesh.workers.process import wait_exited
+
     agents = []
     for proc in procs:
         try:
@@ -424,7 +435,7 @@ def _drain_agents(procs: list[psutil.Process], timeout_s: float) -> None:
                 agents.append(proc)
         except psutil.Error:
             continue
-    psutil.wait_procs(agents, timeout=timeout_s)
+    wait_exited(agents, timeout_s)
 
 
 @main.command()
@@ -436,12 +447,20 @@ def stop(grace_period_s: float) -> None:
     """Stop the nodes (and Redis) that `taskmesh start` started on this machine: the
     agents drain first (SIGTERM), then whatever is left is stopped. A recorded pid that
     is now another process (after a reboot, say) is left alone."""
-    from taskmesh.workers.process import stop_processes
+    import psutil
+
+    from taskmesh.workers.process import has_exited, stop_processes
 
     procs, unproven = launch.started_processes()
+    every = list(procs)  # the agents' workers are counted too
+    for proc in procs:
+        try:
+            every += proc.children(recursive=True)
+        except psutil.Error:
+            continue
     _drain_agents(procs, timeout_s=grace_period_s + 10)  # + their own shutdown
     stop_processes(procs, timeout_s=10)
-    stopped = sum(not p.is_running() for p in procs)
+    stopped = sum(map(has_exited, every))
     launch.forget_started()
     (config.temp_root() / "redis-password").unlink(missing_ok=True)  # start --head's
     click.echo(f"Stopped {stopped} process(es).")
@@ -637,9 +656,11 @@ def _connect(address: str | None) -> Any:
     from taskmesh.exceptions import StoreUnavailableError
     from taskmesh.store import Store
 
-    url = _canonical(address) or launch.current_cluster_address()
+    # `start --head`'s cluster first, else the newest local one of a running init().
+    url = _canonical(address) or launch.current_cluster_address(include_local=True)
     if url is None:
-        raise click.UsageError("no cluster found: pass --address or start one with 'taskmesh start --head'")
+        raise click.UsageError("no cluster is running on this machine: pass --address or "
+                               "start one with 'taskmesh start --head' (or taskmesh.init())")
     try:
         store = Store(url)
     except ValueError as e:  # TLS files with an address that is not rediss://

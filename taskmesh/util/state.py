@@ -81,7 +81,8 @@ def _store(address: str | None) -> Iterator[Any]:
     if address is None and is_initialized():
         yield get_runtime().store
         return
-    url = connection.canonicalize_address(address) if address else launch.current_cluster_address()
+    url = (connection.canonicalize_address(address) if address
+           else launch.current_cluster_address(include_local=True))
     if url is None:
         raise ConnectionError("taskmesh is not initialized and no cluster runs on this machine: "
                               "call taskmesh.init() or pass address=.")

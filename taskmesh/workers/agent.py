@@ -40,6 +40,7 @@ from taskmesh.objects.shm import ShmStore, StoreConfig, default_spill_root, reap
 from taskmesh.objects.transfer import TransferServer
 from taskmesh.store import KIND_FENCE, Completion, Leased, Store, keep_listening, retry_transient
 from taskmesh.store.client import ENDED_JOBS_KEPT
+from taskmesh.store.outage import Outage
 from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import DRAIN_SIGNAL
 from taskmesh.workers.monitor import Monitor
@@ -184,6 +185,7 @@ class NodeAgent:
         self._lease_parked = threading.Event()  # the lease thread saw the drain
         self.prefix = prefix
         self.store = Store(address, prefix=prefix)
+        self.outage = Outage(address, log)  # Redis failures of the loops, logged at a capped rate
         self.node_id = node_id or os.urandom(8).hex()
         self.node_ip = node_ip or detect_node_ip(address)
         self.total = {k: float(v) for k, v in resources.items()}
@@ -327,10 +329,14 @@ class NodeAgent:
     def _drain(self) -> None:
         deadline = time.monotonic() + self.grace_period_s
         log.info("draining node %s (grace period %.1f s)", self.node_id, self.grace_period_s)
+
+        def give_up() -> bool:  # a Redis that is gone takes nothing back
+            return self._stopping or self.outage.down_for() > 0
+
         try:
             retry_transient(lambda: self.store.set_node_fields(self.node_id, {
                 "draining_deadline_ms": int((time.time() + self.grace_period_s) * 1000)}),
-                stop=lambda: self._stopping)
+                stop=give_up)
             self._unblock_lease()
             with self._cond:
                 self._cond.notify_all()
@@ -340,7 +346,7 @@ class NodeAgent:
                 self._backlog.clear()
             for task in leased:  # not started: back to its queue, not a retry
                 retry_transient(functools.partial(self._requeue, task, task.entry.attempt),
-                                stop=lambda: self._stopping)
+                                stop=give_up)
             signalled: set[int] = set()
             with self._cond:
                 while not self._stopping and time.monotonic() < deadline:
@@ -356,6 +362,8 @@ class NodeAgent:
                     if not actors and not any(h.running for h in self._workers.values()):
                         break
                     self._cond.wait(0.1)
+        except StoreUnavailableError:  # nothing to drain into: stop now
+            log.warning("draining node %s: %s; stopping it", self.node_id, self.outage.message())
         except Exception:
             log.exception("draining node %s failed; stopping it", self.node_id)
         self.stop()
@@ -373,6 +381,29 @@ class NodeAgent:
             give_back = list(self._backlog) + [h.task for h in handles if h.task is not None]
             self._backlog.clear()
         _process.stop_processes([h.proc.pid for h in handles], timeout_s=2)
+        if self.outage.ongoing(self.store.redis.ping):
+            # Nothing can be handed back: once Redis answers again, the failure monitor
+            # declares this node dead and retries its work elsewhere.
+            log.warning("%s; exiting without handing back this node's work", self.outage.message())
+        else:
+            try:
+                self._hand_back(handles, give_back)
+            except StoreUnavailableError as e:  # lost on the way: the same as above
+                log.warning("handing back this node's work failed: %r", e)
+        try:
+            self._pubsub_thread.stop()
+            self._pubsub_thread.join(timeout=2)
+            self._pubsub.close()
+        except Exception:
+            pass
+        self.store.close()
+        if self.transfer is not None:
+            self.transfer.stop()
+        if self.shm is not None:
+            self.shm.destroy()  # this node's copies go with it (readers keep their mappings)
+
+    def _hand_back(self, handles: list[_WorkerHandle], give_back: list[Any]) -> None:
+        """Requeue unfinished work, restart this node's actors elsewhere, unregister."""
         self._release_holds([h.tag for h in handles if h.tag is not None])
         for h in handles:  # what workers leased under their grants goes back too
             for shape in h.leased_from:
@@ -389,21 +420,10 @@ class NodeAgent:
                                  restart=not h.exiting)
         self._flush()
         try:
-            self._pubsub_thread.stop()
-            self._pubsub_thread.join(timeout=2)
-            self._pubsub.close()
-        except Exception:
-            pass
-        try:
             self.monitor.release()
         except Exception as e:
             log.warning("releasing the monitor lease failed: %r", e)
         self.store.unregister_node(self.node_id)
-        self.store.close()
-        if self.transfer is not None:
-            self.transfer.stop()
-        if self.shm is not None:
-            self.shm.destroy()  # this node's copies go with it (readers keep their mappings)
 
     # ---- workers ------------------------------------------------------------------------
 
@@ -836,7 +856,7 @@ class NodeAgent:
         try:
             killed = self.store.killed_actors(actor_ids)
         except Exception as e:
-            log.warning("checking for killed actors failed: %r", e)
+            self._store_failed("checking for killed actors", e)
             return
         if killed:
             log.warning("killing actors %s: killed, but their kill order did not arrive", killed)
@@ -951,7 +971,7 @@ class NodeAgent:
             except Exception as e:
                 if self._stopping:
                     return
-                log.warning("leasing failed: %r", e)
+                self._store_failed("leasing", e)
                 # A read may have been delivered (and recorded) without its reply
                 # reaching us: take back our own unacknowledged entries first.
                 self._recover_own = True
@@ -1105,8 +1125,15 @@ class NodeAgent:
             self.store.set_node_fields(self.node_id, fields)
             return fields
         except Exception as e:
-            log.warning("reporting %s failed: %r", what, e)
+            self._store_failed(f"reporting {what}", e)
             return reported
+
+    def _store_failed(self, what: str, error: Exception) -> None:
+        """A loop's call failed: an unreachable Redis is logged at a capped rate."""
+        if isinstance(error, StoreUnavailableError):
+            self.outage.failed(what, error)
+        else:
+            log.warning("%s failed: %r", what, error)
 
     def _report_store_usage(self) -> None:
         """Object-store usage into the node's hash (for `taskmesh memory`), when it changed."""
@@ -1152,12 +1179,13 @@ class NodeAgent:
                     return
                 self._alive_nodes = alive
                 last_sent = available
+                self.outage.succeeded()
             except Exception as e:
-                log.warning("heartbeat failed: %r", e)
+                self._store_failed("heartbeat", e)
             try:
                 self.monitor.tick()
             except StoreUnavailableError as e:
-                log.warning("monitor tick failed: %r", e)
+                self._store_failed("monitor tick", e)
             except Exception:
                 log.exception("monitor tick failed")
             self._stopped.wait(HEARTBEAT_S)

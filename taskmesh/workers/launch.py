@@ -1,7 +1,8 @@
 """Starting the processes of a node: the embedded Redis server and the node agent.
 
 Also where addresses are canonicalized and where a machine's started processes are
-recorded (for `taskmesh stop` and `init(address="auto")`).
+recorded (for `taskmesh stop` and `init(address="auto")`), with the local clusters of
+running `init()`s, which the CLI finds as it finds the cluster of `start --head`.
 
 Other users of the machine are not trusted. What a server writes (its config with the
 password, AOF and RDB files holding every key, the transfer secret included, its log)
@@ -170,15 +171,25 @@ def start_redis(
     raise RuntimeError(f"The Redis server did not start ({binary}).\n{tail}")
 
 
+def clear_persisted_state(data_dir: Path) -> None:
+    """Remove what a server started on `data_dir` would load (its AOF, an RDB snapshot),
+    so that it starts empty."""
+    shutil.rmtree(data_dir / "appendonlydir", ignore_errors=True)  # Redis 7+, Valkey
+    for name in ("appendonly.aof", "dump.rdb"):  # older servers' AOF; a snapshot
+        (data_dir / name).unlink(missing_ok=True)
+
+
 def _spawn_server(args: list[str], fate_share: bool) -> subprocess.Popen:
     def prepare() -> None:
         os.umask(0o077)  # every file the server makes (AOF, RDB, log, rewritten config): 0600
         if fate_share:
             _process.set_pdeathsig()
 
+    # A session of its own, fate-shared or not: a Ctrl-C in the terminal is for the
+    # driver alone, whose shutdown still needs the server (see start_agent).
     return subprocess.Popen(
         args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        preexec_fn=prepare, start_new_session=not fate_share,
+        preexec_fn=prepare, start_new_session=True,
     )
 
 
@@ -329,8 +340,10 @@ def start_agent(
         proc = subprocess.Popen(
             cmd, pass_fds=(write_fd,), env=dict(os.environ, **{ENV_ADDRESS: address}),
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            # Its own session: the terminal's SIGINT reaches the driver only, which stops
+            # it at shutdown (fate_share: the kernel kills it if the driver dies first).
             preexec_fn=_process.set_pdeathsig if fate_share else None,
-            start_new_session=not fate_share,
+            start_new_session=True,
         )
     os.close(write_fd)
     try:
@@ -453,22 +466,76 @@ def running_head() -> str | None:
     return None
 
 
-def current_cluster_address() -> str | None:
-    """The address recorded by `taskmesh start --head` on this machine, if it still answers."""
+def current_cluster_address(*, include_local: bool = False) -> str | None:
+    """The address recorded by `taskmesh start --head` on this machine, if it still
+    answers; else, with `include_local`, that of the newest local cluster an `init()`
+    of this user runs (see record_local_cluster) that answers."""
     path = _cluster_file()
-    if not path.exists():
-        return None
-    address = path.read_text().strip()
+    if path.exists():
+        address = path.read_text().strip()
+        if _answers(address):
+            return address
+    if include_local:
+        for address in local_cluster_addresses():
+            if _answers(address):
+                return address
+    return None
+
+
+def _answers(address: str) -> bool:
     from taskmesh.store.connection import tls_connection_kwargs
 
     client = redis.Redis.from_url(address, socket_connect_timeout=0.5, socket_timeout=0.5,
                                   **tls_connection_kwargs(address))
     try:
         client.ping()
-        return address
-    except (redis.ConnectionError, redis.TimeoutError):
-        return None
+        return True
+    except (redis.ConnectionError, redis.TimeoutError):  # refused credentials included
+        return False
     finally:
         client.close()
+
+
+# ---- local clusters of init(): found by the CLI and init(address="auto") ----------------
+
+def _local_dir() -> Path:
+    return temp_root() / "local_clusters"
+
+
+def record_local_cluster(address: str) -> Path:
+    """Record the local cluster this driver started (its address, with the password: the
+    file is 0600 from its creation) and the driver itself (pid and start time), until
+    forget_local_cluster. Returns the record's path."""
+    config.private_dir(_local_dir())
+    me = psutil.Process()
+    path = _local_dir() / f"{me.pid}.json"
+    config.write_private(path, json.dumps({"address": address, "pid": me.pid,
+                                           "create_time": me.create_time()}))
+    return path
+
+
+def forget_local_cluster(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def local_cluster_addresses() -> list[str]:
+    """The addresses recorded by drivers still running, newest driver first. A record
+    whose driver is gone (killed: nothing removed it) is removed here; its server went
+    with the driver (fate-shared)."""
+    records = []
+    for path in _local_dir().glob("*.json"):
+        try:
+            entry = json.loads(path.read_text())
+            proc = psutil.Process(entry["pid"])
+            alive = abs(proc.create_time() - entry["create_time"]) <= CREATE_TIME_SLACK_S
+        except psutil.NoSuchProcess:
+            alive = False
+        except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+            continue  # not readable as a record (or being replaced): not ours to judge
+        if not alive:
+            path.unlink(missing_ok=True)
+            continue
+        records.append((entry["create_time"], str(entry["address"])))
+    return [address for _, address in sorted(records, reverse=True)]
 
 

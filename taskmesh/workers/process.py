@@ -90,14 +90,40 @@ def stop_processes(pids: Iterable[int | psutil.Process], timeout_s: float = 5.0)
             p.terminate()
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout_s)
+    alive = wait_exited(procs, timeout_s)
     for p in alive:
         try:
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    psutil.wait_procs(alive, timeout=timeout_s)
+    wait_exited(alive, timeout_s)
     return [p.pid for p in procs]
+
+
+def has_exited(proc: psutil.Process) -> bool:
+    """Gone, or a zombie: exited, waiting for its parent to reap it."""
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_exited(procs: Iterable[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait up to `timeout_s` for the processes to exit; returns those still running.
+    Our children are reaped; another's process counts as exited once it is a zombie:
+    reaping it is its parent's business (init's for an orphan, which the pid 1 of some
+    containers does late or never), and psutil's wait would wait for that."""
+    deadline = time.monotonic() + timeout_s
+    alive = list(procs)
+    delay = 0.002
+    while True:
+        _, alive = psutil.wait_procs(alive, timeout=0)  # reaps our children
+        alive = [p for p in alive if not has_exited(p)]
+        remaining = deadline - time.monotonic()
+        if not alive or remaining <= 0:
+            return alive
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.05)
 
 
 # ---- stack dumps (`taskmesh stack`) -------------------------------------------------------
