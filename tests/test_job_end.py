@@ -16,7 +16,7 @@ import pytest
 from conftest import wait_until
 from taskmesh._base.ids import new_owner_tag, new_task_id, object_id
 from taskmesh._base.wire import ActorSpec, QueueEntry, TaskSpec
-from taskmesh._core.lifecycle import dropped_with_job
+from taskmesh._core.lifecycle import EndedJobs, dropped_with_job
 from taskmesh.store import Completion, Store
 from taskmesh.workers import monitor
 
@@ -288,3 +288,15 @@ def test_ended_jobs_are_recorded_once_and_read_since_a_time(store: Store) -> Non
     ended = store.ended_jobs()
     assert [j for j, _ in ended] == ["00000001", "00000002"]
     assert [j for j, _ in store.ended_jobs(ended[1][1])] == ["00000002"]
+
+
+def test_a_remembered_end_is_forgotten_once_redis_lost_it(store: Store) -> None:
+    """Job numbers start again when Redis loses its data: an agent's memory of job 1's
+    end must not drop the tasks of the new job 1 (a hit is confirmed in Redis)."""
+    ended = EndedJobs(store)
+    store.end_job("00000001")
+    ended["00000001"] = None
+    assert dropped_with_job(_entry("00000001"), ended)
+    store.redis.flushall()  # a restart without persistence, say; the counter starts again
+    assert not dropped_with_job(_entry("00000001"), ended)
+    assert list(ended) == []  # forgotten, not asked again

@@ -6,6 +6,8 @@ dead-lettering are in failure.py."""
 
 from __future__ import annotations
 
+import collections
+import logging
 from collections.abc import Container, Iterable
 
 from taskmesh._base.wire import QueueEntry, TaskSpec
@@ -31,6 +33,34 @@ def end_driver(store: Store, tag: str, job_id: str) -> None:
     end_job(store, job_id, "its driver died")
     store.owners_gone([tag])
     release_process_holds(store, [tag])
+
+
+log = logging.getLogger("taskmesh.lifecycle")
+
+
+class EndedJobs(collections.OrderedDict):
+    """The ended jobs a process knows of (oldest first, bounded by its owner), as the
+    container `dropped_with_job` asks. A hit is confirmed in Redis each time (a ZSCORE,
+    on the rare path of a task being dropped): job numbers start again when Redis loses
+    its data (a restart without persistence, a flush), so an id remembered from before
+    may now name a live job, whose tasks must run. An id Redis does not confirm is
+    forgotten; when Redis cannot be asked, the hit stands."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self._store = store
+
+    def __contains__(self, job_id: object) -> bool:
+        if not super().__contains__(job_id):
+            return False
+        try:
+            if self._store.job_ended(str(job_id)):
+                return True
+        except Exception as e:
+            log.warning("could not confirm that job %s ended: %r", job_id, e)
+            return True
+        del self[job_id]
+        return False
 
 
 def dropped_with_job(entry: QueueEntry, ended: Container[str]) -> bool:

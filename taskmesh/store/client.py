@@ -190,6 +190,10 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
         pipe.execute()
 
     @translate_errors
+    def job_ended(self, job_id: str) -> bool:
+        return self.redis.zscore(self.keys.jobs_ended(), job_id) is not None
+
+    @translate_errors
     def ended_jobs(self, since_ms: int = 0) -> list[tuple[str, int]]:
         """(job id, end time in ms) of the ended jobs recorded (the newest
         ENDED_JOBS_KEPT), those that ended at `since_ms` or later, oldest first."""

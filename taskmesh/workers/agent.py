@@ -204,7 +204,7 @@ class NodeAgent:
         self._cancelled: collections.OrderedDict[str, None] = collections.OrderedDict()
         # Ended jobs (tm:jobs:ended): their tasks are acked when leased, never run, and
         # acked rather than retried when their worker dies (_core/lifecycle.dropped_with_job).
-        self._ended_jobs: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._ended_jobs = lifecycle.EndedJobs(self.store)
         self._ended_read_ms = 0  # the latest end time read from tm:jobs:ended
         self._recover_own = False
         # How often the node's pending entries in Redis are compared with what this agent

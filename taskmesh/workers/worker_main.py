@@ -41,7 +41,7 @@ from taskmesh._core import context
 from taskmesh._core import events as _events
 from taskmesh._core import generators as _generator
 from taskmesh._core.failure import set_aside_malformed, should_retry
-from taskmesh._core.lifecycle import dropped_with_job
+from taskmesh._core.lifecycle import EndedJobs, dropped_with_job
 from taskmesh._core.runtime import Runtime
 from taskmesh.exceptions import RuntimeEnvSetupError, TaskCancelledError
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
@@ -78,7 +78,7 @@ class Worker:
         # while a task runs; None: the agent is gone.
         self._inbox: queue.SimpleQueue[wire.Message | None] = queue.SimpleQueue()
         self._cancelled_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._ended_jobs: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._ended_jobs = EndedJobs(store)
         self._grant_ending = False
         self._leased_task: str | None = None  # the task it runs that it leased itself
         self._leased_entry: QueueEntry | None = None  # ... and its entry
