@@ -273,7 +273,7 @@ def acl_rules(role: str, prefix: str, db: int = 0) -> list[str]:
         # Every key family a driver writes (a new one needs its pattern here); the rest
         # (node:*, nodes:*, monitor, deadletter, node_actors:*, node_procs:*, _secret:*)
         # it may only read.
-        writable = ("fn:* shapes q:* pinned pg:* pgs pgs:* named_pg:* {*}:* job:* jobs actor:* "
+        writable = ("fn:* shapes q:* pinned pg:* pgs pgs:* named_pg:* {*}:* job:* jobs jobs:ended actor:* "
                     "named:* drivers kv:* events logs:* metrics metric:* pkg:* node_reserved:*").split()
         return (base + runtime + ["-xreadgroup", "-xclaim", "-xautoclaim", f"%R~{p}:*"]
                 + [f"%RW~{p}:{w}" for w in writable])
