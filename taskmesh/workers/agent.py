@@ -876,18 +876,23 @@ class NodeAgent:
             running = [h for h in self._workers.values()
                        if h.task is not None and h.task.entry.task == task_id]
             # Workers lease under grants without the agent: they learn it themselves.
-            order = wire.encode_message(wire.Cancel([task_id], force == "1"))
-            for h in self._workers.values():
-                if h.ready and h.actor_id is None and h not in running:
-                    try:
-                        h.conn.send_bytes(order)
-                    except OSError:
-                        pass
+            self._tell_task_workers(wire.Cancel([task_id], force == "1"), skip=running)
         for handle in running:
             try:
                 os.kill(handle.proc.pid, signal.SIGKILL if force == "1" else signal.SIGINT)
             except ProcessLookupError:
                 pass
+
+    def _tell_task_workers(self, msg: wire.Message, skip: list[_WorkerHandle]) -> None:
+        """Send `msg` to every ready task worker but those in `skip` (the agent acts on
+        those itself); a worker that just exited is passed over. Under self._cond."""
+        order = wire.encode_message(msg)
+        for h in self._workers.values():
+            if h.ready and h.actor_id is None and h not in skip:
+                try:
+                    h.conn.send_bytes(order)
+                except OSError:
+                    pass
 
     def _on_job_end(self, message: dict) -> None:
         """`<job_id>`: the job ended (Store.end_job)."""
@@ -921,13 +926,7 @@ class NodeAgent:
                 self._outbox.ack(task)
             running = [h for h in self._workers.values()
                        if h.task is not None and lifecycle.dropped_with_job(h.task.entry, ended)]
-            order = wire.encode_message(wire.JobsEnded(new))
-            for h in self._workers.values():
-                if h.ready and h.actor_id is None and h not in running:
-                    try:
-                        h.conn.send_bytes(order)
-                    except OSError:
-                        pass
+            self._tell_task_workers(wire.JobsEnded(new), skip=running)
         for handle in running:
             try:
                 handle.proc.kill()
