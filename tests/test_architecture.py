@@ -26,6 +26,9 @@ PARTS = {
     "taskmesh.workers": "workers",
     "taskmesh": "face",  # api, actor, remote_function, types, cloudpickle
     "taskmesh.util": "util",
+    "taskmesh.experimental": "util",
+    "taskmesh.job_submission": "jobs",
+    "taskmesh.dashboard": "dashboard",
     "taskmesh.cli": "cli",
     "taskmesh.tools": "tools",
 }
@@ -42,8 +45,11 @@ ALLOWED = {
     "workers": {"core", "objects", "security", "store", "leaves"},
     "face": {"actors", "core", "objects", "security", "store", "workers", "leaves"},
     "util": {"face", "actors", "core", "objects", "store", "workers", "leaves"},
+    "jobs": {"top", "face", "util", "actors", "core", "objects", "security", "store", "workers", "leaves"},
+    "dashboard": {"top", "jobs", "face", "util", "actors", "core", "objects", "security", "store", "workers",
+                  "leaves"},
     "tools": {"top", "face", "util", "core", "objects", "security", "store", "workers", "leaves"},
-    "cli": {"top", "face", "util", "tools", "actors", "core", "objects", "security", "store", "workers",
+    "cli": {"top", "face", "util", "jobs", "dashboard", "tools", "actors", "core", "objects", "security", "store", "workers",
             "leaves"},
 }
 
