@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import msgpack
 import psutil
@@ -28,6 +28,13 @@ from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects import ObjectRef
 from taskmesh.store import Store, connection, keep_listening
 from taskmesh.workers import launch
+
+if TYPE_CHECKING:
+    from taskmesh.actors import ActorClass
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
 
 _lock = threading.RLock()
 _cluster: _LocalCluster | None = None
@@ -296,11 +303,15 @@ def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:
 # ---- remote ------------------------------------------------------------------------------
 
 @overload
-def remote(__function: Callable) -> RemoteFunction: ...
+def remote(__class: type[T]) -> ActorClass: ...  # type: ignore[overload-overlap]  # a class is callable
 
 
 @overload
-def remote(**options: Any) -> Callable[[Callable], RemoteFunction]: ...
+def remote(__function: Callable[P, R]) -> RemoteFunction[P, R]: ...
+
+
+@overload
+def remote(**options: Any) -> Callable[[Callable[P, R]], RemoteFunction[P, R]]: ...
 
 
 def remote(*args: Any, **options: Any) -> Any:
@@ -330,7 +341,7 @@ def _make_remote(target: Any, options: dict[str, Any]) -> Any:
 
 # ---- objects -----------------------------------------------------------------------------
 
-def put(value: Any, *, _owner: Any = None) -> ObjectRef:
+def put(value: T, *, _owner: Any = None) -> ObjectRef[T]:
     """Store a value in the cluster and return its ref."""
     return get_runtime(auto_init=True).put(value)
 
@@ -350,6 +361,18 @@ def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> N
     if not isinstance(force, bool) or not isinstance(recursive, bool):
         raise TypeError("'force' and 'recursive' must be booleans.")
     get_runtime().cancel(object_ref.hex(), force=force)
+
+
+@overload
+def get(object_refs: ObjectRef[T], *, timeout: float | None = None) -> T: ...
+
+
+@overload
+def get(object_refs: Sequence[ObjectRef[T]], *, timeout: float | None = None) -> list[T]: ...
+
+
+@overload
+def get(object_refs: Any, *, timeout: float | None = None) -> Any: ...
 
 
 def get(object_refs: Any, *, timeout: float | None = None) -> Any:

@@ -121,3 +121,25 @@ def test_py_modules_are_importable_only_in_tasks_that_ask_for_them(ray, tmp_path
     with_module = value.options(runtime_env={"py_modules": [str(package)]})
     assert ray.get([with_module.remote() for _ in range(4)]) == ["from the package"] * 4
     assert ray.get([value.remote() for _ in range(6)]) == ["not importable"] * 6
+
+
+def test_excludes_and_gitignore_files_have_gitignore_semantics(tmp_path) -> None:
+    """Ray's `excludes` are gitignore patterns relative to the working dir, and a
+    `.gitignore` (at the top or below) leaves out what it ignores, relative to itself."""
+    import io
+    import zipfile
+
+    from taskmesh.runtime_env import _zip
+
+    files = ["main.py", "notes.log", "keep.log", "top.txt", "sub/top.txt", "build/out.o",
+             "src/build/gen.o", "src/app.py", ".venv/lib/big.so", "data/raw/x.csv", "data/y.csv",
+             "data/.gitignore", "a/b/c/z", "a/z", "__pycache__/m.pyc"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    (tmp_path / ".gitignore").write_text(".venv/\n# a comment\n*.log\n!keep.log\n")
+    (tmp_path / "data" / ".gitignore").write_text("raw/\n")
+    blob = _zip(tmp_path, ["build/", "/top.txt", "a/**/z"], top_level=False)
+    kept = set(zipfile.ZipFile(io.BytesIO(blob)).namelist())
+    assert kept == {"main.py", "keep.log", "sub/top.txt", "src/app.py", "data/y.csv",
+                    "data/.gitignore", ".gitignore"}

@@ -47,7 +47,7 @@ def test_stack_of_a_process_that_is_not_ours() -> None:
     finally:
         other.kill()
         other.wait()
-    assert result.exit_code == 0 and "no stack" in result.output
+    assert result.exit_code == 2 and f"{other.pid} is not a taskmesh node agent or worker" in result.output
     assert _is_taskmesh_process(["/venv/bin/taskmesh", "worker", "--address", "x"])
     assert _is_taskmesh_process(["python", "-m", "taskmesh.workers.worker_main", "--fd", "3"])
     assert not _is_taskmesh_process(["python", "-m", "taskmesh.cli", "status"])

@@ -4,7 +4,10 @@ pid of a server that did not start is recorded."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +110,36 @@ def test_two_heads_from_the_cli(tmp_path: Path) -> None:
     finally:
         stopped = _taskmesh("stop", env=first)
     assert stopped.returncode == 0, stopped.stderr
+
+
+@pytest.mark.cluster
+def test_start_block_stays_in_the_foreground_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """`start --head --block` (Ray's `ray start --head --block`): it says where the agent
+    logs, stays until SIGTERM, then stops all it started and forgets it."""
+    env = {**os.environ, config.ENV_TEMP_DIR: str(tmp_path)}
+    env.pop(config.REDIS_PASSWORD.name, None)
+    proc = subprocess.Popen([sys.executable, "-m", "taskmesh.cli", "start", "--head", "--block",
+                             "--port", "0", "--num-cpus", "1"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        out = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.append(line)
+            if "foreground" in line:
+                break
+        text = "".join(out)
+        log_path = re.search(r"its agent logs to (\S+)\.$", text, re.M)
+        assert log_path and Path(log_path.group(1)).is_file(), text
+        pids = [entry["pid"] for entry in json.loads((tmp_path / "started_pids.json").read_text())]
+        assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, text + rest
+        assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                       for p in pids)
+        assert not (tmp_path / "started_pids.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            _taskmesh("stop", env=env)

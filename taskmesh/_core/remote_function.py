@@ -64,7 +64,10 @@ class RemoteFunction(Generic[P, R]):
         merged = {**self._options, **given}
         return _BoundOptions(self, _TaskPlan(self._function, merged, parent=self._plan))
 
-    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef[R]:
+        """Submit a call: a ref to its result (with `num_returns`, a list of refs or a
+        generator of refs; typed for the common case). Arguments are `Any`: each may be
+        a value or an ObjectRef of one."""
         return self._plan.submit(args, kwargs)
 
     def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
@@ -85,7 +88,10 @@ class _BoundOptions(Generic[P, R]):
         self._parent = parent
         self._plan = plan
 
-    def remote(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef[R]:
+        """Submit a call: a ref to its result (with `num_returns`, a list of refs or a
+        generator of refs; typed for the common case). Arguments are `Any`: each may be
+        a value or an ObjectRef of one."""
         return self._plan.submit(args, kwargs)
 
     def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
@@ -143,7 +149,7 @@ class _TaskPlan:
             detached=runtime.detached)
         entry = QueueEntry(task_id, self.name, 0, spec, shape=route.shape, soft=route.soft,
                            events=self.options["enable_task_events"])
-        refs = [ObjectRef(oid) for oid in returns]
+        refs: list[ObjectRef[Any]] = [ObjectRef(oid) for oid in returns]
         if self.streaming:
             runtime.open_stream(task_id, self.backpressure)
         if route.unschedulable:

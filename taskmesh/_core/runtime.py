@@ -652,7 +652,7 @@ class Runtime(StreamMethods):
         except BaseException:
             self.plane.release([Release(oid, "owner", -1)])  # nothing half-written stays
             raise
-        ref = ObjectRef(oid)
+        ref: ObjectRef[Any] = ObjectRef(oid)
         with self._cond:
             self._results[oid] = (kind, data)
         return ref

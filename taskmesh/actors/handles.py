@@ -335,7 +335,7 @@ class ActorMethod:
                         self._meta.concurrency_group, generator,
                         self._meta.backpressure if streaming else 0)
         entry = QueueEntry(task_id, f"{self._handle._class_name}.{self._name}", 0, call)
-        refs = [ObjectRef(oid) for oid in returns]
+        refs: list[ObjectRef[Any]] = [ObjectRef(oid) for oid in returns]
         if streaming:
             runtime.open_stream(task_id, self._meta.backpressure)
             runtime.submit("", entry, deps, returns, actor_id=self._handle._actor_id, holds=holds)

@@ -33,7 +33,7 @@ _PASSWORD_FILE = "taskmesh.password_file"
 
 def _address_option(required: bool) -> Callable:
     def decorate(fn: Callable) -> Callable:
-        fn = _password_options(fn)
+        fn = _tls_options(_password_options(fn))
         return click.option("--address", envvar=launch.ENV_ADDRESS, required=required,
                             show_envvar=True, help=ADDRESS_HELP)(fn)
     return decorate
@@ -158,13 +158,13 @@ def _tls_options(fn: Callable) -> Callable:
 
 
 def _security_options(fn: Callable) -> Callable:
-    """TLS options plus --allow-insecure, for commands that start or run node agents."""
-    fn = click.option(
+    """--allow-insecure, for commands that start or run node agents (the TLS options come
+    with --address)."""
+    return click.option(
         "--allow-insecure", is_flag=True, expose_value=False,
         callback=lambda ctx, param, v: _export_env(ctx, security.ENV_ALLOW_INSECURE, "1" if v else None),
         help="Join a Redis on another machine even though it runs commands without a "
              f"password (also ${security.ENV_ALLOW_INSECURE}=1); a warning is logged.")(fn)
-    return _tls_options(fn)
 
 
 def _check_bind(ctx: Any, param: Any, value: str) -> str:
@@ -294,12 +294,15 @@ def main() -> None:
 @click.option("--redis-bind", default="127.0.0.1", show_default=True, callback=_check_bind,
               help="Interface the Redis server started with --head listens on (always "
                    "with a password; other machines reach it only when this is not loopback).")
+@click.option("--block", is_flag=True,
+              help="Stay in the foreground: stop what was started on Ctrl-C or SIGTERM, and "
+                   "exit when one of the started processes exits.")
 @_security_options
 @click.pass_context
 def start(ctx: click.Context, address: str | None, num_cpus: float | None,
           num_gpus: float | None, memory: int | None, resources: dict,
           object_store_memory: int | None, spill_dir: str | None, head: bool, keep_state: bool,
-          port: int, redis_bind: str) -> None:
+          port: int, redis_bind: str, block: bool) -> None:
     """Start this machine's node in the background (with --head: Redis too).
 
     With --head, Redis gets a password (on loopback too: other users of this machine
@@ -342,10 +345,11 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
         if tls and not url.startswith("rediss://"):
             raise click.UsageError(connection.tls_scheme_error(url))
         _check_cluster(url)
+    log_path = root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log"
     try:
         proc, node_id = launch.start_agent(
             url, num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
-            log_path=root / "logs" / f"agent-{int(time.time())}-{os.getpid()}.log", fate_share=False,
+            log_path=log_path, fate_share=False,
             object_store_memory=object_store_memory, spill_dir=spill_dir)
     except BaseException:
         if head:  # not recorded yet: nothing else would ever stop it
@@ -353,10 +357,39 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
         raise
     pids.append(proc.pid)
     launch.record_started(pids, url if head else None)
-    click.echo(f"Started node {node_id}.")
+    click.echo(f"Started node {node_id}; its agent logs to {log_path}.")
     if head:
         click.echo(f"Redis listens on {redis_bind}:{server.port} with a password.")
         click.echo(_hand_over(url, password_file, tls))
+    if block:
+        _block(pids)
+
+
+def _block(pids: list[int]) -> None:
+    """start --block: wait in the foreground until Ctrl-C, SIGTERM or the exit of one of
+    the started processes, then stop them all as `taskmesh stop` would."""
+    import signal
+
+    import psutil
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    procs = [psutil.Process(pid) for pid in pids]
+    exited: list[psutil.Process] = []
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+        click.echo("--block: running in the foreground; Ctrl-C stops what was started.")
+        while not exited:
+            exited, _ = psutil.wait_procs(procs, timeout=1)
+    except KeyboardInterrupt:
+        pass
+    if exited:
+        click.echo(f"Process {exited[0].pid} exited (code {exited[0].returncode}); stopping the rest.",
+                   err=True)
+    _stop_started(config.GRACE_PERIOD_S.get())
+    if exited:
+        raise SystemExit(1)
 
 
 def _record_versions(url: str, tls: security.TlsFiles) -> None:
@@ -447,6 +480,11 @@ def stop(grace_period_s: float) -> None:
     """Stop the nodes (and Redis) that `taskmesh start` started on this machine: the
     agents drain first (SIGTERM), then whatever is left is stopped. A recorded pid that
     is now another process (after a reboot, say) is left alone."""
+    _stop_started(grace_period_s)
+
+
+def _stop_started(grace_period_s: float) -> None:
+    """Drain and stop what `taskmesh start` recorded on this machine, and forget it."""
     import psutil
 
     from taskmesh.workers.process import has_exited, stop_processes
@@ -471,7 +509,6 @@ def stop(grace_period_s: float) -> None:
 
 @main.command()
 @_address_option(required=False)
-@_tls_options
 def status(address: str | None) -> None:
     """Nodes, resources and queues, read from Redis."""
     store = _connect(address)
@@ -506,7 +543,7 @@ def status(address: str | None) -> None:
             avail[k] = avail.get(k, 0.0) + v
     click.echo("Resources (used/total):")
     for k in sorted(total):
-        click.echo(f"  {k}: {total[k] - avail.get(k, 0.0):g}/{total[k]:g}")
+        click.echo(f"  {k}: {_amount(k, total[k] - avail.get(k, 0.0))}/{_amount(k, total[k])}")
     click.echo("Tasks:")
     queued = sum(q for q, _ in queues.values())
     running = sum(r for _, r in queues.values())
@@ -559,7 +596,6 @@ def _refuse_role_password(ctx: click.Context, param: click.Parameter, value: tup
 
 @acl.command(name="setup")
 @_address_option(required=False)
-@_tls_options
 @click.option("--prefix", default="tm", show_default=True, callback=_check_prefix,
               help="The cluster's key prefix the users are confined to.")
 @click.option("--user-prefix", default="", help="Prepended to each user name (to give "
@@ -642,12 +678,14 @@ def _mib(value: Any) -> str:
     return f"{int(value or 0) / 2**20:8.1f}Mi"
 
 
+def _amount(key: str, value: float) -> str:
+    """A resource amount as people read it: memory in GiB, the rest as numbers."""
+    return f"{value / 2**30:.1f}GiB" if key == "memory" else f"{value:g}"
+
+
 def _usage(node: dict) -> str:
     total, avail = node["resources_total"], node["resources_available"]
-    def amount(key: str, value: float) -> str:
-        return f"{value / 2**30:.1f}GiB" if key == "memory" else f"{value:g}"
-
-    return "  ".join(f"{k} {amount(k, total[k] - avail.get(k, 0.0))}/{amount(k, total[k])}"
+    return "  ".join(f"{k} {_amount(k, total[k] - avail.get(k, 0.0))}/{_amount(k, total[k])}"
                      for k in sorted(total))
 
 
@@ -685,7 +723,9 @@ def _connect(address: str | None) -> Any:
                    "e.g. --filter state=ALIVE.")
 @click.option("--limit", type=click.IntRange(min=0), default=None,
               help="Show at most this many rows (the newest tasks for `tasks`).")
-def list_(what: str, address: str | None, filters: tuple[str, ...], limit: int | None) -> None:
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help="A table of the main columns, or every field of each row as a JSON array.")
+def list_(what: str, address: str | None, filters: tuple[str, ...], limit: int | None, fmt: str) -> None:
     """List actors, nodes, objects, jobs, tasks or placement groups, read from Redis."""
     from taskmesh.util import state
 
@@ -719,10 +759,16 @@ def list_(what: str, address: str | None, filters: tuple[str, ...], limit: int |
             rows = store.job_infos()
     finally:
         store.close()
-    rows = state.apply_filters(rows, wanted)
+    try:  # a key no row has and no column names is a typo, not a filter that matches nothing
+        rows = state.apply_filters(rows, wanted, columns={*columns, *(k for r in rows for k in r)})
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--filter") from None
     if limit is not None:
         rows = rows[-limit:] if limit else []
-    _print_table(rows, columns, what)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        _print_table(rows, columns, what)
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str], what: str) -> None:
@@ -746,8 +792,16 @@ def stack(pids: tuple[int, ...]) -> None:
     if not pids:
         pids = tuple(p.pid for p in psutil.process_iter(["cmdline"])
                      if _is_taskmesh_process(p.info["cmdline"]))
-    if not pids:
-        raise click.ClickException("no taskmesh node agent or worker runs on this machine")
+        if not pids:
+            raise click.ClickException("no taskmesh node agent or worker runs on this machine")
+    for pid in pids:
+        try:
+            cmdline = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            cmdline = None
+        if not _is_taskmesh_process(cmdline):
+            raise click.BadParameter(f"{pid} is not a taskmesh node agent or worker on this machine "
+                                     "(leave out --pid for every one)", param_hint="--pid")
     stacks = _process.dump_stacks(config.temp_root(), pids)
     for pid in pids:
         try:
@@ -804,8 +858,13 @@ def logs(address: str | None, job_id: str | None, node_id: str | None, actor_id:
 
     store = _connect(address)
     try:
-        if job_id is None and not store.log_jobs():
+        known = store.log_jobs()
+        if job_id is None and not known:
             raise click.ClickException("no worker output recorded in this cluster yet")
+        if job_id is not None and job_id not in known and \
+                job_id not in {j["job_id"] for j in store.job_infos()}:
+            raise click.BadParameter(f"no job {job_id!r} in this cluster (see 'taskmesh list jobs')",
+                                     param_hint="--job")
         lines = log_lines(store, job_id, node_id, actor_id, pid)
     finally:
         store.close()

@@ -30,8 +30,7 @@ import types
 from collections import ChainMap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import GenericAlias
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import cloudpickle
 import msgpack
@@ -49,6 +48,8 @@ INLINE_ARG_LIMIT = 100 * 1024
 
 MAGIC = b"TMOBJ\x01\x00\x00"
 _ALIGN = 64
+
+T = TypeVar("T")  # the type of the value an ObjectRef refers to
 
 
 class RefTracker(Protocol):
@@ -102,12 +103,12 @@ def set_tracker(tracker: RefTracker | None) -> None:
         _tracker = tracker or _NoTracker()
 
 
-class ObjectRef:
-    """A reference to a value in the cluster; `get` it, pass it to tasks, await it."""
+class ObjectRef(Generic[T]):
+    """A reference to a value in the cluster; `get` it, pass it to tasks, await it.
+    Generic in the value's type (`ObjectRef[int]`, as Ray's `ray.types.ObjectRef`), so
+    that `get(f.remote(x))` has `f`'s return type."""
 
     __slots__ = ("_id", "__weakref__")
-    # `ObjectRef[int]` in annotations (Ray's `ray.types.ObjectRef` is generic).
-    __class_getitem__: classmethod[Any, Any, GenericAlias] = classmethod(GenericAlias)
 
     def __init__(self, object_id: str):
         self._id = object_id
