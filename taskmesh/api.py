@@ -157,16 +157,17 @@ def init(
             except Exception:  # protected mode, eviction, versions: messages of their own
                 store.close()
                 raise
+            namespace = namespace or str(uuid.uuid4())  # an anonymous one, as Ray, shown in `list jobs`
             job_id = store.new_job({"driver_pid": str(os.getpid()), "host": os.uname().nodename,
                                     "start_ms": str(int(time.time() * 1000)),
-                                    "namespace": namespace or "",
+                                    "namespace": namespace,
                                     **({"runtime_env": json.dumps(job_env)} if job_env else {})})
         except Exception:
             if cluster is not None:
                 cluster.stop()
             raise
         _cluster = cluster
-        runtime = Runtime(store, job_id=job_id, namespace=namespace or str(uuid.uuid4()),
+        runtime = Runtime(store, job_id=job_id, namespace=namespace,
                           node_id=node_id or _local_node(store))
         # Known to the monitor before init returns (the flusher's heartbeats follow): a
         # driver killed at once still has its job ended.

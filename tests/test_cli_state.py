@@ -51,6 +51,38 @@ def test_list_tasks_filters_by_state_and_name(ray, shared_cluster) -> None:
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
 
 
+def test_list_as_json_and_what_is_refused(ray, shared_cluster) -> None:
+    """`list --format json` gives every field of each row; an unknown filter key, job or
+    pid is an error naming it, not an empty answer; status shows memory in GiB; every
+    command with --address takes the TLS options too."""
+    @ray.remote
+    def named_for_json() -> int:
+        return 1
+
+    ray.get(named_for_json.remote())
+    url = shared_cluster.url
+    rows = wait_until(lambda: json.loads(_run("list", "tasks", "--address", url, "--format", "json",
+                                              "--filter", "name=named_for_json")) or None,
+                      what="the task as a JSON row")
+    assert rows[0]["state"] == "FINISHED" and rows[0]["task_id"]
+    nodes = json.loads(_run("list", "nodes", "--address", url, "--format", "json"))
+    assert nodes and all(n["node_id"] and n["state"] in ("ALIVE", "DEAD") for n in nodes)
+
+    def refused(*args: str) -> str:
+        result = CliRunner().invoke(cli, list(args))
+        assert result.exit_code == 2, result.output
+        return result.output
+
+    assert "'colour' is not supported" in refused("list", "tasks", "--address", url, "--filter", "colour=red")
+    assert "no job '99'" in refused("logs", "--address", url, "--job", "99")
+    assert "1 is not a taskmesh node agent or worker" in refused("stack", "--pid", "1")
+    status = _run("status", "--address", url)
+    assert re.search(r"^  memory: \d+\.\dGiB/\d+\.\dGiB$", status, re.M), status
+    for command in ("list", "logs", "summary", "timeline", "metrics", "memory", "status"):
+        help_text = _run(command, "--help")
+        assert "--tls-ca-file" in help_text and "--tls-cert" in help_text, command
+
+
 def test_summary_tasks_counts_by_function_and_state(ray, shared_cluster) -> None:
     @ray.remote
     def ok() -> int:
@@ -187,34 +219,3 @@ def test_get_log_reads_the_same_output(ray) -> None:
     assert len(lines) == 2
     assert list(get_log(job_id=job, tail=1)) == lines[-1:]
 
-
-def test_list_as_json_and_what_is_refused(ray, shared_cluster) -> None:
-    """`list --format json` gives every field of each row; an unknown filter key, job or
-    pid is an error naming it, not an empty answer; status shows memory in GiB; every
-    command with --address takes the TLS options too."""
-    @ray.remote
-    def named_for_json() -> int:
-        return 1
-
-    ray.get(named_for_json.remote())
-    url = shared_cluster.url
-    rows = wait_until(lambda: json.loads(_run("list", "tasks", "--address", url, "--format", "json",
-                                              "--filter", "name=named_for_json")) or None,
-                      what="the task as a JSON row")
-    assert rows[0]["state"] == "FINISHED" and rows[0]["task_id"]
-    nodes = json.loads(_run("list", "nodes", "--address", url, "--format", "json"))
-    assert nodes and all(n["node_id"] and n["state"] in ("ALIVE", "DEAD") for n in nodes)
-
-    def refused(*args: str) -> str:
-        result = CliRunner().invoke(cli, list(args))
-        assert result.exit_code == 2, result.output
-        return result.output
-
-    assert "'colour' is not supported" in refused("list", "tasks", "--address", url, "--filter", "colour=red")
-    assert "no job '99'" in refused("logs", "--address", url, "--job", "99")
-    assert "1 is not a taskmesh node agent or worker" in refused("stack", "--pid", "1")
-    status = _run("status", "--address", url)
-    assert re.search(r"^  memory: \d+\.\dGiB/\d+\.\dGiB$", status, re.M), status
-    for command in ("list", "logs", "summary", "timeline", "metrics", "memory", "status"):
-        help_text = _run(command, "--help")
-        assert "--tls-ca-file" in help_text and "--tls-cert" in help_text, command
