@@ -29,7 +29,15 @@ fit, it shrinks the free pool, then spills the least recently used objects that 
 maps (the same exclusive-lock test: mapped objects are pinned) to the spill directory on
 disk, then waits a bounded time for readers to let go before raising
 ObjectStoreFullError. A reader that misses an object in shared memory restores it from
-the spill directory first, so spilling is invisible to users.
+the spill directory first, so spilling is invisible to users. The default capacity is
+what the node's memory and its shared-memory root allow (see capacity.py).
+
+The file system can still run out before the capacity does (other nodes and programs
+share /dev/shm; a container's is small), and a write through a mapping of a page tmpfs
+cannot supply is a SIGBUS, the writer's death. So a segment's pages are reserved with
+fallocate before it is mapped, under its private name: ENOSPC there frees the pool and
+spills once, then raises ObjectStoreFullError naming the root and the bytes free, and no
+`.partial` file was ever published.
 
 Objects hold users' data and /dev/shm is writable by every user of the machine:
 the node's directory and its spill directory are 0700, every object file 0600 from its
@@ -234,8 +242,8 @@ class ShmStore:
         fail a write through a mapping: the writer gets SIGBUS and dies. fallocate fails
         with ENOSPC instead; then the free pool is given back and objects are spilled to
         make room, once, before ObjectStoreFullError names what is short."""
-        if size == 0:
-            return
+        if size == 0 or os.fstat(fd).st_blocks * 512 >= size:
+            return  # a recycled segment whose pages are all there already
         for attempt in (1, 2):
             try:
                 os.posix_fallocate(fd, 0, size)

@@ -518,7 +518,8 @@ def _claim(shm: ShmStore, object_id: str, size: int) -> Segment | None:
     st = os.statvfs(shm.root)
     if size > st.f_bavail * st.f_frsize:
         raise ObjectStoreFullError(f"object {object_id} ({size} bytes) does not fit in "
-                                   f"the free shared memory of {shm.root}")
+                                   f"the free shared memory of {shm.root} "
+                                   f"({st.f_bavail * st.f_frsize} bytes free)")
     try:
         return shm.create(object_id, size)
     except FileExistsError:
