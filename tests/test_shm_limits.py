@@ -15,10 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 import taskmesh
+from conftest import wait_until
 from taskmesh import exceptions
 from taskmesh._base import config
+from taskmesh.cli import main
 from taskmesh.objects import capacity as _capacity
 from taskmesh.objects import shm as _shm
 
@@ -161,6 +164,9 @@ def test_put_and_result_past_the_tmpfs_fail_with_the_cause(small_shm: Path, clus
             assert store is not None and store.config.capacity_bytes is not None
             assert store.config.capacity_bytes <= TMPFS_BYTES
             assert str(small_shm) in store.config.capacity_note
+            # `taskmesh memory` says why the store is that size.
+            wait_until(lambda: f"capacity: the free space of {small_shm}" in CliRunner().invoke(
+                main, ["memory", "--address", cluster.url]).output, what="the note in `taskmesh memory`")
 
             # A task result that does not fit: ObjectStoreFullError naming the tmpfs.
             with pytest.raises(exceptions.ObjectStoreFullError, match=str(small_shm)):

@@ -1144,7 +1144,8 @@ class NodeAgent:
         if self.shm is None:
             return
         u = self.shm.usage()
-        fields = {"store_capacity": self.object_store.capacity_bytes or 0, "store_used": u.used_bytes,
+        fields = {"store_capacity": self.object_store.capacity_bytes or 0,
+                  "store_capacity_note": self.object_store.capacity_note, "store_used": u.used_bytes,
                   "store_objects": u.objects, "store_spilled": u.spilled_bytes,
                   "store_spilled_objects": u.spilled_objects, "store_free_pool": u.free_pool_bytes}
         self._reported_usage = self._report_fields("object-store usage", fields, self._reported_usage)
