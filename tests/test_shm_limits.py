@@ -139,6 +139,21 @@ def test_create_past_the_tmpfs_space_spills_to_make_room(small_shm: Path, tmp_pa
         store.destroy()
 
 
+def test_a_segment_that_cannot_be_mapped_leaves_no_partial_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(config.SHM_ROOT.name, str(tmp_path))
+    store = _shm.ShmStore.create_for_node("limits-c")
+
+    def no_mapping(*args: object, **kwargs: object) -> None:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(_shm.mmap, "mmap", no_mapping)
+    with pytest.raises(OSError, match="allocate"):
+        store.create("unmappable", 1 * MB)
+    assert not _partials(tmp_path) and not store.contains("unmappable")
+    store.destroy()
+
+
 # ---- a cluster on a small tmpfs ----------------------------------------------------------
 
 @taskmesh.remote(max_retries=0)

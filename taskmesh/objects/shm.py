@@ -219,6 +219,7 @@ class ShmStore:
             fd = os.open(private, os.O_RDWR)
         else:
             fd = os.open(private, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        linked = False
         try:
             # Blocking: the process that freed a recycled segment may still hold its
             # lock for a moment after moving it to the pool.
@@ -226,8 +227,12 @@ class ShmStore:
             os.ftruncate(fd, size)
             self._reserve(fd, object_id, size)
             os.link(private, self.partial_path(object_id))  # fails while another writes it
+            linked = True
             return Segment(self, object_id, fd, size)
         except BaseException as e:
+            if linked:  # mapping it failed: no partial file outlives its writer's attempt
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.partial_path(object_id))
             os.close(fd)
             if recycled is not None and isinstance(e, FileExistsError):
                 with contextlib.suppress(OSError):
