@@ -62,6 +62,7 @@ from pathlib import Path
 
 from taskmesh._base import config
 from taskmesh.exceptions import ObjectStoreFullError
+from taskmesh.objects.capacity import free_bytes
 
 DIR_PREFIX = "taskmesh-"
 PARTIAL = ".partial"
@@ -256,7 +257,7 @@ class ShmStore:
             except OSError as e:
                 if e.errno not in (errno.ENOSPC, errno.ENOMEM):
                     raise
-                if attempt == 1 and self._free_shm(size - _fs_free(self.root)) > 0:
+                if attempt == 1 and self._free_shm(size - free_bytes(self.root)) > 0:
                     continue
                 raise ObjectStoreFullError(self._no_room_message(object_id, size, e)) from None
 
@@ -273,7 +274,7 @@ class ShmStore:
 
     def _no_room_message(self, object_id: str, size: int, error: OSError) -> str:
         st = os.statvfs(self.root)
-        free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+        free, total = free_bytes(self.root), st.f_blocks * st.f_frsize
         capacity = self.config.capacity_bytes
         store = (f"{capacity} bytes{': ' + self.config.capacity_note if self.config.capacity_note else ''}"
                  if capacity is not None else "no limit set")
@@ -701,11 +702,6 @@ def _sizes(root: Path) -> tuple[int, int]:
                     used += entry.stat().st_size
                     count += not entry.name.endswith(PARTIAL)
     return used, count
-
-
-def _fs_free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 def _copy_fd(src: int, dst: int, size: int) -> None:
