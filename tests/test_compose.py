@@ -116,6 +116,13 @@ def _published_ports(service: dict[str, Any]) -> set[tuple[int, int]]:
     return out
 
 
+def _bytes(size: str) -> int:
+    """A compose byte value ("2gb", "512m", "1073741824") in bytes."""
+    m = re.fullmatch(r"(\d+)\s*([bkmg]?)b?", size.strip().lower())
+    assert m, f"not a compose byte value: {size!r}"
+    return int(m.group(1)) * 1024 ** "bkmg".index(m.group(2) or "b")
+
+
 def test_compose_file_describes_a_taskmesh_cluster(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert {"redis", "head", "worker"} <= set(services)
@@ -147,6 +154,8 @@ def test_compose_file_describes_a_taskmesh_cluster(compose: dict[str, Any]) -> N
         argv = _argv(svc["command"])
         assert argv[:2] == ["taskmesh", "worker"], name
         assert float(_option(argv, "--num-cpus") or 0) == CPUS_PER_NODE, name
+        # Docker's default /dev/shm is 64 MiB, and the object store is sized to fit it.
+        assert _bytes(str(svc.get("shm_size", "0"))) >= 1024**3, f"{name}: shm_size of 1 GiB or more"
         env = _environment(svc)
         assert "TASKMESH_ALLOW_INSECURE" not in env, f"{name}: the Redis has a password"
         assert env[PASSWORD_VAR] == _environment(redis_svc)[PASSWORD_VAR], name

@@ -652,6 +652,9 @@ def memory(address: str | None, top: int) -> None:
         click.echo(f"{n['node_id']:18} {_mib(n.get('store_used'))} {_mib(n.get('store_capacity'))} "
                    f"{int(n.get('store_objects', 0)):8} {_mib(n.get('store_spilled'))} "
                    f"{int(n.get('store_spilled_objects', 0)):12} {_mib(n.get('store_free_pool'))}")
+    for n in nodes:
+        if n.get("store_capacity_note"):
+            click.echo(f"{n['node_id']:18} capacity: {n['store_capacity_note']}")
     inline = [o for o in objs if o["kind"] != "shm"]
     shared = [o for o in objs if o["kind"] == "shm"]
     click.echo(f"Objects: {len(shared)} in shared memory ({_mib(sum(o['size'] for o in shared)).strip()}), "

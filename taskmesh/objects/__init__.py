@@ -1,7 +1,7 @@
 """Objects: refs and their ids, serialization (ref.py), the node's shared-memory store
-(shm.py), the transfer between nodes (transfer.py) and the object plane that ties them
-to the store's object directory (plane.py). It imports the store and the leaves, never
-the core, actors or workers."""
+(shm.py) and its default size (capacity.py), the transfer between nodes (transfer.py)
+and the object plane that ties them to the store's object directory (plane.py). It
+imports the store and the leaves, never the core, actors or workers."""
 
 from taskmesh._base.ids import new_owner_tag, new_task_id, object_id
 from taskmesh.objects.ref import (

@@ -29,7 +29,15 @@ fit, it shrinks the free pool, then spills the least recently used objects that 
 maps (the same exclusive-lock test: mapped objects are pinned) to the spill directory on
 disk, then waits a bounded time for readers to let go before raising
 ObjectStoreFullError. A reader that misses an object in shared memory restores it from
-the spill directory first, so spilling is invisible to users.
+the spill directory first, so spilling is invisible to users. The default capacity is
+what the node's memory and its shared-memory root allow (see capacity.py).
+
+The file system can still run out before the capacity does (other nodes and programs
+share /dev/shm; a container's is small), and a write through a mapping of a page tmpfs
+cannot supply is a SIGBUS, the writer's death. So a segment's pages are reserved with
+fallocate before it is mapped, under its private name: ENOSPC there frees the pool and
+spills once, then raises ObjectStoreFullError naming the root and the bytes free, and no
+`.partial` file was ever published.
 
 Objects hold users' data and /dev/shm is writable by every user of the machine:
 the node's directory and its spill directory are 0700, every object file 0600 from its
@@ -54,6 +62,7 @@ from pathlib import Path
 
 from taskmesh._base import config
 from taskmesh.exceptions import ObjectStoreFullError
+from taskmesh.objects.capacity import free_bytes
 
 DIR_PREFIX = "taskmesh-"
 PARTIAL = ".partial"
@@ -81,17 +90,19 @@ class StoreConfig:
     capacity_bytes: int | None = None  # None: no limit but the machine's
     spill_dir: Path | None = None  # None: no spilling
     full_wait_s: float = 10.0  # how long a writer waits for room before ObjectStoreFullError
+    capacity_note: str = ""  # where capacity_bytes came from, for error messages
 
     def to_json(self) -> str:
         return json.dumps({"capacity_bytes": self.capacity_bytes, "full_wait_s": self.full_wait_s,
-                           "spill_dir": str(self.spill_dir) if self.spill_dir else None})
+                           "spill_dir": str(self.spill_dir) if self.spill_dir else None,
+                           "capacity_note": self.capacity_note})
 
     @classmethod
     def from_json(cls, text: str) -> StoreConfig:
         raw = json.loads(text)
         spill = raw.get("spill_dir")
         return cls(raw.get("capacity_bytes"), Path(spill) if spill else None,
-                   float(raw.get("full_wait_s", 10.0)))
+                   float(raw.get("full_wait_s", 10.0)), str(raw.get("capacity_note") or ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,14 +220,20 @@ class ShmStore:
             fd = os.open(private, os.O_RDWR)
         else:
             fd = os.open(private, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        linked = False
         try:
             # Blocking: the process that freed a recycled segment may still hold its
             # lock for a moment after moving it to the pool.
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, size)
+            self._reserve(fd, object_id, size)
             os.link(private, self.partial_path(object_id))  # fails while another writes it
+            linked = True
             return Segment(self, object_id, fd, size)
         except BaseException as e:
+            if linked:  # mapping it failed: no partial file outlives its writer's attempt
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.partial_path(object_id))
             os.close(fd)
             if recycled is not None and isinstance(e, FileExistsError):
                 with contextlib.suppress(OSError):
@@ -225,6 +242,49 @@ class ShmStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(private)
+
+    def _reserve(self, fd: int, object_id: str, size: int) -> None:
+        """Allocate every page of the segment now. A tmpfs with too little room does not
+        fail a write through a mapping: the writer gets SIGBUS and dies. fallocate fails
+        with ENOSPC instead; then the free pool is given back and objects are spilled to
+        make room, once, before ObjectStoreFullError names what is short."""
+        if size == 0 or os.fstat(fd).st_blocks * 512 >= size:
+            return  # a recycled segment whose pages are all there already
+        for attempt in (1, 2):
+            try:
+                os.posix_fallocate(fd, 0, size)
+                return
+            except OSError as e:
+                if e.errno not in (errno.ENOSPC, errno.ENOMEM):
+                    raise
+                if attempt == 1 and self._free_shm(size - free_bytes(self.root)) > 0:
+                    continue
+                raise ObjectStoreFullError(self._no_room_message(object_id, size, e)) from None
+
+    def _free_shm(self, need_bytes: int) -> int:
+        """Give shared memory back to the file system (held and pooled segments, then
+        spilled objects) until `need_bytes` are freed; returns the bytes freed."""
+        need_bytes = max(need_bytes, 1)
+        self.reclaim_held()
+        pool = self._free_bytes()
+        freed = self.trim_free_pool(max(0, pool - need_bytes))
+        if freed < need_bytes:
+            freed += self.spill(need_bytes - freed)
+        return freed
+
+    def _no_room_message(self, object_id: str, size: int, error: OSError) -> str:
+        st = os.statvfs(self.root)
+        free, total = free_bytes(self.root), st.f_blocks * st.f_frsize
+        capacity = self.config.capacity_bytes
+        store = (f"{capacity} bytes{': ' + self.config.capacity_note if self.config.capacity_note else ''}"
+                 if capacity is not None else "no limit set")
+        why = "out of space" if error.errno == errno.ENOSPC else "out of memory (the cgroup's limit?)"
+        return (f"Could not store object {object_id} ({size} bytes) in shared memory: "
+                f"{self.root.parent} is {why}, {free} of its {total} bytes free; nothing more "
+                f"could be spilled{'' if self.spill_dir else ' (spilling is off)'}. This node's "
+                f"object store is sized {store}, but other processes and nodes on this machine "
+                f"share that file system. Give it more room (docker: --shm-size, compose: "
+                f"shm_size) or start the node with a smaller --object-store-memory.")
 
     def _take_free(self, size: int) -> Path | None:
         """Claim the smallest free segment that holds `size` bytes (or else the largest),
@@ -452,9 +512,12 @@ class ShmStore:
         if capacity is None:
             return
         if size > capacity:
+            note = self.config.capacity_note
             raise ObjectStoreFullError(
                 f"Object {object_id} ({size} bytes) is larger than this node's object store "
-                f"({capacity} bytes); start the node with a larger --object-store-memory.")
+                f"({capacity} bytes{', sized by ' + note if note else ''}); start the node with a "
+                f"larger --object-store-memory, and where {self.root.parent} is what limits it, give "
+                f"it more room (docker: --shm-size, compose: shm_size).")
         deadline = time.monotonic() + self.config.full_wait_s
         while True:
             usage = self.usage()

@@ -63,6 +63,7 @@ from taskmesh.exceptions import (
     ObjectStoreFullError,
     RaySystemError,
 )
+from taskmesh.objects.capacity import free_bytes
 from taskmesh.objects.shm import Segment, ShmStore
 
 log = logging.getLogger("taskmesh.transfer")
@@ -515,10 +516,10 @@ def _claim(shm: ShmStore, object_id: str, size: int) -> Segment | None:
     """A segment for the object, or None when another writer of this node has it. This
     node's own failures are raised as RayErrors, not OSErrors: another holder would not
     help, so they must not send `fetch` on to the next one."""
-    st = os.statvfs(shm.root)
-    if size > st.f_bavail * st.f_frsize:
+    free = free_bytes(shm.root)
+    if size > free:
         raise ObjectStoreFullError(f"object {object_id} ({size} bytes) does not fit in "
-                                   f"the free shared memory of {shm.root}")
+                                   f"the free shared memory of {shm.root} ({free} bytes free)")
     try:
         return shm.create(object_id, size)
     except FileExistsError:

@@ -35,6 +35,7 @@ from taskmesh._base.wire import ActorSpec, QueueEntry
 from taskmesh._core import failure as _failure
 from taskmesh._core import lifecycle
 from taskmesh.exceptions import StoreUnavailableError
+from taskmesh.objects.capacity import Capacity, default_capacity
 from taskmesh.objects.plane import sweep_orphans
 from taskmesh.objects.shm import ShmStore, StoreConfig, default_spill_root, reap_dead_stores
 from taskmesh.objects.transfer import TransferServer
@@ -150,12 +151,16 @@ def detect_node_ip(redis_url: str) -> str:
 
 
 def object_store_config(capacity_bytes: int | None, spill_dir: str | None) -> StoreConfig:
-    """The node's object-store limits: 30 % of RAM by default (as Ray), spilling under
-    the temp dir unless a directory is given (each node spills into its own subdirectory)."""
-    import psutil
-
-    capacity = capacity_bytes or int(psutil.virtual_memory().total * 0.3)
-    return StoreConfig(capacity_bytes=capacity,
+    """The node's object-store limits: by default 30 % of the memory the node may use
+    (as Ray), no more than its shared memory holds (see objects/capacity.py); spilling
+    under the temp dir unless a directory is given (each node spills into its own
+    subdirectory)."""
+    if capacity_bytes:
+        capacity = Capacity(capacity_bytes, "--object-store-memory")
+    else:
+        capacity = default_capacity(config.shm_root())
+    log.info("object store capacity: %d bytes (%s)", capacity.bytes, capacity.note)
+    return StoreConfig(capacity_bytes=capacity.bytes, capacity_note=capacity.note,
                        spill_dir=Path(spill_dir) if spill_dir else default_spill_root(),
                        full_wait_s=config.OBJECT_STORE_FULL_WAIT_S.get())
 
@@ -1139,7 +1144,8 @@ class NodeAgent:
         if self.shm is None:
             return
         u = self.shm.usage()
-        fields = {"store_capacity": self.object_store.capacity_bytes or 0, "store_used": u.used_bytes,
+        fields = {"store_capacity": self.object_store.capacity_bytes or 0,
+                  "store_capacity_note": self.object_store.capacity_note, "store_used": u.used_bytes,
                   "store_objects": u.objects, "store_spilled": u.spilled_bytes,
                   "store_spilled_objects": u.spilled_objects, "store_free_pool": u.free_pool_bytes}
         self._reported_usage = self._report_fields("object-store usage", fields, self._reported_usage)
