@@ -247,13 +247,21 @@ def _hand_over(url: str, password_file: str | None, tls: security.TlsFiles) -> s
 def _node_resources(num_cpus: float | None, num_gpus: float | None, resources: dict,
                     memory: int | None) -> dict:
     """The node's resources: CPU (default: all), GPU, `memory` in bytes (default, as Ray:
-    70 % of the memory available now) and custom ones."""
+    70 % of the memory available now, inside a container's cgroup limit) and custom ones."""
     import psutil
+
+    from taskmesh.objects.capacity import cgroup_memory_limit
 
     out = {"CPU": float(num_cpus if num_cpus is not None else os.cpu_count() or 1), **resources}
     if num_gpus:
         out["GPU"] = float(num_gpus)
-    out["memory"] = float(memory if memory is not None else int(psutil.virtual_memory().available * 0.7))
+    if memory is None:
+        available = psutil.virtual_memory().available
+        limit = cgroup_memory_limit()
+        if limit is not None:
+            available = min(available, max(0, limit - psutil.Process().memory_info().rss))
+        memory = int(available * 0.7)
+    out["memory"] = float(memory)
     return out
 
 
