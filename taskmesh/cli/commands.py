@@ -259,7 +259,7 @@ def _node_resources(num_cpus: float | None, num_gpus: float | None, resources: d
         available = psutil.virtual_memory().available
         limit = cgroup_memory_limit()
         if limit is not None:
-            available = min(available, max(0, limit - psutil.Process().memory_info().rss))
+            available = min(available, limit)
         memory = int(available * 0.7)
     out["memory"] = float(memory)
     return out
