@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -174,6 +175,7 @@ def init(
         store.driver_alive(runtime.owner, job_id)
         runtime.runtime_env = _renv.resolve(None, job_env, store)  # packages uploaded
         context.set_runtime(runtime)
+        _end_job_on_sigterm()
         if log_to_driver:
             _start_log_printer(store, job_id)
         # Both masked: this object is shown in notebooks and logs.
@@ -181,6 +183,24 @@ def init(
         return ClientContext({"address": masked, "redis_address": masked,
                               "node_id": node_id, "job_id": job_id,
                               "session_dir": str(cluster.session_dir) if cluster else None})
+
+
+def _end_job_on_sigterm() -> None:
+    """A driver stopped by SIGTERM (`kill`, `taskmesh job stop`, a container's stop) ends
+    its job at once, as at exit, rather than when the monitor misses its heartbeats; then
+    it dies of the signal as it would have. A program's own SIGTERM handler is left alone."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        return
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        try:
+            shutdown()
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _local_node(store: Store) -> str | None:

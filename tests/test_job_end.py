@@ -133,7 +133,8 @@ def test_a_drivers_end_drops_and_kills_its_tasks(cluster_factory, monkeypatch, t
     killed: the monitor ends its job when its heartbeat is older than the driver
     timeout), nothing of its job is queued or running, few ran, and neither its objects
     nor their shared memory are left."""
-    monkeypatch.setenv(monitor.ENV_DRIVER_TIMEOUT_MS, "2000")
+    # SIGTERM: the driver ends its job itself (the monitor would wait 10 minutes).
+    monkeypatch.setenv(monitor.ENV_DRIVER_TIMEOUT_MS, "600000" if how == "sigterm" else "2000")
     with cluster_factory(nodes=1, num_cpus=1) as cluster:
         node_id = cluster.started[0]
         store = Store(cluster.url)
@@ -149,7 +150,9 @@ def test_a_drivers_end_drops_and_kills_its_tasks(cluster_factory, monkeypatch, t
                 wait_until(lambda: _lines(log) >= 1, timeout_s=30, what="the first task to start")
                 driver.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
             gone_at = time.monotonic()
-            driver.wait(timeout=30)
+            code = driver.wait(timeout=30)
+            if how == "sigterm":  # ended its job, then died of the signal as it would have
+                assert code == -signal.SIGTERM
         finally:
             driver.kill()
             driver.wait()
