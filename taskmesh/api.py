@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ import msgpack
 import psutil
 
 from taskmesh import security
-from taskmesh._base import config
+from taskmesh._base import config, deprecation
 from taskmesh._core import context
 from taskmesh._core import options as _options
 from taskmesh._core.context import get_runtime
@@ -40,6 +41,7 @@ T = TypeVar("T")
 _lock = threading.RLock()
 _cluster: _LocalCluster | None = None
 _log_thread: Any = None
+_log = logging.getLogger("taskmesh")
 
 
 @dataclass
@@ -475,10 +477,27 @@ def available_resources() -> dict[str, float]:
 
 
 class RuntimeContext:
-    """What the current process knows about where it runs (Ray's `get_runtime_context()`)."""
+    """What the current process knows about where it runs (Ray's `get_runtime_context()`).
+    In an actor, the task id, name and function name are those of the call running in
+    the asking thread or asyncio task (a threaded or async actor runs several at once)."""
 
     def __init__(self, runtime: Runtime):
         self._runtime = runtime
+
+    def _in_worker(self, what: str) -> bool:
+        if self._runtime.is_worker:
+            return True
+        _log.warning("%s is only available when the process is a worker (a task or an actor). "
+                     "Current mode: driver", what)
+        return False
+
+    def _call(self) -> tuple[str | None, str | None, str | None]:
+        """(task id, name, function name) of the running task or actor call."""
+        call = context.current_call.get()
+        if call is not None and self._runtime.context.actor_id:
+            return call
+        ctx = self._runtime.context
+        return ctx.task_id, ctx.task_name, ctx.function_name
 
     def get_job_id(self) -> str | None:
         return self._runtime.context.job_id or self._runtime.job_id
@@ -487,17 +506,53 @@ class RuntimeContext:
         return self._runtime.node_id
 
     def get_task_id(self) -> str | None:
-        return self._runtime.context.task_id
+        return self._call()[0] if self._in_worker("get_task_id()") else None
+
+    def get_task_name(self) -> str | None:
+        """The task's name: its `name=` option, else the function's name (an actor
+        call's: `Class.method`)."""
+        return self._call()[1] if self._in_worker("get_task_name()") else None
+
+    def get_task_function_name(self) -> str | None:
+        """`module.function` (an actor call's: `module.Class.method`)."""
+        return self._call()[2] if self._in_worker("get_task_function_name()") else None
 
     def get_worker_id(self) -> str:
         return self._runtime.owner
 
     def get_actor_id(self) -> str | None:
-        return self._runtime.context.actor_id
+        return self._runtime.context.actor_id if self._in_worker("get_actor_id()") else None
+
+    def get_actor_name(self) -> str | None:
+        """A named actor's name ("" for an unnamed one); None outside an actor."""
+        if not self._in_worker("get_actor_name()") or not self._runtime.context.actor_id:
+            return None
+        return self._runtime.context.actor_name or ""
+
+    @property
+    def current_actor(self) -> Any:
+        """A handle to the actor this runs in."""
+        actor_id = self._runtime.context.actor_id
+        if not actor_id:
+            raise RuntimeError("This method is only available in an actor.")
+        from taskmesh.actors.handles import handle_for
+
+        return handle_for(actor_id)
+
+    @property
+    def was_current_actor_reconstructed(self) -> bool:
+        """Whether this actor was restarted (its constructor ran again)."""
+        assert self._runtime.context.actor_id, "This method should't be called inside Ray tasks."
+        return self._runtime.context.restarted
 
     @property
     def namespace(self) -> str | None:
         return self._runtime.namespace
+
+    @property
+    def gcs_address(self) -> str:
+        """The cluster's Redis address (without its password)."""
+        return connection.without_password(self._runtime.store.url)
 
     def get_assigned_resources(self) -> dict[str, float]:
         return dict(self._runtime.context.resources)
@@ -514,13 +569,71 @@ class RuntimeContext:
     def get_accelerator_ids(self) -> dict[str, list[str]]:
         return {"GPU": [str(g) for g in self._runtime.context.gpu_ids]}
 
+    def get_node_labels(self) -> dict[str, str]:
+        return {}
+
+    def get_runtime_env_string(self) -> str:
+        return json.dumps(self._runtime.runtime_env or {})
+
+    @property
+    def runtime_env(self) -> Any:
+        from taskmesh.runtime_env import RuntimeEnv
+
+        return RuntimeEnv(**(self._runtime.runtime_env or {}))
+
+    def get_temp_dir(self) -> str:
+        return str(config.temp_root())
+
+    # Ray's deprecated forms: the same values, with a RayDeprecationWarning.
+
     def get(self) -> dict[str, Any]:
-        return {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
-                "task_id": self.get_task_id(), "namespace": self.namespace}
+        deprecation.warn("Use get_xxx_id() methods to get relevant ids instead")
+        out: dict[str, Any] = {"job_id": self.get_job_id(), "node_id": self.get_node_id(),
+                               "namespace": self.namespace}
+        if self._runtime.is_worker:
+            task_id, actor_id = self._call()[0], self._runtime.context.actor_id
+            if task_id is not None:
+                out["task_id"] = task_id
+            if actor_id is not None:
+                out["actor_id"] = actor_id
+        return out
+
+    @property
+    def job_id(self) -> str | None:
+        deprecation.warn("Use get_job_id() instead")
+        return self.get_job_id()
+
+    @property
+    def node_id(self) -> str | None:
+        deprecation.warn("Use get_node_id() instead")
+        return self.get_node_id()
+
+    @property
+    def task_id(self) -> str | None:
+        deprecation.warn("Use get_task_id() instead")
+        return self._call()[0] if self._runtime.is_worker else None
+
+    @property
+    def actor_id(self) -> str | None:
+        deprecation.warn("Use get_actor_id() instead")
+        assert self._runtime.is_worker, ("This method is only available when the process is a "
+                                         "worker. Current mode: driver")
+        return self._runtime.context.actor_id
+
+    @property
+    def current_placement_group_id(self) -> str | None:
+        deprecation.warn("Use get_placement_group_id() instead")
+        return self.get_placement_group_id()
+
+    def get_resource_ids(self) -> dict[str, list[str]]:
+        deprecation.warn("Use get_accelerator_ids() instead")
+        return self.get_accelerator_ids()
 
 
 def get_runtime_context() -> RuntimeContext:
-    return RuntimeContext(get_runtime())
+    """The runtime context of this driver, task or actor (starting a local cluster
+    first, as Ray does, when nothing is initialized)."""
+    return RuntimeContext(get_runtime(auto_init=True))
 
 
 def get_gpu_ids() -> list[int]:

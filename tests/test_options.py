@@ -63,7 +63,7 @@ def test_remote_on_non_callables_and_positional_args() -> None:
 def test_api_before_init_is_a_clear_error() -> None:
     assert not taskmesh.is_initialized()
     with pytest.raises(RuntimeError, match="init"):
-        taskmesh.get_runtime_context()
+        taskmesh.get_gpu_ids()
 
 
 # ---- parity with Ray's option table (ray/_common/ray_option_utils.py) ------------------------

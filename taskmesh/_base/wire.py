@@ -899,3 +899,6 @@ class TaskContext:
     actor_id: str | None = None
     pg: list | None = None  # [pg id, bundle index, capture child tasks] (PgTarget.to_wire)
     gpu_ids: list[int] = field(default_factory=list)
+    function_name: str | None = None  # module.qualname of the running task's function
+    restarted: bool = False  # an actor process that was restarted (Ray's was_current_actor_reconstructed)
+    actor_name: str | None = None  # a named actor's name ("" for an unnamed actor)

@@ -4,6 +4,7 @@ worker, read by everything that needs the runtime (`get_runtime()`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -11,6 +12,10 @@ if TYPE_CHECKING:
 
 _runtime: Runtime | None = None
 _auto_init: Callable[[], object] | None = None
+
+# The actor call running in this thread or asyncio task: (task id, name, function name).
+# A context variable, since a threaded or async actor runs several calls at once.
+current_call: ContextVar[tuple[str, str, str] | None] = ContextVar("taskmesh_current_call", default=None)
 
 
 def get_runtime(auto_init: bool = False) -> Runtime:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from taskmesh._base import deprecation
 from taskmesh._core import strategies as ss
 
 _UNSET = object()
@@ -110,11 +111,8 @@ def validate_num_returns(is_generator: bool, num_returns: Any) -> None:
     if isinstance(num_returns, int) and num_returns < 0:
         raise ValueError(f"num_returns must be >= 0, but got {num_returns}.")
     if num_returns == "dynamic":
-        import warnings
-
-        warnings.warn("num_returns='dynamic' is deprecated and will be removed in a future "
-                      "release. Use num_returns='streaming' instead.", DeprecationWarning,
-                      stacklevel=4)
+        deprecation.warn("num_returns='dynamic' is deprecated and will be removed in a future "
+                         "release. Use num_returns='streaming' instead.", stacklevel=5)
     if num_returns in ("streaming", "dynamic") and not is_generator:
         raise ValueError(f"num_returns='{num_returns}' can only be used with generator functions "
                          "(functions that use 'yield'). The decorated function is not a "
@@ -322,11 +320,8 @@ def check_actor_options(options: Mapping[str, Any], *, in_options: bool,
     if final.get("get_if_exists") and not final.get("name"):
         raise ValueError("The actor name must be specified to use `get_if_exists`.")
     if "object_store_memory" in options:
-        import warnings
-
-        warnings.warn("Setting 'object_store_memory' for actors is deprecated since it doesn't "
-                      "actually reserve the required object store memory.", DeprecationWarning,
-                      stacklevel=3)
+        deprecation.warn("Setting 'object_store_memory' for actors is deprecated since it doesn't "
+                         "actually reserve the required object store memory.", stacklevel=4)
 
 
 def validate(options: Mapping[str, Any], table: Mapping[str, Option], what: str) -> dict[str, Any]:

@@ -361,9 +361,18 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
                          "could be because 1. you are trying to look up a named actor you didn't "
                          "create, 2. the named actor died, or 3. you did not use a namespace "
                          "matching the namespace of the actor.")
-    raw = runtime.store.actor_methods(actor_id)  # type: ignore[arg-type]
+    return handle_for(actor_id, info)  # type: ignore[arg-type]
+
+
+def handle_for(actor_id: str, info: dict[str, Any] | None = None) -> ActorHandle:
+    """A (non-owning) handle of the actor `actor_id`, built from what Redis holds."""
+    from taskmesh._core.context import get_runtime
+
+    store = get_runtime().store
+    info = store.actor_info(actor_id) if info is None else info
+    raw = store.actor_methods(actor_id)
     methods = {k: MethodMeta.from_wire(v) for k, v in msgpack.unpackb(raw, raw=False).items()}
-    return ActorHandle(actor_id, info.get("class_name", "Actor"), methods)  # type: ignore[arg-type]
+    return ActorHandle(actor_id, info.get("class_name", "Actor"), methods)
 
 
 def kill(actor: Any, *, no_restart: bool = True) -> None:

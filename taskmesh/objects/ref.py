@@ -103,6 +103,15 @@ def set_tracker(tracker: RefTracker | None) -> None:
         _tracker = tracker or _NoTracker()
 
 
+class TaskID(str):
+    """A task's id: a string that also answers Ray's `TaskID.hex()`."""
+
+    __slots__ = ()
+
+    def hex(self) -> str:  # Ray's name
+        return str(self)
+
+
 class ObjectRef(Generic[T]):
     """A reference to a value in the cluster; `get` it, pass it to tasks, await it.
     Generic in the value's type (`ObjectRef[int]`, as Ray's `ray.types.ObjectRef`), so
@@ -126,8 +135,8 @@ class ObjectRef(Generic[T]):
     def binary(self) -> bytes:
         return bytes.fromhex(self._id)
 
-    def task_id(self) -> str:
-        return ids.task_of(self._id)
+    def task_id(self) -> TaskID:
+        return TaskID(ids.task_of(self._id))
 
     def owner_tag(self) -> str:
         return ids.owner_of(self._id)

@@ -42,6 +42,7 @@ from taskmesh._base.wire import (
     encode_notice,
 )
 from taskmesh._core import events as _events
+from taskmesh._core.context import current_call
 from taskmesh._core.failure import call_failures, dead_letter, set_aside_malformed
 from taskmesh.exceptions import (
     ActorDiedError,
@@ -136,7 +137,9 @@ class ActorServer:
         runtime.detached = self.spec.detached  # what it submits outlives its job
         runtime.namespace = self.spec.namespace
         runtime.context = TaskContext(self.spec.job_id, None, self.class_name,
-                                      dict(self.spec.held), self.actor_id, **self._placement)
+                                      dict(self.spec.held), self.actor_id, **self._placement,
+                                      restarted=int(info.get("restarts") or 0) > 0,
+                                      actor_name=info.get("name") or "")
         # The actor's runtime_env holds for its process's life (and its calls' children).
         runtime.runtime_env = self.spec.runtime_env
         start_us = self._event(self.actor_id, self._attempt, _events.RUNNING,
@@ -428,6 +431,9 @@ class ActorServer:
             method = getattr(self.instance, method_name)
         except AttributeError as e:
             return None, None, None, return_ids, name, self._error(e, return_ids, name)
+        cls = type(self.instance)
+        # This thread's or asyncio task's call, for the runtime context (get_task_id, ...).
+        current_call.set((task_id, name, f"{cls.__module__}.{self.class_name}.{method_name}"))
         if spec.generator:
             method = self._generator_method(method, spec, return_ids[0], name)
         return method, args, kwargs, return_ids, name, None

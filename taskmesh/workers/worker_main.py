@@ -410,6 +410,8 @@ class Worker:
     def _execute(self, spec: TaskSpec, attempt: int, name: str, return_ids: list[str]) -> list[list]:
         try:
             fn = self._function(spec.fn_id)
+            self.runtime.context.function_name = (f"{getattr(fn, '__module__', '')}."
+                                                  f"{getattr(fn, '__qualname__', name)}")
             args, kwargs = objects.deserialize(spec.args)
             upstream_error = self._resolve_args(args, kwargs)
             if upstream_error is not None:
