@@ -645,6 +645,27 @@ def task_count_of(field_: str) -> tuple[str, str]:
     return counter, name
 
 
+# A progress bar of a task or actor (experimental.tqdm_ray) reaches the driver as one
+# line of the worker's output: this marker, then its state as JSON {uuid, desc, total,
+# x, pos, unit, closed}. The driver renders it with tqdm instead of printing the line.
+PROGRESS_MARKER = "__taskmesh_tqdm__"
+
+
+def progress_line(state: dict[str, Any]) -> str:
+    return PROGRESS_MARKER + json.dumps(state, separators=(",", ":"))
+
+
+def progress_of(line: str) -> dict[str, Any] | None:
+    """The state a progress line carries; None for any other line (or a broken one)."""
+    if not line.startswith(PROGRESS_MARKER):
+        return None
+    try:
+        state = json.loads(line[len(PROGRESS_MARKER):])
+    except ValueError:
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("uuid"), str) else None
+
+
 def log_entry(payload: bytes) -> dict[str, bytes]:
     """A `tm:logs:{job}` entry: one batch of worker output, msgpack {pid, node, actor, lines}."""
     return {"l": payload}
