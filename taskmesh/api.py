@@ -20,7 +20,7 @@ import msgpack
 import psutil
 
 from taskmesh import security
-from taskmesh._base import config, deprecation
+from taskmesh._base import config, deprecation, wire
 from taskmesh._core import context
 from taskmesh._core import options as _options
 from taskmesh._core.context import get_runtime
@@ -271,6 +271,12 @@ def _start_log_printer(store: Store, job_id: str) -> None:
         data = msgpack.unpackb(message["data"], raw=False)
         pid = data["pid"]
         for name, stream, line in data["lines"]:
+            state = wire.progress_of(line)
+            if state is not None:  # a progress bar of the task's (experimental.tqdm_ray)
+                from taskmesh._core import progress  # tqdm: imported once a bar shows up
+
+                progress.driver_bars().update(pid, state)
+                continue
             out = sys.stderr if stream == "stderr" else sys.stdout
             print(f"({name} pid={pid}) {line}", file=out)
 
@@ -297,6 +303,9 @@ def shutdown() -> None:
             time.sleep(0.05)  # let lines already published reach the terminal
             log_thread.stop()
             log_thread.join(timeout=1)
+            bars = sys.modules.get("taskmesh._core.progress")
+            if bars is not None:  # bars of tasks that never closed them
+                bars.driver_bars().close_all()
         try:
             if runtime.job_id is not None and not runtime.is_worker and not gone:
                 runtime.store.end_job(runtime.job_id)

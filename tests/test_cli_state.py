@@ -158,7 +158,7 @@ def test_metrics_command_prints_and_serves_prometheus_text(ray, shared_cluster) 
 
     ray.get([count.remote() for _ in range(3)])
     url = shared_cluster.url
-    wait_until(lambda: "cli_jobs_total 3" in _run("metrics", "--address", url).splitlines(),
+    wait_until(lambda: "cli_jobs_total 3.0" in _run("metrics", "--address", url).splitlines(),
                what="the counter in `taskmesh metrics`")
     # --serve: GET /metrics answers the same text.
     proc = subprocess.Popen([sys.executable, "-m", "taskmesh.cli", "metrics", "--address", url,
@@ -168,7 +168,7 @@ def test_metrics_command_prints_and_serves_prometheus_text(ray, shared_cluster) 
         endpoint = line.split()[-1]
         assert endpoint.startswith("http://127.0.0.1:") and endpoint.endswith("/metrics"), line
         body = urllib.request.urlopen(endpoint, timeout=5).read().decode()
-        assert "cli_jobs_total 3" in body.splitlines()
+        assert "cli_jobs_total 3.0" in body.splitlines()
         assert "# TYPE cli_jobs_total counter" in body.splitlines()
     finally:
         proc.terminate()

@@ -36,7 +36,7 @@ def test_every_key_builder_matches_the_documented_table() -> None:
         keys.gen_consumed("abcdefgh0123").replace("abcdefgh0123", "{task_id}").replace("abcdefgh", "owner"),
         keys.transfer_secret(), keys.versions(),
         keys.events(), keys.logs("{job_id}"), keys.metrics(), keys.metric("{name}"),
-        keys.package("{digest}"),
+        keys.package("{digest}"), keys.task_counts(), keys.actors(), keys.nodes_all(),
         keys.node_queue("{node_id}"), keys.bundle_queue("{pg_id}", "{bundle}"), keys.pinned(),
         keys.pg("{pg_id}"), keys.pgs(), keys.pgs_pending(), keys.named_pg("{namespace}"),
         keys.job_pgs("{job_id}"), keys.node_reserved("{node_id}"),

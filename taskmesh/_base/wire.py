@@ -615,6 +615,57 @@ def events_of(fields: Mapping[bytes, bytes]) -> list[dict[str, Any]]:
     return batch
 
 
+# Task event states, as Ray's state API names them (_core/events.py re-exports them).
+EVENT_PENDING, EVENT_RUNNING, EVENT_FINISHED, EVENT_FAILED = (
+    "PENDING_NODE_ASSIGNMENT", "RUNNING", "FINISHED", "FAILED")
+# The counters of `tm:task_counts`, by function name (field "<counter> <name>").
+TASK_COUNTERS = ("submitted", "retried", "started", "finished", "failed")
+
+
+def task_counts(batch: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """What a batch of task events adds to `tm:task_counts`: a PENDING event of attempt 0
+    is a submission, of a later attempt a retry; RUNNING a start; FINISHED, FAILED an end."""
+    out: dict[str, int] = {}
+    for ev in batch:
+        state = ev.get("state")
+        if state == EVENT_PENDING:
+            counter = "retried" if ev.get("attempt") else "submitted"
+        elif state in (EVENT_RUNNING, EVENT_FINISHED, EVENT_FAILED):
+            counter = "started" if state == EVENT_RUNNING else state.lower()
+        else:
+            continue
+        field_ = f"{counter} {ev.get('name') or '?'}"
+        out[field_] = out.get(field_, 0) + 1
+    return out
+
+
+def task_count_of(field_: str) -> tuple[str, str]:
+    """(counter, function name) of a `tm:task_counts` field."""
+    counter, _, name = field_.partition(" ")
+    return counter, name
+
+
+# A progress bar of a task or actor (experimental.tqdm_ray) reaches the driver as one
+# line of the worker's output: this marker, then its state as JSON {uuid, desc, total,
+# x, pos, unit, closed}. The driver renders it with tqdm instead of printing the line.
+PROGRESS_MARKER = "__taskmesh_tqdm__"
+
+
+def progress_line(state: dict[str, Any]) -> str:
+    return PROGRESS_MARKER + json.dumps(state, separators=(",", ":"))
+
+
+def progress_of(line: str) -> dict[str, Any] | None:
+    """The state a progress line carries; None for any other line (or a broken one)."""
+    if not line.startswith(PROGRESS_MARKER):
+        return None
+    try:
+        state = json.loads(line[len(PROGRESS_MARKER):])
+    except ValueError:
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("uuid"), str) else None
+
+
 def log_entry(payload: bytes) -> dict[str, bytes]:
     """A `tm:logs:{job}` entry: one batch of worker output, msgpack {pid, node, actor, lines}."""
     return {"l": payload}

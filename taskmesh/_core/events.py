@@ -26,12 +26,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from taskmesh._base import wire
 from taskmesh._base.wire import QueueEntry
 
-PENDING = "PENDING_NODE_ASSIGNMENT"
-RUNNING = "RUNNING"
-FINISHED = "FINISHED"
-FAILED = "FAILED"
+PENDING, RUNNING, FINISHED, FAILED = (wire.EVENT_PENDING, wire.EVENT_RUNNING, wire.EVENT_FINISHED,
+                                      wire.EVENT_FAILED)
 _RANK = {PENDING: 0, RUNNING: 1, FINISHED: 2, FAILED: 2}
 TERMINAL = (FINISHED, FAILED)
 
@@ -74,11 +73,14 @@ class EventBuffer:
     def __len__(self) -> int:
         return len(self._events)
 
-    def drain(self) -> list[dict[str, Any]]:
+    def drain(self, counts: dict[str, int] | None = None) -> list[dict[str, Any]]:
         """Everything buffered; a RUNNING event whose attempt also ended in this batch is
-        dropped (the end event carries the start time)."""
+        dropped (the end event carries the start time). `counts` receives what the whole
+        batch adds to the task counters (wire.task_counts), the dropped starts included."""
         with self._lock:
             events, self._events = self._events, []
+        if counts is not None:
+            counts.update(wire.task_counts(events))
         ended = {(e["task_id"], e["attempt"]) for e in events if e["state"] in TERMINAL}
         if not ended:
             return events

@@ -909,35 +909,22 @@ def timeline(address: str | None, output: str | None) -> None:
               help="Serve the metrics over HTTP on this port (GET /metrics) instead of printing them.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface --serve listens on.")
 def metrics(address: str | None, port: int | None, host: str) -> None:
-    """Print the cluster's metrics (taskmesh.util.metrics) in Prometheus' text format."""
-    from taskmesh.util.metrics import prometheus_text
+    """Print the cluster's metrics in Prometheus' text format: the built-in ones (tasks,
+    queues, actors, nodes, resources, object stores, dead letters) and users'
+    (taskmesh.util.metrics)."""
+    from prometheus_client import start_wsgi_server
+
+    from taskmesh.dashboard import metrics as cluster_metrics
 
     store = _connect(address)
     if port is None:
         try:
-            click.echo(prometheus_text(store.metrics()), nl=False)
+            click.echo(cluster_metrics.render(store)[0].decode(), nl=False)
         finally:
             store.close()
         return
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # http.server's name for GET handlers
-            if self.path.split("?")[0] not in ("/", "/metrics"):
-                self.send_error(404)
-                return
-            body = prometheus_text(store.metrics()).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    try:
-        server = ThreadingHTTPServer((host, port), Handler)
+    try:  # prometheus_client's WSGI server, in a thread of its own; any path answers
+        server, thread = start_wsgi_server(port, host, registry=cluster_metrics.registry(store))
     except OSError as e:
         store.close()
         holder = launch.port_holder(host, port) if e.errno == errno.EADDRINUSE else None
@@ -945,10 +932,12 @@ def metrics(address: str | None, port: int | None, host: str) -> None:
                                    f"{e.strerror or e}" + (f" (by {holder})" if holder else "")) from None
     click.echo(f"Serving metrics on http://{host}:{server.server_address[1]}/metrics", err=True)
     try:
-        server.serve_forever()
+        while thread.is_alive():
+            thread.join(1.0)
     except KeyboardInterrupt:
         pass
     finally:
+        server.shutdown()
         server.server_close()
         store.close()
 

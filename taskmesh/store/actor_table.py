@@ -37,7 +37,7 @@ class ActorMethods(StoreCore):
     ) -> tuple[str, str]:
         """Register an actor; ("created"|"existing"|"taken", actor id)."""
         keys = [self.keys.actor(actor_id), self.keys.actor_calls(actor_id),
-                self.keys.job_actors(job_id), self.keys.named(namespace)]
+                self.keys.job_actors(job_id), self.keys.named(namespace), self.keys.actors()]
         args = [actor_id, name, "1" if get_if_exists else "0"]
         args += [x for kv in fields.items() for x in kv]
         status, found = self.scripts["create_actor"](keys=keys, args=args)

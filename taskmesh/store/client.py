@@ -557,7 +557,10 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
 
     @translate_errors
     def register_node(self, node_id: str, info: dict[str, Any]) -> None:
-        self.redis.hset(self.keys.node(node_id), mapping=_flat(info))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.keys.node(node_id), mapping=_flat(info))
+        pipe.sadd(self.keys.nodes_all(), node_id)
+        pipe.execute()
         self.heartbeat(node_id, None)
 
     @translate_errors

@@ -9,6 +9,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 |------------------------------|---------|-------------------------------------------------------|-----------------------|-----|
 | tm:node:{node_id}            | hash    | ip, hostname, pid, obj_port (object-transfer server), resources_total/_available (JSON), state, start_ms, end_ms, death_cause, draining_deadline_ms (while it drains), object store usage (store_capacity, store_capacity_note (why that size), store_used, store_objects, store_spilled, store_spilled_objects, store_free_pool; bytes), lease counters: lease_missed_wakes (lease reads left to time out although a queue they left out got room), runs_sent (entries sent to workers), grants (... with a lease grant), grant_entries_settled (entries of exited workers' grants taken back), grant_adoptions (creations leased under a grant) | node agent; monitor marks DEAD | none |
 | tm:nodes:alive               | zset    | node_id scored by last heartbeat (ms)                 | node agent            | none |
+| tm:nodes:all                 | set     | every node id that registered (alive or dead), for the built-in metrics | node agent | none |
 | tm:deadletter                | stream  | malformed queue entries, moved out of their queue: queue, entry, reason, fields (msgpack) | agent, actor worker | capped ~10,000 |
 | tm:drivers                   | zset    | "<owner tag> <job id>" of live drivers, scored by last heartbeat (ms, Redis clock) | driver (driver_alive.lua); removed at shutdown or by the monitor | none |
 | tm:monitor                   | string  | node_id of the agent holding the failure-monitor lease | monitor (SET NX PX, renew_lease.lua) | lease_ms |
@@ -36,6 +37,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:jobs                      | counter | last job number handed out                            | driver                | none |
 | tm:jobs:ended                | zset    | ended jobs scored by end time (ms): agents drop their queued tasks when leased, kill their running ones, and load the set when they start | Store.end_job (driver shutdown, monitor) | the newest 10,000 kept |
 | tm:actor:{actor_id}          | hash    | class_name, state (PENDING/ALIVE/RESTARTING/DEAD), node_id, pid, restarts (restarts_drained of them because their node was drained), max_restarts, no_restart (killed: never comes back), death_cause, name, namespace, shape, spec | driver, agent, actor worker | none |
+| tm:actors                    | set     | every actor id created (its hash says its state), for the built-in metrics | create_actor script | none |
 | tm:actor:{actor_id}:calls    | stream  | the actor's pending method calls; group `actor`, consumer = actor id | caller; actor worker acks | deleted when the actor dies |
 | tm:node_actors:{node_id}     | set     | actors that became ALIVE on the node (recovered when it dies) | actor worker | deleted when the node is settled |
 | tm:node_procs:{node_id}      | set     | owner tags of the node's worker processes (their holds are released when the node dies) | worker at start; agent removes | deleted when the node is settled |
@@ -50,6 +52,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:versions                  | string  | JSON {python: "3.11", taskmesh: "0.1.0"}: the versions every driver and node agent must run (checked when one joins, see _base/versions.py) | the first process to meet the cluster (SET NX); `start --head` (SET) | none |
 | tm:_secret:transfer          | string  | the cluster secret object-transfer servers challenge for (hex); `_` keys are hidden from the readonly ACL role | first node agent (SET NX) | none |
 | tm:events                    | stream  | task events (field e: a msgpack list of up to 100 {task_id, attempt, state, ts (µs), ...}: one entry per flushed batch; see _core/events.py) for `list tasks`, `summary`, `timeline` | submitter (with its submissions), worker (background flush), agent (retries) | capped ~2,000 entries (TASKMESH_TASK_EVENTS_MAXLEN) |
+| tm:task_counts               | hash    | "<counter> <function name>" -> count; counters submitted, retried, started, finished, failed (wire.task_counts), added with each batch of task events (the same pipeline) | submitter, worker, agent (with their events) | none |
 | tm:logs:{job_id}             | stream  | the job's worker stdout/stderr (field l: msgpack {pid, node, actor, lines}), for `taskmesh logs` on any machine | worker (with the pub/sub message) | capped ~5,000 entries; 7 days after its last line |
 | tm:metrics                   | hash    | metric name -> JSON definition (type, description, tag_keys, boundaries) | util.metrics flush | none |
 | tm:metric:{name}             | hash    | one metric's series: JSON tags (+ `\x1f`bucket/sum/count for histograms) -> value | util.metrics flush (HINCRBYFLOAT/HSET) | none |
@@ -97,6 +100,9 @@ class Keys:
 
     def nodes_alive(self) -> str:
         return f"{self.prefix}:nodes:alive"
+
+    def nodes_all(self) -> str:
+        return f"{self.prefix}:nodes:all"
 
     def drivers(self) -> str:
         return f"{self.prefix}:drivers"
@@ -212,6 +218,9 @@ class Keys:
     def actor(self, actor_id: str) -> str:
         return f"{self.prefix}:actor:{{{actor_id}}}"
 
+    def actors(self) -> str:
+        return f"{self.prefix}:actors"
+
     def actor_calls(self, actor_id: str) -> str:
         return f"{self.prefix}:actor:{{{actor_id}}}:calls"
 
@@ -238,6 +247,9 @@ class Keys:
 
     def events(self) -> str:
         return f"{self.prefix}:events"
+
+    def task_counts(self) -> str:
+        return f"{self.prefix}:task_counts"
 
     def logs(self, job_id: str) -> str:
         return f"{self.prefix}:logs:{job_id}"

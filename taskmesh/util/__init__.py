@@ -14,6 +14,7 @@ from taskmesh.util.placement_group import (
     placement_group_table,
     remove_placement_group,
 )
+from taskmesh.util.progress_bar import progress
 from taskmesh.util.serialization import deregister_serializer, register_serializer
 
 
@@ -30,4 +31,4 @@ def list_named_actors(all_namespaces: bool = False) -> list[Any]:
 
 __all__ = ["ActorPool", "PlacementGroup", "deregister_serializer", "get_current_placement_group",
            "get_placement_group", "inspect_serializability", "list_named_actors", "placement_group",
-           "placement_group_table", "register_serializer", "remove_placement_group"]
+           "placement_group_table", "progress", "register_serializer", "remove_placement_group"]

@@ -62,23 +62,33 @@ class ActorPool:
 
     # ---- bulk -------------------------------------------------------------------------
 
-    def map(self, fn: SubmitFn, values: Iterable[V]) -> Iterator[Any]:
+    def map(self, fn: SubmitFn, values: Iterable[V], progress: bool = False) -> Iterator[Any]:
         """Results of fn over values, in the order of values. Lazy: nothing runs until the
-        iterator is advanced; work still pending from earlier submissions is dropped."""
-        self._discard_pending()
-        for value in values:
-            self.submit(fn, value)
-        while self.has_next():
-            yield self.get_next()
+        iterator is advanced; work still pending from earlier submissions is dropped.
+        `progress`: a tqdm bar advances with each result."""
+        return self._map(fn, values, self.get_next, progress)
 
-    def map_unordered(self, fn: SubmitFn, values: Iterable[V]) -> Iterator[Any]:
+    def map_unordered(self, fn: SubmitFn, values: Iterable[V], progress: bool = False) -> Iterator[Any]:
         """Like map(), but yields each result as soon as it is ready, so one slow value
         does not hold back the others."""
+        return self._map(fn, values, self.get_next_unordered, progress)
+
+    def _map(self, fn: SubmitFn, values: Iterable[V], take: Callable[[], Any],
+             progress: bool) -> Iterator[Any]:
         self._discard_pending()
         for value in values:
             self.submit(fn, value)
-        while self.has_next():
-            yield self.get_next_unordered()
+        if not progress:
+            while self.has_next():
+                yield take()
+            return
+        from tqdm import tqdm
+
+        with tqdm(total=len(self._in_flight) + len(self._backlog), desc="ActorPool") as bar:
+            while self.has_next():
+                result = take()
+                bar.update(1)
+                yield result
 
     # ---- one at a time ----------------------------------------------------------------
 

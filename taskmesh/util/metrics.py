@@ -306,17 +306,28 @@ def prometheus_text(metrics: Sequence[tuple[str, str, dict[str, float]]]) -> str
             for field, value in sorted(series.items()):
                 out.append(f"{exported}{_labels(json.loads(field))} {_number(value)}")
             continue
-        grouped: dict[str, dict[str, float]] = {}
-        for field, value in series.items():
-            tags, _, part = field.partition(SERIES_SEP)
-            grouped.setdefault(tags, {})[part] = value
-        bounds = [_bucket_label(b) for b in definition.get("boundaries", [])] + ["+Inf"]
-        for tags_json, parts in sorted(grouped.items()):
-            tags = json.loads(tags_json)
-            cumulative = 0.0
-            for bound in bounds:
-                cumulative += parts.get(f"bucket{SERIES_SEP}{bound}", 0.0)
+        for tags, buckets, total, count in histogram_series(definition, series):
+            for bound, cumulative in buckets:
                 out.append(f"{name}_bucket{_labels(tags, {'le': bound})} {_number(cumulative)}")
-            out.append(f"{name}_sum{_labels(tags)} {_number(parts.get('sum', 0.0))}")
-            out.append(f"{name}_count{_labels(tags)} {_number(parts.get('count', 0.0))}")
+            out.append(f"{name}_sum{_labels(tags)} {_number(total)}")
+            out.append(f"{name}_count{_labels(tags)} {_number(count)}")
     return "\n".join(out) + ("\n" if out else "")
+
+
+def histogram_series(definition: dict[str, Any], series: dict[str, float]) -> list[
+        tuple[dict[str, str], list[tuple[str, float]], float, float]]:
+    """A histogram's series as Prometheus shows them: (tags, [(upper bound, cumulative
+    count)], sum, count) per set of tags, from its Redis fields."""
+    grouped: dict[str, dict[str, float]] = {}
+    for field, value in series.items():
+        tags, _, part = field.partition(SERIES_SEP)
+        grouped.setdefault(tags, {})[part] = value
+    bounds = [_bucket_label(b) for b in definition.get("boundaries", [])] + ["+Inf"]
+    out = []
+    for tags_json, parts in sorted(grouped.items()):
+        cumulative, buckets = 0.0, []
+        for bound in bounds:
+            cumulative += parts.get(f"bucket{SERIES_SEP}{bound}", 0.0)
+            buckets.append((bound, cumulative))
+        out.append((json.loads(tags_json), buckets, parts.get("sum", 0.0), parts.get("count", 0.0)))
+    return out

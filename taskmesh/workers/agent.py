@@ -130,6 +130,7 @@ class _Outbox:
     completions: list[Completion] = field(default_factory=list)
     acks: dict[str, list[bytes]] = field(default_factory=dict)
     requeues: list[tuple[_Task, int]] = field(default_factory=list)
+    crashed: list[_Task] = field(default_factory=list)  # its worker died running it
 
     def ack(self, task: _Task) -> None:
         self.acks.setdefault(task.lease.queue, []).append(task.lease.entry_id)
@@ -560,6 +561,8 @@ class NodeAgent:
         job ended)."""
         entry = task.entry
         with self._cond:
+            if entry.events and not task.creates_actor:
+                self._outbox.crashed.append(task)
             if entry.task in self._cancelled or lifecycle.dropped_with_job(entry, self._ended_jobs):
                 self._outbox.ack(task)
                 return
@@ -800,9 +803,11 @@ class NodeAgent:
                 retry_transient(functools.partial(self._requeue, task, attempt), stop=lambda: self._stopping)
             from taskmesh._core import events as _events
 
-            retried = [_events.event(t.entry.task, attempt, _events.PENDING, name=t.entry.name)
-                       for t, attempt in out.requeues if not t.creates_actor and t.entry.events]
-            if retried:  # one stream entry for the batch's retries (rare: no hot path)
+            retried = [_events.event(t.entry.task, t.entry.attempt, _events.FAILED, name=t.entry.name,
+                                     node=self.node_id, error="WORKER_DIED") for t in out.crashed]
+            retried += [_events.event(t.entry.task, attempt, _events.PENDING, name=t.entry.name)
+                        for t, attempt in out.requeues if not t.creates_actor and t.entry.events]
+            if retried:  # one stream entry for the batch's crashes and retries (rare: no hot path)
                 retry_transient(lambda: self.store.add_events(retried), stop=lambda: self._stopping)
         except Exception:
             log.exception("storing %d results / %d retries failed", len(out.completions),

@@ -111,14 +111,15 @@ class Worker:
         with self._log_lock:
             lines, self._log_lines = self._log_lines, []
             job = self._log_job
-        events = self.events.drain() if with_events and len(self.events) else []
+        counts: dict[str, int] = {}
+        events = self.events.drain(counts) if with_events and len(self.events) else []
         payload = None
         if lines and job is not None:
             payload = msgpack.packb({"pid": self.pid, "node": self.node_id,
                                      "actor": self.context.actor_id, "lines": lines})
         if payload is not None or events:
             try:
-                self.store.worker_output(job, payload, events)
+                self.store.worker_output(job, payload, events, counts)
             except Exception:
                 pass  # output and events are best effort: a task never waits for them
 

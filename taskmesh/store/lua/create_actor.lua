@@ -4,6 +4,7 @@
 -- KEYS[2]   the actor's call stream          tm:actor:{actor_id}:calls
 -- KEYS[3]   the job's actor set              tm:job:{job_id}:actors
 -- KEYS[4]   the namespace's name table       tm:named:{namespace}   (only for named actors)
+-- KEYS[5]   the set of every actor           tm:actors
 -- ARGV[1]   actor id
 -- ARGV[2]   name ("" for none)
 -- ARGV[3]   "1" to return an existing actor of that name instead of failing
@@ -11,8 +12,9 @@
 --
 -- Returns {"created", id}, {"existing", id} or {"taken", id}. The name check and the
 -- registration are one step, so two drivers cannot both create "counter".
--- (KEYS[4] is outside the actor's hash slot: under Redis Cluster, named actors need
--- the name table in the actor's slot or a two-step registration.)
+-- (KEYS[4] and KEYS[5] are outside the actor's hash slot: under Redis Cluster, named
+-- actors need the name table in the actor's slot or a two-step registration, and the
+-- set of actors a step of its own.)
 local name = ARGV[2]
 if name ~= '' then
   local existing = redis.call('HGET', KEYS[4], name)
@@ -30,6 +32,7 @@ end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('XGROUP', 'CREATE', KEYS[2], 'actor', '0', 'MKSTREAM')
 redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[1])
 if name ~= '' then
   redis.call('HSET', KEYS[4], name, ARGV[1])
 end

@@ -1,0 +1,1 @@
+"""The web dashboard and the cluster's built-in Prometheus metrics, read from Redis alone."""
