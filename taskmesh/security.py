@@ -274,7 +274,8 @@ def acl_rules(role: str, prefix: str, db: int = 0) -> list[str]:
         # (node:*, nodes:*, monitor, deadletter, node_actors:*, node_procs:*, _secret:*)
         # it may only read.
         writable = ("fn:* shapes q:* pinned pg:* pgs pgs:* named_pg:* {*}:* job:* jobs jobs:ended actor:* "
-                    "named:* drivers kv:* events logs:* metrics metric:* pkg:* node_reserved:*").split()
+                    "named:* drivers kv:* events logs:* metrics metric:* pkg:* node_reserved:* "
+                    "submission:* submissions").split()
         return (base + runtime + ["-xreadgroup", "-xclaim", "-xautoclaim", f"%R~{p}:*"]
                 + [f"%RW~{p}:{w}" for w in writable])
     if role == "readonly":
