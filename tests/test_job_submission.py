@@ -4,6 +4,7 @@ under a supervisor actor; its status, output and stop go through Redis, from the
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -99,6 +100,10 @@ def test_a_job_runs_its_script_from_its_working_dir(client: JobSubmissionClient,
     assert info.job_id and info.start_time and info.end_time and info.submission_id == sid
     assert info.runtime_env and info.runtime_env["working_dir"].startswith("taskmesh-pkg://")
     assert sid in [j.submission_id for j in client.list_jobs()]
+
+    async def tail() -> str:  # Ray's way: an async iterator
+        return "".join([chunk async for chunk in client.tail_job_logs(sid)])
+    assert asyncio.run(tail()) == logs
     with pytest.raises(ValueError, match="already exists"):
         client.submit_job(entrypoint="true", submission_id=sid)
     assert client.delete_job(sid)

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from taskmesh.cli.commands import _address_option, _connect, _print_table
+from taskmesh.cli.commands import _address_option, _connect, _parse_resources, _print_table
 
 
 def _json_object(ctx: Any, param: click.Parameter, value: str | None) -> dict | None:
@@ -77,8 +77,8 @@ def job() -> None:
               help="GPUs the entrypoint holds on its node.")
 @click.option("--entrypoint-memory", type=click.IntRange(min=0), default=None,
               help="Bytes of memory the entrypoint reserves.")
-@click.option("--entrypoint-resources", callback=_json_object, default=None,
-              help="Custom resources the entrypoint holds, as JSON.")
+@click.option("--entrypoint-resources", callback=_parse_resources, default=None,
+              help='Custom resources the entrypoint holds, as JSON, e.g. \'{"disk": 1}\'.')
 @click.option("--no-wait", is_flag=True, help="Return once submitted, without following the logs.")
 @click.argument("entrypoint", nargs=-1, required=True, type=click.UNPROCESSED)
 @_errors
@@ -181,8 +181,13 @@ def list_(address: str | None) -> None:
     with _Client(address) as client:
         rows = [info.dict() for info in client.list_jobs()]
     for r in rows:
-        r["status"] = r["status"].value
+        r.update(status=r["status"].value, job_id=r["job_id"] or "-",
+                 **{k: _when(r[k]) for k in ("start_time", "end_time")})
     _print_table(rows, ["submission_id", "status", "job_id", "entrypoint", "start_time", "end_time"], "jobs")
+
+
+def _when(ms: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else "-"
 
 
 @job.command()
