@@ -132,7 +132,12 @@ def test_logs_follow_prints_the_output_until_the_job_ends(client: JobSubmissionC
             print("line", i)
             time.sleep(0.3)
     """})
-    sid = client.submit_job(entrypoint=f"{PY} slow.py", runtime_env={"working_dir": str(work)})
+    submitted = CliRunner().invoke(main, ["job", "submit", "--no-wait", "--address", client._store.url,
+                                          "--working-dir", str(work), "--", PY, "slow.py"])
+    assert submitted.exit_code == 0, submitted.output
+    sid = re.search(r"Job '(\S+)' submitted successfully", submitted.output).group(1)
+    listed = CliRunner().invoke(main, ["job", "list", "--address", client._store.url])
+    assert sid in listed.output
     result = CliRunner().invoke(main, ["job", "logs", "--follow", "--address", client._store.url, sid])
     assert result.exit_code == 0, result.output
     assert [line for line in result.output.splitlines() if line.startswith("line")] == \

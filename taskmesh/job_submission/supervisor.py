@@ -81,8 +81,12 @@ class JobSupervisor:
         store = runtime.store
         try:
             self._run(store, runtime.node_id)
-        finally:
-            exit_actor()
+        except Exception as e:  # its own failure, not the entrypoint's: the job cannot go on
+            log.exception("the supervisor of job %s failed", self.submission_id)
+            with contextlib.suppress(Exception):
+                store.move_submission(self.submission_id, ACTIVE, JobStatus.FAILED.value, {
+                    "end_time": str(_now_ms()), "message": f"Job supervisor failed: {e!r}"})
+        exit_actor()
 
     def _run(self, store: Store, node_id: str | None) -> None:
         sid = self.submission_id
