@@ -161,10 +161,14 @@ def init(
                 store.close()
                 raise
             namespace = namespace or str(uuid.uuid4())  # an anonymous one, as Ray, shown in `list jobs`
+            submission_id = config.SUBMISSION_ID.get()
+            if submission_id:  # a submitted job's entrypoint: its runtime_env is the parent
+                job_env = _renv.merge(_submitted_env(store, submission_id), job_env)
             job_id = store.new_job({"driver_pid": str(os.getpid()), "host": os.uname().nodename,
                                     "start_ms": str(int(time.time() * 1000)),
                                     "namespace": namespace,
-                                    **({"runtime_env": json.dumps(job_env)} if job_env else {})})
+                                    **({"runtime_env": json.dumps(job_env)} if job_env else {}),
+                                    **({"submission_id": submission_id} if submission_id else {})})
         except Exception:
             if cluster is not None:
                 cluster.stop()
@@ -172,6 +176,8 @@ def init(
         _cluster = cluster
         runtime = Runtime(store, job_id=job_id, namespace=namespace,
                           node_id=node_id or _local_node(store))
+        if submission_id:  # its supervisor ends this job if the entrypoint leaves it running
+            store.add_submission_driver(submission_id, runtime.owner, job_id)
         # Known to the monitor before init returns (the flusher's heartbeats follow): a
         # driver killed at once still has its job ended.
         store.driver_alive(runtime.owner, job_id)
@@ -203,6 +209,12 @@ def _end_job_on_sigterm() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _submitted_env(store: Store, submission_id: str) -> dict[str, Any] | None:
+    """The runtime_env a submitted job was given (its packages already uploaded)."""
+    recorded = store.submission_field(submission_id, "runtime_env")
+    return json.loads(recorded) if recorded else None
 
 
 def _local_node(store: Store) -> str | None:

@@ -275,7 +275,7 @@ def acl_rules(role: str, prefix: str, db: int = 0) -> list[str]:
         # it may only read.
         writable = ("fn:* shapes q:* pinned pg:* pgs pgs:* named_pg:* {*}:* job:* jobs jobs:ended actor:* "
                     "actors named:* drivers kv:* events task_counts logs:* metrics metric:* pkg:* "
-                    "node_reserved:*").split()
+                    "node_reserved:* submission:* submissions").split()
         return (base + runtime + ["-xreadgroup", "-xclaim", "-xautoclaim", f"%R~{p}:*"]
                 + [f"%RW~{p}:{w}" for w in writable])
     if role == "readonly":

@@ -40,6 +40,8 @@ def test_every_key_builder_matches_the_documented_table() -> None:
         keys.node_queue("{node_id}"), keys.bundle_queue("{pg_id}", "{bundle}"), keys.pinned(),
         keys.pg("{pg_id}"), keys.pgs(), keys.pgs_pending(), keys.named_pg("{namespace}"),
         keys.job_pgs("{job_id}"), keys.node_reserved("{node_id}"),
+        keys.submission("{submission_id}"), keys.submission_logs("{submission_id}"),
+        keys.submission_drivers("{submission_id}"), keys.submissions(),
     }
     assert built == _documented_patterns()
 

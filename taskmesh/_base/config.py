@@ -137,6 +137,11 @@ PREFIX = _text(
 NODE_ID = _text(
     "TASKMESH_NODE_ID", "", "text",
     "Node a worker process belongs to; set by its agent", shown_default="unset")
+SUBMISSION_ID = _text(
+    "TASKMESH_SUBMISSION_ID", None, "text",
+    "Submitted job (`taskmesh job submit`) whose entrypoint this process runs in; set by the "
+    "job's supervisor: `init()` takes the job's runtime_env and records its driver there",
+    shown_default="unset")
 
 # Files and memory.
 TEMP_DIR = _path(

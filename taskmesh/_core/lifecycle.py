@@ -26,13 +26,22 @@ def end_job(store: Store, job_id: str, cause: str) -> None:
     end_job_groups(store, job_id)
 
 
-def end_driver(store: Store, tag: str, job_id: str) -> None:
+def end_driver(store: Store, tag: str, job_id: str, cause: str = "its driver died") -> None:
     """A driver died without shutting down (the monitor): its job ends, then nothing
     more is stored for it (a task of its that finishes later would leave an object
     nobody frees: complete.lua), then what it held is released. Idempotent."""
-    end_job(store, job_id, "its driver died")
+    end_job(store, job_id, cause)
     store.owners_gone([tag])
     release_process_holds(store, [tag])
+
+
+def settle_driver(store: Store, tag: str, job_id: str, cause: str = "its driver died") -> None:
+    """A driver is gone without shutting down (the monitor, from its stale heartbeat; a
+    submitted job's supervisor, when the entrypoint exited): `end_driver`, then its
+    done stream and its place among the live drivers go. Idempotent."""
+    end_driver(store, tag, job_id, cause)
+    store.delete_done(tag)
+    store.driver_gone(tag, job_id)
 
 
 log = logging.getLogger("taskmesh.lifecycle")

@@ -49,6 +49,7 @@ from taskmesh.store.records import (
     warn_once,
 )
 from taskmesh.store.scripts import Scripts
+from taskmesh.store.submissions import SubmissionMethods
 
 # A last "object" (id, KIND_FENCE, b"<task_id> <attempt>") of a Completion names the
 # attempt that produced it; complete.lua ignores it when the task was fenced past it.
@@ -62,7 +63,7 @@ ENDED_JOBS_KEPT = 10_000
 __all__ = ["KIND_FENCE", "Store"]  # the store's other names: taskmesh.store (__init__.py)
 
 
-class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
+class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, SubmissionMethods):
     """A pooled connection to the cluster's Redis plus one typed method per operation."""
 
     def __init__(self, url: str, *, prefix: str = "tm", tls: TlsFiles | None = None,

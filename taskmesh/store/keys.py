@@ -57,6 +57,10 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:metrics                   | hash    | metric name -> JSON definition (type, description, tag_keys, boundaries) | util.metrics flush | none |
 | tm:metric:{name}             | hash    | one metric's series: JSON tags (+ `\x1f`bucket/sum/count for histograms) -> value | util.metrics flush (HINCRBYFLOAT/HSET) | none |
 | tm:pkg:{digest}              | string  | a zipped runtime_env working_dir / py_modules entry, named by the SHA-1 of the zip | the submitting process (SET NX) | none (content-addressed) |
+| tm:submission:{submission_id} | hash  | a submitted job (`taskmesh job submit`, JobSubmissionClient): submission_id, entrypoint, status (PENDING/RUNNING/STOPPED/SUCCEEDED/FAILED), message, error_type, start_time/end_time (ms), metadata, runtime_env (JSON), entrypoint_num_cpus/_gpus, entrypoint_resources (JSON), actor_id (its supervisor actor), driver_node_id, driver_pid, driver_exit_code, job_id (its first driver's job), stop_requested | submitting client (submission_new.lua); supervisor and stop_job (submission_status.lua); its driver's init (job_id) | deleted by delete_job |
+| tm:submission:{submission_id}:logs | stream | the driver's stdout and stderr lines (field l: a batch of lines) | the job's supervisor | capped ~10,000 entries; deleted with the job |
+| tm:submission:{submission_id}:drivers | set | "<owner tag> <job id>" of each driver the entrypoint started (`init()` with $TASKMESH_SUBMISSION_ID): ended by the supervisor when the entrypoint exits without shutting them down | driver at init | deleted with the job |
+| tm:submissions               | zset    | submission ids scored by submission time (ms)        | submitting client     | none |
 
 Replication and failover: with a `redis+sentinel://` address every client (driver,
 agent, worker) asks the Sentinels for the primary and asks again after losing it, so after
@@ -262,3 +266,15 @@ class Keys:
 
     def package(self, digest: str) -> str:
         return f"{self.prefix}:pkg:{digest}"
+
+    def submission(self, submission_id: str) -> str:
+        return f"{self.prefix}:submission:{submission_id}"
+
+    def submission_logs(self, submission_id: str) -> str:
+        return f"{self.prefix}:submission:{submission_id}:logs"
+
+    def submission_drivers(self, submission_id: str) -> str:
+        return f"{self.prefix}:submission:{submission_id}:drivers"
+
+    def submissions(self) -> str:
+        return f"{self.prefix}:submissions"

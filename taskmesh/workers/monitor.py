@@ -204,9 +204,7 @@ class Monitor:
         so a monitor that dies half-way leaves the rest to the next one."""
         log.warning("driver %s of job %s stopped heartbeating: releasing its refs and actors",
                     tag, job_id)
-        lifecycle.end_driver(self.store, tag, job_id)
-        self.store.delete_done(tag)
-        self.store.driver_gone(tag, job_id)
+        lifecycle.settle_driver(self.store, tag, job_id)
 
     def _drain_node_queue(self, queue: str, node: str) -> None:
         """Entries waiting in the queue of a node that is gone: soft ones go to their
