@@ -49,8 +49,8 @@ ALLOWED = {
     "dashboard": {"top", "jobs", "face", "util", "actors", "core", "objects", "security", "store", "workers",
                   "leaves"},
     "tools": {"top", "face", "util", "core", "objects", "security", "store", "workers", "leaves"},
-    "cli": {"top", "face", "util", "jobs", "dashboard", "tools", "actors", "core", "objects", "security", "store", "workers",
-            "leaves"},
+    "cli": {"top", "face", "util", "jobs", "dashboard", "tools", "actors", "core", "objects", "security",
+            "store", "workers", "leaves"},
 }
 
 # Within the leaves, the order is fixed too: exceptions imports nothing; dag imports nothing
