@@ -170,7 +170,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods):
     def job_infos(self) -> list[dict[str, str]]:
         """Every job's hash with its id and state (SCAN: for the CLI, not hot paths)."""
         out = []
-        for key, raw in scan_hashes(self.redis, self.keys.all_jobs(), b":actors"):
+        for key, raw in scan_hashes(self.redis, self.keys.all_jobs(), (b":actors", b":pgs")):
             info = {_text(k): _text(v) for k, v in raw.items()}
             info["job_id"] = _text(key).rpartition(":")[2]
             info["state"] = "FINISHED" if info.get("end_ms") else "RUNNING"
