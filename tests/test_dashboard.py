@@ -250,7 +250,9 @@ def dashboard(shared_cluster: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def browser(shared_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """(After the cluster, so that it quits before the cluster's check for leftover
+    processes.)"""
     need_program("browser", "chromium", "chromedriver", why="the dashboard's pages are checked in a browser")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -346,6 +348,7 @@ def test_an_actor_turns_dead_without_a_reload(page: Any, workload: dict[str, Any
 def test_a_printed_line_appears_live(page: Any, workload: dict[str, Any]) -> None:
     page.open(f"/logs?job={workload['job']}")
     page.wait_text("greeting number 3", "#log")
+    page.wait_text(f"({SCRIPT_NAME} pid=", "#log")  # a name that is markup, as text
     taskmesh.get(workload["greet"].remote(424242))
     page.wait_text("greeting number 424242", "#log")
     assert page.same_page()

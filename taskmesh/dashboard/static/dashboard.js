@@ -105,7 +105,7 @@
   }
 
   function short(id) {
-    return el("span", {class: "mono", title: id}, String(id || "").slice(0, 12));
+    return el("span", {class: "mono", title: id}, String(id || "").slice(0, 24));
   }
 
   // ---- tables --------------------------------------------------------------------------------
@@ -318,7 +318,9 @@
       const bars = data.bars;
       document.getElementById("timeline-empty").textContent = bars.length ? "" : "No task of this job has run to its end yet.";
       const lanes = [...new Set(bars.map((b) => b.node + " · " + b.worker))].sort();
-      const label = 210, row = 24, top = 28, width = Math.max(chart.parentNode.clientWidth - 2, 600);
+      const longest = Math.max(0, ...lanes.map((l) => l.length));
+      const label = Math.max(120, longest * 6.4 + 20), row = 24, top = 28;
+      const width = Math.max(chart.parentNode.clientWidth - 2, 600);
       const start = Math.min(...bars.map((b) => b.start_us));
       const end = Math.max(...bars.map((b) => b.start_us + b.dur_us));
       const span = Math.max(end - start, 1);
@@ -331,7 +333,8 @@
         for (let i = 0; i <= 5; i++) {
           const us = start + span * i / 5;
           parts.push(svg("line", {class: "grid", x1: x(us), x2: x(us), y1: top - 6, y2: height}));
-          parts.push(svg("text", {x: x(us) + 2, y: 14}, "+" + ((us - start) / 1e6).toFixed(span > 5e6 ? 1 : 3) + " s"));
+          parts.push(svg("text", {x: x(us) + (i === 5 ? -2 : 2), y: 14, "text-anchor": i === 5 ? "end" : "start"},
+                         "+" + ((us - start) / 1e6).toFixed(span > 5e6 ? 1 : 3) + " s"));
         }
       }
       lanes.forEach((lane, i) => parts.push(svg("text", {x: 6, y: top + i * row + 16}, lane)));
