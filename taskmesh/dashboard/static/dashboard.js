@@ -36,22 +36,15 @@
     live.textContent = text;
   }
 
-  // Fetch url() every POLL_MS and call render(data) when the answer changed.
-  function poll(url, render) {
-    let last = null;
-    let lastUrl = null;
+  // Fetch url() every POLL_MS and hand each answer's text to handle(text, url).
+  function every(url, handle, what) {
     async function tick() {
       const target = url();
       try {
         const response = await fetch(target, {credentials: "same-origin", cache: "no-store"});
         if (response.ok) {
-          const text = await response.text();
-          if (text !== last || target !== lastUrl) {
-            last = text;
-            lastUrl = target;
-            render(JSON.parse(text));
-          }
-          setLive(true, "live · " + new Date().toLocaleTimeString());
+          handle(await response.text(), target);
+          setLive(true, what + " · " + new Date().toLocaleTimeString());
         } else {
           setLive(false, "HTTP " + response.status);
         }
@@ -61,6 +54,18 @@
       setTimeout(tick, POLL_MS);
     }
     tick();
+  }
+
+  // Call render(data) with url()'s answer each time it changed.
+  function poll(url, render) {
+    let last = null;
+    let lastUrl = null;
+    every(url, (text, target) => {
+      if (text === last && target === lastUrl) return;
+      last = text;
+      lastUrl = target;
+      render(JSON.parse(text));
+    }, "live");
   }
 
   // ---- formatting ------------------------------------------------------------------------
@@ -283,32 +288,22 @@
     }).catch(() => {});
     if (!job) { pre.textContent = "Choose a job to follow its workers' output."; return; }
     let after = "";
-    async function tick() {
+    const url = () => {
       const params = new URLSearchParams({job: job});
       if (actor) params.set("actor", actor);
       if (after) params.set("after", after);
-      try {
-        const response = await fetch("/api/logs?" + params, {credentials: "same-origin", cache: "no-store"});
-        if (response.ok) {
-          const data = await response.json();
-          const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-          for (const l of data.lines) {
-            const line = el("div", {class: l.stream === "stderr" ? "stderr" : null},
-                            el("span", {class: "who"}, "(" + l.name + " pid=" + l.pid + ") "), l.line);
-            pre.append(line);
-          }
-          if (data.after) after = data.after;
-          if (data.lines.length && follow.checked && atBottom) pre.scrollTop = pre.scrollHeight;
-          setLive(true, "following · " + new Date().toLocaleTimeString());
-        } else {
-          setLive(false, "HTTP " + response.status);
-        }
-      } catch (e) {
-        setLive(false, "cannot reach the dashboard");
+      return "/api/logs?" + params;
+    };
+    every(url, (text) => {
+      const data = JSON.parse(text);
+      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      for (const l of data.lines) {
+        pre.append(el("div", {class: l.stream === "stderr" ? "stderr" : null},
+                      el("span", {class: "who"}, "(" + l.name + " pid=" + l.pid + ") "), l.line));
       }
-      setTimeout(tick, POLL_MS);
-    }
-    tick();
+      if (data.after) after = data.after;
+      if (data.lines.length && follow.checked && atBottom) pre.scrollTop = pre.scrollHeight;
+    }, "following");
   }
 
   function timelinePage() {
