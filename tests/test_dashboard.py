@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import need_program, wait_until
 
 import taskmesh
+from conftest import need_program, wait_until
 from taskmesh import security
 from taskmesh.cli import main as cli
 from taskmesh.dashboard.auth import COOKIE, resolve_token
