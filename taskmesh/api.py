@@ -42,6 +42,7 @@ _lock = threading.RLock()
 _cluster: _LocalCluster | None = None
 _log_thread: Any = None
 _log = logging.getLogger("taskmesh")
+_dashboard: Any = None  # the dashboard process init(include_dashboard=True) started
 
 
 @dataclass
@@ -97,6 +98,8 @@ def init(
     ignore_reinit_error: bool = False,
     log_to_driver: bool = True,
     include_dashboard: bool | None = None,
+    dashboard_host: str = "127.0.0.1",
+    dashboard_port: int = 8265,
     logging_level: Any = None,
     configure_logging: bool = True,
     allow_insecure: bool | None = None,
@@ -115,6 +118,12 @@ def init(
     `allow_insecure` (default: $TASKMESH_ALLOW_INSECURE). `tls_*`: PEM files for a
     `rediss://` address (default: $TASKMESH_TLS_CA_FILE, _CERT, _KEY). `runtime_env`: the
     job's, inherited by its tasks and actors (see taskmesh.runtime_env).
+
+    `include_dashboard=True` starts the web dashboard (`taskmesh dashboard`) as a child
+    process on `dashboard_host:dashboard_port` until `shutdown()`; its URL is the
+    returned context's `dashboard_url`. Unlike Ray, None (the default) starts none, which
+    keeps `init()` fast: run `taskmesh dashboard` for one. Bound to anything but loopback
+    it needs a token, written to `dashboard-token` in the session's directory.
     """
     global _cluster
     with _lock:
@@ -126,6 +135,7 @@ def init(
             raise RuntimeError("Maybe you called taskmesh.init twice by accident? This error "
                                "can be suppressed by passing in 'ignore_reinit_error=True'.")
         _check_init_resources(num_cpus, num_gpus, resources)
+        _check_dashboard_options(include_dashboard, dashboard_host, dashboard_port)
         _options.check_namespace(namespace)
         from taskmesh import runtime_env as _renv
 
@@ -186,11 +196,50 @@ def init(
         _end_job_on_sigterm()
         if log_to_driver:
             _start_log_printer(store, job_id)
+        dashboard_url = None
+        if include_dashboard:
+            try:
+                dashboard_url = _start_dashboard(url, dashboard_host, dashboard_port)
+            except BaseException:
+                shutdown()
+                raise
         # Both masked: this object is shown in notebooks and logs.
         masked = connection.mask_password(url)
         return ClientContext({"address": masked, "redis_address": masked,
                               "node_id": node_id, "job_id": job_id,
-                              "session_dir": str(cluster.session_dir) if cluster else None})
+                              "session_dir": str(cluster.session_dir) if cluster else None,
+                              "webui_url": dashboard_url}, dashboard_url=dashboard_url)
+
+
+def _check_dashboard_options(include: Any, host: Any, port: Any) -> None:
+    if include is not None and not isinstance(include, bool):
+        raise TypeError(f"include_dashboard must be a bool or None, got {include!r}")
+    if not isinstance(host, str) or not host:
+        raise TypeError(f"dashboard_host must be a host name or IP address, got {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"dashboard_port must be an int from 0 to 65535, got {port!r}")
+
+
+def _start_dashboard(url: str, host: str, port: int) -> str:
+    """Start the dashboard as a child process (it dies with this one) and return its
+    URL. Not loopback: a token, in a 0600 file of the temp dir, named in a warning."""
+    global _dashboard
+    import logging
+
+    where = config.temp_root() / f"dashboard-{os.getpid()}"
+    config.private_dir(where)
+    token_file = None
+    if not security.is_loopback(host):
+        token_file = where / "dashboard-token"
+        security.write_password_file(token_file, security.generate_password())
+    _dashboard, dashboard_url = launch.start_dashboard(
+        url, host=host, port=port, token_file=token_file, fate_share=True,
+        log_path=where / "dashboard.log")
+    if token_file is not None:
+        logging.getLogger("taskmesh").warning(
+            "The dashboard at %s needs the token in %s (open %s/?token=TOKEN once).",
+            dashboard_url, token_file, dashboard_url)
+    return dashboard_url
 
 
 def _end_job_on_sigterm() -> None:
@@ -299,11 +348,16 @@ def _start_log_printer(store: Store, job_id: str) -> None:
 
 def shutdown() -> None:
     """Disconnect; stop the local cluster `init()` started, if any."""
-    global _cluster, _log_thread
+    global _cluster, _log_thread, _dashboard
     with _lock:
         runtime, cluster, log_thread = context.current(), _cluster, _log_thread
         context.set_runtime(None)
         _cluster, _log_thread = None, None
+        if _dashboard is not None:  # first: it reads the cluster stopped below
+            from taskmesh.workers.process import stop_processes
+
+            stop_processes([_dashboard.pid], timeout_s=5)
+            _dashboard = None
         if runtime is None:
             return
         metrics = sys.modules.get("taskmesh.util.metrics")

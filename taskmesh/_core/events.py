@@ -11,7 +11,8 @@ command per task:
   agent      PENDING_NODE_ASSIGNMENT of the next attempt when it requeues a task (_flush)
 
 An event is {"task_id", "attempt", "state", "ts" (µs since the epoch), ...} plus what
-the writer knows: name, job, type, node, pid, actor_id, error, start, end. Readers fold
+the writer knows: name, job, type, node, pid, actor_id, error, tb (a failed attempt's
+traceback, its last 8,000 characters), start, end. Readers fold
 them per attempt (`task_rows`); the order in the stream does not matter, and a duplicate
 (a batch sent twice after a lost reply) changes nothing. Tasks submitted with
 `enable_task_events=False` carry `ev=0` in their queue entry (QueueEntry.events; an
@@ -90,7 +91,7 @@ class EventBuffer:
 # ---- reading -------------------------------------------------------------------------------
 
 _COLUMNS = {"name": "name", "job": "job_id", "type": "type", "node": "node_id", "pid": "worker_pid",
-            "actor_id": "actor_id", "error": "error_type"}
+            "actor_id": "actor_id", "error": "error_type", "tb": "error_message"}
 
 
 def task_rows(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -108,7 +109,7 @@ def task_rows(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         if row is None:
             row = rows[key] = {"task_id": key[0], "attempt_number": key[1], "state": state,
                                "name": "", "job_id": "", "type": NORMAL_TASK, "node_id": "",
-                               "worker_pid": "", "actor_id": "", "error_type": "",
+                               "worker_pid": "", "actor_id": "", "error_type": "", "error_message": "",
                                "creation_time_ms": None, "start_time_ms": None, "end_time_ms": None,
                                "start_us": None, "end_us": None}
         elif _RANK.get(state, 0) >= _RANK.get(row["state"], 0):

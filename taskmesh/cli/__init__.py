@@ -2,8 +2,11 @@
 workers' launcher, and print."""
 
 from taskmesh.cli.commands import main
+from taskmesh.cli.dashboard import dashboard
 from taskmesh.cli.jobs import job
 
-main.add_command(job)  # here, not in commands.py: jobs.py uses commands.py's helpers
+# Registered here, not in commands.py: these commands use commands.py's options and helpers.
+main.add_command(dashboard)
+main.add_command(job)
 
 __all__ = ["main"]

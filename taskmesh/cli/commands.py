@@ -157,6 +157,17 @@ def _tls_options(fn: Callable) -> Callable:
     return fn
 
 
+def _dashboard_options(fn: Callable) -> Callable:
+    """`start --head`'s dashboard options, as Ray's (the dashboard: cli/dashboard.py)."""
+    fn = click.option("--dashboard-host", default="127.0.0.1", show_default=True, callback=_check_bind,
+                      help="Interface the head's dashboard listens on (anything but loopback "
+                           "needs its token, written to the temp dir's dashboard-token).")(fn)
+    fn = click.option("--dashboard-port", type=click.IntRange(0, 65535), default=8265,
+                      show_default=True, help="Port of the head's dashboard.")(fn)
+    return click.option("--include-dashboard/--no-include-dashboard", default=True, show_default=True,
+                        help="With --head: start the web dashboard too (`taskmesh dashboard`).")(fn)
+
+
 def _security_options(fn: Callable) -> Callable:
     """--allow-insecure, for commands that start or run node agents (the TLS options come
     with --address)."""
@@ -306,11 +317,13 @@ def main() -> None:
               help="Stay in the foreground: stop what was started on Ctrl-C or SIGTERM, and "
                    "exit when one of the started processes exits.")
 @_security_options
+@_dashboard_options
 @click.pass_context
 def start(ctx: click.Context, address: str | None, num_cpus: float | None,
           num_gpus: float | None, memory: int | None, resources: dict,
           object_store_memory: int | None, spill_dir: str | None, head: bool, keep_state: bool,
-          port: int, redis_bind: str, block: bool) -> None:
+          port: int, redis_bind: str, block: bool, include_dashboard: bool, dashboard_port: int,
+          dashboard_host: str) -> None:
     """Start this machine's node in the background (with --head: Redis too).
 
     With --head, Redis gets a password (on loopback too: other users of this machine
@@ -366,6 +379,11 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
     pids.append(proc.pid)
     launch.record_started(pids, url if head else None)
     click.echo(f"Started node {node_id}; its agent logs to {log_path}.")
+    if head and include_dashboard:
+        dashboard_pid = _start_head_dashboard(ctx, server.url, dashboard_host, dashboard_port)
+        if dashboard_pid is not None:
+            launch.record_started([dashboard_pid])
+            pids.append(dashboard_pid)
     if head:
         click.echo(f"Redis listens on {redis_bind}:{server.port} with a password.")
         click.echo(_hand_over(url, password_file, tls))
@@ -398,6 +416,31 @@ def _block(pids: list[int]) -> None:
     _stop_started(config.GRACE_PERIOD_S.get())
     if exited:
         raise SystemExit(1)
+
+
+def _start_head_dashboard(ctx: click.Context, address: str, host: str, port: int) -> int | None:
+    """Start the head's dashboard as a process of its own and print its URL; its pid,
+    for `taskmesh stop`. A busy port fails the start when the dashboard was asked for
+    on the command line, else it is left out with a warning (the cluster matters more)."""
+    root = config.temp_root()
+    token_file = None
+    if not security.is_loopback(host):
+        token_file = root / "dashboard-token"
+        security.write_password_file(token_file, security.generate_password())
+    explicit = any(ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+                   for name in ("include_dashboard", "dashboard_port", "dashboard_host"))
+    try:
+        proc, url = launch.start_dashboard(
+            address, host=host, port=port, token_file=token_file, fate_share=False,
+            log_path=root / "logs" / f"dashboard-{os.getpid()}.log")
+    except (launch.PortInUseError, RuntimeError) as e:
+        if explicit:
+            raise click.ClickException(f"{e} (The cluster was started: 'taskmesh stop' "
+                                       "stops it.)") from None
+        click.echo(f"Warning: no dashboard: {e}", err=True)
+        return None
+    click.echo(f"Dashboard: {url}" + (f" (its token is in {token_file})" if token_file else ""))
+    return proc.pid
 
 
 def _record_versions(url: str, tls: security.TlsFiles) -> None:
@@ -508,7 +551,8 @@ def _stop_started(grace_period_s: float) -> None:
     stop_processes(procs, timeout_s=10)
     stopped = sum(map(has_exited, every))
     launch.forget_started()
-    (config.temp_root() / "redis-password").unlink(missing_ok=True)  # start --head's
+    for name in ("redis-password", "dashboard-token"):  # start --head's
+        (config.temp_root() / name).unlink(missing_ok=True)
     click.echo(f"Stopped {stopped} process(es).")
     if unproven:
         click.echo(f"Left alone {unproven} recorded pid(s) that are no longer processes "
@@ -519,6 +563,8 @@ def _stop_started(grace_period_s: float) -> None:
 @_address_option(required=False)
 def status(address: str | None) -> None:
     """Nodes, resources and queues, read from Redis."""
+    from taskmesh.util.state import resource_usage
+
     store = _connect(address)
     url = store.url
     try:
@@ -542,16 +588,9 @@ def status(address: str | None) -> None:
     for n in nodes:
         state = "ALIVE" if n["alive"] else "DEAD"
         click.echo(f"  {n['node_id']}  {state:5}  {n.get('ip', '?'):15}  {_usage(n)}")
-    total: dict[str, float] = {}
-    avail: dict[str, float] = {}
-    for n in alive:
-        for k, v in n["resources_total"].items():
-            total[k] = total.get(k, 0.0) + v
-        for k, v in n["resources_available"].items():
-            avail[k] = avail.get(k, 0.0) + v
     click.echo("Resources (used/total):")
-    for k in sorted(total):
-        click.echo(f"  {k}: {_amount(k, total[k] - avail.get(k, 0.0))}/{_amount(k, total[k])}")
+    for k, (used, total) in resource_usage(nodes).items():
+        click.echo(f"  {k}: {_amount(k, used)}/{_amount(k, total)}")
     click.echo("Tasks:")
     queued = sum(q for q, _ in queues.values())
     running = sum(r for _, r in queues.values())
@@ -955,3 +994,4 @@ def microbenchmark(quick: bool, as_json: bool) -> None:
     else:
         for row in results:
             click.echo(f"{row['name']:<40} {row['value']:>12.1f} {row['unit']}")
+

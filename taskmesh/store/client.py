@@ -171,7 +171,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
     def job_infos(self) -> list[dict[str, str]]:
         """Every job's hash with its id and state (SCAN: for the CLI, not hot paths)."""
         out = []
-        for key, raw in scan_hashes(self.redis, self.keys.all_jobs(), b":actors"):
+        for key, raw in scan_hashes(self.redis, self.keys.all_jobs(), (b":actors", b":pgs")):
             info = {_text(k): _text(v) for k, v in raw.items()}
             info["job_id"] = _text(key).rpartition(":")[2]
             info["state"] = "FINISHED" if info.get("end_ms") else "RUNNING"
@@ -475,9 +475,10 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
         self.scripts["requeue"](keys=[queue] if dest is None else [queue, dest], args=args)
 
     @translate_errors
-    def queue_stats(self) -> dict[str, tuple[int, int]]:
-        """shape -> (queued, running): entries not yet leased, and leased not yet acked."""
-        shapes = self.shapes()
+    def queue_stats(self, names: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
+        """queue -> (queued, running): entries not yet leased, and leased not yet acked;
+        of the shape queues, or of the queues `names` (`node:<id>`, `pg:<id>:<bundle>`)."""
+        shapes = self.shapes() if names is None else list(names)
         pipe = self.redis.pipeline(transaction=False)
         for shape in shapes:
             pipe.xlen(self.keys.queue(shape))
@@ -639,13 +640,25 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
     @translate_errors
     def silent_drivers(self, now_ms: int, timeout_ms: int) -> list[tuple[str, str]]:
         """(owner tag, job id) of drivers whose last heartbeat is older than the timeout."""
-        members = cast("list[bytes]", self.redis.zrangebyscore(
-            self.keys.drivers(), "-inf", now_ms - timeout_ms))
+        return self._drivers(now_ms - timeout_ms)
+
+    @translate_errors
+    def drivers(self) -> list[tuple[str, str]]:
+        """(owner tag, job id) of every driver that has not ended."""
+        return self._drivers("+inf")
+
+    def _drivers(self, before: float | str) -> list[tuple[str, str]]:
+        members = cast("list[bytes]", self.redis.zrangebyscore(self.keys.drivers(), "-inf", before))
         out = []
         for member in members:
             tag, _, job_id = _text(member).partition(" ")
             out.append((tag, job_id))
         return out
+
+    @translate_errors
+    def dead_letter_count(self) -> int:
+        """How many entries the dead-letter stream holds."""
+        return int(self.redis.xlen(self.keys.deadletter()))
 
     @translate_errors
     def liveness(self, shapes: Sequence[str]) -> Liveness:

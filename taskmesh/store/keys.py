@@ -198,7 +198,7 @@ class Keys:
         return f"{self.prefix}:job:{job_id}"
 
     def all_jobs(self) -> str:
-        """SCAN pattern matching every job hash (and each job's actor set)."""
+        """SCAN pattern matching every job hash (and each job's actor and group sets)."""
         return f"{self.prefix}:job:*"
 
     def jobs(self) -> str:

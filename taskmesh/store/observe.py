@@ -85,14 +85,18 @@ class ObserveMethods(StoreCore):
         return sorted(_text(k)[prefix:] for k in self.redis.scan_iter(match=self.keys.logs("*"), count=1000))
 
     @translate_errors
-    def job_logs(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's recorded output batches, oldest first: {pid, node, actor, lines}."""
+    def job_logs(self, job_id: str, after: str | None = None) -> list[dict[str, Any]]:
+        """The job's recorded output batches, oldest first: {pid, node, actor, lines,
+        id}; with `after` (an `id`), only the batches recorded after that one."""
         out = []
-        for _, fields in stream_entries(self.redis.xrange(self.keys.logs(job_id))):
+        start = "-" if after is None else f"({after}"
+        for entry_id, fields in stream_entries(self.redis.xrange(self.keys.logs(job_id), start)):
             try:
-                out.append(wire.log_of(fields))
+                batch = wire.log_of(fields)
             except wire.WireError:
                 continue
+            batch["id"] = _text(entry_id)
+            out.append(batch)
         return out
 
     # ---- metrics ------------------------------------------------------------------------

@@ -218,11 +218,11 @@ def parse_entries(reply: Any) -> list[Leased]:
     return out
 
 
-def scan_hashes(client: redis.Redis, match: str, skip_suffix: bytes | None = None
+def scan_hashes(client: redis.Redis, match: str, skip_suffix: bytes | tuple[bytes, ...] | None = None
                 ) -> list[tuple[bytes, dict[bytes, bytes]]]:
     """(key, fields) of every hash whose key matches `match` (SCAN, then one pipelined
-    HGETALL each), leaving out keys ending in `skip_suffix` (another type under the same
-    pattern). For listings (the CLI, `taskmesh list`), not hot paths."""
+    HGETALL each), leaving out keys ending in `skip_suffix` (or any of them: other types
+    under the same pattern). For listings (the CLI, `taskmesh list`), not hot paths."""
     keys = [k for k in client.scan_iter(match=match, count=1000)
             if skip_suffix is None or not k.endswith(skip_suffix)]
     pipe = client.pipeline(transaction=False)

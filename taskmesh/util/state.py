@@ -113,7 +113,8 @@ def list_tasks(address: str | None = None, filters: Sequence[Filter] | None = No
     """The newest `limit` task attempts recorded in the task events, oldest first:
     task_id, attempt_number, name, state (PENDING_NODE_ASSIGNMENT, RUNNING, FINISHED,
     FAILED), type (NORMAL_TASK, ACTOR_CREATION_TASK, ACTOR_TASK), job_id, actor_id,
-    node_id, worker_pid, error_type, creation/start/end_time_ms. Actor method calls
+    node_id, worker_pid, error_type, error_message (the traceback of a failed attempt),
+    creation/start/end_time_ms. Actor method calls
     appear once they run (their submission is not recorded)."""
     with _store(address) as store:
         rows = task_rows(store)
@@ -248,13 +249,34 @@ def log_lines(store: Any, job_id: str | None = None, node_id: str | None = None,
         if not jobs:
             return []
         job_id = jobs[-1]
-    lines = []
-    for batch in store.job_logs(job_id):
+    return batch_lines(store.job_logs(job_id), node_id, actor_id, pid)
+
+
+def batch_lines(batches: Sequence[dict[str, Any]], node_id: str | None = None,
+                actor_id: str | None = None, pid: int | None = None) -> list[tuple[int, str, str, str]]:
+    """(pid, task name, stream, line) of recorded output batches (`Store.job_logs`),
+    optionally only one node's, actor's or worker's."""
+    lines: list[tuple[int, str, str, str]] = []
+    for batch in batches:
         if ((node_id and batch.get("node") != node_id) or (actor_id and batch.get("actor") != actor_id)
                 or (pid is not None and batch.get("pid") != pid)):
             continue
-        lines += [(batch.get("pid"), name, stream, line) for name, stream, line in batch.get("lines", [])]
+        lines += [(batch.get("pid", 0), name, stream, line) for name, stream, line in batch.get("lines", [])]
     return lines
+
+
+def resource_usage(nodes: Sequence[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """resource -> (used, total) over the live nodes among `nodes` (`Store.nodes`)."""
+    total: dict[str, float] = {}
+    avail: dict[str, float] = {}
+    for n in nodes:
+        if not n["alive"]:
+            continue
+        for k, v in n["resources_total"].items():
+            total[k] = total.get(k, 0.0) + v
+        for k, v in n["resources_available"].items():
+            avail[k] = avail.get(k, 0.0) + v
+    return {k: (total[k] - avail.get(k, 0.0), total[k]) for k in sorted(total)}
 
 
 def get_log(address: str | None = None, node_id: str | None = None, actor_id: str | None = None,

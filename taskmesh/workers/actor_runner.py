@@ -53,7 +53,14 @@ from taskmesh.exceptions import (
 )
 from taskmesh.objects import KIND_ERROR
 from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
-from taskmesh.workers.execution import placement, serialize_error, split_returns, user_traceback
+from taskmesh.workers.execution import (
+    ERROR_TEXT_CHARS,
+    error_text,
+    placement,
+    serialize_error,
+    split_returns,
+    user_traceback,
+)
 from taskmesh.workers.process import end_if_forked
 
 if TYPE_CHECKING:
@@ -152,7 +159,8 @@ class ActorServer:
             error = RayTaskError(f"{self.class_name}.__init__", "", RuntimeEnvSetupError(
                 f"Failed to set up the runtime_env {runtime.runtime_env}: {e!r}"))
         self._event(self.actor_id, self._attempt, _events.FAILED if error else _events.FINISHED,
-                    f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK, start=start_us)
+                    f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK, start=start_us,
+                    tb=error.traceback_str[-ERROR_TEXT_CHARS:] if error else None)
         if error is not None:
             cause = f"The actor died because of an error raised in its creation task, {error}"
             self._die(cause)
@@ -350,7 +358,7 @@ class ActorServer:
         retry_transient(lambda: self.store.ack_calls(self.actor_id, completions, ids), deadline_s=3600)
 
     def _event(self, task_id: str, attempt: int, state: str, name: str, kind: str,
-               start: int | None = None) -> int:
+               start: int | None = None, tb: str | None = None) -> int:
         """Record a task event of this actor (sent by the worker's output flush);
         returns its time (µs)."""
         now = _events.now_us()
@@ -359,7 +367,8 @@ class ActorServer:
             self.worker.events.add(_events.event(
                 task_id, attempt, state, name=name, job=self.spec.job_id, type=kind,
                 actor_id=self.actor_id, node=self.worker.node_id, pid=self.worker.pid,
-                error="TASK_EXECUTION_EXCEPTION" if state == _events.FAILED else None, **ends))
+                error="TASK_EXECUTION_EXCEPTION" if state == _events.FAILED else None, tb=tb,
+                **ends))
         return now
 
     def _record_end(self, call: _Call, objs: list | None) -> None:
@@ -370,7 +379,7 @@ class ActorServer:
             return
         failed = any(kind == KIND_ERROR for _, kind, _ in objs)
         self._event(entry.task, entry.attempt, _events.FAILED if failed else _events.FINISHED,
-                    entry.name, _events.ACTOR_TASK, start=start)
+                    entry.name, _events.ACTOR_TASK, start=start, tb=error_text(objs) if failed else None)
 
     # ---- one call -----------------------------------------------------------------------
 

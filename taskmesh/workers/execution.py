@@ -121,6 +121,26 @@ def user_traceback(error: BaseException) -> str:
     return "".join(top.format())
 
 
+# The end of a failed task's traceback kept in its task event (for the dashboard).
+ERROR_TEXT_CHARS = 8_000
+
+
+def error_text(objs: Sequence[Sequence[Any]] | None) -> str | None:
+    """The traceback of a run's first error result (None when none), cut to its last
+    ERROR_TEXT_CHARS, for the FAILED task event: read back from the result itself, so
+    it costs nothing on a task that succeeds."""
+    for _, kind, data in objs or ():
+        if kind != objects.KIND_ERROR:
+            continue
+        try:
+            error = objects.deserialize(data)
+        except Exception:  # an error whose class does not load here: its type is known
+            return None
+        text = getattr(error, "traceback_str", None) or str(error)
+        return text[-ERROR_TEXT_CHARS:]
+    return None
+
+
 def serialize_error(name: str, error: Exception) -> bytes:
     tb = user_traceback(error)
     try:

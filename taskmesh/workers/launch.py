@@ -1,4 +1,5 @@
-"""Starting the processes of a node: the embedded Redis server and the node agent.
+"""Starting the processes of a node: the embedded Redis server, the node agent and the
+web dashboard.
 
 Also where addresses are canonicalized and where a machine's started processes are
 recorded (for `taskmesh stop` and `init(address="auto")`), with the local clusters of
@@ -334,6 +335,16 @@ def start_agent(
         cmd += ["--spill-dir", str(spill_dir)]
     if node_ip is not None:
         cmd += ["--node-ip-address", node_ip]
+    return _spawn_until_ready(cmd, (read_fd, write_fd), address, log_path, fate_share, timeout_s,
+                              "The node agent")
+
+
+def _spawn_until_ready(cmd: list[str], pipe: tuple[int, int], address: str, log_path: Path,
+                       fate_share: bool, timeout_s: float, what: str) -> tuple[subprocess.Popen, str]:
+    """Run `cmd` (with the cluster's address in its environment, its output in
+    `log_path`) and return (process, the line it writes to the pipe's write end once
+    ready); kill it and raise with its log's end when it writes none in time."""
+    read_fd, write_fd = pipe
     log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     with open(log_fd, "ab") as log_file:
@@ -347,15 +358,44 @@ def start_agent(
         )
     os.close(write_fd)
     try:
-        node_id = _read_line(read_fd, timeout_s)
+        line = _read_line(read_fd, timeout_s)
     finally:
         os.close(read_fd)
-    if not node_id:
+    if not line:
         proc.kill()
         proc.wait()
         tail = log_path.read_text()[-3000:] if log_path.exists() else ""
-        raise RuntimeError(f"The node agent did not start; its log ({log_path}) ends with:\n{tail}")
-    return proc, node_id
+        raise RuntimeError(f"{what} did not start; its log ({log_path}) ends with:\n{tail}")
+    return proc, line
+
+
+def start_dashboard(
+    address: str,
+    *,
+    host: str,
+    port: int,
+    log_path: Path,
+    fate_share: bool,
+    token_file: Path | None = None,
+    timeout_s: float = 30.0,
+) -> tuple[subprocess.Popen, str]:
+    """Start the web dashboard (`taskmesh dashboard`) as a process of its own and return
+    (process, its URL) once it listens. The address (with its password) travels in the
+    environment, as the agent's; the token, if any, in its file. A port in use raises
+    PortInUseError naming it before anything is started."""
+    if port:
+        holder = port_holder(host, port)
+        if holder is not None:
+            raise PortInUseError(f"The dashboard cannot listen on {host}:{port}: the port is "
+                                 f"in use by {holder}. Choose another port (--dashboard-port, "
+                                 "dashboard_port=) or stop what holds it.")
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "taskmesh.cli", "dashboard", "--host", host, "--port", str(port),
+           "--ready-fd", str(write_fd)]
+    if token_file is not None:
+        cmd += ["--token-file", str(token_file)]
+    return _spawn_until_ready(cmd, (read_fd, write_fd), address, log_path, fate_share, timeout_s,
+                              "The dashboard")
 
 
 def _read_line(fd: int, timeout_s: float) -> str:

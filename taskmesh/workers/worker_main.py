@@ -50,7 +50,7 @@ from taskmesh.store.client import ENDED_JOBS_KEPT
 from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
 from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import ActorServer
-from taskmesh.workers.execution import LineForwarder, placement, serialize_error, split_returns
+from taskmesh.workers.execution import LineForwarder, error_text, placement, serialize_error, split_returns
 
 
 class Worker:
@@ -406,7 +406,8 @@ class Worker:
         self.events.add(_events.event(
             task_id, attempt, _events.FAILED if failed else _events.FINISHED, name=name, job=job,
             node=self.node_id, pid=self.pid, start=start_us, end=end_us,
-            error="TASK_EXECUTION_EXCEPTION" if failed else None))
+            error="TASK_EXECUTION_EXCEPTION" if failed else None,
+            tb=error_text(objs) if failed else None))
 
     def _execute(self, spec: TaskSpec, attempt: int, name: str, return_ids: list[str]) -> list[list]:
         try:
