@@ -310,11 +310,34 @@ def test_cluster_page_shows_the_node(page: Any, shared_cluster: Any) -> None:
     page.shot("cluster")
 
 
-def test_jobs_page_lists_the_job(page: Any, workload: dict[str, Any]) -> None:
+def test_jobs_page_lists_the_job(page: Any, workload: dict[str, Any], shared_cluster: Any) -> None:
+    """The driver's job, and a job submitted with `taskmesh job submit`'s client."""
+    from taskmesh.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(shared_cluster.url)
+    submitted = client.submit_job(entrypoint="python -c \"print('submitted hello')\"")
     page.open("/jobs")
     text = page.wait_text(workload["job"], "#jobs")
     assert "RUNNING" in text and "FAILED 1" in text
+    wait_until(lambda: client.get_job_status(submitted) == JobStatus.SUCCEEDED, timeout_s=60,
+               what="the submitted job's success")
+    row = wait_until(lambda: next((line for line in page.text("#submitted").splitlines()
+                                   if submitted in line and "SUCCEEDED" in line), None),
+                     what="the submitted job's row, SUCCEEDED")
+    assert "print('submitted hello')" in row  # the entrypoint, as text
     page.shot("jobs")
+
+
+def test_the_metrics_route_serves_the_builtin_metrics(dashboard: str, workload: dict[str, Any]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, headers, body = _get(dashboard + "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    assert samples[("taskmesh_tasks_finished_total", (("name", "greet"),))] >= 4
+    assert samples[("taskmesh_tasks_failed_total", (("name", "explode"),))] == 1
+    assert samples[("taskmesh_nodes", (("state", "alive"),))] >= 1
 
 
 def test_job_page_shows_a_failed_task_with_its_traceback(page: Any, browser: Any,

@@ -132,7 +132,7 @@ def test_start_block_stays_in_the_foreground_and_stops_on_sigterm(tmp_path: Path
         log_path = re.search(r"its agent logs to (\S+)\.$", text, re.M)
         assert log_path and Path(log_path.group(1)).is_file(), text
         pids = [entry["pid"] for entry in json.loads((tmp_path / "started_pids.json").read_text())]
-        assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+        assert len(pids) == 3 and all(psutil.pid_exists(p) for p in pids)  # Redis, agent, dashboard
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, text + rest

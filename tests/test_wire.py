@@ -370,7 +370,10 @@ SPEC_KEYS = {"fn", "args", "nret", "owner", "job", "ns", "maxr", "rexc", "maxc",
              "pg", "renv", "held", "async", "cls", "mtr", "groups", "m", "cg", "ev"}
 # (module, key) pairs that are not spec keys: the CLI's object listing rows and the
 # holder kinds of `taskmesh memory` say "owner".
-NOT_SPECS = {("taskmesh/cli/commands.py", "owner")}
+NOT_SPECS = {("taskmesh/cli/commands.py", "owner"),
+             ("taskmesh/dashboard/app.py", "job"),  # a query parameter
+             ("taskmesh/dashboard/data.py", "owner"),  # an object summary's
+             ("taskmesh/dashboard/data.py", "args")}  # a Chrome trace event's
 
 
 def _modules() -> list[Path]:

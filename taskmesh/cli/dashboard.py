@@ -7,14 +7,13 @@ import os
 
 import click
 
-from taskmesh.cli.commands import _address_option, _check_bind, _connect, _tls_options
+from taskmesh.cli.commands import _address_option, _check_bind, _connect
 
 DEFAULT_PORT = 8265  # Ray's; taskmesh.dashboard.DEFAULT_PORT (not imported: it loads starlette)
 
 
 @click.command()
 @_address_option(required=False)
-@_tls_options
 @click.option("--host", default="127.0.0.1", show_default=True, callback=_check_bind,
               help="Interface to listen on. Anything but loopback needs the token.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
