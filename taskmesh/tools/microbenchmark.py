@@ -85,7 +85,7 @@ class Settings:
 FULL = Settings(duration_s=2.0, batch=1000, settle_s=2.0, full_only=True)
 # A smoke run (tests, `taskmesh microbenchmark --quick`): rates stay per task/ref, so the
 # smaller batches make the "1000 refs" rows noisier, not wrong in kind.
-QUICK = Settings(duration_s=0.3, batch=100, settle_s=0.1, full_only=False)
+QUICK = Settings(duration_s=0.1, batch=100, settle_s=0.1, full_only=False)
 
 
 def row_names(lib_name: str, quick: bool = False, cpus: int = NUM_CPUS) -> tuple[str, ...]:

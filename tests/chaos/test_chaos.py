@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.chaos, pytest.mark.cluster, pytest.mark.slow]
 
 @pytest.mark.timeout(300)
 def test_seeded_chaos_run_loses_nothing(tmp_path: Path) -> None:
-    report = chaos.run(35, 1, kill_redis=False, work_dir=tmp_path)
+    report = chaos.run(25, 1, kill_redis=False, work_dir=tmp_path)
     assert report.ok, report.summary()
     assert report.kills["worker"] > 0 and report.kills["agent"] > 0, report.summary()
     assert report.rounds > 0 and report.tasks_checked > 0 and report.actor_calls_checked > 0
