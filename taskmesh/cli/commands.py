@@ -77,15 +77,21 @@ def _password_options(fn: Callable) -> Callable:
              f"${config.REDIS_PASSWORD.name} (the password itself).")(fn)
 
 
-def _parse_resources(ctx: Any, param: Any, value: str | None) -> dict[str, float]:
-    if not value:
-        return {}
+def _json_object(ctx: Any, param: Any, value: str | None) -> dict | None:
+    """A click callback: the option's JSON object (None when not given)."""
+    if value is None:
+        return None
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as e:
         raise click.BadParameter(f"not valid JSON ({e.msg}): {value!r}") from None
     if not isinstance(parsed, dict):
-        raise click.BadParameter(f"must be a JSON object like '{{\"disk\": 4}}', got {value!r}")
+        raise click.BadParameter(f"must be a JSON object, e.g. '{{\"disk\": 4}}', got {value!r}")
+    return parsed
+
+
+def _parse_resources(ctx: Any, param: Any, value: str | None) -> dict[str, float]:
+    parsed = _json_object(ctx, param, value or None) or {}
     for key, amount in parsed.items():
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
             raise click.BadParameter(f"resource {key!r} must be a non-negative number, got {amount!r}")

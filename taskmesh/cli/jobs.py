@@ -3,7 +3,6 @@ taskmesh.job_submission. They parse and print; the client does the work."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -11,19 +10,7 @@ from typing import Any
 
 import click
 
-from taskmesh.cli.commands import _address_option, _connect, _parse_resources, _print_table
-
-
-def _json_object(ctx: Any, param: click.Parameter, value: str | None) -> dict | None:
-    if value is None:
-        return None
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as e:
-        raise click.BadParameter(f"not valid JSON ({e.msg}): {value!r}") from None
-    if not isinstance(parsed, dict):
-        raise click.BadParameter(f"must be a JSON object, got {value!r}")
-    return parsed
+from taskmesh.cli.commands import _address_option, _connect, _json_object, _parse_resources, _print_table
 
 
 def _errors(fn: Callable) -> Callable:
