@@ -8,6 +8,7 @@ stream `tm:actor:{id}:calls` and read by that process directly, in order.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,8 +120,14 @@ def _methods_of(cls: type) -> dict[str, MethodMeta]:
     return out
 
 
+class ActorClassInheritanceException(TypeError):
+    """A class statement tried to subclass an actor class (Ray's `ray.actor` name)."""
+
+
 class ActorClass:
-    """A class decorated with `@remote`: `Cls.remote(...)` creates an actor."""
+    """A class decorated with `@remote`: `Cls.remote(...)` creates an actor. The user's
+    class attributes, class methods and static methods are reachable through it, as
+    Ray's actor class (which derives from the user's class) has them."""
 
     def __init__(self, cls: type, options: dict[str, Any]):
         self._cls = cls
@@ -133,6 +140,35 @@ class ActorClass:
         self.__qualname__ = cls.__qualname__
         self.__module__ = cls.__module__
         self.__doc__ = cls.__doc__
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        """`class Sub(ActorCls)`: refused, as Ray does."""
+        raise ActorClassInheritanceException(
+            f"Attempted to define a subclass of actor class '{self.__name__}'. Inheriting from "
+            "actor classes is not currently supported. You can instead inherit from a "
+            "non-actor base class and make the derived class an actor class (with "
+            "@taskmesh.remote).")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only names ActorClass lacks arrive here: the user's class attributes, static
+        # and class methods (inherited ones too). Dunder names are not forwarded, so
+        # pickling and copying see an ActorClass.
+        cls = self.__dict__.get("_cls")
+        if cls is None or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(f"'ActorClass' object has no attribute '{name}'")
+        try:
+            value = getattr(cls, name)
+        except AttributeError:
+            raise AttributeError(f"Actor class '{cls.__name__}' has no attribute '{name}'") from None
+        if inspect.isfunction(value):
+            # A copy, not the function itself: cloudpickle pickles a function by
+            # reference when its module's `Cls.name` *is* it, and the workers need not
+            # be able to import the module that defines the class.
+            return _forwarded(value)
+        return value
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(dir(self._cls)))
 
     def __getstate__(self) -> dict[str, Any]:
         return {"class": self._cls, "options": self._options}
@@ -212,6 +248,14 @@ class ActorClass:
             runtime.submit(route.queue, entry, deps, (), holds=holds)
         collectable = not (detached or name)
         return ActorHandle(actor_id, self.__name__, self._methods, _original=collectable)
+
+
+def _forwarded(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return call
 
 
 class _ActorOptions:
@@ -381,5 +425,5 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
 
 
 # Reprs and pickles name the public path (Ray's), not the module that defines them.
-for _cls in (ActorClass, ActorHandle, ActorMethod):
+for _cls in (ActorClass, ActorClassInheritanceException, ActorHandle, ActorMethod):
     _cls.__module__ = "taskmesh.actor"
