@@ -6,7 +6,6 @@ Ray's documentation of the behaviour."""
 from __future__ import annotations
 
 import functools
-import os
 
 import pytest
 
@@ -97,3 +96,143 @@ def test_subclassing_an_actor_class_raises() -> None:
     with pytest.raises(taskmesh.actor.ActorClassInheritanceException):
         class Derived2(Base, Counter):  # type: ignore[misc]
             pass
+
+
+# ---- how an actor ends --------------------------------------------------------------------
+
+_EXITED = "Worker exit type: INTENDED_USER_EXIT Worker exit detail: Worker exits by a user request."
+
+
+def _atexit_actor(ray):
+    @ray.remote
+    class WithAtexit:
+        def __init__(self, marker):
+            import atexit
+
+            atexit.register(lambda: open(marker, "w").close())
+
+        def ping(self):
+            return "pong"
+
+        def quit(self):
+            taskmesh.actor.exit_actor()
+
+    return WithAtexit
+
+
+def test_ray_terminate_returns_a_ref_that_raises_once_the_actor_ended(ray, tmp_path) -> None:
+    # "actor.__ray_terminate__.remote() ... queue a termination task. Any atexit handlers
+    # installed in the actor will be run in this case."
+    marker = tmp_path / "atexit-ran"
+    a = _atexit_actor(ray).remote(str(marker))
+    before = a.ping.remote()
+    ref = a.__ray_terminate__.remote()
+    assert isinstance(ref, taskmesh.ObjectRef)
+    assert ray.get(before) == "pong"  # the calls queued before it run first
+    with pytest.raises(exceptions.RayActorError, match=_EXITED):
+        ray.get(ref, timeout=20)
+    _wait_for(marker.exists, what="the actor's atexit handler")
+    with pytest.raises(exceptions.RayActorError, match="exit_actor"):
+        ray.get(a.ping.remote(), timeout=20)
+
+
+def test_exit_actor_runs_atexit_handlers_and_reports_an_intended_exit(ray, tmp_path) -> None:
+    marker = tmp_path / "atexit-ran"
+    a = _atexit_actor(ray).remote(str(marker))
+    assert ray.get(a.ping.remote()) == "pong"
+    with pytest.raises(exceptions.RayActorError, match=_EXITED):
+        ray.get(a.quit.remote(), timeout=20)
+    _wait_for(marker.exists, what="the actor's atexit handler")
+    with pytest.raises(exceptions.ActorDiedError, match=_EXITED):
+        ray.get(a.ping.remote(), timeout=20)
+
+
+def test_an_actor_collected_when_its_handles_are_gone_runs_atexit_handlers(ray, tmp_path) -> None:
+    marker = tmp_path / "atexit-ran"
+    a = _atexit_actor(ray).remote(str(marker))
+    assert ray.get(a.ping.remote()) == "pong"
+    del a
+    _wait_for(marker.exists, what="the collected actor's atexit handler")
+
+
+def test_exit_actor_from_a_background_asyncio_task(ray) -> None:
+    # "For asyncio actors, there may be a short delay before the actor exits if the API
+    # is called from a background task. Any queued methods will fail."
+    @ray.remote
+    class Background:
+        async def start_exit(self):
+            import asyncio
+
+            async def later():
+                await asyncio.sleep(0.2)
+                taskmesh.actor.exit_actor()
+
+            self.task = asyncio.get_running_loop().create_task(later())
+            return "started"
+
+        async def ping(self):
+            return "pong"
+
+    a = Background.remote()
+    assert ray.get(a.start_exit.remote()) == "started"
+
+    _wait_for(lambda: _dead_with(ray, a, _EXITED), what="the actor to exit")
+
+
+def test_exit_actor_in_an_async_method_fails_the_calls_queued_behind_it(ray) -> None:
+    @ray.remote
+    class AsyncQuitter:
+        async def quit(self):
+            taskmesh.actor.exit_actor()
+
+        async def ping(self):
+            return "pong"
+
+    a = AsyncQuitter.remote()
+    assert ray.get(a.ping.remote()) == "pong"
+    quit_ref = a.quit.remote()
+    behind = [a.ping.remote() for _ in range(5)]
+    with pytest.raises(exceptions.RayActorError, match=_EXITED):
+        ray.get(quit_ref, timeout=20)
+    for ref in behind:
+        try:  # one already started may have finished; none is served after the exit
+            assert ray.get(ref, timeout=20) == "pong"
+        except exceptions.RayActorError as e:
+            assert _EXITED in str(e)
+    with pytest.raises(exceptions.RayActorError, match=_EXITED):
+        ray.get(a.ping.remote(), timeout=20)
+
+
+def test_exit_actor_outside_an_actor_raises_type_error(ray) -> None:
+    with pytest.raises(TypeError, match="exit_actor API is called on a non-actor worker"):
+        taskmesh.actor.exit_actor()
+
+    @ray.remote
+    def task():
+        taskmesh.actor.exit_actor()
+
+    with pytest.raises(TypeError, match="exit_actor API is called on a non-actor worker"):
+        ray.get(task.remote(), timeout=20)
+
+
+def test_killed_actor_reports_ray_kill(ray) -> None:
+    @ray.remote
+    class Victim:
+        def ping(self):
+            return "pong"
+
+    v = Victim.remote()
+    assert ray.get(v.ping.remote()) == "pong"
+    ray.kill(v)
+    _wait_for(lambda: _dead_with(ray, v, "The actor is dead because it was killed by `ray.kill`."),
+              what="the actor to die")
+
+
+def _dead_with(ray, actor, cause: str) -> bool:
+    """Whether a call to `actor` fails with RayActorError, and then with `cause`."""
+    try:
+        ray.get(actor.ping.remote(), timeout=20)
+    except exceptions.RayActorError as e:
+        assert cause in str(e)
+        return True
+    return False

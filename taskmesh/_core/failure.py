@@ -130,13 +130,21 @@ def actor_down(store: Store, actor_id: str, *, restart: bool, cause: str, node_i
     max_restarts allow (`drain`: its node was drained, a restart max_restarts does not
     count, as Ray's for preempted nodes), else declare it dead and fail every call queued
     for it with ActorDiedError. Returns "restarting", "dead" or "already" (handled before)."""
-    status, drained = store.actor_down(actor_id, restart=restart, cause=cause, node_id=node_id,
-                                       drain=drain)
+    status, drained, cause = store.actor_down(actor_id, restart=restart, cause=cause,
+                                              node_id=node_id, drain=drain)
     calls = [entry for _, entry in set_aside_malformed(store, drained, actor_call=True)]
     if calls:
         store.complete_tasks(call_failures(calls, death_error(actor_id, cause)), {})
     return status
 
+
+# Ray's death causes of the actors that ended on purpose (its GCS's texts, word for word:
+# programs match on them).
+EXITED = ("The actor is dead because its worker process has died. Worker exit type: "
+          "INTENDED_USER_EXIT Worker exit detail: Worker exits by a user request. "
+          "exit_actor() is called.")
+OUT_OF_SCOPE = "The actor is dead because all references to the actor were removed."
+KILLED = "The actor is dead because it was killed by `ray.kill`."
 
 # Death causes that mean the actor could never be placed; calls to it raise these types.
 UNSCHEDULABLE = "ActorUnschedulableError: "

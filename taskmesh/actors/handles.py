@@ -20,6 +20,7 @@ from taskmesh import objects, runtime_env
 from taskmesh._base import ids, queues
 from taskmesh._base.wire import ACTOR, READY, TERMINATE, ActorSpec, CallSpec, QueueEntry
 from taskmesh._core import context, signatures
+from taskmesh._core import failure as _failure
 from taskmesh._core import generators as _generator
 from taskmesh._core import options as _options
 from taskmesh._core.remote_function import _Export, _pack_args
@@ -52,11 +53,19 @@ class MethodMeta:
 
 
 def exit_actor() -> None:
-    """Stop the current actor after the running method: no restart, pending calls fail."""
+    """Stop the current actor: no restart, the calls queued behind fail with
+    RayActorError, atexit handlers run. Called from a method, it ends that method (whose
+    caller sees the actor's death); from a background asyncio task of an async actor, the
+    actor ends as soon as its serving loop sees it."""
     from taskmesh._core.context import get_runtime
 
-    if get_runtime().context.actor_id is None:
-        raise TypeError("exit_actor API is called on a non-actor worker.")
+    runtime = get_runtime()
+    if runtime.context.actor_id is None:
+        where = "a task's worker" if runtime.context.task_id else "the driver"
+        raise TypeError(f"exit_actor API is called on a non-actor worker, {where}. Call this API "
+                        "inside an actor method if you'd like to exit the actor gracefully.")
+    if runtime.on_exit_actor is not None:
+        runtime.on_exit_actor()
     raise ActorExitRequest()
 
 
@@ -115,7 +124,7 @@ def _methods_of(cls: type) -> dict[str, MethodMeta]:
                                inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
                                generator, max(opts.get(_BACKPRESSURE) or 0, 0),
                                signatures.to_params(signatures.signature_of(fn, drop_first=unbound)))
-    out[TERMINATE] = MethodMeta(0)
+    out[TERMINATE] = MethodMeta(1)  # as Ray's: a ref, whose get raises RayActorError
     out[READY] = MethodMeta(1)
     return out
 
@@ -419,9 +428,9 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
         raise ValueError(f"taskmesh.kill() only supported for actors. For tasks, try "
                          f"taskmesh.cancel(). Got: {type(actor)}.")
     runtime = get_runtime()
-    state, _ = runtime.store.kill_actor(actor._actor_id, no_restart=no_restart)
+    state, _ = runtime.store.kill_actor(actor._actor_id, no_restart=no_restart, cause=_failure.KILLED)
     if state in ("PENDING", "RESTARTING") and no_restart:
-        runtime.fail_drained_calls(actor._actor_id, "killed by taskmesh.kill() before it started")
+        runtime.fail_drained_calls(actor._actor_id, _failure.KILLED)
 
 
 # Reprs and pickles name the public path (Ray's), not the module that defines them.

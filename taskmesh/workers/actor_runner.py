@@ -16,6 +16,7 @@ results) and the actor serves on.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import inspect
@@ -27,7 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from taskmesh import objects, runtime_env
 from taskmesh._base import wire
@@ -42,7 +43,14 @@ from taskmesh._base.wire import (
     encode_notice,
 )
 from taskmesh._core import events as _events
-from taskmesh._core.failure import call_failures, dead_letter, set_aside_malformed
+from taskmesh._core.failure import (
+    EXITED,
+    OUT_OF_SCOPE,
+    call_failures,
+    dead_letter,
+    death_error,
+    set_aside_malformed,
+)
 from taskmesh.exceptions import (
     ActorDiedError,
     ActorExitRequest,
@@ -114,9 +122,13 @@ class ActorServer:
         # Its node is draining (DRAIN_SIGNAL from the agent): finish the calls read, exit.
         self._draining = threading.Event()
         self._exit_done = threading.Event()  # the exiting thread recorded the death
+        self._exit_lock = threading.Lock()  # one thread exits the actor, one ends the process
+        self._end_lock = threading.Lock()
+        self._runner: _ConcurrentRunner | None = None
         self._done: list[tuple[_Call, list | None]] = []  # in-order results not stored yet
         self._on_block = worker.runtime.on_block
         worker.runtime.on_block = self._before_blocking
+        worker.runtime.on_exit_actor = self._exit_requested
         self._flush_lock = threading.Lock()
         # Task ids of recent calls: a caller that re-sends a batch after a Redis error
         # may have delivered some calls twice; each runs once.
@@ -169,12 +181,7 @@ class ActorServer:
             self._serve()
         except _Exit:
             pass
-        else:
-            if not self._draining.is_set():  # another thread is exiting the actor:
-                self._exit_done.wait(60)  # let it record the death first
-        self.worker.end_output()
-        self.worker.flush_logs(with_events=True)
-        os._exit(0)
+        self._end_process()
 
     def _create(self) -> RayTaskError | None:
         try:
@@ -209,7 +216,7 @@ class ActorServer:
         spec = self.spec
         concurrent = spec.is_async or spec.max_concurrency > 1 or bool(spec.concurrency_groups)
         if concurrent:
-            runner = _ConcurrentRunner(self)
+            runner = self._runner = _ConcurrentRunner(self)
             threading.Thread(target=self._flush_loop, name="taskmesh-actor-flush", daemon=True).start()
         failures = 0
         while not self._exiting.is_set() and not self._draining.is_set():
@@ -385,7 +392,7 @@ class ActorServer:
                 result = asyncio.run(result)
             return self._values(result, return_ids, name)
         except ActorExitRequest:
-            self._exit_after(call, return_ids, "exit_actor() was called")
+            self._exit_after(call, return_ids, EXITED)
         except Exception as e:
             return self._error(e, return_ids, name)
         finally:
@@ -411,9 +418,8 @@ class ActorServer:
         if self._record and method_name not in (TERMINATE, READY):  # internal calls: no events
             self._started[task_id] = self._event(task_id, call.entry.attempt, _events.RUNNING,
                                                  name, _events.ACTOR_TASK)
-        if method_name == TERMINATE:
-            self._exit_after(call, return_ids, "the actor was terminated: all handles to it "
-                             "went out of scope, or __ray_terminate__ was called")
+        if method_name == TERMINATE:  # the collection's call has no caller waiting for it
+            self._exit_after(call, return_ids, EXITED if spec.num_returns else OUT_OF_SCOPE)
         if method_name == READY:
             return None, None, None, return_ids, name, self._values(True, return_ids, name)
         try:
@@ -460,23 +466,77 @@ class ActorServer:
     def _exit_after(self, call: _Call, return_ids: list[str], cause: str) -> None:
         """Graceful exit: run __ray_shutdown__, record this call, declare the actor dead
         (failing the calls behind it), tell the agent not to restart it."""
-        self._exiting.set()
+        first = self._begin_exit()
+        try:
+            if first:
+                self._shutdown_hook()
+            self._flush_done()  # calls that ran before this one keep their results
+            self._flush_results_now()
+            error = death_error(self.actor_id, cause)
+            self.store.ack_calls(self.actor_id, call_failures([call.entry], error), [call.entry_id])
+            if first:
+                self.worker.send(wire.ActorExiting())
+                self._die(cause)
+        finally:
+            if first:
+                self._exit_done.set()
+        raise _Exit()
+
+    def _exit_requested(self) -> None:
+        """exit_actor() was called. In a call, the exception it raises ends the call and
+        the actor (_exit_after); in a background asyncio task nothing would see it, so
+        the actor exits from here."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop: a call of a sync or threaded actor
+            return
+        runner = self._runner
+        if task is None or runner is None or task in runner.call_tasks:
+            return
+        threading.Thread(target=self._exit_from_background, name="taskmesh-actor-exit",
+                         daemon=True).start()
+
+    def _exit_from_background(self) -> None:
+        if not self._begin_exit():
+            return
+        try:
+            self._shutdown_hook()
+            self._flush_results_now()
+            self.worker.send(wire.ActorExiting())
+            self._die(EXITED)
+        finally:
+            self._exit_done.set()
+        self._end_process()
+
+    def _begin_exit(self) -> bool:
+        """Whether this thread is the one that exits the actor (the first to ask)."""
+        with self._exit_lock:
+            first = not self._exiting.is_set()
+            self._exiting.set()
+        return first
+
+    def _shutdown_hook(self) -> None:
         shutdown = getattr(self.instance, "__ray_shutdown__", None)
         if callable(shutdown):
             try:
                 shutdown()
             except Exception:
                 log.exception("__ray_shutdown__ of %s failed", self.class_name)
-        error = ActorDiedError(self.actor_id, f"The actor {self.actor_id} exited: {cause}")
-        try:
-            self._flush_done()  # calls that ran before this one keep their results
-            self._flush_results_now()
-            self.store.ack_calls(self.actor_id, call_failures([call.entry], error), [call.entry_id])
-            self.worker.send(wire.ActorExiting())
-            self._die(f"The actor exited: {cause}")
-        finally:
-            self._exit_done.set()
-        raise _Exit()
+
+    def _end_process(self) -> NoReturn:
+        """End the actor's process. After an exit on purpose (exit_actor, terminate, the
+        collection of the actor) the death is recorded first and the atexit handlers
+        run, as in a Python process that exits (Ray's actors run them too)."""
+        with self._end_lock:  # a second thread ending it waits here for os._exit
+            if self._exiting.is_set():
+                self._exit_done.wait(60)
+                try:
+                    atexit._run_exitfuncs()
+                except BaseException:  # they report their own errors; the actor ends anyway
+                    log.exception("the atexit handlers of %s failed", self.class_name)
+            self.worker.end_output()
+            self.worker.flush_logs(with_events=True)
+            os._exit(0)
 
 
 def _results_only(batch: list[_Result | _FlushMark]) -> list[_Result]:
@@ -517,6 +577,7 @@ class _ConcurrentRunner:
         self._semaphores: dict[Any, asyncio.Semaphore] = {}
         self._lock = threading.Lock()
         self._running: set[concurrent.futures.Future] = set()
+        self.call_tasks: set[asyncio.Task | None] = set()  # the asyncio tasks running calls
         if spec.is_async:
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, name="taskmesh-actor-loop", daemon=True).start()
@@ -547,34 +608,41 @@ class _ConcurrentRunner:
         try:
             self.server._results.put((call, self.server._call(call)))
         except _Exit:
-            os._exit(0)
+            self.server._end_process()
 
     async def _run_async(self, call: _Call, group: Any) -> None:
         sem = self._semaphores.get(group)
         if sem is None:
             sem = self._semaphores[group] = asyncio.Semaphore(self._limits[group])
         async with sem:
-            server = self.server
+            self.call_tasks.add(asyncio.current_task())
             try:
-                method, args, kwargs, return_ids, name, early = server._prepared(call)
+                await self._run_call(call)
+            finally:
+                self.call_tasks.discard(asyncio.current_task())
+
+    async def _run_call(self, call: _Call) -> None:
+        server = self.server
+        try:
+            method, args, kwargs, return_ids, name, early = server._prepared(call)
+        except _Exit:
+            server._end_process()
+        if early is not None:
+            server._results.put((call, early))
+            return
+        try:
+            try:
+                result = method(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+            finally:
+                end_if_forked(server.worker.pid)
+            objs = server._values(result, return_ids, name)
+        except ActorExitRequest:
+            try:
+                server._exit_after(call, return_ids, EXITED)
             except _Exit:
-                os._exit(0)
-            if early is not None:
-                server._results.put((call, early))
-                return
-            try:
-                try:
-                    result = method(*args, **kwargs)
-                    if inspect.isawaitable(result):
-                        result = await result
-                finally:
-                    end_if_forked(server.worker.pid)
-                objs = server._values(result, return_ids, name)
-            except ActorExitRequest:
-                try:
-                    server._exit_after(call, return_ids, "exit_actor() was called")
-                except _Exit:
-                    os._exit(0)
-            except Exception as e:
-                objs = server._error(e, return_ids, name)
-            server._results.put((call, objs))
+                server._end_process()
+        except Exception as e:
+            objs = server._error(e, return_ids, name)
+        server._results.put((call, objs))
