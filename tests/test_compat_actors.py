@@ -98,6 +98,73 @@ def test_subclassing_an_actor_class_raises() -> None:
             pass
 
 
+# ---- method retries ----------------------------------------------------------------------
+
+@taskmesh.remote
+class Flaky:
+    """Each method fails its first `failures` calls, then returns how many calls it took."""
+
+    def __init__(self):
+        self.calls = {}
+
+    def _attempt(self, key, failures, error):
+        self.calls[key] = self.calls.get(key, 0) + 1
+        if self.calls[key] <= failures:
+            raise error
+        return self.calls[key]
+
+    @taskmesh.method(max_task_retries=2, retry_exceptions=[ValueError])
+    def listed(self, key, failures, error=None):
+        return self._attempt(key, failures, error or ValueError("flaky"))
+
+    @taskmesh.method(max_task_retries=3, retry_exceptions=True)
+    async def any_error(self, key, failures):
+        return self._attempt(key, failures, KeyError(key))
+
+    def plain(self, key, failures):
+        return self._attempt(key, failures, ValueError("flaky"))
+
+
+def test_method_retries_an_exception_it_lists(ray) -> None:
+    # "@ray.method(max_task_retries=..., retry_exceptions=...)": a call that raises a
+    # listed exception runs again, up to max_task_retries times.
+    f = Flaky.remote()
+    assert ray.get(f.listed.remote("a", 2)) == 3  # failed twice, retried twice
+    with pytest.raises(ValueError, match="flaky"):
+        ray.get(f.listed.remote("b", 3))  # the retries are used up
+    with pytest.raises(TypeError):  # not listed: not retried
+        ray.get(f.listed.remote("c", 1, TypeError("other")))
+    assert ray.get(f.any_error.remote("d", 3)) == 4  # retry_exceptions=True, async method
+    with pytest.raises(ValueError):  # by default a method raising is not retried
+        ray.get(f.plain.remote("e", 1))
+
+
+def test_method_options_set_retries_per_call(ray) -> None:
+    f = Flaky.remote()
+    assert ray.get(f.plain.options(max_task_retries=1, retry_exceptions=True).remote("a", 1)) == 2
+    with pytest.raises(ValueError):
+        ray.get(f.plain.options(max_task_retries=1, retry_exceptions=[ValueError]).remote("b", 2))
+    with pytest.raises(ValueError):  # the method's options can be turned off per call
+        ray.get(f.listed.options(retry_exceptions=False).remote("c", 1))
+    assert ray.get(f.listed.options(max_task_retries=-1).remote("d", 4)) == 5
+
+
+def test_wrong_retry_options_raise_naming_the_option() -> None:
+    with pytest.raises(ValueError, match="max_task_retries"):
+        taskmesh.method(max_task_retries=-2)
+    with pytest.raises(TypeError, match="max_task_retries"):
+        taskmesh.method(max_task_retries="3")
+    with pytest.raises(ValueError, match="retry_exceptions"):
+        taskmesh.method(retry_exceptions=[ValueError, "not an exception"])
+    with pytest.raises(TypeError, match="retry_exceptions"):
+        taskmesh.method(retry_exceptions="yes")
+    handle = taskmesh.actor.ActorHandle("0" * 24, "Flaky", Flaky._methods)
+    with pytest.raises(ValueError, match="max_task_retries"):
+        handle.plain.options(max_task_retries=-5)
+    with pytest.raises(TypeError, match="retry_exceptions"):
+        handle.plain.options(retry_exceptions=3)
+
+
 # ---- how an actor ends --------------------------------------------------------------------
 
 _EXITED = "Worker exit type: INTENDED_USER_EXIT Worker exit detail: Worker exits by a user request."

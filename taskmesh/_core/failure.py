@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from taskmesh import objects
 from taskmesh._base import queues
-from taskmesh._base.wire import QueueEntry, TaskSpec, WireError, encode_notice
+from taskmesh._base.wire import CallSpec, QueueEntry, TaskSpec, WireError, encode_notice
 from taskmesh.exceptions import (
     ActorDiedError,
     ActorPlacementGroupRemoved,
@@ -79,6 +79,21 @@ def should_retry(spec: TaskSpec, attempt: int, error: BaseException | None = Non
         if isinstance(retry, bytes) and not isinstance(error, _retry_types(retry)):
             return False
     return spec.can_retry(attempt)
+
+
+def should_retry_call(spec: CallSpec, actor_max_task_retries: int, error: Exception,
+                      retries: int) -> bool:
+    """Whether an actor call that raised `error`, and ran again `retries` times already,
+    runs once more: its retry_exceptions name the error and its max_task_retries (the
+    method's, else the actor's) allow it. A generator call is not run again (its items
+    were stored as it yielded them)."""
+    retry = spec.retry_exceptions
+    if not retry or spec.generator:
+        return False
+    if isinstance(retry, bytes) and not isinstance(error, _retry_types(retry)):
+        return False
+    limit = spec.max_task_retries if spec.max_task_retries is not None else actor_max_task_retries
+    return limit == -1 or retries < limit
 
 
 def _retry_types(retry: bytes) -> tuple[type, ...]:

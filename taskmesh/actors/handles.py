@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 import msgpack
 
 from taskmesh import objects, runtime_env
@@ -39,10 +40,12 @@ class MethodMeta:
     is_generator: bool = False
     backpressure: int = 0  # _generator_backpressure_num_objects (> 0: on)
     params: signatures.Params | None = None  # to check calls; None: unchecked
+    max_task_retries: int | None = None  # None: the actor's
+    retry_exceptions: bool | bytes = False  # bytes: the cloudpickled tuple of types (CallSpec)
 
     def to_wire(self) -> list:
         return [self.num_returns, self.concurrency_group, self.is_async, self.is_generator,
-                self.backpressure, self.params]
+                self.backpressure, self.params, self.max_task_retries, self.retry_exceptions]
 
     @classmethod
     def from_wire(cls, raw: list) -> MethodMeta:
@@ -73,9 +76,27 @@ def exit_actor() -> None:
 _METHOD_OPTIONS = ["num_returns", "concurrency_group", "max_task_retries", "retry_exceptions",
                    "_generator_backpressure_num_objects", "_num_objects_per_yield",
                    "enable_task_events", "tensor_transport"]
-_METHOD_SUPPORTED = {"num_returns", "concurrency_group", "enable_task_events",
-                     "_generator_backpressure_num_objects"}
+_METHOD_SUPPORTED = {"num_returns", "concurrency_group", "enable_task_events", "max_task_retries",
+                     "retry_exceptions", "_generator_backpressure_num_objects"}
 _BACKPRESSURE = "_generator_backpressure_num_objects"
+
+
+def _check_retry_options(options: dict[str, Any]) -> None:
+    """max_task_retries and retry_exceptions of a method, checked as the actor's and a
+    task's are (TypeError or ValueError naming the option)."""
+    if "max_task_retries" in options:
+        _options.ACTOR_OPTIONS["max_task_retries"].validate("max_task_retries",
+                                                            options["max_task_retries"])
+    if "retry_exceptions" in options:
+        _options.TASK_OPTIONS["retry_exceptions"].validate("retry_exceptions",
+                                                           options["retry_exceptions"])
+
+
+def _retry_wire(retry: bool | list | tuple | None) -> bool | bytes:
+    """retry_exceptions as a call carries it: a bool, or the pickled exception types."""
+    if retry is None or isinstance(retry, bool):
+        return bool(retry)
+    return cloudpickle.dumps(tuple(retry))
 
 
 def method(*args: Any, **options: Any) -> Any:
@@ -96,6 +117,7 @@ def method(*args: Any, **options: Any) -> Any:
 
     if _BACKPRESSURE in options:
         _options.TASK_OPTIONS[_BACKPRESSURE].validate(_BACKPRESSURE, options[_BACKPRESSURE])
+    _check_retry_options(options)
 
     def decorate(fn: Callable) -> Callable:
         if "num_returns" in options:
@@ -123,7 +145,8 @@ def _methods_of(cls: type) -> dict[str, MethodMeta]:
         out[name] = MethodMeta(num_returns, opts.get("concurrency_group"),
                                inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
                                generator, max(opts.get(_BACKPRESSURE) or 0, 0),
-                               signatures.to_params(signatures.signature_of(fn, drop_first=unbound)))
+                               signatures.to_params(signatures.signature_of(fn, drop_first=unbound)),
+                               opts.get("max_task_retries"), _retry_wire(opts.get("retry_exceptions")))
     out[TERMINATE] = MethodMeta(1)  # as Ray's: a ref, whose get raises RayActorError
     out[READY] = MethodMeta(1)
     return out
@@ -348,22 +371,28 @@ class ActorMethod:
                         f"'object.{self._name}()', try 'object.{self._name}.remote()'.")
 
     def options(self, **options: Any) -> ActorMethod:
-        valid = ["_generator_backpressure_num_objects", "concurrency_group", "name", "num_returns"]
+        valid = ["_generator_backpressure_num_objects", "concurrency_group", "max_task_retries",
+                 "name", "num_returns", "retry_exceptions"]
         unknown = set(options) - set(valid)
         if unknown:
             raise ValueError(f"Invalid option keyword {sorted(unknown)[0]} for actor methods. "
                              f"Valid ones are {valid}.")
         if _BACKPRESSURE in options:
             _options.TASK_OPTIONS[_BACKPRESSURE].validate(_BACKPRESSURE, options[_BACKPRESSURE])
+        _check_retry_options(options)
         if "num_returns" in options:
             _options.validate_num_returns(self._meta.is_generator, options["num_returns"])
         n = options.get("num_returns", self._num_returns)
         if n is None:
             n = "streaming" if self._meta.is_generator else 1
         backpressure = options.get(_BACKPRESSURE, self._meta.backpressure)
+        retry = self._meta.retry_exceptions
+        if "retry_exceptions" in options:
+            retry = _retry_wire(options["retry_exceptions"])
         meta = MethodMeta(n, options.get("concurrency_group", self._meta.concurrency_group),
                           self._meta.is_async, self._meta.is_generator, max(backpressure or 0, 0),
-                          self._meta.params)
+                          self._meta.params,
+                          options.get("max_task_retries", self._meta.max_task_retries), retry)
         return ActorMethod(self._handle, self._name, meta, n)
 
     def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
@@ -386,7 +415,8 @@ class ActorMethod:
         streaming = generator == _generator.WIRE_MODE[_generator.STREAMING]
         call = CallSpec(self._name, args_blob, n, runtime.owner, runtime.job_id,
                         self._meta.concurrency_group, generator,
-                        self._meta.backpressure if streaming else 0)
+                        self._meta.backpressure if streaming else 0, self._meta.max_task_retries,
+                        self._meta.retry_exceptions)
         entry = QueueEntry(task_id, f"{self._handle._class_name}.{self._name}", 0, call)
         refs: list[ObjectRef[Any]] = [ObjectRef(oid) for oid in returns]
         if streaming:

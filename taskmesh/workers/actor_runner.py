@@ -50,6 +50,7 @@ from taskmesh._core.failure import (
     dead_letter,
     death_error,
     set_aside_malformed,
+    should_retry_call,
 )
 from taskmesh.exceptions import (
     ActorDiedError,
@@ -255,17 +256,17 @@ class ActorServer:
                                                       pending=True))
         if not pending:
             return
-        max_task_retries = self.spec.max_task_retries
         failed = []
         for call in pending:
             retries = self.store.count_call_retry(self.actor_id, call.entry_id)
-            if max_task_retries != -1 and retries > max_task_retries:
+            limit = call.spec.max_task_retries  # the method's, else the actor's
+            limit = self.spec.max_task_retries if limit is None else limit
+            if limit != -1 and retries > limit:
                 failed.append(call)
-        if failed:
-            error = ActorDiedError(self.actor_id, "The actor died unexpectedly before finishing "
-                                   f"this task (max_task_retries={max_task_retries}).")
-            self.store.ack_calls(self.actor_id, call_failures([c.entry for c in failed], error),
-                                 [c.entry_id for c in failed])
+                error = ActorDiedError(self.actor_id, "The actor died unexpectedly before "
+                                       f"finishing this task (max_task_retries={limit}).")
+                self.store.ack_calls(self.actor_id, call_failures([call.entry], error),
+                                     [call.entry_id])
         rest = [c for c in pending if c not in failed]
         if rest:
             self._run_in_order(rest)
@@ -383,21 +384,34 @@ class ActorServer:
         method, args, kwargs, return_ids, name, early = self._prepared(call)
         if early is not None:
             return early
+        retries = 0
         try:
-            try:
-                result = method(*args, **kwargs)
-            finally:
-                end_if_forked(self.worker.pid)
-            if inspect.iscoroutine(result):
-                result = asyncio.run(result)
-            return self._values(result, return_ids, name)
+            while True:
+                try:
+                    try:
+                        result = method(*args, **kwargs)
+                    finally:
+                        end_if_forked(self.worker.pid)
+                    if inspect.iscoroutine(result):
+                        result = asyncio.run(result)
+                    return self._values(result, return_ids, name)
+                except Exception as e:
+                    if not self._runs_again(call, e, retries):
+                        return self._error(e, return_ids, name)
+                    retries += 1
         except ActorExitRequest:
             self._exit_after(call, return_ids, EXITED)
-        except Exception as e:
-            return self._error(e, return_ids, name)
         finally:
             self.worker.end_output()
         return None
+
+    def _runs_again(self, call: _Call, error: Exception, retries: int) -> bool:
+        """A call raised `error`: whether it runs again (its retry_exceptions and
+        max_task_retries: Ray runs such a call again on the same actor)."""
+        if not should_retry_call(call.spec, self.spec.max_task_retries, error, retries):
+            return False
+        log.info("%s raised %r: running it again (retry %d)", call.entry.name, error, retries + 1)
+        return True
 
     def _prepared(self, call: _Call) -> tuple:
         """`_prepare`, where anything it raises but _Exit becomes the call's error: a
@@ -630,19 +644,25 @@ class _ConcurrentRunner:
         if early is not None:
             server._results.put((call, early))
             return
-        try:
+        retries = 0
+        while True:
             try:
-                result = method(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-            finally:
-                end_if_forked(server.worker.pid)
-            objs = server._values(result, return_ids, name)
-        except ActorExitRequest:
-            try:
-                server._exit_after(call, return_ids, EXITED)
-            except _Exit:
-                server._end_process()
-        except Exception as e:
-            objs = server._error(e, return_ids, name)
-        server._results.put((call, objs))
+                try:
+                    result = method(*args, **kwargs)
+                    if inspect.isawaitable(result):
+                        result = await result
+                finally:
+                    end_if_forked(server.worker.pid)
+                objs = server._values(result, return_ids, name)
+            except ActorExitRequest:
+                try:
+                    server._exit_after(call, return_ids, EXITED)
+                except _Exit:
+                    server._end_process()
+            except Exception as e:
+                if server._runs_again(call, e, retries):
+                    retries += 1
+                    continue
+                objs = server._error(e, return_ids, name)
+            server._results.put((call, objs))
+            return
