@@ -6,6 +6,7 @@ Ray's documentation of the behaviour."""
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 
@@ -303,3 +304,56 @@ def _dead_with(ray, actor, cause: str) -> bool:
         assert cause in str(e)
         return True
     return False
+
+
+# ---- restarts and resources ---------------------------------------------------------------
+
+def test_killed_actor_restarts_with_its_constructor_run_again(ray) -> None:
+    # "If you would like Ray to automatically restart the actor, make sure to set a
+    # nonzero max_restarts ... and pass no_restart=False to ray.kill": the restarted
+    # actor is made by its constructor again, so its methods find their state.
+    @ray.remote(max_restarts=1)
+    class Registry:
+        def __init__(self, owner):
+            self.owner = owner
+            self.items = {}
+            self.pid = os.getpid()
+
+        def add(self, key, value):
+            self.items[key] = value
+            return (self.owner, sorted(self.items), self.pid)
+
+    r = Registry.remote("me")
+    owner, keys, pid = ray.get(r.add.remote("a", 1))
+    assert (owner, keys) == ("me", ["a"])
+    ray.kill(r, no_restart=False)
+
+    def restarted():
+        try:
+            return ray.get(r.add.remote("b", 2), timeout=20)
+        except exceptions.RayActorError:  # a call that reached the killed process
+            return None
+
+    owner, keys, new_pid = _wait_for(lambda: (out := restarted()) and out[2] != pid and out,
+                                     what="the restarted actor")
+    assert (owner, keys) == ("me", ["b"])  # made again by __init__, its old state gone
+
+
+def test_actor_resources_are_used_while_it_lives(ray) -> None:
+    # available_resources() counts what live actors hold; an actor's death frees it.
+    total = ray.cluster_resources()
+    _wait_for(lambda: ray.available_resources().get("CPU") == total["CPU"],
+              what="the cluster to be idle")
+
+    @ray.remote(num_cpus=1, memory=64 * 1024 * 1024)
+    class Holder:
+        def ping(self):
+            return "pong"
+
+    h = Holder.remote()
+    assert ray.get(h.ping.remote()) == "pong"
+    _wait_for(lambda: ray.available_resources().get("CPU") == total["CPU"] - 1,
+              what="the actor's CPU to show as used")
+    assert ray.available_resources()["memory"] == total["memory"] - 64 * 1024 * 1024
+    ray.kill(h)
+    _wait_for(lambda: ray.available_resources() == total, what="the actor's resources to come back")

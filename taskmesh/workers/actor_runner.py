@@ -232,6 +232,10 @@ class ActorServer:
                 failures += 1
                 time.sleep(min(0.05 * 2 ** failures, 2.0))
                 continue
+            except Exception:
+                if self._exiting.is_set():  # its death deleted the stream (actor_down.lua)
+                    break
+                raise
             if concurrent:
                 for call in calls:
                     if not self._first_time(call):
