@@ -3,6 +3,7 @@
 
 from taskmesh.actors import (
     ActorClass,
+    ActorClassInheritanceException,
     ActorExitRequest,
     ActorHandle,
     ActorMethod,
@@ -12,5 +13,6 @@ from taskmesh.actors import (
     method,
 )
 
-__all__ = ["ActorClass", "ActorExitRequest", "ActorHandle", "ActorMethod", "exit_actor",
+__all__ = ["ActorClass", "ActorClassInheritanceException", "ActorExitRequest", "ActorHandle",
+           "ActorMethod", "exit_actor",
            "get_actor", "kill", "method"]

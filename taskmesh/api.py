@@ -382,7 +382,15 @@ def shutdown() -> None:
             cluster.stop()
 
 
-atexit.register(shutdown)
+def _shutdown_at_exit() -> None:
+    """A driver disconnects as its interpreter exits. A worker's runtime is left to the
+    worker, which runs the atexit handlers of an actor that exits and then ends itself."""
+    runtime = context.current()
+    if runtime is None or not runtime.is_worker:
+        shutdown()
+
+
+atexit.register(_shutdown_at_exit)
 
 
 def timeline(filename: str | None = None) -> list[dict[str, Any]] | None:

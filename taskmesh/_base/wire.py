@@ -356,6 +356,11 @@ class CallSpec:
     concurrency_group: str | None = None  # cg: the group the call runs in (nil: the default one)
     generator: str | None = None  # gen: "s" streaming or "d" dynamic generator call; absent otherwise
     backpressure: int = 0  # bp: a streaming call pauses while this many items are not taken
+    # mtr: times the call runs again (when it raised an exception its rexc names, or its
+    # actor died running it); absent: the actor's max_task_retries. -1: no limit
+    max_task_retries: int | None = None
+    # rexc: retry when it raises: True (any exception) or the cloudpickled tuple of types
+    retry_exceptions: bool | bytes = False
 
     def to_wire(self) -> bytes:
         m: dict[str, Any] = {
@@ -365,6 +370,10 @@ class CallSpec:
             m["gen"] = self.generator
         if self.backpressure:
             m["bp"] = self.backpressure
+        if self.max_task_retries is not None:
+            m["mtr"] = self.max_task_retries
+        if self.retry_exceptions:
+            m["rexc"] = self.retry_exceptions
         return msgpack.packb(m, use_bin_type=True)
 
     @classmethod
@@ -377,7 +386,13 @@ class CallSpec:
         cg = m.get("cg")
         if cg is not None and type(cg) is not str:
             raise _bad(where, "cg", cg, "a concurrency group name (str) or nil")
-        return cls(method, args, nret, owner, job, cg, gen, bp)
+        mtr = m.get("mtr")
+        if mtr is not None and not (_is_int(mtr) and mtr >= -1):
+            raise _bad(where, "mtr", mtr, "an integer >= -1 (-1: retry forever) or nil")
+        rexc = m.get("rexc", False)
+        if type(rexc) not in (bool, bytes):
+            raise _bad(where, "rexc", rexc, "a bool or pickled exception types (bytes)")
+        return cls(method, args, nret, owner, job, cg, gen, bp, mtr, rexc)
 
     def decode_args(self, deserialize: Callable[[bytes], Any]) -> tuple[list, dict]:
         """The call's (args, kwargs), unpickled in the actor's process by `deserialize`

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from taskmesh import objects
 from taskmesh._base import queues
-from taskmesh._base.wire import QueueEntry, TaskSpec, WireError, encode_notice
+from taskmesh._base.wire import CallSpec, QueueEntry, TaskSpec, WireError, encode_notice
 from taskmesh.exceptions import (
     ActorDiedError,
     ActorPlacementGroupRemoved,
@@ -81,6 +81,21 @@ def should_retry(spec: TaskSpec, attempt: int, error: BaseException | None = Non
     return spec.can_retry(attempt)
 
 
+def should_retry_call(spec: CallSpec, actor_max_task_retries: int, error: Exception,
+                      retries: int) -> bool:
+    """Whether an actor call that raised `error`, and ran again `retries` times already,
+    runs once more: its retry_exceptions name the error and its max_task_retries (the
+    method's, else the actor's) allow it. A generator call is not run again (its items
+    were stored as it yielded them)."""
+    retry = spec.retry_exceptions
+    if not retry or spec.generator:
+        return False
+    if isinstance(retry, bytes) and not isinstance(error, _retry_types(retry)):
+        return False
+    limit = spec.max_task_retries if spec.max_task_retries is not None else actor_max_task_retries
+    return limit == -1 or retries < limit
+
+
 def _retry_types(retry: bytes) -> tuple[type, ...]:
     """The exception types of a retry_exceptions list. Types that do not unpickle (an
     entry written by hand) retry nothing: the task's error is then its result, where
@@ -130,13 +145,21 @@ def actor_down(store: Store, actor_id: str, *, restart: bool, cause: str, node_i
     max_restarts allow (`drain`: its node was drained, a restart max_restarts does not
     count, as Ray's for preempted nodes), else declare it dead and fail every call queued
     for it with ActorDiedError. Returns "restarting", "dead" or "already" (handled before)."""
-    status, drained = store.actor_down(actor_id, restart=restart, cause=cause, node_id=node_id,
-                                       drain=drain)
+    status, drained, cause = store.actor_down(actor_id, restart=restart, cause=cause,
+                                              node_id=node_id, drain=drain)
     calls = [entry for _, entry in set_aside_malformed(store, drained, actor_call=True)]
     if calls:
         store.complete_tasks(call_failures(calls, death_error(actor_id, cause)), {})
     return status
 
+
+# Ray's death causes of the actors that ended on purpose (its GCS's texts, word for word:
+# programs match on them).
+EXITED = ("The actor is dead because its worker process has died. Worker exit type: "
+          "INTENDED_USER_EXIT Worker exit detail: Worker exits by a user request. "
+          "exit_actor() is called.")
+OUT_OF_SCOPE = "The actor is dead because all references to the actor were removed."
+KILLED = "The actor is dead because it was killed by `ray.kill`."
 
 # Death causes that mean the actor could never be placed; calls to it raise these types.
 UNSCHEDULABLE = "ActorUnschedulableError: "

@@ -101,6 +101,9 @@ class Runtime(StreamMethods):
         # Hooks a worker sets to tell its agent it blocks in get (its CPU is lent out).
         self.on_block: Callable[[], None] | None = None
         self.on_unblock: Callable[[], None] | None = None
+        # Set by an actor's server: exit_actor() tells it first (from a background asyncio
+        # task, no call sees the exception it raises).
+        self.on_exit_actor: Callable[[], None] | None = None
 
         # Redis failures of the background loops, logged at a capped rate; a get gives
         # up once Redis has been unreachable for this long.

@@ -5,6 +5,7 @@ the same names). The actor's own side, which runs the methods, is
 
 from taskmesh.actors.handles import (
     ActorClass,
+    ActorClassInheritanceException,
     ActorHandle,
     ActorMethod,
     MethodMeta,
@@ -16,5 +17,6 @@ from taskmesh.actors.handles import (
 )
 from taskmesh.exceptions import ActorExitRequest
 
-__all__ = ["ActorClass", "ActorExitRequest", "ActorHandle", "ActorMethod", "MethodMeta",
+__all__ = ["ActorClass", "ActorClassInheritanceException", "ActorExitRequest", "ActorHandle",
+           "ActorMethod", "MethodMeta",
            "actor_demand", "exit_actor", "get_actor", "kill", "method"]

@@ -8,17 +8,20 @@ stream `tm:actor:{id}:calls` and read by that process directly, in order.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import cloudpickle
 import msgpack
 
 from taskmesh import objects, runtime_env
 from taskmesh._base import ids, queues
 from taskmesh._base.wire import ACTOR, READY, TERMINATE, ActorSpec, CallSpec, QueueEntry
 from taskmesh._core import context, signatures
+from taskmesh._core import failure as _failure
 from taskmesh._core import generators as _generator
 from taskmesh._core import options as _options
 from taskmesh._core.remote_function import _Export, _pack_args
@@ -37,10 +40,12 @@ class MethodMeta:
     is_generator: bool = False
     backpressure: int = 0  # _generator_backpressure_num_objects (> 0: on)
     params: signatures.Params | None = None  # to check calls; None: unchecked
+    max_task_retries: int | None = None  # None: the actor's
+    retry_exceptions: bool | bytes = False  # bytes: the cloudpickled tuple of types (CallSpec)
 
     def to_wire(self) -> list:
         return [self.num_returns, self.concurrency_group, self.is_async, self.is_generator,
-                self.backpressure, self.params]
+                self.backpressure, self.params, self.max_task_retries, self.retry_exceptions]
 
     @classmethod
     def from_wire(cls, raw: list) -> MethodMeta:
@@ -51,11 +56,19 @@ class MethodMeta:
 
 
 def exit_actor() -> None:
-    """Stop the current actor after the running method: no restart, pending calls fail."""
+    """Stop the current actor: no restart, the calls queued behind fail with
+    RayActorError, atexit handlers run. Called from a method, it ends that method (whose
+    caller sees the actor's death); from a background asyncio task of an async actor, the
+    actor ends as soon as its serving loop sees it."""
     from taskmesh._core.context import get_runtime
 
-    if get_runtime().context.actor_id is None:
-        raise TypeError("exit_actor API is called on a non-actor worker.")
+    runtime = get_runtime()
+    if runtime.context.actor_id is None:
+        where = "a task's worker" if runtime.context.task_id else "the driver"
+        raise TypeError(f"exit_actor API is called on a non-actor worker, {where}. Call this API "
+                        "inside an actor method if you'd like to exit the actor gracefully.")
+    if runtime.on_exit_actor is not None:
+        runtime.on_exit_actor()
     raise ActorExitRequest()
 
 
@@ -63,9 +76,27 @@ def exit_actor() -> None:
 _METHOD_OPTIONS = ["num_returns", "concurrency_group", "max_task_retries", "retry_exceptions",
                    "_generator_backpressure_num_objects", "_num_objects_per_yield",
                    "enable_task_events", "tensor_transport"]
-_METHOD_SUPPORTED = {"num_returns", "concurrency_group", "enable_task_events",
-                     "_generator_backpressure_num_objects"}
+_METHOD_SUPPORTED = {"num_returns", "concurrency_group", "enable_task_events", "max_task_retries",
+                     "retry_exceptions", "_generator_backpressure_num_objects"}
 _BACKPRESSURE = "_generator_backpressure_num_objects"
+
+
+def _check_retry_options(options: dict[str, Any]) -> None:
+    """max_task_retries and retry_exceptions of a method, checked as the actor's and a
+    task's are (TypeError or ValueError naming the option)."""
+    if "max_task_retries" in options:
+        _options.ACTOR_OPTIONS["max_task_retries"].validate("max_task_retries",
+                                                            options["max_task_retries"])
+    if "retry_exceptions" in options:
+        _options.TASK_OPTIONS["retry_exceptions"].validate("retry_exceptions",
+                                                           options["retry_exceptions"])
+
+
+def _retry_wire(retry: bool | list | tuple | None) -> bool | bytes:
+    """retry_exceptions as a call carries it: a bool, or the pickled exception types."""
+    if retry is None or isinstance(retry, bool):
+        return bool(retry)
+    return cloudpickle.dumps(tuple(retry))
 
 
 def method(*args: Any, **options: Any) -> Any:
@@ -86,6 +117,7 @@ def method(*args: Any, **options: Any) -> Any:
 
     if _BACKPRESSURE in options:
         _options.TASK_OPTIONS[_BACKPRESSURE].validate(_BACKPRESSURE, options[_BACKPRESSURE])
+    _check_retry_options(options)
 
     def decorate(fn: Callable) -> Callable:
         if "num_returns" in options:
@@ -113,14 +145,21 @@ def _methods_of(cls: type) -> dict[str, MethodMeta]:
         out[name] = MethodMeta(num_returns, opts.get("concurrency_group"),
                                inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
                                generator, max(opts.get(_BACKPRESSURE) or 0, 0),
-                               signatures.to_params(signatures.signature_of(fn, drop_first=unbound)))
-    out[TERMINATE] = MethodMeta(0)
+                               signatures.to_params(signatures.signature_of(fn, drop_first=unbound)),
+                               opts.get("max_task_retries"), _retry_wire(opts.get("retry_exceptions")))
+    out[TERMINATE] = MethodMeta(1)  # as Ray's: a ref, whose get raises RayActorError
     out[READY] = MethodMeta(1)
     return out
 
 
+class ActorClassInheritanceException(TypeError):
+    """A class statement tried to subclass an actor class (Ray's `ray.actor` name)."""
+
+
 class ActorClass:
-    """A class decorated with `@remote`: `Cls.remote(...)` creates an actor."""
+    """A class decorated with `@remote`: `Cls.remote(...)` creates an actor. The user's
+    class attributes, class methods and static methods are reachable through it, as
+    Ray's actor class (which derives from the user's class) has them."""
 
     def __init__(self, cls: type, options: dict[str, Any]):
         self._cls = cls
@@ -133,6 +172,35 @@ class ActorClass:
         self.__qualname__ = cls.__qualname__
         self.__module__ = cls.__module__
         self.__doc__ = cls.__doc__
+
+    def __mro_entries__(self, bases: tuple) -> tuple:
+        """`class Sub(ActorCls)`: refused, as Ray does."""
+        raise ActorClassInheritanceException(
+            f"Attempted to define a subclass of actor class '{self.__name__}'. Inheriting from "
+            "actor classes is not currently supported. You can instead inherit from a "
+            "non-actor base class and make the derived class an actor class (with "
+            "@taskmesh.remote).")
+
+    def __getattr__(self, name: str) -> Any:
+        # Only names ActorClass lacks arrive here: the user's class attributes, static
+        # and class methods (inherited ones too). Dunder names are not forwarded, so
+        # pickling and copying see an ActorClass.
+        cls = self.__dict__.get("_cls")
+        if cls is None or (name.startswith("__") and name.endswith("__")):
+            raise AttributeError(f"'ActorClass' object has no attribute '{name}'")
+        try:
+            value = getattr(cls, name)
+        except AttributeError:
+            raise AttributeError(f"Actor class '{cls.__name__}' has no attribute '{name}'") from None
+        if inspect.isfunction(value):
+            # A copy, not the function itself: cloudpickle pickles a function by
+            # reference when its module's `Cls.name` *is* it, and the workers need not
+            # be able to import the module that defines the class.
+            return _forwarded(value)
+        return value
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(dir(self._cls)))
 
     def __getstate__(self) -> dict[str, Any]:
         return {"class": self._cls, "options": self._options}
@@ -212,6 +280,14 @@ class ActorClass:
             runtime.submit(route.queue, entry, deps, (), holds=holds)
         collectable = not (detached or name)
         return ActorHandle(actor_id, self.__name__, self._methods, _original=collectable)
+
+
+def _forwarded(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return call
 
 
 class _ActorOptions:
@@ -295,22 +371,28 @@ class ActorMethod:
                         f"'object.{self._name}()', try 'object.{self._name}.remote()'.")
 
     def options(self, **options: Any) -> ActorMethod:
-        valid = ["_generator_backpressure_num_objects", "concurrency_group", "name", "num_returns"]
+        valid = ["_generator_backpressure_num_objects", "concurrency_group", "max_task_retries",
+                 "name", "num_returns", "retry_exceptions"]
         unknown = set(options) - set(valid)
         if unknown:
             raise ValueError(f"Invalid option keyword {sorted(unknown)[0]} for actor methods. "
                              f"Valid ones are {valid}.")
         if _BACKPRESSURE in options:
             _options.TASK_OPTIONS[_BACKPRESSURE].validate(_BACKPRESSURE, options[_BACKPRESSURE])
+        _check_retry_options(options)
         if "num_returns" in options:
             _options.validate_num_returns(self._meta.is_generator, options["num_returns"])
         n = options.get("num_returns", self._num_returns)
         if n is None:
             n = "streaming" if self._meta.is_generator else 1
         backpressure = options.get(_BACKPRESSURE, self._meta.backpressure)
+        retry = self._meta.retry_exceptions
+        if "retry_exceptions" in options:
+            retry = _retry_wire(options["retry_exceptions"])
         meta = MethodMeta(n, options.get("concurrency_group", self._meta.concurrency_group),
                           self._meta.is_async, self._meta.is_generator, max(backpressure or 0, 0),
-                          self._meta.params)
+                          self._meta.params,
+                          options.get("max_task_retries", self._meta.max_task_retries), retry)
         return ActorMethod(self._handle, self._name, meta, n)
 
     def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
@@ -333,7 +415,8 @@ class ActorMethod:
         streaming = generator == _generator.WIRE_MODE[_generator.STREAMING]
         call = CallSpec(self._name, args_blob, n, runtime.owner, runtime.job_id,
                         self._meta.concurrency_group, generator,
-                        self._meta.backpressure if streaming else 0)
+                        self._meta.backpressure if streaming else 0, self._meta.max_task_retries,
+                        self._meta.retry_exceptions)
         entry = QueueEntry(task_id, f"{self._handle._class_name}.{self._name}", 0, call)
         refs: list[ObjectRef[Any]] = [ObjectRef(oid) for oid in returns]
         if streaming:
@@ -384,11 +467,11 @@ def kill(actor: Any, *, no_restart: bool = True) -> None:
         raise ValueError(f"taskmesh.kill() only supported for actors. For tasks, try "
                          f"taskmesh.cancel(). Got: {type(actor)}.")
     runtime = get_runtime()
-    state, _ = runtime.store.kill_actor(actor._actor_id, no_restart=no_restart)
+    state, _ = runtime.store.kill_actor(actor._actor_id, no_restart=no_restart, cause=_failure.KILLED)
     if state in ("PENDING", "RESTARTING") and no_restart:
-        runtime.fail_drained_calls(actor._actor_id, "killed by taskmesh.kill() before it started")
+        runtime.fail_drained_calls(actor._actor_id, _failure.KILLED)
 
 
 # Reprs and pickles name the public path (Ray's), not the module that defines them.
-for _cls in (ActorClass, ActorHandle, ActorMethod):
+for _cls in (ActorClass, ActorClassInheritanceException, ActorHandle, ActorMethod):
     _cls.__module__ = "taskmesh.actor"

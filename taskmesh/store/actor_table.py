@@ -155,9 +155,10 @@ class ActorMethods(StoreCore):
     @translate_errors
     def actor_down(
         self, actor_id: str, *, restart: bool, cause: str, node_id: str = "", drain: bool = False,
-    ) -> tuple[str, list[Leased]]:
+    ) -> tuple[str, list[Leased], str]:
         """Restart the actor (when allowed) or declare it dead, draining its calls:
-        ("restarting"|"dead"|"already", drained call entries). With `node_id`, only
+        ("restarting"|"dead"|"already", drained call entries, the death cause recorded:
+        `cause`, or the cause a taskmesh.kill left). With `node_id`, only
         if the actor is still recorded on that node (not restarted elsewhere already).
         `drain`: its node is being drained (a restart that max_restarts does not count)."""
         shape, namespace, queue, soft = self.redis.hmget(
@@ -171,19 +172,25 @@ class ActorMethods(StoreCore):
         reply = self.scripts["actor_down"](keys=keys, args=[actor_id, mode,
                                                   cause, _now_ms(), node_id, *extra])
         status = reply[0].decode()
+        if status != "dead":
+            return status, [], cause
         calls = self.keys.actor_calls(actor_id)
         entries = []
-        for i in range(1, len(reply), 2):
+        for i in range(2, len(reply), 2):
             flat = reply[i + 1]
             entries.append(Leased(calls, reply[i], dict(zip(flat[::2], flat[1::2], strict=True))))
-        return status, entries
+        return status, entries, _text(reply[1])
 
     @translate_errors
-    def kill_actor(self, actor_id: str, *, no_restart: bool) -> tuple[str | None, str | None]:
-        """Mark the actor killed and tell its node to kill its worker: (state, node)."""
+    def kill_actor(self, actor_id: str, *, no_restart: bool,
+                   cause: str = "") -> tuple[str | None, str | None]:
+        """Mark the actor killed and tell its node to kill its worker: (state, node).
+        `cause`: its death cause should it die of this kill (actor_down.lua)."""
         pipe = self.redis.pipeline(transaction=True)
         if no_restart:
             pipe.hset(self.keys.actor(actor_id), "no_restart", "1")
+        if cause:
+            pipe.hset(self.keys.actor(actor_id), "kill_cause", cause)
         pipe.hmget(self.keys.actor(actor_id), "state", "node_id")
         state, node = pipe.execute()[-1]
         state_s = state.decode() if state else None

@@ -16,6 +16,7 @@ results) and the actor serves on.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import inspect
@@ -27,7 +28,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from taskmesh import objects, runtime_env
 from taskmesh._base import wire
@@ -43,7 +44,15 @@ from taskmesh._base.wire import (
 )
 from taskmesh._core import events as _events
 from taskmesh._core.context import current_call
-from taskmesh._core.failure import call_failures, dead_letter, set_aside_malformed
+from taskmesh._core.failure import (
+    EXITED,
+    OUT_OF_SCOPE,
+    call_failures,
+    dead_letter,
+    death_error,
+    set_aside_malformed,
+    should_retry_call,
+)
 from taskmesh.exceptions import (
     ActorDiedError,
     ActorExitRequest,
@@ -122,9 +131,13 @@ class ActorServer:
         # Its node is draining (DRAIN_SIGNAL from the agent): finish the calls read, exit.
         self._draining = threading.Event()
         self._exit_done = threading.Event()  # the exiting thread recorded the death
+        self._exit_lock = threading.Lock()  # one thread exits the actor, one ends the process
+        self._end_lock = threading.Lock()
+        self._runner: _ConcurrentRunner | None = None
         self._done: list[tuple[_Call, list | None]] = []  # in-order results not stored yet
         self._on_block = worker.runtime.on_block
         worker.runtime.on_block = self._before_blocking
+        worker.runtime.on_exit_actor = self._exit_requested
         self._flush_lock = threading.Lock()
         # Task ids of recent calls: a caller that re-sends a batch after a Redis error
         # may have delivered some calls twice; each runs once.
@@ -180,12 +193,7 @@ class ActorServer:
             self._serve()
         except _Exit:
             pass
-        else:
-            if not self._draining.is_set():  # another thread is exiting the actor:
-                self._exit_done.wait(60)  # let it record the death first
-        self.worker.end_output()
-        self.worker.flush_logs(with_events=True)
-        os._exit(0)
+        self._end_process()
 
     def _create(self) -> RayTaskError | None:
         try:
@@ -220,7 +228,7 @@ class ActorServer:
         spec = self.spec
         concurrent = spec.is_async or spec.max_concurrency > 1 or bool(spec.concurrency_groups)
         if concurrent:
-            runner = _ConcurrentRunner(self)
+            runner = self._runner = _ConcurrentRunner(self)
             threading.Thread(target=self._flush_loop, name="taskmesh-actor-flush", daemon=True).start()
         failures = 0
         while not self._exiting.is_set() and not self._draining.is_set():
@@ -235,6 +243,10 @@ class ActorServer:
                 failures += 1
                 time.sleep(min(0.05 * 2 ** failures, 2.0))
                 continue
+            except Exception:
+                if self._exiting.is_set():  # its death deleted the stream (actor_down.lua)
+                    break
+                raise
             if concurrent:
                 for call in calls:
                     if not self._first_time(call):
@@ -259,17 +271,17 @@ class ActorServer:
                                                       pending=True))
         if not pending:
             return
-        max_task_retries = self.spec.max_task_retries
         failed = []
         for call in pending:
             retries = self.store.count_call_retry(self.actor_id, call.entry_id)
-            if max_task_retries != -1 and retries > max_task_retries:
+            limit = call.spec.max_task_retries  # the method's, else the actor's
+            limit = self.spec.max_task_retries if limit is None else limit
+            if limit != -1 and retries > limit:
                 failed.append(call)
-        if failed:
-            error = ActorDiedError(self.actor_id, "The actor died unexpectedly before finishing "
-                                   f"this task (max_task_retries={max_task_retries}).")
-            self.store.ack_calls(self.actor_id, call_failures([c.entry for c in failed], error),
-                                 [c.entry_id for c in failed])
+                error = ActorDiedError(self.actor_id, "The actor died unexpectedly before "
+                                       f"finishing this task (max_task_retries={limit}).")
+                self.store.ack_calls(self.actor_id, call_failures([call.entry], error),
+                                     [call.entry_id])
         rest = [c for c in pending if c not in failed]
         if rest:
             self._run_in_order(rest)
@@ -388,21 +400,34 @@ class ActorServer:
         method, args, kwargs, return_ids, name, early = self._prepared(call)
         if early is not None:
             return early
+        retries = 0
         try:
-            try:
-                result = method(*args, **kwargs)
-            finally:
-                end_if_forked(self.worker.pid)
-            if inspect.iscoroutine(result):
-                result = asyncio.run(result)
-            return self._values(result, return_ids, name)
+            while True:
+                try:
+                    try:
+                        result = method(*args, **kwargs)
+                    finally:
+                        end_if_forked(self.worker.pid)
+                    if inspect.iscoroutine(result):
+                        result = asyncio.run(result)
+                    return self._values(result, return_ids, name)
+                except Exception as e:
+                    if not self._runs_again(call, e, retries):
+                        return self._error(e, return_ids, name)
+                    retries += 1
         except ActorExitRequest:
-            self._exit_after(call, return_ids, "exit_actor() was called")
-        except Exception as e:
-            return self._error(e, return_ids, name)
+            self._exit_after(call, return_ids, EXITED)
         finally:
             self.worker.end_output()
         return None
+
+    def _runs_again(self, call: _Call, error: Exception, retries: int) -> bool:
+        """A call raised `error`: whether it runs again (its retry_exceptions and
+        max_task_retries: Ray runs such a call again on the same actor)."""
+        if not should_retry_call(call.spec, self.spec.max_task_retries, error, retries):
+            return False
+        log.info("%s raised %r: running it again (retry %d)", call.entry.name, error, retries + 1)
+        return True
 
     def _prepared(self, call: _Call) -> tuple:
         """`_prepare`, where anything it raises but _Exit becomes the call's error: a
@@ -423,9 +448,8 @@ class ActorServer:
         if self._record and method_name not in (TERMINATE, READY):  # internal calls: no events
             self._started[task_id] = self._event(task_id, call.entry.attempt, _events.RUNNING,
                                                  name, _events.ACTOR_TASK)
-        if method_name == TERMINATE:
-            self._exit_after(call, return_ids, "the actor was terminated: all handles to it "
-                             "went out of scope, or __ray_terminate__ was called")
+        if method_name == TERMINATE:  # the collection's call has no caller waiting for it
+            self._exit_after(call, return_ids, EXITED if spec.num_returns else OUT_OF_SCOPE)
         if method_name == READY:
             return None, None, None, return_ids, name, self._values(True, return_ids, name)
         try:
@@ -475,23 +499,77 @@ class ActorServer:
     def _exit_after(self, call: _Call, return_ids: list[str], cause: str) -> None:
         """Graceful exit: run __ray_shutdown__, record this call, declare the actor dead
         (failing the calls behind it), tell the agent not to restart it."""
-        self._exiting.set()
+        first = self._begin_exit()
+        try:
+            if first:
+                self._shutdown_hook()
+            self._flush_done()  # calls that ran before this one keep their results
+            self._flush_results_now()
+            error = death_error(self.actor_id, cause)
+            self.store.ack_calls(self.actor_id, call_failures([call.entry], error), [call.entry_id])
+            if first:
+                self.worker.send(wire.ActorExiting())
+                self._die(cause)
+        finally:
+            if first:
+                self._exit_done.set()
+        raise _Exit()
+
+    def _exit_requested(self) -> None:
+        """exit_actor() was called. In a call, the exception it raises ends the call and
+        the actor (_exit_after); in a background asyncio task nothing would see it, so
+        the actor exits from here."""
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop: a call of a sync or threaded actor
+            return
+        runner = self._runner
+        if task is None or runner is None or task in runner.call_tasks:
+            return
+        threading.Thread(target=self._exit_from_background, name="taskmesh-actor-exit",
+                         daemon=True).start()
+
+    def _exit_from_background(self) -> None:
+        if not self._begin_exit():
+            return
+        try:
+            self._shutdown_hook()
+            self._flush_results_now()
+            self.worker.send(wire.ActorExiting())
+            self._die(EXITED)
+        finally:
+            self._exit_done.set()
+        self._end_process()
+
+    def _begin_exit(self) -> bool:
+        """Whether this thread is the one that exits the actor (the first to ask)."""
+        with self._exit_lock:
+            first = not self._exiting.is_set()
+            self._exiting.set()
+        return first
+
+    def _shutdown_hook(self) -> None:
         shutdown = getattr(self.instance, "__ray_shutdown__", None)
         if callable(shutdown):
             try:
                 shutdown()
             except Exception:
                 log.exception("__ray_shutdown__ of %s failed", self.class_name)
-        error = ActorDiedError(self.actor_id, f"The actor {self.actor_id} exited: {cause}")
-        try:
-            self._flush_done()  # calls that ran before this one keep their results
-            self._flush_results_now()
-            self.store.ack_calls(self.actor_id, call_failures([call.entry], error), [call.entry_id])
-            self.worker.send(wire.ActorExiting())
-            self._die(f"The actor exited: {cause}")
-        finally:
-            self._exit_done.set()
-        raise _Exit()
+
+    def _end_process(self) -> NoReturn:
+        """End the actor's process. After an exit on purpose (exit_actor, terminate, the
+        collection of the actor) the death is recorded first and the atexit handlers
+        run, as in a Python process that exits (Ray's actors run them too)."""
+        with self._end_lock:  # a second thread ending it waits here for os._exit
+            if self._exiting.is_set():
+                self._exit_done.wait(60)
+                try:
+                    atexit._run_exitfuncs()
+                except BaseException:  # they report their own errors; the actor ends anyway
+                    log.exception("the atexit handlers of %s failed", self.class_name)
+            self.worker.end_output()
+            self.worker.flush_logs(with_events=True)
+            os._exit(0)
 
 
 def _results_only(batch: list[_Result | _FlushMark]) -> list[_Result]:
@@ -532,6 +610,7 @@ class _ConcurrentRunner:
         self._semaphores: dict[Any, asyncio.Semaphore] = {}
         self._lock = threading.Lock()
         self._running: set[concurrent.futures.Future] = set()
+        self.call_tasks: set[asyncio.Task | None] = set()  # the asyncio tasks running calls
         if spec.is_async:
             self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, name="taskmesh-actor-loop", daemon=True).start()
@@ -562,21 +641,30 @@ class _ConcurrentRunner:
         try:
             self.server._results.put((call, self.server._call(call)))
         except _Exit:
-            os._exit(0)
+            self.server._end_process()
 
     async def _run_async(self, call: _Call, group: Any) -> None:
         sem = self._semaphores.get(group)
         if sem is None:
             sem = self._semaphores[group] = asyncio.Semaphore(self._limits[group])
         async with sem:
-            server = self.server
+            self.call_tasks.add(asyncio.current_task())
             try:
-                method, args, kwargs, return_ids, name, early = server._prepared(call)
-            except _Exit:
-                os._exit(0)
-            if early is not None:
-                server._results.put((call, early))
-                return
+                await self._run_call(call)
+            finally:
+                self.call_tasks.discard(asyncio.current_task())
+
+    async def _run_call(self, call: _Call) -> None:
+        server = self.server
+        try:
+            method, args, kwargs, return_ids, name, early = server._prepared(call)
+        except _Exit:
+            server._end_process()
+        if early is not None:
+            server._results.put((call, early))
+            return
+        retries = 0
+        while True:
             try:
                 try:
                     result = method(*args, **kwargs)
@@ -587,9 +675,13 @@ class _ConcurrentRunner:
                 objs = server._values(result, return_ids, name)
             except ActorExitRequest:
                 try:
-                    server._exit_after(call, return_ids, "exit_actor() was called")
+                    server._exit_after(call, return_ids, EXITED)
                 except _Exit:
-                    os._exit(0)
+                    server._end_process()
             except Exception as e:
+                if server._runs_again(call, e, retries):
+                    retries += 1
+                    continue
                 objs = server._error(e, return_ids, name)
             server._results.put((call, objs))
+            return
