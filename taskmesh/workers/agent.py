@@ -295,7 +295,9 @@ class NodeAgent:
                                   self.store.keys.chan_node(self.node_id): self._on_order,
                                   self.store.keys.chan_cancel(): self._on_cancel,
                                   self.store.keys.chan_job_end(): self._on_job_end})
-        self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=1.0, daemon=True,
+        # The read waits up to sleep_time on the socket (no Redis command): short, since
+        # stopping the agent waits for it.
+        self._pubsub_thread = self._pubsub.run_in_thread(sleep_time=0.1, daemon=True,
                                                          exception_handler=keep_listening)
         threads = [
             threading.Thread(target=self._lease_loop, name="taskmesh-lease", daemon=True),
