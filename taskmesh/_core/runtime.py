@@ -36,7 +36,6 @@ from taskmesh._base.wire import (
 from taskmesh._core import events as _events
 from taskmesh._core import lifecycle
 from taskmesh._core.failure import call_failures
-from taskmesh._core.generators import ObjectRefGenerator
 from taskmesh._core.router import PgTarget, Route, Router
 from taskmesh._core.streams import RefState, StreamMethods
 from taskmesh.exceptions import (
@@ -818,14 +817,15 @@ class Runtime(StreamMethods):
             return self._errors
 
     def wait(
-        self, refs: Sequence[ObjectRef | ObjectRefGenerator], num_returns: int, timeout: float | None
+        self, refs: Sequence[Any], num_returns: int, timeout: float | None
     ) -> tuple[list[Any], list[Any]]:
-        """`api.wait`: refs are ready when their object exists; generators (of this
-        process) when their next item has arrived or they have ended."""
+        """`api.wait`: refs are ready when their object exists; ObjectRefGenerators (any
+        other element: api.wait checked them) when their next item has arrived or they
+        have ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.001
         ids = [ref._id if isinstance(ref, ObjectRef) else None for ref in refs]
-        streams = {ref._task_id for ref in refs if isinstance(ref, ObjectRefGenerator)}
+        streams = {ref._task_id for ref in refs if not isinstance(ref, ObjectRef)}
         wanted = {oid for oid in ids if oid is not None}
         ready_ids: set[str] = set()
         ready_streams: set[str] = set()
@@ -853,7 +853,7 @@ class Runtime(StreamMethods):
         ready: list[Any] = []
         not_ready: list[Any] = []
         for ref, oid in zip(refs, ids, strict=True):
-            done = oid in ready_ids if oid is not None else ref._task_id in ready_streams  # type: ignore[union-attr]
+            done = oid in ready_ids if oid is not None else ref._task_id in ready_streams
             (ready if done and len(ready) < num_returns else not_ready).append(ref)
         return ready, not_ready
 
