@@ -24,6 +24,7 @@ from taskmesh._base import config, deprecation, wire
 from taskmesh._core import context
 from taskmesh._core import options as _options
 from taskmesh._core.context import get_runtime
+from taskmesh._core.generators import ObjectRefGenerator
 from taskmesh._core.remote_function import RemoteFunction
 from taskmesh._core.runtime import Runtime
 from taskmesh.exceptions import StoreUnavailableError
@@ -457,7 +458,6 @@ def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> N
     running task gets KeyboardInterrupt (the tasks it submitted are cancelled too), or
     with force=True its worker is killed; a finished task is left alone. An
     ObjectRefGenerator cancels its generator task (as Ray)."""
-    from taskmesh._core.generators import ObjectRefGenerator
 
     if isinstance(object_ref, ObjectRefGenerator):
         object_ref = object_ref.completed()
@@ -494,23 +494,28 @@ def get(object_refs: Any, *, timeout: float | None = None) -> Any:
 
 
 def wait(
-    object_refs: Sequence[ObjectRef],
+    object_refs: Sequence[ObjectRef | ObjectRefGenerator],
     *,
     num_returns: int = 1,
     timeout: float | None = None,
     fetch_local: bool = True,
-) -> tuple[list[ObjectRef], list[ObjectRef]]:
-    """Split refs into (ready, not ready) once `num_returns` are ready or `timeout` passes."""
+) -> tuple[list[Any], list[Any]]:
+    """Split refs and generators into (ready, not ready) once `num_returns` are ready or
+    `timeout` passes, in their given order. A generator is ready when `next` on it
+    would return at once: its next item has arrived, or it has ended (Ray's)."""
     runtime = get_runtime(auto_init=True)
-    if isinstance(object_refs, ObjectRef) or not isinstance(object_refs, (list, tuple)):
-        raise TypeError(f"wait() expected a list of ObjectRef, got {type(object_refs)}")
-    if not all(isinstance(ref, ObjectRef) for ref in object_refs):
-        bad = next(ref for ref in object_refs if not isinstance(ref, ObjectRef))
-        raise TypeError(f"wait() expected a list of ObjectRef, got list containing {type(bad)}")
+    what = "wait() expected a list of ray.ObjectRef or ray.ObjectRefGenerator"
+    if isinstance(object_refs, (ObjectRef, ObjectRefGenerator)):
+        raise TypeError(f"{what}, got a single ray.ObjectRef or ray.ObjectRefGenerator {object_refs}")
+    if not isinstance(object_refs, (list, tuple)):
+        raise TypeError(f"{what}, got {type(object_refs)}")
+    for ref in object_refs:
+        if not isinstance(ref, (ObjectRef, ObjectRefGenerator)):
+            raise TypeError(f"{what}, got list containing {type(ref)}")
     _check_timeout(timeout)
     if not object_refs:  # as Ray: before the num_returns checks
         return [], []
-    if len({ref._id for ref in object_refs}) != len(object_refs):
+    if len(set(object_refs)) != len(object_refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")

@@ -37,6 +37,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 __all__ = ["RuntimeEnv", "RuntimeEnvConfig"]
 
@@ -163,6 +164,8 @@ def _check_location(value: Any, field: str, *, directory: bool) -> str:
         raise TypeError(f"`{field}` must be a string, got {type(value)}.")
     if value.startswith(PKG_SCHEME):
         return value
+    if value.startswith(FILE_SCHEME):
+        return _check_file_uri(value, field)
     if "://" in value:
         raise NotImplementedError(f"Remote URIs in `{field}` ({value}) are not supported by taskmesh "
                                   "yet: give a local directory, which is uploaded to the cluster.")
@@ -172,6 +175,43 @@ def _check_location(value: Any, field: str, *, directory: bool) -> str:
     if not directory and not (path.is_dir() or (path.is_file() and path.suffix == ".py")):
         raise ValueError(f"{value} is not a valid local directory or .py file for `{field}`.")
     return str(path)
+
+
+FILE_SCHEME = "file://"
+# Ray's package formats of a URI, by field; taskmesh unpacks the .zip ones.
+_URI_FORMATS = {"working_dir": (".zip", ".tar.gz", ".tgz", ".tar.xz"),
+                "py_modules": (".zip", ".whl", ".tar.gz", ".tgz", ".tar.xz")}
+
+
+def _check_file_uri(uri: str, field: str) -> str:
+    """A `file://` URI of a package on this machine (Ray's "file" protocol): a .zip file
+    whose single top-level directory, if it has one, is dropped as Ray does. It is
+    uploaded like a local directory, so no node needs the file itself."""
+    formats = _URI_FORMATS[field]
+    if not any(uri.endswith(ext) for ext in formats):
+        raise ValueError(f"Only {', '.join(formats)} files are supported for {field} URIs; got {uri}.")
+    if not uri.endswith(".zip"):
+        raise NotImplementedError(f"`{field}`: taskmesh unpacks .zip packages only, got {uri}.")
+    path = Path(unquote(uri[len(FILE_SCHEME):]))
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{uri} is not a zip file on this machine for `{field}`.")
+    return uri
+
+
+def _unwrapped_zip(path: Path) -> bytes:
+    """The zip at `path`, without its single top-level directory when it has one (an
+    `__MACOSX` beside it aside), as Ray unpacks a package URI."""
+    with zipfile.ZipFile(path) as source:
+        entries = [i for i in source.infolist() if not i.filename.startswith("__MACOSX/")]
+        tops = {i.filename.split("/", 1)[0] for i in entries}
+        top = next(iter(tops)) + "/" if len(tops) == 1 and all("/" in i.filename for i in entries) else ""
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for info in entries:
+                name = info.filename[len(top):]
+                if name and not info.is_dir():
+                    archive.writestr(name, source.read(info), zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()
 
 
 def check_option(value: Any) -> None:
@@ -235,7 +275,10 @@ def _upload(location: str, excludes: tuple[str, ...], store: Any, *, top_level: 
     with _upload_lock:
         uri = _uploaded.get(key)
         if uri is None:
-            blob = _zip(Path(location), excludes, top_level=top_level)
+            if location.startswith(FILE_SCHEME):
+                blob = _unwrapped_zip(Path(unquote(location[len(FILE_SCHEME):])))
+            else:
+                blob = _zip(Path(location), excludes, top_level=top_level)
             digest = hashlib.sha1(blob).hexdigest()
             store.put_package(digest, blob)
             uri = _uploaded[key] = f"{PKG_SCHEME}{digest}"

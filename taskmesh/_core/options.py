@@ -220,6 +220,26 @@ def strategy_of(options: Mapping[str, Any]) -> Any:
         options.get("placement_group_capture_child_tasks"))
 
 
+# Ray's deprecated placement-group options, and when each counts as used.
+_DEPRECATED_PG_OPTIONS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
+    ("placement_group", lambda v: v != "default"),
+    ("placement_group_bundle_index", lambda v: v != -1),
+    ("placement_group_capture_child_tasks", bool),
+)
+
+
+def _warn_deprecated_placement_group(options: Mapping[str, Any]) -> None:
+    """As Ray: each placement-group option used without a PlacementGroupSchedulingStrategy
+    warns (it still works, folded into one by strategy_of)."""
+    if isinstance(options.get("scheduling_strategy"), ss.PlacementGroupSchedulingStrategy):
+        return
+    for name, used in _DEPRECATED_PG_OPTIONS:
+        if name in options and used(options[name]):
+            deprecation.warn_user(f"{name} parameter is deprecated. Use scheduling_strategy="
+                                  "PlacementGroupSchedulingStrategy(...) instead, see the usage at "
+                                  "https://docs.ray.io/en/latest/ray-core/package-ref.html#ray-remote.")
+
+
 def _runtime_env_check(value: Any) -> str | None:
     """Only env_vars so far: the runtime_env module raises Ray's exception types."""
     from taskmesh.runtime_env import check_option
@@ -308,6 +328,7 @@ def check_task_options(options: Mapping[str, Any], *, in_options: bool) -> None:
     """Ray's checks of task options beyond each option's own."""
     if in_options and "max_calls" in options:
         raise ValueError("Setting 'max_calls' is not supported in '.options()'.")
+    _warn_deprecated_placement_group(options)
 
 
 def check_actor_options(options: Mapping[str, Any], *, in_options: bool,
@@ -320,8 +341,9 @@ def check_actor_options(options: Mapping[str, Any], *, in_options: bool,
     if final.get("get_if_exists") and not final.get("name"):
         raise ValueError("The actor name must be specified to use `get_if_exists`.")
     if "object_store_memory" in options:
-        deprecation.warn("Setting 'object_store_memory' for actors is deprecated since it doesn't "
-                         "actually reserve the required object store memory.", stacklevel=4)
+        deprecation.warn_user("Setting 'object_store_memory' for actors is deprecated since it "
+                              "doesn't actually reserve the required object store memory.")
+    _warn_deprecated_placement_group(options)
 
 
 def validate(options: Mapping[str, Any], table: Mapping[str, Option], what: str) -> dict[str, Any]:

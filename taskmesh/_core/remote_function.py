@@ -68,7 +68,7 @@ class RemoteFunction(Generic[P, R]):
         """Submit a call: a ref to its result (with `num_returns`, a list of refs or a
         generator of refs; typed for the common case). Arguments are `Any`: each may be
         a value or an ObjectRef of one."""
-        return self._plan.submit(args, kwargs)
+        return self._plan.invoke(args, kwargs)
 
     def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
         """A DAG node for this call, submitted by its DAG's `execute()` (Ray's DAG API)."""
@@ -92,7 +92,7 @@ class _BoundOptions(Generic[P, R]):
         """Submit a call: a ref to its result (with `num_returns`, a list of refs or a
         generator of refs; typed for the common case). Arguments are `Any`: each may be
         a value or an ObjectRef of one."""
-        return self._plan.submit(args, kwargs)
+        return self._plan.invoke(args, kwargs)
 
     def bind(self, *args: Any, **kwargs: Any) -> FunctionNode:
         """A DAG node for this call that keeps these options."""
@@ -121,11 +121,19 @@ class _TaskPlan:
         self.demand = _options.task_demand(self.options)
         self.shape = queues.shape_name(self.demand)
         self.strategy = _options.strategy_of(self.options)
+        self.decorator = getattr(function, "__ray_invocation_decorator__", None)
         retry = self.options["retry_exceptions"]
         self.retry_exceptions = retry if isinstance(retry, bool) else cloudpickle.dumps(tuple(retry))
         self._export: _Export = parent._export if parent is not None else _Export(function)
         self.signature: inspect.Signature | None = (parent.signature if parent is not None
                           else signatures.signature_of(function))
+
+    def invoke(self, args: tuple, kwargs: dict) -> Any:
+        """`submit`, through the function's __ray_invocation_decorator__ when it has one
+        (Ray's: it wraps the invocation(args, kwargs) on the caller's side)."""
+        if self.decorator is None:
+            return self.submit(args, kwargs)
+        return self.decorator(lambda a, k: self.submit(tuple(a), k))(args, kwargs)
 
     def submit(self, args: tuple, kwargs: dict) -> Any:
         from taskmesh._core.context import get_runtime

@@ -817,36 +817,44 @@ class Runtime(StreamMethods):
             return self._errors
 
     def wait(
-        self, refs: Sequence[ObjectRef], num_returns: int, timeout: float | None
-    ) -> tuple[list[ObjectRef], list[ObjectRef]]:
+        self, refs: Sequence[Any], num_returns: int, timeout: float | None
+    ) -> tuple[list[Any], list[Any]]:
+        """`api.wait`: refs are ready when their object exists; ObjectRefGenerators (any
+        other element: api.wait checked them) when their next item has arrived or they
+        have ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.001
-        ids = [ref._id for ref in refs]
-        wanted = set(ids)
+        ids = [ref._id if isinstance(ref, ObjectRef) else None for ref in refs]
+        streams = {ref._task_id for ref in refs if not isinstance(ref, ObjectRef)}
+        wanted = {oid for oid in ids if oid is not None}
         ready_ids: set[str] = set()
+        ready_streams: set[str] = set()
         while True:
             with self._cond:  # set algebra: C speed for thousands of refs
                 ready_ids |= wanted & self._results.keys()
                 unknown = list(wanted - ready_ids - self._pending)
+                ready_streams = {t for t in streams if self._stream_peek(t)[0] != "timeout"}
             if unknown:  # owned elsewhere, or no longer cached here: ask Redis
                 exist = self.store.objects_exist(unknown)
                 ready_ids.update(i for i, ok in zip(unknown, exist, strict=True) if ok)
-            if len(ready_ids) >= num_returns:
+            if len(ready_ids) + len(ready_streams) >= num_returns:
                 break
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 break
             if not unknown:
                 with self._cond:  # re-checked under the lock: no wakeup is missed
-                    if not (wanted - ready_ids) & self._results.keys():
+                    if (not (wanted - ready_ids) & self._results.keys()
+                            and all(self._stream_peek(t)[0] == "timeout" for t in streams - ready_streams)):
                         self._cond.wait(remaining)
                 continue
             time.sleep(min(delay, remaining) if remaining is not None else delay)
             delay = min(delay * 2, 0.05)
-        ready: list[ObjectRef] = []
-        not_ready: list[ObjectRef] = []
+        ready: list[Any] = []
+        not_ready: list[Any] = []
         for ref, oid in zip(refs, ids, strict=True):
-            (ready if oid in ready_ids and len(ready) < num_returns else not_ready).append(ref)
+            done = oid in ready_ids if oid is not None else ref._task_id in ready_streams
+            (ready if done and len(ready) < num_returns else not_ready).append(ref)
         return ready, not_ready
 
     # ---- shutdown -------------------------------------------------------------------

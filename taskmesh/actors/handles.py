@@ -42,16 +42,22 @@ class MethodMeta:
     params: signatures.Params | None = None  # to check calls; None: unchecked
     max_task_retries: int | None = None  # None: the actor's
     retry_exceptions: bool | bytes = False  # bytes: the cloudpickled tuple of types (CallSpec)
+    # The method's __ray_invocation_decorator__ (Ray's): wraps its invocation(args, kwargs)
+    # on the caller's side; cloudpickled on the wire.
+    decorator: Callable | None = None
 
     def to_wire(self) -> list:
-        return [self.num_returns, self.concurrency_group, self.is_async, self.is_generator,
-                self.backpressure, self.params, self.max_task_retries, self.retry_exceptions]
+        fields = [self.num_returns, self.concurrency_group, self.is_async, self.is_generator,
+                  self.backpressure, self.params, self.max_task_retries, self.retry_exceptions]
+        return fields if self.decorator is None else [*fields, cloudpickle.dumps(self.decorator)]
 
     @classmethod
     def from_wire(cls, raw: list) -> MethodMeta:
         fields = list(raw)
         if len(fields) > 5:
             fields[5] = signatures.params_from_wire(fields[5])
+        if len(fields) > 8:
+            fields[8] = cloudpickle.loads(fields[8])
         return cls(*fields)
 
 
@@ -146,7 +152,8 @@ def _methods_of(cls: type) -> dict[str, MethodMeta]:
                                inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn),
                                generator, max(opts.get(_BACKPRESSURE) or 0, 0),
                                signatures.to_params(signatures.signature_of(fn, drop_first=unbound)),
-                               opts.get("max_task_retries"), _retry_wire(opts.get("retry_exceptions")))
+                               opts.get("max_task_retries"), _retry_wire(opts.get("retry_exceptions")),
+                               getattr(fn, "__ray_invocation_decorator__", None))
     out[TERMINATE] = MethodMeta(1)  # as Ray's: a ref, whose get raises RayActorError
     out[READY] = MethodMeta(1)
     return out
@@ -392,7 +399,8 @@ class ActorMethod:
         meta = MethodMeta(n, options.get("concurrency_group", self._meta.concurrency_group),
                           self._meta.is_async, self._meta.is_generator, max(backpressure or 0, 0),
                           self._meta.params,
-                          options.get("max_task_retries", self._meta.max_task_retries), retry)
+                          options.get("max_task_retries", self._meta.max_task_retries), retry,
+                          self._meta.decorator)
         return ActorMethod(self._handle, self._name, meta, n)
 
     def bind(self, *args: Any, **kwargs: Any) -> ClassMethodNode:
@@ -403,6 +411,11 @@ class ActorMethod:
         return ClassMethodNode(self._handle, self._name, args, kwargs, options)
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
+        if self._meta.decorator is not None:  # as Ray: it wraps the invocation
+            return self._meta.decorator(lambda a, k: self._invoke(tuple(a), k))(args, kwargs)
+        return self._invoke(args, kwargs)
+
+    def _invoke(self, args: tuple, kwargs: dict) -> Any:
         from taskmesh._core.context import get_runtime
 
         signatures.check(signatures.from_params(self._meta.params), args, kwargs)

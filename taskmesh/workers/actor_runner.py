@@ -65,6 +65,7 @@ from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
 from taskmesh.workers.execution import (
     ERROR_TEXT_CHARS,
     error_text,
+    fixed_returns,
     placement,
     serialize_error,
     split_returns,
@@ -488,8 +489,12 @@ class ActorServer:
         if isinstance(result, _Generated):
             return result.objs
 
-        values = split_returns(result, len(return_ids), name)
         runtime = self.worker.runtime
+        fixed = fixed_returns(result, return_ids, name, runtime.encode_value,
+                              lambda e: serialize_error(name, e))
+        if fixed is not None:
+            return fixed
+        values = split_returns(result, len(return_ids), name)
         return [runtime.encode_value(oid, v) for oid, v in zip(return_ids, values, strict=True)]
 
     def _error(self, error: Exception, return_ids: list[str], name: str) -> list:

@@ -5,10 +5,12 @@ other)."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
+import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from taskmesh import objects
@@ -91,6 +93,40 @@ def split_returns(result: Any, n: int, name: str) -> list[Any]:
     if len(values) != n:
         raise ValueError(f"Task {name} declared num_returns={n} but returned {len(values)} values")
     return values
+
+
+def fixed_returns(result: Any, return_ids: Sequence[str], name: str,
+                  encode: Callable[[str, Any], list], error_of: Callable[[Exception], bytes],
+                  retry: Callable[[Exception], bool] = lambda e: False) -> list[list] | None:
+    """The return objects of a generator called with a fixed num_returns (Ray's "num_returns
+    set by the task caller"); None when `result` is no generator. Each value is encoded as
+    it is yielded (a large one goes to the object store then and leaves the heap). As Ray:
+    a generator that raises after k values keeps them, the rest are its error (unless
+    `retry` says the task runs again: then it propagates); one that yields fewer values
+    fails the rest with a ValueError; one that yields more keeps the first N and the
+    error is logged."""
+    if not inspect.isgenerator(result):
+        return None
+    n = len(return_ids)
+    objs: list[list] = []
+    try:
+        for value in result:
+            if len(objs) == n:
+                result.close()
+                print(f"Unhandled error: Task threw exception, but all {n} return values already "
+                      "created. This should only occur when using generator tasks.\n"
+                      f"ValueError: Task returned more than num_returns={n} objects.", file=sys.stderr)
+                return objs
+            objs.append(encode(return_ids[len(objs)], value))
+    except Exception as e:
+        if retry(e):
+            raise
+        data = error_of(e)
+    else:
+        if len(objs) == n:
+            return objs
+        data = error_of(ValueError(f"Task returned {len(objs)} objects, but num_returns={n}."))
+    return objs + [[oid, objects.KIND_ERROR, data] for oid in return_ids[len(objs):]]
 
 
 # taskmesh's own source files: frames there are the runtime's, not the user's.

@@ -50,7 +50,14 @@ from taskmesh.store.client import ENDED_JOBS_KEPT
 from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
 from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import ActorServer
-from taskmesh.workers.execution import LineForwarder, error_text, placement, serialize_error, split_returns
+from taskmesh.workers.execution import (
+    LineForwarder,
+    error_text,
+    fixed_returns,
+    placement,
+    serialize_error,
+    split_returns,
+)
 
 
 class Worker:
@@ -425,6 +432,11 @@ class Worker:
             if spec.generator:
                 return self.generator_run(spec, name, return_ids[0],
                                           retry=lambda e: should_retry(spec, attempt, e)).run(result)
+            fixed = fixed_returns(result, return_ids, name, self.runtime.encode_value,
+                                  lambda e: serialize_error(name, e),
+                                  lambda e: should_retry(spec, attempt, e))
+            if fixed is not None:
+                return fixed
             values = split_returns(result, len(return_ids), name)
             return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values, strict=True)]
         except KeyboardInterrupt:  # taskmesh.cancel interrupted it
