@@ -5,7 +5,8 @@ id, so a restarted incarnation finds the calls its predecessor had in flight) an
 results with the same completion script as tasks, batched: the agent is not on the path
 of a method call. Sync actors run calls one by one in stream order; threaded actors
 (max_concurrency > 1) and async actors (any `async def` method) start them in order and
-let them overlap, limited per concurrency group.
+let them overlap, limited per concurrency group; each group runs on threads of its own,
+and a call whose ref arguments are not ready holds back no other (_ConcurrentRunner).
 
 Calls are decoded once, as read (a QueueEntry holding a CallSpec, _base/wire.py). A call
 that does not decode, or whose arguments do not, goes to the dead-letter stream with the
@@ -27,7 +28,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from taskmesh import objects, runtime_env
@@ -84,6 +85,9 @@ _FLUSH_EVERY_S = 0.005
 DRAIN_SIGNAL = signal.SIGUSR1
 _SEEN_CALLS = 10_000
 _READ_COUNT = 100
+# Threads of a concurrent actor that wait for the ref arguments of its calls (made as
+# needed): while more calls than this wait, a call with ref arguments waits for a thread.
+_ARGUMENT_WAITERS = 64
 
 
 class _Exit(Exception):
@@ -396,9 +400,9 @@ class ActorServer:
 
     # ---- one call -----------------------------------------------------------------------
 
-    def _call(self, call: _Call) -> list | None:
+    def _call(self, call: _Call, arguments: _Arguments | None = None) -> list | None:
         """Run one call synchronously; returns its result objects."""
-        method, args, kwargs, return_ids, name, early = self._prepared(call)
+        method, args, kwargs, return_ids, name, early = self._prepared(call, arguments)
         if early is not None:
             return early
         retries = 0
@@ -430,21 +434,23 @@ class ActorServer:
         log.info("%s raised %r: running it again (retry %d)", call.entry.name, error, retries + 1)
         return True
 
-    def _prepared(self, call: _Call) -> tuple:
+    def _prepared(self, call: _Call, arguments: _Arguments | None = None) -> tuple:
         """`_prepare`, where anything it raises but _Exit becomes the call's error: a
         call written by hand fails alone, the actor serves on."""
         try:
-            return self._prepare(call)
+            return self._prepare(call, arguments)
         except _Exit:
             raise
         except Exception as e:
-            name = call.entry.name
-            return_ids = [objects.object_id(call.entry.task, i + 1) for i in range(call.spec.num_returns)]
+            name, return_ids = call.entry.name, _return_ids(call)
             return None, None, None, return_ids, name, self._error(e, return_ids, name)
 
-    def _prepare(self, call: _Call) -> tuple:
+    def _prepare(self, call: _Call, arguments: _Arguments | None) -> tuple:
+        """The method and its arguments, decoded (and, unless `arguments` holds them
+        already, resolved: this waits for them); or the call's result objects when it
+        ends before its method runs."""
         spec, task_id, name = call.spec, call.entry.task, call.entry.name
-        return_ids = [objects.object_id(task_id, i + 1) for i in range(spec.num_returns)]
+        return_ids = _return_ids(call)
         method_name = spec.method
         if self._record and method_name not in (TERMINATE, READY):  # internal calls: no events
             self._started[task_id] = self._event(task_id, call.entry.attempt, _events.RUNNING,
@@ -453,14 +459,13 @@ class ActorServer:
             self._exit_after(call, return_ids, EXITED if spec.num_returns else OUT_OF_SCOPE)
         if method_name == READY:
             return None, None, None, return_ids, name, self._values(True, return_ids, name)
-        try:
-            args, kwargs = spec.decode_args(objects.deserialize)
-        except WireError as e:  # set aside; its caller, if any, gets the error
-            dead_letter(self.store, [(call.leased, str(e))], group=CALL_GROUP)
-            return None, None, None, return_ids, name, self._error(e, return_ids, name)
-        upstream = self.worker.resolve_args(args, kwargs)
-        if upstream is not None:
-            return None, None, None, return_ids, name, [[o, KIND_ERROR, upstream] for o in return_ids]
+        if arguments is None:
+            arguments = self._decode_arguments(call)
+            if arguments.early is None:
+                self._resolve(call, arguments)
+        if arguments.early is not None:
+            return None, None, None, return_ids, name, arguments.early
+        args, kwargs = arguments.args, arguments.kwargs
         try:
             method = getattr(self.instance, method_name)
         except AttributeError as e:
@@ -471,6 +476,28 @@ class ActorServer:
         if spec.generator:
             method = self._generator_method(method, spec, return_ids[0], name)
         return method, args, kwargs, return_ids, name, None
+
+    def _decode_arguments(self, call: _Call) -> _Arguments:
+        """The call's arguments as sent (refs in them registered here); a call whose
+        arguments do not unpickle is set aside and its caller, if any, gets the error."""
+        try:
+            args, kwargs = call.spec.decode_args(objects.deserialize)
+        except WireError as e:
+            dead_letter(self.store, [(call.leased, str(e))], group=CALL_GROUP)
+            return _Arguments(early=self._error(e, _return_ids(call), call.entry.name))
+        return _Arguments(args, kwargs)
+
+    def _resolve(self, call: _Call, arguments: _Arguments) -> None:
+        """Replace the top-level refs among `arguments` by their values, waiting for
+        them; a failed one (or a failure to get them) becomes the call's error."""
+        return_ids = _return_ids(call)
+        try:
+            upstream = self.worker.resolve_args(arguments.args, arguments.kwargs)
+        except Exception as e:
+            arguments.early = self._error(e, return_ids, call.entry.name)
+            return
+        if upstream is not None:
+            arguments.early = [[o, KIND_ERROR, upstream] for o in return_ids]
 
     def _generator_method(self, method: Any, spec: CallSpec, return_id: str, name: str) -> Any:
         """`method` with its items stored as it yields them; returns (or, for an async
@@ -577,6 +604,24 @@ class ActorServer:
             os._exit(0)
 
 
+def _return_ids(call: _Call) -> list[str]:
+    return [objects.object_id(call.entry.task, i + 1) for i in range(call.spec.num_returns)]
+
+
+@dataclass(slots=True)
+class _Arguments:
+    """A call's (args, kwargs), or `early`: its result objects when it fails before
+    its method runs (arguments that do not unpickle, a failed argument)."""
+
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    early: list | None = None
+
+    def refs(self) -> bool:
+        """Whether a top-level argument is a ref (its value is to be waited for)."""
+        return any(isinstance(a, objects.ObjectRef) for a in (*self.args, *self.kwargs.values()))
+
+
 def _results_only(batch: list[_Result | _FlushMark]) -> list[_Result]:
     """The finished calls of a batch taken from the results queue, in order."""
     return [item for item in batch if item[0] is not None]
@@ -601,33 +646,58 @@ def _restore(runtime: Any, restore_env: Any) -> None:
 
 
 class _ConcurrentRunner:
-    """Starts calls in stream order and lets them overlap: threads for sync methods,
-    one event loop for async ones; a concurrency group bounds its own calls."""
+    """Starts calls in stream order and lets them overlap, each concurrency group on
+    its own (as Ray's): a thread pool per group for a threaded actor, an event loop on
+    a thread of its own per group for an async one, so that a group whose calls all
+    block stalls no other. A call whose arguments include refs waits for their values
+    on a thread of `_arguments` first, holding no place of its group meanwhile (Ray
+    resolves them before the call is sent, and orders no async or threaded calls)."""
 
     def __init__(self, server: ActorServer):
         self.server = server
         spec = server.spec
         limit = spec.max_concurrency
         self._limits: dict[Any, int] = {None: limit, **spec.concurrency_groups}  # group -> limit
-        self._executors = {name: ThreadPoolExecutor(n, thread_name_prefix=f"actor-{name}")
-                           for name, n in self._limits.items()}
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executors: dict[Any, ThreadPoolExecutor] = {}
+        self._loops: dict[Any, asyncio.AbstractEventLoop] = {}
+        for name, n in self._limits.items():
+            label = "default" if name is None else name
+            if spec.is_async:
+                loop = self._loops[name] = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name=f"taskmesh-actor-loop-{label}",
+                                 daemon=True).start()
+            else:
+                self._executors[name] = ThreadPoolExecutor(n, thread_name_prefix=f"actor-{label}")
+        self._arguments = ThreadPoolExecutor(_ARGUMENT_WAITERS, thread_name_prefix="actor-args")
         self._semaphores: dict[Any, asyncio.Semaphore] = {}
         self._lock = threading.Lock()
         self._running: set[concurrent.futures.Future] = set()
         self.call_tasks: set[asyncio.Task | None] = set()  # the asyncio tasks running calls
-        if spec.is_async:
-            self._loop = asyncio.new_event_loop()
-            threading.Thread(target=self._loop.run_forever, name="taskmesh-actor-loop", daemon=True).start()
 
     def start(self, call: _Call) -> None:
         group = call.spec.concurrency_group
         if group is not None and group not in self._limits:
             group = None
-        if self._loop is not None:
-            future = asyncio.run_coroutine_threadsafe(self._run_async(call, group), self._loop)
+        arguments = None
+        if call.spec.method != READY:
+            arguments = self.server._decode_arguments(call)
+            if arguments.refs():
+                self._track(self._arguments.submit(self._resolve_then_run, call, group, arguments))
+                return
+        self._run(call, group, arguments)
+
+    def _resolve_then_run(self, call: _Call, group: Any, arguments: _Arguments) -> None:
+        self.server._resolve(call, arguments)
+        self._run(call, group, arguments)
+
+    def _run(self, call: _Call, group: Any, arguments: _Arguments | None) -> None:
+        if self._loops:
+            coroutine = self._run_async(call, group, arguments)
+            self._track(asyncio.run_coroutine_threadsafe(coroutine, self._loops[group]))
         else:
-            future = self._executors[group].submit(self._run_sync, call)
+            self._track(self._executors[group].submit(self._run_sync, call, arguments))
+
+    def _track(self, future: concurrent.futures.Future) -> None:
         with self._lock:
             self._running.add(future)
         future.add_done_callback(self._finished)
@@ -637,32 +707,36 @@ class _ConcurrentRunner:
             self._running.discard(future)
 
     def drain(self) -> None:
-        """Wait for the calls started so far to finish."""
-        with self._lock:
-            running = list(self._running)
-        concurrent.futures.wait(running)
+        """Wait for the calls started so far to finish (a call waiting for its
+        arguments is started in its group before its wait ends)."""
+        while True:
+            with self._lock:
+                running = list(self._running)
+            if not running:
+                return
+            concurrent.futures.wait(running)
 
-    def _run_sync(self, call: _Call) -> None:
+    def _run_sync(self, call: _Call, arguments: _Arguments | None) -> None:
         try:
-            self.server._results.put((call, self.server._call(call)))
+            self.server._results.put((call, self.server._call(call, arguments)))
         except _Exit:
             self.server._end_process()
 
-    async def _run_async(self, call: _Call, group: Any) -> None:
+    async def _run_async(self, call: _Call, group: Any, arguments: _Arguments | None) -> None:
         sem = self._semaphores.get(group)
         if sem is None:
             sem = self._semaphores[group] = asyncio.Semaphore(self._limits[group])
         async with sem:
             self.call_tasks.add(asyncio.current_task())
             try:
-                await self._run_call(call)
+                await self._run_call(call, arguments)
             finally:
                 self.call_tasks.discard(asyncio.current_task())
 
-    async def _run_call(self, call: _Call) -> None:
+    async def _run_call(self, call: _Call, arguments: _Arguments | None) -> None:
         server = self.server
         try:
-            method, args, kwargs, return_ids, name, early = server._prepared(call)
+            method, args, kwargs, return_ids, name, early = server._prepared(call, arguments)
         except _Exit:
             server._end_process()
         if early is not None:
