@@ -504,9 +504,9 @@ def wait(
     `timeout` passes, in their given order. A generator is ready when `next` on it
     would return at once: its next item has arrived, or it has ended (Ray's)."""
     runtime = get_runtime(auto_init=True)
-    what = "wait() expected a list of ray.ObjectRef or ray.ObjectRefGenerator"
+    what = "wait() expected a list of ObjectRef or ObjectRefGenerator"
     if isinstance(object_refs, (ObjectRef, ObjectRefGenerator)):
-        raise TypeError(f"{what}, got a single ray.ObjectRef or ray.ObjectRefGenerator {object_refs}")
+        raise TypeError(f"{what}, got a single ObjectRef or ObjectRefGenerator {object_refs}")
     if not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"{what}, got {type(object_refs)}")
     for ref in object_refs:

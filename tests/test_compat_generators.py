@@ -63,7 +63,7 @@ def test_wait_takes_generators_mixed_with_refs(ray, tmp_path: Path) -> None:
     empty = gated.remote(gate, 0)
     assert ray.wait([empty], timeout=30) == ([empty], [])
 
-    with pytest.raises(TypeError, match="ray.ObjectRef or ray.ObjectRefGenerator, got a single"):
+    with pytest.raises(TypeError, match="ObjectRef or ObjectRefGenerator, got a single"):
         ray.wait(gen)
     with pytest.raises(TypeError, match="got list containing <class 'int'>"):
         ray.wait([gen, 1])

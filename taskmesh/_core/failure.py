@@ -159,7 +159,7 @@ EXITED = ("The actor is dead because its worker process has died. Worker exit ty
           "INTENDED_USER_EXIT Worker exit detail: Worker exits by a user request. "
           "exit_actor() is called.")
 OUT_OF_SCOPE = "The actor is dead because all references to the actor were removed."
-KILLED = "The actor is dead because it was killed by `ray.kill`."
+KILLED = "The actor is dead because it was killed by `ray.kill`."  # Ray's words, which programs match
 
 # Death causes that mean the actor could never be placed; calls to it raise these types.
 UNSCHEDULABLE = "ActorUnschedulableError: "
