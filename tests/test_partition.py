@@ -102,7 +102,7 @@ def where(log: str, sleep_s: float) -> str:
     retry = Path(log).exists()
     with open(log, "a") as f:
         f.write(f"{node}\n")
-    time.sleep(3 * sleep_s if retry else sleep_s)
+    time.sleep(1.5 * sleep_s if retry else sleep_s)
     return node
 
 
