@@ -54,6 +54,11 @@ if TYPE_CHECKING:
     import redis
 
 _LISTEN_BLOCK_MS = 1000
+# The listener lingers _LINGER_S after a read of fewer than _LINGER_BELOW notices while at
+# least _LINGER_PENDING results are outstanding.
+_LINGER_S = 0.002
+_LINGER_BELOW = 64
+_LINGER_PENDING = 64
 # Submitted task events are sent with the submission flush that comes this long after the
 # last send, or once this many have gathered.
 _EVENTS_EVERY_S = 0.2
@@ -571,6 +576,11 @@ class Runtime(StreamMethods):
                 last = notices[-1][0]
                 self._on_notices([n for _, n in notices])
                 consumed += len(notices)
+                # Many results outstanding but few came: let more gather before the next
+                # read (one read then takes many notices: fewer XREADs and wake-ups per
+                # task). A lone awaited result (a get in a loop) is read at once.
+                if len(notices) < _LINGER_BELOW and len(self._pending) >= _LINGER_PENDING:
+                    time.sleep(_LINGER_S)
             # Trim consumed notices now and then, not on every read (it is a command).
             if consumed and (consumed >= 1000 or time.monotonic() - trimmed_at > 1.0):
                 ms, _, seq = last.partition(b"-")
