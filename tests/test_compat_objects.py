@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import taskmesh
+
 
 def test_numpy_arrays_from_the_store_are_read_only(ray) -> None:
     # Ray ("Serialization", "Numpy Arrays"): arrays are stored zero-copy and come back
@@ -32,3 +34,28 @@ def test_numpy_arrays_from_the_store_are_read_only(ray) -> None:
     copy = ray.get(make.remote()).copy()  # Ray's advice: copy to write
     copy[0] = 1.0
     assert copy[0] == 1.0
+
+
+def test_bind_get_options_holds_only_the_options_set() -> None:
+    # Ray's DAG nodes keep the options given to the decorator and .options(), not the
+    # defaults filled in for submission. No cluster: binding submits nothing.
+    def f(x):
+        return x
+
+    class A:
+        def m(self, x):
+            return x
+
+    plain, costly = taskmesh.remote(f), taskmesh.remote(num_cpus=3, max_retries=1)(f)
+    assert plain.bind(1).get_options() == {}
+    assert plain.options(num_cpus=2).bind(1).get_options() == {"num_cpus": 2}
+    assert costly.bind(1).get_options() == {"num_cpus": 3, "max_retries": 1}
+    assert costly.options(name="x").bind(1).get_options() == {
+        "num_cpus": 3, "max_retries": 1, "name": "x"}
+    actor = taskmesh.remote(A)
+    assert actor.bind().get_options() == {}
+    assert taskmesh.remote(num_cpus=2)(A).options(max_concurrency=2).bind().get_options() == {
+        "num_cpus": 2, "max_concurrency": 2}
+    node = actor.bind()
+    assert node.m.bind(1).get_options() == {}
+    assert node.m.options(num_returns=1).bind(1).get_options() == {"num_returns": 1}
