@@ -6,8 +6,10 @@ num_cpus, and the node's CPUs never oversubscribed by running tasks."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import taskmesh
+from taskmesh.exceptions import RuntimeEnvSetupError
 
 
 def test_numpy_arrays_from_the_store_are_read_only(ray) -> None:
@@ -59,3 +61,39 @@ def test_bind_get_options_holds_only_the_options_set() -> None:
     node = actor.bind()
     assert node.m.bind(1).get_options() == {}
     assert node.m.options(num_returns=1).bind(1).get_options() == {"num_returns": 1}
+
+
+def test_env_vars_expand_the_workers_variables(ray, monkeypatch) -> None:
+    # Ray: "${VAR}" in an env_vars value is the worker's VAR (appending to PATH, say);
+    # an unset one becomes "", and values may name keys set before them.
+    monkeypatch.delenv("TM_TEST_UNSET", raising=False)
+
+    @ray.remote
+    def read(*names):
+        import os
+
+        return [os.environ.get(n) for n in names]
+
+    env = {"env_vars": {"TM_TEST_PATH": "${PATH}:/opt/extra", "TM_TEST_GONE": "a${TM_TEST_UNSET}b",
+                        "TM_TEST_BARE": "$TM_TEST_UNSET", "TM_TEST_CHAIN": "${TM_TEST_GONE}c"}}
+    path, gone, bare, chain, home = ray.get(read.options(runtime_env=env).remote(
+        "TM_TEST_PATH", "TM_TEST_GONE", "TM_TEST_BARE", "TM_TEST_CHAIN", "PATH"))
+    assert path == f"{home}:/opt/extra" and "${" not in path
+    assert (gone, bare, chain) == ("ab", "$TM_TEST_UNSET", "abc")
+    assert ray.get(read.remote("TM_TEST_PATH")) == [None]  # undone after the task
+
+
+def test_an_environment_that_cannot_be_set_up_fails_when_the_task_runs(ray) -> None:
+    # Ray accepts pip/uv/conda/container at submission; a task whose environment cannot
+    # be set up raises RuntimeEnvSetupError from get. taskmesh installs nothing.
+    @ray.remote
+    def f():
+        return 1
+
+    for env in ({"pip": ["requests"]}, {"uv": ["requests"]}, {"conda": "some-env"},
+                {"container": {"image": "anyscale/ray:latest"}}):
+        ref = f.options(runtime_env=env).remote()  # accepted here
+        with pytest.raises(RuntimeEnvSetupError, match="Failed to set up runtime environment"):
+            ray.get(ref, timeout=30)
+    assert ray.get(f.options(runtime_env={"pip": []}).remote()) == 1  # nothing to install
+    assert ray.get(f.remote()) == 1

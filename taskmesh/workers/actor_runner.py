@@ -57,7 +57,6 @@ from taskmesh.exceptions import (
     ActorDiedError,
     ActorExitRequest,
     RayTaskError,
-    RuntimeEnvSetupError,
     StoreUnavailableError,
 )
 from taskmesh.objects import KIND_ERROR
@@ -169,8 +168,8 @@ class ActorServer:
             error = self._create()
         except Exception as e:  # the runtime_env could not be set up
             restore_env = None
-            error = RayTaskError(f"{self.class_name}.__init__", "", RuntimeEnvSetupError(
-                f"Failed to set up the runtime_env {runtime.runtime_env}: {e!r}"))
+            failed = runtime_env.setup_error(runtime.runtime_env, e)
+            error = RayTaskError(f"{self.class_name}.__init__", f"{type(failed).__name__}: {failed}", failed)
         self._event(self.actor_id, self._attempt, _events.FAILED if error else _events.FINISHED,
                     f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK, start=start_us,
                     tb=error.traceback_str[-ERROR_TEXT_CHARS:] if error else None)

@@ -43,7 +43,7 @@ from taskmesh._core import generators as _generator
 from taskmesh._core.failure import set_aside_malformed, should_retry
 from taskmesh._core.lifecycle import EndedJobs, dropped_with_job
 from taskmesh._core.runtime import Runtime
-from taskmesh.exceptions import RuntimeEnvSetupError, TaskCancelledError
+from taskmesh.exceptions import TaskCancelledError
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
 from taskmesh.store import KIND_FENCE, Completion, Leased, Store, retry_transient
 from taskmesh.store.client import ENDED_JOBS_KEPT
@@ -396,8 +396,7 @@ class Worker:
         try:
             return runtime_env.apply(env, self.store), None
         except Exception as e:
-            error = RuntimeEnvSetupError(f"Failed to set up the runtime_env {env}: {e!r}")
-            return None, objects.serialize(error)
+            return None, objects.serialize(runtime_env.setup_error(env, e))
 
     def _record_end(self, task_id: str, attempt: int, name: str, job: str | None, start_us: int,
                     objs: list[list] | None) -> None:
