@@ -5,6 +5,8 @@ num_cpus, and the node's CPUs never oversubscribed by running tasks."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,37 @@ def test_an_environment_that_cannot_be_set_up_fails_when_the_task_runs(ray) -> N
             ray.get(ref, timeout=30)
     assert ray.get(f.options(runtime_env={"pip": []}).remote()) == 1  # nothing to install
     assert ray.get(f.remote()) == 1
+
+
+def test_omp_num_threads_follows_num_cpus(ray) -> None:
+    # Ray: unless set already, a task runs with OMP_NUM_THREADS = its CPUs (rounded
+    # down, at least 1; unset again after it); an actor keeps its own for its life (1
+    # when it holds no CPU); a runtime_env's env_vars value wins.
+    inherited = os.environ.get("OMP_NUM_THREADS")  # the agents' environment wins too
+
+    def rule(cpus: str) -> str:
+        return inherited or cpus
+
+    @ray.remote
+    def omp():
+        import os
+
+        return os.environ.get("OMP_NUM_THREADS")
+
+    @ray.remote
+    class Holder:
+        def __init__(self):
+            import os
+
+            self.at_init = os.environ.get("OMP_NUM_THREADS")
+
+        def read(self):
+            import os
+
+            return self.at_init, os.environ.get("OMP_NUM_THREADS")
+
+    got = ray.get([omp.options(num_cpus=c).remote() for c in (1, 2, 1.5, 0.5, 0)])
+    assert got == [rule("1"), rule("2"), rule("1"), rule("1"), rule("1")]
+    assert ray.get(omp.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": "7"}}).remote()) == "7"
+    assert ray.get(Holder.remote().read.remote()) == (rule("1"), rule("1"))
+    assert ray.get(Holder.options(num_cpus=2).remote().read.remote()) == (rule("2"), rule("2"))

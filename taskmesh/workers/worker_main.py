@@ -50,7 +50,15 @@ from taskmesh.store.client import ENDED_JOBS_KEPT
 from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
 from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import ActorServer
-from taskmesh.workers.execution import LineForwarder, error_text, placement, serialize_error, split_returns
+from taskmesh.workers.execution import (
+    OMP_VAR,
+    LineForwarder,
+    error_text,
+    placement,
+    serialize_error,
+    set_omp_threads,
+    split_returns,
+)
 
 
 class Worker:
@@ -346,6 +354,7 @@ class Worker:
         self._arg_refs = []
         self.runtime.runtime_env = spec.runtime_env  # what the tasks it submits inherit
         restore_env, env_error = self._apply_env(spec.runtime_env)
+        omp_set = set_omp_threads(spec.resources)
         try:
             self._interruptible = True
             objs = (self._execute(spec, attempt, name, return_ids) if env_error is None
@@ -358,6 +367,8 @@ class Worker:
             self._interruptible = False
             self.runtime.context = TaskContext()
             self.end_output()
+            if omp_set:
+                os.environ.pop(OMP_VAR, None)
             if restore_env is not None:
                 restore_env()
             self.runtime.runtime_env = None
