@@ -133,3 +133,39 @@ def test_omp_num_threads_follows_num_cpus(ray) -> None:
     assert ray.get(omp.options(runtime_env={"env_vars": {"OMP_NUM_THREADS": "7"}}).remote()) == "7"
     assert ray.get(Holder.remote().read.remote()) == (rule("1"), rule("1"))
     assert ray.get(Holder.options(num_cpus=2).remote().read.remote()) == (rule("2"), rule("2"))
+
+
+def _most_at_once(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    most = running = 0
+    for _, step in events:  # an end sorts before a start at the same instant
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_running_tasks_never_take_more_cpus_than_the_node_has(cluster_factory, tmp_path) -> None:
+    # Ray: the logical resources of the tasks running on a node never exceed its total.
+    # Each task records its own start and end; at most two 2-CPU tasks on 4 CPUs overlap.
+    log = tmp_path / "intervals"
+
+    with cluster_factory(num_cpus=4) as cluster:
+        taskmesh.init(address=cluster.url)
+        try:
+            @taskmesh.remote(num_cpus=2)
+            def work(i):
+                import time
+
+                start = time.time()
+                time.sleep(0.2)
+                with open(log, "a") as f:
+                    f.write(f"{start} {time.time()}\n")
+                return i
+
+            for _ in range(2):  # the second round runs on warm workers under grants
+                assert sorted(taskmesh.get([work.remote(i) for i in range(6)])) == list(range(6))
+        finally:
+            taskmesh.shutdown()
+    intervals = [tuple(map(float, line.split())) for line in log.read_text().splitlines()]
+    assert len(intervals) == 12
+    assert _most_at_once(intervals) <= 2  # type: ignore[arg-type]
