@@ -150,22 +150,28 @@ def test_running_tasks_never_take_more_cpus_than_the_node_has(cluster_factory, t
     log = tmp_path / "intervals"
 
     with cluster_factory(num_cpus=4) as cluster:
+        node_id = cluster.started[0]
         taskmesh.init(address=cluster.url)
         try:
             @taskmesh.remote(num_cpus=2)
             def work(i):
                 import time
 
+                node = taskmesh.get_runtime_context().get_node_id()
                 start = time.time()
                 time.sleep(0.2)
                 with open(log, "a") as f:
-                    f.write(f"{start} {time.time()}\n")
+                    f.write(f"{node} {start} {time.time()}\n")
                 return i
 
             for _ in range(2):  # the second round runs on warm workers under grants
                 assert sorted(taskmesh.get([work.remote(i) for i in range(6)])) == list(range(6))
         finally:
             taskmesh.shutdown()
-    intervals = [tuple(map(float, line.split())) for line in log.read_text().splitlines()]
-    assert len(intervals) == 12
-    assert _most_at_once(intervals) <= 2  # type: ignore[arg-type]
+    # Per node: another module's cluster may share this Redis and take some of them.
+    by_node: dict[str, list[tuple[float, float]]] = {}
+    for line in log.read_text().splitlines():
+        node, start, end = line.split()
+        by_node.setdefault(node, []).append((float(start), float(end)))
+    assert sum(map(len, by_node.values())) == 12 and node_id in by_node
+    assert _most_at_once(by_node[node_id]) <= 2
