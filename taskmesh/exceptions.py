@@ -281,7 +281,17 @@ class AsyncioActorExit(RayError):
 
 
 class RuntimeEnvSetupError(RayError):
-    pass
+    """A task's or actor's runtime_env could not be set up where it was to run."""
+
+    def __init__(self, error_message: str | None = None):
+        self.error_message = error_message
+        super().__init__(error_message)
+
+    def __str__(self) -> str:
+        lines = ["Failed to set up runtime environment."]
+        if self.error_message:
+            lines.append(self.error_message)
+        return "\n".join(lines)
 
 
 class TaskPlacementGroupRemoved(RayError):

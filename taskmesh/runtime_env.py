@@ -1,5 +1,8 @@
 """Runtime environments (`ray.runtime_env`): `env_vars`, `working_dir`, `py_modules`
-and `excludes`.
+and `excludes`; `pip`, `uv`, `conda` and `container` are checked and carried, and a task
+or actor that has one fails with RuntimeEnvSetupError when it is to run (taskmesh
+installs nothing). An `env_vars` value may name the worker's variables (`${PATH}:/x`),
+expanded as Ray does when the task runs.
 
 A job's runtime_env (`init(runtime_env=...)`) is the parent of its tasks' and actors'
 (`.options(runtime_env=...)`), and a running task's or actor's is the parent of the
@@ -28,6 +31,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -42,8 +46,12 @@ from urllib.parse import unquote
 __all__ = ["RuntimeEnv", "RuntimeEnvConfig"]
 
 SUPPORTED_FIELDS = ("env_vars", "working_dir", "py_modules", "excludes")
+# Fields that install something, which taskmesh does not do: checked as Ray checks them
+# and carried with the task, whose run then fails with RuntimeEnvSetupError, as a Ray
+# task does whose environment cannot be set up.
+SETUP_FIELDS = ("pip", "uv", "conda", "container")
 # Fields Ray knows that taskmesh does not implement yet: rejected rather than ignored.
-_RAY_FIELDS = ("py_executable", "pip", "uv", "conda", "container", "image_uri", "nsight",
+_RAY_FIELDS = ("py_executable", "image_uri", "nsight",
                "java_jars", "mpi", "cgroupv2", "worker_process_setup_hook",
                "_ray_release", "_ray_commit", "_inject_current_ray", "plugins", "eager_install")
 PKG_SCHEME = "taskmesh-pkg://"
@@ -116,7 +124,7 @@ def validate(runtime_env: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(runtime_env, Mapping):
         raise TypeError(f"runtime_env must be a dict or a RuntimeEnv, got {type(runtime_env)}.")
     for name in runtime_env:
-        if name in SUPPORTED_FIELDS:
+        if name in SUPPORTED_FIELDS or name in SETUP_FIELDS:
             continue
         if name == "config":  # checked, then dropped: see RuntimeEnvConfig
             RuntimeEnvConfig.parse_and_validate_runtime_env_config(runtime_env[name])
@@ -126,8 +134,8 @@ def validate(runtime_env: Mapping[str, Any] | None) -> dict[str, Any] | None:
                 f"The runtime_env field '{name}' is a valid Ray field, but taskmesh does not "
                 f"support it yet (supported: {list(SUPPORTED_FIELDS)}); remove it to run this program.")
         raise ValueError(f"Unknown runtime_env field '{name}'. Valid ones are "
-                         f"{sorted((*SUPPORTED_FIELDS, 'config', *_RAY_FIELDS))}.")
-    out: dict[str, Any] = {}
+                         f"{sorted((*SUPPORTED_FIELDS, *SETUP_FIELDS, 'config', *_RAY_FIELDS))}.")
+    out: dict[str, Any] = _setup_fields(runtime_env)
     env_vars = runtime_env.get("env_vars")
     if env_vars is not None:
         if not (isinstance(env_vars, Mapping)
@@ -151,6 +159,53 @@ def validate(runtime_env: Mapping[str, Any] | None) -> dict[str, Any] | None:
         if excludes:
             out["excludes"] = list(excludes)
     return out or None
+
+
+def _setup_fields(runtime_env: Mapping[str, Any]) -> dict[str, Any]:
+    """The checked pip/uv/conda/container fields, as Ray checks them (a pip or uv list
+    with no package is dropped, as in Ray: there is nothing to install)."""
+    if sum(runtime_env.get(f) is not None for f in ("pip", "uv", "conda")) > 1:
+        raise ValueError("The 'pip' field, 'uv' field, and 'conda' field of runtime_env cannot "
+                         "be specified at the same time.\n"
+                         f"specified pip field: {runtime_env.get('pip')}\n"
+                         f"specified conda field: {runtime_env.get('conda')}\n"
+                         f"specified uv field: {runtime_env.get('uv')}")
+    if runtime_env.get("container"):
+        others = set(runtime_env) - {"container", "config", "env_vars"}
+        if others:
+            raise ValueError("The 'container' field currently cannot be used together with other "
+                             f"fields of runtime_env. Specified fields: {others}")
+    out: dict[str, Any] = {}
+    for field in ("pip", "uv"):
+        value = runtime_env.get(field)
+        if value is not None and _packages(field, value):
+            out[field] = value
+    conda = runtime_env.get("conda")
+    if conda is not None:
+        if not isinstance(conda, (str, Mapping)):
+            raise TypeError(f"runtime_env['conda'] must be of type str or dict, got {type(conda)}.")
+        if isinstance(conda, str) and Path(conda).suffix in (".yaml", ".yml") and not Path(conda).is_file():
+            raise ValueError(f"Can't find conda YAML file {conda}.")
+        out["conda"] = conda
+    if runtime_env.get("container") is not None:
+        out["container"] = runtime_env["container"]
+    return out
+
+
+def _packages(field: str, value: Any) -> list[str]:
+    """The packages a pip or uv field names: a list, a requirements file or a dict with
+    `packages` (either of those)."""
+    if isinstance(value, Mapping):
+        if "packages" not in value:
+            raise ValueError(f"runtime_env['{field}'] must include field 'packages', but got {value}")
+        value = value["packages"]
+    if isinstance(value, str):
+        if not Path(value).is_file():
+            raise ValueError(f"{value} is not a valid file")
+        return Path(value).read_text().strip().split("\n")
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return value
+    raise TypeError(f"runtime_env['{field}'] must be of type str or List[str], got {type(value)}")
 
 
 def _check_location(value: Any, field: str, *, directory: bool) -> str:
@@ -382,9 +437,11 @@ def apply(runtime_env: Mapping[str, Any] | None, store: Any = None) -> Callable[
     was nothing to do)."""
     if not runtime_env:
         return None
+    _refuse_setup(runtime_env)
     env_vars = runtime_env.get("env_vars") or {}
     saved_vars = {k: os.environ.get(k) for k in env_vars}
-    os.environ.update(env_vars)
+    for key, value in env_vars.items():  # in order: a value may name an earlier key
+        os.environ[key] = expand_vars(value)
     paths: list[str] = []
     old_cwd = None
     try:
@@ -399,6 +456,39 @@ def apply(runtime_env: Mapping[str, Any] | None, store: Any = None) -> Callable[
         raise
     sys.path[:0] = paths
     return lambda: _undo(saved_vars, old_cwd, paths)
+
+
+_UNSET_REFERENCE = re.compile(r"\$\{[A-Z0-9_]+\}")
+
+
+def expand_vars(value: str) -> str:
+    """An env_vars value with `$VAR` and `${VAR}` replaced by this process's variables, as
+    Ray does (os.path.expandvars); a `${VAR}` of an unset variable becomes "" (a `$VAR`
+    stays as it is)."""
+    if "$" not in value:
+        return value
+    return _UNSET_REFERENCE.sub("", os.path.expandvars(value))
+
+
+def _refuse_setup(runtime_env: Mapping[str, Any]) -> None:
+    fields = [f for f in SETUP_FIELDS if runtime_env.get(f) is not None]
+    if fields:
+        from taskmesh.exceptions import RuntimeEnvSetupError
+
+        raise RuntimeEnvSetupError(
+            f"taskmesh installs no packages, conda environments or containers: the runtime_env "
+            f"field(s) {fields} cannot be set up. Install what they name on every node (or in "
+            "the image the nodes run) and remove the field(s).")
+
+
+def setup_error(env: Mapping[str, Any] | None, error: Exception) -> Exception:
+    """What a task or actor whose runtime_env `apply` failed on raises: a
+    RuntimeEnvSetupError (that one, when `apply` raised one)."""
+    from taskmesh.exceptions import RuntimeEnvSetupError
+
+    if isinstance(error, RuntimeEnvSetupError):
+        return error
+    return RuntimeEnvSetupError(f"Failed to set up the runtime_env {env}: {error!r}")
 
 
 def _undo(saved_vars: dict[str, str | None], old_cwd: str | None, paths: list[str]) -> None:

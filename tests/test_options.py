@@ -47,7 +47,7 @@ def test_unknown_option_lists_the_valid_ones() -> None:
 
 def test_valid_but_unsupported_ray_options_are_not_silently_ignored() -> None:
     with pytest.raises(NotImplementedError, match="runtime_env"):
-        taskmesh.remote(runtime_env={"pip": ["requests"]})(f)
+        taskmesh.remote(runtime_env={"image_uri": "anyscale/ray:latest"})(f)
 
 
 def test_remote_on_non_callables_and_positional_args() -> None:

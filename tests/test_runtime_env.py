@@ -64,8 +64,8 @@ def test_bad_runtime_env_raises_rays_error_types(shared_cluster) -> None:
         taskmesh.remote(runtime_env={"env_vars": ["A=1"]})(lambda: None)
     with pytest.raises(ValueError, match="Unknown runtime_env field 'envvars'"):
         env.options(runtime_env={"envvars": {"A": "1"}})
-    with pytest.raises(NotImplementedError, match="'conda'"):
-        env.options(runtime_env={"conda": "myenv"})
+    with pytest.raises(NotImplementedError, match="'image_uri'"):
+        env.options(runtime_env={"image_uri": "myimage"})
     with pytest.raises(ValueError, match="not a valid local directory"):
         env.options(runtime_env={"working_dir": "/no/such/dir"})
     with pytest.raises(TypeError, match="py_modules"):

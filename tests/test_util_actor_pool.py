@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 
 import pytest
 
 import taskmesh
+from conftest import wait_until
 from taskmesh.util import ActorPool
 from taskmesh.util.actor_pool import ActorPool as ActorPoolFromModule
 
@@ -24,6 +26,10 @@ class Worker:
         if v == "bad":
             raise ValueError(f"cannot handle {v}")
         return v
+
+    def touch(self, path):
+        open(path, "w").close()
+        return path
 
     def wait_then(self, spec):
         """Returns value once the driver-side file `path` exists (None: at once)."""
@@ -163,3 +169,48 @@ def test_fn_must_return_an_object_ref(workers) -> None:
     pool = ActorPool(workers)
     with pytest.raises(TypeError, match="must return an ObjectRef"):
         pool.submit(lambda a, v: v, 1)
+
+
+@pytest.mark.parametrize("method", ["map", "map_unordered"])
+def test_map_submits_at_once_and_returns_a_generator(workers, tmp_path, method) -> None:
+    # Ray's map submits every value before returning its generator: as many calls start
+    # as there are actors, before the first result is asked for; the rest wait for an
+    # actor to come back (when a result is taken).
+    pool = ActorPool(workers)
+    paths = [str(tmp_path / f"v{i}") for i in range(3)]
+    results = getattr(pool, method)(lambda a, p: a.touch.remote(p), paths)
+    assert inspect.isgenerator(results)
+    wait_until(lambda: sum(map(os.path.exists, paths)) == 2, what="both actors busy")
+    assert pool.has_next() and not pool.has_free()
+    assert sorted(results) == paths
+
+
+def test_map_unordered_waits_for_earlier_submissions(workers, tmp_path) -> None:
+    # Ray's map_unordered takes every earlier pending result (dropping it) before it
+    # submits; map drops the running ones at once instead.
+    gate = str(tmp_path / "gate")
+    pool = ActorPool(workers[:1])
+    pool.submit(lambda a, s: a.touch.remote(s[0]), (gate, None))
+    assert list(pool.map_unordered(_double, [4])) == [8]
+    assert os.path.exists(gate)
+
+
+def test_a_dead_actor_leaves_the_pool(ray) -> None:
+    dead, alive = Worker.remote(), Worker.remote()
+    ray.get([dead.double.remote(0), alive.double.remote(0)])
+    ray.kill(dead)
+
+    def is_dead() -> bool:
+        try:
+            ray.get(dead.double.remote(0), timeout=30)
+        except taskmesh.exceptions.ActorDiedError:
+            return True
+        return False
+
+    wait_until(is_dead, what="the killed actor's death")
+    pool = ActorPool([alive, dead])  # pop() takes the last one first: the dead one
+    pool.submit(_double, 1)
+    with pytest.raises(taskmesh.exceptions.ActorDiedError):
+        pool.get_next(timeout=30)
+    assert list(pool.map(_double, [1, 2, 3])) == [2, 4, 6]
+    assert pool.pop_idle() is alive and pool.pop_idle() is None

@@ -74,7 +74,7 @@ class RemoteFunction(Generic[P, R]):
         """A DAG node for this call, submitted by its DAG's `execute()` (Ray's DAG API)."""
         from taskmesh.dag import FunctionNode
 
-        return FunctionNode(self, args, kwargs, self._plan.options)
+        return FunctionNode(self, args, kwargs, self._plan.given)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"function": self._function, "options": self._options}
@@ -98,7 +98,7 @@ class _BoundOptions(Generic[P, R]):
         """A DAG node for this call that keeps these options."""
         from taskmesh.dag import FunctionNode
 
-        return FunctionNode(self, args, kwargs, self._plan.options)
+        return FunctionNode(self, args, kwargs, self._plan.given)
 
 
 class _TaskPlan:
@@ -107,6 +107,7 @@ class _TaskPlan:
 
     def __init__(self, function: Callable, options: dict[str, Any], parent: _TaskPlan | None = None):
         self.function = function
+        self.given = dict(options)  # as set by the user: a DAG node's get_options()
         self.options = _options.resolved(options, _options.TASK_OPTIONS)
         self.name = self.options["name"] or getattr(function, "__name__", "task")
         num_returns = self.options["num_returns"]

@@ -191,7 +191,10 @@ class Serialized:
         if not self.buffers:
             _copy(out, self.pickled)
             return
-        total, header, offsets = _layout(self)
+        self._write_frame(out, _layout(self))
+
+    def _write_frame(self, out: memoryview, layout: tuple[int, bytes, list[int]]) -> None:
+        _, header, offsets = layout
         out[:8] = MAGIC
         out[8:16] = struct.pack("<Q", len(header))
         out[16:16 + len(header)] = header
@@ -201,8 +204,9 @@ class Serialized:
     def to_bytes(self) -> bytes:
         if not self.buffers:
             return self.pickled
-        out = bytearray(self.size)
-        self.write_into(memoryview(out))
+        layout = _layout(self)
+        out = bytearray(layout[0])
+        self._write_frame(memoryview(out), layout)
         return bytes(out)
 
 
@@ -233,6 +237,9 @@ def copy_threads(nbytes: int) -> int:
 def _copy(out: memoryview, part: Any) -> None:
     """out[:] = part, in parallel chunks when the part is large and cores allow."""
     source = memoryview(part).cast("B")
+    if source.nbytes < PARALLEL_COPY_MIN_BYTES:
+        out[:] = source
+        return
     threads = copy_threads(source.nbytes)
     if threads == 1:
         out[:] = source
@@ -255,15 +262,18 @@ def _copy(out: memoryview, part: Any) -> None:
 def _layout(s: Serialized) -> tuple[int, bytes, list[int]]:
     lengths = [len(s.pickled)] + [b.nbytes for b in s.buffers]
     header = msgpack.packb([0, lengths[0], lengths[1:]])
-    # The header holds the total size, which depends on the header's own length.
-    for _ in range(2):
+    # The header holds the total size, which depends on the header's own length: packed
+    # again only when the total's encoding moves the first offset.
+    while True:
         offsets, end = [], _align(16 + len(header))
         for n in lengths:
             offsets.append(end)
             end = _align(end + n)
         total = offsets[-1] + lengths[-1]
-        header = msgpack.packb([total, lengths[0], lengths[1:]])
-    return total, header, offsets
+        final = msgpack.packb([total, lengths[0], lengths[1:]])
+        if _align(16 + len(final)) == offsets[0]:
+            return total, final, offsets
+        header = final
 
 
 def _align(n: int) -> int:
@@ -316,10 +326,11 @@ def serialize_oob(value: Any) -> Serialized:
     buffers: list[memoryview] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
-        view = buf.raw()  # contiguous by construction (protocol 5 only offers those)
-        if view.nbytes < 4096:
-            return True  # small buffers stay in the pickle
-        buffers.append(view)
+        # Every buffer goes out of band, small ones too (as Ray's serializer does): it
+        # comes back as a view of the stored bytes, read-only, so a numpy array that `get`
+        # returns or a task receives is read-only whatever its size. In band, a writable
+        # buffer would be pickled as a bytearray and come back writable.
+        buffers.append(buf.raw())  # contiguous by construction (protocol 5 only offers those)
         return False
 
     return Serialized(_dumps(value, keep), tuple(buffers))

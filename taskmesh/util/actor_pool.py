@@ -3,7 +3,8 @@
 Each submission runs `fn(actor, value)` on an idle actor; the actor stays busy until the
 ObjectRef that `fn` returned is taken back with `get_next` (in submission order) or
 `get_next_unordered` (whichever finishes first). Submissions made while every actor is
-busy wait in a backlog and start, in order, as actors come back.
+busy wait in a backlog and start, in order, as actors come back (when a result is taken).
+An actor found dead when its result is taken leaves the pool, as in Ray.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from taskmesh.api import get, wait
+from taskmesh.exceptions import ActorDiedError
 from taskmesh.objects import ObjectRef
 
 V = TypeVar("V")
@@ -63,21 +65,33 @@ class ActorPool:
     # ---- bulk -------------------------------------------------------------------------
 
     def map(self, fn: SubmitFn, values: Iterable[V], progress: bool = False) -> Iterator[Any]:
-        """Results of fn over values, in the order of values. Lazy: nothing runs until the
-        iterator is advanced; work still pending from earlier submissions is dropped.
-        `progress`: a tqdm bar advances with each result."""
-        return self._map(fn, values, self.get_next, progress)
+        """Results of fn over values, in the order of values. Every value is submitted at
+        once, before this returns (those beyond the idle actors wait for one to come
+        back); the returned generator yields the results. Results still pending from
+        earlier submissions are dropped first: a ready one is taken (its error raised),
+        a running one ignored. `progress`: a tqdm bar advances with each result."""
+        while self.has_next():
+            try:
+                self.get_next(timeout=0, ignore_if_timedout=True)
+            except TimeoutError:
+                pass
+        return self._submit_all(fn, values, self.get_next, progress)
 
     def map_unordered(self, fn: SubmitFn, values: Iterable[V], progress: bool = False) -> Iterator[Any]:
         """Like map(), but yields each result as soon as it is ready, so one slow value
-        does not hold back the others."""
-        return self._map(fn, values, self.get_next_unordered, progress)
+        does not hold back the others. Earlier submissions still pending are waited
+        for first and their results dropped (an error among them is raised)."""
+        while self.has_next():
+            self.get_next_unordered()
+        return self._submit_all(fn, values, self.get_next_unordered, progress)
 
-    def _map(self, fn: SubmitFn, values: Iterable[V], take: Callable[[], Any],
-             progress: bool) -> Iterator[Any]:
-        self._discard_pending()
+    def _submit_all(self, fn: SubmitFn, values: Iterable[V], take: Callable[[], Any],
+                    progress: bool) -> Iterator[Any]:
         for value in values:
             self.submit(fn, value)
+        return self._results(take, progress)
+
+    def _results(self, take: Callable[[], Any], progress: bool) -> Iterator[Any]:
         if not progress:
             while self.has_next():
                 yield take()
@@ -123,7 +137,7 @@ class ActorPool:
             ready, _ = wait([key], num_returns=1, timeout=timeout)
             if not ready:
                 self._time_out(key, ignore_if_timedout)
-        return get(self._retire(key))
+        return self._get_result(self._retire(key))
 
     def get_next_unordered(self, timeout: float | None = None,
                            ignore_if_timedout: bool = False) -> Any:
@@ -136,7 +150,7 @@ class ActorPool:
         ready, _ = wait(list(self._in_flight), num_returns=1, timeout=timeout)
         if not ready:
             self._time_out(next(iter(self._in_flight)), ignore_if_timedout)
-        return get(self._retire(ready[0]))
+        return self._get_result(self._retire(ready[0]))
 
     # ---- membership -------------------------------------------------------------------
 
@@ -165,24 +179,30 @@ class ActorPool:
     def _time_out(self, key: ObjectRef, ignore: bool) -> None:
         if not ignore:
             raise TimeoutError(TIMEOUT_MESSAGE)
-        self._retire(key)
+        self._return_actor(self._retire(key).actor)
         raise TimeoutError(f"{TIMEOUT_MESSAGE}. The task {key} has been ignored.")
 
-    def _retire(self, key: ObjectRef) -> ObjectRef | list[ObjectRef]:
-        """Forget a submission and free its actor; returns what fn returned for it."""
+    def _retire(self, key: ObjectRef) -> _Job:
+        """Forget a submission; its actor is still out (see _get_result)."""
         job = self._in_flight.pop(key)
         del self._by_index[job.index]
         self._next_return = max(self._next_return, job.index + 1)
-        self._return_actor(job.actor)
-        return job.future
+        return job
+
+    def _get_result(self, job: _Job) -> Any:
+        """The submission's result; its actor goes back to the pool afterwards, unless
+        the call found it dead (as Ray's pool: a dead actor leaves it)."""
+        alive = True
+        try:
+            return get(job.future)
+        except ActorDiedError:
+            alive = False
+            raise
+        finally:
+            if alive:
+                self._return_actor(job.actor)
 
     def _return_actor(self, actor: Any) -> None:
         self._idle.append(actor)
         if self._backlog:
             self.submit(*self._backlog.popleft())
-
-    def _discard_pending(self) -> None:
-        """Drop earlier submissions so a new map() yields only its own results."""
-        self._backlog.clear()
-        for key in list(self._in_flight):
-            self._retire(key)

@@ -58,17 +58,18 @@ from taskmesh.exceptions import (
     ActorDiedError,
     ActorExitRequest,
     RayTaskError,
-    RuntimeEnvSetupError,
     StoreUnavailableError,
 )
 from taskmesh.objects import KIND_ERROR
 from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
 from taskmesh.workers.execution import (
     ERROR_TEXT_CHARS,
+    OMP_VAR,
     error_text,
     fixed_returns,
     placement,
     serialize_error,
+    set_omp_threads,
     split_returns,
     user_traceback,
 )
@@ -169,13 +170,15 @@ class ActorServer:
         runtime.runtime_env = self.spec.runtime_env
         start_us = self._event(self.actor_id, self._attempt, _events.RUNNING,
                                f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK)
+        omp_set = False  # as Ray: OMP_NUM_THREADS follows the CPUs it holds, for its life
         try:
             restore_env = runtime_env.apply(runtime.runtime_env, self.store)
+            omp_set = set_omp_threads(self.spec.held)
             error = self._create()
         except Exception as e:  # the runtime_env could not be set up
             restore_env = None
-            error = RayTaskError(f"{self.class_name}.__init__", "", RuntimeEnvSetupError(
-                f"Failed to set up the runtime_env {runtime.runtime_env}: {e!r}"))
+            failed = runtime_env.setup_error(runtime.runtime_env, e)
+            error = RayTaskError(f"{self.class_name}.__init__", f"{type(failed).__name__}: {failed}", failed)
         self._event(self.actor_id, self._attempt, _events.FAILED if error else _events.FINISHED,
                     f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK, start=start_us,
                     tb=error.traceback_str[-ERROR_TEXT_CHARS:] if error else None)
@@ -183,12 +186,12 @@ class ActorServer:
             cause = f"The actor died because of an error raised in its creation task, {error}"
             self._die(cause)
             runtime.context = TaskContext()
-            _restore(runtime, restore_env)
+            _restore(runtime, restore_env, omp_set)
             self.worker.send(wire.ActorFailed(self.entry_id))
             return
         if not self.store.actor_alive(self.actor_id, self.worker.node_id, os.getpid()):
             runtime.context, self.instance = TaskContext(), None
-            _restore(runtime, restore_env)
+            _restore(runtime, restore_env, omp_set)
             self._killed_before_alive()  # killed while being created: never serves
             return
         if threading.current_thread() is threading.main_thread():
@@ -638,9 +641,12 @@ async def _generated(run: Any) -> _Generated:
     return _Generated(await run)
 
 
-def _restore(runtime: Any, restore_env: Any) -> None:
-    """The actor was not created: its worker runs tasks again, without its runtime_env."""
+def _restore(runtime: Any, restore_env: Any, omp_set: bool) -> None:
+    """The actor was not created: its worker runs tasks again, without its runtime_env
+    (nor the OMP_NUM_THREADS set for it)."""
     runtime.runtime_env = None
+    if omp_set:
+        os.environ.pop(OMP_VAR, None)
     if restore_env is not None:
         restore_env()
 

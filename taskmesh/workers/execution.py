@@ -17,6 +17,19 @@ from taskmesh import objects
 from taskmesh._base.wire import Message, TaskContext
 from taskmesh.exceptions import RayTaskError
 
+OMP_VAR = "OMP_NUM_THREADS"
+
+
+def set_omp_threads(resources: dict[str, float]) -> bool:
+    """Ray's rule: unless OMP_NUM_THREADS is set (the node's environment, the
+    runtime_env's env_vars), a task or actor runs with it set to its CPUs, rounded down,
+    at least 1 (1 for an actor that holds no CPU). Returns whether it was set here: a
+    task's is unset after it, an actor's stays for its process's life."""
+    if OMP_VAR in os.environ:
+        return False
+    os.environ[OMP_VAR] = str(max(int(resources.get("CPU") or 1), 1))
+    return True
+
 
 class LogSink(Protocol):
     """Where a LineForwarder sends complete lines: the worker process."""

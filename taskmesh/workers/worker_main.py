@@ -43,7 +43,7 @@ from taskmesh._core import generators as _generator
 from taskmesh._core.failure import set_aside_malformed, should_retry
 from taskmesh._core.lifecycle import EndedJobs, dropped_with_job
 from taskmesh._core.runtime import Runtime
-from taskmesh.exceptions import RuntimeEnvSetupError, TaskCancelledError
+from taskmesh.exceptions import TaskCancelledError
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
 from taskmesh.store import KIND_FENCE, Completion, Leased, Store, retry_transient
 from taskmesh.store.client import ENDED_JOBS_KEPT
@@ -51,11 +51,13 @@ from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
 from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import ActorServer
 from taskmesh.workers.execution import (
+    OMP_VAR,
     LineForwarder,
     error_text,
     fixed_returns,
     placement,
     serialize_error,
+    set_omp_threads,
     split_returns,
 )
 
@@ -353,6 +355,7 @@ class Worker:
         self._arg_refs = []
         self.runtime.runtime_env = spec.runtime_env  # what the tasks it submits inherit
         restore_env, env_error = self._apply_env(spec.runtime_env)
+        omp_set = set_omp_threads(spec.resources)
         try:
             self._interruptible = True
             objs = (self._execute(spec, attempt, name, return_ids) if env_error is None
@@ -365,6 +368,8 @@ class Worker:
             self._interruptible = False
             self.runtime.context = TaskContext()
             self.end_output()
+            if omp_set:
+                os.environ.pop(OMP_VAR, None)
             if restore_env is not None:
                 restore_env()
             self.runtime.runtime_env = None
@@ -403,8 +408,7 @@ class Worker:
         try:
             return runtime_env.apply(env, self.store), None
         except Exception as e:
-            error = RuntimeEnvSetupError(f"Failed to set up the runtime_env {env}: {e!r}")
-            return None, objects.serialize(error)
+            return None, objects.serialize(runtime_env.setup_error(env, e))
 
     def _record_end(self, task_id: str, attempt: int, name: str, job: str | None, start_us: int,
                     objs: list[list] | None) -> None:
