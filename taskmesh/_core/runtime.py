@@ -104,6 +104,10 @@ class Runtime(StreamMethods):
         # Set by an actor's server: exit_actor() tells it first (from a background asyncio
         # task, no call sees the exception it raises).
         self.on_exit_actor: Callable[[], None] | None = None
+        # Set by a worker: whether a task (or actor call) id was cancelled, for
+        # get_runtime_context().is_canceled(); an async actor's raises RuntimeError.
+        self.canceled: Callable[[str | None], bool] = lambda task_id: False
+        self.async_actor = False  # an async actor's process: is_canceled() is refused
 
         # Redis failures of the background loops, logged at a capped rate; a get gives
         # up once Redis has been unreachable for this long.
@@ -112,6 +116,7 @@ class Runtime(StreamMethods):
         self._cond = threading.Condition()
         self._results: dict[str, tuple[bytes, bytes | None]] = {}
         self._pending: set[str] = set()
+        self._actor_calls: set[str] = set()  # task ids of pending actor calls (force is refused)
         self._errors = 0  # errors stored in _results so far: a get wakes to look for its own
         self._waiting: dict[str, list[_PendingTask]] = {}
         self._discard: set[str] = set()
@@ -374,6 +379,8 @@ class Runtime(StreamMethods):
                     self._task_holds[entry.task] = holds
         with self._cond:
             self._pending.update(returns)
+            if actor_id and returns:
+                self._actor_calls.add(entry.task)
             waiting_on = set() if actor_id else {d for d in deps if d in self._pending}
             if waiting_on:
                 task = _PendingTask(out, waiting_on,
@@ -486,32 +493,36 @@ class Runtime(StreamMethods):
 
     # ---- cancellation -------------------------------------------------------------------
 
-    def cancel(self, object_id: str, *, force: bool) -> None:
+    def cancel(self, object_id: str, *, force: bool, recursive: bool = True) -> None:
         """Cancel the task that makes `object_id` (Ray's `cancel`): its results become
         TaskCancelledError at once (a result stored earlier wins: a finished task stays
         finished); a task not sent yet is never sent; a sent one is dropped by the agent
         that has it queued, or interrupted (SIGINT, KeyboardInterrupt in the task) or,
-        with force, killed where it runs."""
+        with force, killed where it runs; with `recursive`, the tasks it submitted are
+        cancelled too. An actor call is skipped if queued, or cancelled as an asyncio
+        task in an async actor; force is refused for it (ValueError, as Ray)."""
         task_id = task_of(object_id)
         with self._cond:
             returns = sorted(o for o in self._pending if task_of(o) == task_id)
             if not returns:
                 return  # finished already, or not a task of this process
+            if force and task_id in self._actor_calls:
+                raise ValueError("force=True is not supported for actor tasks.")
             out = self._take_unsent(task_id)
-        if force and out is not None and out.actor_id is not None:
-            raise ValueError("force=True is not supported for actor tasks.")
         data = objects.serialize(TaskCancelledError(task_id))
         objs = [(oid, KIND_ERROR, data) for oid in returns]
         self.store.complete_tasks([Completion(self.owner, encode_notice(task_id, objs), tuple(objs))], {})
         if out is None:
-            self.store.publish_cancel(task_id, force)
+            self.store.publish_cancel(task_id, force, recursive)
 
-    def cancel_children(self) -> None:
-        """Cancel every task this process still waits for (a cancelled task's children)."""
+    def cancel_children(self, force: bool = False) -> None:
+        """Cancel every task this process still waits for (a cancelled task's children;
+        force applies to tasks, not to actor calls, as Ray)."""
         with self._cond:
             task_ids = {task_of(oid) for oid in self._pending}
+            calls = set(self._actor_calls)
         for task_id in task_ids:
-            self.cancel(objects.object_id(task_id, 1), force=False)
+            self.cancel(objects.object_id(task_id, 1), force=force and task_id not in calls)
 
     def _take_unsent(self, task_id: str) -> Outgoing | None:
         """Remove a task not sent yet (buffered or waiting for its arguments); returns
@@ -597,6 +608,8 @@ class Runtime(StreamMethods):
                     continue
                 for oid in self._task_holds.pop(task_id, ()):
                     self.decref(oid)  # the task is done with the refs it was lent
+                if self._actor_calls:
+                    self._actor_calls.discard(task_id)
                 if stream is not None and stream.dropped:
                     self._forget_stream(task_id)
                 head = objs[0][0] if objs and objs[0][0] in self._pending else None

@@ -496,8 +496,8 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
     # ---- objects ----------------------------------------------------------------------
 
     @translate_errors
-    def publish_cancel(self, task_id: str, force: bool) -> None:
-        self.redis.publish(self.keys.chan_cancel(), f"{task_id} {int(force)}")
+    def publish_cancel(self, task_id: str, force: bool, recursive: bool = True) -> None:
+        self.redis.publish(self.keys.chan_cancel(), f"{task_id} {int(force)} {int(recursive)}")
 
     @translate_errors
     def read_done(

@@ -45,7 +45,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:named:{namespace}         | hash    | actor name -> actor id                                | create_actor / actor_down scripts | none |
 | tm:job:{job_id}:actors       | set     | actors created by the job (killed when it ends unless detached) | create_actor script | none |
 | tm:chan:node:{node_id}       | pub/sub | orders for one node's agent: `kill <actor_id>`, `free <object_id> ...` (drop shared-memory copies) | kill, freeing process | -   |
-| tm:chan:cancel               | pub/sub | `<task_id> <force 0/1>`: agents drop the task if queued, interrupt (SIGINT) or kill its worker if running | taskmesh.cancel | -   |
+| tm:chan:cancel               | pub/sub | `<task_id> <force 0/1> <recursive 0/1>`: agents drop the task if queued, interrupt (SIGINT) or kill its worker if running, tell their actors | taskmesh.cancel | -   |
 | tm:chan:job_end              | pub/sub | `<job_id>`: the job ended; agents drop its queued tasks and kill its running ones (tasks of a detached actor's process apart) and tell their workers | Store.end_job | -   |
 | tm:chan:shapes               | pub/sub | a new shape queue exists (agents start reading it)   | submitter             | -   |
 | tm:chan:log:{job_id}         | pub/sub | worker stdout/stderr lines for the job's driver       | worker                | -   |
