@@ -223,9 +223,14 @@ class ObjectFreedError(ObjectLostError):
 
 
 class OwnerDiedError(ObjectLostError):
+    """The process that owns the object (the worker or driver that first created its
+    ref, by `.remote()` or `put`) has ended: the object is lost with it, as in Ray."""
+
     def __str__(self) -> str:
-        return (f"Failed to retrieve object {self.object_ref_hex}: all copies of it are lost, "
-                "and the process that put it (its owner) died, so it cannot be put again.")
+        return (f"Failed to retrieve object {self.object_ref_hex}.\n\n"
+                "The object's owner has exited. This is the Python worker that first created "
+                "the ObjectRef via `.remote()` or `taskmesh.put()`. Check cluster logs (the "
+                "node's worker logs) for more information about the Python worker failure.")
 
 
 class ReferenceCountingAssertionError(ObjectLostError, AssertionError):

@@ -40,6 +40,7 @@ from taskmesh._core.router import PgTarget, Route, Router
 from taskmesh._core.streams import RefState, StreamMethods
 from taskmesh.exceptions import (
     GetTimeoutError,
+    OwnerDiedError,
     RayError,
     RayTaskError,
     StoreUnavailableError,
@@ -47,7 +48,7 @@ from taskmesh.exceptions import (
 )
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
 from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
-from taskmesh.store import Completion, Outgoing, Release, Store, retry_transient
+from taskmesh.store import KIND_OWNER_GONE, Completion, Outgoing, Release, Store, retry_transient
 from taskmesh.store.outage import Outage
 
 if TYPE_CHECKING:
@@ -745,14 +746,17 @@ class Runtime(StreamMethods):
                     # Through a Redis restart: waiting here is what a get does anyway.
                     began = time.monotonic()
                     try:
-                        values = retry_transient(functools.partial(self.store.get_objects, remote),
-                                                 deadline_s=self._unreachable_timeout_s)
+                        values = retry_transient(
+                            functools.partial(self.store.get_objects, remote, self.owner),
+                            deadline_s=self._unreachable_timeout_s)
                     except StoreUnavailableError as e:
                         self.outage.failed("reading objects", e)
                         seconds = max(self.outage.down_for(), time.monotonic() - began)
                         raise StoreUnavailableError(f"{self.outage.message(seconds)} "
                                                     f"({config.REDIS_UNREACHABLE_TIMEOUT_S.name})") from e
                     for oid, value in zip(remote, values, strict=True):
+                        if value is not None and value[0] == KIND_OWNER_GONE:  # as Ray
+                            value = (KIND_ERROR, objects.serialize(OwnerDiedError(oid)))
                         if value is not None:
                             found[oid] = value
                             if errors is not None and value[0] == KIND_ERROR:
