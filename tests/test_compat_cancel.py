@@ -16,20 +16,7 @@ import pytest
 import taskmesh
 from conftest import wait_until
 from taskmesh import exceptions
-
-
-@taskmesh.remote(num_cpus=0)
-class Marks:
-    """Where tasks record what happened to them (a test can't see a worker's memory)."""
-
-    def __init__(self):
-        self.marks = []
-
-    def add(self, mark):
-        self.marks.append(mark)
-
-    def all(self):
-        return list(self.marks)
+from test_cancel import Marks  # where tasks record what happened to them
 
 
 def _marked(ray, marks, mark) -> bool:

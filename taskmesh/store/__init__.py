@@ -23,5 +23,6 @@ from taskmesh.store.records import (
 
 __all__ = [
     "CALL_GROUP", "GROUP", "KIND_FENCE", "KIND_OWNER_GONE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys",
-    "Leased", "Liveness", "Outgoing", "Release", "Store", "keep_listening", "retry_transient", "translate_errors",
+    "Leased", "Liveness", "Outgoing", "Release", "Store", "keep_listening", "retry_transient",
+    "translate_errors",
 ]
