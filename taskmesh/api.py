@@ -466,7 +466,7 @@ def cancel(object_ref: Any, *, force: bool = False, recursive: bool = True) -> N
                         f"taskmesh.kill(). Got: {type(object_ref)}.")
     if not isinstance(force, bool) or not isinstance(recursive, bool):
         raise TypeError("'force' and 'recursive' must be booleans.")
-    get_runtime().cancel(object_ref.hex(), force=force)
+    get_runtime().cancel(object_ref.hex(), force=force, recursive=recursive)
 
 
 @overload
@@ -607,6 +607,18 @@ class RuntimeContext:
 
     def get_worker_id(self) -> str:
         return self._runtime.owner
+
+    def is_canceled(self) -> bool:
+        """Whether the running task (or actor call) was cancelled (taskmesh.cancel): a
+        task that catches the KeyboardInterrupt, or a sync actor's call, which is not
+        interrupted, can check it. Raises RuntimeError in a driver and in an async actor
+        (whose calls get asyncio's CancelledError instead), as Ray."""
+        if not self._runtime.is_worker:
+            raise RuntimeError("This method is only available when the process is a worker. "
+                               "Current mode: driver")
+        if self._runtime.async_actor:
+            raise RuntimeError("This method is not supported in an async actor.")
+        return self._runtime.canceled(self._call()[0])
 
     def get_actor_id(self) -> str | None:
         return self._runtime.context.actor_id if self._in_worker("get_actor_id()") else None

@@ -78,27 +78,36 @@ class RayTaskError(RayError):
 
     def as_instanceof_cause(self) -> RayTaskError:
         """Return an equivalent error that is an instance of both RayTaskError and the
-        cause's class; the plain RayTaskError when the cause's class cannot be mixed in."""
-        cause_cls = type(self.cause) if self.cause is not None else None
-        if cause_cls is None or issubclass(cause_cls, RayTaskError):
+        cause's class; the plain RayTaskError when the cause's class cannot be mixed in.
+        A task that failed because a task it waited for failed has that task's error as
+        its cause: the innermost cause's class is the one mixed in, at any depth."""
+        cause = self.innermost_cause()
+        if cause is None or isinstance(cause, RayTaskError):
             return self
         try:
             return self.make_dual_exception_instance()
         except TypeError:
             return self
 
+    def innermost_cause(self) -> BaseException | None:
+        cause = self.cause
+        while isinstance(cause, RayTaskError) and cause.cause is not None:
+            cause = cause.cause
+        return cause
+
     def make_dual_exception_instance(self) -> RayTaskError:
-        """An instance of a class deriving from both RayTaskError and the cause's class,
-        with the cause's attributes; TypeError when that class cannot be made (a cause
-        class that is final, or whose layout conflicts with RayTaskError's)."""
-        if self.cause is None:
+        """An instance of a class deriving from both RayTaskError and the (innermost)
+        cause's class, with its attributes; TypeError when that class cannot be made (a
+        cause class that is final, or whose layout conflicts with RayTaskError's)."""
+        cause = self.innermost_cause()
+        if cause is None:
             raise TypeError("This RayTaskError has no cause to mix in.")
-        dual = _dual_class(type(self.cause))
+        dual = _dual_class(type(cause))
         err = dual.__new__(dual)
         RayTaskError.__init__(
             err, self.function_name, self.traceback_str, self.cause, self.proctitle, self.pid, self.ip
         )
-        err.__dict__.update({k: v for k, v in getattr(self.cause, "__dict__", {}).items()
+        err.__dict__.update({k: v for k, v in getattr(cause, "__dict__", {}).items()
                              if k not in err.__dict__})
         return err
 
@@ -214,9 +223,14 @@ class ObjectFreedError(ObjectLostError):
 
 
 class OwnerDiedError(ObjectLostError):
+    """The process that owns the object (the worker or driver that first created its
+    ref, by `.remote()` or `put`) has ended: the object is lost with it, as in Ray."""
+
     def __str__(self) -> str:
-        return (f"Failed to retrieve object {self.object_ref_hex}: all copies of it are lost, "
-                "and the process that put it (its owner) died, so it cannot be put again.")
+        return (f"Failed to retrieve object {self.object_ref_hex}.\n\n"
+                "The object's owner has exited. This is the Python worker that first created "
+                "the ObjectRef via `.remote()` or `taskmesh.put()`. Check cluster logs (the "
+                "node's worker logs) for more information about the Python worker failure.")
 
 
 class ReferenceCountingAssertionError(ObjectLostError, AssertionError):

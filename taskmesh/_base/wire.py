@@ -39,8 +39,9 @@ first; `decode_message` reads either direction (tags arrive as bytes).
 |                 |                                      | (a shape queue's name) the worker then leases     |
 |                 |                                      | from that queue itself, completing what it runs,  |
 |                 |                                      | holding the task's resources until GrantEnded     |
-| `Cancel`        | `[C, [task_id, ...], force]`         | these tasks were cancelled: skip them when leased |
-|                 |                                      | under a grant; interrupt (force: exit) if running |
+| `Cancel`        | `[C, [task_id, ...], force(, recur)]`| these tasks were cancelled: skip them when leased |
+|                 |                                      | under a grant; interrupt (force: exit) if running;|
+|                 |                                      | an actor skips such calls, cancels an async one   |
 | `JobsEnded`     | `[J, [job_id, ...]]`                 | these jobs ended: skip their tasks when leased;   |
 |                 |                                      | exit if running one it leased (detached apart)    |
 | `EndGrant`      | `[EG]`                               | stop leasing after the running task (drain)       |
@@ -745,16 +746,17 @@ class Cancel:
     TAG: ClassVar[str] = "C"
     task_ids: Sequence[str]  # 1
     force: bool = False  # 2: kill rather than interrupt a running one
+    recursive: bool = True  # 3: cancel the tasks a running one submitted too
 
     def to_wire(self) -> list:
-        return [self.TAG, list(self.task_ids), self.force]
+        return [self.TAG, list(self.task_ids), self.force, self.recursive]
 
     @classmethod
     def from_wire(cls, msg: list) -> Cancel:
         ids, force = msg[1], msg[2]
         if not isinstance(ids, list) or not all(isinstance(i, bytes) for i in ids):
             raise _bad("cancel", "task_ids", ids, "a list of task ids")
-        return cls(tuple(i.decode() for i in ids), bool(force))
+        return cls(tuple(i.decode() for i in ids), bool(force), bool(msg[3]) if len(msg) > 3 else True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,7 @@ def end_driver(store: Store, tag: str, job_id: str, cause: str = "its driver die
     more is stored for it (a task of its that finishes later would leave an object
     nobody frees: complete.lua), then what it held is released. Idempotent."""
     end_job(store, job_id, cause)
-    store.owners_gone([tag])
-    release_process_holds(store, [tag])
+    release_process_holds(store, [tag])  # marks it gone first
 
 
 def settle_driver(store: Store, tag: str, job_id: str, cause: str = "its driver died") -> None:
@@ -87,9 +86,12 @@ def dropped_with_job(entry: QueueEntry, ended: Container[str]) -> bool:
 def release_process_holds(store: Store, tags: Iterable[str], node_id: str | None = None) -> None:
     """Processes are gone: the refs they borrowed and their own objects' owner holds are
     released (objects others still hold live on); with `node_id`, they are also dropped
-    from the node's process set. Idempotent. (A driver is also marked gone first, see
-    `end_driver`; a worker is not: a borrower may still wait for the result of a task it
-    submitted.)"""
+    from the node's process set. Idempotent. They are marked gone first: as in Ray, the
+    objects they own are lost with them (a borrower's get raises OwnerDiedError, and a
+    task of theirs that finishes later stores nothing)."""
+    tags = list(tags)
+    if tags:
+        store.owners_gone(tags)
     plane = ObjectPlane(store, None)
     for tag in tags:
         plane.release(store.process_holds(tag))

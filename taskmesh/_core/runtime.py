@@ -40,6 +40,7 @@ from taskmesh._core.router import PgTarget, Route, Router
 from taskmesh._core.streams import RefState, StreamMethods
 from taskmesh.exceptions import (
     GetTimeoutError,
+    OwnerDiedError,
     RayError,
     RayTaskError,
     StoreUnavailableError,
@@ -47,7 +48,7 @@ from taskmesh.exceptions import (
 )
 from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
 from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
-from taskmesh.store import Completion, Outgoing, Release, Store, retry_transient
+from taskmesh.store import KIND_OWNER_GONE, Completion, Outgoing, Release, Store, retry_transient
 from taskmesh.store.outage import Outage
 
 if TYPE_CHECKING:
@@ -109,6 +110,10 @@ class Runtime(StreamMethods):
         # Set by an actor's server: exit_actor() tells it first (from a background asyncio
         # task, no call sees the exception it raises).
         self.on_exit_actor: Callable[[], None] | None = None
+        # Set by a worker: whether a task (or actor call) id was cancelled, for
+        # get_runtime_context().is_canceled(); an async actor's raises RuntimeError.
+        self.canceled: Callable[[str | None], bool] = lambda task_id: False
+        self.async_actor = False  # an async actor's process: is_canceled() is refused
 
         # Redis failures of the background loops, logged at a capped rate; a get gives
         # up once Redis has been unreachable for this long.
@@ -117,6 +122,7 @@ class Runtime(StreamMethods):
         self._cond = threading.Condition()
         self._results: dict[str, tuple[bytes, bytes | None]] = {}
         self._pending: set[str] = set()
+        self._actor_calls: set[str] = set()  # task ids of pending actor calls (force is refused)
         self._errors = 0  # errors stored in _results so far: a get wakes to look for its own
         self._waiting: dict[str, list[_PendingTask]] = {}
         self._discard: set[str] = set()
@@ -379,6 +385,8 @@ class Runtime(StreamMethods):
                     self._task_holds[entry.task] = holds
         with self._cond:
             self._pending.update(returns)
+            if actor_id and returns:
+                self._actor_calls.add(entry.task)
             waiting_on = set() if actor_id else {d for d in deps if d in self._pending}
             if waiting_on:
                 task = _PendingTask(out, waiting_on,
@@ -491,32 +499,36 @@ class Runtime(StreamMethods):
 
     # ---- cancellation -------------------------------------------------------------------
 
-    def cancel(self, object_id: str, *, force: bool) -> None:
+    def cancel(self, object_id: str, *, force: bool, recursive: bool = True) -> None:
         """Cancel the task that makes `object_id` (Ray's `cancel`): its results become
         TaskCancelledError at once (a result stored earlier wins: a finished task stays
         finished); a task not sent yet is never sent; a sent one is dropped by the agent
         that has it queued, or interrupted (SIGINT, KeyboardInterrupt in the task) or,
-        with force, killed where it runs."""
+        with force, killed where it runs; with `recursive`, the tasks it submitted are
+        cancelled too. An actor call is skipped if queued, or cancelled as an asyncio
+        task in an async actor; force is refused for it (ValueError, as Ray)."""
         task_id = task_of(object_id)
         with self._cond:
             returns = sorted(o for o in self._pending if task_of(o) == task_id)
             if not returns:
                 return  # finished already, or not a task of this process
+            if force and task_id in self._actor_calls:
+                raise ValueError("force=True is not supported for actor tasks.")
             out = self._take_unsent(task_id)
-        if force and out is not None and out.actor_id is not None:
-            raise ValueError("force=True is not supported for actor tasks.")
         data = objects.serialize(TaskCancelledError(task_id))
         objs = [(oid, KIND_ERROR, data) for oid in returns]
         self.store.complete_tasks([Completion(self.owner, encode_notice(task_id, objs), tuple(objs))], {})
         if out is None:
-            self.store.publish_cancel(task_id, force)
+            self.store.publish_cancel(task_id, force, recursive)
 
-    def cancel_children(self) -> None:
-        """Cancel every task this process still waits for (a cancelled task's children)."""
+    def cancel_children(self, force: bool = False) -> None:
+        """Cancel every task this process still waits for (a cancelled task's children;
+        force applies to tasks, not to actor calls, as Ray)."""
         with self._cond:
             task_ids = {task_of(oid) for oid in self._pending}
+            calls = set(self._actor_calls)
         for task_id in task_ids:
-            self.cancel(objects.object_id(task_id, 1), force=False)
+            self.cancel(objects.object_id(task_id, 1), force=force and task_id not in calls)
 
     def _take_unsent(self, task_id: str) -> Outgoing | None:
         """Remove a task not sent yet (buffered or waiting for its arguments); returns
@@ -607,6 +619,8 @@ class Runtime(StreamMethods):
                     continue
                 for oid in self._task_holds.pop(task_id, ()):
                     self.decref(oid)  # the task is done with the refs it was lent
+                if self._actor_calls:
+                    self._actor_calls.discard(task_id)
                 if stream is not None and stream.dropped:
                     self._forget_stream(task_id)
                 head = objs[0][0] if objs and objs[0][0] in self._pending else None
@@ -742,14 +756,17 @@ class Runtime(StreamMethods):
                     # Through a Redis restart: waiting here is what a get does anyway.
                     began = time.monotonic()
                     try:
-                        values = retry_transient(functools.partial(self.store.get_objects, remote),
-                                                 deadline_s=self._unreachable_timeout_s)
+                        values = retry_transient(
+                            functools.partial(self.store.get_objects, remote, self.owner),
+                            deadline_s=self._unreachable_timeout_s)
                     except StoreUnavailableError as e:
                         self.outage.failed("reading objects", e)
                         seconds = max(self.outage.down_for(), time.monotonic() - began)
                         raise StoreUnavailableError(f"{self.outage.message(seconds)} "
                                                     f"({config.REDIS_UNREACHABLE_TIMEOUT_S.name})") from e
                     for oid, value in zip(remote, values, strict=True):
+                        if value is not None and value[0] == KIND_OWNER_GONE:  # as Ray
+                            value = (KIND_ERROR, objects.serialize(OwnerDiedError(oid)))
                         if value is not None:
                             found[oid] = value
                             if errors is not None and value[0] == KIND_ERROR:

@@ -8,6 +8,7 @@ from taskmesh.store.keys import Keys
 from taskmesh.store.records import (
     CALL_GROUP,
     GROUP,
+    KIND_OWNER_GONE,
     OWNER_TAG_LEN,
     Completion,
     Freed,
@@ -21,6 +22,7 @@ from taskmesh.store.records import (
 )
 
 __all__ = [
-    "CALL_GROUP", "GROUP", "KIND_FENCE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys", "Leased", "Liveness",
-    "Outgoing", "Release", "Store", "keep_listening", "retry_transient", "translate_errors",
+    "CALL_GROUP", "GROUP", "KIND_FENCE", "KIND_OWNER_GONE", "OWNER_TAG_LEN", "Completion", "Freed", "Keys",
+    "Leased", "Liveness", "Outgoing", "Release", "Store", "keep_listening", "retry_transient",
+    "translate_errors",
 ]

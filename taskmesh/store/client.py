@@ -30,6 +30,7 @@ from taskmesh.store.keys import Keys
 from taskmesh.store.observe import ObserveMethods
 from taskmesh.store.records import (
     _NO_REPLICA_BACKOFF_S,
+    GONE_FENCE,
     GROUP,
     Completion,
     Leased,
@@ -55,8 +56,6 @@ from taskmesh.store.submissions import SubmissionMethods
 # attempt that produced it; complete.lua ignores it when the task was fenced past it.
 KIND_FENCE = b"fence"
 FENCE_TTL_MS = 24 * 3600 * 1000
-# The fence hash field that marks its owner gone (no task id is "*"; see complete.lua).
-GONE_FENCE = "*"
 # Ended jobs kept in tm:jobs:ended (agents drop the tasks of those they know of).
 ENDED_JOBS_KEPT = 10_000
 
@@ -496,8 +495,8 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
     # ---- objects ----------------------------------------------------------------------
 
     @translate_errors
-    def publish_cancel(self, task_id: str, force: bool) -> None:
-        self.redis.publish(self.keys.chan_cancel(), f"{task_id} {int(force)}")
+    def publish_cancel(self, task_id: str, force: bool, recursive: bool = True) -> None:
+        self.redis.publish(self.keys.chan_cancel(), f"{task_id} {int(force)} {int(recursive)}")
 
     @translate_errors
     def read_done(

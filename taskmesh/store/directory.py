@@ -12,6 +12,8 @@ from taskmesh._base.ids import owner_of
 from taskmesh._base.wire import WireError, node_port
 from taskmesh.store.core import StoreCore
 from taskmesh.store.records import (
+    GONE_FENCE,
+    KIND_OWNER_GONE,
     Freed,
     Release,
     _fields,
@@ -60,14 +62,26 @@ class ObjectMethods(StoreCore):
         self.run_scripts(queue_commands, (self.scripts["release"],), durable=durable)
 
     @translate_errors
-    def get_objects(self, object_ids: Sequence[str]) -> list[tuple[bytes, bytes] | None]:
-        """(kind, data) for each object, None where it does not exist (yet)."""
+    def get_objects(self, object_ids: Sequence[str],
+                    reader: str | None = None) -> list[tuple[bytes, bytes] | None]:
+        """(kind, data) for each object, None where it does not exist (yet). An object
+        owned by another process than `reader` (its owner tag) that ended (owners_gone)
+        reads (KIND_OWNER_GONE, b""), whatever is stored: Ray's OwnerDiedError. One
+        round trip: a HEXISTS per other owner rides along."""
+        owners = sorted({owner_of(oid) for oid in object_ids} - {reader}) if reader else []
         pipe = self.redis.pipeline(transaction=False)
         for oid in object_ids:
             pipe.hmget(self.keys.obj(oid), "kind", "data")
+        for tag in owners:
+            pipe.hexists(self.keys.fence(tag), GONE_FENCE)
+        replies = pipe.execute()
+        gone = {tag for tag, dead in zip(owners, replies[len(object_ids):], strict=True) if dead}
         out: list[tuple[bytes, bytes] | None] = []
-        for kind, data in pipe.execute():
-            out.append(None if kind is None else (kind, data))
+        for oid, (kind, data) in zip(object_ids, replies, strict=False):
+            if gone and owner_of(oid) in gone:
+                out.append((KIND_OWNER_GONE, b""))
+            else:
+                out.append(None if kind is None else (kind, data))
         return out
 
     @translate_errors

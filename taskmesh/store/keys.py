@@ -32,7 +32,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:{tag}:borrows             | set     | objects the process `tag` holds as a borrower (released for it if it dies) | that process | deleted when it ends |
 | tm:{owner}:gen:{task_id}     | string  | items of a streaming generator call its caller has taken (generator backpressure: the generator waits while too many are not) | the caller | 1 h; deleted when the call ends and its generator is dropped |
 | tm:{owner}:done              | stream  | completion notices for the owner's tasks (field n)    | completion script     | owner trims |
-| tm:{owner}:fence             | hash    | task_id -> lowest attempt whose results are still accepted: set when the monitor retries or fails a task of a dead node, so a late completion of the old attempt (a node cut off, not dead) is ignored; field `*`: the owner is gone (ended or died), none of its results is stored any more | monitor, owner's end (Store.owners_gone); read by complete.lua | 1 day after the last fence |
+| tm:{owner}:fence             | hash    | task_id -> lowest attempt whose results are still accepted: set when the monitor retries or fails a task of a dead node, so a late completion of the old attempt (a node cut off, not dead) is ignored; field `*`: the owner is gone (ended or died), none of its results is stored any more | monitor, owner's end, agent for its exited workers (Store.owners_gone); read by complete.lua and get_objects | 1 day after the last fence |
 | tm:job:{job_id}              | hash    | driver pid/host, namespace, start_ms, end_ms          | driver                | none |
 | tm:jobs                      | counter | last job number handed out                            | driver                | none |
 | tm:jobs:ended                | zset    | ended jobs scored by end time (ms): agents drop their queued tasks when leased, kill their running ones, and load the set when they start | Store.end_job (driver shutdown, monitor) | the newest 10,000 kept |
@@ -45,7 +45,7 @@ one Lua script can touch a task's objects and its owner's done stream together):
 | tm:named:{namespace}         | hash    | actor name -> actor id                                | create_actor / actor_down scripts | none |
 | tm:job:{job_id}:actors       | set     | actors created by the job (killed when it ends unless detached) | create_actor script | none |
 | tm:chan:node:{node_id}       | pub/sub | orders for one node's agent: `kill <actor_id>`, `free <object_id> ...` (drop shared-memory copies) | kill, freeing process | -   |
-| tm:chan:cancel               | pub/sub | `<task_id> <force 0/1>`: agents drop the task if queued, interrupt (SIGINT) or kill its worker if running | taskmesh.cancel | -   |
+| tm:chan:cancel               | pub/sub | `<task_id> <force 0/1> <recursive 0/1>`: agents drop the task if queued, interrupt (SIGINT) or kill its worker if running, tell their actors | taskmesh.cancel | -   |
 | tm:chan:job_end              | pub/sub | `<job_id>`: the job ended; agents drop its queued tasks and kill its running ones (tasks of a detached actor's process apart) and tell their workers | Store.end_job | -   |
 | tm:chan:shapes               | pub/sub | a new shape queue exists (agents start reading it)   | submitter             | -   |
 | tm:chan:log:{job_id}         | pub/sub | worker stdout/stderr lines for the job's driver       | worker                | -   |

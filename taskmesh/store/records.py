@@ -22,6 +22,10 @@ from taskmesh.exceptions import StoreAuthenticationError, StoreUnavailableError
 
 GROUP = b"agents"  # the consumer group of every queue (one consumer per node)
 CALL_GROUP = b"actor"  # the consumer group of an actor's call stream (consumer: the actor id)
+# The fence hash field that marks its owner gone (no task id is "*"; see complete.lua).
+GONE_FENCE = "*"
+# What Store.get_objects gives for an object whose owner is gone: Ray's OwnerDiedError.
+KIND_OWNER_GONE = b"ownergone"
 ENV_WAIT_REPLICAS = config.WAIT_REPLICAS.name
 ENV_WAIT_TIMEOUT_MS = config.WAIT_TIMEOUT_MS.name
 # How long a primary found without replicas is not waited for, before asking again.

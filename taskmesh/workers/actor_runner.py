@@ -27,6 +27,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -59,6 +60,7 @@ from taskmesh.exceptions import (
     ActorExitRequest,
     RayTaskError,
     StoreUnavailableError,
+    TaskCancelledError,
 )
 from taskmesh.objects import KIND_ERROR
 from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
@@ -144,6 +146,7 @@ class ActorServer:
         self._on_block = worker.runtime.on_block
         worker.runtime.on_block = self._before_blocking
         worker.runtime.on_exit_actor = self._exit_requested
+        worker.runtime.async_actor = self.spec.is_async
         self._flush_lock = threading.Lock()
         # Task ids of recent calls: a caller that re-sends a batch after a Redis error
         # may have delivered some calls twice; each runs once.
@@ -401,6 +404,14 @@ class ActorServer:
         self._event(entry.task, entry.attempt, _events.FAILED if failed else _events.FINISHED,
                     entry.name, _events.ACTOR_TASK, start=start, tb=error_text(objs) if failed else None)
 
+    def cancel(self, task_ids: Sequence[str]) -> None:
+        """taskmesh.cancel of calls (read from the agent's socket): a queued one is
+        skipped when its turn comes (_prepare), a running one of an async actor is
+        cancelled as its asyncio task; a sync or threaded actor's running call goes on
+        (actors have state), is_canceled() tells it."""
+        if self._runner is not None:
+            self._runner.cancel(task_ids)
+
     # ---- one call -----------------------------------------------------------------------
 
     def _call(self, call: _Call, arguments: _Arguments | None = None) -> list | None:
@@ -454,6 +465,8 @@ class ActorServer:
         ends before its method runs."""
         spec, task_id, name = call.spec, call.entry.task, call.entry.name
         return_ids = _return_ids(call)
+        if self.worker.runtime.canceled(task_id):  # taskmesh.cancel while it was queued: never runs
+            return None, None, None, return_ids, name, _cancelled(task_id, return_ids)
         method_name = spec.method
         if self._record and method_name not in (TERMINATE, READY):  # internal calls: no events
             self._started[task_id] = self._event(task_id, call.entry.attempt, _events.RUNNING,
@@ -625,6 +638,11 @@ class _Arguments:
         return any(isinstance(a, objects.ObjectRef) for a in (*self.args, *self.kwargs.values()))
 
 
+def _cancelled(task_id: str, return_ids: list[str]) -> list:
+    data = objects.serialize(TaskCancelledError(task_id))
+    return [[oid, KIND_ERROR, data] for oid in return_ids]
+
+
 def _results_only(batch: list[_Result | _FlushMark]) -> list[_Result]:
     """The finished calls of a batch taken from the results queue, in order."""
     return [item for item in batch if item[0] is not None]
@@ -679,6 +697,7 @@ class _ConcurrentRunner:
         self._lock = threading.Lock()
         self._running: set[concurrent.futures.Future] = set()
         self.call_tasks: set[asyncio.Task | None] = set()  # the asyncio tasks running calls
+        self._by_call: dict[str, asyncio.Task] = {}  # ... by the call's task id
 
     def start(self, call: _Call) -> None:
         group = call.spec.concurrency_group
@@ -733,11 +752,22 @@ class _ConcurrentRunner:
         if sem is None:
             sem = self._semaphores[group] = asyncio.Semaphore(self._limits[group])
         async with sem:
-            self.call_tasks.add(asyncio.current_task())
+            task = asyncio.current_task()
+            self.call_tasks.add(task)
+            if task is not None:
+                self._by_call[call.entry.task] = task
             try:
                 await self._run_call(call, arguments)
             finally:
-                self.call_tasks.discard(asyncio.current_task())
+                self.call_tasks.discard(task)
+                self._by_call.pop(call.entry.task, None)
+
+    def cancel(self, task_ids: Sequence[str]) -> None:
+        """Cancel the asyncio tasks of these calls if they run (CancelledError in them)."""
+        for task_id in task_ids:
+            task = self._by_call.get(task_id)
+            if task is not None:  # on its group's loop
+                task.get_loop().call_soon_threadsafe(task.cancel)
 
     async def _run_call(self, call: _Call, arguments: _Arguments | None) -> None:
         server = self.server
@@ -758,6 +788,8 @@ class _ConcurrentRunner:
                 finally:
                     end_if_forked(server.worker.pid)
                 objs = server._values(result, return_ids, name)
+            except asyncio.CancelledError:  # taskmesh.cancel of this call
+                objs = _cancelled(call.entry.task, return_ids)
             except ActorExitRequest:
                 try:
                     server._exit_after(call, return_ids, EXITED)

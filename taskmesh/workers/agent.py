@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -55,6 +56,9 @@ HEARTBEAT_S = 1.0
 # A task leased ahead of time that has waited this long for a worker here goes back to
 # its queue, so that a node busy with long tasks does not sit on work others could run.
 HANDBACK_S = 0.5
+# A worker told to cancel its running task with force cancels the task's children and
+# exits; one still running it this long after is killed.
+FORCE_GRACE_S = 2.0
 # How long a put waits for room in a full object store before ObjectStoreFullError.
 ENV_FULL_WAIT_S = config.OBJECT_STORE_FULL_WAIT_S.name
 # Shared-memory objects whose metadata is gone (a lost free order) are removed this often.
@@ -875,9 +879,13 @@ class NodeAgent:
             self._kill_actors(set(killed))
 
     def _on_cancel(self, message: dict) -> None:
-        """`<task_id> <force>` (taskmesh.cancel): drop the task if it waits here,
-        interrupt its worker (SIGINT: KeyboardInterrupt in the task) or kill it (force)."""
-        task_id, _, force = message["data"].decode().partition(" ")
+        """`<task_id> <force> <recursive>` (taskmesh.cancel): drop the task if it waits
+        here, and tell every worker: the one running it interrupts it (KeyboardInterrupt
+        in the task; it records the task as cancelled first, for is_canceled()) or, with
+        force, cancels its children and exits (killed here if it still runs the task
+        FORCE_GRACE_S later); the others skip it if they lease it under a grant, and
+        actors skip such a call or cancel an async one."""
+        task_id, force, recursive = (message["data"].decode().split(" ") + ["1"])[:3]
         with self._cond:
             self._cancelled[task_id] = None
             while len(self._cancelled) > 10_000:
@@ -887,20 +895,31 @@ class NodeAgent:
                 self._outbox.ack(task)
             running = [h for h in self._workers.values()
                        if h.task is not None and h.task.entry.task == task_id]
-            # Workers lease under grants without the agent: they learn it themselves.
-            self._tell_task_workers(wire.Cancel([task_id], force == "1"), skip=running)
-        for handle in running:
+            self._tell_workers(wire.Cancel([task_id], force == "1", recursive == "1"), actors=True)
+        if force == "1":
+            for handle in running:
+                timer = threading.Timer(FORCE_GRACE_S, self._kill_if_running, (handle, task_id))
+                timer.daemon = True
+                timer.start()
+
+    def _kill_if_running(self, handle: _WorkerHandle, task_id: str) -> None:
+        """A forced cancel's worker that has not exited by itself (stuck in C code)."""
+        with self._cond:
+            still = handle.task is not None and handle.task.entry.task == task_id
+        if still:
             try:
-                os.kill(handle.proc.pid, signal.SIGKILL if force == "1" else signal.SIGINT)
+                os.kill(handle.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
-    def _tell_task_workers(self, msg: wire.Message, skip: list[_WorkerHandle]) -> None:
-        """Send `msg` to every ready task worker but those in `skip` (the agent acts on
-        those itself); a worker that just exited is passed over. Under self._cond."""
+    def _tell_workers(self, msg: wire.Message, skip: Sequence[_WorkerHandle] = (),
+                      actors: bool = False) -> None:
+        """Send `msg` to every ready task worker (and actor, with `actors`) but those in
+        `skip` (the agent acts on those itself); a worker that just exited is passed
+        over. Under self._cond."""
         order = wire.encode_message(msg)
         for h in self._workers.values():
-            if h.ready and h.actor_id is None and h not in skip:
+            if h.ready and (actors or h.actor_id is None) and h not in skip:
                 try:
                     h.conn.send_bytes(order)
                 except OSError:
@@ -938,7 +957,7 @@ class NodeAgent:
                 self._outbox.ack(task)
             running = [h for h in self._workers.values()
                        if h.task is not None and lifecycle.dropped_with_job(h.task.entry, ended)]
-            self._tell_task_workers(wire.JobsEnded(new), skip=running)
+            self._tell_workers(wire.JobsEnded(new), skip=running)
         for handle in running:
             try:
                 handle.proc.kill()

@@ -86,11 +86,14 @@ class Worker:
         # Messages from the agent, read by a thread so that Cancel and EndGrant arrive
         # while a task runs; None: the agent is gone.
         self._inbox: queue.SimpleQueue[wire.Message | None] = queue.SimpleQueue()
-        self._cancelled_ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Cancelled tasks and actor calls (value: recursive, whether their children go too).
+        self._cancelled_ids: collections.OrderedDict[str, bool] = collections.OrderedDict()
+        self.runtime.canceled = lambda task_id: task_id in self._cancelled_ids
+        self._running_task: str | None = None  # the task it runs now (sent or leased)
+        self._actor: ActorServer | None = None  # the actor this process serves
         self._ended_jobs = EndedJobs(store)
         self._grant_ending = False
-        self._leased_task: str | None = None  # the task it runs that it leased itself
-        self._leased_entry: QueueEntry | None = None  # ... and its entry
+        self._leased_entry: QueueEntry | None = None  # the task it runs that it leased itself
 
     @property
     def context(self) -> TaskContext:
@@ -158,7 +161,9 @@ class Worker:
             # Decoded once here; the agent set aside entries that do not decode.
             entry = QueueEntry.from_fields(run.fields)
             if entry.creates_actor:
-                ActorServer(self, run.entry_id, entry, run.gpus).run()  # returns only if creation failed
+                self._actor = ActorServer(self, run.entry_id, entry, run.gpus)
+                self._actor.run()  # returns only if creation failed
+                self._actor = None
                 continue
             self._grant_ending = False
             ran = self._run(entry, run.gpus)
@@ -191,18 +196,23 @@ class Worker:
                 self._inbox.put(msg)
 
     def _on_cancel(self, msg: wire.Cancel) -> None:
-        """Cancelled tasks: not run if leased later under a grant; the one it runs now,
-        if it leased it itself (the agent signals the tasks it handed out), is
-        interrupted (KeyboardInterrupt in the task) or, with force, ends with the process
-        (the agent then acks its entry rather than retrying it)."""
+        """Cancelled tasks: not run if leased later under a grant; the one it runs now is
+        interrupted (KeyboardInterrupt in the task) or, with force, its children are
+        cancelled and the process ends (the agent then acks its entry rather than
+        retrying it). An actor skips such calls or cancels a running async one."""
         for task_id in msg.task_ids:
-            self._cancelled_ids[task_id] = None
+            self._cancelled_ids[task_id] = msg.recursive
         while len(self._cancelled_ids) > 10_000:
             self._cancelled_ids.popitem(last=False)
-        if self._leased_task is not None and self._leased_task in msg.task_ids:
-            if msg.force:
-                os.kill(self.pid, signal.SIGKILL)
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        if self._actor is not None:
+            self._actor.cancel(msg.task_ids)
+        if self._running_task is None or self._running_task not in msg.task_ids:
+            return
+        if msg.force:
+            if msg.recursive:
+                self._cancel_children(force=True)
+            os.kill(self.pid, signal.SIGKILL)
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
     def _on_jobs_ended(self, msg: wire.JobsEnded) -> None:
         """Ended jobs: their tasks leased later under a grant are only acked; the one it
@@ -234,21 +244,23 @@ class Worker:
             item, entry = decoded[0]
             if entry.creates_actor:  # the agent takes it (and the grant's resources) over
                 self._send(wire.Adopt(item.entry_id, item.fields))
-                ActorServer(self, item.entry_id, entry, None).run()  # returns only if creation failed
+                self._actor = ActorServer(self, item.entry_id, entry, None)
+                self._actor.run()  # returns only if creation failed
+                self._actor = None
                 return False
             completions: list[Completion] = []
             acks = {item.queue: [item.entry_id]}
             retiring = False
             # A cancelled task, or one of an ended job, is only acked. The entry is
             # recorded before the job check: a JobsEnded read meanwhile sees it.
-            self._leased_task, self._leased_entry = entry.task, entry
+            self._leased_entry = entry
             if entry.task in self._cancelled_ids or dropped_with_job(entry, self._ended_jobs):
-                self._leased_task = self._leased_entry = None
+                self._leased_entry = None
             else:
                 try:
                     ran = self._run(entry, None)
                 finally:
-                    self._leased_task = self._leased_entry = None
+                    self._leased_entry = None
                 retiring = ran.retiring
                 if ran.objs is None:  # retry_exceptions: queue it again, attempt + 1 (acks it)
                     self._requeue(item, entry)
@@ -357,7 +369,9 @@ class Worker:
         restore_env, env_error = self._apply_env(spec.runtime_env)
         omp_set = set_omp_threads(spec.resources)
         try:
-            self._interruptible = True
+            self._running_task, self._interruptible = task_id, True
+            if task_id in self._cancelled_ids:  # cancelled after it was handed to this worker
+                raise KeyboardInterrupt
             objs = (self._execute(spec, attempt, name, return_ids) if env_error is None
                     else [[oid, KIND_ERROR, env_error] for oid in return_ids])
         except _Retry:
@@ -365,7 +379,7 @@ class Worker:
         except KeyboardInterrupt:  # taskmesh.cancel, arriving between the task and here
             objs = self._cancelled(return_ids)
         finally:
-            self._interruptible = False
+            self._running_task, self._interruptible = None, False
             self.runtime.context = TaskContext()
             self.end_output()
             if omp_set:
@@ -462,12 +476,16 @@ class Worker:
     def _cancelled(self, return_ids: list[str]) -> list[list]:
         """The task was cancelled: so are the tasks it submitted (Ray's recursive=True)."""
         task_id = task_of(return_ids[0]) if return_ids else ""
-        try:
-            self.runtime.cancel_children()
-        except Exception as e:
-            print(f"taskmesh worker {self.pid}: cancelling child tasks failed: {e!r}", file=sys.__stderr__)
+        if self._cancelled_ids.get(task_id, True):
+            self._cancel_children(force=False)
         data = objects.serialize(TaskCancelledError(task_id))
         return [[oid, KIND_ERROR, data] for oid in return_ids]
+
+    def _cancel_children(self, force: bool) -> None:
+        try:
+            self.runtime.cancel_children(force)
+        except Exception as e:
+            print(f"taskmesh worker {self.pid}: cancelling child tasks failed: {e!r}", file=sys.__stderr__)
 
     def _resolve_args(self, args: list, kwargs: dict) -> bytes | None:
         """Replace top-level refs by their values, in place; nested refs stay refs.
