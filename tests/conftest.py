@@ -55,7 +55,8 @@ def need_program(what: str, *programs: str, why: str) -> None:
 
 # Fixtures whose tests are marked for them (a test's fixture names include the fixtures
 # its fixtures use: `ray` and any fixture built on these count).
-FIXTURE_MARKS = {"cluster_factory": "cluster", "shared_cluster": "cluster", "pair": "netns"}
+FIXTURE_MARKS = {"cluster_factory": "cluster", "shared_cluster": "cluster", "pair": "netns",
+                 "browser": "browser"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
