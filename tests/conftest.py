@@ -5,8 +5,9 @@ Test lanes (markers, registered in pyproject.toml): a test that uses `cluster_fa
 `shared_cluster` or `ray` (or a fixture built on them) is marked `cluster` here, one that
 uses `pair` `netns`, one that uses `browser` `browser`. A test that starts taskmesh
 processes any other way (`start_cluster`, `TestCluster`, `taskmesh.init()` without an
-address, the `taskmesh` CLI or a Python script in a subprocess) carries `@pytest.mark.cluster` itself; without it, spawning such
-a process fails the test, so the fast lane `pytest -m "not cluster"` never starts one.
+address, the `taskmesh` CLI or a Python script in a subprocess) carries
+`@pytest.mark.cluster` itself; without it, spawning such a process fails the test, so the
+fast lane `pytest -m "not cluster"` never starts one.
 """
 
 from __future__ import annotations
