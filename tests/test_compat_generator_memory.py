@@ -6,10 +6,11 @@ after the items that were stored."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,8 @@ def test_worker_item_queue_is_bounded(redis_server: launch.RedisServer) -> None:
     store.close()
 
 
-def test_failed_item_store_is_the_generators_error(redis_server: launch.RedisServer) -> None:
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_failed_item_store_is_the_generators_error(redis_server: launch.RedisServer, is_async: bool) -> None:
     """Unit view: items Redis refuses end the call with the error; no later item is
     stored after a lost one (the caller never sees a gap)."""
 
@@ -128,7 +130,18 @@ def test_failed_item_store_is_the_generators_error(redis_server: launch.RedisSer
         finally:
             closed.append(True)
 
-    [(oid, kind, data)] = run.run(produce())
+    async def produce_async() -> AsyncIterator[int]:
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+                if i == 1:
+                    await asyncio.get_running_loop().run_in_executor(None, sender.flush)
+        finally:
+            closed.append(True)
+
+    [(oid, kind, data)] = asyncio.run(run.run_async(produce_async())) if is_async else run.run(produce())
     assert kind == KIND_ERROR and b"ObjectStoreFullError" in data and b"out of memory" in data
     assert closed == [True]  # the generator itself was stopped (its finally ran)
     stored = list(store.redis.scan_iter(match=store.keys.obj(task_id + "*"), count=1000))
