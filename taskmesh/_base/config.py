@@ -160,6 +160,11 @@ FUNCTION_SIZE_ERROR_THRESHOLD = _int(
     "Largest pickled remote function or actor class; `.remote()` of a larger one raises "
     "ValueError (Ray's FUNCTION_SIZE_ERROR_THRESHOLD)", positive=True,
     shown_default="`104857600` (100 MiB)")
+GENERATOR_QUEUE_BYTES = _int(
+    "TASKMESH_GENERATOR_QUEUE_BYTES", 32 * 1024 * 1024, "bytes",
+    "Most bytes of streamed generator items a worker holds while they are being stored; "
+    "a generator that yields faster waits (read by each worker)", positive=True,
+    shown_default="`33554432` (32 MiB)")
 OBJECT_STORE_FULL_WAIT_S = _float(
     "TASKMESH_OBJECT_STORE_FULL_WAIT_S", 10.0, "s",
     "How long a put waits for room in a full object store before `ObjectStoreFullError` "

@@ -20,6 +20,14 @@ With `_generator_backpressure_num_objects=N`, the generator pauses while N items
 yielded are not taken by the caller: the caller records how many it took (one SET per
 flush, tm:{owner}:gen:{task_id}), the paused generator polls it.
 
+Memory: a worker holds at most TASKMESH_GENERATOR_QUEUE_BYTES of items not yet stored
+(plus the item just yielded); a generator that yields faster waits. Items that cannot be
+stored (Redis over maxmemory) stop the generator: the call ends with
+ObjectStoreFullError, which its caller gets after the items that were stored (the end
+is stored even over maxmemory, see Store.complete_tasks). The caller keeps the items it
+has not taken in its own memory, unbounded unless backpressure is set (as in Ray, where
+they wait in the object store).
+
 Dynamic (deprecated in Ray, still accepted): the generator runs to the end and the
 generator ref's value is a DynamicObjectRefGenerator holding the item refs.
 
@@ -39,8 +47,10 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from taskmesh import objects
+from taskmesh._base import config
 from taskmesh._base.ids import task_of
 from taskmesh._base.wire import DYNAMIC_MODE, STREAMING_MODE, encode_notice
+from taskmesh.exceptions import ObjectStoreFullError, RaySystemError
 from taskmesh.objects import KIND_ERROR, KIND_VALUE, ObjectRef
 from taskmesh.store import Completion, Store, retry_transient
 
@@ -212,22 +222,58 @@ class ItemSender:
     """Stores streamed items from a background thread: each batch is one
     `complete_tasks` (one script call per owner); items yielded while a batch is in
     flight form the next one. `flush` waits until everything sent so far is stored,
-    so that a call's end notice never overtakes its items."""
+    so that a call's end notice never overtakes its items.
 
-    def __init__(self, store: Store):
+    Bounded: the items it holds (queued or being stored) count their bytes, and a
+    generator whose item takes them past `limit_bytes` waits in `make_room` until
+    stored items bring them under it, so a generator that yields faster than Redis takes
+    its items is slowed down instead of growing the worker's memory. A batch that cannot
+    be stored (Redis out of memory, or unreachable for an hour) fails every call with an
+    item in it: their later items are dropped, and `failure(task_id)` is the error that
+    ends the call (GeneratorRun). Items of a call are stored in order, so what its caller
+    got is always its first items, never one with a gap before it."""
+
+    def __init__(self, store: Store, limit_bytes: int | None = None):
         self._store = store
+        self.limit_bytes = config.GENERATOR_QUEUE_BYTES.get() if limit_bytes is None else limit_bytes
         self._cond = threading.Condition()
-        self._queue: list[Completion] = []
+        self._queue: list[tuple[Completion, int]] = []  # with its size in bytes
         self._busy = False
         self._thread: threading.Thread | None = None
+        self.held_bytes = 0  # of the items queued or being stored
+        self.high_water_bytes = 0  # the most it ever held (for tests)
+        self._failed: dict[str, Exception] = {}  # task id -> why its items were not stored
 
     def send(self, completion: Completion) -> None:
+        size = len(completion.notice) + sum(len(data) for _, _, data in completion.objects)
         with self._cond:
-            self._queue.append(completion)
+            if task_of(completion.objects[0][0]) in self._failed:
+                return  # its earlier items were lost: the call ends with the error
+            self._queue.append((completion, size))
+            self.held_bytes += size
+            self.high_water_bytes = max(self.high_water_bytes, self.held_bytes)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="taskmesh-items", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+
+    def over_limit(self) -> bool:
+        return self.held_bytes > self.limit_bytes
+
+    def make_room(self, task_id: str) -> None:
+        """Backpressure: wait while the items held are over the limit (or until the
+        call's items failed)."""
+        with self._cond:
+            while self.held_bytes > self.limit_bytes and task_id not in self._failed:
+                self._cond.wait()
+
+    def failure(self, task_id: str) -> Exception | None:
+        return self._failed.get(task_id)
+
+    def forget(self, task_id: str) -> Exception | None:
+        """The call ends (or starts again): its failure, forgotten."""
+        with self._cond:
+            return self._failed.pop(task_id, None)
 
     def flush(self) -> None:
         with self._cond:
@@ -239,17 +285,29 @@ class ItemSender:
             with self._cond:
                 while not self._queue:
                     self._cond.wait()
-                batch, self._queue = self._queue, []
+                taken, self._queue = self._queue, []
                 self._busy = True
+            batch = [c for c, _ in taken]
             try:
                 # Items exist only here until stored: keep trying through a Redis restart.
                 retry_transient(functools.partial(self._store.complete_tasks, batch, {}), deadline_s=3600)
-            except Exception:
-                log.exception("storing %d generator items failed", len(batch))
+            except Exception as e:
+                log.error("storing %d generator items failed, their calls end with the error: %r",
+                          len(batch), e)
+                self._fail({task_of(c.objects[0][0]) for c in batch}, e)
             finally:
                 with self._cond:
+                    self.held_bytes -= sum(size for _, size in taken)
                     self._busy = False
                     self._cond.notify_all()
+
+    def _fail(self, task_ids: set[str], error: Exception) -> None:
+        with self._cond:
+            for task_id in task_ids:
+                self._failed.setdefault(task_id, error)
+            kept = [(c, size) for c, size in self._queue if task_of(c.objects[0][0]) not in task_ids]
+            self.held_bytes -= sum(size for _, size in self._queue) - sum(size for _, size in kept)
+            self._queue = kept
 
 
 class GeneratorRun:
@@ -274,13 +332,15 @@ class GeneratorRun:
         # _generator_backpressure_num_objects: wait while this many items are not taken.
         self.backpressure = backpressure
         self._taken = 0  # items the caller is known to have taken
+        sender.forget(self.task_id)  # an earlier attempt's, in this worker
 
     def run(self, result: Any) -> list[list]:
         try:
             for value in result:
                 self.add(value)
-                if self.must_wait():
-                    self.wait_for_caller()
+                if not self.pause():
+                    result.close()  # its items cannot be stored: stop it (finally blocks run)
+                    break
         except Exception as e:
             if self.retry(e):
                 raise
@@ -291,8 +351,13 @@ class GeneratorRun:
         try:
             async for value in result:
                 self.add(value)
-                if self.must_wait():
-                    await asyncio.get_running_loop().run_in_executor(None, self.wait_for_caller)
+                if self.sender.over_limit() or self.must_wait():
+                    going = await asyncio.get_running_loop().run_in_executor(None, self.pause)
+                else:
+                    going = self.sender.failure(self.task_id) is None
+                if not going:
+                    await result.aclose()
+                    break
         except Exception as e:
             if self.retry(e):
                 raise
@@ -306,6 +371,15 @@ class GeneratorRun:
         obj = self.runtime.encode_value(item_id(self.task_id, self.count), value)
         self._store_item(obj)
 
+    def pause(self) -> bool:
+        """After an item: wait while the worker holds too many items' bytes, or the
+        caller has not taken enough (backpressure). False: the call's items could not
+        be stored, the generator must stop."""
+        self.sender.make_room(self.task_id)
+        if self.must_wait():
+            self.wait_for_caller()
+        return self.sender.failure(self.task_id) is None
+
     def must_wait(self) -> bool:
         return self.backpressure > 0 and self.count - self._taken >= self.backpressure
 
@@ -316,7 +390,7 @@ class GeneratorRun:
         delay = 0.001
         while True:
             self._taken = retry_transient(lambda: store.generator_consumed(self.task_id), deadline_s=3600)
-            if not self.must_wait():
+            if not self.must_wait() or self.sender.failure(self.task_id) is not None:
                 return
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
@@ -338,12 +412,25 @@ class GeneratorRun:
         return self._end()
 
     def _end(self) -> list[list]:
+        failure = self.sender.forget(self.task_id)
+        if failure is not None:
+            return [[self.return_id, KIND_ERROR, self._not_stored(failure)]]
         if self.mode == WIRE_MODE[DYNAMIC]:
             ids = [obj[0] for obj in self._dynamic]
             head = self.runtime.encode_value(self.return_id, _IdsOnly(ids))
             self.runtime.contains_refs(self.return_id, ids)
             return [head, *self._dynamic]
         return [[self.return_id, KIND_VALUE, objects.serialize(self.count)]]
+
+
+    def _not_stored(self, cause: Exception) -> bytes:
+        """The call's error when its items could not be stored: ObjectStoreFullError
+        when Redis was full (Ray's error for an object that does not fit), else
+        RaySystemError; either names the cause."""
+        message = (f"Generator task {self.task_id} was stopped after yielding {self.count} items: "
+                   f"its items could not be stored. {cause}")
+        full = isinstance(cause, ObjectStoreFullError)
+        return self.error_of(ObjectStoreFullError(message) if full else RaySystemError(message))
 
 
 def is_generator_function(fn: Any) -> bool:

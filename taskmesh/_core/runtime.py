@@ -40,6 +40,7 @@ from taskmesh._core.router import PgTarget, Route, Router
 from taskmesh._core.streams import RefState, StreamMethods
 from taskmesh.exceptions import (
     GetTimeoutError,
+    ObjectStoreFullError,
     OwnerDiedError,
     RayError,
     RayTaskError,
@@ -422,6 +423,11 @@ class Runtime(StreamMethods):
                 self.outage.failed("sending submissions", e)
                 failures += 1
                 time.sleep(min(0.05 * 2 ** failures, 2.0) * random.uniform(0.5, 1.0))
+            except ObjectStoreFullError as e:  # Redis over maxmemory: the batch was kept
+                if not failures:
+                    _log_background_error("sending submissions (kept until Redis has room)", e)
+                failures += 1
+                time.sleep(min(0.05 * 2 ** failures, 2.0) * random.uniform(0.5, 1.0))
             except Exception as e:
                 _log_background_error("flushing submissions", e)
                 time.sleep(0.1)
@@ -435,7 +441,7 @@ class Runtime(StreamMethods):
             dead = self.store.submit(batch, events) if batch else []
             if events and not batch:
                 self.store.add_events(events)
-        except StoreUnavailableError:
+        except (StoreUnavailableError, ObjectStoreFullError):
             # Kept for the next try. Part of the batch may have been applied: a task may
             # then run twice (its first result wins); an actor skips a call it has run.
             with self._cond:

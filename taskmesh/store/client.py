@@ -56,6 +56,10 @@ from taskmesh.store.submissions import SubmissionMethods
 # attempt that produced it; complete.lua ignores it when the task was fenced past it.
 KIND_FENCE = b"fence"
 FENCE_TTL_MS = 24 * 3600 * 1000
+# objects.KIND_ERROR. A completion that stores only errors (with its fence) runs the
+# allow-oom copy of complete.lua: Redis stores it even over maxmemory, since it is small
+# and the only way its caller learns that the task failed (a refused result, say).
+_KIND_ERROR = b"error"
 # Ended jobs kept in tm:jobs:ended (agents drop the tasks of those they know of).
 ENDED_JOBS_KEPT = 10_000
 
@@ -384,13 +388,13 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
 
         `then_lease` = (shape, consumer): the same round trip then leases the next entry
         of that shape's queue for the consumer (a worker under a grant), returned."""
-        by_owner: dict[str, list[Completion]] = {}
+        by_owner: dict[tuple[str, bool], list[Completion]] = {}
         for c in completions:
             if c.objects:  # num_returns=0: nothing to store, nobody to notify
-                by_owner.setdefault(c.owner, []).append(c)
+                by_owner.setdefault((c.owner, _reports_error(c)), []).append(c)
 
         def queue_commands(pipe: Any) -> None:
-            for owner, batch in by_owner.items():
+            for (owner, error), batch in by_owner.items():
                 keys = [self.keys.done(owner)]
                 args: list[Any] = []
                 for c in batch:
@@ -403,14 +407,15 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
                                 keys.append(self.keys.obj_loc(oid))
                         args += [kind, data]
                 keys.append(self.keys.fence(owner))  # last: see complete.lua
-                pipe.evalsha(self.scripts["complete"].sha, len(keys), *keys, *args)
+                script = self.scripts.allowing_oom("complete") if error else self.scripts["complete"]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
             for queue, ids in acks.items():
                 pipe.evalsha(self.scripts["ack"].sha, 1, queue, group, *ids)
             if then_lease is not None:
                 shape, consumer = then_lease
                 pipe.xreadgroup(group, consumer, {self.keys.queue(shape): ">"}, count=1)
 
-        scripts = (self.scripts["complete"], self.scripts["ack"])
+        scripts = (self.scripts["complete"], self.scripts.allowing_oom("complete"), self.scripts["ack"])
         replies = self.run_scripts(queue_commands, scripts, durable=True)
         return parse_entries(replies[-1]) if then_lease is not None and replies else []
 
@@ -569,7 +574,8 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
         """Refresh this node's heartbeat (and free resources when they changed);
         returns how many nodes are alive, or -1 when this node was declared dead."""
         keys = [self.keys.nodes_alive(), self.keys.node(node_id)]
-        return int(self.scripts["heartbeat"](keys=keys, args=[
+        # Over maxmemory too (it grows nothing): a full Redis must not make nodes look dead.
+        return int(self.scripts.allowing_oom("heartbeat")(keys=keys, args=[
             node_id, "" if available is None else json.dumps(available)]))
 
     @translate_errors
@@ -627,7 +633,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
 
     @translate_errors
     def driver_alive(self, tag: str, job_id: str) -> None:
-        self.scripts["driver_alive"](keys=[self.keys.drivers()], args=[f"{tag} {job_id}"])
+        self.scripts.allowing_oom("driver_alive")(keys=[self.keys.drivers()], args=[f"{tag} {job_id}"])
 
     @translate_errors
     def driver_gone(self, tag: str, job_id: str) -> None:
@@ -704,3 +710,10 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
         """Delete a consumer from a queue's group if nothing is pending for it."""
         return self.scripts["drop_consumer"](
             keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1
+
+
+def _reports_error(c: Completion) -> bool:
+    """Whether a completion stores only errors (see _KIND_ERROR); its first object says
+    no at once for a task that returned a value."""
+    return c.objects[0][1] == _KIND_ERROR and all(kind in (_KIND_ERROR, KIND_FENCE)
+                                                  for _, kind, _ in c.objects)

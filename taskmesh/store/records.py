@@ -18,7 +18,7 @@ from redis.typing import EncodableT, FieldT
 from taskmesh._base import config
 from taskmesh._base.ids import OWNER_TAG_LEN  # noqa: F401  (re-exported)
 from taskmesh._base.wire import QueueEntry
-from taskmesh.exceptions import StoreAuthenticationError, StoreUnavailableError
+from taskmesh.exceptions import ObjectStoreFullError, StoreAuthenticationError, StoreUnavailableError
 
 GROUP = b"agents"  # the consumer group of every queue (one consumer per node)
 CALL_GROUP = b"actor"  # the consumer group of an actor's call stream (consumer: the actor id)
@@ -71,7 +71,9 @@ def keep_listening(error: BaseException, pubsub: Any, thread: Any) -> None:
 def translate_errors(fn: F) -> F:
     """Turn Redis connection/timeout errors into one StoreUnavailableError; refused
     credentials (redis-py's AuthenticationError is a ConnectionError) into its subclass
-    StoreAuthenticationError, whose message does not call the server unavailable."""
+    StoreAuthenticationError, whose message does not call the server unavailable; a
+    write refused over maxmemory into ObjectStoreFullError (Redis is where small objects
+    live: Ray's error for an object that cannot be stored)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -81,6 +83,10 @@ def translate_errors(fn: F) -> F:
             raise StoreAuthenticationError(f"Redis refused the credentials: {e}") from e
         except _TRANSIENT as e:
             raise StoreUnavailableError(f"Redis is unavailable: {e}") from e
+        except redis.exceptions.OutOfMemoryError as e:
+            raise ObjectStoreFullError(
+                f"Redis is out of memory and refused a write: {e} Drop the refs of objects no "
+                "longer needed, or give Redis a larger maxmemory.") from e
 
     return wrapper  # type: ignore[return-value]
 

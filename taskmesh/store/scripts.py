@@ -23,11 +23,20 @@ class Scripts:
         self._lock = threading.Lock()
 
     def __getitem__(self, name: str) -> Script:
-        script = self._loaded.get(name)
+        return self._registered(name, "")
+
+    def allowing_oom(self, name: str) -> Script:
+        """The script flagged `allow-oom` (Redis 7): it writes even when the server is
+        over maxmemory. Only for small writes a caller would otherwise wait for forever."""
+        return self._registered(name, "#!lua flags=allow-oom\n")
+
+    def _registered(self, name: str, shebang: str) -> Script:
+        key = shebang + name
+        script = self._loaded.get(key)
         if script is None:
             with self._lock:
-                script = self._loaded.get(name)
+                script = self._loaded.get(key)
                 if script is None:
-                    script = self._client.register_script(load_script(f"{name}.lua"))
-                    self._loaded[name] = script
+                    script = self._client.register_script(shebang + load_script(f"{name}.lua"))
+                    self._loaded[key] = script
         return script
