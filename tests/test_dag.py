@@ -263,7 +263,9 @@ def test_options_given_before_bind_are_kept(ray) -> None:
     refs = dag.execute(4)
     assert isinstance(refs, list) and ray.get(refs) == [4, -4]
 
-    actor = Counter.options(name="dag-named-counter").bind(5)
+    # Detached: as in Ray, a named actor whose counting handles are all gone (execute()
+    # drops the one it made) is collected; get_actor's handle does not count.
+    actor = Counter.options(name="dag-named-counter", lifetime="detached").bind(5)
     pair_refs = actor.pair.options(num_returns=2).bind().execute()
     assert ray.get(pair_refs) == [5, -5]
     named = ray.get_actor("dag-named-counter")

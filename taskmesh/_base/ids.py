@@ -1,7 +1,9 @@
 """The id grammar, in one place. An owner tag is 8 hex digits (the process that owns a
 task or object: a Redis Cluster hash tag in every key of its tasks and objects); a task
 id is its owner's tag + 16 hex digits; an object id is its task id + 4 hex digits (the
-return index, 0 for `put`); an actor id is its creator's tag + 16 hex digits."""
+return index, 0 for `put`); an actor id is its creator's tag + 16 hex digits, and its
+token (the object whose holders keep a non-detached actor alive) is the object id of the
+actor id taken as a task id, index 0."""
 
 from __future__ import annotations
 
@@ -50,3 +52,9 @@ def index_of(oid: str) -> int:
 def new_actor_id(owner: str) -> str:
     """An actor id: its creator's tag + 16 hex digits (the tag is its keys' hash tag)."""
     return owner + os.urandom(8).hex()
+
+
+def actor_token(actor_id: str) -> str:
+    """The id of an actor's token object: owned by the actor's creator, held by every
+    handle that counts (see handles.ActorHandle); any process can name it."""
+    return object_id(actor_id, 0)

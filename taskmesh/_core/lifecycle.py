@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Sequence
 
-from taskmesh._base.wire import QueueEntry, TaskSpec
+from taskmesh import objects
+from taskmesh._base.ids import owner_of
+from taskmesh._base.wire import TERMINATE, CallSpec, QueueEntry, TaskSpec
 from taskmesh._core import failure
 from taskmesh._core.placement import end_job_groups
 from taskmesh.objects.plane import ObjectPlane
-from taskmesh.store import Store
+from taskmesh.store import Outgoing, Release, Store, retry_transient
 
 
 def end_job(store: Store, job_id: str, cause: str) -> None:
@@ -94,6 +96,25 @@ def release_process_holds(store: Store, tags: Iterable[str], node_id: str | None
         store.owners_gone(tags)
     plane = ObjectPlane(store, None)
     for tag in tags:
-        plane.release(store.process_holds(tag))
+        release(plane, store.process_holds(tag))
         if node_id is not None:
             store.remove_node_process(node_id, tag)
+
+
+def release(plane: ObjectPlane, ops: Sequence[Release]) -> None:
+    """Apply hold changes (`ObjectPlane.release`); an actor whose token nobody holds any
+    more (its last counting handle is gone, in every process: handles.ActorHandle) ends
+    as in Ray: a terminate call queued behind the calls already sent to it, which run
+    first. Every process that releases holds calls this: drivers' and workers' runtimes,
+    the agent and the monitor releasing a dead process's holds."""
+    actors = plane.release(ops)
+    if actors:
+        retry_transient(lambda: plane.store.submit([terminate_call(a) for a in actors]))
+
+
+def terminate_call(actor_id: str) -> Outgoing:
+    """The terminate call of an actor nothing holds (no caller waits for it: no returns,
+    sent as from the actor's creator)."""
+    owner = owner_of(actor_id)
+    call = CallSpec(TERMINATE, objects.serialize(([], {})), 0, owner, None)
+    return Outgoing("", QueueEntry(objects.new_task_id(owner), TERMINATE, 0, call), actor_id)

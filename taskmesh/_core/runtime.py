@@ -25,8 +25,6 @@ from taskmesh import objects
 from taskmesh._base import config
 from taskmesh._base.ids import index_of, owner_of, task_of
 from taskmesh._base.wire import (
-    TERMINATE,
-    CallSpec,
     QueueEntry,
     TaskContext,
     WireError,
@@ -148,8 +146,6 @@ class Runtime(StreamMethods):
         # Own refs that left this process in a way nobody tracks (pickled by hand, an
         # actor's constructor arguments): kept until this process shuts down.
         self._escaped: set[str] = set()
-        self._actor_drops: collections.deque[str] = collections.deque()
-        self._actors_escaped: set[str] = set()
         self._closing = False
         self._wake = threading.Event()
         # What the generator streams (StreamMethods) share with the rest: the same objects.
@@ -183,26 +179,6 @@ class Runtime(StreamMethods):
 
     def escaped(self, object_id: str) -> None:
         self._escaped.add(object_id)
-
-    def actor_escaped(self, actor_id: str) -> None:
-        self._actors_escaped.add(actor_id)
-
-    def actor_dropped(self, actor_id: str) -> None:
-        # From ActorHandle.__del__: never block here.
-        self._actor_drops.append(actor_id)
-        self._wake.set()
-
-    def _terminate_dropped_actors(self) -> None:
-        """An actor whose creating handle is gone, and that was never passed on, is
-        terminated gracefully: a terminate call queued behind its pending calls."""
-        while self._actor_drops:
-            actor_id = self._actor_drops.popleft()
-            if actor_id in self._actors_escaped:
-                continue
-            call = CallSpec(TERMINATE, objects.serialize(([], {})), 0, self.owner, self.job_id)
-            entry = QueueEntry(objects.new_task_id(self.owner), TERMINATE, 0, call)
-            with self._cond:
-                self._buffer.append(Outgoing("", entry, actor_id))
 
     def fail_drained_calls(self, actor_id: str, cause: str) -> None:
         """Declare a not-yet-running actor dead and fail the calls queued for it."""
@@ -433,10 +409,14 @@ class Runtime(StreamMethods):
                 time.sleep(0.1)
 
     def _flush_once(self, everything: bool = False) -> None:
-        self._terminate_dropped_actors()
+        self._send_holds(self._due_events(everything))
+        self._send_consumed()
+
+    def _send_batch(self, events: list[dict[str, Any]]) -> None:
+        """Submit what is buffered (and these task events). Called under _release_lock:
+        one submitter at a time keeps each actor's calls in order."""
         with self._cond:
             batch, self._buffer = self._buffer, []
-        events = self._due_events(everything)
         try:
             dead = self.store.submit(batch, events) if batch else []
             if events and not batch:
@@ -457,8 +437,6 @@ class Runtime(StreamMethods):
                 self._task_events += submitted
         if dead:
             self._fail_calls([(batch[i], cause) for i, cause in dead])
-        self._send_holds()
-        self._send_consumed()
 
     def _due_events(self, everything: bool) -> list[dict[str, Any]]:
         """The submitted events to send with this flush: all those gathered, once
@@ -473,12 +451,17 @@ class Runtime(StreamMethods):
             self._task_events, self._events_sent_at = [], now
         return events
 
-    def _send_holds(self) -> None:
+    def _send_holds(self, events: list[dict[str, Any]] | None = None) -> None:
         """Send the hold changes gathered so far: what objects contain first, then
-        borrows and releases. One sender at a time, so that a large put waiting here
-        finds the memory of the objects just freed (see `put`)."""
+        borrows and releases, each after what was submitted here before the ref was
+        dropped (the buffer is sent first): an actor whose token this frees has this
+        process's calls queued before its terminate call (lifecycle.release). One sender
+        at a time, so that a large put waiting here finds the memory of the objects just
+        freed (see `put`)."""
         with self._release_lock:
             self._release_dropped()
+            if events or self._buffer:
+                self._send_batch(events or [])
             with self._cond:
                 ops = self._free[:]  # in place: RefState shares the list
                 self._free.clear()
@@ -494,7 +477,7 @@ class Runtime(StreamMethods):
                 raise
             try:
                 if ops:
-                    self.plane.release(ops)
+                    lifecycle.release(self.plane, ops)
             except StoreUnavailableError:
                 # Redis is away (restarting): keep them for the next flush, or the objects
                 # they release would outlive their owner. Dropping a hold twice changes
@@ -945,7 +928,7 @@ class Runtime(StreamMethods):
                 # here: what Redis holds of this owner is looked up (SCAN) instead.
                 ops += [op for op in self.store.process_holds(self.owner) if op.holder == "owner"]
             if ops:  # what other processes or objects hold lives on
-                self.plane.release(ops)
+                lifecycle.release(self.plane, ops)
             self.store.delete_done(self.owner)
         except Exception as e:
             _log_background_error("freeing objects at shutdown", e)

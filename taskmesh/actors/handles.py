@@ -20,10 +20,10 @@ import msgpack
 from taskmesh import objects, runtime_env
 from taskmesh._base import ids, queues
 from taskmesh._base.wire import ACTOR, READY, TERMINATE, ActorSpec, CallSpec, QueueEntry
-from taskmesh._core import context, signatures
 from taskmesh._core import failure as _failure
 from taskmesh._core import generators as _generator
 from taskmesh._core import options as _options
+from taskmesh._core import signatures
 from taskmesh._core.remote_function import _Export, _pack_args
 from taskmesh.exceptions import ActorExitRequest
 from taskmesh.objects import ObjectRef
@@ -274,19 +274,20 @@ class ActorClass:
         }
         status, found = runtime.store.create_actor(
             actor_id, job_id=runtime.job_id or "", namespace=namespace, name=name,
-            get_if_exists=opts["get_if_exists"], fields=fields)
+            get_if_exists=opts["get_if_exists"], fields=fields, token=not detached)
         if status == "existing":
             return get_actor(name, namespace)
         if status == "taken":
             raise ValueError(f"The name {name} (namespace={namespace}) is already taken. Please "
                              f"use a different name or get the existing actor using "
                              f"taskmesh.get_actor('{name}', namespace='{namespace}').")
+        # Held from here: dropped, it ends the actor (and frees the token) however this ends.
+        token: ObjectRef | None = None if detached else ObjectRef(ids.actor_token(actor_id))
         if route.unschedulable:
             runtime.fail_unschedulable(entry, (), route.unschedulable, actor_id=actor_id)
         else:
             runtime.submit(route.queue, entry, deps, (), holds=holds)
-        collectable = not (detached or name)
-        return ActorHandle(actor_id, self.__name__, self._methods, _original=collectable)
+        return ActorHandle(actor_id, self.__name__, self._methods, token)
 
 
 def _forwarded(fn: Callable) -> Callable:
@@ -324,14 +325,23 @@ def actor_demand(opts: dict[str, Any]) -> tuple[dict[str, float], dict[str, floa
 
 
 class ActorHandle:
-    """A handle to an actor: `handle.method.remote(...)`; picklable into other tasks."""
+    """A handle to an actor: `handle.method.remote(...)`; picklable into other tasks.
+
+    As in Ray, a non-detached actor lives while a handle that counts exists in some
+    process: the handle its creation returned, and every copy of it passed on (task and
+    call arguments and results, `put`, objects that contain it). Such a handle holds a
+    ref to the actor's token (an object its creation wrote, `ids.actor_token`) and
+    pickles it along, so the object refcounting tracks the handles (borrowers, nested
+    refs, a dead process's holds); when the token is freed the actor gets a terminate
+    call (lifecycle.release). Handles from `get_actor` and `current_actor`, and every
+    handle of a detached actor, hold none (Ray's weak handles): they do not keep it alive."""
 
     def __init__(self, actor_id: str, class_name: str, methods: dict[str, MethodMeta],
-                 _original: bool = False):
+                 _token: ObjectRef | None = None):
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
-        self._original = _original
+        self._token = _token
 
     def __getattr__(self, name: str) -> ActorMethod:
         methods = self.__dict__.get("_methods", {})
@@ -350,19 +360,7 @@ class ActorHandle:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
 
     def __reduce__(self) -> tuple:
-        runtime = context.current()
-        if runtime is not None:
-            runtime.actor_escaped(self._actor_id)
-        return (ActorHandle, (self._actor_id, self._class_name, self._methods))
-
-    def __del__(self) -> None:
-        if self.__dict__.get("_original"):
-            try:
-                runtime = context.current()
-                if runtime is not None:
-                    runtime.actor_dropped(self._actor_id)
-            except Exception:  # interpreter shutdown
-                pass
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods, self._token))
 
 
 class ActorMethod:

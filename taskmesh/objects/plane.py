@@ -232,15 +232,19 @@ class ObjectPlane:
 
     # ---- freeing ----------------------------------------------------------------------
 
-    def release(self, ops: Sequence[Release]) -> None:
+    def release(self, ops: Sequence[Release]) -> list[str]:
         """Apply hold changes; objects nobody holds any more are freed everywhere (their
         metadata by the script, this node's copies here, other nodes' by an order to
-        their agents), and the refs they contained are released in turn."""
+        their agents), and the refs they contained are released in turn. Returns the
+        actors whose tokens were freed (the caller ends them: lifecycle.release)."""
         ops = list(ops)
+        actors: list[str] = []
         while ops:
             freed = self.store.release(ops)
             self._drop_copies(freed)
+            actors += [f.actor_id for f in freed if f.actor_id]
             ops = [Release(ref, f"o:{f.object_id}", -1) for f in freed for ref in f.nested]
+        return actors
 
     def _drop_copies(self, freed: Sequence[Freed]) -> None:
         by_node: dict[str, list[str]] = {}

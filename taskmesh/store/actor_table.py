@@ -10,6 +10,7 @@ from typing import Any
 import msgpack
 import redis
 
+from taskmesh._base.ids import actor_token
 from taskmesh.store.core import StoreCore
 from taskmesh.store.records import (
     CALL_GROUP,
@@ -33,12 +34,15 @@ class ActorMethods(StoreCore):
     @translate_errors
     def create_actor(
         self, actor_id: str, *, job_id: str, namespace: str, name: str, get_if_exists: bool,
-        fields: dict[str, Any],
+        fields: dict[str, Any], token: bool = False,
     ) -> tuple[str, str]:
-        """Register an actor; ("created"|"existing"|"taken", actor id)."""
+        """Register an actor; ("created"|"existing"|"taken", actor id). With `token`, a
+        created actor's token object (`ids.actor_token`) is written too, held by its
+        creator: the actor ends when nothing holds it any more (create_actor.lua)."""
         keys = [self.keys.actor(actor_id), self.keys.actor_calls(actor_id),
-                self.keys.job_actors(job_id), self.keys.named(namespace), self.keys.actors()]
-        args = [actor_id, name, "1" if get_if_exists else "0"]
+                self.keys.job_actors(job_id), self.keys.named(namespace), self.keys.actors(),
+                self.keys.obj(actor_token(actor_id))]
+        args = [actor_id, name, "1" if get_if_exists else "0", "1" if token else "0"]
         args += [x for kv in fields.items() for x in kv]
         status, found = self.scripts["create_actor"](keys=keys, args=args)
         return status.decode(), found.decode()

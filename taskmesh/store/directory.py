@@ -126,9 +126,10 @@ class ObjectMethods(StoreCore):
         for group, reply in zip(groups, replies, strict=False):
             for op, result in zip(group, reply, strict=True):
                 if result:
-                    nodes, nested = result
+                    nodes, nested, *actor = result
                     freed.append(Freed(op.object_id, tuple(_text(n) for n in nodes),
-                                       tuple(_text(n) for n in nested)))
+                                       tuple(_text(n) for n in nested),
+                                       _text(actor[0]) if actor else None))
         return freed
 
     @translate_errors

@@ -112,11 +112,13 @@ class Release:
 
 @dataclass(frozen=True, slots=True)
 class Freed:
-    """An object release.lua freed: where its copies are and the refs it contained."""
+    """An object release.lua freed: where its copies are and the refs it contained;
+    for an actor's token, the actor (which then ends: lifecycle.release)."""
 
     object_id: str
     nodes: tuple[str, ...]
     nested: tuple[str, ...]
+    actor_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

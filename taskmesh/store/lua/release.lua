@@ -13,7 +13,8 @@
 -- An object is freed when it exists, its owner no longer holds it and no other holder is
 -- left. Returns one entry per object: 0 while it lives, else {nodes, nested} for a freed
 -- object: the nodes that may hold shared-memory copies (from a "shm" object's data
--- "<size> <node_id>" and its location set) and the refs it contained.
+-- "<size> <node_id>" and its location set) and the refs it contained; a freed actor token
+-- (kind "actor", see create_actor.lua) adds its actor id: {nodes, nested, actor_id}.
 local out = {}
 for i = 1, #ARGV, 2 do
   local k = (i - 1) * 2 + 1
@@ -43,6 +44,7 @@ for i = 1, #ARGV, 2 do
       end
     end
     result = {nodes, redis.call('SMEMBERS', nested)}
+    if kind == 'actor' then result[3] = data end
     redis.call('UNLINK', obj, loc, nested)
   end
   out[#out + 1] = result
