@@ -38,10 +38,8 @@ def test_placement_group_options_warn_and_still_place(ray) -> None:
         messages = _deprecations(record)
         for name in ("placement_group", "placement_group_bundle_index",
                      "placement_group_capture_child_tasks"):
-            assert any(m.endswith(f"{name} parameter is deprecated. Use scheduling_strategy="
-                                  "PlacementGroupSchedulingStrategy(...) instead, see the usage at "
-                                  "https://docs.ray.io/en/latest/ray-core/package-ref.html#ray-remote.")
-                       for m in messages), messages
+            assert any(f"{name} parameter is deprecated. Use scheduling_strategy="
+                       "PlacementGroupSchedulingStrategy(...) instead" in m for m in messages), messages
         assert all(w.filename == __file__ for w in record if issubclass(w.category, RayDeprecationWarning))
         assert ray.get(ref, timeout=30) == pg.id.hex()  # still honoured
 

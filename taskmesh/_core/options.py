@@ -236,8 +236,7 @@ def _warn_deprecated_placement_group(options: Mapping[str, Any]) -> None:
     for name, used in _DEPRECATED_PG_OPTIONS:
         if name in options and used(options[name]):
             deprecation.warn_user(f"{name} parameter is deprecated. Use scheduling_strategy="
-                                  "PlacementGroupSchedulingStrategy(...) instead, see the usage at "
-                                  "https://docs.ray.io/en/latest/ray-core/package-ref.html#ray-remote.")
+                                  "PlacementGroupSchedulingStrategy(...) instead (README, Compatibility).")
 
 
 def _runtime_env_check(value: Any) -> str | None:

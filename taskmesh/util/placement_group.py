@@ -39,9 +39,8 @@ def validate_bundles(bundles: Any) -> list[dict[str, float]]:
         if "object_store_memory" in bundle:  # as Ray: it reserves nothing, so it is dropped
             deprecation.warn_user(
                 "Setting 'object_store_memory' for bundles is deprecated since it doesn't actually "
-                "reserve the required object store memory. Use object spilling that's enabled by "
-                "default (https://docs.ray.io/en/latest/ray-core/objects/object-spilling.html) "
-                "instead to bypass the object store memory size limitation.")
+                "reserve the required object store memory. Objects spill to disk when shared memory "
+                "is full (on by default): rely on that instead.")
         out.append({k: float(v) for k, v in bundle.items() if v and k != "object_store_memory"})
     return out
 
