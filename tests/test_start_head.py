@@ -142,4 +142,6 @@ def test_start_block_stays_in_the_foreground_and_stops_on_sigterm(tmp_path: Path
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+        if (tmp_path / "started_pids.json").exists():  # whatever it left running
             _taskmesh("stop", env=env)
