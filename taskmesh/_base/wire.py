@@ -44,7 +44,9 @@ first; `decode_message` reads either direction (tags arrive as bytes).
 |                 |                                      | an actor skips such calls, cancels an async one   |
 | `JobsEnded`     | `[J, [job_id, ...]]`                 | these jobs ended: skip their tasks when leased;   |
 |                 |                                      | exit if running one it leased (detached apart)    |
-| `EndGrant`      | `[EG]`                               | stop leasing after the running task (drain)       |
+| `EndGrant`      | `[EG]`                               | stop leasing after the running task (a drain, or  |
+|                 |                                      | a task waiting for its CPU back: Reacquire)       |
+| `Resume`        | `[RS]`                               | the CPU is the task's again (Reacquire): run it   |
 | worker -> agent |                                      |                                                   |
 | `Ready`         | `[R, pid, owner tag]`                | started, ready for tasks (the agent releases the  |
 |                 |                                      | tag's holds when the worker exits)                |
@@ -57,6 +59,7 @@ first; `decode_message` reads either direction (tags arrive as bytes).
 |                 |                                      | hand it no other                                  |
 | `Blocked`       | `[B]`                                | the task waits in `get`: its CPU is lent out      |
 | `Unblocked`     | `[U]`                                | ... and is taken back                             |
+| `Reacquire`     | `[RQ]`                               | its arguments arrived: it waits for its CPU back  |
 | `ActorAlive`    | `[AR, entry_id]`                     | the actor is created: this worker is its process  |
 |                 |                                      | now; ack the entry, keep its held resources       |
 | `ActorFailed`   | `[AF, entry_id]`                     | the creation failed (the actor is dead) or was    |
@@ -912,6 +915,23 @@ class Unblocked(_Signal):
 
 
 @dataclass(frozen=True, slots=True)
+class Reacquire(_Signal):
+    """worker -> agent: the task's arguments arrived (its CPU was lent out while it
+    waited for them): it runs once the agent gives the CPU back (Resume). As Ray, which
+    starts no task before its arguments are there: the node's CPUs are never
+    oversubscribed by tasks that waited for arguments."""
+
+    TAG: ClassVar[str] = "RQ"
+
+
+@dataclass(frozen=True, slots=True)
+class Resume(_Signal):
+    """agent -> worker: the CPU is the task's again; it runs now."""
+
+    TAG: ClassVar[str] = "RS"
+
+
+@dataclass(frozen=True, slots=True)
 class ActorExiting(_Signal):
     """worker -> agent: the actor exits on purpose (terminate, exit_actor): no restart."""
 
@@ -932,11 +952,11 @@ class EndGrant(_Signal):
     TAG: ClassVar[str] = "EG"
 
 
-Message = (Run | Ready | Done | Requeue | Retiring | Blocked | Unblocked | ActorAlive | ActorFailed
-           | ActorExiting | Cancel | JobsEnded | Adopt | GrantEnded | EndGrant)
+Message = (Run | Ready | Done | Requeue | Retiring | Blocked | Unblocked | Reacquire | Resume
+           | ActorAlive | ActorFailed | ActorExiting | Cancel | JobsEnded | Adopt | GrantEnded | EndGrant)
 _BY_TAG: dict[bytes, Any] = {m.TAG.encode(): m for m in (
-    Run, Ready, Done, Requeue, Retiring, Blocked, Unblocked, ActorAlive, ActorFailed, ActorExiting,
-    Cancel, JobsEnded, Adopt, GrantEnded, EndGrant)}
+    Run, Ready, Done, Requeue, Retiring, Blocked, Unblocked, Reacquire, Resume, ActorAlive,
+    ActorFailed, ActorExiting, Cancel, JobsEnded, Adopt, GrantEnded, EndGrant)}
 
 
 def encode_message(msg: Message) -> bytes:

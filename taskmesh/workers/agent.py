@@ -120,6 +120,7 @@ class _WorkerHandle:
     # while it leases more of that shape itself), until the worker's GrantEnded.
     grant: _Task | None = None
     leased_from: set[str] = field(default_factory=set)  # the shapes it had grants for
+    grant_ending: bool = False  # told to end its grant (EndGrant) for a task waiting for its CPU
 
     @property
     def running(self) -> _Task | None:
@@ -206,6 +207,9 @@ class NodeAgent:
 
         self._cond = threading.Condition()
         self._backlog: collections.deque[_Task] = collections.deque()
+        # Workers whose task's arguments arrived while its CPU was lent out (Reacquire):
+        # they get it back, in this order, before anything new starts in their pool.
+        self._resuming: list[_WorkerHandle] = []
         self._workers: dict[Connection, _WorkerHandle] = {}
         self._outbox = _Outbox()
         self._acking: set[bytes] = set()  # entry ids of the flush in progress
@@ -606,13 +610,39 @@ class NodeAgent:
 
     # ---- dispatch (under self._cond) ----------------------------------------------------
 
+    def _resume_waiting(self) -> set[str | None]:
+        """Give the CPU back to the tasks whose arguments arrived (Reacquire), in order,
+        where their pool has room; the pools of those still waiting start nothing new
+        that needs a CPU, and their lease grants end after their running task, so that
+        room comes. Under self._cond."""
+        waiting: list[_WorkerHandle] = []
+        for handle in self._resuming:
+            running = handle.running
+            if running is None or not handle.blocked or self._workers.get(handle.conn) is not handle:
+                continue
+            cpu = {"CPU": running.demand.get("CPU", 0.0)}
+            if waiting or not self.resources.fits_in(running.pool, cpu):
+                waiting.append(handle)
+                continue
+            self.resources.take(running.pool, cpu)
+            handle.blocked = False
+            handle.conn.send_bytes(wire.encode_message(wire.Resume()))
+        self._resuming = waiting
+        pools = {h.running.pool for h in waiting if h.running is not None}
+        for h in self._workers.values():
+            if h.grant is not None and h.grant.pool in pools and h not in waiting and not h.grant_ending:
+                h.grant_ending = True
+                h.conn.send_bytes(wire.encode_message(wire.EndGrant()))
+        return pools
+
     def _dispatch(self) -> None:
+        held_back = self._resume_waiting() if self._resuming else set()
         idle = [h for h in self._workers.values()
                 if h.ready and h.task is None and h.grant is None and h.actor_id is None]
         waiting = 0
         for task in list(self._backlog):
             pool = self.resources.pool_for(task.queue, task.demand)
-            if pool is False:
+            if pool is False or (pool in held_back and task.demand.get("CPU")):
                 continue
             if not idle:
                 waiting += 1
@@ -627,7 +657,7 @@ class NodeAgent:
             gpus = tuple(task.gpus) if self.resources.has_gpus else None
             grant = self._grant_for(task)
             if grant is not None:
-                handle.grant = task
+                handle.grant, handle.grant_ending = task, False
                 handle.leased_from.add(grant)
                 self._lease_stats["grants"] += 1
             self._lease_stats["runs_sent"] += 1
@@ -722,7 +752,15 @@ class NodeAgent:
                 self._cond.notify_all()
             elif isinstance(msg, wire.Unblocked) and (running := handle.running) and handle.blocked:
                 handle.blocked = False
+                if handle in self._resuming:  # cancelled while it waited for its CPU
+                    self._resuming.remove(handle)
                 self.resources.take(running.pool, {"CPU": running.demand.get("CPU", 0.0)})
+            elif isinstance(msg, wire.Reacquire):
+                if handle.running is not None and handle.blocked:
+                    self._resuming.append(handle)
+                    self._dispatch()
+                else:  # nothing was lent out
+                    handle.conn.send_bytes(wire.encode_message(wire.Resume()))
             elif isinstance(msg, wire.GrantEnded) and handle.grant is not None:
                 grant, handle.grant = handle.grant, None
                 if handle.task is None:  # else its resources are the running task's

@@ -42,6 +42,11 @@ class NodeResources:
         else:
             self.available = scheduler.subtract(self.available, resources)
 
+    def fits_in(self, pool: str | None, resources: Resources) -> bool:
+        """Whether `resources` can be taken from `pool` now (a bundle, or the node's)."""
+        free = self.bundles[pool] if pool is not None and pool in self.bundles else self.available
+        return scheduler.fits(resources, free)
+
     def pool_for(self, queue: str, demand: Resources) -> str | None | bool:
         """The pool a task from `queue` can start in now: None (the node's), a bundle,
         or False when none has room."""

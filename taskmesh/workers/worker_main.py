@@ -70,7 +70,13 @@ class Worker:
         self.pid = os.getpid()
         self.runtime = Runtime(store, job_id=None, namespace=None, node_id=node_id, is_worker=True)
         self.runtime.on_block = lambda: self._send(wire.Blocked())
-        self.runtime.on_unblock = lambda: self._send(wire.Unblocked())
+        self.runtime.on_unblock = self._on_unblock
+        # Set while the task's arguments are awaited: if their wait lent its CPU out, the
+        # task runs only once the agent gives it back (Reacquire, Resume); a wait in the
+        # task's own `get` takes it back at once (Unblocked).
+        self._awaiting_args = False
+        self._owes_cpu = False
+        self._resumed = threading.Event()
         self._send_lock = threading.Lock()
         self._functions: dict[str, Any] = {}
         self._interruptible = False  # a task is running: SIGINT cancels it
@@ -192,6 +198,8 @@ class Worker:
                 self._on_jobs_ended(msg)
             elif isinstance(msg, wire.EndGrant):
                 self._grant_ending = True
+            elif isinstance(msg, wire.Resume):
+                self._resumed.set()
             else:
                 self._inbox.put(msg)
 
@@ -440,7 +448,13 @@ class Worker:
             self.runtime.context.function_name = (f"{getattr(fn, '__module__', '')}."
                                                   f"{getattr(fn, '__qualname__', name)}")
             args, kwargs = objects.deserialize(spec.args)
-            upstream_error = self._resolve_args(args, kwargs)
+            self._awaiting_args = True  # a task's own arguments (an actor's calls hold no CPU)
+            try:
+                upstream_error = self._resolve_args(args, kwargs)
+            finally:
+                self._awaiting_args = False
+                if self._owes_cpu:
+                    self._take_cpu_back(failing=sys.exc_info()[0] is not None)
             if upstream_error is not None:
                 return [[oid, KIND_ERROR, upstream_error] for oid in return_ids]
             try:
@@ -486,6 +500,32 @@ class Worker:
             self.runtime.cancel_children(force)
         except Exception as e:
             print(f"taskmesh worker {self.pid}: cancelling child tasks failed: {e!r}", file=sys.__stderr__)
+
+    def _on_unblock(self) -> None:
+        """A wait in `get` ended (its CPU was lent out). A task blocked in its own `get`
+        takes its CPU back at once (as Ray, this may briefly oversubscribe the node); one
+        that waited for its arguments gets it back before it starts (_take_cpu_back), as
+        Ray starts no task before its arguments are there."""
+        if self._awaiting_args:
+            self._owes_cpu = True
+        else:
+            self._send(wire.Unblocked())
+
+    def _take_cpu_back(self, failing: bool) -> None:
+        """Ask for the CPU lent out while the arguments were awaited, and wait until the
+        agent gives it (Resume). A task that ends anyway (`failing`: cancelled, say), or
+        is cancelled meanwhile, takes it back at once."""
+        self._owes_cpu = False
+        if failing:
+            self._send(wire.Unblocked())
+            return
+        self._resumed.clear()
+        self._send(wire.Reacquire())
+        try:
+            self._resumed.wait()
+        except BaseException:
+            self._send(wire.Unblocked())
+            raise
 
     def _resolve_args(self, args: list, kwargs: dict) -> bytes | None:
         """Replace top-level refs by their values, in place; nested refs stay refs.
