@@ -5,7 +5,6 @@ back (Ray starts no task before its arguments are there)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
