@@ -61,3 +61,8 @@ def test_a_bar_updated_in_a_task_is_drawn_by_the_driver(shared_cluster) -> None:
     assert "in-task: 100%" in done.stderr and "10/10" in done.stderr, done.stderr
     assert "__taskmesh_tqdm__" not in done.stdout + done.stderr
     assert "after the bar" in done.stdout
+    # The bar's states are kept with the job's output, but `taskmesh logs` (and the
+    # dashboard's log page) leave them out.
+    from taskmesh.util.state import get_log
+
+    assert not [line for line in get_log(address=shared_cluster.url) if "__taskmesh_tqdm__" in line]

@@ -13,6 +13,8 @@ import contextlib
 from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
+from taskmesh._base import wire
+
 __all__ = ["get_actor", "get_job", "get_log", "get_node", "get_objects", "get_placement_group",
            "get_task", "get_worker", "list_actors", "list_jobs", "list_nodes", "list_placement_groups",
            "list_tasks", "list_workers", "summarize_tasks"]
@@ -255,13 +257,15 @@ def log_lines(store: Any, job_id: str | None = None, node_id: str | None = None,
 def batch_lines(batches: Sequence[dict[str, Any]], node_id: str | None = None,
                 actor_id: str | None = None, pid: int | None = None) -> list[tuple[int, str, str, str]]:
     """(pid, task name, stream, line) of recorded output batches (`Store.job_logs`),
-    optionally only one node's, actor's or worker's."""
+    optionally only one node's, actor's or worker's. The lines that carry a progress
+    bar's state (experimental.tqdm_ray, drawn by the driver) are left out."""
     lines: list[tuple[int, str, str, str]] = []
     for batch in batches:
         if ((node_id and batch.get("node") != node_id) or (actor_id and batch.get("actor") != actor_id)
                 or (pid is not None and batch.get("pid") != pid)):
             continue
-        lines += [(batch.get("pid", 0), name, stream, line) for name, stream, line in batch.get("lines", [])]
+        lines += [(batch.get("pid", 0), name, stream, line) for name, stream, line in batch.get("lines", [])
+                  if not line.startswith(wire.PROGRESS_MARKER)]
     return lines
 
 
