@@ -188,6 +188,20 @@ def start_cluster(url: str, log_dir: Path, nodes: int = 1, num_cpus: float = 1) 
         assert not leftover, f"shared memory left behind: {leftover}"
 
 
+def machine_ip() -> str:
+    """This machine's address that is not loopback (for tests of what other machines reach)."""
+    from taskmesh import security
+
+    ip = security.this_machine_ip()
+    assert not security.is_loopback(ip), "these tests need a non-loopback address on this machine"
+    return ip
+
+
+def error_lines(output: str) -> list[str]:
+    """The `Error:` lines of a CLI command's output."""
+    return [line for line in output.splitlines() if line.startswith("Error:")]
+
+
 def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condition") -> Any:
     """Poll `predicate` until it returns something true, and return that; fail the
     test after `timeout_s`."""

@@ -19,7 +19,7 @@ import redis
 from click.testing import CliRunner
 
 import taskmesh
-from conftest import assert_no_leaked_children, start_cluster
+from conftest import assert_no_leaked_children, error_lines, machine_ip, start_cluster
 from taskmesh import security
 from taskmesh.cli import main as cli
 from taskmesh.security import InsecureRedisError, check_server
@@ -33,16 +33,6 @@ def taskmesh_cmd(*args: str) -> list[str]:
 
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(taskmesh_cmd(*args), env=env, capture_output=True, text=True, timeout=60)
-
-
-def machine_ip() -> str:
-    ip = security.this_machine_ip()
-    assert not security.is_loopback(ip), "these tests need a non-loopback address on this machine"
-    return ip
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("Error:")]
 
 
 # ---- an open Redis on another machine -------------------------------------------------

@@ -18,6 +18,7 @@ import redis
 from click.testing import CliRunner
 
 import taskmesh
+from conftest import error_lines, machine_ip
 from taskmesh import security
 from taskmesh.cli import main as cli
 from taskmesh.cli.commands import _hand_over
@@ -28,16 +29,6 @@ from taskmesh.workers import launch
 from taskmesh.workers.monitor import Monitor
 
 STRONG = "Strong-Enough-Pass-42"
-
-
-def machine_ip() -> str:
-    ip = security.this_machine_ip()
-    assert not security.is_loopback(ip), "these tests need a non-loopback address on this machine"
-    return ip
-
-
-def error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith("Error:")]
 
 
 @pytest.fixture

@@ -27,10 +27,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         if e.errno == errno.EADDRINUSE:
             holder = launch.port_holder(host, port) or "another process"
-            raise launch.PortInUseError(
-                f"The dashboard cannot listen on {host}:{port}: the port is in use by {holder}. "
-                "Choose another port (--port / --dashboard-port / dashboard_port=) or stop "
-                "what holds it.") from None
+            raise launch.dashboard_port_in_use(host, port, holder) from None
         raise
     sock.set_inheritable(False)
     return sock

@@ -90,6 +90,14 @@ def port_holder(host: str, port: int) -> str | None:
     return "a process of another user"
 
 
+def dashboard_port_in_use(host: str, port: int, holder: str) -> PortInUseError:
+    """The one-line error of a dashboard port held by `holder` (found before starting
+    it, or when it binds)."""
+    return PortInUseError(f"The dashboard cannot listen on {host}:{port}: the port is in use by "
+                          f"{holder}. Choose another port (--port / --dashboard-port / "
+                          "dashboard_port=) or stop what holds it.")
+
+
 def _port_in_use(host: str, port: int, holder: str) -> PortInUseError:
     return PortInUseError(f"Port {port} on {host} is in use by {holder}: choose another "
                           "--port (0 picks a free one) or stop what holds it.")
@@ -386,9 +394,7 @@ def start_dashboard(
     if port:
         holder = port_holder(host, port)
         if holder is not None:
-            raise PortInUseError(f"The dashboard cannot listen on {host}:{port}: the port is "
-                                 f"in use by {holder}. Choose another port (--dashboard-port, "
-                                 "dashboard_port=) or stop what holds it.")
+            raise dashboard_port_in_use(host, port, holder)
     read_fd, write_fd = os.pipe()
     cmd = [sys.executable, "-m", "taskmesh.cli", "dashboard", "--host", host, "--port", str(port),
            "--ready-fd", str(write_fd)]
