@@ -78,7 +78,7 @@ class Worker:
         self._owes_cpu = False
         self._resumed = threading.Event()
         self._send_lock = threading.Lock()
-        self._functions: dict[str, Any] = {}
+        self._functions: dict[str, tuple[Any, str]] = {}
         self._interruptible = False  # a task is running: SIGINT cancels it
         self._calls: dict[str, int] = {}
         self._arg_refs: list[str] = []  # the running task's top-level ref arguments
@@ -340,21 +340,24 @@ class Worker:
         self.flush_logs()
 
     def function(self, fn_id: str) -> Any:
-        return self._function(fn_id)
+        return self._function(fn_id)[0]
 
     def resolve_args(self, args: list, kwargs: dict) -> bytes | None:
         return self._resolve_args(args, kwargs)
 
-    def _function(self, fn_id: str) -> Any:
-        fn = self._functions.get(fn_id)
-        if fn is None:
+    def _function(self, fn_id: str) -> tuple[Any, str]:
+        """The exported function and its `module.qualname` (the runtime context's
+        function name), loaded once per process."""
+        known = self._functions.get(fn_id)
+        if known is None:
             # Through a Redis restart: a task must not fail because Redis blinked.
             blob = retry_transient(lambda: self.store.get_function(fn_id))
             if blob is None:
                 raise RuntimeError(f"function {fn_id} was never exported to this cluster")
             fn = objects.deserialize(blob)
-            self._functions[fn_id] = fn
-        return fn
+            known = self._functions[fn_id] = (
+                fn, f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', fn_id)}")
+        return known
 
     def _run(self, entry: QueueEntry, gpus: tuple[int, ...] | None) -> _Ran:
         """Run one task: what to store (None: queue it again, retry_exceptions), and
@@ -444,9 +447,7 @@ class Worker:
 
     def _execute(self, spec: TaskSpec, attempt: int, name: str, return_ids: list[str]) -> list[list]:
         try:
-            fn = self._function(spec.fn_id)
-            self.runtime.context.function_name = (f"{getattr(fn, '__module__', '')}."
-                                                  f"{getattr(fn, '__qualname__', name)}")
+            fn, self.runtime.context.function_name = self._function(spec.fn_id)
             args, kwargs = objects.deserialize(spec.args)
             self._awaiting_args = True  # a task's own arguments (an actor's calls hold no CPU)
             try:
