@@ -85,14 +85,17 @@ def dropped_with_job(entry: QueueEntry, ended: Container[str]) -> bool:
             and not entry.rebuild and spec.job_id in ended)
 
 
-def release_process_holds(store: Store, tags: Iterable[str], node_id: str | None = None) -> None:
+def release_process_holds(store: Store, tags: Iterable[str], node_id: str | None = None,
+                          died: bool = True) -> None:
     """Processes are gone: the refs they borrowed and their own objects' owner holds are
     released (objects others still hold live on); with `node_id`, they are also dropped
-    from the node's process set. Idempotent. They are marked gone first: as in Ray, the
-    objects they own are lost with them (a borrower's get raises OwnerDiedError, and a
-    task of theirs that finishes later stores nothing)."""
+    from the node's process set. Idempotent. Processes that `died` (killed, crashed, on a
+    dead node) are marked gone first: as in Ray, the objects they own are lost with them
+    (a borrower's get raises OwnerDiedError, and a task of theirs that finishes later
+    stores nothing). A worker that exited on its own (max_calls) leaves its objects to
+    whoever still holds them: their directory is in Redis, not in the process."""
     tags = list(tags)
-    if tags:
+    if tags and died:
         store.owners_gone(tags)
     plane = ObjectPlane(store, None)
     for tag in tags:

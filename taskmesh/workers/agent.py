@@ -473,8 +473,8 @@ class NodeAgent:
             self.resources.free_gpus(handle.gpus, handle.held.get("GPU"))
         handle.conn.close()
         handle.proc.wait()
-        if handle.tag is not None:
-            threading.Thread(target=self._release_holds, args=([handle.tag],),
+        if handle.tag is not None:  # exit code 0: it ended on its own (max_calls)
+            threading.Thread(target=self._release_holds, args=([handle.tag], handle.proc.returncode != 0),
                              name="taskmesh-release", daemon=True).start()
         if task is not None and task.creates_actor:
             with self._cond:
@@ -540,11 +540,12 @@ class NodeAgent:
                 self._task_failed(task)
         return []
 
-    def _release_holds(self, tags: list[str]) -> None:
+    def _release_holds(self, tags: list[str], died: bool = True) -> None:
         """A worker is gone: what it held as a borrower, and its own objects' owner
-        holds, are released (objects others still hold live on)."""
+        holds, are released (objects others still hold live on); see
+        lifecycle.release_process_holds for `died`."""
         try:
-            retry_transient(lambda: lifecycle.release_process_holds(self.store, tags, self.node_id))
+            retry_transient(lambda: lifecycle.release_process_holds(self.store, tags, self.node_id, died))
         except Exception as e:
             log.warning("releasing the refs of exited workers %s failed: %r", tags, e)
 
