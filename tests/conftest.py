@@ -202,6 +202,11 @@ def error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("Error:")]
 
 
+def done_notices(store: Any, owner: str) -> list[bytes]:
+    """The completion notices in an owner's done stream (an entry carries several)."""
+    return [n for _, fields in store.redis.xrange(store.keys.done(owner)) for n in fields.values()]
+
+
 def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condition") -> Any:
     """Poll `predicate` until it returns something true, and return that; fail the
     test after `timeout_s`."""

@@ -59,6 +59,9 @@ class _Encoder:
     def contains_refs(self, object_id: str, ids: Any = None) -> bool:
         return False
 
+    def holds_refs(self, object_id: str) -> bool:
+        return False
+
 
 def test_worker_item_queue_is_bounded(redis_server: launch.RedisServer) -> None:
     store = _GatedStore(redis_server.url)

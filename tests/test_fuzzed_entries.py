@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 import taskmesh
-from conftest import TestCluster, wait_until
+from conftest import TestCluster, done_notices, wait_until
 from taskmesh import objects
 from taskmesh.cli import main as cli
 from taskmesh.store import Store
@@ -142,13 +142,15 @@ def test_unreadable_retry_exceptions_fail_the_task_not_its_worker(
     queue = db.keys.queue("CPU=1")
     for rexc in (b"not a pickle", objects.serialize(5)):
         db.redis.xadd(queue, _entry(owner, _spec(owner, maxr=-1, rexc=rexc)))
-    wait_until(lambda: db.redis.xlen(db.keys.done(owner)) == 2, timeout_s=20,
-               what="both tasks failed to their owner")
-    for _, fields in db.redis.xrange(db.keys.done(owner)):
-        (_, kind, _), = msgpack.unpackb(fields[b"n"])[1]
+    def notices() -> list[bytes]:
+        return done_notices(db, owner)
+
+    wait_until(lambda: len(notices()) == 2, timeout_s=20, what="both tasks failed to their owner")
+    for notice in notices():
+        (_, kind, _), = msgpack.unpackb(notice)[1]
         assert kind == objects.KIND_ERROR
     time.sleep(1)  # a retry loop would show as new entries and dying workers meanwhile
-    assert db.redis.xlen(db.keys.done(owner)) == 2
+    assert len(notices()) == 2
     assert _live(workers) == workers
     assert ray.get(one.remote(), timeout=30) == 1
 
@@ -238,7 +240,7 @@ def test_bad_actor_calls_fail_alone_and_the_actor_serves_on(
     assert sum("'args'" in r for r in reasons) == 2, reasons
     assert sum("'nret'" in r for r in reasons) == 3, reasons
     # Callers named by readable specs got errors: the two argument failures, the two calls.
-    wait_until(lambda: db.redis.xlen(db.keys.done(owner)) == 4, timeout_s=20,
+    wait_until(lambda: len(done_notices(db, owner)) == 4, timeout_s=20,
                what="the callers' errors")
     assert ray.get(echo.echo.remote("b"), timeout=30) == "b"
     assert ray.get(echo.pid.remote(), timeout=30) == pid  # the same process: never restarted

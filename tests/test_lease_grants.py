@@ -32,7 +32,7 @@ def _counters(store: Store, node_id: str) -> dict[str, int]:
     now_ms = int(store.redis.time()[0] * 1000)
     wait_until(lambda: _heartbeat_ms(store, node_id) > now_ms + 1000, what="two heartbeats")
     fields = store.redis.hgetall(store.keys.node(node_id))
-    names = ("runs_sent", "grants", "grant_entries_settled", "grant_adoptions")
+    names = ("runs_sent", "grants", "grant_entries_settled", "grant_entries_returned", "grant_adoptions")
     return {n: int(fields.get(n.encode(), 0)) for n in names}
 
 
@@ -196,5 +196,53 @@ def test_an_entry_delivered_to_the_node_but_unknown_to_its_agent_is_taken_back(
                 agent.send_signal(signal.SIGCONT)
             assert taskmesh.get(ref, timeout=60) == 36
             wait_until(lambda: _queued(store) == 0, what="empty queues")
+        finally:
+            taskmesh.shutdown()
+
+
+@taskmesh.remote
+def slow_nap(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slow"
+
+
+def test_a_worker_dying_in_a_batch_fails_only_the_task_it_ran(cluster_factory) -> None:
+    """Once tasks prove short a worker leases them a batch at a time. When it dies in one,
+    its running slot tells the agent which entry it was running: that one fails
+    (max_retries=0), the entries it leased after it go back unstarted and run, although
+    they may not be retried either."""
+    once = square.options(max_retries=0)
+    with cluster_factory(nodes=1, num_cpus=1) as cluster:
+        taskmesh.init(address=cluster.url)
+        try:
+            assert taskmesh.get([square.remote(i) for i in range(300)]) == [i * i for i in range(300)]
+            before = [once.remote(i) for i in range(5)]
+            failed = always_dies.remote()
+            after = [once.remote(i) for i in range(40)]
+            assert taskmesh.get(before + after, timeout=60) == [i * i for i in range(5)] + [
+                i * i for i in range(40)]
+            with pytest.raises(exceptions.WorkerCrashedError):
+                taskmesh.get(failed, timeout=60)
+            store = Store(cluster.url)
+            counters = _counters(store, cluster.started[0])
+            assert counters["grant_entries_returned"] >= 1, counters  # it held a batch
+            wait_until(lambda: _queued(store) == 0, what="empty queues")
+        finally:
+            taskmesh.shutdown()
+
+
+def test_a_long_task_hands_the_rest_of_its_batch_back(cluster_factory) -> None:
+    """A batch is leased on the guess that tasks are short: a task that runs long gives
+    the entries leased after it back, and another worker runs them meanwhile."""
+    with cluster_factory(nodes=1, num_cpus=2) as cluster:
+        taskmesh.init(address=cluster.url)
+        try:
+            assert taskmesh.get([square.remote(i) for i in range(300)]) == [i * i for i in range(300)]
+            slow = slow_nap.remote(20.0)
+            quick = [square.remote(i) for i in range(40)]
+            ready, _ = taskmesh.wait(quick, num_returns=len(quick), timeout=15)
+            assert len(ready) == len(quick)  # not held behind the slow one
+            assert taskmesh.wait([slow], timeout=0)[0] == []
+            taskmesh.cancel(slow, force=True)
         finally:
             taskmesh.shutdown()

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 import taskmesh
-from conftest import wait_until
+from conftest import done_notices, wait_until
 from taskmesh import objects
 from taskmesh._base import queues
 from taskmesh._base.wire import QueueEntry
@@ -155,7 +155,7 @@ def test_dead_node_entries_are_retried_failed_or_handed_back(
     assert kind == objects.KIND_ERROR
     assert "node dead died" in str(objects.deserialize(data))
     owner = msgpack.unpackb(failed[b"spec"])["owner"]
-    assert store.redis.xlen(store.keys.done(owner)) == 1
+    assert len(done_notices(store, owner)) == 1
     assert store.redis.xlen(queue) == 3  # the two re-queued + the live node's
 
 

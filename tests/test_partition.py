@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 import taskmesh
-from conftest import assert_no_leaked_children, wait_until
+from conftest import assert_no_leaked_children, done_notices, wait_until
 from netns import NamespacePair
 from taskmesh.exceptions import StoreUnavailableError
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
@@ -46,7 +46,7 @@ def test_a_fenced_out_attempt_commits_nothing(store: Store) -> None:
     store.release([Release(oid, "owner", -1)])
     store.complete_tasks([_completion(owner, task, b"old", 0)], {})
     assert not store.redis.exists(store.keys.obj(oid))
-    notices = [f[b"n"] for _, f in store.redis.xrange(store.keys.done(owner))]
+    notices = done_notices(store, owner)
     assert notices == [b"notice x", b"notice new"]
     assert 0 < store.redis.pttl(store.keys.fence(owner))
 

@@ -7,6 +7,7 @@ import re
 import msgpack
 import pytest
 
+from conftest import done_notices
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
 from taskmesh.store import GROUP, Completion, Keys, Release, Store
 from taskmesh.store import keys as store_mod
@@ -66,7 +67,7 @@ def test_complete_script_stores_once_and_notifies_once(store: Store) -> None:
     store.complete_tasks([_completion(owner, task_id, b"first")], {})
     store.complete_tasks([_completion(owner, task_id, b"second")], {})  # a late retry
     assert store.get_objects([object_id(task_id, 1)]) == [(KIND_VALUE, b"first")]
-    assert store.redis.xlen(store.keys.done(owner)) == 1
+    assert len(done_notices(store, owner)) == 1
     assert store.redis.hget(store.keys.obj(object_id(task_id, 1)), "size") == b"5"
 
 

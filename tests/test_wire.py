@@ -305,7 +305,7 @@ def test_event_and_log_entries_round_trip() -> None:
     assert wire.events_of(_as_redis(wire.events_entry(batch))) == batch
     payload = msgpack.packb({"pid": 1, "node": "n", "actor": None, "lines": [["f", "stdout", "hi"]]})
     assert wire.log_of(_as_redis(wire.log_entry(payload)))["lines"] == [["f", "stdout", "hi"]]
-    assert wire.notice_of({b"n": b"notice"}) == b"notice"
+    assert wire.notices_of({b"1": b"first", b"2": b"second"}) == [b"first", b"second"]
     with pytest.raises(WireError, match="'e'"):
         wire.events_of({b"x": b""})
     with pytest.raises(WireError, match="'l'"):

@@ -556,10 +556,13 @@ class Notice:
 
     task_id: str  # 0: the task
     objects: list  # 1: [[object id, kind, data or nil when larger than NOTICE_INLINE_LIMIT], ...]
-    item: bool = False  # 2 (present, 1): one item of a streaming generator, not the task's end
+    item: bool = False  # 2 (present, flag 1): one item of a streaming generator, not the task's end
+    # 2 (present, flag 2): the results are in this notice only, not stored in Redis: the
+    # owner keeps them (and stores one when its ref leaves the process, Runtime.shared).
+    kept: bool = False
 
     def to_wire(self) -> bytes:
-        return encode_notice(self.task_id, self.objects, item=self.item)
+        return encode_notice(self.task_id, self.objects, item=self.item, kept=self.kept)
 
     @classmethod
     def from_wire(cls, data: bytes) -> Notice:
@@ -568,17 +571,19 @@ class Notice:
         except Exception as e:
             raise WireError(f"notice is unreadable msgpack: {type(e).__name__}: {e}") from None
         if not (isinstance(value, list) and len(value) in (2, 3) and type(value[0]) is str
-                and isinstance(value[1], list)):
-            raise WireError(f"notice must be [task id, objects(, 1)], got {_show(value)}")
-        return cls(value[0], value[1], len(value) == 3)
+                and isinstance(value[1], list) and (len(value) == 2 or value[2] in (1, 2))):
+            raise WireError(f"notice must be [task id, objects(, 1 | 2)], got {_show(value)}")
+        flags = value[2] if len(value) == 3 else 0
+        return cls(value[0], value[1], flags == 1, flags == 2)
 
 
-def encode_notice(task_id: str, objs: Sequence[Sequence[Any]], *, item: bool = False) -> bytes:
+def encode_notice(task_id: str, objs: Sequence[Sequence[Any]], *, item: bool = False,
+                  kept: bool = False) -> bytes:
     """A completion notice (see Notice): values over NOTICE_INLINE_LIMIT are left out."""
     notice: list[Any] = [task_id, [[oid, kind, data if data is not None and len(data) <= NOTICE_INLINE_LIMIT
                                     else None] for oid, kind, data in objs]]
-    if item:
-        notice.append(1)
+    if item or kept:
+        notice.append(1 if item else 2)
     return msgpack.packb(notice, use_bin_type=True)
 
 
@@ -614,9 +619,10 @@ def node_port(raw: bytes | str | None) -> int:
 
 # ---- other stream entries, one field each -----------------------------------------------
 
-def notice_of(fields: Mapping[bytes, bytes]) -> bytes:
-    """The notice of a done-stream entry (complete.lua writes field `n`)."""
-    return fields[b"n"]
+def notices_of(fields: Mapping[bytes, bytes]) -> list[bytes]:
+    """The notices of a done-stream entry: complete.lua writes one per field ("1",
+    "2", ...), in order."""
+    return list(fields.values())
 
 
 def events_entry(batch: Sequence[dict[str, Any]]) -> dict[str, bytes]:
@@ -824,14 +830,17 @@ class Done:
     owner: str  # 2: whose done stream gets the notice
     notice: bytes  # 3: the encoded Notice
     objects: Sequence[Sequence[Any]]  # 4: [object id, kind, data] (+ a lineage pseudo-object)
+    kept: bool = False  # 5 (present, 1): the owner keeps the results (Notice.kept)
 
     def to_wire(self) -> list:
-        return [self.TAG, self.entry_id, self.owner, self.notice, list(self.objects)]
+        msg = [self.TAG, self.entry_id, self.owner, self.notice, list(self.objects)]
+        return [*msg, 1] if self.kept else msg
 
     @classmethod
     def from_wire(cls, msg: list) -> Done:
-        _, entry_id, owner, notice, objs = msg
-        return cls(entry_id, owner.decode(), notice, tuple((o.decode(), k, d) for o, k, d in objs))
+        entry_id, owner, notice, objs = msg[1:5]
+        return cls(entry_id, owner.decode(), notice, tuple((o.decode(), k, d) for o, k, d in objs),
+                   len(msg) > 5 and msg[5] == 1)
 
 
 @dataclass(frozen=True, slots=True)

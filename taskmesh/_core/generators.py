@@ -400,10 +400,11 @@ class GeneratorRun:
 
     def _store_item(self, obj: list) -> None:
         self.count += 1
+        holds_refs = self.runtime.holds_refs(obj[0])
         if self.mode == WIRE_MODE[DYNAMIC]:
             self._dynamic.append(obj)
             return
-        if self.runtime.contains_refs(obj[0]):
+        if holds_refs:
             self.runtime.sync_refs()  # the refs the item holds are recorded before it is seen
         self.sender.send(Completion(self.owner, encode_item_notice(self.task_id, [obj]), (tuple(obj),)))
 

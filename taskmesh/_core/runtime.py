@@ -132,6 +132,7 @@ class Runtime(StreamMethods):
         self._task_holds: dict[str, Sequence[str]] = {}
         # Objects just stored that contain refs (they hold them once recorded in Redis).
         self._containers: dict[str, Sequence[str]] = {}  # object id -> refs it holds
+        self._ref_holders: set[str] = set()  # values encoded here that hold refs (holds_refs)
         self._exported: set[str] = set()
         self._shapes: set[str] = set()
 
@@ -146,6 +147,14 @@ class Runtime(StreamMethods):
         # Own refs that left this process in a way nobody tracks (pickled by hand, an
         # actor's constructor arguments): kept until this process shuts down.
         self._escaped: set[str] = set()
+        # Own small results that arrived in their completion notice only (Notice.kept):
+        # their values live here alone. When a ref of one leaves this process (shared),
+        # the value is stored in Redis first, as any object (_stores, sent by the next
+        # flush before anything else), so that others can read it; one shared while its
+        # task runs is stored when its notice comes (_shared_pending).
+        self._unstored: set[str] = set()
+        self._shared_pending: set[str] = set()
+        self._stores: list[tuple[str, bytes, bytes, bool]] = []
         self._closing = False
         self._wake = threading.Event()
         # What the generator streams (StreamMethods) share with the rest: the same objects.
@@ -179,6 +188,20 @@ class Runtime(StreamMethods):
 
     def escaped(self, object_id: str) -> None:
         self._escaped.add(object_id)
+
+    def shared(self, object_id: str) -> None:
+        """A ref is being serialized (it may leave this process): an own value kept here
+        only is stored in Redis with the next flush, before what carries the ref is sent."""
+        if owner_of(object_id) != self.owner:
+            return
+        with self._cond:
+            if object_id in self._unstored:
+                self._unstored.discard(object_id)
+                kind, data = self._results[object_id]
+                self._stores.append((object_id, kind, data, True))  # type: ignore[arg-type]
+                self._wake.set()
+            elif object_id in self._pending:
+                self._shared_pending.add(object_id)
 
     def fail_drained_calls(self, actor_id: str, cause: str) -> None:
         """Declare a not-yet-running actor dead and fail the calls queued for it."""
@@ -228,6 +251,9 @@ class Runtime(StreamMethods):
                     continue
                 elif oid in self._pending:
                     self._discard.add(oid)
+                elif oid in self._unstored:  # never stored: nothing to release
+                    self._unstored.discard(oid)
+                    self._results.pop(oid, None)
                 else:
                     self._results.pop(oid, None)
                     ops.append(Release(oid, "owner", -1))
@@ -250,7 +276,17 @@ class Runtime(StreamMethods):
         if nested:
             with self._cond:
                 self._containers[object_id] = nested
+                self._ref_holders.add(object_id)
         return [object_id, kind, data]
+
+    def holds_refs(self, object_id: str) -> bool:
+        """Whether the value `encode_value` encoded as `object_id` holds refs (asked once
+        per value: the answer is forgotten)."""
+        with self._cond:
+            if object_id in self._ref_holders:
+                self._ref_holders.discard(object_id)
+                return True
+            return False
 
     def hold_for_lineage(self, object_ids: Sequence[str], arg_ids: Sequence[str], *,
                          rebuild: bool) -> None:
@@ -459,6 +495,7 @@ class Runtime(StreamMethods):
         at a time, so that a large put waiting here finds the memory of the objects just
         freed (see `put`)."""
         with self._release_lock:
+            self._store_shared()
             self._release_dropped()
             if events or self._buffer:
                 self._send_batch(events or [])
@@ -484,6 +521,19 @@ class Runtime(StreamMethods):
                 # nothing (release.lua), and a refused connection sent nothing at all.
                 with self._cond:
                     self._free[:0] = ops
+                raise
+
+    def _store_shared(self) -> None:
+        """Store the kept values whose refs are leaving this process (see `shared`),
+        before the submissions, objects and holds that carry those refs are sent."""
+        with self._cond:
+            stores, self._stores = self._stores, []
+        if stores:
+            try:
+                self.store.store_kept(stores)
+            except (StoreUnavailableError, ObjectStoreFullError):
+                with self._cond:  # the same writes again are harmless
+                    self._stores[:0] = stores
                 raise
 
     # ---- cancellation -------------------------------------------------------------------
@@ -618,19 +668,31 @@ class Runtime(StreamMethods):
                     if oid not in self._pending:
                         if head is not None and index_of(oid) != 1:
                             self._hold_dynamic_item(head, head_wanted, oid, kind, data)
-                        elif head is None and owner_of(oid) == self.owner and not (
-                                oid in self._results or oid in self._counts or oid in self._escaped):
-                            # A notice is only sent with a stored result: a second run of a
-                            # task (a re-sent batch, a completion re-sent after a lost reply)
-                            # made again an object this owner had freed. Free it again.
+                        elif head is None and not notice.kept and owner_of(oid) == self.owner and (
+                                oid in self._unstored or not (
+                                    oid in self._results or oid in self._counts or oid in self._escaped)):
+                            # A second run of a task (a re-sent batch, a completion re-sent
+                            # after a lost reply) stored again an object this owner had
+                            # freed, or one it keeps unstored. Free that copy.
                             self._free.append(Release(oid, "owner", -1))
                         continue  # a duplicate notice from a retried attempt
                     self._pending.discard(oid)
+                    shared = bool(self._shared_pending) and oid in self._shared_pending
+                    if shared:
+                        self._shared_pending.discard(oid)
                     if oid in self._discard:
                         self._discard.discard(oid)
-                        self._free.append(Release(oid, "owner", -1))
+                        if not notice.kept:
+                            self._free.append(Release(oid, "owner", -1))
+                        elif shared:  # a stored object holds it (or will): store it unheld
+                            self._stores.append((oid, kind, data, False))
                     else:
                         self._results[oid] = (kind, data)
+                        if notice.kept:
+                            if shared:
+                                self._stores.append((oid, kind, data, True))
+                            else:
+                                self._unstored.add(oid)
                         if kind == KIND_ERROR:
                             self._errors += 1
                     for task in self._waiting.pop(oid, ()):
@@ -645,7 +707,7 @@ class Runtime(StreamMethods):
                 callback()
             except Exception as e:  # e.g. the waiting event loop was closed
                 _log_background_error("waking a generator's reader", e)
-        if ready_tasks or self._free:
+        if ready_tasks or self._free or self._stores:
             self._wake.set()
 
     # ---- objects --------------------------------------------------------------------
@@ -916,7 +978,7 @@ class Runtime(StreamMethods):
             # Results of tasks still pending may have been stored since the listener
             # stopped: their owner hold goes too (releasing one not stored changes nothing).
             owned = [oid for oid in set(self._results) | self._escaped | set(self._counts) | self._pending
-                     if owner_of(oid) == self.owner]
+                     if owner_of(oid) == self.owner and oid not in self._unstored]
             ops = [op for op in self._free if op.holder == "owner" or op.delta < 0]
             streaming = bool(self._streams)
         with self._counts_lock:

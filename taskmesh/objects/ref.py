@@ -61,6 +61,8 @@ class RefTracker(Protocol):
 
     def escaped(self, object_id: str) -> None: ...
 
+    def shared(self, object_id: str) -> None: ...
+
     def future_for(self, ref: ObjectRef) -> concurrent.futures.Future: ...
 
 
@@ -72,6 +74,9 @@ class _NoTracker:
         pass
 
     def escaped(self, object_id: str) -> None:
+        pass
+
+    def shared(self, object_id: str) -> None:
         pass
 
     def future_for(self, ref: ObjectRef) -> concurrent.futures.Future:
@@ -151,6 +156,7 @@ class ObjectRef(Generic[T]):
         return f"ObjectRef({self._id})"
 
     def __reduce__(self) -> tuple:
+        _tracker.shared(self._id)
         found = getattr(_collector, "found", None)
         if found is not None:
             found.append(self._id)

@@ -14,7 +14,7 @@ import redis.sentinel
 from redis.typing import KeyT, StreamIdT
 
 from taskmesh._base import config, queues
-from taskmesh._base.wire import WireError, node_resources, notice_of
+from taskmesh._base.wire import WireError, node_resources, notices_of
 from taskmesh.store.actor_table import ActorMethods
 from taskmesh.store.connection import (
     SENTINEL_SCHEME,
@@ -60,6 +60,9 @@ FENCE_TTL_MS = 24 * 3600 * 1000
 # allow-oom copy of complete.lua: Redis stores it even over maxmemory, since it is small
 # and the only way its caller learns that the task failed (a refused result, say).
 _KIND_ERROR = b"error"
+# The pseudo-object of a Completion whose owner keeps its results (Completion.kept): the
+# script only notifies.
+_KIND_NOTIFY = b"notify"
 # Ended jobs kept in tm:jobs:ended (agents drop the tasks of those they know of).
 ENDED_JOBS_KEPT = 10_000
 
@@ -379,15 +382,16 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
     @translate_errors
     def complete_tasks(
         self, completions: Sequence[Completion], acks: dict[str, list[bytes]], group: bytes = GROUP,
-        then_lease: tuple[str, str] | None = None,
+        then_lease: tuple[str, str, int] | None = None,
     ) -> list[Leased]:
         """Store results + notify owners (one script per task), then ack and delete the
         queue entries, in one pipelined round trip. A crash between the two only re-runs
         a task; the script makes the second result a no-op. A last "object" of kind
         KIND_LINEAGE or KIND_REBUILD carries the task's queue entry (see complete.lua).
 
-        `then_lease` = (shape, consumer): the same round trip then leases the next entry
-        of that shape's queue for the consumer (a worker under a grant), returned."""
+        `then_lease` = (shape, consumer, count): the same round trip then leases up to
+        `count` entries of that shape's queue for the consumer (a worker under a grant),
+        returned."""
         by_owner: dict[tuple[str, bool], list[Completion]] = {}
         for c in completions:
             if c.objects:  # num_returns=0: nothing to store, nobody to notify
@@ -398,6 +402,12 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
                 keys = [self.keys.done(owner)]
                 args: list[Any] = []
                 for c in batch:
+                    if c.kept:  # only notified: its fence, and "notify" (see complete.lua)
+                        fences = [(kind, data) for _, kind, data in c.objects if kind == KIND_FENCE]
+                        args += [c.notice, len(fences) + 1, _KIND_NOTIFY, b""]
+                        for pair in fences:
+                            args += pair
+                        continue
                     args += [c.notice, len(c.objects)]
                     rebuild = any(kind == KIND_REBUILD for _, kind, _ in c.objects)
                     for oid, kind, data in c.objects:
@@ -412,8 +422,8 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
             for queue, ids in acks.items():
                 pipe.evalsha(self.scripts["ack"].sha, 1, queue, group, *ids)
             if then_lease is not None:
-                shape, consumer = then_lease
-                pipe.xreadgroup(group, consumer, {self.keys.queue(shape): ">"}, count=1)
+                shape, consumer, count = then_lease
+                pipe.xreadgroup(group, consumer, {self.keys.queue(shape): ">"}, count=count)
 
         scripts = (self.scripts["complete"], self.scripts.allowing_oom("complete"), self.scripts["ack"])
         replies = self.run_scripts(queue_commands, scripts, durable=True)
@@ -470,6 +480,19 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
             self._skip_wait_until = time.monotonic() + _NO_REPLICA_BACKOFF_S
 
     @translate_errors
+    def hand_back(self, leased: Sequence[Leased]) -> None:
+        """Return leased entries that never started to their queues as they were
+        (requeue.lua each, attempt unchanged), in one round trip."""
+        def queue_commands(pipe: Any) -> None:
+            for item in leased:
+                args: list[Any] = [GROUP, item.entry_id]
+                for k, v in item.fields.items():
+                    args += [k, v]
+                pipe.evalsha(self.scripts["requeue"].sha, 1, item.queue, *args)
+
+        self.run_scripts(queue_commands, (self.scripts["requeue"],), durable=True)
+
+    @translate_errors
     def requeue(self, queue: str, entry_id: bytes, fields: dict[Any, Any],
                 dest: str | None = None) -> None:
         """Ack a leased entry of `queue` and add it again (to `dest` when given): one script."""
@@ -514,7 +537,8 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
             self.redis.xtrim(key, minid=trim_below, approximate=False)
         reply = client.xread({key: after}, count=10_000, block=block_ms)
         streams = cast("list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]", reply or [])
-        return [(eid, notice_of(fields)) for _, entries in streams for eid, fields in entries]
+        return [(eid, notice) for _, entries in streams for eid, fields in entries
+                for notice in notices_of(fields)]
 
     @translate_errors
     def delete_done(self, owner: str) -> None:

@@ -30,5 +30,5 @@ class StoreCore(Protocol):
         ...
 
     def complete_tasks(self, completions: Sequence[Completion], acks: dict[str, list[bytes]],
-                       group: bytes = GROUP, then_lease: tuple[str, str] | None = None) -> list[Leased]:
+                       group: bytes = GROUP, then_lease: tuple[str, str, int] | None = None) -> list[Leased]:
         ...

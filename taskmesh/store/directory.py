@@ -45,6 +45,18 @@ class ObjectMethods(StoreCore):
                          extra=lambda pipe: pipe.hset(self.keys.obj(object_id), mapping=mapping))
 
     @translate_errors
+    def store_kept(self, values: Sequence[tuple[str, bytes, bytes, bool]]) -> None:
+        """Store small values their owner kept until now (see wire.Notice.kept), whose
+        refs are leaving its process: (object_id, kind, data, held by the owner)."""
+        def queue_commands(pipe: Any) -> None:
+            for object_id, kind, data, held in values:
+                owner_hold = {"held": 1} if held else {}
+                pipe.hset(self.keys.obj(object_id),
+                          mapping={"kind": kind, "data": data, "size": len(data), **owner_hold})
+
+        self.run_scripts(queue_commands, (), durable=True)
+
+    @translate_errors
     def hold_nested(self, containers: Mapping[str, Sequence[str]],
                     extra: Callable[[Any], None] | None = None, *, durable: bool = False) -> None:
         """Record the refs each container object holds, and hold them (one round trip);

@@ -98,6 +98,9 @@ class Completion:
     owner: str
     notice: bytes
     objects: tuple[tuple[str, bytes, bytes], ...]  # (object_id, kind, data)
+    # The notice carries every result and the owner keeps them (Notice.kept): nothing is
+    # stored, the owner is only notified (fenced as any completion).
+    kept: bool = False
 
 
 @dataclass(frozen=True, slots=True)

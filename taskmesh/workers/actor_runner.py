@@ -69,6 +69,7 @@ from taskmesh.workers.execution import (
     OMP_VAR,
     error_text,
     fixed_returns,
+    owner_keeps,
     placement,
     serialize_error,
     set_omp_threads,
@@ -371,8 +372,10 @@ class ActorServer:
         for call, objs in done:
             self._record_end(call, objs)
             if objs:
-                completions.append(Completion(call.spec.owner, encode_notice(call.entry.task, objs),
-                                              tuple((o, k, d) for o, k, d in objs)))
+                kept = owner_keeps(objs, self.worker.runtime.holds_refs) and not call.spec.generator
+                notice = encode_notice(call.entry.task, objs, kept=kept)
+                stored = tuple((o, k, d) for o, k, d in objs)
+                completions.append(Completion(call.spec.owner, notice, stored, kept))
         ids = [call.entry_id for call, _ in done]
         # What the calls kept of the refs they were lent is registered before their
         # callers learn they are done.

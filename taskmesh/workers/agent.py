@@ -73,6 +73,7 @@ KILLED_ACTORS_EVERY_S = 5.0
 # An exited worker's grant consumers are settled again this long after it exited (a read
 # it sent just before dying may be served after the first pass), then deleted.
 SETTLE_AGAIN_S = 2.0
+_UNKNOWN = object()  # a worker consumer with no running slot: what it ran is unknown
 # Ended jobs are read again this often (their pub/sub message may have been lost), those
 # that ended since the last read less this margin (the end times come from the clocks
 # of the processes that recorded them).
@@ -121,6 +122,7 @@ class _WorkerHandle:
     grant: _Task | None = None
     leased_from: set[str] = field(default_factory=set)  # the shapes it had grants for
     grant_ending: bool = False  # told to end its grant (EndGrant) for a task waiting for its CPU
+    slot: _process.RunningSlot | None = None  # the entry it runs, of those it leased itself
 
     @property
     def running(self) -> _Task | None:
@@ -243,13 +245,17 @@ class NodeAgent:
         self._woken = False  # the read in progress was woken (CLIENT UNBLOCK)
         # Lease counters, reported in the node's hash: reads left to time out although a
         # queue they left out got room (a missed wake-up); entries sent to workers (Run),
-        # with a grant; entries of exited workers' grants settled; creations adopted.
+        # with a grant; entries of exited workers' grants settled, and of those the ones
+        # handed back unstarted; creations adopted.
         self._lease_stats = {"lease_missed_wakes": 0, "runs_sent": 0, "grants": 0,
-                             "grant_entries_settled": 0, "grant_adoptions": 0}
+                             "grant_entries_settled": 0, "grant_entries_returned": 0,
+                             "grant_adoptions": 0}
         # (consumer, shape) of exited workers' grants whose entries are still to be
         # settled; a later pass settles what a read sent just before the worker died
         # left there (see _settle_grants).
         self._unsettled: dict[tuple[str, str], float] = {}
+        # Exited workers' consumers -> the entry each was running (RunningSlot), or None.
+        self._died_running: dict[str, bytes | None] = {}
         self._settling = threading.Lock()
         self._reported_lease_stats: dict[str, int] = {}
         self._pubsub: Any = None
@@ -447,13 +453,21 @@ class NodeAgent:
         parent, child = socket.socketpair()
         env = dict(os.environ, TASKMESH_ADDRESS=self.address, TASKMESH_NODE_ID=self.node_id,
                    TASKMESH_PREFIX=self.prefix)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "taskmesh.workers.worker_main", "--fd", str(child.fileno())],
-            pass_fds=(child.fileno(),), env=env, preexec_fn=_process.set_pdeathsig,
-        )
-        child.close()
+        argv = [sys.executable, "-m", "taskmesh.workers.worker_main", "--fd", str(child.fileno())]
+        fds = [child.fileno()]
+        made = _process.RunningSlot.create()
+        slot, slot_fd = made if made is not None else (None, -1)
+        if slot is not None:
+            argv += ["--slot-fd", str(slot_fd)]
+            fds.append(slot_fd)
+        try:
+            proc = subprocess.Popen(argv, pass_fds=fds, env=env, preexec_fn=_process.set_pdeathsig)
+        finally:
+            child.close()
+            if slot is not None:
+                os.close(slot_fd)
         conn = Connection(parent.detach())
-        self._workers[conn] = _WorkerHandle(proc, conn)
+        self._workers[conn] = _WorkerHandle(proc, conn, slot=slot)
         self._selector.register(conn, selectors.EVENT_READ)
 
     def _on_worker_exit(self, handle: _WorkerHandle) -> None:
@@ -467,6 +481,10 @@ class NodeAgent:
                 self._release(handle.grant, handle.blocked)
             handle.grant = None
             consumer = queues.worker_consumer(self.node_id, handle.proc.pid)
+            if handle.slot is not None:
+                if handle.leased_from:  # what it died running, of what it leased itself
+                    self._died_running[consumer] = handle.slot.get()
+                handle.slot.close()
             for shape in handle.leased_from:  # now, and once more a little later
                 self._unsettled[(consumer, shape)] = time.monotonic() + SETTLE_AGAIN_S
             self.resources.give(handle.pool, handle.held)
@@ -516,13 +534,17 @@ class NodeAgent:
                     if at <= time.monotonic() and self.store.drop_consumer(shape, consumer):
                         with self._cond:
                             self._unsettled.pop((consumer, shape), None)
+                            if not any(c == consumer for c, _ in self._unsettled):
+                                self._died_running.pop(consumer, None)
                 except Exception as e:
                     log.warning("settling the entries of worker consumer %s failed: %r", consumer, e)
 
     def _settle_consumer(self, consumer: str, shape: str, hand_back: bool = False) -> list[_Task]:
-        """Claim what `consumer` holds of `shape`'s queue for this node: each is retried
-        or failed (its worker died running it: _task_failed), or with `hand_back`
-        (this node stops) returned (requeued by the caller)."""
+        """Claim what `consumer` holds of `shape`'s queue for this node: the entry its
+        worker died running is retried or failed (_task_failed), the others it leased
+        and never started (or finished without storing) go back as they were; with
+        `hand_back` (this node stops) all are returned (requeued by the caller). Without
+        a running slot (no memfds), every entry counts as the one it died running."""
         ids = self.store.pending_ids(shape, consumer, 1000)
         if not ids:
             return []
@@ -532,9 +554,14 @@ class NodeAgent:
             return tasks
         with self._cond:
             self._lease_stats["grant_entries_settled"] += len(tasks)
+        with self._cond:
+            running = self._died_running.get(consumer, _UNKNOWN)
         for task in tasks:
-            if task.creates_actor:  # leased but not started: back to its queue
+            if task.creates_actor or running is not _UNKNOWN and task.lease.entry_id != running:
+                # leased but not started (or its result not stored): back to its queue
                 retry_transient(functools.partial(self._requeue, task, task.entry.attempt))
+                with self._cond:
+                    self._lease_stats["grant_entries_returned"] += 1
             else:
                 log.warning("worker %s died running task %s", consumer, task.entry.task)
                 self._task_failed(task)
@@ -737,7 +764,7 @@ class NodeAgent:
                 stored: tuple = tuple(msg.objects)
                 if task is not None and stored:  # fenced by attempt (see complete.lua)
                     stored += (("", KIND_FENCE, task.entry.fence()),)
-                self._outbox.completions.append(Completion(msg.owner, msg.notice, stored))
+                self._outbox.completions.append(Completion(msg.owner, msg.notice, stored, msg.kept))
                 self._finish(handle)
                 if task is not None:
                     self._outbox.ack(task)

@@ -14,10 +14,21 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from taskmesh import objects
-from taskmesh._base.wire import Message, TaskContext
+from taskmesh._base.wire import NOTICE_INLINE_LIMIT, Message, TaskContext
 from taskmesh.exceptions import RayTaskError
 
 OMP_VAR = "OMP_NUM_THREADS"
+_KEPT_KINDS = (objects.KIND_VALUE, objects.KIND_ERROR)
+
+
+def owner_keeps(objs: Sequence[Sequence[Any]], holds_refs: Callable[[str], bool]) -> bool:
+    """Whether a finished task's results go to its owner in the completion notice alone,
+    not stored in Redis (Notice.kept): each is a small inline value or error that holds
+    no refs. A value that holds refs is stored, so that they are released with it."""
+    holding = [holds_refs(oid) for oid, _, _ in objs]  # each asked once (Runtime.holds_refs)
+    return bool(objs) and not any(holding) and all(
+        kind in _KEPT_KINDS and data is not None and len(data) <= NOTICE_INLINE_LIMIT
+        for _, kind, data in objs)
 
 
 def set_omp_threads(resources: dict[str, float]) -> bool:

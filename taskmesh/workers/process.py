@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import signal
 import sys
@@ -181,3 +182,43 @@ def dump_stacks(root: Path, pids: Iterable[int], timeout_s: float = 3.0) -> dict
     out.update({pid: "" for pid in sizes})
     return out
 
+
+
+class RunningSlot:
+    """A few bytes of memory a worker shares with its agent (a memfd the agent passes
+    it): the id of the queue entry the worker is running, empty between tasks. A worker
+    leases several entries at a time under a grant; when it dies, its agent reads the
+    slot to tell the entry it died running (retried or failed) from those it never
+    started (handed back as they were)."""
+
+    SIZE = 64  # a length byte, then the id (stream ids are at most 41 bytes)
+
+    def __init__(self, fd: int):
+        self._map = mmap.mmap(fd, self.SIZE)
+
+    @classmethod
+    def create(cls) -> tuple[RunningSlot, int] | None:
+        """(slot, fd to pass to the worker, which the caller closes once it is
+        started); None where memfds are not available."""
+        if not hasattr(os, "memfd_create"):
+            return None
+        try:
+            fd = os.memfd_create("taskmesh-running", os.MFD_CLOEXEC)
+            os.ftruncate(fd, cls.SIZE)
+            return cls(fd), fd
+        except OSError:
+            return None
+
+    def set(self, entry_id: bytes) -> None:
+        # One copy of the whole slot: the id and its length change together.
+        self._map[:] = bytes((len(entry_id),)) + entry_id.ljust(self.SIZE - 1, b"\0")
+
+    def clear(self) -> None:
+        self._map[0] = 0
+
+    def get(self) -> bytes | None:
+        n = self._map[0]
+        return bytes(self._map[1:1 + n]) if 0 < n < self.SIZE else None
+
+    def close(self) -> None:
+        self._map.close()

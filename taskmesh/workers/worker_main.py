@@ -55,15 +55,23 @@ from taskmesh.workers.execution import (
     LineForwarder,
     error_text,
     fixed_returns,
+    owner_keeps,
     placement,
     serialize_error,
     set_omp_threads,
     split_returns,
 )
 
+# Leasing under a grant (Worker._lease_under_grant): a batch is sized to about this much
+# work, of at most this many entries; a task running longer than _HOLD_S hands the rest
+# of its batch back.
+_BATCH_S = 0.002
+_BATCH_MAX = 32
+_HOLD_S = 0.02
+
 
 class Worker:
-    def __init__(self, conn: Connection, store: Store, node_id: str):
+    def __init__(self, conn: Connection, store: Store, node_id: str, slot_fd: int | None = None):
         self.conn = conn
         self.store = store
         self.node_id = node_id
@@ -100,6 +108,17 @@ class Worker:
         self._ended_jobs = EndedJobs(store)
         self._grant_ending = False
         self._leased_entry: QueueEntry | None = None  # the task it runs that it leased itself
+        # Leasing a batch at a time under a grant (see _lease_under_grant).
+        self._slot = _process.RunningSlot(slot_fd) if slot_fd is not None else None
+        if slot_fd is not None:
+            os.close(slot_fd)  # the mapping stays
+        self._batch: collections.deque[Leased] = collections.deque()  # leased, not started
+        self._batch_cond = threading.Condition()
+        self._watch_from: float | None = None  # a batch's task started then (others wait)
+        self._watcher_idle = False
+        self._task_s = _BATCH_S  # how long tasks run here (a moving average)
+        if self._slot is not None:
+            threading.Thread(target=self._watch_batch, name="taskmesh-batch", daemon=True).start()
 
     @property
     def context(self) -> TaskContext:
@@ -176,7 +195,7 @@ class Worker:
             if ran.retiring:  # before the result: the agent must not hand it another task
                 self._send(wire.Retiring())
             self._send(wire.Requeue(run.entry_id) if ran.objs is None
-                       else wire.Done(run.entry_id, ran.owner, ran.notice, ran.stored))
+                       else wire.Done(run.entry_id, ran.owner, ran.notice, ran.stored, ran.kept))
             if run.grant is not None and (ran.retiring or self._lease_under_grant(run.grant)):
                 self._send(wire.GrantEnded())
             if ran.retiring:
@@ -236,54 +255,143 @@ class Worker:
 
     def _lease_under_grant(self, shape: str) -> bool:
         """Lease from the shape queue as this worker's own consumer and run what comes,
-        each result stored and its entry acked in the round trip that leases the next,
         until the queue is empty or the agent ends the grant: True, and the caller sends
         GrantEnded. False when the grant ended another way (an actor's creation was
-        leased: Adopt; or it retired on max_calls: GrantEnded and Retiring sent)."""
+        leased: Adopt; or it retired on max_calls: GrantEnded and Retiring sent).
+
+        Entries are leased a batch at a time, sized to about _BATCH_S of work from how
+        long tasks have taken here (one at a time until they prove short, at most
+        _BATCH_MAX); the batch's results are stored and its entries acked in the round
+        trip that leases the next batch. A task that may not run twice (max_retries=0)
+        has its result stored at once; so do results older than _BATCH_S. The entry
+        running is in the running slot, so that the agent retries only that one if this
+        process dies (the rest go back as they were), and a task running longer than
+        _HOLD_S hands the batch's unstarted entries back for other workers (_watch_batch)."""
         consumer = queues.worker_consumer(self.node_id, self.pid)
-        lease = functools.partial(self.store.lease, self.store.redis, consumer, {shape: 1}, None)
-        leased = collections.deque(self._leasing(lease, shape, consumer))
-        while leased and not self._grant_ending:
-            decoded = set_aside_malformed(self.store, [leased.popleft()])
+        leased = self._batch
+
+        def lease_more() -> list[Leased]:
+            return self.store.lease(self.store.redis, consumer, {shape: self._batch_size()}, None)
+
+        leased.extend(self._leasing(lease_more, shape, consumer))
+        done: list[Completion] = []
+        acks: list[bytes] = []
+        oldest = 0.0  # when the oldest result not stored yet was made
+        while True:
+            with self._batch_cond:
+                item = leased.popleft() if leased and not self._grant_ending else None
+                self._watch_from = time.monotonic() if item is not None and leased else None
+                if self._watch_from is not None and self._watcher_idle:
+                    self._batch_cond.notify()
+            if item is None:  # the batch is done (or handed back, or the grant ends)
+                more = None if self._grant_ending else (shape, consumer, self._batch_size())
+                got = self._store_done(done, acks, shape, consumer, more)
+                done, acks = [], []
+                if not got:
+                    break
+                leased.extend(got)
+                continue
+            decoded = set_aside_malformed(self.store, [item])
             if not decoded:
-                if not leased:
-                    leased.extend(self._leasing(lease, shape, consumer))
                 continue
             item, entry = decoded[0]
             if entry.creates_actor:  # the agent takes it (and the grant's resources) over
+                self._hand_back_batch()
+                self._store_done(done, acks, shape, consumer, None)
                 self._send(wire.Adopt(item.entry_id, item.fields))
                 self._actor = ActorServer(self, item.entry_id, entry, None)
                 self._actor.run()  # returns only if creation failed
                 self._actor = None
                 return False
-            completions: list[Completion] = []
-            acks = {item.queue: [item.entry_id]}
             retiring = False
             # A cancelled task, or one of an ended job, is only acked. The entry is
             # recorded before the job check: a JobsEnded read meanwhile sees it.
             self._leased_entry = entry
             if entry.task in self._cancelled_ids or dropped_with_job(entry, self._ended_jobs):
                 self._leased_entry = None
+                acks.append(item.entry_id)
+                ended = time.monotonic()
+                oldest = oldest if len(acks) > 1 else ended
             else:
+                began = time.monotonic()
+                if self._slot is not None:
+                    self._slot.set(item.entry_id)
                 try:
                     ran = self._run(entry, None)
                 finally:
                     self._leased_entry = None
+                    if self._slot is not None:
+                        self._slot.clear()
+                    with self._batch_cond:
+                        self._watch_from = None
+                ended = time.monotonic()
+                self._task_s += (ended - began - self._task_s) * 0.25
                 retiring = ran.retiring
                 if ran.objs is None:  # retry_exceptions: queue it again, attempt + 1 (acks it)
                     self._requeue(item, entry)
-                    acks = {}
-                elif ran.stored:  # fenced by attempt (see complete.lua)
-                    fence = ("", KIND_FENCE, entry.fence())
-                    completions.append(Completion(ran.owner, ran.notice, (*ran.stored, fence)))
-            more = None if retiring or self._grant_ending or leased else (shape, consumer)
-            leased.extend(self._leasing(functools.partial(
-                self.store.complete_tasks, completions, acks, then_lease=more), shape, consumer))
+                else:
+                    if ran.stored:  # fenced by attempt (see complete.lua)
+                        fence = ("", KIND_FENCE, entry.fence())
+                        done.append(Completion(ran.owner, ran.notice, (*ran.stored, fence), ran.kept))
+                    acks.append(item.entry_id)
+                    oldest = oldest if len(acks) > 1 else ended
+                if retiring or entry.spec.max_retries == 0 or ended - oldest > _BATCH_S:  # type: ignore[union-attr]
+                    if retiring:
+                        self._hand_back_batch()
+                    self._store_done(done, acks, shape, consumer, None)
+                    done, acks = [], []
             if retiring:  # what it leased meanwhile is settled by the agent when it exits
                 self._send(wire.GrantEnded())
                 self._send(wire.Retiring())
                 return False
+        self._hand_back_batch()
         return True
+
+    def _batch_size(self) -> int:
+        """How many entries to lease at once: about _BATCH_S of work, going by how long
+        tasks took here lately; one without a running slot (see _lease_under_grant)."""
+        if self._slot is None:
+            return 1
+        return max(1, min(_BATCH_MAX, int(_BATCH_S / max(self._task_s, 1e-6))))
+
+    def _store_done(self, done: list[Completion], acks: list[bytes], shape: str, consumer: str,
+                    more: tuple[str, str, int] | None) -> list[Leased]:
+        """Store finished tasks' results and ack their entries in one round trip, which
+        also leases the next batch with `more`; returns what it leased."""
+        if not done and not acks and more is None:
+            return []
+        call = functools.partial(self.store.complete_tasks, done,
+                                 {self.store.keys.queue(shape): acks} if acks else {}, then_lease=more)
+        if more is None:
+            self._durably(call)
+            return []
+        return self._leasing(call, shape, consumer)
+
+    def _hand_back_batch(self) -> None:
+        """Give the entries leased and not started back to their queue, as they were."""
+        with self._batch_cond:
+            rest, self._watch_from = list(self._batch), None
+            self._batch.clear()
+        if rest:
+            self._durably(lambda: self.store.hand_back(rest))
+
+    def _watch_batch(self) -> None:
+        """A task of a batch that runs longer than _HOLD_S gives the batch's entries not
+        started yet back to their queue, for other workers (they were leased on the
+        guess that tasks here are short)."""
+        while True:
+            with self._batch_cond:
+                while True:
+                    if self._watch_from is None:
+                        self._watcher_idle = True
+                        self._batch_cond.wait()
+                        self._watcher_idle = False
+                        continue
+                    left = self._watch_from + _HOLD_S - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._batch_cond.wait(left)
+            self._hand_back_batch()
 
     def _leasing(self, call: Any, shape: str, consumer: str) -> list[Leased]:
         """A Redis round trip that leases for this worker, tried through a Redis
@@ -407,9 +515,10 @@ class Worker:
         self._calls[spec.fn_id] = calls = self._calls.get(spec.fn_id, 0) + 1
         retiring = bool(max_calls and calls >= max_calls)
         if objs is None:
-            return _Ran(None, spec.owner, b"", (), retiring)
+            return _Ran(None, spec.owner, b"", (), retiring, False)
         stored = tuple((oid, kind, data) for oid, kind, data in [*objs, *lineage])
-        return _Ran(objs, spec.owner, encode_notice(task_id, objs), stored, retiring)
+        kept = owner_keeps(objs, self.runtime.holds_refs) and not lineage and not spec.generator
+        return _Ran(objs, spec.owner, encode_notice(task_id, objs, kept=kept), stored, retiring, kept)
 
     def _lineage(self, entry: QueueEntry, return_ids: list[str], objs: list[list] | None) -> list[list]:
         """The pseudo-object that carries the task's lineage to the completion script
@@ -566,6 +675,7 @@ class _Ran(NamedTuple):
     notice: bytes
     stored: tuple  # what complete.lua stores: the results and the lineage pseudo-object
     retiring: bool  # max_calls reached: the worker exits after it
+    kept: bool  # the owner keeps the results: they are not stored (Notice.kept)
 
 
 class _ArgError:
@@ -580,6 +690,7 @@ class _ArgError:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="taskmesh-worker")
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--slot-fd", type=int, default=None)
     args = parser.parse_args(argv)
     _process.fate_share_with_parent()
     _process.enable_stack_dumps(temp_root())
@@ -592,7 +703,7 @@ def main(argv: list[str] | None = None) -> None:
     if not address:
         raise SystemExit(f"{config.ADDRESS.name} is not set: a worker is started by its node agent")
     store = Store(address, prefix=config.PREFIX.get() or "tm")
-    worker = Worker(conn, store, config.NODE_ID.get() or "")
+    worker = Worker(conn, store, config.NODE_ID.get() or "", args.slot_fd)
     worker.serve()
     worker.flush_logs(with_events=True)  # the last task's events (max_calls reached)
     os._exit(0)

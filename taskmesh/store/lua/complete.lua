@@ -15,6 +15,9 @@
 -- location set); only those marked `state` = "rebuilding" are written (an object freed
 -- meanwhile stays freed), a copy of any other one becomes an extra location, and the
 -- owner is not notified again.
+-- A pair of kind "notify" is no object either, and the task's other pairs are fences
+-- only: its results travel in the notice alone and its owner keeps them (it stores one
+-- itself if the ref leaves its process): the owner is only notified, unless fenced out.
 -- A pair of kind "fence" is no object either: its data "<task_id> <attempt>" names the
 -- attempt that produced the results. When the fence hash holds a later attempt for the
 -- task (the monitor retried or failed it: its node was declared dead, but was only cut
@@ -58,17 +61,34 @@ local function fenced_out(fence)
   return least and tonumber(attempt) < tonumber(least)
 end
 
+-- Notices go out together: one done-stream entry carries up to 64 of them, as fields
+-- "1", "2", ... (wire.notices_of).
+local notices = {}
+local function send_notices()
+  if #notices > 0 then
+    redis.call('XADD', KEYS[1], '*', unpack(notices))
+    notices = {}
+  end
+end
+local function add_notice(notice)
+  notices[#notices + 1] = tostring(#notices / 2 + 1)
+  notices[#notices + 1] = notice
+  if #notices >= 128 then send_notices() end
+end
+
 local k, i, stored = 2, 1, 0
 while i <= #ARGV do
   local notice, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
-  local lineage, rebuild, objs, fence = nil, false, {}, nil
+  local lineage, rebuild, objs, fence, notify = nil, false, {}, nil, false
   for j = 0, n - 1 do
     local kind, data = ARGV[i + 2 * j], ARGV[i + 2 * j + 1]
     if kind == 'lineage' or kind == 'rebuild' then
       lineage, rebuild = data, kind == 'rebuild'
     elseif kind == 'fence' then
       fence = data
+    elseif kind == 'notify' then
+      notify = true
     else
       objs[#objs + 1] = {kind, data}
     end
@@ -76,6 +96,9 @@ while i <= #ARGV do
   i = i + 2 * n
   if fence and not rebuild and fenced_out(fence) then
     k = k + #objs
+  elseif notify then
+    add_notice(notice)
+    stored = stored + 1
   elseif rebuild then
     for _, o in ipairs(objs) do
       rebuilt(KEYS[k], KEYS[k + 1], o[1], o[2], lineage)
@@ -89,7 +112,7 @@ while i <= #ARGV do
         if kind == 'shm' and lineage then redis.call('HSET', KEYS[k + j - 1], 'lineage', lineage) end
       end
       if #objs > 0 then
-        redis.call('XADD', KEYS[1], '*', 'n', notice)
+        add_notice(notice)
         stored = stored + 1
       end
     else  -- a late or failed attempt: it still fills what is being made again
@@ -103,4 +126,5 @@ while i <= #ARGV do
     k = k + #objs
   end
 end
+send_notices()
 return stored
