@@ -305,7 +305,9 @@ class Runtime(StreamMethods):
         """Bring Redis up to date with the refs this process holds, now. A worker calls
         it before reporting a task done, since the caller then drops the refs it lent
         the task: what the task kept must be registered first."""
-        self._send_holds()
+        if (self._decrefs or self._new_borrows or self._free or self._containers or self._stores
+                or self._buffer or self._streams):
+            self._send_holds()
 
     # ---- submission -----------------------------------------------------------------
 

@@ -66,7 +66,6 @@ from taskmesh.objects import KIND_ERROR
 from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
 from taskmesh.workers.execution import (
     ERROR_TEXT_CHARS,
-    OMP_VAR,
     error_text,
     fixed_returns,
     owner_keeps,
@@ -174,10 +173,9 @@ class ActorServer:
         runtime.runtime_env = self.spec.runtime_env
         start_us = self._event(self.actor_id, self._attempt, _events.RUNNING,
                                f"{self.class_name}.__init__", _events.ACTOR_CREATION_TASK)
-        omp_set = False  # as Ray: OMP_NUM_THREADS follows the CPUs it holds, for its life
         try:
             restore_env = runtime_env.apply(runtime.runtime_env, self.store)
-            omp_set = set_omp_threads(self.spec.held)
+            set_omp_threads(self.spec.held)  # as Ray: it follows the CPUs it holds, for its life
             error = self._create()
         except Exception as e:  # the runtime_env could not be set up
             restore_env = None
@@ -190,12 +188,12 @@ class ActorServer:
             cause = f"The actor died because of an error raised in its creation task, {error}"
             self._die(cause)
             runtime.context = TaskContext()
-            _restore(runtime, restore_env, omp_set)
+            _restore(runtime, restore_env)
             self.worker.send(wire.ActorFailed(self.entry_id))
             return
         if not self.store.actor_alive(self.actor_id, self.worker.node_id, os.getpid()):
             runtime.context, self.instance = TaskContext(), None
-            _restore(runtime, restore_env, omp_set)
+            _restore(runtime, restore_env)
             self._killed_before_alive()  # killed while being created: never serves
             return
         if threading.current_thread() is threading.main_thread():
@@ -662,12 +660,10 @@ async def _generated(run: Any) -> _Generated:
     return _Generated(await run)
 
 
-def _restore(runtime: Any, restore_env: Any, omp_set: bool) -> None:
+def _restore(runtime: Any, restore_env: Any) -> None:
     """The actor was not created: its worker runs tasks again, without its runtime_env
-    (nor the OMP_NUM_THREADS set for it)."""
+    (each task sets OMP_NUM_THREADS for itself)."""
     runtime.runtime_env = None
-    if omp_set:
-        os.environ.pop(OMP_VAR, None)
     if restore_env is not None:
         restore_env()
 

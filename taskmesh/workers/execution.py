@@ -31,15 +31,22 @@ def owner_keeps(objs: Sequence[Sequence[Any]], holds_refs: Callable[[str], bool]
         for _, kind, data in objs)
 
 
-def set_omp_threads(resources: dict[str, float]) -> bool:
+_omp_set: str | None = None  # the value set_omp_threads set last in this process
+
+
+def set_omp_threads(resources: dict[str, float]) -> None:
     """Ray's rule: unless OMP_NUM_THREADS is set (the node's environment, the
-    runtime_env's env_vars), a task or actor runs with it set to its CPUs, rounded down,
-    at least 1 (1 for an actor that holds no CPU). Returns whether it was set here: a
-    task's is unset after it, an actor's stays for its process's life."""
-    if OMP_VAR in os.environ:
-        return False
-    os.environ[OMP_VAR] = str(max(int(resources.get("CPU") or 1), 1))
-    return True
+    runtime_env's env_vars, the task itself), a task or actor runs with it set to its
+    CPUs, rounded down, at least 1 (1 for an actor that holds no CPU). The value stays
+    between tasks (every task sets its own): changing the environment costs a putenv."""
+    global _omp_set
+    current = os.environ.get(OMP_VAR)
+    if current is not None and current != _omp_set:
+        return
+    wanted = str(max(int(resources.get("CPU") or 1), 1))
+    if current != wanted:
+        os.environ[OMP_VAR] = wanted
+        _omp_set = wanted
 
 
 class LogSink(Protocol):

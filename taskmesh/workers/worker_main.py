@@ -51,7 +51,6 @@ from taskmesh.store.directory import KIND_LINEAGE, KIND_REBUILD
 from taskmesh.workers import process as _process
 from taskmesh.workers.actor_runner import ActorServer
 from taskmesh.workers.execution import (
-    OMP_VAR,
     LineForwarder,
     error_text,
     fixed_returns,
@@ -65,9 +64,9 @@ from taskmesh.workers.execution import (
 # Leasing under a grant (Worker._lease_under_grant): a batch is sized to about this much
 # work, of at most this many entries; a task running longer than _HOLD_S hands the rest
 # of its batch back.
-_BATCH_S = 0.002
-_BATCH_MAX = 32
-_HOLD_S = 0.02
+_BATCH_S = 0.005
+_BATCH_MAX = 64
+_HOLD_S = 0.05
 
 
 class Worker:
@@ -335,7 +334,7 @@ class Worker:
                         done.append(Completion(ran.owner, ran.notice, (*ran.stored, fence), ran.kept))
                     acks.append(item.entry_id)
                     oldest = oldest if len(acks) > 1 else ended
-                if retiring or entry.spec.max_retries == 0 or ended - oldest > _BATCH_S:  # type: ignore[union-attr]
+                if retiring or entry.spec.max_retries == 0 or ended - oldest > 2 * _BATCH_S:  # type: ignore[union-attr]
                     if retiring:
                         self._hand_back_batch()
                     self._store_done(done, acks, shape, consumer, None)
@@ -486,7 +485,7 @@ class Worker:
         self._arg_refs = []
         self.runtime.runtime_env = spec.runtime_env  # what the tasks it submits inherit
         restore_env, env_error = self._apply_env(spec.runtime_env)
-        omp_set = set_omp_threads(spec.resources)
+        set_omp_threads(spec.resources)
         try:
             self._running_task, self._interruptible = task_id, True
             if task_id in self._cancelled_ids:  # cancelled after it was handed to this worker
@@ -501,8 +500,6 @@ class Worker:
             self._running_task, self._interruptible = None, False
             self.runtime.context = TaskContext()
             self.end_output()
-            if omp_set:
-                os.environ.pop(OMP_VAR, None)
             if restore_env is not None:
                 restore_env()
             self.runtime.runtime_env = None
