@@ -18,11 +18,13 @@ from taskmesh.objects.ref import (
     serialize,
     serialize_definition,
     serialize_oob,
+    serialize_plain,
     set_tracker,
 )
 
 __all__ = [
     "INLINE_ARG_LIMIT", "KIND_ERROR", "KIND_SHM", "KIND_VALUE", "MAGIC", "ObjectRef",
     "RefTracker", "Serialized", "collecting_refs", "deserialize", "new_owner_tag", "new_task_id",
-    "object_id", "serialize", "serialize_definition", "serialize_oob", "set_tracker",
+    "object_id", "serialize", "serialize_definition", "serialize_oob", "serialize_plain",
+    "set_tracker",
 ]

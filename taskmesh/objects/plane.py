@@ -132,6 +132,9 @@ class ObjectPlane:
 
     def serialize(self, value: Any) -> tuple[objects.Serialized, tuple[str, ...]]:
         """The value pickled (buffers not copied yet) and the refs it contains."""
+        plain = objects.serialize_plain(value)
+        if plain is not None:
+            return plain, ()
         try:
             with objects.collecting_refs() as found:
                 ser = objects.serialize_oob(value)

@@ -315,8 +315,6 @@ _PLAIN_TYPES = frozenset((int, float, bool, str, bytes, type(None)))
 
 
 def _dumps(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool]) -> bytes:
-    if type(value) in _PLAIN_TYPES and type(value) not in _custom_reducers:
-        return pickle.dumps(value, protocol=5)
     if not _custom_reducers:
         return cloudpickle.dumps(value, protocol=5, buffer_callback=buffer_callback)
     out = io.BytesIO()
@@ -335,7 +333,19 @@ class _CustomPickler(cloudpickle.CloudPickler):
         super().__init__(out, protocol=5, buffer_callback=buffer_callback)
 
 
+def serialize_plain(value: Any) -> Serialized | None:
+    """A value of a plain type (no refs, no buffers, nothing cloudpickle adds) pickled
+    the cheap way; None for any other value."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES and kind not in _custom_reducers:
+        return Serialized(pickle.dumps(value, protocol=5), ())
+    return None
+
+
 def serialize_oob(value: Any) -> Serialized:
+    plain = serialize_plain(value)
+    if plain is not None:
+        return plain
     buffers: list[memoryview] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:

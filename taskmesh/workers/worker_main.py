@@ -503,7 +503,8 @@ class Worker:
             if restore_env is not None:
                 restore_env()
             self.runtime.runtime_env = None
-        self.items.flush()  # a generator's items go before its end (a cancelled one's too)
+        if spec.generator:
+            self.items.flush()  # its items go before its end (a cancelled one's too)
         lineage = self._lineage(entry, return_ids, objs)
         self._sync_refs()
         if record:
