@@ -159,3 +159,24 @@ def test_a_node_cut_off_and_back_does_not_commit_its_old_attempt(
     assert_no_leaked_children(before)
     leftover = [d for d in map(_shm.node_dir, started) if d.exists()]
     assert not leftover, f"shared memory left behind: {leftover}"
+
+
+def test_a_kept_result_is_only_notified_and_fenced_like_any(store: Store) -> None:
+    """A completion whose owner keeps its results (Completion.kept) writes no object:
+    its owner gets the notice, unless the attempt was fenced out or the owner is gone."""
+    owner = new_owner_tag()
+    task, late = new_task_id(owner), new_task_id(owner)
+
+    def kept(task_id: str, value: bytes, attempt: int) -> Completion:
+        c = _completion(owner, task_id, value, attempt)
+        return Completion(c.owner, c.notice, c.objects, kept=True)
+
+    store.fence_tasks([(owner, late, 1)])  # the monitor retried it: attempt 0 is out
+    store.complete_tasks([kept(task, b"mine", 0), kept(late, b"old", 0)], {})
+    assert not store.redis.exists(store.keys.obj(object_id(task, 1)))
+    assert done_notices(store, owner) == [b"notice mine"]
+    store.complete_tasks([kept(late, b"new", 1)], {})
+    assert done_notices(store, owner) == [b"notice mine", b"notice new"]
+    store.owners_gone([owner])
+    store.complete_tasks([kept(new_task_id(owner), b"after", 0)], {})
+    assert done_notices(store, owner) == [b"notice mine", b"notice new"]

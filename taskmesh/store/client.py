@@ -60,9 +60,6 @@ FENCE_TTL_MS = 24 * 3600 * 1000
 # allow-oom copy of complete.lua: Redis stores it even over maxmemory, since it is small
 # and the only way its caller learns that the task failed (a refused result, say).
 _KIND_ERROR = b"error"
-# The pseudo-object of a Completion whose owner keeps its results (Completion.kept): the
-# script only notifies.
-_KIND_NOTIFY = b"notify"
 # Ended jobs kept in tm:jobs:ended (agents drop the tasks of those they know of).
 ENDED_JOBS_KEPT = 10_000
 
@@ -402,11 +399,9 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
                 keys = [self.keys.done(owner)]
                 args: list[Any] = []
                 for c in batch:
-                    if c.kept:  # only notified: its fence, and "notify" (see complete.lua)
-                        fences = [(kind, data) for _, kind, data in c.objects if kind == KIND_FENCE]
-                        args += [c.notice, len(fences) + 1, _KIND_NOTIFY, b""]
-                        for pair in fences:
-                            args += pair
+                    if c.kept:  # only notified, unless fenced out (see complete.lua)
+                        fence = next((data for _, kind, data in c.objects if kind == KIND_FENCE), b"")
+                        args += [c.notice, -1, fence]
                         continue
                     args += [c.notice, len(c.objects)]
                     rebuild = any(kind == KIND_REBUILD for _, kind, _ in c.objects)

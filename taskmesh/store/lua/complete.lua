@@ -15,9 +15,10 @@
 -- location set); only those marked `state` = "rebuilding" are written (an object freed
 -- meanwhile stays freed), a copy of any other one becomes an extra location, and the
 -- owner is not notified again.
--- A pair of kind "notify" is no object either, and the task's other pairs are fences
--- only: its results travel in the notice alone and its owner keeps them (it stores one
--- itself if the ref leaves its process): the owner is only notified, unless fenced out.
+-- A task given as n = -1 and one more argument, its fence data ("" for none), stores
+-- nothing: its results travel in the notice alone and its owner keeps them (it stores
+-- one itself if the ref leaves its process): the owner is only notified, unless fenced
+-- out.
 -- A pair of kind "fence" is no object either: its data "<task_id> <attempt>" names the
 -- attempt that produced the results. When the fence hash holds a later attempt for the
 -- task (the monitor retried or failed it: its node was declared dead, but was only cut
@@ -81,14 +82,17 @@ while i <= #ARGV do
   local notice, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
   local lineage, rebuild, objs, fence, notify = nil, false, {}, nil, false
+  if n == -1 then  -- kept by its owner: one more argument, its fence ("" for none)
+    notify, n = true, 0
+    if ARGV[i] ~= '' then fence = ARGV[i] end
+    i = i + 1
+  end
   for j = 0, n - 1 do
     local kind, data = ARGV[i + 2 * j], ARGV[i + 2 * j + 1]
     if kind == 'lineage' or kind == 'rebuild' then
       lineage, rebuild = data, kind == 'rebuild'
     elseif kind == 'fence' then
       fence = data
-    elseif kind == 'notify' then
-      notify = true
     else
       objs[#objs + 1] = {kind, data}
     end
