@@ -232,3 +232,32 @@ def test_sync_actor_runs_one_callers_calls_in_order(ray, tmp_path) -> None:
     log = a.log.remote()
     release.touch()
     assert ray.get([first, *rest, log], timeout=20) == [1, 2, 3, [1, 2, 3]]
+
+
+def _caller():
+    @taskmesh.remote(num_cpus=0)
+    def call_from_task(actor, values: list[int]) -> list[int]:
+        """A second caller: its calls' arguments are ready when sent."""
+        return taskmesh.get([actor.add.remote(x) for x in values])
+
+    return call_from_task
+
+
+_call_from_task = _caller()
+
+
+def test_sync_actor_call_with_unready_argument_holds_back_no_other_caller(ray, tmp_path) -> None:
+    """Ray resolves a call's arguments at its caller before sending it: a synchronous
+    actor's call whose argument is not ready holds back the later calls of its own
+    caller, but not those of another caller, whose arguments are ready."""
+    a = _order_actor("sync").remote()
+    assert ray.get(a.log.remote(), timeout=20) == []
+    release = tmp_path / "release"
+    first = a.add.remote(_gated.remote(str(release), 1))  # this caller: the driver
+    second = a.add.remote(2)  # no argument to wait for, but sent after `first`
+    # Another caller's calls run while the driver's first call waits.
+    assert ray.get(_call_from_task.remote(a, [10, 11]), timeout=20) == [10, 11]
+    assert ray.wait([first, second], num_returns=2, timeout=0)[0] == []
+    release.touch()
+    assert ray.get([first, second], timeout=20) == [1, 2]
+    assert ray.get(a.log.remote(), timeout=20) == [10, 11, 1, 2]

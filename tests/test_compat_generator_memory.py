@@ -198,3 +198,52 @@ def _fill_redis_from_a_generator(url: str) -> None:
     probe.close()
     # The worker lived on: the same process runs the next task.
     assert taskmesh.get(small.remote(), timeout=30) == worker_pid
+
+
+def test_caller_stops_a_generator_whose_untaken_items_pass_the_bound(
+        cluster_factory: Any, redis_server: launch.RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller holds at most TASKMESH_GENERATOR_UNCONSUMED_BYTES of a call's items it
+    has not taken: past that the call is stopped and, after the items that came, its
+    caller gets an error naming the bound and `_generator_backpressure_num_objects`."""
+    monkeypatch.setenv(config.GENERATOR_UNCONSUMED_BYTES.name, str(LIMIT_BYTES))
+    with cluster_factory(nodes=1, num_cpus=1):
+        taskmesh.init(address=redis_server.url)
+        try:
+            _stop_an_endless_generator()
+        finally:
+            taskmesh.shutdown()
+
+
+def _stop_an_endless_generator() -> None:
+    from taskmesh._core.context import get_runtime
+
+    @taskmesh.remote
+    def endless():
+        yield os.getpid()
+        while True:
+            yield b"x" * ITEM_BYTES
+
+    @taskmesh.remote
+    def small() -> int:
+        return os.getpid()
+
+    gen = endless.remote()
+    worker_pid = taskmesh.get(next(gen))
+    runtime = get_runtime()
+    task_id = gen.completed().task_id()
+    wait_until(lambda: taskmesh.wait([gen.completed()], timeout=0)[0], timeout_s=30,
+               what="the generator call stopped")
+    count, held = runtime.stream_held(task_id)
+    assert 0 < held <= LIMIT_BYTES + ITEM_BYTES + 1024  # the bound, plus the item past it
+    assert count <= LIMIT_BYTES // ITEM_BYTES + 1
+    taken = 0
+    with pytest.raises(ObjectStoreFullError, match=config.GENERATOR_UNCONSUMED_BYTES.name) as raised:
+        for ref in gen:
+            assert len(taskmesh.get(ref)) == ITEM_BYTES
+            taken += 1
+    assert taken == count  # every item that came, then the error
+    assert f"exceeded {LIMIT_BYTES} bytes" in str(raised.value)
+    assert "_generator_backpressure_num_objects" in str(raised.value)
+    assert runtime.stream_held(task_id) == (0, 0)
+    # The worker lived on, free: the same process runs the next task.
+    assert taskmesh.get(small.remote(), timeout=30) == worker_pid

@@ -165,6 +165,13 @@ GENERATOR_QUEUE_BYTES = _int(
     "Most bytes of streamed generator items a worker holds while they are being stored; "
     "a generator that yields faster waits (read by each worker)", positive=True,
     shown_default="`33554432` (32 MiB)")
+GENERATOR_UNCONSUMED_BYTES = _int(
+    "TASKMESH_GENERATOR_UNCONSUMED_BYTES", -1, "bytes",
+    "Most bytes of a streaming generator call's items its caller holds without having "
+    "taken them; past it the call is stopped with an error (0: no bound; "
+    "`_generator_backpressure_num_objects` makes the generator wait instead; read by each "
+    "driver and worker)",
+    shown_default="the smaller of 1 GiB and a tenth of the machine's memory")
 OBJECT_STORE_FULL_WAIT_S = _float(
     "TASKMESH_OBJECT_STORE_FULL_WAIT_S", 10.0, "s",
     "How long a put waits for room in a full object store before `ObjectStoreFullError` "

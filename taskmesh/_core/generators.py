@@ -25,8 +25,8 @@ Memory: a worker holds at most TASKMESH_GENERATOR_QUEUE_BYTES of items not yet s
 stored (Redis over maxmemory) stop the generator: the call ends with
 ObjectStoreFullError, which its caller gets after the items that were stored (the end
 is stored even over maxmemory, see Store.complete_tasks). The caller keeps the items it
-has not taken in its own memory, unbounded unless backpressure is set (as in Ray, where
-they wait in the object store).
+has not taken, at most TASKMESH_GENERATOR_UNCONSUMED_BYTES of them unless backpressure
+is set: past that it cancels the call with an error saying why (streams.py).
 
 Dynamic (deprecated in Ray, still accepted): the generator runs to the end and the
 generator ref's value is a DynamicObjectRefGenerator holding the item refs.

@@ -540,14 +540,16 @@ class Runtime(StreamMethods):
 
     # ---- cancellation -------------------------------------------------------------------
 
-    def cancel(self, object_id: str, *, force: bool, recursive: bool = True) -> None:
+    def cancel(self, object_id: str, *, force: bool, recursive: bool = True,
+               error: Exception | None = None) -> None:
         """Cancel the task that makes `object_id` (Ray's `cancel`): its results become
         TaskCancelledError at once (a result stored earlier wins: a finished task stays
         finished); a task not sent yet is never sent; a sent one is dropped by the agent
         that has it queued, or interrupted (SIGINT, KeyboardInterrupt in the task) or,
         with force, killed where it runs; with `recursive`, the tasks it submitted are
         cancelled too. An actor call is skipped if queued, or cancelled as an asyncio
-        task in an async actor; force is refused for it (ValueError, as Ray)."""
+        task in an async actor; force is refused for it (ValueError, as Ray). `error`:
+        the results' error instead of TaskCancelledError."""
         task_id = task_of(object_id)
         with self._cond:
             returns = sorted(o for o in self._pending if task_of(o) == task_id)
@@ -556,7 +558,7 @@ class Runtime(StreamMethods):
             if force and task_id in self._actor_calls:
                 raise ValueError("force=True is not supported for actor tasks.")
             out = self._take_unsent(task_id)
-        data = objects.serialize(TaskCancelledError(task_id))
+        data = objects.serialize(TaskCancelledError(task_id) if error is None else error)
         objs = [(oid, KIND_ERROR, data) for oid in returns]
         self.store.complete_tasks([Completion(self.owner, encode_notice(task_id, objs), tuple(objs))], {})
         if out is None:

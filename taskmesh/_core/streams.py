@@ -6,6 +6,8 @@ protocol: the shared reference state (RefState, whose lock guards it all) and th
 from __future__ import annotations
 
 import collections
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -13,13 +15,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from taskmesh import objects
+from taskmesh._base import config
 from taskmesh._base.ids import index_of
-from taskmesh.exceptions import StoreUnavailableError
+from taskmesh.exceptions import ObjectStoreFullError, StoreUnavailableError
 from taskmesh.objects import KIND_ERROR
+from taskmesh.objects.capacity import cgroup_memory_limit
+from taskmesh.objects.plane import KIND_SHM, parse_descriptor
 from taskmesh.store import Release
 
 if TYPE_CHECKING:
     from taskmesh.store import Store
+
+log = logging.getLogger("taskmesh.generator")
 
 # A backpressure count that never makes a generator wait (its reader is gone).
 _NEVER_WAIT = 1 << 62
@@ -34,6 +41,8 @@ class _Stream:
     raised: bool = False  # the generator ref's error was handed out as the last item
     dropped: bool = False  # the ObjectRefGenerator is gone
     backpressure: int = 0  # > 0: the generator waits while this many items are not taken
+    held_bytes: int = 0  # bytes of the items arrived and not taken yet
+    stopped: bool = False  # past the unconsumed-bytes bound: the call was stopped
     waiters: list[Callable[[], None]] = field(default_factory=list)
 
 
@@ -54,6 +63,24 @@ class RefState:
     counts_lock: threading.Lock
 
 
+def unconsumed_limit() -> int:
+    """TASKMESH_GENERATOR_UNCONSUMED_BYTES; by default the smaller of 1 GiB and a
+    tenth of the machine's memory (or of its cgroup's limit). 0: no bound."""
+    limit = config.GENERATOR_UNCONSUMED_BYTES.get()
+    if limit >= 0:
+        return limit
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    memory = min(memory, cgroup_memory_limit() or memory)
+    return min(1 << 30, memory // 10)
+
+
+def _item_bytes(kind: bytes, data: bytes | None) -> int:
+    """An item's size: its value's bytes, or those of its shared-memory copy."""
+    if kind == KIND_SHM and data is not None:
+        return parse_descriptor(data)[0]
+    return len(data or b"")
+
+
 class StreamHost(Protocol):
     """What StreamMethods needs of the class it is mixed into."""
 
@@ -61,6 +88,9 @@ class StreamHost(Protocol):
     refs: RefState
     on_block: Callable[[], None] | None
     on_unblock: Callable[[], None] | None
+
+    def cancel(self, object_id: str, *, force: bool, recursive: bool = True,
+               error: Exception | None = None) -> None: ...
 
 
 class StreamMethods:
@@ -71,8 +101,11 @@ class StreamMethods:
     refs: RefState
     on_block: Callable[[], None] | None
     on_unblock: Callable[[], None] | None
+    cancel: Callable[..., None]
 
     def _init_streams(self) -> None:
+        # Bytes of items a streaming call (without backpressure) may hold here untaken.
+        self._unconsumed_limit = unconsumed_limit()
         # Generator calls: streams by task id, the ones whose generator was dropped,
         # and the items a dynamic call's generator ref holds here (by its object id).
         self._streams: dict[str, _Stream] = {}
@@ -165,6 +198,8 @@ class StreamMethods:
                         stream = self._streams.get(task_id)
                         if state == "item":
                             stream.taken += 1  # type: ignore[union-attr]
+                            kind, data = self.refs.results.get(oid, (b"", None))  # type: ignore[arg-type]
+                            stream.held_bytes -= _item_bytes(kind, data)  # type: ignore[union-attr]
                             if stream.backpressure > 0:  # type: ignore[union-attr]
                                 self._consumed[task_id] = stream.taken - 1  # type: ignore[union-attr]
                                 self.refs.wake.set()
@@ -202,11 +237,36 @@ class StreamMethods:
         yields them again) or whose generator is gone is released at once. Under _cond."""
         for oid, kind, data in objs:
             index = index_of(oid)
-            if stream is None or stream.dropped or index <= stream.arrived:
+            if stream is None or stream.dropped or stream.stopped or index <= stream.arrived:
                 self.refs.free.append(Release(oid, "owner", -1))
                 continue
             stream.arrived = index
             self.refs.results[oid] = (kind, data)
+            stream.held_bytes += _item_bytes(kind, data)
+            limit = self._unconsumed_limit
+            if limit and stream.held_bytes > limit and not stream.backpressure:
+                stream.stopped = True  # later items are released as they come
+                threading.Thread(target=self._stop_stream, args=(task_id, limit),
+                                 name="taskmesh-stop-generator", daemon=True).start()
+
+    def stream_held(self, task_id: str) -> tuple[int, int]:
+        """How many items of a streaming call, and how many bytes, are held here untaken."""
+        with self.refs.cond:
+            stream = self._streams.get(task_id)
+            return (0, 0) if stream is None else (stream.arrived - stream.taken, stream.held_bytes)
+
+    def _stop_stream(self, task_id: str, limit: int) -> None:
+        """A streaming call's untaken items passed `limit` bytes: cancel it, its
+        caller getting (after the items that arrived) an error saying why."""
+        error = ObjectStoreFullError(
+            f"The generator call {task_id} was stopped: the items its caller had not taken "
+            f"exceeded {limit} bytes ({config.GENERATOR_UNCONSUMED_BYTES.name}; 0: no bound). "
+            "Take its items as they come, or set _generator_backpressure_num_objects to make "
+            "the generator wait for its caller instead.")
+        try:
+            self.cancel(objects.object_id(task_id, 1), force=False, error=error)
+        except Exception:
+            log.exception("stopping the generator call %s failed", task_id)
 
     def _hold_dynamic_item(self, head: str, wanted: bool, oid: str, kind: bytes, data: bytes | None) -> None:
         """An item of a dynamic call, stored with its generator ref `head`: the owner

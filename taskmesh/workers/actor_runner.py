@@ -3,10 +3,11 @@
 The worker reads `tm:actor:{id}:calls` itself (consumer group `actor`, consumer = actor
 id, so a restarted incarnation finds the calls its predecessor had in flight) and stores
 results with the same completion script as tasks, batched: the agent is not on the path
-of a method call. Sync actors run calls one by one in stream order; threaded actors
+of a method call. Sync actors run calls one by one in stream order, but a call whose ref
+arguments are not ready holds back only its own caller's later calls (InOrder); threaded actors
 (max_concurrency > 1) and async actors (any `async def` method) start them in order and
 let them overlap, limited per concurrency group; each group runs on threads of its own,
-and a call whose ref arguments are not ready holds back no other (_ConcurrentRunner).
+and a call whose ref arguments are not ready holds back no other (ConcurrentRunner).
 
 Calls are decoded once, as read (a QueueEntry holding a CallSpec, _base/wire.py). A call
 that does not decode, or whose arguments do not, goes to the dead-letter stream with the
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import concurrent.futures
 import inspect
 import logging
 import os
@@ -28,8 +28,6 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from taskmesh import objects, runtime_env
@@ -58,12 +56,21 @@ from taskmesh._core.failure import (
 from taskmesh.exceptions import (
     ActorDiedError,
     ActorExitRequest,
+    GetTimeoutError,
     RayTaskError,
     StoreUnavailableError,
-    TaskCancelledError,
 )
 from taskmesh.objects import KIND_ERROR
 from taskmesh.store import CALL_GROUP, Completion, Leased, retry_transient
+from taskmesh.workers.actor_calls import (
+    Arguments,
+    Call,
+    ConcurrentRunner,
+    Exit,
+    InOrder,
+    cancelled,
+    return_ids_of,
+)
 from taskmesh.workers.execution import (
     ERROR_TEXT_CHARS,
     error_text,
@@ -88,34 +95,13 @@ _FLUSH_EVERY_S = 0.005
 DRAIN_SIGNAL = signal.SIGUSR1
 _SEEN_CALLS = 10_000
 _READ_COUNT = 100
-# Threads of a concurrent actor that wait for the ref arguments of its calls (made as
-# needed): while more calls than this wait, a call with ref arguments waits for a thread.
-_ARGUMENT_WAITERS = 64
-
-
-class _Exit(Exception):
-    """The actor leaves its serving loop (terminate call or exit_actor())."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One method call read from the actor's call stream, decoded."""
-
-    leased: Leased  # as read (its entry id is acked; a malformed one is dead-lettered as is)
-    entry: QueueEntry  # its fields; entry.spec is a CallSpec
-
-    @property
-    def entry_id(self) -> bytes:
-        return self.leased.entry_id
-
-    @property
-    def spec(self) -> CallSpec:
-        return self.entry.spec  # type: ignore[return-value]
+# How long a sync actor's read of its stream blocks while calls wait for their arguments.
+_HELD_READ_MS = 20
 
 
 # On the results queue: a finished call and the objects it returned (None: nothing to
 # store), or (None, event): set the event once the results queued before it are stored.
-_Result = tuple[_Call, list | None]
+_Result = tuple[Call, list | None]
 _FlushMark = tuple[None, threading.Event]
 
 
@@ -141,8 +127,11 @@ class ActorServer:
         self._exit_done = threading.Event()  # the exiting thread recorded the death
         self._exit_lock = threading.Lock()  # one thread exits the actor, one ends the process
         self._end_lock = threading.Lock()
-        self._runner: _ConcurrentRunner | None = None
-        self._done: list[tuple[_Call, list | None]] = []  # in-order results not stored yet
+        self._runner: ConcurrentRunner | None = None
+        self._in_order = InOrder(self)  # a sync actor's calls
+        self._serving = threading.current_thread()  # the thread that runs a sync actor's calls
+        self._done: list[tuple[Call, list | None]] = []  # in-order results not stored yet
+        self._last_flush = time.monotonic()
         self._on_block = worker.runtime.on_block
         worker.runtime.on_block = self._before_blocking
         worker.runtime.on_exit_actor = self._exit_requested
@@ -201,7 +190,7 @@ class ActorServer:
         self.worker.send(wire.ActorAlive(self.entry_id))
         try:
             self._serve()
-        except _Exit:
+        except Exit:
             pass
         self._end_process()
 
@@ -234,11 +223,12 @@ class ActorServer:
     # ---- serving ------------------------------------------------------------------------
 
     def _serve(self) -> None:
+        self._serving = threading.current_thread()
         self._retry_in_flight()
         spec = self.spec
         concurrent = spec.is_async or spec.max_concurrency > 1 or bool(spec.concurrency_groups)
         if concurrent:
-            runner = self._runner = _ConcurrentRunner(self)
+            runner = self._runner = ConcurrentRunner(self)
             threading.Thread(target=self._flush_loop, name="taskmesh-actor-flush", daemon=True).start()
         failures = 0
         while not self._exiting.is_set() and not self._draining.is_set():
@@ -246,8 +236,11 @@ class ActorServer:
                 # After a lost connection, a read's reply may never have arrived while
                 # Redis recorded the delivery: read our unacknowledged calls again (the
                 # ones already run are recognised and only acked).
+                # While calls wait for their arguments, read briefly: the ones whose
+                # arguments came run between reads.
+                block_ms = _HELD_READ_MS if self._in_order.holding else 1000
                 calls = self._decoded(self.store.read_calls(
-                    self._client, self.actor_id, _READ_COUNT, 1000, pending=failures > 0))
+                    self._client, self.actor_id, _READ_COUNT, block_ms, pending=failures > 0))
                 failures = 0
             except StoreUnavailableError:  # Redis restarting: wait for it, stay alive
                 failures += 1
@@ -263,11 +256,14 @@ class ActorServer:
                         self._results.put((call, None))
                     elif call.spec.method == TERMINATE:  # as Ray: after the calls before it finish
                         runner.drain()
-                        self._call(call)  # raises _Exit
+                        self._call(call)  # raises Exit
                     else:
                         runner.start(call)
             else:
                 self._run_in_order(calls)
+        if not concurrent and not self._exiting.is_set():  # drained: the held calls run
+            self._in_order.finish()
+            self._flush_done()
         if concurrent and not self._exiting.is_set():  # drained: the started calls finish
             runner.drain()
             flushed = threading.Event()
@@ -296,14 +292,14 @@ class ActorServer:
         if rest:
             self._run_in_order(rest)
 
-    def _decoded(self, calls: list[Leased]) -> list[_Call]:
+    def _decoded(self, calls: list[Leased]) -> list[Call]:
         """The calls read, decoded; those that do not decode go to the dead-letter stream."""
         if not calls:
             return []
-        return [_Call(leased, entry) for leased, entry in
+        return [Call(leased, entry) for leased, entry in
                 set_aside_malformed(self.store, calls, actor_call=True)]
 
-    def _first_time(self, call: _Call) -> bool:
+    def _first_time(self, call: Call) -> bool:
         task_id = call.entry.task
         if task_id in self._seen:
             return False
@@ -312,31 +308,31 @@ class ActorServer:
             self._seen.popitem(last=False)
         return True
 
-    def _run_in_order(self, calls: list[_Call]) -> None:
-        done = self._done
-        last_flush = time.monotonic()
-        for call in calls:
-            if not self._first_time(call):
-                done.append((call, None))  # acked, not run again
-                continue
-            try:
-                done.append((call, self._call(call)))
-            except _Exit:
-                self._flush_done()
-                raise
-            if time.monotonic() - last_flush > _FLUSH_EVERY_S:
-                self._flush_done()
-                last_flush = time.monotonic()
+    def _run_in_order(self, calls: list[Call]) -> None:
+        """Run a sync actor's calls (those held back for their arguments among them)."""
+        try:
+            self._in_order.run(calls)
+        except Exit:
+            self._flush_done()
+            raise
         self._flush_done()
+
+    def _run_one(self, call: Call, arguments: Arguments | None) -> None:
+        """Run a call of a sync actor now; store what ran every _FLUSH_EVERY_S."""
+        self._done.append((call, self._call(call, arguments)))
+        if time.monotonic() - self._last_flush > _FLUSH_EVERY_S:
+            self._flush_done()
 
     def _flush_done(self) -> None:
         done, self._done[:] = list(self._done), []
+        self._last_flush = time.monotonic()
         self._flush(done)
 
     def _before_blocking(self) -> None:
         """A call waits in get (e.g. for an argument): store the results of the calls
-        before it first, since it may be waiting for one of them."""
-        if self._done:
+        before it first, since it may be waiting for one of them (the serving thread's
+        own: a thread waiting for a held call's arguments leaves them to it)."""
+        if self._done and threading.current_thread() is self._serving:
             self._flush_done()
         if self._on_block is not None:
             self._on_block()
@@ -363,7 +359,7 @@ class ActorServer:
         with self._flush_lock:
             self._flush(_results_only(self._take_results()))
 
-    def _flush(self, done: list[tuple[_Call, list | None]]) -> None:
+    def _flush(self, done: list[tuple[Call, list | None]]) -> None:
         if not done:
             return
         completions = []
@@ -395,7 +391,7 @@ class ActorServer:
                 **ends))
         return now
 
-    def _record_end(self, call: _Call, objs: list | None) -> None:
+    def _record_end(self, call: Call, objs: list | None) -> None:
         """A call's end event, when it ran here (a duplicate delivery did not)."""
         entry = call.entry
         start = self._started.pop(entry.task, None)
@@ -415,7 +411,7 @@ class ActorServer:
 
     # ---- one call -----------------------------------------------------------------------
 
-    def _call(self, call: _Call, arguments: _Arguments | None = None) -> list | None:
+    def _call(self, call: Call, arguments: Arguments | None = None) -> list | None:
         """Run one call synchronously; returns its result objects."""
         method, args, kwargs, return_ids, name, early = self._prepared(call, arguments)
         if early is not None:
@@ -441,7 +437,7 @@ class ActorServer:
             self.worker.end_output()
         return None
 
-    def _runs_again(self, call: _Call, error: Exception, retries: int) -> bool:
+    def _runs_again(self, call: Call, error: Exception, retries: int) -> bool:
         """A call raised `error`: whether it runs again (its retry_exceptions and
         max_task_retries: Ray runs such a call again on the same actor)."""
         if not should_retry_call(call.spec, self.spec.max_task_retries, error, retries):
@@ -449,25 +445,25 @@ class ActorServer:
         log.info("%s raised %r: running it again (retry %d)", call.entry.name, error, retries + 1)
         return True
 
-    def _prepared(self, call: _Call, arguments: _Arguments | None = None) -> tuple:
-        """`_prepare`, where anything it raises but _Exit becomes the call's error: a
+    def _prepared(self, call: Call, arguments: Arguments | None = None) -> tuple:
+        """`_prepare`, where anything it raises but Exit becomes the call's error: a
         call written by hand fails alone, the actor serves on."""
         try:
             return self._prepare(call, arguments)
-        except _Exit:
+        except Exit:
             raise
         except Exception as e:
-            name, return_ids = call.entry.name, _return_ids(call)
+            name, return_ids = call.entry.name, return_ids_of(call)
             return None, None, None, return_ids, name, self._error(e, return_ids, name)
 
-    def _prepare(self, call: _Call, arguments: _Arguments | None) -> tuple:
+    def _prepare(self, call: Call, arguments: Arguments | None) -> tuple:
         """The method and its arguments, decoded (and, unless `arguments` holds them
         already, resolved: this waits for them); or the call's result objects when it
         ends before its method runs."""
         spec, task_id, name = call.spec, call.entry.task, call.entry.name
-        return_ids = _return_ids(call)
+        return_ids = return_ids_of(call)
         if self.worker.runtime.canceled(task_id):  # taskmesh.cancel while it was queued: never runs
-            return None, None, None, return_ids, name, _cancelled(task_id, return_ids)
+            return None, None, None, return_ids, name, cancelled(task_id, return_ids)
         method_name = spec.method
         if self._record and method_name not in (TERMINATE, READY):  # internal calls: no events
             self._started[task_id] = self._event(task_id, call.entry.attempt, _events.RUNNING,
@@ -494,27 +490,33 @@ class ActorServer:
             method = self._generator_method(method, spec, return_ids[0], name)
         return method, args, kwargs, return_ids, name, None
 
-    def _decode_arguments(self, call: _Call) -> _Arguments:
+    def _decode_arguments(self, call: Call) -> Arguments:
         """The call's arguments as sent (refs in them registered here); a call whose
         arguments do not unpickle is set aside and its caller, if any, gets the error."""
         try:
             args, kwargs = call.spec.decode_args(objects.deserialize)
         except WireError as e:
             dead_letter(self.store, [(call.leased, str(e))], group=CALL_GROUP)
-            return _Arguments(early=self._error(e, _return_ids(call), call.entry.name))
-        return _Arguments(args, kwargs)
+            return Arguments(early=self._error(e, return_ids_of(call), call.entry.name))
+        return Arguments(args, kwargs)
 
-    def _resolve(self, call: _Call, arguments: _Arguments) -> None:
+    def _resolve(self, call: Call, arguments: Arguments, timeout_s: float | None = None) -> bool:
         """Replace the top-level refs among `arguments` by their values, waiting for
-        them; a failed one (or a failure to get them) becomes the call's error."""
-        return_ids = _return_ids(call)
+        them up to `timeout_s`; a failed one (or a failure to get them) becomes the
+        call's error. False: not all of them were there in time (nothing replaced)."""
+        return_ids = return_ids_of(call)
         try:
-            upstream = self.worker.resolve_args(arguments.args, arguments.kwargs)
+            upstream = self.worker.resolve_args(arguments.args, arguments.kwargs, timeout_s)
+        except GetTimeoutError:
+            if timeout_s is None:
+                raise
+            return False
         except Exception as e:
             arguments.early = self._error(e, return_ids, call.entry.name)
-            return
+            return True
         if upstream is not None:
             arguments.early = [[o, KIND_ERROR, upstream] for o in return_ids]
+        return True
 
     def _generator_method(self, method: Any, spec: CallSpec, return_id: str, name: str) -> Any:
         """`method` with its items stored as it yields them; returns (or, for an async
@@ -545,7 +547,7 @@ class ActorServer:
         data = serialize_error(name, error)
         return [[oid, KIND_ERROR, data] for oid in return_ids]
 
-    def _exit_after(self, call: _Call, return_ids: list[str], cause: str) -> None:
+    def _exit_after(self, call: Call, return_ids: list[str], cause: str) -> None:
         """Graceful exit: run __ray_shutdown__, record this call, declare the actor dead
         (failing the calls behind it), tell the agent not to restart it."""
         first = self._begin_exit()
@@ -562,7 +564,7 @@ class ActorServer:
         finally:
             if first:
                 self._exit_done.set()
-        raise _Exit()
+        raise Exit()
 
     def _exit_requested(self) -> None:
         """exit_actor() was called. In a call, the exception it raises ends the call and
@@ -621,29 +623,6 @@ class ActorServer:
             os._exit(0)
 
 
-def _return_ids(call: _Call) -> list[str]:
-    return [objects.object_id(call.entry.task, i + 1) for i in range(call.spec.num_returns)]
-
-
-@dataclass(slots=True)
-class _Arguments:
-    """A call's (args, kwargs), or `early`: its result objects when it fails before
-    its method runs (arguments that do not unpickle, a failed argument)."""
-
-    args: list = field(default_factory=list)
-    kwargs: dict = field(default_factory=dict)
-    early: list | None = None
-
-    def refs(self) -> bool:
-        """Whether a top-level argument is a ref (its value is to be waited for)."""
-        return any(isinstance(a, objects.ObjectRef) for a in (*self.args, *self.kwargs.values()))
-
-
-def _cancelled(task_id: str, return_ids: list[str]) -> list:
-    data = objects.serialize(TaskCancelledError(task_id))
-    return [[oid, KIND_ERROR, data] for oid in return_ids]
-
-
 def _results_only(batch: list[_Result | _FlushMark]) -> list[_Result]:
     """The finished calls of a batch taken from the results queue, in order."""
     return [item for item in batch if item[0] is not None]
@@ -666,138 +645,3 @@ def _restore(runtime: Any, restore_env: Any) -> None:
     runtime.runtime_env = None
     if restore_env is not None:
         restore_env()
-
-
-class _ConcurrentRunner:
-    """Starts calls in stream order and lets them overlap, each concurrency group on
-    its own (as Ray's): a thread pool per group for a threaded actor, an event loop on
-    a thread of its own per group for an async one, so that a group whose calls all
-    block stalls no other. A call whose arguments include refs waits for their values
-    on a thread of `_arguments` first, holding no place of its group meanwhile (Ray
-    resolves them before the call is sent, and orders no async or threaded calls)."""
-
-    def __init__(self, server: ActorServer):
-        self.server = server
-        spec = server.spec
-        limit = spec.max_concurrency
-        self._limits: dict[Any, int] = {None: limit, **spec.concurrency_groups}  # group -> limit
-        self._executors: dict[Any, ThreadPoolExecutor] = {}
-        self._loops: dict[Any, asyncio.AbstractEventLoop] = {}
-        for name, n in self._limits.items():
-            label = "default" if name is None else name
-            if spec.is_async:
-                loop = self._loops[name] = asyncio.new_event_loop()
-                threading.Thread(target=loop.run_forever, name=f"taskmesh-actor-loop-{label}",
-                                 daemon=True).start()
-            else:
-                self._executors[name] = ThreadPoolExecutor(n, thread_name_prefix=f"actor-{label}")
-        self._arguments = ThreadPoolExecutor(_ARGUMENT_WAITERS, thread_name_prefix="actor-args")
-        self._semaphores: dict[Any, asyncio.Semaphore] = {}
-        self._lock = threading.Lock()
-        self._running: set[concurrent.futures.Future] = set()
-        self.call_tasks: set[asyncio.Task | None] = set()  # the asyncio tasks running calls
-        self._by_call: dict[str, asyncio.Task] = {}  # ... by the call's task id
-
-    def start(self, call: _Call) -> None:
-        group = call.spec.concurrency_group
-        if group is not None and group not in self._limits:
-            group = None
-        arguments = None
-        if call.spec.method != READY:
-            arguments = self.server._decode_arguments(call)
-            if arguments.refs():
-                self._track(self._arguments.submit(self._resolve_then_run, call, group, arguments))
-                return
-        self._run(call, group, arguments)
-
-    def _resolve_then_run(self, call: _Call, group: Any, arguments: _Arguments) -> None:
-        self.server._resolve(call, arguments)
-        self._run(call, group, arguments)
-
-    def _run(self, call: _Call, group: Any, arguments: _Arguments | None) -> None:
-        if self._loops:
-            coroutine = self._run_async(call, group, arguments)
-            self._track(asyncio.run_coroutine_threadsafe(coroutine, self._loops[group]))
-        else:
-            self._track(self._executors[group].submit(self._run_sync, call, arguments))
-
-    def _track(self, future: concurrent.futures.Future) -> None:
-        with self._lock:
-            self._running.add(future)
-        future.add_done_callback(self._finished)
-
-    def _finished(self, future: concurrent.futures.Future) -> None:
-        with self._lock:
-            self._running.discard(future)
-
-    def drain(self) -> None:
-        """Wait for the calls started so far to finish (a call waiting for its
-        arguments is started in its group before its wait ends)."""
-        while True:
-            with self._lock:
-                running = list(self._running)
-            if not running:
-                return
-            concurrent.futures.wait(running)
-
-    def _run_sync(self, call: _Call, arguments: _Arguments | None) -> None:
-        try:
-            self.server._results.put((call, self.server._call(call, arguments)))
-        except _Exit:
-            self.server._end_process()
-
-    async def _run_async(self, call: _Call, group: Any, arguments: _Arguments | None) -> None:
-        sem = self._semaphores.get(group)
-        if sem is None:
-            sem = self._semaphores[group] = asyncio.Semaphore(self._limits[group])
-        async with sem:
-            task = asyncio.current_task()
-            self.call_tasks.add(task)
-            if task is not None:
-                self._by_call[call.entry.task] = task
-            try:
-                await self._run_call(call, arguments)
-            finally:
-                self.call_tasks.discard(task)
-                self._by_call.pop(call.entry.task, None)
-
-    def cancel(self, task_ids: Sequence[str]) -> None:
-        """Cancel the asyncio tasks of these calls if they run (CancelledError in them)."""
-        for task_id in task_ids:
-            task = self._by_call.get(task_id)
-            if task is not None:  # on its group's loop
-                task.get_loop().call_soon_threadsafe(task.cancel)
-
-    async def _run_call(self, call: _Call, arguments: _Arguments | None) -> None:
-        server = self.server
-        try:
-            method, args, kwargs, return_ids, name, early = server._prepared(call, arguments)
-        except _Exit:
-            server._end_process()
-        if early is not None:
-            server._results.put((call, early))
-            return
-        retries = 0
-        while True:
-            try:
-                try:
-                    result = method(*args, **kwargs)
-                    if inspect.isawaitable(result):
-                        result = await result
-                finally:
-                    end_if_forked(server.worker.pid)
-                objs = server._values(result, return_ids, name)
-            except asyncio.CancelledError:  # taskmesh.cancel of this call
-                objs = _cancelled(call.entry.task, return_ids)
-            except ActorExitRequest:
-                try:
-                    server._exit_after(call, return_ids, EXITED)
-                except _Exit:
-                    server._end_process()
-            except Exception as e:
-                if server._runs_again(call, e, retries):
-                    retries += 1
-                    continue
-                objs = server._error(e, return_ids, name)
-            server._results.put((call, objs))
-            return

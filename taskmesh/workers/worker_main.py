@@ -449,8 +449,8 @@ class Worker:
     def function(self, fn_id: str) -> Any:
         return self._function(fn_id)[0]
 
-    def resolve_args(self, args: list, kwargs: dict) -> bytes | None:
-        return self._resolve_args(args, kwargs)
+    def resolve_args(self, args: list, kwargs: dict, timeout_s: float | None = None) -> bytes | None:
+        return self._resolve_args(args, kwargs, timeout_s)
 
     def _function(self, fn_id: str) -> tuple[Any, str]:
         """The exported function and its `module.qualname` (the runtime context's
@@ -635,9 +635,10 @@ class Worker:
             self._send(wire.Unblocked())
             raise
 
-    def _resolve_args(self, args: list, kwargs: dict) -> bytes | None:
+    def _resolve_args(self, args: list, kwargs: dict, timeout_s: float | None = None) -> bytes | None:
         """Replace top-level refs by their values, in place; nested refs stay refs.
-        Returns the serialized error of a failed argument, which becomes the result."""
+        Returns the serialized error of a failed argument, which becomes the result;
+        GetTimeoutError (nothing replaced) when they are not all there in `timeout_s`."""
         positions = [i for i, a in enumerate(args) if isinstance(a, ObjectRef)]
         names = [k for k, v in kwargs.items() if isinstance(v, ObjectRef)]
         if not positions and not names:
@@ -650,7 +651,7 @@ class Worker:
             return _ArgError(raw[1]) if raw[0] == KIND_ERROR else plane.decode(oid, *raw)
 
         # A lost argument is made again here (and waited for) by get_decoded.
-        values = self.runtime.get_decoded(ids, None, value)
+        values = self.runtime.get_decoded(ids, timeout_s, value)
         for oid in ids:
             if isinstance(values[oid], _ArgError):
                 return values[oid].data
