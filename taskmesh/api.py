@@ -308,7 +308,8 @@ def _start_local(
     # A password even on loopback: other users of this machine reach loopback, and
     # whoever reaches the cluster runs code as this user. It reaches the agent through
     # its environment, never a command line.
-    server = launch.start_redis(data_dir=session / "redis", password=security.generate_password())
+    server = launch.start_redis(data_dir=session / "redis", password=security.generate_password(),
+                                maxmemory=launch.head_maxmemory())
     try:
         agent, node_id = launch.start_agent(
             server.url, num_cpus=num_cpus if num_cpus is not None else os.cpu_count(),

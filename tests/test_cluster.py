@@ -46,6 +46,10 @@ def test_embedded_init_starts_real_redis_and_shutdown_leaves_nothing() -> None:
         assert ":***@" in ctx.address_info["redis_address"]
         store = Store(taskmesh.api.get_runtime().store.url)
         assert store.redis.info("server")["redis_version"]
+        # Bounded (a quarter of the machine's memory) and evicting nothing: a full Redis
+        # refuses writes (ObjectStoreFullError) instead of taking the machine's memory.
+        assert int(store.redis.config_get("maxmemory")["maxmemory"]) == launch.head_maxmemory() > 0
+        assert store.redis.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         assert [n["NodeID"] for n in taskmesh.nodes()] == [ctx.address_info["node_id"]]
         assert taskmesh.cluster_resources()["CPU"] == 1.0
         store.close()
@@ -315,3 +319,17 @@ def test_a_redis_that_may_evict_keys_is_refused(tmp_path) -> None:
             assert taskmesh.is_initialized()
     finally:
         server.stop()
+
+
+@pytest.mark.cluster
+def test_a_heads_redis_takes_the_maxmemory_it_is_given(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TASKMESH_REDIS_MAXMEMORY", str(64 * 2**20))
+    server = launch.start_redis(data_dir=tmp_path / "redis", maxmemory=launch.head_maxmemory())
+    try:
+        store = Store(server.url)
+        assert store.redis.config_get("maxmemory")["maxmemory"] == str(64 * 2**20)
+        store.close()
+    finally:
+        server.stop()
+    monkeypatch.setenv("TASKMESH_REDIS_MAXMEMORY", "0")
+    assert launch.head_maxmemory() == 0  # none

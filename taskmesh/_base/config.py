@@ -172,6 +172,12 @@ GENERATOR_UNCONSUMED_BYTES = _int(
     "`_generator_backpressure_num_objects` makes the generator wait instead; read by each "
     "driver and worker)",
     shown_default="the smaller of 1 GiB and a tenth of the machine's memory")
+REDIS_MAXMEMORY = _int(
+    "TASKMESH_REDIS_MAXMEMORY", -1, "bytes",
+    "maxmemory of the Redis server that `init()` and `taskmesh start --head` start (0: none); "
+    "past it Redis evicts nothing and refuses writes, which taskmesh reports as "
+    "ObjectStoreFullError",
+    shown_default="a quarter of the machine's memory (or of its cgroup's limit)")
 OBJECT_STORE_FULL_WAIT_S = _float(
     "TASKMESH_OBJECT_STORE_FULL_WAIT_S", 10.0, "s",
     "How long a put waits for room in a full object store before `ObjectStoreFullError` "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from taskmesh._base import config
 from taskmesh._base.ids import index_of
 from taskmesh.exceptions import ObjectStoreFullError, StoreUnavailableError
 from taskmesh.objects import KIND_ERROR
-from taskmesh.objects.capacity import cgroup_memory_limit
+from taskmesh.objects.capacity import machine_memory
 from taskmesh.objects.plane import KIND_SHM, parse_descriptor
 from taskmesh.store import Release
 
@@ -69,9 +68,7 @@ def unconsumed_limit() -> int:
     limit = config.GENERATOR_UNCONSUMED_BYTES.get()
     if limit >= 0:
         return limit
-    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    memory = min(memory, cgroup_memory_limit() or memory)
-    return min(1 << 30, memory // 10)
+    return min(1 << 30, machine_memory() // 10)
 
 
 def _item_bytes(kind: bytes, data: bytes | None) -> int:

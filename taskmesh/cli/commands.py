@@ -358,7 +358,7 @@ def start(ctx: click.Context, address: str | None, num_cpus: float | None,
             launch.clear_persisted_state(root / "redis")
         server = launch.start_redis(data_dir=root / "redis", host=redis_bind, port=port or None,
                                     password=redis_password, tls=tls or None,
-                                    persistent=True, fate_share=False)
+                                    persistent=True, fate_share=False, maxmemory=launch.head_maxmemory())
         url = _advertised_url(server.url, redis_bind)
         pids.append(server.proc.pid)
         _record_versions(server.url, tls)

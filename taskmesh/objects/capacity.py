@@ -71,6 +71,13 @@ def _limits_up(base: Path, relative: Path, name: str) -> list[int]:
     return out
 
 
+def machine_memory() -> int:
+    """Bytes of memory this machine gives its processes: its RAM, or its cgroup's limit
+    when that is smaller."""
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return min(memory, cgroup_memory_limit() or memory)
+
+
 def free_bytes(path: Path, statvfs: Callable[[Path], os.statvfs_result] = os.statvfs) -> int:
     """Bytes an unprivileged writer can still allocate in the file system of `path`."""
     st = statvfs(path)

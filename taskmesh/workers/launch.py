@@ -32,6 +32,7 @@ import redis
 
 from taskmesh._base import config
 from taskmesh._base.config import temp_root
+from taskmesh.objects.capacity import machine_memory
 from taskmesh.store.connection import with_password
 from taskmesh.workers import process as _process
 
@@ -126,6 +127,7 @@ def start_redis(
     timeout_s: float = 10.0,
     tls: Any = None,
     primary_password: str | None = None,
+    maxmemory: int | None = None,
 ) -> RedisServer:
     """Start a Redis/Valkey server and return once it answers PING.
 
@@ -137,7 +139,8 @@ def start_redis(
     every user). With `tls` (security.TlsFiles: certificate, key and the CA that signs
     clients' certificates) the port speaks only TLS and clients must present a
     certificate; the URL is then `rediss://`. `primary_password`: what a replica
-    authenticates to its primary with (masterauth, in the same file).
+    authenticates to its primary with (masterauth, in the same file). `maxmemory`: its
+    limit in bytes (None, 0: none; see `head_maxmemory`).
     """
     binary = find_server_binary()
     config.private_dir(data_dir)
@@ -162,6 +165,8 @@ def start_redis(
             args += ["--port", str(chosen)]
         if persistent:
             args += ["--appendfsync", "everysec"]
+        if maxmemory:
+            args += ["--maxmemory", str(maxmemory)]
         args += list(extra_args)
         proc = _spawn_server(args, fate_share)
         scheme = "rediss" if tls else "redis"
@@ -178,6 +183,14 @@ def start_redis(
     log_file = data_dir / "redis.log"
     tail = log_file.read_text()[-2000:] if log_file.exists() else ""
     raise RuntimeError(f"The Redis server did not start ({binary}).\n{tail}")
+
+
+def head_maxmemory() -> int:
+    """The maxmemory of a head's Redis (TASKMESH_REDIS_MAXMEMORY): by default a quarter
+    of the machine's memory, so that objects and queues filling it fail with
+    ObjectStoreFullError rather than take the machine's memory (it evicts nothing)."""
+    limit = config.REDIS_MAXMEMORY.get()
+    return limit if limit >= 0 else machine_memory() // 4
 
 
 def clear_persisted_state(data_dir: Path) -> None:
