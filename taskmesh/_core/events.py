@@ -45,8 +45,10 @@ def now_us() -> int:
 
 
 def event(task_id: str, attempt: int, state: str, **info: Any) -> dict[str, Any]:
-    out = {"task_id": task_id, "attempt": int(attempt), "state": state, "ts": now_us()}
-    out.update((k, v) for k, v in info.items() if v is not None)
+    out = {"task_id": task_id, "attempt": int(attempt), "state": state, "ts": time.time_ns() // 1000}
+    for k, v in info.items():
+        if v is not None:
+            out[k] = v
     return out
 
 

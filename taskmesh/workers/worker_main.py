@@ -321,8 +321,7 @@ class Worker:
                     self._leased_entry = None
                     if self._slot is not None:
                         self._slot.clear()
-                    with self._batch_cond:
-                        self._watch_from = None
+                    self._watch_from = None  # the watcher reads it under the lock: late is harmless
                 ended = time.monotonic()
                 self._task_s += (ended - began - self._task_s) * 0.25
                 retiring = ran.retiring
