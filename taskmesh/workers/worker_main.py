@@ -262,7 +262,7 @@ class Worker:
         long tasks have taken here (one at a time until they prove short, at most
         _BATCH_MAX); the batch's results are stored and its entries acked in the round
         trip that leases the next batch. A task that may not run twice (max_retries=0)
-        has its result stored at once; so do results older than _BATCH_S. The entry
+        has its result stored at once; so do results older than 2 * _BATCH_S. The entry
         running is in the running slot, so that the agent retries only that one if this
         process dies (the rest go back as they were), and a task running longer than
         _HOLD_S hands the batch's unstarted entries back for other workers (_watch_batch)."""
