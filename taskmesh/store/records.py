@@ -91,7 +91,7 @@ def translate_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per task: not frozen, see wire.TaskSpec
 class Completion:
     """One finished task as the agent hands it to `complete_tasks`."""
 
@@ -135,7 +135,7 @@ class Outgoing:
     returns: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per task: not frozen, see wire.TaskSpec
 class Leased:
     """One task entry read from a queue stream."""
 

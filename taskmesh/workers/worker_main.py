@@ -107,6 +107,10 @@ class Worker:
         self._ended_jobs = EndedJobs(store)
         self._grant_ending = False
         self._leased_entry: QueueEntry | None = None  # the task it runs that it leased itself
+        # (task id, attempt, name, job, start µs) of the task running now, and the last
+        # one whose RUNNING event was made (_add_running_event).
+        self._running_event: tuple[str, int, str, str | None, int] | None = None
+        self._running_sent: tuple | None = None
         # Leasing a batch at a time under a grant (see _lease_under_grant).
         self._slot = _process.RunningSlot(slot_fd) if slot_fd is not None else None
         if slot_fd is not None:
@@ -148,6 +152,8 @@ class Worker:
             lines, self._log_lines = self._log_lines, []
             job = self._log_job
         counts: dict[str, int] = {}
+        if with_events:
+            self._add_running_event()
         events = self.events.drain(counts) if with_events and len(self.events) else []
         payload = None
         if lines and job is not None:
@@ -158,6 +164,19 @@ class Worker:
                 self.store.worker_output(job, payload, events, counts)
             except Exception:
                 pass  # output and events are best effort: a task never waits for them
+
+    def _add_running_event(self) -> None:
+        """The RUNNING event of the task running now, once, made when the events are
+        flushed: a task that ends before that needs none (its end event carries its
+        start, and EventBuffer.drain would drop the RUNNING one anyway)."""
+        running = self._running_event
+        if running is not None and running is not self._running_sent:
+            self._running_sent = running
+            task_id, attempt, name, job, start_us = running
+            ev = _events.event(task_id, attempt, _events.RUNNING, name=name, job=job,
+                               node=self.node_id, pid=self.pid)
+            ev["ts"] = start_us
+            self.events.add(ev)
 
     def _log_flush_loop(self) -> None:
         while True:
@@ -477,10 +496,9 @@ class Worker:
         self.runtime.context = TaskContext(spec.job_id, task_id, name, spec.resources,
                                            **placement(spec.pg, gpus))
         record = entry.events
-        if record:
-            self.events.add(_events.event(task_id, attempt, _events.RUNNING, name=name, job=spec.job_id,
-                                          node=self.node_id, pid=self.pid))
         start_us = _events.now_us()
+        if record:  # its RUNNING event is made by the next events flush if it still runs
+            self._running_event = (task_id, attempt, name, spec.job_id, start_us)
         self._arg_refs = []
         self.runtime.runtime_env = spec.runtime_env  # what the tasks it submits inherit
         restore_env, env_error = self._apply_env(spec.runtime_env)
@@ -507,6 +525,7 @@ class Worker:
         lineage = self._lineage(entry, return_ids, objs)
         self._sync_refs()
         if record:
+            self._running_event = None  # before its end event: see _add_running_event
             self._record_end(task_id, attempt, name, spec.job_id, start_us, objs)
         max_calls = spec.max_calls or 0
         self._calls[spec.fn_id] = calls = self._calls.get(spec.fn_id, 0) + 1
