@@ -68,13 +68,21 @@ class EventBuffer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
+        self._starts: dict[str, int] = {}  # task counter fields of starts with no RUNNING event
 
     def add(self, ev: dict[str, Any]) -> None:
         with self._lock:
             self._events.append(ev)
 
+    def count_start(self, name: str) -> None:
+        """A task started and ended with no RUNNING event made: count its start all the
+        same (the `started` task counter, wire.task_counts)."""
+        field_ = f"started {name or '?'}"
+        with self._lock:
+            self._starts[field_] = self._starts.get(field_, 0) + 1
+
     def __len__(self) -> int:
-        return len(self._events)
+        return len(self._events) + len(self._starts)
 
     def drain(self, counts: dict[str, int] | None = None) -> list[dict[str, Any]]:
         """Everything buffered; a RUNNING event whose attempt also ended in this batch is
@@ -82,8 +90,11 @@ class EventBuffer:
         batch adds to the task counters (wire.task_counts), the dropped starts included."""
         with self._lock:
             events, self._events = self._events, []
+            starts, self._starts = self._starts, {}
         if counts is not None:
             counts.update(wire.task_counts(events))
+            for field_, n in starts.items():
+                counts[field_] = counts.get(field_, 0) + n
         ended = {(e["task_id"], e["attempt"]) for e in events if e["state"] in TERMINAL}
         if not ended:
             return events

@@ -111,6 +111,7 @@ class Worker:
         # one whose RUNNING event was made (_add_running_event).
         self._running_event: tuple[str, int, str, str | None, int] | None = None
         self._running_sent: tuple | None = None
+        self._running_lock = threading.Lock()
         # Leasing a batch at a time under a grant (see _lease_under_grant).
         self._slot = _process.RunningSlot(slot_fd) if slot_fd is not None else None
         if slot_fd is not None:
@@ -169,14 +170,24 @@ class Worker:
         """The RUNNING event of the task running now, once, made when the events are
         flushed: a task that ends before that needs none (its end event carries its
         start, and EventBuffer.drain would drop the RUNNING one anyway)."""
-        running = self._running_event
-        if running is not None and running is not self._running_sent:
+        with self._running_lock:
+            running = self._running_event
+            if running is None or running is self._running_sent:
+                return
             self._running_sent = running
-            task_id, attempt, name, job, start_us = running
-            ev = _events.event(task_id, attempt, _events.RUNNING, name=name, job=job,
-                               node=self.node_id, pid=self.pid)
-            ev["ts"] = start_us
-            self.events.add(ev)
+        task_id, attempt, name, job, start_us = running
+        ev = _events.event(task_id, attempt, _events.RUNNING, name=name, job=job,
+                           node=self.node_id, pid=self.pid)
+        ev["ts"] = start_us
+        self.events.add(ev)
+
+    def _end_running_event(self, name: str) -> None:
+        """The running task ended: a start without a RUNNING event is counted still."""
+        with self._running_lock:
+            running, self._running_event = self._running_event, None
+            made = running is not None and running is self._running_sent
+        if running is not None and not made:
+            self.events.count_start(name)
 
     def _log_flush_loop(self) -> None:
         while True:
@@ -525,7 +536,7 @@ class Worker:
         lineage = self._lineage(entry, return_ids, objs)
         self._sync_refs()
         if record:
-            self._running_event = None  # before its end event: see _add_running_event
+            self._end_running_event(name)  # before its end event: see _add_running_event
             self._record_end(task_id, attempt, name, spec.job_id, start_us, objs)
         max_calls = spec.max_calls or 0
         self._calls[spec.fn_id] = calls = self._calls.get(spec.fn_id, 0) + 1
