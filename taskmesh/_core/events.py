@@ -45,7 +45,7 @@ def now_us() -> int:
 
 
 def event(task_id: str, attempt: int, state: str, **info: Any) -> dict[str, Any]:
-    out = {"task_id": task_id, "attempt": int(attempt), "state": state, "ts": time.time_ns() // 1000}
+    out = {"task_id": task_id, "attempt": int(attempt), "state": state, "ts": now_us()}
     for k, v in info.items():
         if v is not None:
             out[k] = v

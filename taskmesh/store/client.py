@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import msgpack
@@ -480,10 +480,8 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
         (requeue.lua each, attempt unchanged), in one round trip."""
         def queue_commands(pipe: Any) -> None:
             for item in leased:
-                args: list[Any] = [GROUP, item.entry_id]
-                for k, v in item.fields.items():
-                    args += [k, v]
-                pipe.evalsha(self.scripts["requeue"].sha, 1, item.queue, *args)
+                pipe.evalsha(self.scripts["requeue"].sha, 1, item.queue,
+                             *_requeue_args(item.entry_id, item.fields))
 
         self.run_scripts(queue_commands, (self.scripts["requeue"],), durable=True)
 
@@ -491,10 +489,8 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
     def requeue(self, queue: str, entry_id: bytes, fields: dict[Any, Any],
                 dest: str | None = None) -> None:
         """Ack a leased entry of `queue` and add it again (to `dest` when given): one script."""
-        args: list[Any] = [GROUP, entry_id]
-        for k, v in fields.items():
-            args += [k, v]
-        self.scripts["requeue"](keys=[queue] if dest is None else [queue, dest], args=args)
+        self.scripts["requeue"](keys=[queue] if dest is None else [queue, dest],
+                                args=_requeue_args(entry_id, fields))
 
     @translate_errors
     def queue_stats(self, names: Sequence[str] | None = None) -> dict[str, tuple[int, int]]:
@@ -729,6 +725,14 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
         """Delete a consumer from a queue's group if nothing is pending for it."""
         return self.scripts["drop_consumer"](
             keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1
+
+
+def _requeue_args(entry_id: bytes, fields: Mapping[Any, Any]) -> list[Any]:
+    """requeue.lua's ARGV: the group, the leased entry's id, the new entry's fields."""
+    args: list[Any] = [GROUP, entry_id]
+    for k, v in fields.items():
+        args += [k, v]
+    return args
 
 
 def _reports_error(c: Completion) -> bool:

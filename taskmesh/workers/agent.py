@@ -553,15 +553,15 @@ class NodeAgent:
         if hand_back:
             return tasks
         with self._cond:
-            self._lease_stats["grant_entries_settled"] += len(tasks)
-        with self._cond:
             running = self._died_running.get(consumer, _UNKNOWN)
-        for task in tasks:
-            if task.creates_actor or running is not _UNKNOWN and task.lease.entry_id != running:
-                # leased but not started (or its result not stored): back to its queue
+            # Leased but not started (or its result not stored): back to its queue.
+            unstarted = [t.creates_actor or running is not _UNKNOWN and t.lease.entry_id != running
+                         for t in tasks]
+            self._lease_stats["grant_entries_settled"] += len(tasks)
+            self._lease_stats["grant_entries_returned"] += sum(unstarted)
+        for task, back in zip(tasks, unstarted, strict=True):
+            if back:
                 retry_transient(functools.partial(self._requeue, task, task.entry.attempt))
-                with self._cond:
-                    self._lease_stats["grant_entries_returned"] += 1
             else:
                 log.warning("worker %s died running task %s", consumer, task.entry.task)
                 self._task_failed(task)

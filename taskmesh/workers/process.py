@@ -183,7 +183,6 @@ def dump_stacks(root: Path, pids: Iterable[int], timeout_s: float = 3.0) -> dict
     return out
 
 
-
 class RunningSlot:
     """A few bytes of memory a worker shares with its agent (a memfd the agent passes
     it): the id of the queue entry the worker is running, empty between tasks. A worker

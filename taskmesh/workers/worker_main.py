@@ -305,7 +305,7 @@ class Worker:
         leased.extend(self._leasing(lease_more, shape, consumer))
         done: list[Completion] = []
         acks: list[bytes] = []
-        oldest = 0.0  # when the oldest result not stored yet was made
+        oldest: float | None = None  # when the oldest result not stored yet was made
         while True:
             with self._batch_cond:
                 item = leased.popleft() if leased and not self._grant_ending else None
@@ -316,6 +316,7 @@ class Worker:
                 more = None if self._grant_ending else (shape, consumer, self._batch_size())
                 got = self._store_done(done, acks, shape, consumer, more)
                 done, acks = [], []
+                oldest = None
                 if not got:
                     break
                 leased.extend(got)
@@ -332,7 +333,7 @@ class Worker:
                 self._actor.run()  # returns only if creation failed
                 self._actor = None
                 return False
-            retiring = False
+            retiring, ran = False, None
             # A cancelled task, or one of an ended job, is only acked. The entry is
             # recorded before the job check: a JobsEnded read meanwhile sees it.
             self._leased_entry = entry
@@ -340,7 +341,6 @@ class Worker:
                 self._leased_entry = None
                 acks.append(item.entry_id)
                 ended = time.monotonic()
-                oldest = oldest if len(acks) > 1 else ended
             else:
                 began = time.monotonic()
                 if self._slot is not None:
@@ -362,12 +362,14 @@ class Worker:
                         fence = ("", KIND_FENCE, entry.fence())
                         done.append(Completion(ran.owner, ran.notice, (*ran.stored, fence), ran.kept))
                     acks.append(item.entry_id)
-                    oldest = oldest if len(acks) > 1 else ended
-                if retiring or entry.spec.max_retries == 0 or ended - oldest > 2 * _BATCH_S:  # type: ignore[union-attr]
-                    if retiring:
-                        self._hand_back_batch()
-                    self._store_done(done, acks, shape, consumer, None)
-                    done, acks = [], []
+            if acks and oldest is None:
+                oldest = ended
+            if ran is not None and (retiring or entry.spec.max_retries == 0  # type: ignore[union-attr]
+                                    or oldest is not None and ended - oldest > 2 * _BATCH_S):
+                if retiring:
+                    self._hand_back_batch()
+                self._store_done(done, acks, shape, consumer, None)
+                done, acks, oldest = [], [], None
             if retiring:  # what it leased meanwhile is settled by the agent when it exits
                 self._send(wire.GrantEnded())
                 self._send(wire.Retiring())
