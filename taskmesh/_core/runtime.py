@@ -305,8 +305,7 @@ class Runtime(StreamMethods):
         """Bring Redis up to date with the refs this process holds, now. A worker calls
         it before reporting a task done, since the caller then drops the refs it lent
         the task: what the task kept must be registered first."""
-        if (self._decrefs or self._new_borrows or self._free or self._containers or self._stores
-                or self._buffer or self._streams):
+        if self._holds_due():
             self._send_holds()
 
     # ---- submission -----------------------------------------------------------------
@@ -488,6 +487,12 @@ class Runtime(StreamMethods):
                 return []
             self._task_events, self._events_sent_at = [], now
         return events
+
+    def _holds_due(self) -> bool:
+        """Whether `_send_holds` has anything to send: what it drains below (kept values
+        to store, dropped and new refs, streams, the buffer, releases, containers)."""
+        return bool(self._stores or self._decrefs or self._new_borrows or self._streams
+                    or self._buffer or self._free or self._containers)
 
     def _send_holds(self, events: list[dict[str, Any]] | None = None) -> None:
         """Send the hold changes gathered so far: what objects contain first, then
