@@ -331,10 +331,15 @@ def test_jobs_page_lists_the_job(page: Any, workload: dict[str, Any], shared_clu
 def test_the_metrics_route_serves_the_builtin_metrics(dashboard: str, workload: dict[str, Any]) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    status, headers, body = _get(dashboard + "/metrics")
-    assert status == 200 and headers["content-type"].startswith("text/plain")
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+    def scrape() -> dict[tuple, float]:
+        status, headers, body = _get(dashboard + "/metrics")
+        assert status == 200 and headers["content-type"].startswith("text/plain")
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(body.decode()) for s in family.samples}
+
+    # Workers send their task counts with their events, every ~0.2 s.
+    failed = ("taskmesh_tasks_failed_total", (("name", "explode"),))
+    samples = wait_until(lambda: (got := scrape()).get(failed) and got, what="the workers' task counts")
     assert samples[("taskmesh_tasks_finished_total", (("name", "greet"),))] >= 4
     assert samples[("taskmesh_tasks_failed_total", (("name", "explode"),))] == 1
     assert samples[("taskmesh_nodes", (("state", "alive"),))] >= 1

@@ -63,38 +63,59 @@ def submitted(entry: QueueEntry, job_id: str | None) -> dict[str, Any]:
 
 
 class EventBuffer:
-    """Events of one process waiting for its next flush (append from any thread)."""
+    """Events of one process waiting for its next flush (append from any thread).
+
+    A task's end is recorded by `ended` as a tuple and made an event dict only when the
+    buffer is drained: a worker runs thousands of tasks between two flushes."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
-        self._starts: dict[str, int] = {}  # task counter fields of starts with no RUNNING event
+        self._ends: list[tuple] = []  # see `ended`
 
     def add(self, ev: dict[str, Any]) -> None:
         with self._lock:
             self._events.append(ev)
 
-    def count_start(self, name: str) -> None:
-        """A task started and ended with no RUNNING event made: count its start all the
-        same (the `started` task counter, wire.task_counts)."""
-        field_ = f"started {name or '?'}"
+    def ended(self, task_id: str, attempt: int, name: str, job: str | None, node: str, pid: int,
+              start_us: int, end_us: int, tb: str | None, *, failed: bool, running_sent: bool) -> None:
+        """A task attempt ended: its FINISHED or FAILED event (with its start and end;
+        a failed one's traceback `tb`). `running_sent`: its RUNNING event was made (the
+        start counter counts that one); otherwise the start is counted with the end."""
         with self._lock:
-            self._starts[field_] = self._starts.get(field_, 0) + 1
+            self._ends.append((task_id, attempt, name, job, node, pid, start_us, end_us, tb, failed,
+                               running_sent))
 
     def __len__(self) -> int:
-        return len(self._events) + len(self._starts)
+        return len(self._events) + len(self._ends)
 
     def drain(self, counts: dict[str, int] | None = None) -> list[dict[str, Any]]:
         """Everything buffered; a RUNNING event whose attempt also ended in this batch is
         dropped (the end event carries the start time). `counts` receives what the whole
-        batch adds to the task counters (wire.task_counts), the dropped starts included."""
+        batch adds to the task counters (wire.task_counts), the starts of ends whose
+        RUNNING event was never made included."""
         with self._lock:
             events, self._events = self._events, []
-            starts, self._starts = self._starts, {}
+            ends, self._ends = self._ends, []
         if counts is not None:
             counts.update(wire.task_counts(events))
-            for field_, n in starts.items():
-                counts[field_] = counts.get(field_, 0) + n
+            for end in ends:
+                name, failed, running_sent = end[2] or "?", end[9], end[10]
+                field_ = f"{'failed' if failed else 'finished'} {name}"
+                counts[field_] = counts.get(field_, 0) + 1
+                if not running_sent:
+                    field_ = f"started {name}"
+                    counts[field_] = counts.get(field_, 0) + 1
+        for task_id, attempt, name, job, node, pid, start_us, end_us, tb, failed, _ in ends:
+            ev = {"task_id": task_id, "attempt": attempt, "state": FAILED if failed else FINISHED,
+                  "ts": end_us, "name": name, "node": node, "pid": pid, "start": start_us, "end": end_us}
+            if job is not None:
+                ev.update(job=job)
+            if failed:
+                ev.update(error="TASK_EXECUTION_EXCEPTION")
+                if tb is not None:
+                    ev.update(tb=tb)
+            events.append(ev)
         ended = {(e["task_id"], e["attempt"]) for e in events if e["state"] in TERMINAL}
         if not ended:
             return events

@@ -282,6 +282,8 @@ class Runtime(StreamMethods):
     def holds_refs(self, object_id: str) -> bool:
         """Whether the value `encode_value` encoded as `object_id` holds refs (asked once
         per value: the answer is forgotten)."""
+        if object_id not in self._ref_holders:  # added before it is asked, by the asker's flow
+            return False
         with self._cond:
             if object_id in self._ref_holders:
                 self._ref_holders.discard(object_id)
@@ -305,7 +307,7 @@ class Runtime(StreamMethods):
         """Bring Redis up to date with the refs this process holds, now. A worker calls
         it before reporting a task done, since the caller then drops the refs it lent
         the task: what the task kept must be registered first."""
-        if self._holds_due():
+        if self.holds_due():
             self._send_holds()
 
     # ---- submission -----------------------------------------------------------------
@@ -488,7 +490,7 @@ class Runtime(StreamMethods):
             self._task_events, self._events_sent_at = [], now
         return events
 
-    def _holds_due(self) -> bool:
+    def holds_due(self) -> bool:
         """Whether `_send_holds` has anything to send: what it drains below (kept values
         to store, dropped and new refs, streams, the buffer, releases, containers)."""
         return bool(self._stores or self._decrefs or self._new_borrows or self._streams

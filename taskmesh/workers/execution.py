@@ -25,8 +25,10 @@ def owner_keeps(objs: Sequence[Sequence[Any]], holds_refs: Callable[[str], bool]
     """Whether a finished task's results go to its owner in the completion notice alone,
     not stored in Redis (Notice.kept): each is a small inline value or error that holds
     no refs. A value that holds refs is stored, so that they are released with it."""
-    holding = [holds_refs(oid) for oid, _, _ in objs]  # each asked once (Runtime.holds_refs)
-    return bool(objs) and not any(holding) and all(
+    holding = False
+    for oid, _, _ in objs:  # each asked once: holds_refs forgets what it answers
+        holding = holds_refs(oid) or holding
+    return bool(objs) and not holding and all(
         kind in _KEPT_KINDS and data is not None and len(data) <= NOTICE_INLINE_LIMIT
         for _, kind, data in objs)
 

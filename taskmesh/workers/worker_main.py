@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
+from types import GeneratorType
 from typing import Any, NamedTuple
 
 import msgpack
@@ -149,6 +150,8 @@ class Worker:
     def flush_logs(self, with_events: bool = False) -> None:
         """Send printed lines (to the job's driver and its log stream) and, from the
         periodic flush, task events: one round trip, only when there is something."""
+        if not with_events and not self._log_lines:
+            return
         with self._log_lock:
             lines, self._log_lines = self._log_lines, []
             job = self._log_job
@@ -181,13 +184,15 @@ class Worker:
         ev["ts"] = start_us
         self.events.add(ev)
 
-    def _end_running_event(self, name: str) -> None:
-        """The running task ended: a start without a RUNNING event is counted still."""
+    def _record_end(self, task_id: str, attempt: int, name: str, job: str | None, start_us: int,
+                    objs: list[list] | None) -> None:
+        """The running task ended: its end event (see _add_running_event)."""
         with self._running_lock:
             running, self._running_event = self._running_event, None
-            made = running is not None and running is self._running_sent
-        if running is not None and not made:
-            self.events.count_start(name)
+        failed = objs is None or any(kind == KIND_ERROR for _, kind, _ in objs)
+        self.events.ended(task_id, attempt, name, job, self.node_id, self.pid, start_us, _events.now_us(),
+                          error_text(objs) if failed else None, failed=failed,
+                          running_sent=running is not None and running is self._running_sent)
 
     def _log_flush_loop(self) -> None:
         while True:
@@ -502,19 +507,24 @@ class Worker:
         whether this worker must exit afterwards (max_calls)."""
         task_id, name, attempt = entry.task, entry.name, entry.attempt
         spec: TaskSpec = entry.spec  # type: ignore[assignment]
-        return_ids = [objects.object_id(task_id, i + 1) for i in range(spec.num_returns)]
-        self.runtime.job_id = spec.job_id
-        self.runtime.detached = spec.detached  # a detached actor's work: so are its children
-        self.runtime.namespace = spec.namespace
-        self.runtime.context = TaskContext(spec.job_id, task_id, name, spec.resources,
-                                           **placement(spec.pg, gpus))
+        return_ids = ([objects.object_id(task_id, 1)] if spec.num_returns == 1
+                      else [objects.object_id(task_id, i + 1) for i in range(spec.num_returns)])
+        runtime = self.runtime
+        runtime.job_id = spec.job_id
+        runtime.detached = spec.detached  # a detached actor's work: so are its children
+        runtime.namespace = spec.namespace
+        runtime.context = (
+            TaskContext(spec.job_id, task_id, name, spec.resources, None, spec.pg) if gpus is None
+            else TaskContext(spec.job_id, task_id, name, spec.resources, **placement(spec.pg, gpus)))
         record = entry.events
         start_us = _events.now_us()
         if record:  # its RUNNING event is made by the next events flush if it still runs
             self._running_event = (task_id, attempt, name, spec.job_id, start_us)
         self._arg_refs = []
-        self.runtime.runtime_env = spec.runtime_env  # what the tasks it submits inherit
-        restore_env, env_error = self._apply_env(spec.runtime_env)
+        restore_env, env_error = None, None
+        if spec.runtime_env:
+            runtime.runtime_env = spec.runtime_env  # what the tasks it submits inherit
+            restore_env, env_error = self._apply_env(spec.runtime_env)
         set_omp_threads(spec.resources)
         try:
             self._running_task, self._interruptible = task_id, True
@@ -528,26 +538,28 @@ class Worker:
             objs = self._cancelled(return_ids)
         finally:
             self._running_task, self._interruptible = None, False
-            self.runtime.context = TaskContext()
+            runtime.context = _IDLE
             self.end_output()
             if restore_env is not None:
                 restore_env()
-            self.runtime.runtime_env = None
+            runtime.runtime_env = None
         if spec.generator:
             self.items.flush()  # its items go before its end (a cancelled one's too)
         lineage = self._lineage(entry, return_ids, objs)
-        self._sync_refs()
+        if runtime.holds_due():
+            self._sync_refs()
         if record:
-            self._end_running_event(name)  # before its end event: see _add_running_event
             self._record_end(task_id, attempt, name, spec.job_id, start_us, objs)
-        max_calls = spec.max_calls or 0
-        self._calls[spec.fn_id] = calls = self._calls.get(spec.fn_id, 0) + 1
-        retiring = bool(max_calls and calls >= max_calls)
+        retiring = False
+        if spec.max_calls:
+            self._calls[spec.fn_id] = calls = self._calls.get(spec.fn_id, 0) + 1
+            retiring = calls >= spec.max_calls
         if objs is None:
             return _Ran(None, spec.owner, b"", (), retiring, False)
-        stored = tuple((oid, kind, data) for oid, kind, data in [*objs, *lineage])
-        kept = owner_keeps(objs, self.runtime.holds_refs) and not lineage and not spec.generator
-        return _Ran(objs, spec.owner, encode_notice(task_id, objs, kept=kept), stored, retiring, kept)
+        # holds_refs forgets what it answers: asked of every result, whatever the rest says
+        kept = owner_keeps(objs, runtime.holds_refs) and not lineage and not spec.generator
+        return _Ran(objs, spec.owner, encode_notice(task_id, objs, kept=kept),
+                    (*objs, *lineage), retiring, kept)
 
     def _lineage(self, entry: QueueEntry, return_ids: list[str], objs: list[list] | None) -> list[list]:
         """The pseudo-object that carries the task's lineage to the completion script
@@ -573,16 +585,6 @@ class Worker:
         except Exception as e:
             return None, objects.serialize(runtime_env.setup_error(env, e))
 
-    def _record_end(self, task_id: str, attempt: int, name: str, job: str | None, start_us: int,
-                    objs: list[list] | None) -> None:
-        failed = objs is None or any(kind == KIND_ERROR for _, kind, _ in objs)
-        end_us = _events.now_us()
-        self.events.add(_events.event(
-            task_id, attempt, _events.FAILED if failed else _events.FINISHED, name=name, job=job,
-            node=self.node_id, pid=self.pid, start=start_us, end=end_us,
-            error="TASK_EXECUTION_EXCEPTION" if failed else None,
-            tb=error_text(objs) if failed else None))
-
     def _execute(self, spec: TaskSpec, attempt: int, name: str, return_ids: list[str]) -> list[list]:
         try:
             fn, self.runtime.context.function_name = self._function(spec.fn_id)
@@ -603,11 +605,14 @@ class Worker:
             if spec.generator:
                 return self.generator_run(spec, name, return_ids[0],
                                           retry=lambda e: should_retry(spec, attempt, e)).run(result)
-            fixed = fixed_returns(result, return_ids, name, self.runtime.encode_value,
-                                  lambda e: serialize_error(name, e),
-                                  lambda e: should_retry(spec, attempt, e))
-            if fixed is not None:
-                return fixed
+            if isinstance(result, GeneratorType):  # with a fixed num_returns
+                fixed = fixed_returns(result, return_ids, name, self.runtime.encode_value,
+                                      lambda e: serialize_error(name, e),
+                                      lambda e: should_retry(spec, attempt, e))
+                if fixed is not None:
+                    return fixed
+            if len(return_ids) == 1:
+                return [self.runtime.encode_value(return_ids[0], result)]
             values = split_returns(result, len(return_ids), name)
             return [self.runtime.encode_value(oid, v) for oid, v in zip(return_ids, values, strict=True)]
         except KeyboardInterrupt:  # taskmesh.cancel interrupted it
@@ -670,6 +675,8 @@ class Worker:
         """Replace top-level refs by their values, in place; nested refs stay refs.
         Returns the serialized error of a failed argument, which becomes the result;
         GetTimeoutError (nothing replaced) when they are not all there in `timeout_s`."""
+        if not args and not kwargs:
+            return None
         positions = [i for i, a in enumerate(args) if isinstance(a, ObjectRef)]
         names = [k for k, v in kwargs.items() if isinstance(v, ObjectRef)]
         if not positions and not names:
@@ -691,6 +698,10 @@ class Worker:
         for k in names:
             kwargs[k] = values[kwargs[k].hex()]
         return None
+
+
+# The runtime context between tasks (nothing changes it: a task gets a context of its own).
+_IDLE = TaskContext()
 
 
 class _Retry(Exception):
