@@ -27,7 +27,7 @@ from taskmesh.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 def _spec(owner: str, **changes: Any) -> bytes:
     """A task spec that decodes (until `changes`), for a function no one exported."""
-    spec = {"fn": "f" * 40, "args": objects.serialize(([], {})), "nret": 1, "owner": owner,
+    spec = {"fn": "f" * 40, "nret": 1, "owner": owner,
             "job": "01000000", "maxr": 0, "res": {"CPU": 1.0}, **changes}
     return msgpack.packb({k: v for k, v in spec.items() if v is not _DROP}, use_bin_type=True)
 
@@ -37,7 +37,7 @@ _DROP: Any = object()  # a field left out of a spec
 
 def _entry(owner: str, spec: bytes, **fields: str) -> dict[str, Any]:
     return {"task": objects.new_task_id(owner), "name": "fuzzed", "attempt": "0", "spec": spec,
-            **fields}
+            "args": objects.serialize(([], {})), **fields}
 
 
 def _reasons(store: Store, since: int) -> list[str]:
@@ -221,11 +221,10 @@ def test_bad_actor_calls_fail_alone_and_the_actor_serves_on(
     owner = objects.new_owner_tag()
     calls = db.keys.actor_calls(echo._actor_id)
 
-    def call(**changes: Any) -> None:
-        spec = {"m": "echo", "args": objects.serialize((["a"], {})), "nret": 1, "owner": owner,
-                "job": "01000000", **changes}
-        db.redis.xadd(calls, {"task": objects.new_task_id(owner), "name": "Echo.echo",
-                                 "attempt": "0", "spec": msgpack.packb(spec, use_bin_type=True)})
+    def call(args: bytes = objects.serialize((["a"], {})), **changes: Any) -> None:
+        spec = {"m": "echo", "nret": 1, "owner": owner, "job": "01000000", **changes}
+        db.redis.xadd(calls, {"task": objects.new_task_id(owner), "name": "Echo.echo", "attempt": "0",
+                              "spec": msgpack.packb(spec, use_bin_type=True), "args": args})
 
     call(args=b"\x80\x05garbage")  # does not unpickle
     call(args=objects.serialize(5))  # not an (args, kwargs) pair

@@ -259,8 +259,9 @@ def test_which_entries_an_ended_job_drops() -> None:
 
 def test_the_detached_flag_travels_in_task_and_actor_specs() -> None:
     spec = TaskSpec("f" * 16, b"", 1, new_owner_tag(), "00000001", detached=True)
-    assert TaskSpec.from_wire(spec.to_wire()).detached
-    assert not TaskSpec.from_wire(TaskSpec("f" * 16, b"", 1, new_owner_tag(), "00000001").to_wire()).detached
+    assert TaskSpec.from_wire(spec.to_wire(), b"").detached
+    attached = TaskSpec("f" * 16, b"", 1, new_owner_tag(), "00000001")
+    assert not TaskSpec.from_wire(attached.to_wire(), b"").detached
     actor = ActorSpec("f" * 16, b"", new_owner_tag(), "00000001", "A", detached=True)
     assert ActorSpec.from_wire(actor.to_wire()).detached
 

@@ -247,13 +247,13 @@ def test_small_results_keep_no_lineage(ray, shared_cluster) -> None:
 def test_recovery_plans_follow_rays_rules() -> None:
     task = "ab12cd34" + "0" * 15 + "1"
     oid = task + "0001"
-    spec = {"fn": "f", "args": b"", "nret": 2, "owner": "ab12cd34", "job": "01000000", "maxr": 3,
+    spec = {"fn": "f", "nret": 2, "owner": "ab12cd34", "job": "01000000", "maxr": 3,
             "res": {"CPU": 1.0}}
 
     def lineage(attempt: int, **extra) -> bytes:
         return QueueEntry.from_fields({b"task": task.encode(), b"name": b"f",
                                        b"attempt": str(attempt).encode(),
-                                       b"spec": msgpack.packb({**spec, **extra})}).to_lineage()
+                                       b"spec": msgpack.packb({**spec, **extra}), b"args": b""}).to_lineage()
 
     plan = _object_plane.plan_recovery(oid, lineage(0), owner_alive=True)
     assert plan.error is None and plan.shape == "CPU=1"

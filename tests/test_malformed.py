@@ -12,14 +12,15 @@ from taskmesh import objects
 from taskmesh._base.wire import QueueEntry, WireError
 from taskmesh.store import Store
 
-_TASK_SPEC = {"fn": "x", "args": b"", "owner": "ab12cd34", "nret": 1, "job": "01000000"}
-_CALL_SPEC = {"m": "f", "args": b"", "owner": "ab12cd34", "nret": 1, "job": "01000000"}
+# A task's and a call's arguments travel in the entry's field `args`; an actor's in its spec.
+_TASK_SPEC = {"fn": "x", "owner": "ab12cd34", "nret": 1, "job": "01000000"}
+_CALL_SPEC = {"m": "f", "owner": "ab12cd34", "nret": 1, "job": "01000000"}
 _ACTOR_SPEC = {"fn": "x", "args": b"", "owner": "ab12cd34", "job": "01000000", "cls": "C"}
 
 
-def _entry(spec: dict | bytes, **fields: bytes) -> dict[bytes, bytes]:
+def _entry(spec: dict | bytes, args: bytes | str = b"", **fields: bytes) -> dict[bytes, bytes]:
     raw = spec if isinstance(spec, bytes) else msgpack.packb(spec)
-    return {b"task": b"ab12", b"name": b"f", b"attempt": b"0", b"spec": raw,
+    return {b"task": b"ab12", b"name": b"f", b"attempt": b"0", b"spec": raw, b"args": args,
             **{k.encode(): v for k, v in fields.items()}}
 
 
@@ -54,7 +55,6 @@ def test_a_bad_entry_raises_a_wire_error_naming_the_field() -> None:
     ({"nret": -1}, "nret"),
     ({"nret": True}, "nret"),
     ({"owner": 7}, "owner"),
-    ({"args": "text"}, "args"),
     ({"rexc": 1}, "rexc"),
     ({"res": {"CPU": -1}}, "res"),
     ({"res": [1]}, "res"),
@@ -70,6 +70,12 @@ def test_task_spec_fields_are_checked(spec: dict, field: str | None) -> None:
         QueueEntry.from_fields(fields)
     else:
         assert f"'{field}'" in _problem(fields)
+
+
+def test_arguments_that_are_not_bytes_are_named() -> None:
+    assert "'args'" in _problem(_entry(_TASK_SPEC, args="text"))
+    assert "'args'" in _problem(_entry(_CALL_SPEC, args="text"), actor_call=True)
+    assert "'args'" in _problem({k: v for k, v in _entry(_TASK_SPEC).items() if k != b"args"})
 
 
 def test_missing_job_is_named() -> None:
@@ -105,7 +111,7 @@ def test_entry_fields_are_checked() -> None:
 
 def test_actor_call_args_must_unpickle_to_args_and_kwargs() -> None:
     def spec(args: bytes) -> object:
-        return QueueEntry.from_fields(_entry({**_CALL_SPEC, "args": args}), actor_call=True).spec
+        return QueueEntry.from_fields(_entry(_CALL_SPEC, args), actor_call=True).spec
 
     assert spec(objects.serialize(([1], {"a": 2}))).decode_args(objects.deserialize) == ([1], {"a": 2})
     for args in (b"garbage", objects.serialize(5), objects.serialize(([1], [2]))):
@@ -153,9 +159,9 @@ def test_malformed_actor_calls_go_to_the_dead_letter_stream(ray, shared_cluster)
         # unpickle: set aside when the actor reads them; the actor keeps serving.
         owner = objects.new_owner_tag()
         for args in (objects.serialize(5), b"garbage"):
-            spec = msgpack.packb({**_CALL_SPEC, "m": "echo", "owner": owner, "args": args})
+            spec = msgpack.packb({**_CALL_SPEC, "m": "echo", "owner": owner})
             store.redis.xadd(calls, {"task": objects.new_task_id(owner), "name": "Echo.echo",
-                                     "attempt": 0, "spec": spec})
+                                     "attempt": 0, "spec": spec, "args": args})
         wait_until(lambda: store.redis.xlen(store.keys.deadletter()) >= before + 3)
         reasons = [f[b"reason"].decode() for _, f in store.redis.xrange(store.keys.deadletter())]
         assert sum("'args'" in r for r in reasons) >= 2
@@ -178,9 +184,9 @@ def test_badly_typed_spec_fields_go_to_the_dead_letter_stream(ray, shared_cluste
         queue = store.keys.queue("CPU=1")
         for bad in ({"maxc": "x"}, {"nret": -1}, {"maxr": -5}):
             spec = msgpack.packb({**_TASK_SPEC, **bad})
-            store.redis.xadd(queue, {"task": "abcd", "name": "x", "attempt": "0", "spec": spec})
+            store.redis.xadd(queue, {"task": "abcd", "name": "x", "attempt": "0", "spec": spec, "args": b""})
         store.redis.xadd(queue, {"task": "abcd", "name": "x", "attempt": "0", "shape": "CPU",
-                                 "spec": msgpack.packb(_TASK_SPEC)})
+                                 "spec": msgpack.packb(_TASK_SPEC), "args": b""})
         wait_until(lambda: store.redis.xlen(store.keys.deadletter()) >= before + 4)
         reasons = [f[b"reason"].decode() for _, f in store.redis.xrange(store.keys.deadletter())]
         for field in ("maxc", "nret", "maxr", "shape"):

@@ -27,9 +27,10 @@ _wait_for = functools.partial(wait_until, timeout_s=20.0)
 
 def _fields(maxr: int, attempt: int = 0, nret: int = 1, owner: str | None = None) -> dict[bytes, bytes]:
     owner = owner or objects.new_owner_tag()
-    spec = {"fn": "f", "args": b"", "nret": nret, "owner": owner, "job": "00000001", "maxr": maxr}
+    spec = {"fn": "f", "nret": nret, "owner": owner, "job": "00000001", "maxr": maxr}
     return {b"task": objects.new_task_id(owner).encode(), b"name": b"f",
-            b"attempt": str(attempt).encode(), b"spec": msgpack.packb(spec, use_bin_type=True)}
+            b"attempt": str(attempt).encode(), b"spec": msgpack.packb(spec, use_bin_type=True),
+            b"args": b""}
 
 
 def _actor_fields() -> dict[bytes, bytes]:

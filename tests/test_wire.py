@@ -51,14 +51,27 @@ def _task_spec(**changes: Any) -> TaskSpec:
     _task_spec(retry_exceptions=b"pickled types", generator=wire.DYNAMIC_MODE, num_returns=1),
 ])
 def test_task_specs_round_trip(spec: TaskSpec) -> None:
-    assert TaskSpec.from_wire(spec.to_wire()) == spec
+    assert TaskSpec.from_wire(spec.to_wire(), spec.args) == spec
+
+
+def test_a_task_spec_leaves_its_arguments_out_and_is_decoded_once() -> None:
+    """Calls of one function with the same options share the spec's bytes: the second
+    decode comes from the cache, with its own arguments."""
+    first, second = _task_spec(args=b"one"), _task_spec(args=b"two")
+    assert first.to_wire() == second.to_wire() and b"one" not in first.to_wire()
+    data = first.to_wire()
+    wire._TASK_SPECS.pop(data, None)
+    assert TaskSpec.from_wire(data, b"one") == first and data in wire._TASK_SPECS
+    assert TaskSpec.from_wire(data, b"two") == second
+    with pytest.raises(WireError, match="'args'"):
+        TaskSpec.from_wire(data, "text")
 
 
 def test_a_task_spec_keeps_its_bytes_on_the_wire() -> None:
     """The short keys, their order and which are left out when empty are unchanged."""
     spec = _task_spec(max_retries=3, max_calls=0, resources={"CPU": 1.0}, pg=["p", 0, False])
     legacy = msgpack.packb({
-        "fn": spec.fn_id, "args": spec.args, "nret": 2, "owner": OWNER, "job": "01000000", "ns": "ns",
+        "fn": spec.fn_id, "nret": 2, "owner": OWNER, "job": "01000000", "ns": "ns",
         "maxr": 3, "rexc": False, "maxc": 0, "res": {"CPU": 1.0}, "pg": ["p", 0, False],
     }, use_bin_type=True)
     assert spec.to_wire() == legacy
@@ -89,11 +102,11 @@ def test_an_actor_spec_keeps_its_bytes_on_the_wire() -> None:
     CallSpec(wire.TERMINATE, b"", 0, OWNER, "01000000"),
 ])
 def test_call_specs_round_trip(spec: CallSpec) -> None:
-    assert CallSpec.from_wire(spec.to_wire()) == spec
+    assert CallSpec.from_wire(spec.to_wire(), spec.args) == spec
 
 
 def test_a_call_spec_keeps_its_bytes_on_the_wire() -> None:
-    legacy = msgpack.packb({"m": "inc", "args": b"a", "nret": 1, "owner": OWNER, "job": "01000000",
+    legacy = msgpack.packb({"m": "inc", "nret": 1, "owner": OWNER, "job": "01000000",
                             "cg": None, "gen": "s", "bp": 2}, use_bin_type=True)
     assert CallSpec("inc", b"a", 1, OWNER, "01000000", None, "s", 2).to_wire() == legacy
 
@@ -152,14 +165,14 @@ def test_call_entries_round_trip() -> None:
 
 
 def test_an_entry_keeps_its_field_names_and_its_spec_bytes() -> None:
-    spec_wire = msgpack.packb({"fn": "f", "args": b"", "nret": 1, "owner": OWNER, "job": None,
+    spec_wire = msgpack.packb({"fn": "f", "nret": 1, "owner": OWNER, "job": None,
                                "extra": "a newer writer's"})  # an unknown key is kept, not dropped
     fields = {b"task": TASK.encode(), b"name": b"f", b"attempt": b"2", b"spec": spec_wire,
-              b"shape": b"CPU=1", b"soft": b"1", b"ev": b"0"}
+              b"args": b"a", b"shape": b"CPU=1", b"soft": b"1", b"ev": b"0"}
     entry = QueueEntry.from_fields(fields)
     again = entry.with_attempt(3).to_fields()
-    assert again == {"task": TASK, "name": "f", "attempt": 3, "spec": spec_wire, "shape": "CPU=1",
-                     "soft": 1, "ev": 0}
+    assert again == {"task": TASK, "name": "f", "attempt": 3, "spec": spec_wire, "args": b"a",
+                     "shape": "CPU=1", "soft": 1, "ev": 0}
     actor = QueueEntry(TASK, "C.__init__", 0, ActorSpec("c", b"", OWNER, None, "C"), kind=wire.ACTOR)
     assert actor.to_fields()["kind"] == "actor" and "kind" not in entry.to_fields()
     assert entry.fence() == f"{TASK} 2".encode()
@@ -171,11 +184,12 @@ def test_the_lineage_of_an_entry_round_trips() -> None:
     entry = QueueEntry(TASK, "f", 1, _task_spec(), shape="CPU=1", soft=True, events=False)
     lineage = QueueEntry.from_lineage(entry.to_lineage())
     assert (lineage.task, lineage.name, lineage.attempt, lineage.spec) == (TASK, "f", 1, entry.spec)
-    assert lineage.shape is None and lineage.events  # a lineage keeps only task, name, attempt, spec
-    assert set(msgpack.unpackb(entry.to_lineage())) == {"task", "name", "attempt", "spec"}
+    # a lineage keeps only task, name, attempt, spec and args
+    assert lineage.shape is None and lineage.events
+    assert set(msgpack.unpackb(entry.to_lineage())) == {"task", "name", "attempt", "spec", "args"}
     with pytest.raises(WireError, match="'attempt'"):
         QueueEntry.from_lineage(msgpack.packb({"task": TASK, "name": "f", "attempt": -1,
-                                               "spec": entry.spec_wire}))
+                                               "spec": entry.spec_wire, "args": b""}))
     with pytest.raises(WireError, match="missing field 'spec'"):
         QueueEntry.from_lineage(msgpack.packb({"task": TASK, "name": "f", "attempt": 0}))
 
@@ -191,6 +205,10 @@ def test_bad_entry_fields_are_named() -> None:
         QueueEntry.from_fields({**good, b"attempt": b"-1"})
     with pytest.raises(WireError, match="'task'"):
         QueueEntry.from_fields({**good, b"task": b""})
+
+
+def _task_from_wire(data: bytes) -> TaskSpec:
+    return TaskSpec.from_wire(data, b"")
 
 
 def _spec_problem(make: Any, **fields: Any) -> str:
@@ -216,28 +234,27 @@ def _spec_problem(make: Any, **fields: Any) -> str:
 ])
 def test_task_spec_values_out_of_range_are_named(changes: dict, field: str) -> None:
     good = msgpack.unpackb(_task_spec(num_returns=1).to_wire())
-    assert f"'{field}'" in _spec_problem(TaskSpec.from_wire, **{**good, **changes})
+    assert f"'{field}'" in _spec_problem(_task_from_wire, **{**good, **changes})
 
 
 def test_valid_edge_values_of_a_task_spec_decode() -> None:
     good = msgpack.unpackb(_task_spec().to_wire())
     for changes in ({"maxr": -1}, {"maxr": 0}, {"maxc": 0}, {"maxc": None}, {"nret": 0},
                     {"nret": wire.MAX_RETURNS}, {"job": None}, {"nret": 1, "gen": "s"}):
-        TaskSpec.from_wire(msgpack.packb({**good, **changes}, use_bin_type=True))
+        TaskSpec.from_wire(msgpack.packb({**good, **changes}, use_bin_type=True), b"")
     missing = {k: v for k, v in good.items() if k != "job"}
-    assert "missing field 'job'" in _spec_problem(TaskSpec.from_wire, **missing)
+    assert "missing field 'job'" in _spec_problem(_task_from_wire, **missing)
 
 
 @pytest.mark.parametrize(("changes", "field"), [
     ({"nret": -3}, "nret"),
     ({"nret": 0, "gen": wire.STREAMING_MODE}, "nret"),
-    ({"args": "text"}, "args"),
     ({"m": None}, "m"),
     ({"bp": -1}, "bp"),
 ])
 def test_call_spec_values_out_of_range_are_named(changes: dict, field: str) -> None:
     good = msgpack.unpackb(CallSpec("f", b"a", 1, OWNER, None).to_wire())
-    assert f"'{field}'" in _spec_problem(CallSpec.from_wire, **{**good, **changes})
+    assert f"'{field}'" in _spec_problem(lambda data: CallSpec.from_wire(data, b""), **{**good, **changes})
 
 
 @pytest.mark.parametrize(("changes", "field"), [

@@ -4,13 +4,13 @@ field names and checks their values.
 
 | record       | encoded as                           | travels                                              |
 |--------------|--------------------------------------|------------------------------------------------------|
-| `TaskSpec`   | msgpack map (entry field `spec`)     | a task's queue entry: submitter -> agent -> worker;  |
-|              |                                      | kept with its shared-memory results as lineage       |
+| `TaskSpec`   | msgpack map (entry field `spec`),    | a task's queue entry: submitter -> agent -> worker;  |
+|              | its arguments apart (field `args`)   | kept with its shared-memory results as lineage       |
 |              |                                      | (objects/plane.py)                                   |
 | `ActorSpec`  | msgpack map (entry field `spec`)     | an actor's creation entry and its hash               |
 |              |                                      | (`tm:actor:{id}` field `spec`): creator -> agent ->  |
 |              |                                      | worker; actor_down.lua queues it again for a restart |
-| `CallSpec`   | msgpack map (entry field `spec`)     | an actor method call in `tm:actor:{id}:calls`:       |
+| `CallSpec`   | as a TaskSpec (`spec` and `args`)    | an actor method call in `tm:actor:{id}:calls`:       |
 |              |                                      | caller -> the actor's worker                         |
 | `QueueEntry` | stream entry fields                  | `tm:q:*` (tasks, actor creations) and the call       |
 |              |                                      | streams; as a msgpack map, the lineage of            |
@@ -25,7 +25,10 @@ through, and re-queue the fields they know by name (actor_down.lua, reconstruct.
 so a record changes only with its scripts. Decoding checks every field a reader relies
 on and raises WireError naming the field: an entry written by hand or by another program
 is then set aside in `tm:deadletter` with the reason (_core/failure.py) instead of
-crashing the worker or actor that reads it. A spec is decoded once per entry and process.
+crashing the worker or actor that reads it. A spec is decoded once per entry and process;
+a task's or call's spec leaves its arguments out, so that its bytes are the same for
+every call of one function (or method) with the same options, and a reader decodes and
+checks them once (TaskSpec.from_wire's cache), then per call only the entry's fields.
 
 Agent <-> worker protocol: one msgpack list per message on the socket pair, its tag
 first; `decode_message` reads either direction (tags arrive as bytes).
@@ -210,7 +213,9 @@ class TaskSpec:
     """What a task runs and how: the `spec` field of its queue entry (Ray's TaskSpec)."""
 
     fn_id: str  # fn: the exported function (tm:fn:{fn_id})
-    args: bytes  # args: ([args], {kwargs}) serialized (objects.serialize); refs inside stay refs
+    # ([args], {kwargs}) serialized (objects.serialize); refs inside stay refs. Not in the
+    # spec's bytes: the queue entry's own field `args` (QueueEntry)
+    args: bytes
     num_returns: int  # nret: return objects task_id+0001...; a generator call has 1 (its generator ref)
     owner: str  # owner: tag of the process that owns the task and its objects
     job_id: str | None  # job: the job it belongs to (the field is required; nil only outside a job)
@@ -232,8 +237,11 @@ class TaskSpec:
     detached: bool = False
 
     def to_wire(self) -> bytes:
+        """The spec without its arguments, which travel in the entry's `args` field: the
+        same bytes for every call of a function with the same options, so that a reader
+        decodes and checks them once (from_wire's cache)."""
         m: dict[str, Any] = {
-            "fn": self.fn_id, "args": self.args, "nret": self.num_returns, "owner": self.owner,
+            "fn": self.fn_id, "nret": self.num_returns, "owner": self.owner,
             "job": self.job_id, "ns": self.namespace, "maxr": self.max_retries,
             "rexc": self.retry_exceptions, "maxc": self.max_calls, "res": self.resources}
         if self.generator:
@@ -249,11 +257,28 @@ class TaskSpec:
         return msgpack.packb(m, use_bin_type=True)
 
     @classmethod
-    def from_wire(cls, data: bytes) -> TaskSpec:
+    def from_wire(cls, data: bytes, args: Any) -> TaskSpec:
+        """The spec of `data` (to_wire's bytes) with its arguments `args` (serialized).
+        Decoded specs are kept by their bytes: those of the next call of the same
+        function come from the cache, sharing its resources, pg and runtime_env (never
+        changed once decoded)."""
+        fields = _TASK_SPECS.get(data) if type(data) is bytes else None
+        if fields is None:
+            fields = cls._decode(data)
+            if len(_TASK_SPECS) >= _TASK_SPECS_KEPT:
+                _TASK_SPECS.clear()
+            _TASK_SPECS[data] = fields
+        if type(args) is not bytes:
+            raise _bad("entry", "args", args, "serialized arguments (bytes)")
+        fn, nret, owner, job, ns, maxr, rexc, maxc, res, gen, bp, pg, renv, det = fields
+        return cls(fn, args, nret, owner, job, ns, maxr, rexc, maxc, res, gen, bp, pg, renv, det)
+
+    @staticmethod
+    def _decode(data: bytes) -> tuple:
         where = "task spec"
         m = _map(data, where)
-        fn, args, nret, owner, job = _required(m, ("fn", "args", "nret", "owner", "job"), where)
-        _check_call(where, fn, args, owner, job)
+        fn, nret, owner, job = _required(m, ("fn", "nret", "owner", "job"), where)
+        _check_call(where, fn, b"", owner, job)
         gen, bp = _check_returns(where, m, nret)
         ns, pg, renv = _check_placed(where, m)
         maxr = m.get("maxr", 0)
@@ -273,13 +298,20 @@ class TaskSpec:
         det = m.get("det", 0)
         if det not in (0, 1):
             raise _bad(where, "det", det, "1 (work of a detached actor) or absent")
-        return cls(fn, args, nret, owner, job, ns, maxr, rexc, maxc, res, gen, bp, pg, renv, det == 1)
+        return fn, nret, owner, job, ns, maxr, rexc, maxc, res, gen, bp, pg, renv, det == 1
 
     def can_retry(self, attempt: int) -> bool:
         """Whether attempt number `attempt` (0: the first run) may be followed by another:
         the attempts rule of max_retries, the same for a lost worker, a lost node, a
         retried exception and a rebuilt object."""
         return self.max_retries == -1 or attempt < self.max_retries
+
+
+# TaskSpec.from_wire's and CallSpec.from_wire's decoded specs by their bytes (cleared
+# when full).
+_TASK_SPECS: dict[bytes, tuple] = {}
+_CALL_SPECS: dict[bytes, tuple] = {}
+_TASK_SPECS_KEPT = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,7 +389,8 @@ class CallSpec:
     """One actor method call: the `spec` field of its entry in the actor's call stream."""
 
     method: str  # m: the method's name (TERMINATE / READY: the built-in ones)
-    args: bytes  # args: ([args], {kwargs}) serialized; see `decode_args`
+    # ([args], {kwargs}) serialized; see `decode_args`. The entry's field `args`, as a task's
+    args: bytes
     num_returns: int  # nret: return objects task_id+0001...; a generator call has 1
     owner: str  # owner: tag of the calling process
     job_id: str | None  # job: the caller's job (the field is required)
@@ -371,8 +404,9 @@ class CallSpec:
     retry_exceptions: bool | bytes = False
 
     def to_wire(self) -> bytes:
+        """The call without its arguments (the entry's `args` field), as TaskSpec's."""
         m: dict[str, Any] = {
-            "m": self.method, "args": self.args, "nret": self.num_returns, "owner": self.owner,
+            "m": self.method, "nret": self.num_returns, "owner": self.owner,
             "job": self.job_id, "cg": self.concurrency_group}
         if self.generator:
             m["gen"] = self.generator
@@ -385,11 +419,26 @@ class CallSpec:
         return msgpack.packb(m, use_bin_type=True)
 
     @classmethod
-    def from_wire(cls, data: bytes) -> CallSpec:
+    def from_wire(cls, data: bytes, args: Any) -> CallSpec:
+        """The call of `data` with its arguments `args`; decoded calls are kept by their
+        bytes, as TaskSpec.from_wire's."""
+        fields = _CALL_SPECS.get(data) if type(data) is bytes else None
+        if fields is None:
+            fields = cls._decode(data)
+            if len(_CALL_SPECS) >= _TASK_SPECS_KEPT:
+                _CALL_SPECS.clear()
+            _CALL_SPECS[data] = fields
+        if type(args) is not bytes:
+            raise _bad("call", "args", args, "serialized arguments (bytes)")
+        method, nret, owner, job, cg, gen, bp, mtr, rexc = fields
+        return cls(method, args, nret, owner, job, cg, gen, bp, mtr, rexc)
+
+    @staticmethod
+    def _decode(data: bytes) -> tuple:
         where = "call spec"
         m = _map(data, where)
-        method, args, nret, owner, job = _required(m, ("m", "args", "nret", "owner", "job"), where)
-        _check_call(where, method, args, owner, job, fn_key="m")
+        method, nret, owner, job = _required(m, ("m", "nret", "owner", "job"), where)
+        _check_call(where, method, b"", owner, job, fn_key="m")
         gen, bp = _check_returns(where, m, nret)
         cg = m.get("cg")
         if cg is not None and type(cg) is not str:
@@ -400,7 +449,7 @@ class CallSpec:
         rexc = m.get("rexc", False)
         if type(rexc) not in (bool, bytes):
             raise _bad(where, "rexc", rexc, "a bool or pickled exception types (bytes)")
-        return cls(method, args, nret, owner, job, cg, gen, bp, mtr, rexc)
+        return method, nret, owner, job, cg, gen, bp, mtr, rexc
 
     def decode_args(self, deserialize: Callable[[bytes], Any]) -> tuple[list, dict]:
         """The call's (args, kwargs), unpickled in the actor's process by `deserialize`
@@ -443,6 +492,8 @@ class QueueEntry:
     name: str  # name: what events and errors call it ("f", "Cls.__init__", "Cls.method")
     attempt: int  # attempt: 0, then + 1 per retry (a creation entry: the actor's restarts)
     spec: Spec  # spec: msgpack map: a TaskSpec, an ActorSpec (kind actor) or a CallSpec (call streams)
+    # (a task's or a call's: + field args, its serialized arguments, kept out of the spec's
+    # map: TaskSpec.to_wire)
     kind: str = TASK  # kind: "actor" for an actor's creation; absent for a task or a call
     shape: str | None = None  # shape: the demand, in a node or bundle queue (whose name says nothing of it)
     # soft: 1 = the node is a preference: back to its shape queue when the node cannot start it soon or dies
@@ -466,6 +517,8 @@ class QueueEntry:
         if self.kind != TASK:
             out["kind"] = self.kind
         out["spec"] = self.spec_wire
+        if not isinstance(self.spec, ActorSpec):  # a task's or a call's (see TaskSpec.to_wire)
+            out["args"] = self.spec.args
         if self.shape is not None:
             out["shape"] = self.shape
             out["soft"] = int(self.soft)
@@ -497,9 +550,9 @@ class QueueEntry:
         if actor_call:
             if kind != b"task":
                 raise _bad("call", "kind", kind, "absent")
-            spec: Spec = CallSpec.from_wire(spec_wire)
+            spec: Spec = CallSpec.from_wire(spec_wire, fields.get(b"args"))
         elif kind == b"task":
-            spec = TaskSpec.from_wire(spec_wire)
+            spec = TaskSpec.from_wire(spec_wire, fields.get(b"args"))
         elif kind == b"actor":
             spec = ActorSpec.from_wire(spec_wire)
         else:
@@ -531,24 +584,25 @@ class QueueEntry:
         ("<task_id> <attempt>", see complete.lua)."""
         return f"{self.task} {self.attempt}".encode()
 
-    # A shared-memory result keeps its task's entry (task, name, attempt, spec) as a
+    # A shared-memory result keeps its task's entry (task, name, attempt, spec, args) as a
     # msgpack map in its hash (field `lineage`); a lost one is made again from it.
 
     def to_lineage(self) -> bytes:
         return msgpack.packb({"task": self.task, "name": self.name, "attempt": self.attempt,
-                              "spec": self.spec_wire}, use_bin_type=True)
+                              "spec": self.spec_wire, "args": self.spec.args}, use_bin_type=True)
 
     @classmethod
     def from_lineage(cls, data: bytes) -> QueueEntry:
         m = _map(data, "lineage")
-        task, name, attempt, spec_wire = _required(m, ("task", "name", "attempt", "spec"), "lineage")
+        task, name, attempt, spec_wire, args = _required(m, ("task", "name", "attempt", "spec", "args"),
+                                                         "lineage")
         if not (type(task) is str and _HEX_ID.match(task)):
             raise _bad("lineage", "task", task, "a hex id")
         if type(name) is not str:
             raise _bad("lineage", "name", name, "a str")
         if not (_is_int(attempt) and attempt >= 0):
             raise _bad("lineage", "attempt", attempt, "an integer >= 0")
-        return cls(task, name, attempt, TaskSpec.from_wire(spec_wire), spec_wire=spec_wire)
+        return cls(task, name, attempt, TaskSpec.from_wire(spec_wire, args), spec_wire=spec_wire)
 
 
 # ---- completion notices -----------------------------------------------------------------
