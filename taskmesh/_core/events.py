@@ -78,13 +78,15 @@ class EventBuffer:
             self._events.append(ev)
 
     def ended(self, task_id: str, attempt: int, name: str, job: str | None, node: str, pid: int,
-              start_us: int, end_us: int, tb: str | None, *, failed: bool, running_sent: bool) -> None:
-        """A task attempt ended: its FINISHED or FAILED event (with its start and end;
-        a failed one's traceback `tb`). `running_sent`: its RUNNING event was made (the
-        start counter counts that one); otherwise the start is counted with the end."""
+              start_us: int, end_us: int, tb: str | None, *, failed: bool, running_sent: bool,
+              actor_id: str | None = None) -> None:
+        """A task attempt (or, with `actor_id`, an actor's method call) ended: its
+        FINISHED or FAILED event, with its start and end (a failed one's traceback `tb`).
+        `running_sent`: its RUNNING event was made (the start counter counts that one);
+        otherwise the start is counted with the end."""
         with self._lock:
             self._ends.append((task_id, attempt, name, job, node, pid, start_us, end_us, tb, failed,
-                               running_sent))
+                               running_sent, actor_id))
 
     def __len__(self) -> int:
         return len(self._events) + len(self._ends)
@@ -106,11 +108,13 @@ class EventBuffer:
                 if not running_sent:
                     field_ = f"started {name}"
                     counts[field_] = counts.get(field_, 0) + 1
-        for task_id, attempt, name, job, node, pid, start_us, end_us, tb, failed, _ in ends:
+        for task_id, attempt, name, job, node, pid, start_us, end_us, tb, failed, _, actor_id in ends:
             ev = {"task_id": task_id, "attempt": attempt, "state": FAILED if failed else FINISHED,
                   "ts": end_us, "name": name, "node": node, "pid": pid, "start": start_us, "end": end_us}
             if job is not None:
                 ev.update(job=job)
+            if actor_id is not None:
+                ev.update(type=ACTOR_TASK, actor_id=actor_id)
             if failed:
                 ev.update(error="TASK_EXECUTION_EXCEPTION")
                 if tb is not None:

@@ -41,8 +41,12 @@ def set_aside_malformed(store: Store, leased: Sequence[Leased], *, actor_call: b
     _base/wire.py) goes to the dead-letter stream with the reason instead of reaching,
     and crashing, a worker or an actor; the rest come back decoded, in order."""
     good, bad = [], []
+    pinned_queues: dict[str, bool] = {}
     for entry in leased:
-        pinned = not actor_call and not queues.is_shape_queue(store.keys.queue_name(entry.queue))
+        pinned = pinned_queues.get(entry.queue)
+        if pinned is None:
+            pinned = pinned_queues[entry.queue] = (
+                not actor_call and not queues.is_shape_queue(store.keys.queue_name(entry.queue)))
         try:
             good.append((entry, QueueEntry.from_fields(entry.fields, actor_call=actor_call,
                                                        pinned=pinned)))

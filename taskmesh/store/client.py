@@ -398,10 +398,15 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
             for (owner, error), batch in by_owner.items():
                 keys = [self.keys.done(owner)]
                 args: list[Any] = []
+                # Kept results are only notified, unless fenced out: all of them in one
+                # argument, [[notice, fence data], ...] (see complete.lua), packed with
+                # msgpack's old raw strings: the Lua cmsgpack of Redis reads no bin type.
+                kept = [(c.notice, c.objects[-1][2] if c.objects[-1][1] == KIND_FENCE else b"")
+                        for c in batch if c.kept]
+                if kept:
+                    args += [msgpack.packb(kept, use_bin_type=False), -2]
                 for c in batch:
-                    if c.kept:  # only notified, unless fenced out (see complete.lua)
-                        fence = next((data for _, kind, data in c.objects if kind == KIND_FENCE), b"")
-                        args += [c.notice, -1, fence]
+                    if c.kept:
                         continue
                     args += [c.notice, len(c.objects)]
                     rebuild = any(kind == KIND_REBUILD for _, kind, _ in c.objects)

@@ -28,6 +28,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from taskmesh import objects, runtime_env
@@ -116,7 +117,12 @@ class ActorServer:
         self._placement = placement(self.spec.pg, gpus)
         self._attempt = entry.attempt
         self._record = self.spec.events  # task events for creation and calls
-        self._started: dict[str, int] = {}  # task id -> start (µs) of calls running
+        # Calls running: task id -> (attempt, name, start µs); those whose RUNNING event
+        # was made (add_running_events); both under _events_lock.
+        self._started: dict[str, tuple[int, str, int]] = {}
+        self._running_sent: set[str] = set()
+        self._events_lock = threading.Lock()
+        self._function_names: dict[str, str] = {}  # method -> the runtime context's function name
         self.class_name = self.spec.class_name
         self.instance: Any = None
         self._results: queue.Queue[_Result | _FlushMark] = queue.Queue()
@@ -368,12 +374,12 @@ class ActorServer:
             if objs:
                 kept = owner_keeps(objs, self.worker.runtime.holds_refs) and not call.spec.generator
                 notice = encode_notice(call.entry.task, objs, kept=kept)
-                stored = tuple((o, k, d) for o, k, d in objs)
-                completions.append(Completion(call.spec.owner, notice, stored, kept))
+                completions.append(Completion(call.spec.owner, notice, tuple(objs), kept))
         ids = [call.entry_id for call, _ in done]
         # What the calls kept of the refs they were lent is registered before their
         # callers learn they are done.
-        retry_transient(self.worker.runtime.sync_refs, deadline_s=3600)
+        if self.worker.runtime.holds_due():
+            retry_transient(self.worker.runtime.sync_refs, deadline_s=3600)
         # Results exist only here until stored: keep trying through a Redis restart.
         retry_transient(lambda: self.store.ack_calls(self.actor_id, completions, ids), deadline_s=3600)
 
@@ -391,15 +397,35 @@ class ActorServer:
                 **ends))
         return now
 
+    def add_running_events(self) -> None:
+        """The RUNNING events of the calls running now, once each, made when the worker
+        flushes its events: a call that ends before that needs none (its end event
+        carries its start)."""
+        with self._events_lock:
+            for task_id, (attempt, name, start_us) in self._started.items():
+                if task_id not in self._running_sent:
+                    self._running_sent.add(task_id)
+                    ev = _events.event(task_id, attempt, _events.RUNNING, name=name, job=self.spec.job_id,
+                                       type=_events.ACTOR_TASK, actor_id=self.actor_id,
+                                       node=self.worker.node_id, pid=self.worker.pid)
+                    ev["ts"] = start_us
+                    self.worker.events.add(ev)
+
     def _record_end(self, call: Call, objs: list | None) -> None:
         """A call's end event, when it ran here (a duplicate delivery did not)."""
         entry = call.entry
-        start = self._started.pop(entry.task, None)
-        if start is None or objs is None:
+        with self._events_lock:
+            started = self._started.pop(entry.task, None)
+            running_sent = entry.task in self._running_sent
+            if running_sent:
+                self._running_sent.discard(entry.task)
+        if started is None or objs is None:
             return
         failed = any(kind == KIND_ERROR for _, kind, _ in objs)
-        self._event(entry.task, entry.attempt, _events.FAILED if failed else _events.FINISHED,
-                    entry.name, _events.ACTOR_TASK, start=start, tb=error_text(objs) if failed else None)
+        self.worker.events.ended(entry.task, entry.attempt, entry.name, self.spec.job_id, self.worker.node_id,
+                                 self.worker.pid, started[2], _events.now_us(),
+                                 error_text(objs) if failed else None, failed=failed,
+                                 running_sent=running_sent, actor_id=self.actor_id)
 
     def cancel(self, task_ids: Sequence[str]) -> None:
         """taskmesh.cancel of calls (read from the agent's socket): a queued one is
@@ -466,8 +492,9 @@ class ActorServer:
             return None, None, None, return_ids, name, cancelled(task_id, return_ids)
         method_name = spec.method
         if self._record and method_name not in (TERMINATE, READY):  # internal calls: no events
-            self._started[task_id] = self._event(task_id, call.entry.attempt, _events.RUNNING,
-                                                 name, _events.ACTOR_TASK)
+            # its RUNNING event is made by the next events flush if it still runs
+            with self._events_lock:
+                self._started[task_id] = (call.entry.attempt, name, _events.now_us())
         if method_name == TERMINATE:  # the collection's call has no caller waiting for it
             self._exit_after(call, return_ids, EXITED if spec.num_returns else OUT_OF_SCOPE)
         if method_name == READY:
@@ -483,9 +510,12 @@ class ActorServer:
             method = getattr(self.instance, method_name)
         except AttributeError as e:
             return None, None, None, return_ids, name, self._error(e, return_ids, name)
-        cls = type(self.instance)
         # This thread's or asyncio task's call, for the runtime context (get_task_id, ...).
-        current_call.set((task_id, name, f"{cls.__module__}.{self.class_name}.{method_name}"))
+        function_name = self._function_names.get(method_name)
+        if function_name is None:
+            function_name = self._function_names[method_name] = (
+                f"{type(self.instance).__module__}.{self.class_name}.{method_name}")
+        current_call.set((task_id, name, function_name))
         if spec.generator:
             method = self._generator_method(method, spec, return_ids[0], name)
         return method, args, kwargs, return_ids, name, None
@@ -536,10 +566,13 @@ class ActorServer:
             return result.objs
 
         runtime = self.worker.runtime
-        fixed = fixed_returns(result, return_ids, name, runtime.encode_value,
-                              lambda e: serialize_error(name, e))
-        if fixed is not None:
-            return fixed
+        if isinstance(result, GeneratorType):  # with a fixed num_returns
+            fixed = fixed_returns(result, return_ids, name, runtime.encode_value,
+                                  lambda e: serialize_error(name, e))
+            if fixed is not None:
+                return fixed
+        if len(return_ids) == 1:
+            return [runtime.encode_value(return_ids[0], result)]
         values = split_returns(result, len(return_ids), name)
         return [runtime.encode_value(oid, v) for oid, v in zip(return_ids, values, strict=True)]
 

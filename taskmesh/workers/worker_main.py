@@ -117,7 +117,8 @@ class Worker:
         self._slot = _process.RunningSlot(slot_fd) if slot_fd is not None else None
         if slot_fd is not None:
             os.close(slot_fd)  # the mapping stays
-        self._batch: collections.deque[Leased] = collections.deque()  # leased, not started
+        # Leased, decoded (set_aside_malformed), not started.
+        self._batch: collections.deque[tuple[Leased, QueueEntry]] = collections.deque()
         self._batch_cond = threading.Condition()
         self._watch_from: float | None = None  # a batch's task started then (others wait)
         self._watcher_idle = False
@@ -158,6 +159,9 @@ class Worker:
         counts: dict[str, int] = {}
         if with_events:
             self._add_running_event()
+            actor = self._actor
+            if actor is not None:
+                actor.add_running_events()
         events = self.events.drain(counts) if with_events and len(self.events) else []
         payload = None
         if lines and job is not None:
@@ -307,29 +311,26 @@ class Worker:
         def lease_more() -> list[Leased]:
             return self.store.lease(self.store.redis, consumer, {shape: self._batch_size()}, None)
 
-        leased.extend(self._leasing(lease_more, shape, consumer))
+        leased.extend(set_aside_malformed(self.store, self._leasing(lease_more, shape, consumer)))
         done: list[Completion] = []
         acks: list[bytes] = []
         oldest: float | None = None  # when the oldest result not stored yet was made
         while True:
             with self._batch_cond:
-                item = leased.popleft() if leased and not self._grant_ending else None
-                self._watch_from = time.monotonic() if item is not None and leased else None
+                taken = leased.popleft() if leased and not self._grant_ending else None
+                self._watch_from = time.monotonic() if taken is not None and leased else None
                 if self._watch_from is not None and self._watcher_idle:
                     self._batch_cond.notify()
-            if item is None:  # the batch is done (or handed back, or the grant ends)
+            if taken is None:  # the batch is done (or handed back, or the grant ends)
                 more = None if self._grant_ending else (shape, consumer, self._batch_size())
                 got = self._store_done(done, acks, shape, consumer, more)
                 done, acks = [], []
                 oldest = None
                 if not got:
                     break
-                leased.extend(got)
+                leased.extend(set_aside_malformed(self.store, got))
                 continue
-            decoded = set_aside_malformed(self.store, [item])
-            if not decoded:
-                continue
-            item, entry = decoded[0]
+            item, entry = taken
             if entry.creates_actor:  # the agent takes it (and the grant's resources) over
                 self._hand_back_batch()
                 self._store_done(done, acks, shape, consumer, None)
@@ -405,7 +406,7 @@ class Worker:
     def _hand_back_batch(self) -> None:
         """Give the entries leased and not started back to their queue, as they were."""
         with self._batch_cond:
-            rest, self._watch_from = list(self._batch), None
+            rest, self._watch_from = [leased for leased, _ in self._batch], None
             self._batch.clear()
         if rest:
             self._durably(lambda: self.store.hand_back(rest))

@@ -18,7 +18,9 @@
 -- A task given as n = -1 and one more argument, its fence data ("" for none), stores
 -- nothing: its results travel in the notice alone and its owner keeps them (it stores
 -- one itself if the ref leaves its process): the owner is only notified, unless fenced
--- out.
+-- out. n = -2 gives many such tasks at once: the "notice" is then a msgpack list of
+-- [notice, fence data] pairs (one argument for a whole batch: the client encodes each
+-- argument apart, and a batch of small results is mostly arguments).
 -- A pair of kind "fence" is no object either: its data "<task_id> <attempt>" names the
 -- attempt that produced the results. When the fence hash holds a later attempt for the
 -- task (the monitor retried or failed it: its node was declared dead, but was only cut
@@ -82,7 +84,15 @@ while i <= #ARGV do
   local notice, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
   local lineage, rebuild, objs, fence, notify = nil, false, {}, nil, false
-  if n == -1 then  -- kept by its owner: one more argument, its fence ("" for none)
+  if n == -2 then  -- kept ones, packed: nothing else to read (no objects: below does nothing)
+    for _, kept in ipairs(cmsgpack.unpack(notice)) do
+      if kept[2] == '' or not fenced_out(kept[2]) then
+        add_notice(kept[1])
+        stored = stored + 1
+      end
+    end
+    n = 0
+  elseif n == -1 then  -- kept by its owner: one more argument, its fence ("" for none)
     notify, n = true, 0
     if ARGV[i] ~= '' then fence = ARGV[i] end
     i = i + 1
