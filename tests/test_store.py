@@ -6,6 +6,7 @@ import re
 
 import msgpack
 import pytest
+import redis
 
 from conftest import done_notices
 from taskmesh.objects import KIND_VALUE, new_owner_tag, new_task_id, object_id
@@ -82,6 +83,48 @@ def test_complete_acks_and_deletes_the_queue_entry(store: Store) -> None:
     queue = store.keys.queue("CPU=1")
     assert store.redis.xlen(queue) == 0
     assert store.redis.xpending(queue, GROUP)["pending"] == 0
+
+
+def test_a_batch_round_trip_acks_and_leases_the_next_batch(store: Store) -> None:
+    """complete_tasks with then_lease (a worker under a grant): the results, the acks of
+    many entries (one argument) and the next lease in one round_trip; raw replies."""
+    store.register_shape("CPU=1")
+    store.submit_tasks([("CPU=1", {"task": f"t{i}", "attempt": 0}) for i in range(5)])
+    first = store.lease(store.redis, "node-a:1", {"CPU=1": 3}, None)
+    owner = new_owner_tag()
+    tasks = [new_task_id(owner) for _ in first]
+    nxt = store.complete_tasks([_completion(owner, t, b"v") for t in tasks],
+                               {first[0].queue: [e.entry_id for e in first]},
+                               then_lease=("CPU=1", "node-a:1", 10))
+    assert [e.fields[b"task"] for e in nxt] == [b"t3", b"t4"]  # a dict, as redis-py gives
+    queue = store.keys.queue("CPU=1")
+    assert store.redis.xlen(queue) == 2 and store.redis.xpending(queue, GROUP)["pending"] == 2
+    assert len(done_notices(store, owner)) == 3
+    store.redis.script_flush()  # a restarted Redis lost the scripts: loaded, run again once
+    assert store.complete_tasks([], {queue: [e.entry_id for e in nxt]},
+                                then_lease=("CPU=1", "node-a:1", 10)) == []
+    assert store.redis.xlen(queue) == 0 and store.redis.xpending(queue, GROUP)["pending"] == 0
+
+
+def test_round_trip_returns_replies_in_order_and_errors_as_values(store: Store) -> None:
+    from taskmesh.store.connection import round_trip
+
+    replies = round_trip(store.redis, [("SET", "k", 1.5), ("INCR", "k"), ("GET", "k"),
+                                       ("SCRIPT EXISTS", "0" * 40)])
+    assert replies[0] == b"OK" and replies[2] == b"1.5" and replies[3] == [0]
+    assert isinstance(replies[1], redis.ResponseError)  # not an integer: the others still read
+    assert round_trip(store.redis, [("PING",)]) == [b"PONG"]  # the connection is still in step
+    with pytest.raises(TypeError):
+        round_trip(store.redis, [("SET", "k", True)])  # refused before anything is sent
+    assert store.redis.get("k") == b"1.5"
+
+
+def test_round_trip_drops_a_failed_connection(store: Store) -> None:
+    from taskmesh.store.connection import round_trip
+
+    with pytest.raises(redis.ConnectionError):  # its own connection is closed under it
+        round_trip(store.redis, [("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no"), ("PING",)])
+    assert round_trip(store.redis, [("PING",)]) == [b"PONG"]  # a new connection from the pool
 
 
 def test_requeue_is_atomic_and_bumps_the_attempt(store: Store) -> None:

@@ -638,7 +638,7 @@ class Notice:
 def encode_notice(task_id: str, objs: Sequence[Sequence[Any]], *, item: bool = False,
                   kept: bool = False) -> bytes:
     """A completion notice (see Notice): values over NOTICE_INLINE_LIMIT are left out."""
-    notice: list[Any] = [task_id, [[oid, kind, data if data is not None and len(data) <= NOTICE_INLINE_LIMIT
+    notice: list[Any] = [task_id, [[oid, kind, data if data is None or len(data) <= NOTICE_INLINE_LIMIT
                                     else None] for oid, kind, data in objs]]
     if item or kept:
         notice.append(1 if item else 2)

@@ -22,6 +22,7 @@ from taskmesh.store.connection import (
     _sentinel_client,
     env_password,
     parse_sentinel_address,
+    round_trip,
     tls_connection_kwargs,
 )
 from taskmesh.store.directory import KIND_REBUILD, LINEAGE_KINDS, ObjectMethods
@@ -420,17 +421,19 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
                 script = self.scripts.allowing_oom("complete") if error else self.scripts["complete"]
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
             for queue, ids in acks.items():
-                pipe.evalsha(self.scripts["ack"].sha, 1, queue, group, *ids)
+                if ids:
+                    pipe.evalsha(self.scripts["ack"].sha, 1, queue, group, b" ".join(ids))
             if then_lease is not None:
                 shape, consumer, count = then_lease
                 pipe.xreadgroup(group, consumer, {self.keys.queue(shape): ">"}, count=count)
 
         scripts = (self.scripts["complete"], self.scripts.allowing_oom("complete"), self.scripts["ack"])
-        replies = self.run_scripts(queue_commands, scripts, durable=True)
+        replies = self.run_scripts(queue_commands, scripts, durable=True, direct=True)
         return parse_entries(replies[-1]) if then_lease is not None and replies else []
 
     def run_scripts(
         self, queue_commands: Callable[[Any], None], scripts: tuple[Any, ...], *, durable: bool = False,
+        direct: bool = False,
     ) -> list:
         """Run a pipeline of EVALSHAs (and other commands). redis-py's pipelined Script
         objects send SCRIPT EXISTS on every execute; we load the scripts only when the
@@ -439,14 +442,20 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
         XREADGROUP that leased an entry) is never sent twice.
 
         `durable`: other processes act on these writes, so in replicated mode the
-        pipeline ends with WAIT (see the module docstring); its reply is not returned."""
+        pipeline ends with WAIT (see the module docstring); its reply is not returned.
+        `direct`: the commands are only gathered by the pipeline and sent by
+        `round_trip` (replies as Redis sends them, no retry: for the per-batch paths,
+        whose callers retry)."""
         pipe = self.redis.pipeline(transaction=False)
         queue_commands(pipe)
         waits = durable and self.should_wait()
         if waits:
             pipe.wait(self._wait_replicas, self._wait_timeout_ms)
         commands = list(pipe.command_stack)
-        replies = pipe.execute(raise_on_error=False)
+        if direct:
+            replies = round_trip(self.redis, [args for args, _ in commands])
+        else:
+            replies = pipe.execute(raise_on_error=False)
         if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
             _forget_frames([r for r in replies if isinstance(r, Exception)])
             for script in scripts:

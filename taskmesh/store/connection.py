@@ -1,6 +1,6 @@
 """Redis addresses and connections: the URL grammar (`redis://`, `rediss://`, `unix://`,
 `redis+sentinel://`), password masking, the password from the environment, TLS files,
-and the Sentinel-following client.
+the Sentinel-following client, and the one round trip of the hot paths (`round_trip`).
 
 A password may travel outside the address, in $TASKMESH_REDIS_PASSWORD, so that it
 appears on no command line (`ps` shows those to every user) and in no printed address;
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import (
@@ -25,6 +25,7 @@ from urllib.parse import (
     urlunsplit,
 )
 
+import hiredis
 import redis
 import redis.sentinel
 
@@ -329,3 +330,41 @@ def _sentinel_client(
         db=address.db, health_check_interval=30, socket_keepalive=True,
         connection_class=_FollowingConnection, **kwargs)
     return sentinel, client
+
+
+# ---- one round trip on the hot paths -----------------------------------------------------
+
+def round_trip(client: redis.Redis, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    """Send `commands` (each the arguments of one command: str, bytes, int or float) in
+    one write on one of the client's pooled connections and read their replies, in
+    order, as Redis sends them (RESP2, nothing decoded or reshaped); a reply that is an
+    error comes back as its exception (NoScriptError, ...), as a pipeline's with
+    raise_on_error=False.
+
+    What a redis-py pipeline does besides costs ~100 Python calls per round trip and a
+    call per argument (its encoder); hiredis packs the whole command here. No retry: a
+    failed connection is dropped and ConnectionError / TimeoutError raised, for the
+    caller's retry, which knows what is safe to send again (redis-py's own would send a
+    lease again whose reply was lost)."""
+    packed = []
+    for args in commands:
+        name = args[0]
+        if isinstance(name, str) and " " in name:  # "SCRIPT LOAD": two words, two arguments
+            args = (*name.split(), *args[1:])
+        packed.append(hiredis.pack_command(tuple(args)))
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([b"".join(packed)])  # a list of chunks, each one write
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as e:  # an error reply, read whole: the rest follow
+                replies.append(e)
+        return replies
+    except BaseException:
+        conn.disconnect()  # the replies not read would otherwise answer the next caller
+        raise
+    finally:
+        pool.release(conn)

@@ -223,11 +223,16 @@ def stream_entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
 
 
 def parse_entries(reply: Any) -> list[Leased]:
-    """An XREADGROUP / XCLAIM reply as Leased entries."""
+    """An XREADGROUP / XCLAIM reply as Leased entries: as redis-py parses it (fields a
+    dict) or as Redis sends it (round_trip: under RESP3 a map of streams, each entry's
+    fields a flat list of names and values)."""
     out = []
-    for stream, entries in reply or []:
+    for stream, entries in (reply.items() if isinstance(reply, dict) else reply or []):
         queue = stream.decode()
         for entry_id, fields in entries:
+            if type(fields) is list:
+                pairs = iter(fields)
+                fields = dict(zip(pairs, pairs, strict=True))
             if fields is not None:
                 out.append(Leased(queue, entry_id, fields))
     return out

@@ -25,6 +25,10 @@ def owner_keeps(objs: Sequence[Sequence[Any]], holds_refs: Callable[[str], bool]
     """Whether a finished task's results go to its owner in the completion notice alone,
     not stored in Redis (Notice.kept): each is a small inline value or error that holds
     no refs. A value that holds refs is stored, so that they are released with it."""
+    if len(objs) == 1:  # the common case, without the loops
+        oid, kind, data = objs[0]
+        return (not holds_refs(oid) and kind in _KEPT_KINDS and data is not None
+                and len(data) <= NOTICE_INLINE_LIMIT)
     holding = False
     for oid, _, _ in objs:  # each asked once: holds_refs forgets what it answers
         holding = holds_refs(oid) or holding

@@ -343,7 +343,8 @@ class Worker:
             # A cancelled task, or one of an ended job, is only acked. The entry is
             # recorded before the job check: a JobsEnded read meanwhile sees it.
             self._leased_entry = entry
-            if entry.task in self._cancelled_ids or dropped_with_job(entry, self._ended_jobs):
+            if entry.task in self._cancelled_ids or (self._ended_jobs  # (asks Redis on a hit)
+                                                     and dropped_with_job(entry, self._ended_jobs)):
                 self._leased_entry = None
                 acks.append(item.entry_id)
                 ended = time.monotonic()
