@@ -292,8 +292,10 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
                                  self.keys.actor_calls(actor_id), *args)
             self.queue_events(pipe, events)  # its reply comes after the scripts': unread
 
+        # Direct (round_trip): a failed send raises, and the submitter keeps the batch
+        # for its next try (Runtime._send_batch), as it would after redis-py's retry.
         replies = self.run_scripts(queue_commands, (self.scripts["submit"], self.scripts["actor_call"]),
-                                   durable=True)
+                                   durable=True, direct=True)
         dead = []
         # The events entry's reply follows the scripts': not read.
         for ((_, actor_id), indexes), reply in zip(groups.items(), replies, strict=False):
