@@ -127,9 +127,9 @@ class ObjectPlane:
         """(kind, data, refs it contains) of `value` stored as `object_id`: a large
         value is written into this node's shared memory now (each buffer copied once)
         and `data` names it."""
-        plain = objects.serialize_plain(value)
-        if plain is not None and len(plain.pickled) <= self.inline_limit:  # most results
-            return KIND_VALUE, plain.pickled, ()
+        plain = objects.plain_pickle(value)
+        if plain is not None and len(plain) <= self.inline_limit:  # most results
+            return KIND_VALUE, plain, ()
         ser, nested = self.serialize(value)
         return (*self.store_serialized(object_id, ser), nested)
 

@@ -333,13 +333,19 @@ class _CustomPickler(cloudpickle.CloudPickler):
         super().__init__(out, protocol=5, buffer_callback=buffer_callback)
 
 
-def serialize_plain(value: Any) -> Serialized | None:
+def plain_pickle(value: Any) -> bytes | None:
     """A value of a plain type (no refs, no buffers, nothing cloudpickle adds) pickled
     the cheap way; None for any other value."""
     kind = type(value)
     if kind in _PLAIN_TYPES and kind not in _custom_reducers:
-        return Serialized(pickle.dumps(value, protocol=5), ())
+        return pickle.dumps(value, protocol=5)
     return None
+
+
+def serialize_plain(value: Any) -> Serialized | None:
+    """`plain_pickle` as a Serialized."""
+    data = plain_pickle(value)
+    return None if data is None else Serialized(data, ())
 
 
 def serialize_oob(value: Any) -> Serialized:
