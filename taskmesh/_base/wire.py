@@ -262,12 +262,7 @@ class TaskSpec:
         Decoded specs are kept by their bytes: those of the next call of the same
         function come from the cache, sharing its resources, pg and runtime_env (never
         changed once decoded)."""
-        fields = _TASK_SPECS.get(data) if type(data) is bytes else None
-        if fields is None:
-            fields = cls._decode(data)
-            if len(_TASK_SPECS) >= _TASK_SPECS_KEPT:
-                _TASK_SPECS.clear()
-            _TASK_SPECS[data] = fields
+        fields = _decoded(_TASK_SPECS, data, cls._decode)
         if type(args) is not bytes:
             raise _bad("entry", "args", args, "serialized arguments (bytes)")
         fn, nret, owner, job, ns, maxr, rexc, maxc, res, gen, bp, pg, renv, det = fields
@@ -312,6 +307,18 @@ class TaskSpec:
 _TASK_SPECS: dict[bytes, tuple] = {}
 _CALL_SPECS: dict[bytes, tuple] = {}
 _TASK_SPECS_KEPT = 1024
+
+
+def _decoded(cache: dict[bytes, tuple], data: Any, decode: Callable[[Any], tuple]) -> tuple:
+    """The fields `decode` makes of a spec's bytes, kept in `cache` by those bytes."""
+    fields = cache.get(data) if type(data) is bytes else None
+    if fields is None:
+        fields = decode(data)
+        if type(data) is bytes:
+            if len(cache) >= _TASK_SPECS_KEPT:
+                cache.clear()
+            cache[data] = fields
+    return fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,12 +429,7 @@ class CallSpec:
     def from_wire(cls, data: bytes, args: Any) -> CallSpec:
         """The call of `data` with its arguments `args`; decoded calls are kept by their
         bytes, as TaskSpec.from_wire's."""
-        fields = _CALL_SPECS.get(data) if type(data) is bytes else None
-        if fields is None:
-            fields = cls._decode(data)
-            if len(_CALL_SPECS) >= _TASK_SPECS_KEPT:
-                _CALL_SPECS.clear()
-            _CALL_SPECS[data] = fields
+        fields = _decoded(_CALL_SPECS, data, cls._decode)
         if type(args) is not bytes:
             raise _bad("call", "args", args, "serialized arguments (bytes)")
         method, nret, owner, job, cg, gen, bp, mtr, rexc = fields
