@@ -301,3 +301,27 @@ def test_runtime_context_inside_tasks(ray) -> None:
     assert job_id == taskmesh.get_runtime_context().get_job_id()
     assert node_id in [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     assert task_id and res == {"CPU": 1.0}
+
+
+def test_plain_arguments_are_packed_without_the_ref_collector_and_large_ones_are_put() -> None:
+    """A call whose arguments are all plain values (int, float, str, bytes, bool, None)
+    is pickled directly; one too large to travel in the queue entry is still put first."""
+    from taskmesh import objects
+    from taskmesh._core.remote_function import _pack_args
+
+    class Runtime:  # what _pack_args uses of the runtime: put, for large arguments
+        def __init__(self) -> None:
+            self.put_values: list = []
+
+        def put(self, value: object) -> str:
+            self.put_values.append(value)
+            return "promoted"
+
+    runtime = Runtime()
+    blob, deps, holds, _ = _pack_args(runtime, (1, "s", None, True, b"b"), {"k": 2.5})
+    assert objects.deserialize(blob) == ([1, "s", None, True, b"b"], {"k": 2.5})
+    assert deps == holds == [] and runtime.put_values == []
+    big = "x" * (objects.INLINE_ARG_LIMIT + 1)
+    blob, _, _, _ = _pack_args(runtime, (big, 1), {})
+    assert runtime.put_values == [big] and objects.deserialize(blob) == (["promoted", 1], {})
+    assert objects.plain_call_pickle((1, [2]), {}) is None  # a list: the full path

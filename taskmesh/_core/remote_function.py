@@ -128,6 +128,7 @@ class _TaskPlan:
         self._export: _Export = parent._export if parent is not None else _Export(function)
         self.signature: inspect.Signature | None = (parent.signature if parent is not None
                           else signatures.signature_of(function))
+        self._spec_wires: dict[tuple, bytes] = {}  # see submit
 
     def invoke(self, args: tuple, kwargs: dict) -> Any:
         """`submit`, through the function's __ray_invocation_decorator__ when it has one
@@ -156,8 +157,19 @@ class _TaskPlan:
             max_calls=self.options["max_calls"], resources=self.demand, generator=self.generator,
             backpressure=self.backpressure, pg=route.pg, runtime_env=renv or None,
             detached=runtime.detached)
+        # The spec's bytes leave the arguments out: the same for every call from here with
+        # the same placement (a runtime_env is packed each time).
+        wire_key = None if renv else (fn_id, runtime.owner, runtime.job_id, runtime.namespace,
+                                      runtime.detached, None if route.pg is None else tuple(route.pg))
+        spec_wire = self._spec_wires.get(wire_key) if wire_key is not None else None
+        if spec_wire is None:
+            spec_wire = spec.to_wire()
+            if wire_key is not None:
+                if len(self._spec_wires) >= 64:
+                    self._spec_wires.clear()
+                self._spec_wires[wire_key] = spec_wire
         entry = QueueEntry(task_id, self.name, 0, spec, shape=route.shape, soft=route.soft,
-                           events=self.options["enable_task_events"])
+                           events=self.options["enable_task_events"], spec_wire=spec_wire)
         refs: list[ObjectRef[Any]] = [ObjectRef(oid) for oid in returns]
         if self.streaming:
             runtime.open_stream(task_id, self.backpressure)
@@ -220,6 +232,9 @@ def _pack_args(runtime: Any, args: tuple, kwargs: dict) -> tuple[bytes, list[str
     pending) and the arguments as sent: the caller keeps them until the task is
     submitted, or the refs of promoted arguments could be dropped, and their objects
     freed, before the task holds them."""
+    plain = objects.plain_call_pickle(args, kwargs)
+    if plain is not None and len(plain) <= objects.INLINE_ARG_LIMIT:  # no refs in it
+        return plain, [], [], (args, kwargs)
     with objects.collecting_refs() as found:
         blob = objects.serialize((list(args), kwargs))
     if len(blob) > objects.INLINE_ARG_LIMIT:

@@ -416,7 +416,7 @@ class Runtime(StreamMethods):
                 self._buffer.append(out)
         if self._listener is None:
             self._start_listener()
-        if not waiting_on:
+        if not waiting_on and not self._wake.is_set():  # (a set costs a lock and a notify)
             self._wake.set()
 
     def flush(self) -> None:

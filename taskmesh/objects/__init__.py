@@ -15,6 +15,7 @@ from taskmesh.objects.ref import (
     Serialized,
     collecting_refs,
     deserialize,
+    plain_call_pickle,
     plain_pickle,
     serialize,
     serialize_definition,
@@ -27,5 +28,5 @@ __all__ = [
     "INLINE_ARG_LIMIT", "KIND_ERROR", "KIND_SHM", "KIND_VALUE", "MAGIC", "ObjectRef",
     "RefTracker", "Serialized", "collecting_refs", "deserialize", "new_owner_tag", "new_task_id",
     "object_id", "serialize", "serialize_definition", "serialize_oob", "serialize_plain",
-    "plain_pickle", "set_tracker",
+    "plain_call_pickle", "plain_pickle", "set_tracker",
 ]

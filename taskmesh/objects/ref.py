@@ -342,6 +342,16 @@ def plain_pickle(value: Any) -> bytes | None:
     return None
 
 
+def plain_call_pickle(args: tuple, kwargs: dict) -> bytes | None:
+    """A call's ([args], {kwargs}) pickled the cheap way when every argument is of a
+    plain type (nothing to collect, no buffers); None otherwise."""
+    for value in (*args, *kwargs.values()):
+        kind = type(value)
+        if kind not in _PLAIN_TYPES or kind in _custom_reducers:
+            return None
+    return pickle.dumps((list(args), kwargs), protocol=5)
+
+
 def serialize_plain(value: Any) -> Serialized | None:
     """`plain_pickle` as a Serialized."""
     data = plain_pickle(value)
