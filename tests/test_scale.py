@@ -4,6 +4,7 @@ actors give every node work."""
 from __future__ import annotations
 
 import collections
+import time
 
 import pytest
 
@@ -17,6 +18,9 @@ def test_eight_agents_share_a_fan_out_and_spread_actors(cluster_factory) -> None
         try:
             @taskmesh.remote
             def square(x):
+                # A millisecond of work: tasks of a few µs are leased 64 at a time by the
+                # first workers to ask and may all be done before a slow agent leases any.
+                time.sleep(0.001)
                 return x * x, taskmesh.get_runtime_context().get_node_id()
 
             results = taskmesh.get([square.remote(i) for i in range(10_000)], timeout=300)
