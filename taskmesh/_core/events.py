@@ -7,7 +7,8 @@ command per task:
              every ~0.2 s or 500 events, so single submissions add no command)
   worker     RUNNING, then FINISHED or FAILED (with start/end), for tasks, actor creations
              and actor calls  from its output thread every ~0.2 s, in one pipeline with
-             the lines the tasks printed; a task that ends before that sends only its end
+             the lines the tasks printed; a task or actor call that ends before that
+             sends only its end (kept as a tuple until then: EventBuffer.ended)
   agent      PENDING_NODE_ASSIGNMENT of the next attempt when it requeues a task (_flush)
 
 An event is {"task_id", "attempt", "state", "ts" (µs since the epoch), ...} plus what
