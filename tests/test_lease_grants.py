@@ -99,6 +99,40 @@ def test_workers_lease_a_batch_themselves(cluster_factory) -> None:
             taskmesh.shutdown()
 
 
+@taskmesh.remote
+def marks_then_naps(marker: str) -> str:
+    Path(marker).write_text("started")
+    time.sleep(1.0)
+    return "done"
+
+
+def test_the_first_task_of_a_grant_reaches_its_caller_without_the_agent(
+        cluster_factory, tmp_path: Path) -> None:
+    """The task the agent sends with a grant is stored and acked by its worker, in the
+    round trip of its first lease (Done with `stored` only tells the agent): its result
+    reaches the caller while the agent is stopped, and its entry leaves the queue."""
+    with cluster_factory(nodes=1, num_cpus=1) as cluster:
+        taskmesh.init(address=cluster.url)
+        try:
+            assert taskmesh.get(square.remote(3)) == 9
+            marker = tmp_path / "started"
+            ref = marks_then_naps.remote(str(marker))
+            wait_until(marker.exists, what="the task to start on its worker")
+            agent = cluster.agents[cluster.started[0]]
+            os.kill(agent.pid, signal.SIGSTOP)
+            try:
+                assert taskmesh.get(ref, timeout=30) == "done"
+                store = Store(cluster.url)
+                queue = store.keys.queue("CPU=1")
+                assert store.redis.xlen(queue) == 0
+                assert store.redis.xpending(queue, "agents")["pending"] == 0
+            finally:
+                os.kill(agent.pid, signal.SIGCONT)
+            assert taskmesh.get(square.remote(4)) == 16  # the agent takes the worker back
+        finally:
+            taskmesh.shutdown()
+
+
 def test_a_worker_killed_under_a_grant_has_its_task_retried(cluster_factory, tmp_path: Path) -> None:
     """On 1 CPU the first task of a batch is sent with a grant and its worker leases the
     rest, the killers included: the agent takes what the dead worker held (XCLAIM) and

@@ -53,9 +53,11 @@ first; `decode_message` reads either direction (tags arrive as bytes).
 | worker -> agent |                                      |                                                   |
 | `Ready`         | `[R, pid, owner tag]`                | started, ready for tasks (the agent releases the  |
 |                 |                                      | tag's holds when the worker exits)                |
-| `Done`          | `[D, entry_id, owner, notice, objs]` | the task ended: objs = `[[object_id, kind, data], |
-|                 |                                      | ...]` (+ its lineage pseudo-object); the agent    |
-|                 |                                      | stores them with the notice and acks the entry    |
+| `Done`          | `[D, entry_id, owner, notice, objs`  | the task ended: objs = `[[object_id, kind, data], |
+|                 | `(, flags)]`                         | ...]` (+ its lineage pseudo-object); the agent    |
+|                 |                                      | stores them with the notice and acks the entry.   |
+|                 |                                      | flags 1: kept by the owner; 2: the worker stored  |
+|                 |                                      | and acked them itself (a grant's first task)      |
 | `Requeue`       | `[Q, entry_id]`                      | the task raised an exception its retry_exceptions |
 |                 |                                      | names: queue it again, attempt + 1                |
 | `Retiring`      | `[X]`                                | the worker exits after this task (max_calls):     |
@@ -883,24 +885,31 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """worker -> agent: the task ended; store its results and ack its entry."""
+    """worker -> agent: the task ended; store its results and ack its entry (unless
+    the worker did both itself: `stored`)."""
 
     TAG: ClassVar[str] = "D"
     entry_id: bytes  # 1
     owner: str  # 2: whose done stream gets the notice
     notice: bytes  # 3: the encoded Notice
     objects: Sequence[Sequence[Any]]  # 4: [object id, kind, data] (+ a lineage pseudo-object)
-    kept: bool = False  # 5 (present, 1): the owner keeps the results (Notice.kept)
+    kept: bool = False  # 5 (present, flag 1): the owner keeps the results (Notice.kept)
+    # 5 (present, flag 2): the worker stored the results and acked the entry itself (the
+    # first task of a lease grant, in the round trip of its first lease): owner, notice
+    # and objects are empty, the agent only takes the task off the worker
+    stored: bool = False
 
     def to_wire(self) -> list:
         msg = [self.TAG, self.entry_id, self.owner, self.notice, list(self.objects)]
-        return [*msg, 1] if self.kept else msg
+        flags = (1 if self.kept else 0) | (2 if self.stored else 0)
+        return [*msg, flags] if flags else msg
 
     @classmethod
     def from_wire(cls, msg: list) -> Done:
         entry_id, owner, notice, objs = msg[1:5]
+        flags = msg[5] if len(msg) > 5 else 0
         return cls(entry_id, owner.decode(), notice, tuple((o.decode(), k, d) for o, k, d in objs),
-                   len(msg) > 5 and msg[5] == 1)
+                   bool(flags & 1), bool(flags & 2))
 
 
 @dataclass(frozen=True, slots=True)

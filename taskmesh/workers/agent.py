@@ -759,7 +759,9 @@ class NodeAgent:
     def _on_message(self, handle: _WorkerHandle, msg: wire.Message) -> None:
         """One message from a worker (see the protocol in _base/wire.py)."""
         with self._cond:
-            if isinstance(msg, wire.Done):
+            if isinstance(msg, wire.Done) and msg.stored:  # the worker stored and acked it
+                self._finish(handle)
+            elif isinstance(msg, wire.Done):
                 task = handle.task
                 stored: tuple = tuple(msg.objects)
                 if task is not None and stored:  # fenced by attempt (see complete.lua)

@@ -232,9 +232,18 @@ class Worker:
             ran = self._run(entry, run.gpus)
             if ran.retiring:  # before the result: the agent must not hand it another task
                 self._send(wire.Retiring())
-            self._send(wire.Requeue(run.entry_id) if ran.objs is None
-                       else wire.Done(run.entry_id, ran.owner, ran.notice, ran.stored, ran.kept))
-            if run.grant is not None and (ran.retiring or self._lease_under_grant(run.grant)):
+            if ran.objs is None:
+                self._send(wire.Requeue(run.entry_id))
+            elif run.grant is not None and not ran.retiring:
+                # Stored and acked by this worker, in the round trip of its first lease
+                # under the grant: no hop through the agent on the way to the caller.
+                first = (self._completion(ran, entry), run.entry_id)
+                if self._lease_under_grant(run.grant, first):
+                    self._send(wire.GrantEnded())
+                continue
+            else:
+                self._send(wire.Done(run.entry_id, ran.owner, ran.notice, ran.stored, ran.kept))
+            if run.grant is not None:  # retiring: it leases no more
                 self._send(wire.GrantEnded())
             if ran.retiring:
                 return
@@ -291,11 +300,17 @@ class Worker:
         if entry is not None and dropped_with_job(entry, set(msg.job_ids)):
             os.kill(self.pid, signal.SIGKILL)
 
-    def _lease_under_grant(self, shape: str) -> bool:
+    def _lease_under_grant(self, shape: str, first: tuple[Completion | None, bytes]) -> bool:
         """Lease from the shape queue as this worker's own consumer and run what comes,
         until the queue is empty or the agent ends the grant: True, and the caller sends
         GrantEnded. False when the grant ended another way (an actor's creation was
         leased: Adopt; or it retired on max_calls: GrantEnded and Retiring sent).
+
+        `first` is the task the agent sent with the grant, (its completion, its entry id):
+        stored and acked in the round trip of the first lease, then the agent is told
+        (Done with `stored`). Were this process to die between the two, the agent would
+        take the task for one that died running: it may then run again, as any task
+        whose worker dies before its end is known.
 
         Entries are leased a batch at a time, sized to about _BATCH_S of work from how
         long tasks have taken here (one at a time until they prove short, at most
@@ -307,11 +322,11 @@ class Worker:
         _HOLD_S hands the batch's unstarted entries back for other workers (_watch_batch)."""
         consumer = queues.worker_consumer(self.node_id, self.pid)
         leased = self._batch
-
-        def lease_more() -> list[Leased]:
-            return self.store.lease(self.store.redis, consumer, {shape: self._batch_size()}, None)
-
-        leased.extend(set_aside_malformed(self.store, self._leasing(lease_more, shape, consumer)))
+        completion, entry_id = first
+        got = self._store_done([completion] if completion is not None else [], [entry_id], shape, consumer,
+                               (shape, consumer, self._batch_size()))
+        self._send(wire.Done(entry_id, "", b"", (), stored=True))
+        leased.extend(set_aside_malformed(self.store, got))
         done: list[Completion] = []
         acks: list[bytes] = []
         oldest: float | None = None  # when the oldest result not stored yet was made
@@ -365,9 +380,9 @@ class Worker:
                 if ran.objs is None:  # retry_exceptions: queue it again, attempt + 1 (acks it)
                     self._requeue(item, entry)
                 else:
-                    if ran.stored:  # fenced by attempt (see complete.lua)
-                        fence = ("", KIND_FENCE, entry.fence())
-                        done.append(Completion(ran.owner, ran.notice, (*ran.stored, fence), ran.kept))
+                    completion = self._completion(ran, entry)
+                    if completion is not None:
+                        done.append(completion)
                     acks.append(item.entry_id)
             if acks and oldest is None:
                 oldest = ended
@@ -383,6 +398,14 @@ class Worker:
                 return False
         self._hand_back_batch()
         return True
+
+    @staticmethod
+    def _completion(ran: _Ran, entry: QueueEntry) -> Completion | None:
+        """What complete.lua stores of a task that ran here, fenced by its attempt; None
+        for a task with no returns (nothing to store, nobody to notify)."""
+        if not ran.stored:
+            return None
+        return Completion(ran.owner, ran.notice, (*ran.stored, ("", KIND_FENCE, entry.fence())), ran.kept)
 
     def _batch_size(self) -> int:
         """How many entries to lease at once: about _BATCH_S of work, going by how long
