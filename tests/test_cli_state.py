@@ -61,9 +61,11 @@ def test_list_as_json_and_what_is_refused(ray, shared_cluster) -> None:
 
     ray.get(named_for_json.remote())
     url = shared_cluster.url
+    # Its worker sends its events every ~0.2 s: a RUNNING row may be listed before its end.
     rows = wait_until(lambda: json.loads(_run("list", "tasks", "--address", url, "--format", "json",
-                                              "--filter", "name=named_for_json")) or None,
-                      what="the task as a JSON row")
+                                              "--filter", "name=named_for_json",
+                                              "--filter", "state=FINISHED")) or None,
+                      what="the task as a FINISHED JSON row")
     assert rows[0]["state"] == "FINISHED" and rows[0]["task_id"]
     nodes = json.loads(_run("list", "nodes", "--address", url, "--format", "json"))
     assert nodes and all(n["node_id"] and n["state"] in ("ALIVE", "DEAD") for n in nodes)

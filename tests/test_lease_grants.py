@@ -250,14 +250,25 @@ def test_a_worker_dying_in_a_batch_fails_only_the_task_it_ran(cluster_factory) -
         taskmesh.init(address=cluster.url)
         try:
             assert taskmesh.get([square.remote(i) for i in range(300)]) == [i * i for i in range(300)]
-            before = [once.remote(i) for i in range(5)]
-            failed = always_dies.remote()
-            after = [once.remote(i) for i in range(40)]
+            store = Store(cluster.url)
+            # All queued before the node leases any: the batch that holds the killer then
+            # holds entries after it, whatever the timing of the submissions.
+            node = cluster.started[0]
+            stopped = [cluster.agents[node].pid, *cluster.worker_pids(node)]
+            for pid in stopped:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                before = [once.remote(i) for i in range(5)]
+                failed = always_dies.remote()
+                after = [once.remote(i) for i in range(40)]
+                wait_until(lambda: _queued(store) == 46, what="the 46 tasks queued")
+            finally:
+                for pid in stopped:
+                    os.kill(pid, signal.SIGCONT)
             assert taskmesh.get(before + after, timeout=60) == [i * i for i in range(5)] + [
                 i * i for i in range(40)]
             with pytest.raises(exceptions.WorkerCrashedError):
                 taskmesh.get(failed, timeout=60)
-            store = Store(cluster.url)
             counters = _counters(store, cluster.started[0])
             assert counters["grant_entries_returned"] >= 1, counters  # it held a batch
             wait_until(lambda: _queued(store) == 0, what="empty queues")
