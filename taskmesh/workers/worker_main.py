@@ -243,7 +243,7 @@ class Worker:
                 continue
             else:
                 self._send(wire.Done(run.entry_id, ran.owner, ran.notice, ran.stored, ran.kept))
-            if run.grant is not None:  # retiring: it leases no more
+            if run.grant is not None:  # retiring, or its task queued again: it leases no more
                 self._send(wire.GrantEnded())
             if ran.retiring:
                 return
