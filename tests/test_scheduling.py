@@ -41,8 +41,30 @@ def three_nodes(redis_server, tmp_path_factory):
 
 
 def test_spread_tasks_and_actors_reach_every_node(three_nodes) -> None:
-    nodes = taskmesh.get([where.options(scheduling_strategy="SPREAD").remote() for _ in range(30)])
-    assert set(nodes) == set(three_nodes.ids)
+    """SPREAD puts tasks in every node's queue. Where they then run is the nodes' to say:
+    a node that cannot start one within HANDBACK_S (a loaded machine) hands it back to its
+    shape queue, so the queues are read with the agents stopped, as they were routed."""
+    import signal
+
+    from taskmesh.store import Store
+
+    store = Store(three_nodes.url)
+    agents = [three_nodes.agents[n].pid for n in three_nodes.ids]
+    for pid in agents:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        refs = [where.options(scheduling_strategy="SPREAD").remote() for _ in range(30)]
+        def routed() -> list[int] | None:
+            q = [store.redis.xlen(store.keys.node_queue(n)) for n in three_nodes.ids]
+            return q if sum(q) == 30 else None
+
+        queued = wait_until(routed, what="the 30 SPREAD tasks routed")
+        assert all(n >= 5 for n in queued), queued  # round robin: 10 each
+    finally:
+        for pid in agents:
+            os.kill(pid, signal.SIGCONT)
+        store.close()
+    assert set(taskmesh.get(refs)) <= set(three_nodes.ids)
 
     @taskmesh.remote(num_cpus=0, scheduling_strategy="SPREAD")
     class Probe:
