@@ -45,7 +45,7 @@ from taskmesh.exceptions import (
     StoreUnavailableError,
     TaskCancelledError,
 )
-from taskmesh.objects import KIND_ERROR, KIND_SHM, KIND_VALUE, ObjectRef
+from taskmesh.objects import KIND_ERROR, KIND_SHM, ObjectRef
 from taskmesh.objects.plane import ObjectPlane, ObjectRebuilding, parse_descriptor
 from taskmesh.store import KIND_OWNER_GONE, Completion, Outgoing, Release, Store, retry_transient
 from taskmesh.store.outage import Outage
@@ -272,9 +272,6 @@ class Runtime(StreamMethods):
     def encode_value(self, object_id: str, value: Any) -> list:
         """[object_id, kind, data] of a task's return value, written where it belongs;
         the refs it contains are held by it from the next `sync_refs`."""
-        plain = objects.plain_pickle(value)
-        if plain is not None and len(plain) <= self.plane.inline_limit:  # most results
-            return [object_id, KIND_VALUE, plain]
         kind, data, nested = self.plane.encode(object_id, value)
         if nested:
             with self._cond:

@@ -130,7 +130,8 @@ class ObjectPlane:
         plain = objects.plain_pickle(value)
         if plain is not None and len(plain) <= self.inline_limit:  # most results
             return KIND_VALUE, plain, ()
-        ser, nested = self.serialize(value)
+        # A large plain value (a long str or bytes) is not pickled again.
+        ser, nested = (objects.Serialized(plain, ()), ()) if plain is not None else self.serialize(value)
         return (*self.store_serialized(object_id, ser), nested)
 
     def serialize(self, value: Any) -> tuple[objects.Serialized, tuple[str, ...]]:
