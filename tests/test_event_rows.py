@@ -104,6 +104,31 @@ def test_a_batch_drops_running_events_of_attempts_that_ended_in_it() -> None:
     assert len(buffer) == 0 and buffer.drain() == []
 
 
+def test_a_start_becomes_a_running_event_only_if_it_still_runs_at_the_drain() -> None:
+    """started/ended: what still runs at a drain gets its RUNNING event there, once; what
+    ends first gets only its end, with its start counted in the task counters."""
+    buffer = events.EventBuffer()
+    buffer.started(T1, 0, "f", "01", "n1", 7, 100)
+    buffer.started(T2, 1, "A.m", "01", "n1", 7, 110, actor_id="ac")
+    counts: dict[str, int] = {}
+    drained = buffer.drain(counts)
+    assert [(e["task_id"], e["state"], e["ts"]) for e in drained] == [(T1, RUNNING, 100), (T2, RUNNING, 110)]
+    assert drained[1]["type"] == events.ACTOR_TASK and drained[1]["actor_id"] == "ac"
+    assert "type" not in drained[0] and counts == {"started f": 1, "started A.m": 1}
+    assert len(buffer) == 0 and buffer.drain() == []  # made once
+    buffer.ended(T1, 0, 150, None, failed=False)
+    buffer.started(T1, 1, "f", "01", "n1", 7, 160)
+    buffer.ended(T1, 1, 170, "Traceback ...", failed=True)
+    buffer.ended(T2, 9, 180, None, failed=False)  # never started here: nothing
+    counts = {}
+    drained = buffer.drain(counts)
+    assert [(e["attempt"], e["state"], e["start"], e["end"]) for e in drained] == [
+        (0, FINISHED, 100, 150), (1, FAILED, 160, 170)]
+    assert drained[1]["tb"] == "Traceback ..." and drained[1]["error"] == "TASK_EXECUTION_EXCEPTION"
+    assert counts == {"finished f": 1, "failed f": 1, "started f": 1}  # attempt 1's start, with its end
+    assert len(buffer) == 0  # T2 attempt 1 still runs, its RUNNING event made: nothing due
+
+
 def test_submitted_events_name_the_kind_of_task() -> None:
     task = events.submitted(QueueEntry(T1, "f", 0, _task_spec()), "01")
     assert (task["state"], task["type"], task["attempt"], task["job"]) == (

@@ -66,31 +66,45 @@ def submitted(entry: QueueEntry, job_id: str | None) -> dict[str, Any]:
 class EventBuffer:
     """Events of one process waiting for its next flush (append from any thread).
 
-    A task's end is recorded by `ended` as a tuple and made an event dict only when the
-    buffer is drained: a worker runs thousands of tasks between two flushes."""
+    A worker's tasks and actor calls are recorded by `started` and `ended` as tuples,
+    made event dicts only when the buffer is drained: a worker runs thousands of them
+    between two flushes, and one that ends before the flush needs no RUNNING event (its
+    end event carries its start)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: list[dict[str, Any]] = []
+        # (task id, attempt) -> (name, job, node, pid, start µs, actor id) of what runs
+        # now, and those of them whose RUNNING event a drain made.
+        self._running: dict[tuple[str, int], tuple] = {}
+        self._running_sent: set[tuple[str, int]] = set()
         self._ends: list[tuple] = []  # see `ended`
 
     def add(self, ev: dict[str, Any]) -> None:
         with self._lock:
             self._events.append(ev)
 
-    def ended(self, task_id: str, attempt: int, name: str, job: str | None, node: str, pid: int,
-              start_us: int, end_us: int, tb: str | None, *, failed: bool, running_sent: bool,
-              actor_id: str | None = None) -> None:
-        """A task attempt (or, with `actor_id`, an actor's method call) ended: its
-        FINISHED or FAILED event, with its start and end (a failed one's traceback `tb`).
-        `running_sent`: its RUNNING event was made (the start counter counts that one);
-        otherwise the start is counted with the end."""
+    def started(self, task_id: str, attempt: int, name: str, job: str | None, node: str, pid: int,
+                start_us: int, actor_id: str | None = None) -> None:
+        """A task attempt (or, with `actor_id`, an actor's method call) started here: its
+        RUNNING event is made by the next drain if it still runs then."""
         with self._lock:
-            self._ends.append((task_id, attempt, name, job, node, pid, start_us, end_us, tb, failed,
-                               running_sent, actor_id))
+            self._running[(task_id, attempt)] = (name, job, node, pid, start_us, actor_id)
+
+    def ended(self, task_id: str, attempt: int, end_us: int, tb: str | None, *, failed: bool) -> None:
+        """What `started` recorded ended: its FINISHED or FAILED event, with its start and
+        end (a failed one's traceback `tb`). Nothing for an attempt not started here."""
+        key = (task_id, attempt)
+        with self._lock:
+            running = self._running.pop(key, None)
+            if running is None:
+                return
+            running_sent = key in self._running_sent
+            self._running_sent.discard(key)
+            self._ends.append((task_id, attempt, *running[:5], end_us, tb, failed, running_sent, running[5]))
 
     def __len__(self) -> int:
-        return len(self._events) + len(self._ends)
+        return len(self._events) + len(self._ends) + len(self._running) - len(self._running_sent)
 
     def drain(self, counts: dict[str, int] | None = None) -> list[dict[str, Any]]:
         """Everything buffered; a RUNNING event whose attempt also ended in this batch is
@@ -100,6 +114,13 @@ class EventBuffer:
         with self._lock:
             events, self._events = self._events, []
             ends, self._ends = self._ends, []
+            for key, (name, job, node, pid, start_us, actor_id) in self._running.items():
+                if key not in self._running_sent:
+                    self._running_sent.add(key)
+                    ev = event(*key, RUNNING, name=name, job=job, node=node, pid=pid,
+                               type=ACTOR_TASK if actor_id is not None else None, actor_id=actor_id)
+                    ev["ts"] = start_us
+                    events.append(ev)
         if counts is not None:
             counts.update(wire.task_counts(events))
             for end in ends:

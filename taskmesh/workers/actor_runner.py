@@ -117,11 +117,6 @@ class ActorServer:
         self._placement = placement(self.spec.pg, gpus)
         self._attempt = entry.attempt
         self._record = self.spec.events  # task events for creation and calls
-        # Calls running: task id -> (attempt, name, start µs); those whose RUNNING event
-        # was made (add_running_events); both under _events_lock.
-        self._started: dict[str, tuple[int, str, int]] = {}
-        self._running_sent: set[str] = set()
-        self._events_lock = threading.Lock()
         self._function_names: dict[str, str] = {}  # method -> the runtime context's function name
         self.class_name = self.spec.class_name
         self.instance: Any = None
@@ -397,35 +392,14 @@ class ActorServer:
                 **ends))
         return now
 
-    def add_running_events(self) -> None:
-        """The RUNNING events of the calls running now, once each, made when the worker
-        flushes its events: a call that ends before that needs none (its end event
-        carries its start)."""
-        with self._events_lock:
-            for task_id, (attempt, name, start_us) in self._started.items():
-                if task_id not in self._running_sent:
-                    self._running_sent.add(task_id)
-                    ev = _events.event(task_id, attempt, _events.RUNNING, name=name, job=self.spec.job_id,
-                                       type=_events.ACTOR_TASK, actor_id=self.actor_id,
-                                       node=self.worker.node_id, pid=self.worker.pid)
-                    ev["ts"] = start_us
-                    self.worker.events.add(ev)
-
     def _record_end(self, call: Call, objs: list | None) -> None:
-        """A call's end event, when it ran here (a duplicate delivery did not)."""
-        entry = call.entry
-        with self._events_lock:
-            started = self._started.pop(entry.task, None)
-            running_sent = entry.task in self._running_sent
-            if running_sent:
-                self._running_sent.discard(entry.task)
-        if started is None or objs is None:
+        """A call's end event, when it ran here (EventBuffer.ended: nothing for a
+        duplicate delivery, which did not)."""
+        if objs is None:
             return
         failed = any(kind == KIND_ERROR for _, kind, _ in objs)
-        self.worker.events.ended(entry.task, entry.attempt, entry.name, self.spec.job_id, self.worker.node_id,
-                                 self.worker.pid, started[2], _events.now_us(),
-                                 error_text(objs) if failed else None, failed=failed,
-                                 running_sent=running_sent, actor_id=self.actor_id)
+        self.worker.events.ended(call.entry.task, call.entry.attempt, _events.now_us(),
+                                 error_text(objs) if failed else None, failed=failed)
 
     def cancel(self, task_ids: Sequence[str]) -> None:
         """taskmesh.cancel of calls (read from the agent's socket): a queued one is
@@ -493,8 +467,9 @@ class ActorServer:
         method_name = spec.method
         if self._record and method_name not in (TERMINATE, READY):  # internal calls: no events
             # its RUNNING event is made by the next events flush if it still runs
-            with self._events_lock:
-                self._started[task_id] = (call.entry.attempt, name, _events.now_us())
+            self.worker.events.started(task_id, call.entry.attempt, name, self.spec.job_id,
+                                       self.worker.node_id, self.worker.pid, _events.now_us(),
+                                       actor_id=self.actor_id)
         if method_name == TERMINATE:  # the collection's call has no caller waiting for it
             self._exit_after(call, return_ids, EXITED if spec.num_returns else OUT_OF_SCOPE)
         if method_name == READY:

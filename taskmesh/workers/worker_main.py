@@ -108,11 +108,6 @@ class Worker:
         self._ended_jobs = EndedJobs(store)
         self._grant_ending = False
         self._leased_entry: QueueEntry | None = None  # the task it runs that it leased itself
-        # (task id, attempt, name, job, start µs) of the task running now, and the last
-        # one whose RUNNING event was made (_add_running_event).
-        self._running_event: tuple[str, int, str, str | None, int] | None = None
-        self._running_sent: tuple | None = None
-        self._running_lock = threading.Lock()
         # Leasing a batch at a time under a grant (see _lease_under_grant).
         self._slot = _process.RunningSlot(slot_fd) if slot_fd is not None else None
         if slot_fd is not None:
@@ -157,11 +152,6 @@ class Worker:
             lines, self._log_lines = self._log_lines, []
             job = self._log_job
         counts: dict[str, int] = {}
-        if with_events:
-            self._add_running_event()
-            actor = self._actor
-            if actor is not None:
-                actor.add_running_events()
         events = self.events.drain(counts) if with_events and len(self.events) else []
         payload = None
         if lines and job is not None:
@@ -173,30 +163,11 @@ class Worker:
             except Exception:
                 pass  # output and events are best effort: a task never waits for them
 
-    def _add_running_event(self) -> None:
-        """The RUNNING event of the task running now, once, made when the events are
-        flushed: a task that ends before that needs none (its end event carries its
-        start, and EventBuffer.drain would drop the RUNNING one anyway)."""
-        with self._running_lock:
-            running = self._running_event
-            if running is None or running is self._running_sent:
-                return
-            self._running_sent = running
-        task_id, attempt, name, job, start_us = running
-        ev = _events.event(task_id, attempt, _events.RUNNING, name=name, job=job,
-                           node=self.node_id, pid=self.pid)
-        ev["ts"] = start_us
-        self.events.add(ev)
-
-    def _record_end(self, task_id: str, attempt: int, name: str, job: str | None, start_us: int,
-                    objs: list[list] | None) -> None:
-        """The running task ended: its end event (see _add_running_event)."""
-        with self._running_lock:
-            running, self._running_event = self._running_event, None
+    def _record_end(self, task_id: str, attempt: int, objs: list[list] | None) -> None:
+        """The running task ended: its end event (EventBuffer.ended)."""
         failed = objs is None or any(kind == KIND_ERROR for _, kind, _ in objs)
-        self.events.ended(task_id, attempt, name, job, self.node_id, self.pid, start_us, _events.now_us(),
-                          error_text(objs) if failed else None, failed=failed,
-                          running_sent=running is not None and running is self._running_sent)
+        self.events.ended(task_id, attempt, _events.now_us(), error_text(objs) if failed else None,
+                          failed=failed)
 
     def _log_flush_loop(self) -> None:
         while True:
@@ -542,9 +513,8 @@ class Worker:
             TaskContext(spec.job_id, task_id, name, spec.resources, None, spec.pg) if gpus is None
             else TaskContext(spec.job_id, task_id, name, spec.resources, **placement(spec.pg, gpus)))
         record = entry.events
-        start_us = _events.now_us()
         if record:  # its RUNNING event is made by the next events flush if it still runs
-            self._running_event = (task_id, attempt, name, spec.job_id, start_us)
+            self.events.started(task_id, attempt, name, spec.job_id, self.node_id, self.pid, _events.now_us())
         self._arg_refs = []
         restore_env, env_error = None, None
         if spec.runtime_env:
@@ -574,7 +544,7 @@ class Worker:
         if runtime.holds_due():
             self._sync_refs()
         if record:
-            self._record_end(task_id, attempt, name, spec.job_id, start_us, objs)
+            self._record_end(task_id, attempt, objs)
         retiring = False
         if spec.max_calls:
             self._calls[spec.fn_id] = calls = self._calls.get(spec.fn_id, 0) + 1
