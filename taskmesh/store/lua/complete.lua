@@ -15,12 +15,12 @@
 -- location set); only those marked `state` = "rebuilding" are written (an object freed
 -- meanwhile stays freed), a copy of any other one becomes an extra location, and the
 -- owner is not notified again.
--- A task given as n = -1 and one more argument, its fence data ("" for none), stores
--- nothing: its results travel in the notice alone and its owner keeps them (it stores
--- one itself if the ref leaves its process): the owner is only notified, unless fenced
--- out. n = -2 gives many such tasks at once: the "notice" is then a msgpack list of
--- [notice, fence data] pairs (one argument for a whole batch: the client encodes each
--- argument apart, and a batch of small results is mostly arguments).
+-- Tasks whose results travel in their notices alone, kept by their owner (it stores
+-- one itself if the ref leaves its process), store nothing: their owner is only
+-- notified, unless fenced out. They come together as n = -2, the "notice" then being a
+-- msgpack list of [notice, fence data ("" for none)] pairs (one argument for a whole
+-- batch: the client encodes each argument apart, and a batch of small results is mostly
+-- arguments).
 -- A pair of kind "fence" is no object either: its data "<task_id> <attempt>" names the
 -- attempt that produced the results. When the fence hash holds a later attempt for the
 -- task (the monitor retried or failed it: its node was declared dead, but was only cut
@@ -83,7 +83,7 @@ local k, i, stored = 2, 1, 0
 while i <= #ARGV do
   local notice, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
-  local lineage, rebuild, objs, fence, notify = nil, false, {}, nil, false
+  local lineage, rebuild, objs, fence = nil, false, {}, nil
   if n == -2 then  -- kept ones, packed: nothing else to read (no objects: below does nothing)
     for _, kept in ipairs(cmsgpack.unpack(notice)) do
       if kept[2] == '' or not fenced_out(kept[2]) then
@@ -92,10 +92,6 @@ while i <= #ARGV do
       end
     end
     n = 0
-  elseif n == -1 then  -- kept by its owner: one more argument, its fence ("" for none)
-    notify, n = true, 0
-    if ARGV[i] ~= '' then fence = ARGV[i] end
-    i = i + 1
   end
   for j = 0, n - 1 do
     local kind, data = ARGV[i + 2 * j], ARGV[i + 2 * j + 1]
@@ -110,9 +106,6 @@ while i <= #ARGV do
   i = i + 2 * n
   if fence and not rebuild and fenced_out(fence) then
     k = k + #objs
-  elseif notify then
-    add_notice(notice)
-    stored = stored + 1
   elseif rebuild then
     for _, o in ipairs(objs) do
       rebuilt(KEYS[k], KEYS[k + 1], o[1], o[2], lineage)
