@@ -5,12 +5,14 @@ of the finished job. Work of a detached actor outlives the job, as the actor doe
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import wait_until
@@ -235,6 +237,44 @@ def test_a_detached_actors_tasks_outlive_the_job(cluster_factory, tmp_path) -> N
             taskmesh.kill(taskmesh.get_actor("launcher", namespace="jobend"))
         finally:
             taskmesh.shutdown()
+
+
+def test_a_task_run_before_its_jobs_end_keeps_its_worker_and_its_events(cluster_factory) -> None:
+    """The first task of a lease grant is stored by its worker, so its caller can have
+    the result, and end its job, before the agent hears that the task ended. Here the
+    task stops its agent (SIGSTOP), so the agent sees the job's end with the task still
+    sent to that worker: the worker, which ran it, is not killed for it (the running slot
+    says it ran), and the task's FINISHED event is recorded."""
+    import taskmesh
+    from taskmesh.util.state import list_tasks
+
+    with cluster_factory(nodes=1, num_cpus=1) as cluster:
+        node_id = cluster.started[0]
+        agent = psutil.Process(cluster.agents[node_id].pid)
+        taskmesh.init(address=cluster.url)
+        try:
+            @taskmesh.remote
+            def stop_my_agent() -> int:
+                os.kill(os.getppid(), signal.SIGSTOP)
+                return os.getpid()
+
+            pid = taskmesh.get(stop_my_agent.remote(), timeout=30)
+            job_id = taskmesh.get_runtime_context().get_job_id()
+        finally:
+            taskmesh.shutdown()  # ends the job while the agent is stopped
+        try:
+            assert agent.status() == psutil.STATUS_STOPPED
+            store = Store(cluster.url)
+            assert store.redis.zscore(store.keys.jobs_ended(), job_id) is not None
+        finally:
+            agent.send_signal(signal.SIGCONT)
+        rows = wait_until(lambda: list_tasks(cluster.url, filters=[("job_id", "=", job_id),
+                                                                  ("state", "=", "FINISHED")]),
+                          timeout_s=20, what="the task's FINISHED row")
+        assert rows[0]["worker_pid"] == pid
+        time.sleep(0.5)  # the agent has taken up the job's end and the worker's Done
+        assert pid in cluster.worker_pids(node_id)
+        store.close()
 
 
 # ---- without processes ---------------------------------------------------------------------

@@ -130,6 +130,21 @@ class _WorkerHandle:
         return self.task or self.grant
 
 
+def _not_run_yet(handle: _WorkerHandle) -> bool:
+    """Whether the worker still runs, or has yet to run, the task sent to it. The
+    agent writes the task's entry into the running slot as it sends it and the worker
+    clears it once the task has run: a worker that already ran it (its result maybe
+    already stored, by itself under a grant) is not killed for its job's end, which
+    would lose the task's events; its Done is on the way. Unknown without a slot, or
+    for an actor's creation: True."""
+    task = handle.task
+    if task is None:
+        return False
+    if handle.slot is None or task.creates_actor:
+        return True
+    return handle.slot.get() == task.lease.entry_id
+
+
 @dataclass(slots=True)
 class _Outbox:
     """Completions and acks waiting for the next pipelined flush."""
@@ -681,6 +696,9 @@ class NodeAgent:
             self.resources.take(task.pool, task.demand)
             task.gpus = self.resources.assign_gpus(task.demand.get("GPU", 0.0))
             handle.task = task
+            if handle.slot is not None and not task.creates_actor:
+                # Cleared by the worker when the task has run: see _end_jobs.
+                handle.slot.set(task.lease.entry_id)
             # A GPU node: every task learns its GPUs (maybe none).
             gpus = tuple(task.gpus) if self.resources.has_gpus else None
             grant = self._grant_for(task)
@@ -1007,9 +1025,10 @@ class NodeAgent:
 
     def _end_jobs(self, job_ids: list[str]) -> None:
         """Jobs ended: their tasks waiting here are dropped (acked, never run), those
-        running here are killed as by a forced cancel (their entries are then acked:
-        _task_failed), and the workers, which lease under grants without the agent, are
-        told. Work of a detached actor goes on (lifecycle.dropped_with_job)."""
+        running here (or sent and not started: _not_run_yet) are killed as by a forced
+        cancel (their entries are then acked: _task_failed), and the workers, which
+        lease under grants without the agent, are told. Work of a detached actor goes
+        on (lifecycle.dropped_with_job)."""
         with self._cond:
             new = [job_id for job_id in job_ids if job_id not in self._ended_jobs]
             if not new:
@@ -1024,7 +1043,8 @@ class NodeAgent:
                 self._backlog.remove(task)
                 self._outbox.ack(task)
             running = [h for h in self._workers.values()
-                       if h.task is not None and lifecycle.dropped_with_job(h.task.entry, ended)]
+                       if h.task is not None and lifecycle.dropped_with_job(h.task.entry, ended)
+                       and _not_run_yet(h)]
             self._tell_workers(wire.JobsEnded(new), skip=running)
         for handle in running:
             try:

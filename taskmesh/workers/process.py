@@ -188,7 +188,9 @@ class RunningSlot:
     it): the id of the queue entry the worker is running, empty between tasks. A worker
     leases several entries at a time under a grant; when it dies, its agent reads the
     slot to tell the entry it died running (retried or failed) from those it never
-    started (handed back as they were)."""
+    started (handed back as they were). The agent also writes there the entry of a task
+    it sends the worker, which clears it once the task has run: a job's end then kills
+    only a worker that has yet to finish its job's task."""
 
     SIZE = 64  # a length byte, then the id (stream ids are at most 41 bytes)
 

@@ -200,7 +200,11 @@ class Worker:
                 self._actor = None
                 continue
             self._grant_ending = False
-            ran = self._run(entry, run.gpus)
+            try:
+                ran = self._run(entry, run.gpus)
+            finally:
+                if self._slot is not None:  # the agent set it: the task has run (agent._not_run_yet)
+                    self._slot.clear()
             if ran.retiring:  # before the result: the agent must not hand it another task
                 self._send(wire.Retiring())
             if ran.objs is None:
