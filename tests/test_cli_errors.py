@@ -146,6 +146,18 @@ def test_a_driver_of_other_versions_is_refused_at_init(store: Store) -> None:
     assert store.redis.get(store.keys.jobs()) == jobs_before  # refused before any job
 
 
+def test_a_build_of_the_same_version_speaking_another_protocol_is_refused(store: Store) -> None:
+    """Entries, keys and scripts change between builds of one package version: a
+    cluster recorded by a build of another protocol (or by one from before protocols
+    were recorded) refuses this one."""
+    for theirs in ({**versions.this_process(), "protocol": "1"},
+                   {f: v for f, v in versions.this_process().items() if f != "protocol"}):
+        store.redis.set(store.keys.versions(), json.dumps(theirs))
+        with pytest.raises(VersionMismatchError, match=f"protocol {versions.PROTOCOL}"):
+            taskmesh.init(address=store.url)
+        assert not taskmesh.is_initialized()
+
+
 def test_an_agent_of_another_python_is_refused_with_one_line(store: Store, tmp_path: Path) -> None:
     store.redis.set(store.keys.versions(), json.dumps({**versions.this_process(), "python": "3.99"}))
     code, lines = _invoke(["worker", "--address", store.url, "--num-cpus", "1"], tmp_path)
