@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import operator
 import os
 import signal
 import sys
@@ -510,19 +511,27 @@ def wait(
         raise TypeError(f"{what}, got a single ObjectRef or ObjectRefGenerator {object_refs}")
     if not isinstance(object_refs, (list, tuple)):
         raise TypeError(f"{what}, got {type(object_refs)}")
-    for ref in object_refs:
-        if not isinstance(ref, (ObjectRef, ObjectRefGenerator)):
-            raise TypeError(f"{what}, got list containing {type(ref)}")
+    refs = list(object_refs)
+    # Thousands of refs: types, ids and their uniqueness at C speed where all are refs.
+    only_refs = set(map(type, refs)) == {ObjectRef}
+    if not only_refs:
+        for ref in refs:
+            if not isinstance(ref, (ObjectRef, ObjectRefGenerator)):
+                raise TypeError(f"{what}, got list containing {type(ref)}")
     _check_timeout(timeout)
-    if not object_refs:  # as Ray: before the num_returns checks
+    if not refs:  # as Ray: before the num_returns checks
         return [], []
-    if len(set(object_refs)) != len(object_refs):
+    unique = set(map(_REF_ID, refs)) if only_refs else set(refs)
+    if len(unique) != len(refs):
         raise ValueError("Wait requires a list of unique object refs.")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns <= 0:
         raise ValueError(f"Invalid number of objects to return {num_returns}.")
-    if num_returns > len(object_refs):
+    if num_returns > len(refs):
         raise ValueError("num_returns cannot be greater than the number of objects provided to wait.")
-    return runtime.wait(list(object_refs), num_returns, timeout)
+    return runtime.wait(refs, num_returns, timeout, ids=unique if only_refs else None)
+
+
+_REF_ID = operator.attrgetter("_id")
 
 
 def _check_timeout(timeout: Any) -> None:

@@ -185,6 +185,21 @@ def test_wait(ray) -> None:
     assert ray.wait([put_ref]) == ([put_ref], [])
 
 
+def test_wait_on_finished_refs_keeps_their_order_and_refuses_duplicates(ray) -> None:
+    @ray.remote
+    def echo(i):
+        return i
+
+    refs = [echo.remote(i) for i in range(5)]
+    ray.get(refs)
+    assert ray.wait(refs, num_returns=2) == (refs[:2], refs[2:])
+    assert ray.wait(refs[::-1], num_returns=5) == (refs[::-1], [])
+    with pytest.raises(ValueError, match="unique"):
+        ray.wait([refs[0], refs[1], refs[0]], num_returns=2)
+    with pytest.raises(TypeError, match="list containing <class 'int'>"):
+        ray.wait([refs[0], 1])
+
+
 def test_retry_exceptions(ray, tmp_path) -> None:
     marker = tmp_path / "attempts"
 

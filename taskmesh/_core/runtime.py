@@ -906,26 +906,31 @@ class Runtime(StreamMethods):
             return self._errors
 
     def wait(
-        self, refs: Sequence[Any], num_returns: int, timeout: float | None
+        self, refs: list[Any], num_returns: int, timeout: float | None, ids: set[str] | None = None
     ) -> tuple[list[Any], list[Any]]:
         """`api.wait`: refs are ready when their object exists; ObjectRefGenerators (any
         other element: api.wait checked them) when their next item has arrived or they
-        have ended."""
+        have ended. `ids`: the refs' object ids, where all are ObjectRefs."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.001
-        ids = [ref._id if isinstance(ref, ObjectRef) else None for ref in refs]
-        streams = {ref._task_id for ref in refs if not isinstance(ref, ObjectRef)}
-        wanted = {oid for oid in ids if oid is not None}
+        if ids is None:
+            wanted = {ref._id for ref in refs if isinstance(ref, ObjectRef)}
+            streams = {ref._task_id for ref in refs if not isinstance(ref, ObjectRef)}
+        else:
+            wanted, streams = ids, set()
         ready_ids: set[str] = set()
         ready_streams: set[str] = set()
         while True:
             with self._cond:  # set algebra: C speed for thousands of refs
-                ready_ids |= wanted & self._results.keys()
+                arrived = wanted & self._results.keys()
+                ready_ids = ready_ids | arrived if ready_ids else arrived
                 unknown = list(wanted - ready_ids - self._pending)
                 ready_streams = {t for t in streams if self._stream_peek(t)[0] != "timeout"}
             if unknown:  # owned elsewhere, or no longer cached here: ask Redis
                 exist = self.store.objects_exist(unknown)
                 ready_ids.update(i for i, ok in zip(unknown, exist, strict=True) if ok)
+            if len(ready_ids) == len(wanted) and not streams:  # all of them: in their order
+                return refs[:num_returns], refs[num_returns:]
             if len(ready_ids) + len(ready_streams) >= num_returns:
                 break
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -941,8 +946,8 @@ class Runtime(StreamMethods):
             delay = min(delay * 2, 0.05)
         ready: list[Any] = []
         not_ready: list[Any] = []
-        for ref, oid in zip(refs, ids, strict=True):
-            done = oid in ready_ids if oid is not None else ref._task_id in ready_streams
+        for ref in refs:
+            done = ref._id in ready_ids if isinstance(ref, ObjectRef) else ref._task_id in ready_streams
             (ready if done and len(ready) < num_returns else not_ready).append(ref)
         return ready, not_ready
 
