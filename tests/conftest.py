@@ -52,6 +52,20 @@ def need_program(what: str, *programs: str, why: str) -> None:
     pytest.skip(message)
 
 
+# ---- bytecode ---------------------------------------------------------------------------
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Every agent, worker and CLI run a test starts imports taskmesh. An installed
+    package has its bytecode compiled (pip does it at install); a checkout installed
+    editable, where $PYTHONDONTWRITEBYTECODE is set, has none, and each of those
+    processes would compile ~120 modules from source (~0.2 s) before it does anything.
+    Written once here instead (py_compile writes whatever that variable says; a module
+    edited later is compiled again in memory, as without it)."""
+    import compileall
+
+    compileall.compile_dir(Path(taskmesh.__file__).parent, quiet=1)
+
+
 # ---- test lanes -----------------------------------------------------------------------
 
 # Fixtures whose tests are marked for them (a test's fixture names include the fixtures
