@@ -189,6 +189,23 @@ def test_blocking_lease_over_several_shapes_never_exceeds_a_share(store: Store) 
     assert len(leased) == 1
 
 
+def test_a_queue_whose_group_is_gone_loses_nothing_another_queue_delivered(store: Store) -> None:
+    """Redis lost a queue (its data, or the key deleted): the shapes' reads of one lease
+    go in one pipeline, and the entries the other queue delivered (pending for this
+    consumer from then on) are returned, not dropped with the missing group's NOGROUP;
+    the group is made again. Settling a consumer of the lost queue finds nothing."""
+    for shape in ("CPU=1", "CPU=2"):
+        store.register_shape(shape)
+    store.submit_tasks([("CPU=2", {"task": str(i)}) for i in range(3)])
+    store.redis.delete(store.keys.queue("CPU=1"))
+    leased = store.lease(store.redis, "node-a", {"CPU=1": 4, "CPU=2": 2}, None)
+    assert [e.fields[b"task"] for e in leased] == [b"0", b"1"]
+    assert store.redis.xinfo_groups(store.keys.queue("CPU=1"))  # made again
+    store.redis.delete(store.keys.queue("CPU=1"))
+    assert store.pending_ids("CPU=1", "node-a:7", 10) == []
+    assert store.drop_consumer("CPU=1", "node-a:7")
+
+
 def test_requeueing_the_same_entry_twice_adds_it_once(store: Store) -> None:
     store.register_shape("CPU=1")
     store.submit_tasks([("CPU=1", {"task": "t", "attempt": 0})])

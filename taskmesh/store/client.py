@@ -323,7 +323,17 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
                     # redis-py types XREADGROUP's group name `str` alone (bytes is sent the same way).
                     pipe.xreadgroup(GROUP, consumer, {self.keys.queue(shape): ">"},  # type: ignore[arg-type]
                                     count=n)
-                leased = [e for reply in pipe.execute() for e in parse_entries(reply)]
+                # Each read's reply on its own: entries one delivered are pending for
+                # this consumer whatever another read answered (NOGROUP for a queue
+                # whose group is gone), and must not be dropped with its error.
+                replies = pipe.execute(raise_on_error=False)
+                leased = [e for reply in replies if not isinstance(reply, Exception)
+                          for e in parse_entries(reply)]
+                error = next((r for r in replies if isinstance(r, Exception)), None)
+                if error is not None and not leased:
+                    raise error
+                if error is not None and "NOGROUP" in str(error):
+                    self.ensure_groups(counts)
                 if leased or block_ms is None:
                     return leased
             streams: dict[KeyT, StreamIdT] = {self.keys.queue(shape): ">" for shape in counts}
@@ -723,9 +733,15 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
 
     @translate_errors
     def pending_ids(self, shape: str, consumer: str, count: int) -> list[bytes]:
-        """Ids of the oldest `count` entries of a queue pending for one consumer."""
-        rows = self.redis.xpending_range(self.keys.queue(shape), GROUP, "-", "+", count,
-                                         consumername=consumer)
+        """Ids of the oldest `count` entries of a queue pending for one consumer (none
+        where the queue or its group is gone: Redis lost its data)."""
+        try:
+            rows = self.redis.xpending_range(self.keys.queue(shape), GROUP, "-", "+", count,
+                                             consumername=consumer)
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            return []
         return [_bytes(cast("bytes | str", row["message_id"])) for row in rows]
 
     @translate_errors
@@ -738,9 +754,15 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
 
     @translate_errors
     def drop_consumer(self, shape: str, consumer: str) -> bool:
-        """Delete a consumer from a queue's group if nothing is pending for it."""
-        return self.scripts["drop_consumer"](
-            keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1
+        """Delete a consumer from a queue's group if nothing is pending for it (True
+        where the queue or its group is gone, and the consumer with it)."""
+        try:
+            return self.scripts["drop_consumer"](
+                keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1
+        except redis.ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+            return True
 
 
 def _requeue_args(entry_id: bytes, fields: Mapping[Any, Any]) -> list[Any]:
