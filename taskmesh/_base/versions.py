@@ -3,9 +3,9 @@
 Functions and classes travel pickled by value: their code objects are bytecode of one
 Python minor version, and a worker of another one fails in ways that name neither version
 (SystemError, a crashed worker). Queue entries, the key schema and the Lua scripts belong
-to one taskmesh version and one protocol (PROTOCOL). So the first process to meet a fresh cluster records its
-versions (store key `versions`, see store/keys.py) and every later driver and node agent
-compares its own with them before it runs anything.
+to one taskmesh version and one protocol (PROTOCOL). So the first process to meet a fresh
+cluster records its versions (store key `versions`, see store/keys.py) and every later
+driver and node agent compares its own with them before it runs anything.
 """
 
 from __future__ import annotations
