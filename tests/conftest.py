@@ -140,11 +140,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launch.Re
 
 @pytest.fixture
 def store(redis_server: launch.RedisServer) -> Iterator[Store]:
-    """A client on a flushed database."""
+    """A client on a flushed database (see flush)."""
     s = Store(redis_server.url)
-    s.redis.flushall()
+    flush(s)
     yield s
     s.close()
+
+
+# The module's shared cluster while its agents run (see shared_cluster).
+_LIVE_SHARED: list[TestCluster] = []
+
+
+def flush(store: Store) -> None:
+    """Empty Redis for a test of its own. The module's shared cluster, whose agents
+    would run on with their state gone (and take this test's tasks), is stopped first;
+    the next test that uses it starts it again (_shared_cluster_up)."""
+    while _LIVE_SHARED:
+        _LIVE_SHARED.pop().stop()
+    store.redis.flushall()
 
 
 class TestCluster:
@@ -247,8 +260,8 @@ def assert_no_leaked_children(before: set[int], timeout_s: float = 10.0) -> None
 
 @pytest.fixture
 def cluster_factory(redis_server: launch.RedisServer, tmp_path: Path) -> Iterator:
-    """start_cluster(nodes=..., num_cpus=...) on a flushed server."""
-    Store(redis_server.url).redis.flushall()
+    """start_cluster(nodes=..., num_cpus=...) on a flushed server (see flush)."""
+    flush(Store(redis_server.url))
 
     def factory(nodes: int = 1, num_cpus: float = 1) -> contextlib.AbstractContextManager[TestCluster]:
         return start_cluster(redis_server.url, tmp_path, nodes=nodes, num_cpus=num_cpus)
@@ -261,8 +274,30 @@ def shared_cluster(redis_server: launch.RedisServer,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
     """One 2-CPU node for a whole test module (starting agents is the slow part)."""
     Store(redis_server.url).redis.flushall()
-    with start_cluster(redis_server.url, tmp_path_factory.mktemp("agents"), nodes=1, num_cpus=2) as c:
-        yield c
+    with start_cluster(redis_server.url, tmp_path_factory.mktemp("agents"), nodes=1,
+                       num_cpus=SHARED_CPUS) as c:
+        _LIVE_SHARED.append(c)
+        try:
+            yield c
+        finally:
+            if c in _LIVE_SHARED:
+                _LIVE_SHARED.remove(c)
+
+
+SHARED_CPUS = 2
+
+
+@pytest.fixture(autouse=True)
+def _shared_cluster_up(request: pytest.FixtureRequest) -> None:
+    """A test using the module's shared cluster after a test that stopped it (flush)
+    has it started again, on a flushed server, before its other fixtures run."""
+    if "shared_cluster" not in request.fixturenames:
+        return
+    cluster = request.getfixturevalue("shared_cluster")
+    if cluster not in _LIVE_SHARED:
+        Store(cluster.url).redis.flushall()
+        cluster.add_node(num_cpus=SHARED_CPUS)
+        _LIVE_SHARED.append(cluster)
 
 
 @pytest.fixture
