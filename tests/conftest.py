@@ -269,6 +269,9 @@ def cluster_factory(redis_server: launch.RedisServer, tmp_path: Path) -> Iterato
     yield factory
 
 
+SHARED_CPUS = 2  # of the module's shared node
+
+
 @pytest.fixture(scope="module")
 def shared_cluster(redis_server: launch.RedisServer,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCluster]:
@@ -282,9 +285,6 @@ def shared_cluster(redis_server: launch.RedisServer,
         finally:
             if c in _LIVE_SHARED:
                 _LIVE_SHARED.remove(c)
-
-
-SHARED_CPUS = 2
 
 
 @pytest.fixture(autouse=True)
