@@ -333,22 +333,23 @@ class _CustomPickler(cloudpickle.CloudPickler):
         super().__init__(out, protocol=5, buffer_callback=buffer_callback)
 
 
+def _is_plain(value: Any) -> bool:
+    """Of a plain type, for which no serializer was registered (register_serializer)."""
+    kind = type(value)
+    return kind in _PLAIN_TYPES and kind not in _custom_reducers
+
+
 def plain_pickle(value: Any) -> bytes | None:
     """A value of a plain type (no refs, no buffers, nothing cloudpickle adds) pickled
     the cheap way; None for any other value."""
-    kind = type(value)
-    if kind in _PLAIN_TYPES and kind not in _custom_reducers:
-        return pickle.dumps(value, protocol=5)
-    return None
+    return pickle.dumps(value, protocol=5) if _is_plain(value) else None
 
 
 def plain_call_pickle(args: tuple, kwargs: dict) -> bytes | None:
     """A call's ([args], {kwargs}) pickled the cheap way when every argument is of a
     plain type (nothing to collect, no buffers); None otherwise."""
-    for value in (*args, *kwargs.values()):
-        kind = type(value)
-        if kind not in _PLAIN_TYPES or kind in _custom_reducers:
-            return None
+    if not all(map(_is_plain, (*args, *kwargs.values()))):
+        return None
     return pickle.dumps((list(args), kwargs), protocol=5)
 
 

@@ -27,14 +27,16 @@ def owner_keeps(objs: Sequence[Sequence[Any]], holds_refs: Callable[[str], bool]
     no refs. A value that holds refs is stored, so that they are released with it."""
     if len(objs) == 1:  # the common case, without the loops
         oid, kind, data = objs[0]
-        return (not holds_refs(oid) and kind in _KEPT_KINDS and data is not None
-                and len(data) <= NOTICE_INLINE_LIMIT)
+        return not holds_refs(oid) and _fits_notice(kind, data)
     holding = False
     for oid, _, _ in objs:  # each asked once: holds_refs forgets what it answers
         holding = holds_refs(oid) or holding
-    return bool(objs) and not holding and all(
-        kind in _KEPT_KINDS and data is not None and len(data) <= NOTICE_INLINE_LIMIT
-        for _, kind, data in objs)
+    return bool(objs) and not holding and all(_fits_notice(kind, data) for _, kind, data in objs)
+
+
+def _fits_notice(kind: bytes, data: bytes | None) -> bool:
+    """An inline value or error small enough to travel in the completion notice."""
+    return kind in _KEPT_KINDS and data is not None and len(data) <= NOTICE_INLINE_LIMIT
 
 
 _omp_set: str | None = None  # the value set_omp_threads set last in this process
