@@ -332,7 +332,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
                 error = next((r for r in replies if isinstance(r, Exception)), None)
                 if error is not None and not leased:
                     raise error
-                if error is not None and "NOGROUP" in str(error):
+                if error is not None and _no_group(error):
                     self.ensure_groups(counts)
                 if leased or block_ms is None:
                     return leased
@@ -341,7 +341,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
             reply = client.xreadgroup(GROUP, consumer, streams,  # type: ignore[arg-type]
                                       count=min(counts.values()), block=block_ms)
         except redis.ResponseError as e:
-            if "NOGROUP" not in str(e):
+            if not _no_group(e):
                 raise
             self.ensure_groups(counts)
             return []
@@ -739,7 +739,7 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
             rows = self.redis.xpending_range(self.keys.queue(shape), GROUP, "-", "+", count,
                                              consumername=consumer)
         except redis.ResponseError as e:
-            if "NOGROUP" not in str(e):
+            if not _no_group(e):
                 raise
             return []
         return [_bytes(cast("bytes | str", row["message_id"])) for row in rows]
@@ -760,9 +760,14 @@ class Store(ActorMethods, ObjectMethods, ObserveMethods, ScheduleMethods, Submis
             return self.scripts["drop_consumer"](
                 keys=[self.keys.queue(shape)], args=[GROUP, consumer]) == 1
         except redis.ResponseError as e:
-            if "NOGROUP" not in str(e):
+            if not _no_group(e):
                 raise
             return True
+
+
+def _no_group(error: Exception) -> bool:
+    """Whether a reply says a queue's consumer group (or the queue) does not exist."""
+    return "NOGROUP" in str(error)
 
 
 def _requeue_args(entry_id: bytes, fields: Mapping[Any, Any]) -> list[Any]:
